@@ -1,0 +1,3 @@
+"""llmkit: prompts as code."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,505 @@
+"""Index: the SQLite view of the prompt repository, rebuildable from git at any time.
+
+- A version of prompt K is a commit on the served branch that changed `prompts/K.md`; its number
+  is its 1-based position in that file's history.
+- The working tree is what is served: a file that differs from its last commit is a *draft*
+  version (number = last + 1, no sha).
+- Integer ids are assigned deterministically: prompts that have history by their first commit,
+  then by key; prompts that exist only in the working tree after them, by key. So an incremental
+  sync and a full rebuild of the same repository state give identical rows.
+- Only index tables live in the `index` migration list; durable tables (keys, run log, evals)
+  have lists of their own and are never touched here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from llmkit.db import Database, run_script
+from llmkit.errors import InvalidKey, LlmkitError, NotFound, PromptFormatError
+from llmkit.promptfile import PromptFile, key_from_path, parse, path_for_key, validate_key
+from llmkit.store import Commit, GitStore, blob_id
+
+Progress = Callable[[str, int, int], None]
+
+
+def m001_initial(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        CREATE TABLE ix_commits (
+            seq INTEGER PRIMARY KEY,
+            sha TEXT NOT NULL UNIQUE,
+            author_name TEXT NOT NULL,
+            author_email TEXT NOT NULL,
+            authored_at INTEGER NOT NULL,
+            committed_at INTEGER NOT NULL,
+            message TEXT NOT NULL
+        );
+        CREATE TABLE ix_blobs (
+            id TEXT PRIMARY KEY,
+            content TEXT,
+            error TEXT
+        );
+        CREATE TABLE ix_prompts (
+            key TEXT PRIMARY KEY,
+            id INTEGER NOT NULL UNIQUE,
+            path TEXT NOT NULL,
+            first_seq INTEGER,
+            present INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE ix_versions (
+            key TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            seq INTEGER,
+            blob TEXT NOT NULL,
+            PRIMARY KEY (key, number)
+        );
+        CREATE INDEX ix_versions_seq ON ix_versions (seq);
+        CREATE TABLE ix_state (
+            name TEXT PRIMARY KEY,
+            value TEXT
+        );
+        """
+    )
+
+
+MIGRATIONS = [m001_initial]
+INDEX_TABLES = ("ix_commits", "ix_blobs", "ix_prompts", "ix_versions", "ix_state")
+
+
+@dataclass
+class Version:
+    key: str
+    number: int | None
+    sha: str | None
+    blob: str
+    content: str | None
+    error: str | None = None
+    commit: Commit | None = None
+    draft: bool = False
+
+    @property
+    def path(self) -> str:
+        return path_for_key(self.key)
+
+    def prompt(self) -> PromptFile:
+        """The parsed file; raises PromptFormatError when this version cannot be read."""
+        if self.content is None:
+            raise PromptFormatError(self.error or "not UTF-8 text", path=self.path, line=1)
+        return _parse_cached(self.content, self.path)
+
+
+@lru_cache(maxsize=2048)
+def _parse_cached(content: str, path: str) -> PromptFile:
+    return parse(content, path)
+
+
+@dataclass
+class Prompt:
+    id: int
+    key: str
+    path: str
+    present: bool
+    version: Version | None  # what is served: the draft if any, else the latest commit
+    latest_committed: int = 0
+
+
+@dataclass
+class SyncReport:
+    rebuilt: bool = False
+    new_commits: int = 0
+    changed: set[str] = field(default_factory=set)
+
+
+class Index:
+    def __init__(self, store: GitStore, db: Database) -> None:
+        self.store = store
+        self.db = db
+        self.db.migrate("index", MIGRATIONS)
+        self._sync_lock = threading.Lock()
+        self._stat_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+        self._ref_cache: dict[tuple[str, str], Version | None] = {}
+        self.generation = 0  # bumped whenever the served state may have changed
+
+    # -- building ------------------------------------------------------------------------
+
+    def rebuild(self, progress: Progress | None = None) -> SyncReport:
+        """Drop every index row and read the repository again from git."""
+        with self._sync_lock:
+            return self._rebuild(progress)
+
+    def sync(self) -> SyncReport:
+        """Catch up with new commits (incrementally when history only grew) and the working tree."""
+        with self._sync_lock:
+            head = self.store.head()
+            indexed = self._state("head")
+            branch = self.store.branch() or ""
+            if head != indexed or branch != (self._state("branch") or ""):
+                if indexed and head and self.store.is_ancestor(indexed, head):
+                    report = self._append(indexed, head, branch)
+                else:
+                    return self._rebuild(None)
+            else:
+                report = SyncReport()
+            with self.db.write() as conn:
+                report.changed |= self._scan_working_tree(conn)
+                self._number_drafts(conn)
+            self._touched(report)
+            return report
+
+    def _rebuild(self, progress: Progress | None) -> SyncReport:
+        head, branch = self.store.head(), self.store.branch() or ""
+        history = self.store.log_changes(until=head) if head else []
+        if progress:
+            progress("history", len(history), len(history))
+        versions, blobs_wanted = _versions_from(history, start_seq=1)
+        contents = self._read_blobs(blobs_wanted, progress, skip_known=False)
+        self._stat_cache.clear()
+        with self.db.write() as conn:
+            for table in INDEX_TABLES:
+                conn.execute(f"DELETE FROM {table}")
+            self._insert_history(conn, history, 1, versions, contents)
+            self._set_state(conn, head, branch)
+            self._scan_working_tree(conn)
+            self._number_drafts(conn)
+        report = SyncReport(rebuilt=True, new_commits=len(history))
+        report.changed = {key for key, _, _, _ in versions}
+        self._touched(report)
+        if progress:
+            progress("done", 1, 1)
+        return report
+
+    def _append(self, since: str, head: str, branch: str) -> SyncReport:
+        history = self.store.log_changes(since=since, until=head)
+        conn = self.db.reader()
+        start = (conn.execute("SELECT MAX(seq) FROM ix_commits").fetchone()[0] or 0) + 1
+        known = {r[0]: r[1] for r in conn.execute("SELECT key, MAX(number) FROM ix_versions WHERE seq IS NOT NULL GROUP BY key")}
+        versions, wanted = _versions_from(history, start_seq=start, numbers=known)
+        contents = self._read_blobs(wanted, None)
+        with self.db.write() as conn:
+            self._insert_history(conn, history, start, versions, contents)
+            self._set_state(conn, head, branch)
+        return SyncReport(new_commits=len(history), changed={k for k, _, _, _ in versions})
+
+    def _read_blobs(
+        self, ids: list[str], progress: Progress | None, skip_known: bool = True
+    ) -> dict[str, tuple[str | None, str | None]]:
+        known: set[str] = set()
+        conn = self.db.reader()
+        for chunk_start in range(0, len(ids) if skip_known else 0, 500):
+            chunk = ids[chunk_start : chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            known.update(r[0] for r in conn.execute(f"SELECT id FROM ix_blobs WHERE id IN ({marks})", chunk))
+        raw = self.store.read_blobs(i for i in ids if i not in known)
+        if progress:
+            progress("blobs", len(raw), len(raw))
+        return {blob: _decode(data) for blob, data in raw.items()}
+
+    def _insert_history(
+        self,
+        conn: sqlite3.Connection,
+        history: list[tuple[Commit, list]],
+        start: int,
+        versions: list[tuple[str, int, int, str]],
+        contents: dict[str, tuple[str | None, str | None]],
+    ) -> None:
+        # Drafts are recomputed after history moves; a just-committed draft becomes a version.
+        conn.execute("DELETE FROM ix_versions WHERE seq IS NULL")
+        conn.executemany(
+            "INSERT INTO ix_commits (seq, sha, author_name, author_email, authored_at, committed_at, message)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (start + i, c.sha, c.author_name, c.author_email, c.authored_at, c.committed_at, c.message)
+                for i, (c, _) in enumerate(history)
+            ],
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO ix_blobs (id, content, error) VALUES (?, ?, ?)",
+            [(blob, text, err) for blob, (text, err) in contents.items()],
+        )
+        conn.executemany(
+            "INSERT INTO ix_versions (key, number, seq, blob) VALUES (?, ?, ?, ?)", versions
+        )
+        existing = {r[0] for r in conn.execute("SELECT key FROM ix_prompts WHERE first_seq IS NOT NULL")}
+        first_seen: dict[str, int] = {}
+        for key, _, seq, _ in versions:
+            if key not in existing:
+                first_seen.setdefault(key, seq)
+        if first_seen:
+            # Prompts known only from the working tree give way to prompts with history.
+            conn.execute("UPDATE ix_prompts SET id = -id WHERE first_seq IS NULL")
+            conn.execute("DELETE FROM ix_prompts WHERE first_seq IS NULL AND key IN (%s)" % ",".join("?" * len(first_seen)), list(first_seen))
+            next_id = (conn.execute("SELECT MAX(id) FROM ix_prompts WHERE first_seq IS NOT NULL").fetchone()[0] or 0) + 1
+            ordered = sorted(first_seen.items(), key=lambda kv: (kv[1], kv[0]))
+            conn.executemany(
+                "INSERT INTO ix_prompts (key, id, path, first_seq, present) VALUES (?, ?, ?, ?, 0)",
+                [(key, next_id + i, path_for_key(key), seq) for i, (key, seq) in enumerate(ordered)],
+            )
+
+    def _scan_working_tree(self, conn: sqlite3.Connection) -> set[str]:
+        """Mark which prompts exist on disk and record drafts. Returns the keys that changed."""
+        files = self.store.working_files("prompts", (".md",))
+        on_disk: dict[str, str] = {}
+        new_blobs: dict[str, tuple[str | None, str | None]] = {}
+        for rel, path in files.items():
+            try:
+                key = key_from_path(rel)
+            except InvalidKey:
+                continue
+            try:
+                st = path.stat()
+                sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+                cached = self._stat_cache.get(rel)
+                if cached and cached[0] == sig:
+                    on_disk[key] = cached[1]
+                    continue
+                data = path.read_bytes()
+            except OSError:
+                continue
+            blob = blob_id(data)
+            self._stat_cache[rel] = (sig, blob)
+            on_disk[key] = blob
+            new_blobs[blob] = _decode(data)
+        if new_blobs:
+            conn.executemany(
+                "INSERT OR IGNORE INTO ix_blobs (id, content, error) VALUES (?, ?, ?)",
+                [(blob, text, err) for blob, (text, err) in new_blobs.items()],
+            )
+        latest = {
+            r[0]: (r[1], r[2])
+            for r in conn.execute(
+                "SELECT v.key, v.number, v.blob FROM ix_versions v JOIN"
+                " (SELECT key, MAX(number) AS n FROM ix_versions WHERE seq IS NOT NULL GROUP BY key) m"
+                " ON v.key = m.key AND v.number = m.n"
+            )
+        }
+        drafts = {r[0]: r[1] for r in conn.execute("SELECT key, blob FROM ix_versions WHERE seq IS NULL")}
+        present = {r[0]: bool(r[1]) for r in conn.execute("SELECT key, present FROM ix_prompts")}
+        spare_id = min(0, conn.execute("SELECT MIN(id) FROM ix_prompts").fetchone()[0] or 0)
+        changed: set[str] = set()
+        for key in set(present) | set(on_disk):
+            blob = on_disk.get(key)
+            committed_number, committed_blob = latest.get(key, (0, None))
+            want_draft = blob if blob is not None and blob != committed_blob else None
+            if drafts.get(key) != want_draft:
+                conn.execute("DELETE FROM ix_versions WHERE key = ? AND seq IS NULL", (key,))
+                if want_draft is not None:
+                    conn.execute(
+                        "INSERT INTO ix_versions (key, number, seq, blob) VALUES (?, ?, NULL, ?)",
+                        (key, committed_number + 1, want_draft),
+                    )
+                changed.add(key)
+            if key not in present:
+                spare_id -= 1  # a placeholder until _number_drafts gives the final id
+                conn.execute(
+                    "INSERT INTO ix_prompts (key, id, path, first_seq, present) VALUES (?, ?, ?, NULL, 1)",
+                    (key, spare_id, path_for_key(key)),
+                )
+                changed.add(key)
+            elif present[key] != (blob is not None):
+                conn.execute("UPDATE ix_prompts SET present = ? WHERE key = ?", (int(blob is not None), key))
+                changed.add(key)
+        # A prompt with no history that left the working tree is gone entirely.
+        conn.execute(
+            "DELETE FROM ix_prompts WHERE first_seq IS NULL AND present = 0"
+        )
+        return changed
+
+    def _number_drafts(self, conn: sqlite3.Connection) -> None:
+        """Ids of working-tree-only prompts follow every prompt with history, in key order."""
+        rows = conn.execute("SELECT key, id FROM ix_prompts WHERE first_seq IS NULL ORDER BY key").fetchall()
+        base = conn.execute("SELECT MAX(id) FROM ix_prompts WHERE first_seq IS NOT NULL").fetchone()[0] or 0
+        wanted = [(base + 1 + i, key) for i, (key, _) in enumerate(rows)]
+        if [r[1] for r in rows] != [w[0] for w in wanted]:
+            conn.execute("UPDATE ix_prompts SET id = -id - 1000000 WHERE first_seq IS NULL")
+            conn.executemany("UPDATE ix_prompts SET id = ? WHERE key = ?", wanted)
+
+    def _state(self, name: str) -> str | None:
+        row = self.db.reader().execute("SELECT value FROM ix_state WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def _set_state(self, conn: sqlite3.Connection, head: str | None, branch: str) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO ix_state (name, value) VALUES (?, ?)",
+            [("head", head), ("branch", branch)],
+        )
+
+    def _touched(self, report: SyncReport) -> None:
+        if report.changed or report.rebuilt or report.new_commits:
+            self.generation += 1
+        self._ref_cache.clear()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def list_prompts(self, include_deleted: bool = False) -> list[Prompt]:
+        conn = self.db.reader()
+        where = "" if include_deleted else "WHERE p.present = 1"
+        rows = conn.execute(
+            f"SELECT p.id, p.key, p.path, p.present FROM ix_prompts p {where} ORDER BY p.id"
+        ).fetchall()
+        served = self._served_versions(conn)
+        return [self._prompt_from(row, served.get(row[1])) for row in rows]
+
+    def get_prompt(self, ident: str | int, include_deleted: bool = True) -> Prompt:
+        """A prompt by integer id or key."""
+        conn = self.db.reader()
+        text = str(ident)
+        if text.isdigit():
+            row = conn.execute("SELECT id, key, path, present FROM ix_prompts WHERE id = ?", (int(text),)).fetchone()
+        else:
+            validate_key(text)
+            row = conn.execute("SELECT id, key, path, present FROM ix_prompts WHERE key = ?", (text,)).fetchone()
+        if row is None or (not include_deleted and not row[3]):
+            raise NotFound(f"No prompt found with {'id' if text.isdigit() else 'key'} {text!r}", param="model")
+        served = self._served_versions(conn, row[1])
+        return self._prompt_from(row, served.get(row[1]))
+
+    def _served_versions(self, conn: sqlite3.Connection, key: str | None = None) -> dict[str, tuple]:
+        where, args = ("WHERE v.key = ?", (key,)) if key else ("", ())
+        rows = conn.execute(
+            "SELECT v.key, v.number, v.seq, v.blob, c.sha, m.committed FROM ix_versions v"
+            " JOIN (SELECT key, MAX(number) AS n, MAX(CASE WHEN seq IS NOT NULL THEN number END) AS committed,"
+            " COUNT(*) AS c FROM ix_versions GROUP BY key) m ON v.key = m.key AND v.number = m.n"
+            f" LEFT JOIN ix_commits c ON c.seq = v.seq {where}",
+            args,
+        ).fetchall()
+        return {r[0]: tuple(r) for r in rows}
+
+    def _prompt_from(self, row: sqlite3.Row, served: tuple | None) -> Prompt:
+        pid, key, path, present = row[0], row[1], row[2], bool(row[3])
+        version = None
+        latest_committed = 0
+        if served is not None:
+            _, number, seq, blob, sha, committed = served
+            latest_committed = committed or 0
+            if present:
+                version = self._version(key, number, seq, blob, sha)
+        return Prompt(pid, key, path, present, version, latest_committed)
+
+    def _version(self, key: str, number: int | None, seq: int | None, blob: str, sha: str | None) -> Version:
+        conn = self.db.reader()
+        content, error = conn.execute("SELECT content, error FROM ix_blobs WHERE id = ?", (blob,)).fetchone() or (None, "missing")
+        commit = self._commit(seq) if seq is not None else None
+        return Version(key, number, sha, blob, content, error, commit, draft=seq is None)
+
+    def _commit(self, seq: int) -> Commit | None:
+        row = self.db.reader().execute(
+            "SELECT sha, author_name, author_email, authored_at, committed_at, message FROM ix_commits WHERE seq = ?",
+            (seq,),
+        ).fetchone()
+        return Commit(*row) if row else None
+
+    def versions(self, ident: str | int) -> list[Version]:
+        """Every version of a prompt, oldest first, the draft (if any) last."""
+        prompt = self.get_prompt(ident)
+        rows = self.db.reader().execute(
+            "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
+            " WHERE v.key = ? ORDER BY v.number",
+            (prompt.key,),
+        ).fetchall()
+        return [self._version(prompt.key, r[0], r[1], r[2], r[3]) for r in rows]
+
+    def version(self, ident: str | int, spec: str | int | None = None) -> Version:
+        """Resolve a version of a prompt: None (served), a number, a sha prefix, or a git ref."""
+        prompt = self.get_prompt(ident)
+        if spec is None or spec == "":
+            if prompt.version is None:
+                raise NotFound(f"Prompt {prompt.key!r} has been deleted; its history is still readable", param="model")
+            return prompt.version
+        text = str(spec).strip()
+        conn = self.db.reader()
+        if text.isdigit():
+            row = conn.execute(
+                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
+                " WHERE v.key = ? AND v.number = ?",
+                (prompt.key, int(text)),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"Prompt {prompt.key!r} has no version {text}", param="model")
+            return self._version(prompt.key, *row)
+        if 4 <= len(text) <= 40 and all(c in "0123456789abcdef" for c in text.lower()):
+            rows = conn.execute(
+                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq"
+                " WHERE v.key = ? AND c.sha LIKE ?",
+                (prompt.key, text.lower() + "%"),
+            ).fetchall()
+            if len(rows) == 1:
+                return self._version(prompt.key, *rows[0])
+        return self._version_at_ref(prompt.key, text)
+
+    def _version_at_ref(self, key: str, ref: str) -> Version:
+        cache_key = (key, ref)
+        if cache_key not in self._ref_cache:
+            self._ref_cache[cache_key] = self._read_ref(key, ref)
+        found = self._ref_cache[cache_key]
+        if found is None:
+            raise NotFound(f"Prompt {key!r} has no version {ref!r} (not a version number, sha or git ref)", param="model")
+        return found
+
+    def _read_ref(self, key: str, ref: str) -> Version | None:
+        commit = self.store.resolve_ref(ref)
+        if commit is None:
+            return None
+        path = path_for_key(key)
+        data = self.store.file_at(commit, path)
+        if data is None:
+            return None
+        last = self.store.last_commit_touching(path, commit) or commit
+        row = self.db.reader().execute(
+            "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key = ? AND c.sha = ?",
+            (key, last),
+        ).fetchone()
+        content, error = _decode(data)
+        info = self.store.commit_info(last)
+        return Version(key, row[0] if row else None, last, blob_id(data), content, error, info)
+
+    def diff(self, ident: str | int, old: str | int, new: str | int) -> str:
+        a, b = self.version(ident, old), self.version(ident, new)
+        return unified_diff(a.content or "", b.content or "", f"{a.path}@{label(a)}", f"{b.path}@{label(b)}")
+
+    def head(self) -> str | None:
+        return self._state("head")
+
+
+def label(version: Version) -> str:
+    if version.draft:
+        return "draft"
+    return str(version.number) if version.number is not None else (version.sha or "")[:12]
+
+
+def unified_diff(old: str, new: str, old_name: str = "a", new_name: str = "b") -> str:
+    return "".join(
+        difflib.unified_diff(old.splitlines(True), new.splitlines(True), old_name, new_name)
+    )
+
+
+def _decode(data: bytes) -> tuple[str | None, str | None]:
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text (invalid byte at offset {exc.start})"
+
+
+def _versions_from(
+    history: list[tuple[Commit, list]], start_seq: int, numbers: dict[str, int] | None = None
+) -> tuple[list[tuple[str, int, int, str]], list[str]]:
+    """(key, number, seq, blob) for every content change to a prompt file, in history order."""
+    counts = dict(numbers or {})
+    versions: list[tuple[str, int, int, str]] = []
+    for i, (_, changes) in enumerate(history):
+        for change in sorted(changes, key=lambda c: c.path):
+            if change.blob is None or not change.path.startswith("prompts/"):
+                continue
+            try:
+                key = key_from_path(change.path)
+            except LlmkitError:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            versions.append((key, counts[key], start_seq + i, change.blob))
+    return versions, list(dict.fromkeys(v[3] for v in versions))

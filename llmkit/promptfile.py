@@ -1,0 +1,294 @@
+"""The prompt file format: YAML frontmatter, then role-commented markdown sections.
+
+A role marker is a line that is exactly `<!-- role:system -->` (or user/assistant; spaces inside
+the comment are tolerated). Roles are split here, before any template is rendered, so a
+variable's value can never open a new message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import frontmatter
+import yaml
+
+from llmkit.errors import InvalidKey, PromptFormatError
+
+ROLES = ("system", "user", "assistant")
+MARKER_RE = re.compile(r"^<!--\s*role\s*:\s*(\w+)\s*-->$")
+# Anything that looks like it wants to be a marker, to report unknown roles instead of
+# silently keeping them as text.
+MARKER_LIKE_RE = re.compile(r"^\s*<!--\s*role\s*:.*-->\s*$")
+TEMPLATE_RE = re.compile(r"\{\{|\{%|\{#")
+KEY_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+MAX_KEY_LENGTH = 200
+PROMPT_TYPES = ("static", "dynamic_system", "dynamic_both")
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+
+_number = (int, float)
+
+# Known frontmatter keys, in canonical order, with the types they accept.
+FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "description": (str,),
+    "type": (str,),
+    "chat": (bool,),
+    "temperature": _number,
+    "max_tokens": (int,),
+    "top_p": _number,
+    "presence_penalty": _number,
+    "frequency_penalty": _number,
+    "stop": (str, list),
+    "seed": (int,),
+    "json_mode": (bool,),
+    "json_schema": (dict,),
+    "tools": (list,),
+    "tool_choice": (str, dict),
+    "reasoning_effort": (str,),
+    "fallbacks": (list,),
+    "api_base": (str,),
+    "timeout": _number,
+    "tags": (list,),
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass
+class PromptFile:
+    """A parsed prompt file. `messages` are the sections in file order."""
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+    # File line of each section's first content line, for error messages; not part of equality.
+    lines: list[int] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def system(self) -> str:
+        """The first system section (LLMKit's `system` field)."""
+        return next((m.content for m in self.messages if m.role == "system"), "")
+
+    @property
+    def user(self) -> str:
+        """The user template: the last section when it is a user section (LLMKit's `user`)."""
+        if self.messages and self.messages[-1].role == "user":
+            return self.messages[-1].content
+        return ""
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model", "default"))
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(self.meta.get("chat", False))
+
+    @property
+    def json_mode(self) -> bool:
+        return bool(self.meta.get("json_mode", False))
+
+    @property
+    def prompt_type(self) -> str:
+        explicit = self.meta.get("type")
+        if explicit:
+            return str(explicit)
+        if not any(TEMPLATE_RE.search(m.content) for m in self.messages):
+            return "static"
+        if self.messages and self.messages[-1].role == "user":
+            return "dynamic_both"
+        return "dynamic_system"
+
+
+def validate_key(key: str) -> str:
+    """A prompt key: `[A-Za-z0-9._-]` segments joined by `/`. Raises InvalidKey naming it."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("Prompt key must be a non-empty string", param="key")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(
+            f"Prompt key is {len(key)} characters long; at most {MAX_KEY_LENGTH} are allowed",
+            param="key",
+        )
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKey(f"Invalid prompt key {key!r}: empty, '.' or '..' segment", param="key")
+        if not KEY_SEGMENT_RE.match(segment):
+            raise InvalidKey(
+                f"Invalid prompt key {key!r}: segments use only letters, digits, '.', '_' and '-',"
+                " and do not start with '.'",
+                param="key",
+            )
+    return key
+
+
+def key_from_path(rel_path: str) -> str:
+    """`prompts/support/triage.md` -> `support/triage`."""
+    if not rel_path.startswith("prompts/") or not rel_path.endswith(".md"):
+        raise InvalidKey(f"{rel_path} is not a prompt file (prompts/<key>.md)")
+    return validate_key(rel_path[len("prompts/") : -len(".md")])
+
+
+def path_for_key(key: str) -> str:
+    return f"prompts/{validate_key(key)}.md"
+
+
+def validate_meta(meta: dict[str, Any]) -> None:
+    """Known keys with the right types and ranges. The error's `param` names the key."""
+
+    def fail(name: str, msg: str) -> PromptFormatError:
+        err = PromptFormatError(msg)
+        err.param = str(name)
+        return err
+
+    for name, value in meta.items():
+        if name not in FIELDS:
+            raise fail(name, f"Unknown frontmatter key {name!r} (known keys: {', '.join(FIELDS)})")
+        types = FIELDS[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = " or ".join(t.__name__ for t in types)
+            raise fail(name, f"Frontmatter key {name!r} must be {names}, got {value!r}")
+    ranges = {"temperature": (0, 2), "top_p": (0, 1), "max_tokens": (1, None), "timeout": (0, None)}
+    for name, (low, high) in ranges.items():
+        if name in meta and (meta[name] < low or (high is not None and meta[name] > high)):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise fail(name, f"{name} must be {bounds}, got {meta[name]}")
+    choices = {"type": PROMPT_TYPES, "reasoning_effort": REASONING_EFFORTS}
+    for name, allowed in choices.items():
+        if name in meta and meta[name] not in allowed:
+            raise fail(name, f"{name} must be one of {', '.join(allowed)}, got {meta[name]!r}")
+    if "model" in meta and not meta["model"].strip():
+        raise fail("model", "model must not be empty")
+    for name in ("fallbacks", "tags"):
+        if name in meta and not all(isinstance(v, str) for v in meta[name]):
+            raise fail(name, f"{name} must be a list of strings")
+
+
+_FRONTMATTER_RE = re.compile(r"\A---[ \t]*\n(.*?)^---[ \t]*(?:\n|\Z)", re.S | re.M)
+_yaml_handler = frontmatter.YAMLHandler()
+
+
+def parse(text: str, path: str | None = None) -> PromptFile:
+    """Parse a prompt file. Errors name the file and line."""
+    text = text.replace("\r\n", "\n")
+    meta: dict[str, Any] = {}
+    body_start = 1
+    match = _FRONTMATTER_RE.match(text)
+    if match:
+        raw = match.group(1)
+        try:
+            loaded = _yaml_handler.load(raw) if raw.strip() else {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 2 if mark is not None else 1
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise PromptFormatError(f"Malformed frontmatter: {problem}", path=path, line=line)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise PromptFormatError("Frontmatter must be a mapping of keys", path=path, line=2)
+        meta = _meta_in_canonical_order(loaded)
+        try:
+            validate_meta(meta)
+        except PromptFormatError as exc:
+            raise PromptFormatError(exc.detail, path=path, line=_line_of_key(raw, exc.param))
+        body_start = text[: match.end()].count("\n") + 1
+        body = text[match.end() :]
+    elif text.startswith("---\n"):
+        raise PromptFormatError("Frontmatter is not closed by a '---' line", path=path, line=1)
+    else:
+        body = text
+    messages, lines = _split_sections(body, body_start, path)
+    return PromptFile(meta=meta, messages=messages, lines=lines)
+
+
+def _line_of_key(raw: str, name: str | None) -> int:
+    """File line of a top-level frontmatter key; line 2 is the first frontmatter line."""
+    for offset, line in enumerate(raw.split("\n")):
+        if name is not None and line.split(":", 1)[0].strip() == name:
+            return offset + 2
+    return 2
+
+
+def _meta_in_canonical_order(meta: dict[str, Any]) -> dict[str, Any]:
+    order = {name: i for i, name in enumerate(FIELDS)}
+    return dict(sorted(meta.items(), key=lambda kv: (order.get(str(kv[0]), len(order)), 0)))
+
+
+def _split_sections(body: str, first_line: int, path: str | None) -> tuple[list[Message], list[int]]:
+    """Sections and the 1-based file line of each one's first content line."""
+    sections: list[tuple[str, list[str], int]] = []
+    role, lines, start, explicit = "system", [], first_line, False
+    for offset, line in enumerate(body.split("\n")):
+        if not MARKER_LIKE_RE.match(line):
+            lines.append(line)
+            continue
+        marker = MARKER_RE.match(line.strip())
+        if marker is None or marker.group(1) not in ROLES:
+            found = marker.group(1) if marker else line.strip()
+            raise PromptFormatError(
+                f"Unknown role marker {found!r}; use one of: "
+                + ", ".join(f"<!-- role:{r} -->" for r in ROLES),
+                path=path,
+                line=first_line + offset,
+            )
+        if explicit or _strip_blank(lines):
+            sections.append((role, lines, start))
+        role, lines, start, explicit = marker.group(1), [], first_line + offset + 1, True
+    if explicit or _strip_blank(lines):
+        sections.append((role, lines, start))
+    messages, starts = [], []
+    for role, lines, start in sections:
+        leading = next((i for i, line in enumerate(lines) if line.strip()), 0)
+        messages.append(Message(role, "\n".join(_strip_blank(lines))))
+        starts.append(start + leading)
+    return messages, starts
+
+
+def _strip_blank(lines: list[str]) -> list[str]:
+    start, end = 0, len(lines)
+    while start < end and not lines[start].strip():
+        start += 1
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return lines[start:end]
+
+
+def is_marker(line: str) -> bool:
+    return bool(MARKER_LIKE_RE.match(line))
+
+
+def _dump_meta(meta: dict[str, Any]) -> str:
+    if not meta:
+        return ""
+    return yaml.safe_dump(
+        _meta_in_canonical_order(meta), sort_keys=False, allow_unicode=True, width=1000
+    )
+
+
+def serialize(prompt: PromptFile) -> str:
+    """The canonical text of a prompt file."""
+    for m in prompt.messages:
+        if m.role not in ROLES:
+            raise PromptFormatError(f"Unknown role {m.role!r}; use one of: {', '.join(ROLES)}")
+        lines = m.content.split("\n")
+        if any(is_marker(line) for line in lines):
+            raise PromptFormatError(
+                f"A {m.role} message contains a line that is a role marker; role markers"
+                " cannot appear inside message text"
+            )
+        if m.content != "\n".join(_strip_blank(lines)):
+            raise PromptFormatError(
+                f"A {m.role} message starts or ends with a blank line, which the file format drops"
+            )
+    validate_meta(prompt.meta)
+    parts = ["---\n", _dump_meta(prompt.meta), "---\n"]
+    sections = [
+        f"<!-- role:{m.role} -->\n" + (m.content + "\n" if m.content else "")
+        for m in prompt.messages
+    ]
+    return "".join(parts) + "\n".join(sections)
