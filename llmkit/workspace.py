@@ -1,0 +1,48 @@
+"""Workspace: one prompt repository opened for work: settings, git store, database, index.
+
+The CLI and the API both start from here, so they share one way of opening things."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from llmkit.config import Settings
+from llmkit.db import Database
+from llmkit.index import Index
+from llmkit.store import GitStore
+
+if TYPE_CHECKING:
+    from llmkit.keys import KeyStore
+    from llmkit.runlog import RunLog
+
+
+class Workspace:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = GitStore(settings.repo, settings.lock_path)
+        self.db = Database(settings.db_path)
+        self.index = Index(self.store, self.db)
+
+    @classmethod
+    def open(cls, repo: str | None = None, **overrides: object) -> "Workspace":
+        return cls(Settings.resolve(repo, **overrides))
+
+    @cached_property
+    def keys(self) -> "KeyStore":
+        from llmkit.keys import KeyStore
+
+        return KeyStore(self.db)
+
+    @cached_property
+    def runlog(self) -> "RunLog":
+        from llmkit.runlog import RunLog
+
+        return RunLog(self.db, batch_ms=self.settings.log_batch_ms)
+
+    def close(self) -> None:
+        if "runlog" in self.__dict__:
+            self.runlog.close()
+        if "keys" in self.__dict__ and hasattr(self.keys, "flush"):
+            self.keys.flush()
+        self.db.close()
