@@ -180,7 +180,7 @@ def lint(repo: Path | None, fmt: str, as_json: bool) -> None:
 @handle_errors
 def history(repo: Path | None, key: str, patch: bool, as_json: bool) -> None:
     """The versions of a prompt, oldest first."""
-    from llmkit.index import _iso, unified_diff
+    from llmkit.index import iso_time, unified_diff
 
     ws = synced_workspace(repo)
     versions = ws.index.versions(key)
@@ -195,7 +195,7 @@ def history(repo: Path | None, key: str, patch: bool, as_json: bool) -> None:
                 "draft": v.draft,
                 "author": v.commit.author_name if v.commit else None,
                 "email": v.commit.author_email if v.commit else None,
-                "date": _iso(v.commit.authored_at) if v.commit else None,
+                "date": iso_time(v.commit.authored_at) if v.commit else None,
                 "message": v.commit.message if v.commit else "uncommitted changes in the working tree",
                 "diff": diff,
             }

@@ -527,7 +527,7 @@ def version_fields(version: Version, previous: Version | None = None) -> dict[st
         "sha": version.sha,
         "draft": version.draft,
         "error": version.error,
-        "updated_at": _iso(version.commit.committed_at) if version.commit else None,
+        "updated_at": iso_time(version.commit.committed_at) if version.commit else None,
     }
     try:
         prompt = version.prompt()
@@ -558,7 +558,7 @@ def version_fields(version: Version, previous: Version | None = None) -> dict[st
     return fields
 
 
-def _iso(timestamp: int) -> str:
+def iso_time(timestamp: int) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")

@@ -114,6 +114,8 @@ def validate_key(key: str) -> str:
             f"Prompt key is {len(key)} characters long; at most {MAX_KEY_LENGTH} are allowed",
             param="key",
         )
+    if key.isdigit():
+        raise InvalidKey(f"Invalid prompt key {key!r}: a key of digits only would read as an id", param="key")
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidKey(f"Invalid prompt key {key!r}: empty, '.' or '..' segment", param="key")

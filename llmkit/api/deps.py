@@ -1,0 +1,49 @@
+"""Dependencies: the workspace, and API keys checked by scope."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from llmkit.errors import Forbidden, Unauthorized
+from llmkit.keys import ApiKey
+from llmkit.workspace import Workspace
+
+
+def workspace(request: Request) -> Workspace:
+    return request.app.state.ws  # type: ignore[no-any-return]
+
+
+def _key_from(request: Request) -> ApiKey:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized(
+            "Missing API key: send it as 'Authorization: Bearer llmkit_...'", code="missing_api_key"
+        )
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise Unauthorized("Malformed Authorization header: expected 'Bearer llmkit_...'")
+    key = workspace(request).keys.verify(token)
+    if key is None:
+        raise Unauthorized("Invalid API key: unknown or revoked")
+    request.state.api_key = key
+    return key
+
+
+def run_key(request: Request) -> ApiKey:
+    """Any valid key: `run` and `admin` keys may execute prompts and list models."""
+    return _key_from(request)
+
+
+def admin_key(request: Request) -> ApiKey:
+    key = _key_from(request)
+    if key.scope != "admin":
+        raise Forbidden(f"This route needs an admin key; key {key.prefix}… has scope {key.scope!r}")
+    return key
+
+
+Ws = Annotated[Workspace, Depends(workspace)]
+RunKey = Annotated[ApiKey, Depends(run_key)]
+AdminKey = Annotated[ApiKey, Depends(admin_key)]

@@ -1,0 +1,31 @@
+"""API keys (admin only). A key is shown once, when it is created."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Depends
+
+from llmkit.api.deps import Ws, admin_key
+from llmkit.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+
+router = APIRouter(prefix="/v1/ui/settings/api-keys", dependencies=[Depends(admin_key)], tags=["api keys"])
+
+
+@router.get("", response_model=list[ApiKeyPublic])
+def list_keys(ws: Ws) -> list[dict]:
+    """All keys, revoked ones included, without the keys themselves."""
+    return [asdict(key) for key in ws.keys.list()]
+
+
+@router.post("", response_model=ApiKeyCreated, status_code=201)
+def create_key(body: ApiKeyCreate, ws: Ws) -> dict:
+    """Create a key; the response is the only time it is shown."""
+    record, clear = ws.keys.create(body.name, body.scope)
+    return {**asdict(record), "key": clear}
+
+
+@router.delete("/{key_id}", response_model=ApiKeyPublic)
+def revoke_key(key_id: int, ws: Ws) -> dict:
+    """Revoke a key; it stops working at once."""
+    return asdict(ws.keys.revoke(key_id))

@@ -1,0 +1,236 @@
+"""Prompts over git: every read comes from the index, every write is one commit.
+
+`{prompt_id}` is an integer id or a key; keys may contain `/`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query
+
+from llmkit import authoring
+from llmkit.api.deps import Ws, admin_key
+from llmkit.api.schemas import CommitInfo, PromptWrite
+from llmkit.errors import BadRequest, PromptFormatError
+from llmkit.index import iso_time, label, prompt_fields, unified_diff, version_fields
+from llmkit.promptfile import Message, PromptFile, parse, path_for_key, validate_key, validate_meta
+from llmkit.workspace import Workspace
+
+router = APIRouter(prefix="/v1/ui/prompts", dependencies=[Depends(admin_key)], tags=["prompts"])
+
+STRUCTURED = ("system", "user", "messages", "model", "max_tokens", "temperature", "json_mode", "prompt_type", "is_chat", "description", "frontmatter")
+
+
+def _base(if_match: str | None, body: CommitInfo | None) -> str | None:
+    if if_match:
+        return if_match.strip().removeprefix("W/").strip('"')
+    return body.base_version if body else None
+
+
+def _detail(ws: Workspace, ident: str | int) -> dict[str, Any]:
+    prompt = ws.index.get_prompt(ident)
+    previous = None
+    if prompt.version is not None and prompt.version.number and prompt.version.number > 1:
+        previous = ws.index.version(prompt.key, prompt.version.number - 1)
+    return prompt_fields(prompt, previous)
+
+
+def build_prompt(body: PromptWrite, key: str, current: PromptFile | None) -> PromptFile:
+    """The prompt file a write asks for: its `content`, or its fields merged onto `current`."""
+    given = {name for name in STRUCTURED if getattr(body, name) is not None}
+    if body.content is not None:
+        if given:
+            raise BadRequest(f"Give either content or structured fields, not both (got content and {', '.join(sorted(given))})")
+        try:
+            return parse(body.content, path_for_key(key))
+        except PromptFormatError as exc:
+            raise BadRequest(exc.message, param="content") from None
+    meta = dict(current.meta) if current else {}
+    messages = list(current.messages) if current else []
+    for name, value in (body.frontmatter or {}).items():
+        if value is None:
+            meta.pop(name, None)
+        else:
+            meta[name] = value
+    for field, meta_key in (("model", "model"), ("max_tokens", "max_tokens"), ("temperature", "temperature"), ("json_mode", "json_mode"), ("is_chat", "chat"), ("description", "description")):
+        value = getattr(body, field)
+        if value is not None:
+            meta[meta_key] = value
+    if body.messages is not None:
+        if body.system is not None or body.user is not None:
+            raise BadRequest("Give either messages or system/user, not both", param="messages")
+        messages = [Message(m.role, _trim(m.content)) for m in body.messages]
+    else:
+        messages = _replace_sections(messages, body.system, body.user)
+    prompt = PromptFile(meta=meta, messages=messages)
+    if body.prompt_type is not None:
+        meta.pop("type", None)
+        if PromptFile(meta=meta, messages=messages).prompt_type != body.prompt_type:
+            meta["type"] = body.prompt_type
+    try:
+        validate_meta(meta)
+    except PromptFormatError as exc:
+        raise BadRequest(exc.detail, param=exc.param) from None
+    if not prompt.messages:
+        raise BadRequest("A prompt needs at least a system or a user message", param="system")
+    return prompt
+
+
+def _trim(text: str) -> str:
+    lines = text.replace("\r\n", "\n").split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _replace_sections(messages: list[Message], system: str | None, user: str | None) -> list[Message]:
+    result = list(messages)
+    if system is not None:
+        index = next((i for i, m in enumerate(result) if m.role == "system"), None)
+        if index is None:
+            if system.strip():
+                result.insert(0, Message("system", _trim(system)))
+        elif system.strip():
+            result[index] = Message("system", _trim(system))
+        else:
+            del result[index]
+    if user is not None:
+        ends_with_user = bool(result) and result[-1].role == "user"
+        if user.strip():
+            if ends_with_user:
+                result[-1] = Message("user", _trim(user))
+            else:
+                result.append(Message("user", _trim(user)))
+        elif ends_with_user:
+            result.pop()
+    return result
+
+
+@router.get("")
+def list_prompts(ws: Ws) -> list[dict[str, Any]]:
+    """Every served prompt."""
+    return [prompt_fields(p) for p in ws.index.list_prompts()]
+
+
+@router.post("", status_code=201)
+def create_prompt(body: PromptWrite, ws: Ws) -> dict[str, Any]:
+    """Create a prompt: writes prompts/<key>.md and commits it."""
+    if not body.key:
+        raise BadRequest("key is required", param="key")
+    key = validate_key(body.key)
+    prompt = build_prompt(body, key, None)
+    authoring.save_prompt(
+        ws, key, prompt, create=True, message=body.message,
+        author_name=body.author_name, author_email=body.author_email,
+    )
+    return _detail(ws, key)
+
+
+@router.get("/{prompt_id:path}/versions")
+def list_versions(prompt_id: str, ws: Ws) -> list[dict[str, Any]]:
+    """History: every version with author, date, message and diff against the one before."""
+    versions = ws.index.versions(prompt_id)
+    result = []
+    previous = None
+    for v in versions:
+        fields = version_fields(v, previous)
+        commit = v.commit
+        fields.update(
+            number=v.number,
+            author=commit.author_name if commit else None,
+            author_email=commit.author_email if commit else None,
+            date=iso_time(commit.authored_at) if commit else None,
+            message=commit.message if commit else "Uncommitted changes in the working tree",
+            diff=unified_diff(previous.content or "" if previous else "", v.content or "", f"{v.path}@{label(previous) if previous else 0}", f"{v.path}@{label(v)}"),
+        )
+        result.append(fields)
+        previous = v
+    return result
+
+
+@router.get("/{prompt_id:path}/versions/{version}")
+def get_version(prompt_id: str, version: str, ws: Ws) -> dict[str, Any]:
+    """One version by number, sha prefix, branch or tag, with its file content."""
+    v = ws.index.version(prompt_id, version)
+    prompt = ws.index.get_prompt(prompt_id)
+    commit = v.commit
+    return {
+        "id": prompt.id,
+        "key": prompt.key,
+        "path": prompt.path,
+        **version_fields(v),
+        "number": v.number,
+        "author": commit.author_name if commit else None,
+        "date": iso_time(commit.authored_at) if commit else None,
+        "message": commit.message if commit else None,
+        "content": v.content,
+    }
+
+
+@router.get("/{prompt_id:path}/diff")
+def diff(
+    prompt_id: str,
+    ws: Ws,
+    from_: str = Query(..., alias="from", description="Old version: number, sha or ref"),
+    to: str | None = Query(None, description="New version; default what is served"),
+) -> dict[str, Any]:
+    """Unified diff of the prompt file between two versions."""
+    return {"from": from_, "to": to, "diff": ws.index.diff(prompt_id, from_, to)}
+
+
+@router.put("/{prompt_id:path}/set-version/{version}")
+def set_version(
+    prompt_id: str,
+    version: str,
+    ws: Ws,
+    body: CommitInfo | None = None,
+    if_match: str | None = Header(None),
+) -> dict[str, Any]:
+    """Make version n current again, by committing its content as a new version."""
+    prompt = ws.index.get_prompt(prompt_id)
+    authoring.restore_version(
+        ws, prompt.key, version, base=_base(if_match, body),
+        message=body.message if body else None,
+        author_name=body.author_name if body else None,
+        author_email=body.author_email if body else None,
+    )
+    return _detail(ws, prompt.key)
+
+
+@router.get("/{prompt_id:path}")
+def get_prompt(prompt_id: str, ws: Ws) -> dict[str, Any]:
+    """One prompt as served, with diffs of its system and user text against the version before."""
+    return _detail(ws, prompt_id)
+
+
+@router.put("/{prompt_id:path}")
+def update_prompt(prompt_id: str, body: PromptWrite, ws: Ws, if_match: str | None = Header(None)) -> dict[str, Any]:
+    """Update a prompt as a new commit. Fields not given keep their values."""
+    prompt = ws.index.get_prompt(prompt_id, include_deleted=False)
+    if body.key is not None and body.key != prompt.key:
+        raise BadRequest(f"Renaming is not supported: key {body.key!r} differs from {prompt.key!r}", param="key")
+    current = prompt.version.prompt() if prompt.version is not None and body.content is None else None
+    new = build_prompt(body, prompt.key, current)
+    authoring.save_prompt(
+        ws, prompt.key, new, base=_base(if_match, body), message=body.message,
+        author_name=body.author_name, author_email=body.author_email,
+    )
+    return _detail(ws, prompt.key)
+
+
+@router.delete("/{prompt_id:path}")
+def delete_prompt(
+    prompt_id: str, ws: Ws, body: CommitInfo | None = None, if_match: str | None = Header(None)
+) -> dict[str, Any]:
+    """Delete a prompt as a commit; its history stays readable."""
+    prompt = ws.index.get_prompt(prompt_id, include_deleted=False)
+    authoring.delete_prompt(
+        ws, prompt.key, base=_base(if_match, body),
+        message=body.message if body else None,
+        author_name=body.author_name if body else None,
+        author_email=body.author_email if body else None,
+    )
+    return {"id": prompt.id, "key": prompt.key, "deleted": True, "sha": ws.store.head()}
