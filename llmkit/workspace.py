@@ -14,6 +14,7 @@ from llmkit.store import GitStore
 
 if TYPE_CHECKING:
     from llmkit.keys import KeyStore
+    from llmkit.models import ModelRegistry
     from llmkit.runlog import RunLog
 
 
@@ -35,6 +36,12 @@ class Workspace:
         return KeyStore(self.db)
 
     @cached_property
+    def models(self) -> "ModelRegistry":
+        from llmkit.models import ModelRegistry
+
+        return ModelRegistry(self.settings.config_file)
+
+    @cached_property
     def runlog(self) -> "RunLog":
         from llmkit.runlog import RunLog
 
@@ -43,6 +50,6 @@ class Workspace:
     def close(self) -> None:
         if "runlog" in self.__dict__:
             self.runlog.close()
-        if "keys" in self.__dict__ and hasattr(self.keys, "flush"):
+        if "keys" in self.__dict__:
             self.keys.flush()
         self.db.close()

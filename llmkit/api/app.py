@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmkit import __version__
 from llmkit.api.limits import BodySizeLimit
-from llmkit.api.routes import keys, meta, prompts
+from llmkit.api.routes import completions, keys, logs, meta, prompts
 from llmkit.config import Settings
 from llmkit.errors import LlmkitError
 from llmkit.workspace import Workspace
@@ -91,27 +91,13 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(meta.router)
     app.include_router(meta.run_router)
+    # Routes under /v1/ui/prompts/{id}/... go before the prompts router, whose
+    # /v1/ui/prompts/{id:path} would otherwise take them.
+    completions.install(app)
+    logs.install(app)
     app.include_router(prompts.router)
     app.include_router(keys.router)
-    for extra in _optional_routers():
-        extra(app)
     return app
-
-
-def _optional_routers() -> list[Any]:
-    """Route modules for execution, logs and evals register themselves through `install`."""
-    import importlib
-
-    installers = []
-    for name in ("llmkit.api.routes.completions", "llmkit.api.routes.logs", "llmkit.api.routes.evals"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        installers.append(module.install)
-    return installers
 
 
 def install_error_handlers(app: FastAPI) -> None:

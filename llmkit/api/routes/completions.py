@@ -1,0 +1,128 @@
+"""Executing prompts: OpenAI's chat completions, JSON or server-sent events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from llmkit.api.deps import admin_key, run_key
+from llmkit.errors import BadRequest, LlmkitError
+from llmkit.execute import Execution, Executor
+
+router = APIRouter(dependencies=[Depends(run_key)], tags=["completions"])
+ui_router = APIRouter(prefix="/v1/ui/prompts/execute", dependencies=[Depends(admin_key)], tags=["completions"])
+
+
+def install(app: FastAPI) -> None:
+    ws = app.state.ws
+    app.state.executor = Executor(ws, ws.models, ws.runlog)
+
+    async def start(app: FastAPI) -> None:
+        ws.runlog.start()
+
+    async def stop(app: FastAPI) -> None:
+        from llmkit import providers
+
+        await providers.aclose()
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(stop)
+    app.include_router(router)
+    app.include_router(ui_router)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object")
+    return body
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+async def execute(request: Request, body: dict[str, Any], stream: bool, source: str) -> Response:
+    executor: Executor = request.app.state.executor
+    key = getattr(request.state, "api_key", None)
+    ex = executor.prepare(body, source=source, api_key_id=key.id if key else None)
+    if not stream:
+        response = await executor.complete(ex)
+        return JSONResponse(response, headers=ex.headers())
+    return await _stream(executor, ex)
+
+
+async def _stream(executor: Executor, ex: Execution) -> Response:
+    chunks = executor.stream(ex)
+    # Pull the first chunk before answering, so a failure before the stream starts is an
+    # ordinary JSON error with its status.
+    try:
+        first: dict[str, Any] | None = await chunks.__anext__()
+    except StopAsyncIteration:
+        first = None
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield _sse(first)
+            async for chunk in chunks:
+                yield _sse(chunk)
+            yield b"data: [DONE]\n\n"
+        except LlmkitError as exc:
+            yield _sse(exc.to_dict())
+        finally:
+            await chunks.aclose()
+
+    headers = {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """Execute the prompt named by `model` (key, or key@version); SSE when `stream` is true."""
+    body = await _body(request)
+    return await execute(request, body, bool(body.get("stream")), "api")
+
+
+@router.post("/v1/chat/completions/stream")
+async def chat_completions_stream(request: Request) -> Response:
+    """Execute the prompt named by `model`, always streaming."""
+    body = await _body(request)
+    return await execute(request, body, True, "api")
+
+
+@ui_router.post("/chat")
+async def execute_chat(request: Request) -> Response:
+    """Execute a prompt in chat mode from the UI (same body as chat completions)."""
+    body = await _body(request)
+    return await execute(request, body, bool(body.get("stream")), "ui")
+
+
+@ui_router.post("/{prompt_id:path}/stream")
+async def execute_prompt_stream(prompt_id: str, request: Request) -> Response:
+    """Execute prompt {id} (id or key, optionally @version), streaming."""
+    body = await _body(request)
+    body["model"] = _model_for(request, prompt_id)
+    return await execute(request, body, True, "ui")
+
+
+@ui_router.post("/{prompt_id:path}")
+async def execute_prompt(prompt_id: str, request: Request) -> Response:
+    """Execute prompt {id} (id or key, optionally @version)."""
+    body = await _body(request)
+    body["model"] = _model_for(request, prompt_id)
+    return await execute(request, body, bool(body.get("stream")), "ui")
+
+
+def _model_for(request: Request, prompt_id: str) -> str:
+    ident, _, version = prompt_id.partition("@")
+    key = request.app.state.ws.index.get_prompt(ident).key
+    return f"{key}@{version}" if version else key

@@ -1,0 +1,83 @@
+"""The run log over HTTP, per-version figures, and the models in use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from llmkit.api.deps import Ws, admin_key
+from llmkit.errors import NotFound
+from llmkit.models import describe_models
+
+router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+
+
+def _filters(prompt: str | None, version: str | None, status: str | None, since: str | None, until: str | None) -> dict[str, Any]:
+    return {"prompt": prompt, "version": version, "status": status, "since": since, "until": until}
+
+
+@router.get("/logs")
+def list_logs(
+    ws: Ws,
+    page: int = 1,
+    page_size: int = 50,
+    prompt: str | None = None,
+    version: str | None = None,
+    status: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> list[dict[str, Any]]:
+    """Provider calls, newest first, filtered by prompt, version, status and time."""
+    ws.runlog.flush()
+    return ws.runlog.list(page=page, page_size=page_size, **_filters(prompt, version, status, since, until))
+
+
+@router.get("/logs/count")
+def count_logs(
+    ws: Ws,
+    prompt: str | None = None,
+    version: str | None = None,
+    status: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> dict[str, int]:
+    """How many provider calls match the filters."""
+    ws.runlog.flush()
+    return {"count": ws.runlog.count(**_filters(prompt, version, status, since, until))}
+
+
+@router.get("/logs/{trace_id}")
+def get_log(trace_id: str, ws: Ws) -> dict[str, Any]:
+    """One provider call by trace id."""
+    ws.runlog.flush()
+    row = ws.runlog.get(trace_id)
+    if row is None:
+        raise NotFound(f"No log entry with trace id {trace_id!r}", param="trace_id")
+    return row
+
+
+@router.get("/prompts/{prompt_id:path}/stats")
+def prompt_stats(prompt_id: str, ws: Ws) -> dict[str, Any]:
+    """Per version: call count, error rate, latency p50/p95, tokens and cost."""
+    prompt = ws.index.get_prompt(prompt_id)
+    ws.runlog.flush()
+    return {"id": prompt.id, "key": prompt.key, "versions": ws.runlog.stats(prompt.key)}
+
+
+@router.get("/models")
+def models(ws: Ws) -> dict[str, Any]:
+    """Model aliases from llmkit.yaml and the models prompts use, with provider and key status."""
+    used: dict[str, list[str]] = {}
+    for prompt in ws.index.list_prompts():
+        if prompt.version is None:
+            continue
+        try:
+            used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
+        except Exception:
+            continue
+    return {"object": "list", "data": describe_models(ws.models, used)}

@@ -1,0 +1,371 @@
+"""Executing a prompt: variables -> messages -> parameters -> provider -> run log.
+
+The request is OpenAI's chat-completions body with the prompt key (optionally pinned,
+`key@7`, `key@3fa9c1e`, `key@production`) as `model`. Caller text is never rendered as a
+template: only the prompt's own sections are.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmkit import providers
+from llmkit.errors import BadRequest, LlmkitError, UpstreamError
+from llmkit.index import Version, label
+from llmkit.models import ModelRegistry
+from llmkit.promptfile import PromptFile
+from llmkit.render import render_messages
+from llmkit.runlog import RunLog, RunRecord, new_trace_id
+from llmkit.workspace import Workspace
+
+# Request fields that override or extend the prompt's settings.
+REQUEST_PARAMS = (
+    "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n", "user",
+    "tools", "tool_choice", "response_format", "presence_penalty", "frequency_penalty",
+    "parallel_tool_calls", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort",
+)
+# Frontmatter fields sent to the provider.
+PROMPT_PARAMS = (
+    "temperature", "max_tokens", "top_p", "presence_penalty", "frequency_penalty", "stop",
+    "seed", "tools", "tool_choice", "reasoning_effort",
+)
+# Everything else a client may send; anything outside these is refused by name.
+OTHER_FIELDS = {"model", "messages", "variables", "stream", "stream_options", "metadata", "store"}
+JSON_FORMATS = ("json_object", "json_schema")
+
+
+@dataclass
+class Execution:
+    """A prepared call: the version resolved, the messages rendered, the parameters merged."""
+
+    key: str
+    version: Version
+    prompt: PromptFile
+    call: providers.ProviderCall
+    json_mode: bool
+    schema: dict[str, Any] | None
+    include_usage: bool = False
+    source: str = "api"
+    api_key_id: int | None = None
+    trace_id: str = field(default_factory=new_trace_id)
+
+    @property
+    def version_label(self) -> str:
+        return label(self.version)
+
+    def headers(self) -> dict[str, str]:
+        return {"x-llmkit-prompt-version": self.version_label, "x-llmkit-trace-id": self.trace_id}
+
+
+def split_model(model: object) -> tuple[str, str | None]:
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest("model must be a prompt key, optionally pinned as key@version", param="model")
+    key, _, version = model.strip().partition("@")
+    return key, (version or None)
+
+
+class Executor:
+    def __init__(self, ws: Workspace, registry: ModelRegistry, runlog: RunLog) -> None:
+        self.ws = ws
+        self.registry = registry
+        self.runlog = runlog
+
+    # -- preparing -----------------------------------------------------------------------
+
+    def prepare(
+        self, body: dict[str, Any], *, source: str = "api", api_key_id: int | None = None
+    ) -> Execution:
+        if not isinstance(body, dict):
+            raise BadRequest("The request body must be a JSON object")
+        unknown = set(body) - OTHER_FIELDS - set(REQUEST_PARAMS)
+        if unknown:
+            raise BadRequest(f"Unknown request field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+        key, spec = split_model(body.get("model"))
+        version = self.ws.index.version(key, spec)
+        prompt = version.prompt()
+        messages = body.get("messages") or []
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise BadRequest("messages must be a list of {role, content} objects", param="messages")
+        rendered = build_messages(key, prompt, messages, body.get("variables"))
+        target = self.registry.resolve(prompt.model)
+        params: dict[str, Any] = dict(target.params)
+        for name in PROMPT_PARAMS:
+            if name in prompt.meta:
+                params[name] = prompt.meta[name]
+        for name in REQUEST_PARAMS:
+            if body.get(name) is not None:
+                params[name] = body[name]
+        if "max_completion_tokens" in params and "max_tokens" in params and "max_completion_tokens" in body:
+            params.pop("max_tokens")
+        response_format = params.get("response_format")
+        if response_format is not None and not (isinstance(response_format, dict) and "type" in response_format):
+            raise BadRequest("response_format must be an object with a type", param="response_format")
+        json_mode = prompt.json_mode or (response_format or {}).get("type") in JSON_FORMATS
+        if prompt.json_mode and response_format is None:
+            params["response_format"] = {"type": "json_object"}
+        schema = prompt.meta.get("json_schema")
+        if response_format and response_format.get("type") == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema", schema)
+        stream_options = body.get("stream_options") or {}
+        fallbacks = [self.registry.resolve(f).model for f in prompt.meta.get("fallbacks", target.fallbacks)]
+        call = providers.ProviderCall(
+            model=target.model,
+            messages=rendered,
+            params=params,
+            api_base=prompt.meta.get("api_base") or target.api_base,
+            api_key_env=target.api_key_env,
+            timeout=float(prompt.meta.get("timeout") or target.timeout or self.ws.settings.request_timeout_s),
+            max_retries=target.max_retries if target.max_retries is not None else 2,
+            fallbacks=fallbacks,
+        )
+        return Execution(
+            key=key,
+            version=version,
+            prompt=prompt,
+            call=call,
+            json_mode=json_mode,
+            schema=schema if json_mode else None,
+            include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+            source=source,
+            api_key_id=api_key_id,
+        )
+
+    # -- running -------------------------------------------------------------------------
+
+    async def complete(self, ex: Execution) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            response = await providers.complete(ex.call)
+            if ex.json_mode:
+                problem = json_problem(response, ex.schema)
+                if problem:
+                    response = await providers.complete(ex.call)
+                    problem = json_problem(response, ex.schema)
+                    if problem:
+                        raise UpstreamError(
+                            f"Model {ex.call.model} did not return valid JSON for prompt {ex.key!r}"
+                            f" (after one retry): {problem}",
+                            code="invalid_json_output",
+                        )
+        except LlmkitError as exc:
+            self._log(ex, started, error=exc)
+            raise
+        response["model"] = ex.key
+        self._log(ex, started, response=response, usage_from=response)
+        return response
+
+    async def stream(self, ex: Execution) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI chunks with `model` set to the prompt key. JSON mode buffers the answer so it
+        can be checked (and retried once) before anything is sent."""
+        started = time.perf_counter()
+        state = _StreamState()
+        try:
+            if ex.json_mode:
+                chunks = await self._buffered_json(ex, state, started)
+                for chunk in chunks:
+                    if chunk.get("choices") or ex.include_usage:
+                        yield chunk
+            else:
+                upstream = providers.stream(ex.call)
+                try:
+                    async for chunk in upstream:
+                        state.add(chunk, ex.key, started)
+                        if chunk.get("choices") or ex.include_usage:
+                            yield chunk
+                finally:
+                    await upstream.aclose()
+        except LlmkitError as exc:
+            self._log(ex, started, error=exc, state=state)
+            raise
+        except BaseException:
+            # The client went away (cancellation) or the generator was closed early.
+            self._log(ex, started, state=state, status="cancelled")
+            raise
+        self._log(ex, started, state=state)
+
+    async def _buffered_json(self, ex: Execution, state: "_StreamState", started: float) -> list[dict[str, Any]]:
+        for attempt in (1, 2):
+            state.reset()
+            chunks = []
+            upstream = providers.stream(ex.call)
+            try:
+                async for chunk in upstream:
+                    state.add(chunk, ex.key, started)
+                    chunks.append(chunk)
+            finally:
+                await upstream.aclose()
+            problem = None if state.tool_calls else json_text_problem(state.text(), ex.schema)
+            if problem is None:
+                return chunks
+        raise UpstreamError(
+            f"Model {ex.call.model} did not return valid JSON for prompt {ex.key!r}"
+            f" (after one retry): {problem}",
+            code="invalid_json_output",
+        )
+
+    def _log(
+        self,
+        ex: Execution,
+        started: float,
+        *,
+        response: dict[str, Any] | None = None,
+        usage_from: dict[str, Any] | None = None,
+        error: LlmkitError | None = None,
+        state: "_StreamState | None" = None,
+        status: str | None = None,
+    ) -> None:
+        usage = providers.usage_of(usage_from or (state.usage if state else None) or {})
+        logged_response: Any = response
+        ttft = None
+        if state is not None:
+            logged_response = state.text() if not state.tool_calls else {"content": state.text(), "tool_calls": state.tool_calls}
+            ttft = state.ttft_ms
+        has_usage = usage_from is not None or (state is not None and state.usage is not None)
+        self.runlog.log(
+            RunRecord(
+                trace_id=ex.trace_id,
+                prompt_key=ex.key,
+                version_number=ex.version.number,
+                version_sha=ex.version.sha,
+                model=ex.call.model,
+                request={"messages": ex.call.messages, "params": ex.call.params},
+                response=logged_response,
+                status=status or ("error" if error else "ok"),
+                error=error.message if error else None,
+                http_status=error.status if error else 200,
+                input_tokens=usage.input_tokens if has_usage else None,
+                output_tokens=usage.output_tokens if has_usage else None,
+                reasoning_tokens=usage.reasoning_tokens if has_usage else None,
+                cost=providers.cost_of(ex.call.model, usage) if has_usage else None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                ttft_ms=ttft,
+                stream=state is not None,
+                api_key_id=ex.api_key_id,
+                source=ex.source,
+            )
+        )
+
+
+class _StreamState:
+    """What a stream has carried so far, for the run log and the JSON check."""
+
+    def __init__(self) -> None:
+        self.ttft_ms: float | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.parts: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.usage: dict[str, Any] | None = None
+
+    def add(self, chunk: dict[str, Any], key: str, started: float) -> None:
+        chunk["model"] = key
+        if chunk.get("usage"):
+            self.usage = chunk
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                if self.ttft_ms is None:
+                    self.ttft_ms = (time.perf_counter() - started) * 1000
+                self.parts.append(content)
+            for call in delta.get("tool_calls") or ():
+                if self.ttft_ms is None:
+                    self.ttft_ms = (time.perf_counter() - started) * 1000
+                self._merge_tool_call(call)
+
+    def _merge_tool_call(self, delta: dict[str, Any]) -> None:
+        index = delta.get("index", 0)
+        while len(self.tool_calls) <= index:
+            self.tool_calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call = self.tool_calls[index]
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        function = delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def build_messages(
+    key: str, prompt: PromptFile, messages: list[dict[str, Any]], variables: Any
+) -> list[dict[str, Any]]:
+    """The conversation sent upstream: the prompt's rendered sections, then the caller's turns."""
+    kind = prompt.prompt_type
+    rest = list(messages)
+    system_index = next((i for i, m in enumerate(rest) if m.get("role") == "system"), None)
+    caller_system = rest.pop(system_index) if system_index is not None else None
+    user_vars = None
+    if variables is not None:
+        if not isinstance(variables, dict):
+            raise BadRequest("variables must be a JSON object", param="variables")
+        system_vars = variables
+    else:
+        system_vars = {}
+        if kind in ("dynamic_system", "dynamic_both") and caller_system is not None:
+            system_vars = _json_object(caller_system.get("content"), key, kind, "system")
+        if kind == "dynamic_both":
+            user_index = next((i for i, m in enumerate(rest) if m.get("role") == "user"), None)
+            if user_index is not None:
+                user_vars = _json_object(rest.pop(user_index).get("content"), key, kind, "user")
+    rendered: list[dict[str, Any]] = render_messages(prompt, system_vars, user_vars)
+    if prompt.is_chat:
+        return rendered + rest
+    if kind == "dynamic_both" or (rendered and rendered[-1]["role"] == "user"):
+        return rendered
+    last_user = next((m for m in reversed(rest) if m.get("role") == "user"), None)
+    return rendered + ([last_user] if last_user is not None else [])
+
+
+def _json_object(content: Any, key: str, kind: str, role: str) -> dict[str, Any]:
+    if isinstance(content, dict):
+        return content
+    text = content if isinstance(content, str) else ""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise BadRequest(
+            f"Prompt {key!r} is {kind}: the first {role} message must be a JSON object of template"
+            f" variables (or pass a top-level 'variables' object); got {shown!r}",
+            param="messages",
+        )
+    return value
+
+
+def json_problem(response: dict[str, Any], schema: dict[str, Any] | None) -> str | None:
+    for choice in response.get("choices") or ():
+        message = choice.get("message") or {}
+        if message.get("tool_calls"):
+            continue
+        problem = json_text_problem(message.get("content") or "", schema)
+        if problem:
+            return problem
+    return None
+
+
+def json_text_problem(text: str, schema: dict[str, Any] | None) -> str | None:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        return f"output is not JSON ({exc.msg} at position {exc.pos}): {shown!r}"
+    if schema:
+        import jsonschema
+
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            return f"output does not match json_schema at {where}: {exc.message}"
+        except jsonschema.SchemaError as exc:
+            return f"the prompt's json_schema is invalid: {exc.message}"
+    return None

@@ -1,0 +1,149 @@
+"""Model aliases from `llmkit.yaml`, and what each model needs to run.
+
+```yaml
+models:
+  default:
+    model: echo                     # any litellm model string
+  fast:
+    model: openai/gpt-4o-mini
+    api_base: https://example.test/v1   # optional
+    api_key_env: MY_OPENAI_KEY          # optional: env var holding the key
+    temperature: 0.2                    # any other field: default request parameters
+```
+The file is re-read when it changes, so editing it needs no restart.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmkit.errors import ConfigError
+
+ALIAS_FIELDS = {"model", "api_base", "api_key_env", "fallbacks", "timeout", "max_retries"}
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What a prompt's `model:` resolves to."""
+
+    name: str  # as written in the prompt (alias or model string)
+    model: str  # litellm model string
+    api_base: str | None = None
+    api_key_env: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    fallbacks: tuple[str, ...] = ()
+    timeout: float | None = None
+    max_retries: int | None = None
+    alias: bool = False
+
+
+class ModelRegistry:
+    def __init__(self, config_file: Path) -> None:
+        self.config_file = config_file
+        self._lock = threading.Lock()
+        self._signature: tuple[int, int] | None = None
+        self._aliases: dict[str, ModelTarget] = {}
+        self._error: str | None = None
+
+    def aliases(self) -> dict[str, ModelTarget]:
+        self._refresh()
+        if self._error:
+            raise ConfigError(self._error)
+        return self._aliases
+
+    def resolve(self, name: str) -> ModelTarget:
+        """An alias from llmkit.yaml, or a litellm model string as it is."""
+        aliases = self.aliases()
+        if name in aliases:
+            return aliases[name]
+        return ModelTarget(name=name, model=name)
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.config_file)
+            signature: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            signature = None
+        if signature == self._signature:
+            return
+        with self._lock:
+            if signature == self._signature:
+                return
+            self._aliases, self._error = ({}, None) if signature is None else _load(self.config_file)
+            self._signature = signature
+
+
+def _load(path: Path) -> tuple[dict[str, ModelTarget], str | None]:
+    name = path.name
+    try:
+        data = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, f"{name}: cannot read: {exc}"
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        return {}, f"{name}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"
+    if not isinstance(data, dict):
+        return {}, f"{name}: expected a mapping with a 'models' key"
+    unknown = set(data) - {"models"}
+    if unknown:
+        return {}, f"{name}: unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}"
+    models = data.get("models") or {}
+    if not isinstance(models, dict):
+        return {}, f"{name}: 'models' must map alias names to settings"
+    aliases = {}
+    for alias, spec in models.items():
+        if isinstance(spec, str):
+            spec = {"model": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("model"), str) or not spec["model"]:
+            return {}, f"{name}: alias {alias!r} needs a 'model' string"
+        fallbacks = spec.get("fallbacks") or []
+        if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
+            return {}, f"{name}: alias {alias!r}: fallbacks must be a list of model strings"
+        aliases[str(alias)] = ModelTarget(
+            name=str(alias),
+            model=spec["model"],
+            api_base=spec.get("api_base"),
+            api_key_env=spec.get("api_key_env"),
+            params={k: v for k, v in spec.items() if k not in ALIAS_FIELDS},
+            fallbacks=tuple(fallbacks),
+            timeout=spec.get("timeout"),
+            max_retries=spec.get("max_retries"),
+            alias=True,
+        )
+    return aliases, None
+
+
+def describe_models(registry: ModelRegistry, prompt_models: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Aliases and the models prompts use, with provider and whether the key is set."""
+    from llmkit.providers import key_env_of, key_is_set, provider_of
+
+    rows = []
+    seen = set()
+    aliases = registry.aliases()
+    names = list(aliases) + sorted(n for n in prompt_models if n not in aliases)
+    for name in names:
+        if name in seen:
+            continue
+        seen.add(name)
+        target = registry.resolve(name)
+        env = target.api_key_env or key_env_of(target.model)
+        rows.append(
+            {
+                "name": name,
+                "alias": target.alias,
+                "model": target.model,
+                "provider": provider_of(target.model),
+                "api_base": target.api_base,
+                "key_env": env,
+                "key_set": key_is_set(target.model, target.api_key_env),
+                "prompts": sorted(prompt_models.get(name, [])),
+            }
+        )
+    return rows
