@@ -301,19 +301,9 @@ def render(repo: Path | None, spec: str, var_pairs: tuple[str, ...], vars_json: 
         out.print(message["content"], markup=False, highlight=False)
 
 
-def load_commands() -> None:
-    """Commands that live in their own modules (serve, keys, run, logs, eval)."""
-    import importlib
-
-    for module in ("llmkit.cli_serve", "llmkit.cli_run", "llmkit.cli_eval"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-load_commands()
+# Commands that live in modules of their own register themselves on `main` when imported;
+# their heavy imports stay inside the command functions.
+from llmkit import cli_run, cli_serve  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,122 @@
+"""`llmkit run` (execute a prompt from the terminal, streaming) and `llmkit logs`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from llmkit.cli import handle_errors, json_option, main, parse_vars, print_json, repo_option, synced_workspace, with_vars
+
+
+@main.command()
+@repo_option
+@click.argument("spec", metavar="KEY[@VERSION]")
+@with_vars
+@click.option("-m", "--message", "messages", multiple=True, help="A user message (repeatable: a conversation).")
+@click.option("--no-stream", is_flag=True, help="Wait for the whole answer.")
+@json_option
+@handle_errors
+def run(
+    repo: Path | None,
+    spec: str,
+    var_pairs: tuple[str, ...],
+    vars_json: Path | None,
+    messages: tuple[str, ...],
+    no_stream: bool,
+    as_json: bool,
+) -> None:
+    """Execute a prompt and print the answer as it streams in."""
+    from llmkit.execute import Executor
+
+    ws = synced_workspace(repo)
+    ws.runlog.start()
+    executor = Executor(ws, ws.models, ws.runlog)
+    body: dict[str, Any] = {
+        "model": spec,
+        "variables": parse_vars(var_pairs, vars_json),
+        "messages": [{"role": "user", "content": m} for m in messages],
+    }
+    try:
+        ex = executor.prepare(body, source="cli")
+        if as_json or no_stream:
+            response = asyncio.run(_complete(executor, ex))
+            if as_json:
+                print_json(response)
+            else:
+                click.echo(response["choices"][0]["message"].get("content") or "")
+        else:
+            asyncio.run(_stream(executor, ex))
+        click.echo(f"[{ex.key} version {ex.version_label}, trace {ex.trace_id}]", err=True)
+    finally:
+        ws.close()
+
+
+async def _complete(executor: Any, ex: Any) -> dict[str, Any]:
+    from llmkit import providers
+
+    try:
+        return await executor.complete(ex)  # type: ignore[no-any-return]
+    finally:
+        await providers.aclose()
+
+
+async def _stream(executor: Any, ex: Any) -> None:
+    from llmkit import providers
+
+    try:
+        async for chunk in executor.stream(ex):
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    sys.stdout.write(delta["content"])
+                    sys.stdout.flush()
+                for call in delta.get("tool_calls") or ():
+                    function = call.get("function") or {}
+                    sys.stdout.write(f"{function.get('name') or ''}{function.get('arguments') or ''}")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    finally:
+        await providers.aclose()
+
+
+@main.command()
+@repo_option
+@click.option("--prompt", "prompt_key", help="Only calls of this prompt key.")
+@click.option("--status", type=click.Choice(["ok", "error", "cancelled"]), help="Only calls with this status.")
+@click.option("-n", "limit", type=int, default=20, show_default=True, help="How many, newest first.")
+@json_option
+@handle_errors
+def logs(repo: Path | None, prompt_key: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """The newest provider calls from the run log."""
+    from llmkit.workspace import Workspace
+
+    ws = Workspace.open(str(repo) if repo else None)
+    try:
+        rows = ws.runlog.list(page=1, page_size=max(1, min(limit, 500)), prompt=prompt_key, status=status)
+    finally:
+        ws.close()
+    if as_json:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("time", "trace", "prompt", "ver", "model", "status", "ms", "tokens in/out", "cost")
+    for row in rows:
+        cost = row.get("cost")
+        table.add_row(
+            row["created_at"][:19].replace("T", " "),
+            row["trace_id"][:8],
+            row["prompt_key"],
+            str(row.get("version_number") or (row.get("version_sha") or "draft")[:7]),
+            row["model"],
+            row["status"] if row["status"] == "ok" else f"[red]{row['status']}[/red]",
+            f"{row['latency_ms']:.0f}" if row.get("latency_ms") is not None else "",
+            f"{row.get('input_tokens') or 0}/{row.get('output_tokens') or 0}",
+            f"${cost:.6f}" if cost else "",
+        )
+    Console().print(table)
