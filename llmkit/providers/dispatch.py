@@ -1,0 +1,182 @@
+"""`complete` and `stream`: pick the path for each model, retry transient failures with
+backoff, then move on to the fallback models. The same policy holds on every path.
+
+- Retried: 429, 5xx, lost connections, timeouts; never 400/401/404 or malformed answers.
+- Waits: exponential from `call.backoff_base` (doubling, capped at 8 s, jittered), or the
+  server's retry-after / retry-after-ms (honoured up to 30 s; a longer one than the time left
+  fails at once with the RateLimited error).
+- Budget: non-stream, `call.timeout` covers all attempts on one model (each fallback model
+  gets its own); stream, `call.timeout` bounds connecting and each wait between chunks, and
+  retries and fallbacks happen only before the first chunk is handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
+from llmkit.providers import echo, openai_wire, via_litellm
+from llmkit.providers.base import CONNECTION_CODE, ProviderCall, is_transient
+from llmkit.providers.routing import Target, provider_of, resolve_target
+
+log = logging.getLogger(__name__)
+
+BACKOFF_CAP_S = 8.0
+RETRY_AFTER_CAP_S = 30.0
+
+Chunks = AsyncGenerator[dict[str, Any], None]
+
+
+def _targets(call: ProviderCall) -> list[tuple[str, bool]]:
+    """(model, inherits the call's api_base and key) for the primary and each fallback."""
+    primary_provider = provider_of(call.model)
+    models = [(call.model, True)]
+    models += [(m, provider_of(m) == primary_provider) for m in call.fallbacks]
+    return models
+
+
+def retry_after_seconds(headers: dict[str, str]) -> float | None:
+    """The wait a server asked for, from retry-after-ms or retry-after (seconds or HTTP date)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in lowered:
+        try:
+            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _retry_delay(error: LlmkitError, attempt: int, base: float, time_left: float) -> float | None:
+    """Seconds to wait before the next attempt, or None when there is no time for one."""
+    hinted = retry_after_seconds(error.headers)
+    if hinted is not None:
+        return min(hinted, RETRY_AFTER_CAP_S) if hinted < time_left else None
+    delay = min(BACKOFF_CAP_S, base * 2**attempt) * random.uniform(0.5, 1.0)
+    return delay if delay < time_left else None
+
+
+async def _complete_once(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
+    if target.route == "echo":
+        return echo.complete(target.model, call.messages, call.params)
+    if target.route == "wire":
+        return await openai_wire.complete(target, call, timeout)
+    return await via_litellm.complete(target, call, timeout)
+
+
+def _stream_once(target: Target, call: ProviderCall) -> Chunks:
+    if target.route == "echo":
+        return echo.stream(target.model, call.messages, call.params)
+    if target.route == "wire":
+        return openai_wire.stream(target, call, call.timeout)
+    return via_litellm.stream(target, call, call.timeout)
+
+
+async def _complete_with_retries(target: Target, call: ProviderCall) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + call.timeout
+    attempt = 0
+    while True:
+        remaining = deadline - loop.time()
+        error: LlmkitError
+        try:
+            async with asyncio.timeout(remaining):
+                return await _complete_once(target, call, remaining)
+        except TimeoutError:
+            error = UpstreamTimeout(
+                f"{target.provider} ({target.model}) did not answer within {call.timeout:g} s"
+            )
+        except LlmkitError as exc:
+            error = exc
+        if not is_transient(error) or attempt >= call.max_retries:
+            raise error
+        delay = _retry_delay(error, attempt, call.backoff_base, deadline - loop.time())
+        if delay is None:
+            raise error
+        log.info("retrying %s in %.2f s after: %s", target.model, delay, error.message)
+        await asyncio.sleep(delay)
+        attempt += 1
+
+
+async def _open_stream(target: Target, call: ProviderCall) -> tuple[Chunks, dict[str, Any]]:
+    """A started stream and its first chunk; failures before that chunk are retried."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + call.timeout
+    attempt = 0
+    while True:
+        chunks = _stream_once(target, call)
+        try:
+            return chunks, await anext(chunks)
+        except StopAsyncIteration:
+            error: LlmkitError = UpstreamError(
+                f"{target.provider} ({target.model}) sent an empty stream", code=CONNECTION_CODE
+            )
+        except LlmkitError as exc:
+            error = exc
+        await chunks.aclose()
+        if not is_transient(error) or attempt >= call.max_retries:
+            raise error
+        delay = _retry_delay(error, attempt, call.backoff_base, deadline - loop.time())
+        if delay is None:
+            raise error
+        log.info("retrying %s in %.2f s after: %s", target.model, delay, error.message)
+        await asyncio.sleep(delay)
+        attempt += 1
+
+
+async def complete(call: ProviderCall) -> dict[str, Any]:
+    """One `chat.completion` dict from the first model (primary, then fallbacks) that answers."""
+    *earlier, (last, last_inherits) = _targets(call)
+    for model, inherit in earlier:
+        try:
+            return await _complete_with_retries(resolve_target(call, model, inherit=inherit), call)
+        except LlmkitError as error:
+            if not is_transient(error):
+                raise
+            log.warning("%s failed (%s); trying fallback", model, error.message)
+    return await _complete_with_retries(resolve_target(call, last, inherit=last_inherits), call)
+
+
+async def _open_first_answering(call: ProviderCall) -> tuple[Chunks, dict[str, Any]]:
+    *earlier, (last, last_inherits) = _targets(call)
+    for model, inherit in earlier:
+        try:
+            return await _open_stream(resolve_target(call, model, inherit=inherit), call)
+        except LlmkitError as error:
+            if not is_transient(error):
+                raise
+            log.warning("%s failed (%s); trying fallback", model, error.message)
+    return await _open_stream(resolve_target(call, last, inherit=last_inherits), call)
+
+
+async def stream(call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
+    """`chat.completion.chunk` dicts in order, usage on the last one when the provider gives it.
+    Closing the iterator early closes the upstream connection."""
+    chunks, first = await _open_first_answering(call)
+    try:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()
+
+
+async def aclose() -> None:
+    """Close the pooled HTTP clients of the running event loop (server shutdown)."""
+    await openai_wire.aclose()

@@ -1,0 +1,229 @@
+"""Every provider that does not speak OpenAI's wire format, through litellm.
+
+litellm takes seconds and ~140 MiB to import, so it is imported on the first call that needs
+it, never at module level. Its retries are off (the dispatcher retries every path the same
+way) and its results are turned into plain dicts of OpenAI's shapes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncGenerator
+from types import ModuleType
+from typing import Any
+
+from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
+from llmkit.providers.base import (
+    CONNECTION_CODE,
+    MALFORMED_CODE,
+    ProviderCall,
+    error_for_status,
+)
+from llmkit.providers.routing import Target
+
+RESERVED_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
+MESSAGE_KEYS = ("role", "content", "tool_calls", "refusal", "reasoning_content")
+
+_import_lock = threading.Lock()
+_litellm: ModuleType | None = None
+
+
+def load_litellm() -> ModuleType:
+    """Import and configure litellm once: no remote price fetch, no callbacks, no chatter."""
+    global _litellm
+    if _litellm is None:
+        with _import_lock:
+            if _litellm is None:
+                os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                import litellm
+
+                litellm.drop_params = True
+                # httpx closes a connection when a stream is closed early or times out; the
+                # aiohttp transport leaves it open, so the upstream keeps generating.
+                litellm.disable_aiohttp_transport = True
+                litellm.suppress_debug_info = True
+                litellm.telemetry = False
+                litellm.set_verbose = False
+                litellm.callbacks = []
+                litellm.success_callback = []
+                litellm.failure_callback = []
+                litellm.input_callback = []
+                logging.getLogger("LiteLLM").setLevel(logging.ERROR)
+                _litellm = litellm
+    return _litellm
+
+
+def _kwargs(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        key: value
+        for key, value in call.params.items()
+        if value is not None and key not in RESERVED_KEYS
+    }
+    kwargs.update(
+        model=target.model,
+        messages=call.messages,
+        timeout=timeout,
+        num_retries=0,
+        max_retries=0,
+    )
+    if target.api_base:
+        kwargs["api_base"] = target.api_base
+    if target.api_key:
+        kwargs["api_key"] = target.api_key
+    return kwargs
+
+
+def _caused_by_bad_json(exc: BaseException) -> bool:
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 10:
+        if isinstance(cause, json.JSONDecodeError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+def _detail(exc: BaseException) -> str:
+    message = str(getattr(exc, "message", None) or exc)
+    # "litellm.BadRequestError: OpenAIException - boom" -> "OpenAIException - boom"
+    if message.startswith("litellm.") and ": " in message:
+        message = message.split(": ", 1)[1]
+    return message
+
+
+def translate_error(target: Target, exc: Exception) -> LlmkitError:
+    """litellm's exceptions (OpenAI SDK classes with `status_code`) as llmkit errors."""
+    litellm = load_litellm()
+    where = f"{target.provider} ({target.model})"
+    if isinstance(exc, LlmkitError):
+        return exc
+    if isinstance(exc, litellm.Timeout):
+        return UpstreamTimeout(f"{where} timed out: {_detail(exc)}")
+    if isinstance(exc, litellm.APIConnectionError):
+        return UpstreamError(f"{where}: connection failed: {_detail(exc)}", code=CONNECTION_CODE)
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int):
+        return UpstreamError(f"{where} failed: {type(exc).__name__}: {exc}", code=MALFORMED_CODE)
+    if status >= 500 and _caused_by_bad_json(exc):
+        return UpstreamError(f"{where} sent malformed JSON: {_detail(exc)}", code=MALFORMED_CODE)
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    return error_for_status(
+        status,
+        model=target.model,
+        provider=target.provider,
+        detail=_detail(exc),
+        key_env=target.key_env,
+        headers=dict(headers) if headers is not None else None,
+    )
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _usage(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        return None
+    usage = {
+        "prompt_tokens": raw.get("prompt_tokens") or 0,
+        "completion_tokens": raw.get("completion_tokens") or 0,
+        "total_tokens": raw.get("total_tokens") or 0,
+    }
+    for key in ("completion_tokens_details", "prompt_tokens_details"):
+        if isinstance(raw.get(key), dict):
+            usage[key] = _drop_none(raw[key])
+    return usage
+
+
+def completion_dict(response: Any) -> dict[str, Any]:
+    """A litellm ModelResponse as a plain `chat.completion` dict."""
+    raw = response.model_dump()
+    choices = []
+    for choice in raw.get("choices") or []:
+        message = choice.get("message") or {}
+        clean = {"role": message.get("role") or "assistant", "content": message.get("content")}
+        for key in MESSAGE_KEYS[2:]:
+            if message.get(key):
+                clean[key] = _drop_none(message[key])
+        choices.append({
+            "index": choice.get("index", 0),
+            "message": clean,
+            "finish_reason": choice.get("finish_reason"),
+        })
+    out: dict[str, Any] = {
+        "id": raw.get("id"),
+        "object": "chat.completion",
+        "created": raw.get("created"),
+        "model": raw.get("model"),
+        "choices": choices,
+    }
+    usage = _usage(raw.get("usage"))
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def chunk_dict(chunk: Any) -> dict[str, Any]:
+    """A litellm stream chunk as a plain `chat.completion.chunk` dict."""
+    raw = chunk.model_dump()
+    choices = []
+    for choice in raw.get("choices") or []:
+        delta = choice.get("delta") or {}
+        clean = {k: _drop_none(delta[k]) for k in MESSAGE_KEYS if delta.get(k) is not None}
+        choices.append({
+            "index": choice.get("index", 0),
+            "delta": clean,
+            "finish_reason": choice.get("finish_reason"),
+        })
+    out: dict[str, Any] = {
+        "id": raw.get("id"),
+        "object": "chat.completion.chunk",
+        "created": raw.get("created"),
+        "model": raw.get("model"),
+        "choices": choices,
+    }
+    usage = _usage(raw.get("usage"))
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
+    litellm = load_litellm()
+    try:
+        response = await litellm.acompletion(**_kwargs(target, call, timeout))
+    except Exception as exc:
+        raise translate_error(target, exc) from exc
+    return completion_dict(response)
+
+
+async def stream(
+    target: Target, call: ProviderCall, timeout: float
+) -> AsyncGenerator[dict[str, Any], None]:
+    litellm = load_litellm()
+    kwargs = _kwargs(target, call, timeout)
+    kwargs["stream"] = True
+    kwargs["stream_options"] = {**(call.params.get("stream_options") or {}), "include_usage": True}
+    try:
+        response = await litellm.acompletion(**kwargs)
+    except Exception as exc:
+        raise translate_error(target, exc) from exc
+    try:
+        while True:
+            try:
+                chunk = await response.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                raise translate_error(target, exc) from exc
+            yield chunk_dict(chunk)
+    finally:
+        await response.aclose()
