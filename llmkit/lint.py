@@ -65,8 +65,6 @@ def lint_repo(root: Path) -> list[Problem]:
 
 
 def _lint_evals(root: Path) -> list[Problem]:
-    try:
-        from llmkit.evals.spec import lint_evals
-    except ImportError:
-        return []
-    return [Problem(p.path, p.line, p.message, p.severity) for p in lint_evals(root)]
+    from llmkit.evals.spec import lint_evals
+
+    return [Problem(p.path, p.line or 1, p.message, p.severity) for p in lint_evals(root)]
