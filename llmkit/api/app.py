@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmkit import __version__
 from llmkit.api.limits import BodySizeLimit
-from llmkit.api.routes import completions, keys, logs, meta, prompts
+from llmkit.api.routes import completions, evals, keys, logs, meta, prompts
 from llmkit.config import Settings
 from llmkit.errors import LlmkitError
 from llmkit.workspace import Workspace
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     # /v1/ui/prompts/{id:path} would otherwise take them.
     completions.install(app)
     logs.install(app)
+    evals.install(app)
     app.include_router(prompts.router)
     app.include_router(keys.router)
     return app
@@ -111,6 +112,13 @@ def install_error_handlers(app: FastAPI) -> None:
         parts = []
         param = None
         for err in errors[:5]:
+            if err.get("type") == "json_invalid":
+                # Its loc is ("body", <character position>), which names no parameter.
+                reason = (err.get("ctx") or {}).get("error", "")
+                position = err.get("loc", ("body", "?"))[-1]
+                param = param or "body"
+                parts.append(f"body is not valid JSON (at character {position}: {reason})")
+                continue
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
             where = ".".join(loc) or "body"
             param = param or where

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from llmkit.errors import Forbidden, Unauthorized
+from llmkit.errors import BadRequest, Forbidden, Unauthorized
 from llmkit.keys import ApiKey
 from llmkit.workspace import Workspace
 
 
 def workspace(request: Request) -> Workspace:
     return request.app.state.ws  # type: ignore[no-any-return]
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying what is wrong with it."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object")
+    return body
 
 
 def _key_from(request: Request) -> ApiKey:

@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from llmkit.api.deps import admin_key, run_key
-from llmkit.errors import BadRequest, LlmkitError
+from llmkit.api.deps import admin_key, json_object, run_key
+from llmkit.errors import LlmkitError
 from llmkit.execute import Execution, Executor
 
 router = APIRouter(dependencies=[Depends(run_key)], tags=["completions"])
@@ -33,17 +33,6 @@ def install(app: FastAPI) -> None:
     app.state.on_shutdown.append(stop)
     app.include_router(router)
     app.include_router(ui_router)
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object")
-    return body
 
 
 def _sse(data: Any) -> bytes:
@@ -88,28 +77,28 @@ async def _stream(executor: Executor, ex: Execution) -> Response:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """Execute the prompt named by `model` (key, or key@version); SSE when `stream` is true."""
-    body = await _body(request)
+    body = await json_object(request)
     return await execute(request, body, bool(body.get("stream")), "api")
 
 
 @router.post("/v1/chat/completions/stream")
 async def chat_completions_stream(request: Request) -> Response:
     """Execute the prompt named by `model`, always streaming."""
-    body = await _body(request)
+    body = await json_object(request)
     return await execute(request, body, True, "api")
 
 
 @ui_router.post("/chat")
 async def execute_chat(request: Request) -> Response:
     """Execute a prompt in chat mode from the UI (same body as chat completions)."""
-    body = await _body(request)
+    body = await json_object(request)
     return await execute(request, body, bool(body.get("stream")), "ui")
 
 
 @ui_router.post("/{prompt_id:path}/stream")
 async def execute_prompt_stream(prompt_id: str, request: Request) -> Response:
     """Execute prompt {id} (id or key, optionally @version), streaming."""
-    body = await _body(request)
+    body = await json_object(request)
     body["model"] = _model_for(request, prompt_id)
     return await execute(request, body, True, "ui")
 
@@ -117,7 +106,7 @@ async def execute_prompt_stream(prompt_id: str, request: Request) -> Response:
 @ui_router.post("/{prompt_id:path}")
 async def execute_prompt(prompt_id: str, request: Request) -> Response:
     """Execute prompt {id} (id or key, optionally @version)."""
-    body = await _body(request)
+    body = await json_object(request)
     body["model"] = _model_for(request, prompt_id)
     return await execute(request, body, bool(body.get("stream")), "ui")
 

@@ -1,0 +1,183 @@
+"""Evals over HTTP, with LLMKit's routes. Each case is a file under evals/ and every change to
+one is a git commit; runs and human scores are durable records."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+
+from llmkit.api.deps import Ws, admin_key, json_object
+from llmkit.errors import BadRequest, Conflict, NotFound
+from llmkit.evals.records import EvalRecords
+from llmkit.evals.spec import EvalCase, case_from_dict, case_path, case_to_dict, load_evals, serialize_case
+from llmkit.workspace import Workspace
+
+router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["evals"])
+
+
+def install(app: FastAPI) -> None:
+    app.state.eval_records = EvalRecords(app.state.ws.db)
+    app.include_router(router)
+
+
+def case_id(case: EvalCase) -> int:
+    """A stable id from the prompt key and case name (the same after any index rebuild)."""
+    digest = hashlib.sha256(f"{case.prompt_key}\0{case.name}".encode()).hexdigest()
+    return int(digest[:12], 16)
+
+
+def _cases(ws: Workspace) -> list[EvalCase]:
+    cases, _ = load_evals(ws.settings.repo)
+    return cases
+
+
+def _find(ws: Workspace, ident: int) -> EvalCase:
+    for case in _cases(ws):
+        if case_id(case) == ident:
+            return case
+    raise NotFound(f"No eval case with id {ident}", param="id")
+
+
+def _public(case: EvalCase) -> dict[str, Any]:
+    return case_to_dict(case, case_id(case))
+
+
+def _sole_case_in_file(ws: Workspace, case: EvalCase) -> None:
+    siblings = [c for c in _cases(ws) if c.file == case.file]
+    if len(siblings) > 1:
+        raise Conflict(
+            f"Eval case {case.name!r} is one of {len(siblings)} cases in {case.file}; edit that file"
+            " in git to change it",
+            param="id",
+        )
+
+
+def _prompt_key(ws: Workspace, data: dict[str, Any]) -> str:
+    if data.get("prompt_key"):
+        return ws.index.get_prompt(str(data["prompt_key"])).key
+    if data.get("prompt_id") is not None:
+        return ws.index.get_prompt(str(data["prompt_id"])).key
+    raise BadRequest("prompt_key (or prompt_id) is required", param="prompt_key")
+
+
+@router.post("/prompt-evals", status_code=201)
+async def create_eval(request: Request, ws: Ws) -> dict[str, Any]:
+    """Create an eval case: writes evals/<key>/<name>.yaml and commits it."""
+    data = await json_object(request)
+    key = _prompt_key(ws, data)
+    fields = {k: v for k, v in data.items() if k not in ("prompt_id", "prompt_key")}
+    case = case_from_dict(fields, prompt_key=key)
+    if any(c.prompt_key == key and c.name == case.name for c in _cases(ws)):
+        raise Conflict(f"Prompt {key!r} already has an eval case named {case.name!r}", param="name")
+    path = case_path(key, case.name)
+    case.file = path
+    if ws.store.confine(path).exists():
+        raise Conflict(f"{path} already exists", param="name")
+    ws.store.commit_file(path, serialize_case(case).encode(), message=f"Add eval case {case.name!r} for {key}")
+    return _public(_find(ws, case_id(case)))
+
+
+@router.get("/prompt-evals/{eval_id}")
+def get_eval(eval_id: int, ws: Ws) -> dict[str, Any]:
+    """One eval case."""
+    return _public(_find(ws, eval_id))
+
+
+@router.put("/prompt-evals/{eval_id}")
+async def update_eval(eval_id: int, request: Request, ws: Ws) -> dict[str, Any]:
+    """Replace an eval case (fields not given keep their values), as a commit."""
+    current = _find(ws, eval_id)
+    _sole_case_in_file(ws, current)
+    data = await json_object(request)
+    merged = {**case_to_dict(current), **{k: v for k, v in data.items() if k not in ("prompt_id", "prompt_key", "id")}}
+    for derived in ("file", "line", "system_prompt_input", "user_prompt_input"):
+        if derived not in data:
+            merged.pop(derived, None)
+    case = case_from_dict(merged, prompt_key=current.prompt_key, file=current.file)
+    if case.name != current.name and any(c.prompt_key == case.prompt_key and c.name == case.name for c in _cases(ws)):
+        raise Conflict(f"Prompt {case.prompt_key!r} already has an eval case named {case.name!r}", param="name")
+    ws.store.commit_file(current.file, serialize_case(case).encode(), message=f"Update eval case {case.name!r} for {case.prompt_key}")
+    return _public(_find(ws, case_id(case)))
+
+
+@router.delete("/prompt-evals/{eval_id}")
+def delete_eval(eval_id: int, ws: Ws) -> dict[str, Any]:
+    """Delete an eval case file, as a commit."""
+    case = _find(ws, eval_id)
+    _sole_case_in_file(ws, case)
+    ws.store.commit_file(case.file, None, message=f"Delete eval case {case.name!r} for {case.prompt_key}")
+    return {"id": eval_id, "deleted": True}
+
+
+@router.get("/prompts/{prompt_id:path}/prompt-evals")
+def list_prompt_evals(prompt_id: str, ws: Ws) -> list[dict[str, Any]]:
+    """The eval cases of one prompt."""
+    key = ws.index.get_prompt(prompt_id).key
+    return [_public(c) for c in _cases(ws) if c.prompt_key == key]
+
+
+@router.get("/prompts/{prompt_id:path}/performance")
+def performance(prompt_id: str, request: Request, ws: Ws) -> dict[str, Any]:
+    """Per version: mean human score, pass rate and run count."""
+    prompt = ws.index.get_prompt(prompt_id)
+    records: EvalRecords = request.app.state.eval_records
+    return {"id": prompt.id, "key": prompt.key, "versions": records.performance(prompt.key)}
+
+
+@router.post("/prompt-eval-runs/{prompt_id:path}/version/{version}")
+async def run_evals(
+    prompt_id: str, version: str, request: Request, ws: Ws, rounds: int = Query(1, ge=1, le=20)
+) -> dict[str, Any]:
+    """Run every case of the prompt against that version; one run_id for the whole run."""
+    from llmkit.evals.runner import EvalRunner, RunOptions
+    from llmkit.runlog import utc_now
+
+    prompt = ws.index.get_prompt(prompt_id)
+    pinned = ws.index.version(prompt.key, version)
+    cases = [c for c in _cases(ws) if c.prompt_key == prompt.key]
+    if not cases:
+        raise NotFound(f"Prompt {prompt.key!r} has no eval cases", param="prompt_id")
+    records: EvalRecords = request.app.state.eval_records
+    runner = EvalRunner(request.app.state.executor, records, RunOptions(repeat=rounds, source="ui"))
+    started = utc_now()
+    results = await runner.run(cases, pinned.sha or version)
+    run_id = records.save_run(results, ref=version, source="api", started_at=started)
+    rows = records.results(run_id=run_id)
+    return {
+        "run_id": run_id,
+        "prompt_id": prompt.id,
+        "key": prompt.key,
+        "version_number": pinned.number,
+        "version_id": pinned.sha,
+        "passed": sum(r["passed"] for r in rows),
+        "total": len(rows),
+        "runs": rows,
+    }
+
+
+@router.get("/prompt-eval-runs/{prompt_id:path}/version/{version}")
+def list_runs(prompt_id: str, version: str, request: Request, ws: Ws) -> list[dict[str, Any]]:
+    """Every eval result recorded for that version of the prompt."""
+    prompt = ws.index.get_prompt(prompt_id)
+    pinned = ws.index.version(prompt.key, version)
+    records: EvalRecords = request.app.state.eval_records
+    if pinned.sha is None:
+        return []
+    return records.results(prompt_key=prompt.key, version_sha=pinned.sha)
+
+
+@router.get("/prompt-eval-runs/{result_id}")
+def get_run(result_id: int, request: Request) -> dict[str, Any]:
+    """One eval result."""
+    return request.app.state.eval_records.result(result_id)  # type: ignore[no-any-return]
+
+
+@router.put("/prompt-eval-runs/{result_id}")
+async def score_run(result_id: int, request: Request) -> dict[str, Any]:
+    """Set the human score (1-5) of one eval result."""
+    data = await json_object(request)
+    if "score" not in data:
+        raise BadRequest("score is required (a whole number from 1 to 5)", param="score")
+    return request.app.state.eval_records.set_score(result_id, data["score"])  # type: ignore[no-any-return]
