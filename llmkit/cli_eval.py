@@ -3,7 +3,6 @@ pass, 1 failures or regressions, 2 usage or configuration errors."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -69,6 +68,8 @@ def _run(
     markdown: Path | None,
     judge_model: str,
 ) -> int:
+    import asyncio
+
     from llmkit.evals.records import EvalRecords
     from llmkit.evals.report import build_report, render_markdown, render_table, write_json, write_junit
     from llmkit.evals.runner import EvalRunner, RunOptions

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ def run(
     as_json: bool,
 ) -> None:
     """Execute a prompt and print the answer as it streams in."""
+    import asyncio
+
     from llmkit.execute import Executor
 
     ws = synced_workspace(repo)
