@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import nullcontext
+
 from llmkit.errors import BadRequest, Conflict, NotFound
 from llmkit.index import Prompt, label
 from llmkit.promptfile import PromptFile, path_for_key, serialize
 from llmkit.render import check_templates
+from llmkit.store import blob_id
 from llmkit.workspace import Workspace
+
+# A create checks that the key is free and then commits; the store's lock spans only the
+# commit, so without this two concurrent creates of one key would both "succeed", the second
+# silently replacing the first.
+_create_lock = threading.Lock()
 
 
 def save_prompt(
@@ -26,21 +35,23 @@ def save_prompt(
     problems = check_templates(_with_lines(prompt))
     if problems:
         line, detail = problems[0]
-        raise BadRequest(f"{path}: {detail}", param="template")
-    exists = _exists(ws, key)
-    if create and exists:
-        raise Conflict(f"Prompt {key!r} already exists", param="key")
-    if not create and not exists:
-        raise NotFound(f"No prompt found with key {key!r}", param="key")
-    verb = "Create" if create else "Update"
-    ws.store.commit_file(
-        path,
-        text.encode("utf-8"),
-        message=message or f"{verb} prompt {key}",
-        author_name=author_name,
-        author_email=author_email,
-        base=base,
-    )
+        raise BadRequest(f"{path}:{line}: {detail}", param="template")
+    with _create_lock if create else nullcontext():
+        exists = _exists(ws, key)
+        if create and exists:
+            raise Conflict(f"Prompt {key!r} already exists", param="key")
+        if not create and not exists:
+            raise NotFound(f"No prompt found with key {key!r}", param="key")
+        verb = "Create" if create else "Update"
+        _commit_unless_current(
+            ws,
+            path,
+            text.encode("utf-8"),
+            message=message or f"{verb} prompt {key}",
+            author_name=author_name,
+            author_email=author_email,
+            base=base,
+        )
     ws.index.sync()
     return ws.index.get_prompt(key)
 
@@ -82,7 +93,8 @@ def restore_version(
     version = ws.index.version(key, spec)
     if version.content is None:
         raise BadRequest(f"Version {label(version)} of {key!r} is not readable text")
-    ws.store.commit_file(
+    _commit_unless_current(
+        ws,
         path_for_key(key),
         version.content.encode("utf-8"),
         message=message or f"Restore {key} to version {label(version)} ({(version.sha or 'draft')[:12]})",
@@ -92,6 +104,39 @@ def restore_version(
     )
     ws.index.sync()
     return ws.index.get_prompt(key)
+
+
+def _commit_unless_current(
+    ws: Workspace,
+    path: str,
+    data: bytes,
+    *,
+    message: str,
+    author_name: str | None,
+    author_email: str | None,
+    base: str | None,
+) -> None:
+    """Commit `data` as `path`. A write that would change nothing succeeds without a commit, so
+    a retried PUT, or setting the version already served, is not an error; the store's checks
+    (base version, uncommitted or staged edits) still run first and still refuse."""
+    try:
+        ws.store.commit_file(
+            path, data, message=message, author_name=author_name, author_email=author_email, base=base
+        )
+    except BadRequest as exc:
+        # The store says "unchanged" with a plain BadRequest naming no parameter; a bad base
+        # version (param) or a refused path (InvalidKey) is still the caller's error.
+        unchanged = type(exc) is BadRequest and exc.param is None
+        if not unchanged or not _already_current(ws, path, data):
+            raise
+
+
+def _already_current(ws: Workspace, path: str, data: bytes) -> bool:
+    """The last commit and the working tree both hold `data`."""
+    target = ws.store.confine(path)
+    if ws.store.blob_at_head(path) != blob_id(data) or not target.is_file():
+        return False
+    return target.read_bytes() == data
 
 
 def _exists(ws: Workspace, key: str) -> bool:

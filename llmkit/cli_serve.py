@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -32,6 +34,10 @@ def serve(repo: Path | None, host: str | None, port: int | None, no_watch: bool,
         click.echo(admin)
     app = create_app(workspace=ws)
     click.echo(f"Serving {settings.repo} on http://{settings.host}:{settings.port}/v1", err=True)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler that
+    # was there before it; with the default handler the process would die with -15 after a
+    # clean shutdown, so a service manager would report a failure.
+    signal.signal(signal.SIGTERM, _exit_after_sigterm)
     uvicorn.run(
         app,
         host=settings.host,
@@ -40,6 +46,10 @@ def serve(repo: Path | None, host: str | None, port: int | None, no_watch: bool,
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)
 
 
 @main.group()

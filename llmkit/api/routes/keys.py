@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 
 from llmkit.api.deps import Ws, admin_key
 from llmkit.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+
+# SQLite integers are 64-bit; a larger id would fail inside sqlite3 instead of reading as unknown.
+KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The key's id")]
 
 router = APIRouter(prefix="/v1/ui/settings/api-keys", dependencies=[Depends(admin_key)], tags=["api keys"])
 
@@ -26,6 +30,6 @@ def create_key(body: ApiKeyCreate, ws: Ws) -> dict:
 
 
 @router.delete("/{key_id}", response_model=ApiKeyPublic)
-def revoke_key(key_id: int, ws: Ws) -> dict:
+def revoke_key(key_id: KeyId, ws: Ws) -> dict:
     """Revoke a key; it stops working at once."""
     return asdict(ws.keys.revoke(key_id))

@@ -5,33 +5,83 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.applications import Starlette
 
 from llmkit import authoring
 from llmkit.api.deps import Ws, admin_key
 from llmkit.api.schemas import CommitInfo, PromptWrite
-from llmkit.errors import BadRequest, PromptFormatError
+from llmkit.errors import BadRequest, Conflict, NotFound, PromptFormatError
 from llmkit.index import iso_time, label, prompt_fields, unified_diff, version_fields
 from llmkit.promptfile import Message, PromptFile, parse, path_for_key, validate_key, validate_meta
 from llmkit.workspace import Workspace
 
 router = APIRouter(prefix="/v1/ui/prompts", dependencies=[Depends(admin_key)], tags=["prompts"])
 
+MAX_VERSION_SPEC = 256
+
 STRUCTURED = ("system", "user", "messages", "model", "max_tokens", "temperature", "json_mode", "prompt_type", "is_chat", "description", "frontmatter")
 
 
 def _base(if_match: str | None, body: CommitInfo | None) -> str | None:
-    if if_match:
+    if if_match and if_match.strip() != "*":  # `If-Match: *` asks only that the prompt exists
         return if_match.strip().removeprefix("W/").strip('"')
     return body.base_version if body else None
 
 
+def _version_spec(spec: str | None, param: str) -> str | None:
+    """A version as callers give it (number, sha prefix, branch or tag); refuses what no git
+    ref can hold, before it reaches git."""
+    if spec is not None and (len(spec) > MAX_VERSION_SPEC or any(c < " " or c == "\x7f" for c in spec)):
+        shown = repr(spec) if len(spec) <= 60 else f"{spec[:60]!r}... ({len(spec)} characters)"
+        raise BadRequest(f"Invalid version {shown}: expected a version number, sha, branch or tag", param=param)
+    return spec
+
+
+def _routable_key(app: Starlette, key: str) -> str:
+    """Refuse a new key that another route would answer: `a/diff` reads as the diff of `a`,
+    and route modules installed later may add words of their own (`a/stats`)."""
+    url = f"{router.prefix}/{key}"
+    for method, own in (("GET", get_prompt), ("PUT", update_prompt), ("DELETE", delete_prompt)):
+        if _endpoint_for(app, method, url) is not own:
+            raise BadRequest(
+                f"Invalid prompt key {key!r}: {method} {url} would reach another route;"
+                " choose a key whose last segments are not a route's (such as /versions or /diff)",
+                param="key",
+                code="invalid_key",
+            )
+    return key
+
+
+def _endpoint_for(app: Starlette, method: str, path: str) -> Callable[..., Any] | None:
+    """The endpoint the app's router would pick for `method path`: the first route that matches."""
+    routes: Any = app.routes
+    try:
+        from fastapi.routing import iter_route_contexts  # routers kept as a tree (newer FastAPI)
+    except ImportError:
+        pass
+    else:
+        routes = iter_route_contexts(routes)
+    for route in routes:
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(path) and method in (getattr(route, "methods", None) or ()):
+            return getattr(route, "endpoint", None)
+    return None
+
+
 def _detail(ws: Workspace, ident: str | int) -> dict[str, Any]:
     prompt = ws.index.get_prompt(ident)
+    if prompt.version is None:
+        raise NotFound(
+            f"Prompt {prompt.key!r} has been deleted; its history is still readable at"
+            f" /v1/ui/prompts/{prompt.id}/versions",
+            param="prompt_id",
+        )
     previous = None
-    if prompt.version is not None and prompt.version.number and prompt.version.number > 1:
+    if prompt.version.number and prompt.version.number > 1:
         previous = ws.index.version(prompt.key, prompt.version.number - 1)
     return prompt_fields(prompt, previous)
 
@@ -116,11 +166,11 @@ def list_prompts(ws: Ws) -> list[dict[str, Any]]:
 
 
 @router.post("", status_code=201)
-def create_prompt(body: PromptWrite, ws: Ws) -> dict[str, Any]:
+def create_prompt(body: PromptWrite, ws: Ws, request: Request) -> dict[str, Any]:
     """Create a prompt: writes prompts/<key>.md and commits it."""
     if not body.key:
         raise BadRequest("key is required", param="key")
-    key = validate_key(body.key)
+    key = _routable_key(request.app, validate_key(body.key))
     prompt = build_prompt(body, key, None)
     authoring.save_prompt(
         ws, key, prompt, create=True, message=body.message,
@@ -154,7 +204,7 @@ def list_versions(prompt_id: str, ws: Ws) -> list[dict[str, Any]]:
 @router.get("/{prompt_id:path}/versions/{version}")
 def get_version(prompt_id: str, version: str, ws: Ws) -> dict[str, Any]:
     """One version by number, sha prefix, branch or tag, with its file content."""
-    v = ws.index.version(prompt_id, version)
+    v = ws.index.version(prompt_id, _version_spec(version, "version"))
     prompt = ws.index.get_prompt(prompt_id)
     commit = v.commit
     return {
@@ -178,7 +228,8 @@ def diff(
     to: str | None = Query(None, description="New version; default what is served"),
 ) -> dict[str, Any]:
     """Unified diff of the prompt file between two versions."""
-    return {"from": from_, "to": to, "diff": ws.index.diff(prompt_id, from_, to)}
+    old, new = _version_spec(from_, "from"), _version_spec(to, "to")
+    return {"from": from_, "to": to, "diff": ws.index.diff(prompt_id, old, new)}
 
 
 @router.put("/{prompt_id:path}/set-version/{version}")
@@ -192,7 +243,7 @@ def set_version(
     """Make version n current again, by committing its content as a new version."""
     prompt = ws.index.get_prompt(prompt_id)
     authoring.restore_version(
-        ws, prompt.key, version, base=_base(if_match, body),
+        ws, prompt.key, _version_spec(version, "version"), base=_base(if_match, body),
         message=body.message if body else None,
         author_name=body.author_name if body else None,
         author_email=body.author_email if body else None,
@@ -212,6 +263,12 @@ def update_prompt(prompt_id: str, body: PromptWrite, ws: Ws, if_match: str | Non
     prompt = ws.index.get_prompt(prompt_id, include_deleted=False)
     if body.key is not None and body.key != prompt.key:
         raise BadRequest(f"Renaming is not supported: key {body.key!r} differs from {prompt.key!r}", param="key")
+    if prompt.version is not None and prompt.version.draft:
+        # Refused before the draft is parsed: a half-edited file must not turn this into a 400.
+        raise Conflict(
+            f"{prompt.path} has uncommitted changes in the working tree; commit or discard"
+            " them before writing through the API"
+        )
     current = prompt.version.prompt() if prompt.version is not None and body.content is None else None
     new = build_prompt(body, prompt.key, current)
     authoring.save_prompt(

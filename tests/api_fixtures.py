@@ -1,0 +1,343 @@
+"""Fixtures for the HTTP API tests: a real git repository in tmp_path, the real app driven
+in-process through `TestClient`, an admin and a run key, and a record of every error response
+the tests see (so one test can check that they all share one shape).
+
+Use in a test module:
+
+    from tests.api_fixtures import api, ApiEnv  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from llmkit.api.app import create_app
+from llmkit.config import Settings
+from llmkit.workspace import Workspace
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+HELLO_MD = """\
+---
+model: default
+description: Greets people.
+temperature: 0.7
+---
+<!-- role:system -->
+You are a helpful assistant with a {{ personality }} personality.
+
+<!-- role:user -->
+{{ question }}
+"""
+
+TRIAGE_MD = """\
+---
+model: default
+max_tokens: 200
+---
+<!-- role:system -->
+Sort the ticket into billing, bug or other.
+
+<!-- role:user -->
+Ticket: {{ ticket }}
+"""
+
+SEED_FILES = {
+    "prompts/hello.md": HELLO_MD,
+    "prompts/support/triage.md": TRIAGE_MD,
+    "evals/hello/basic.yaml": "name: greets\nvars:\n  personality: cheerful\n",
+    "README.md": "A prompt repository.\n",
+    ".gitignore": ".llmkit/\n",
+}
+
+# The git identity of the people who edit the repository by hand in these tests.
+AUTHOR_NAME = "Test Author"
+AUTHOR_EMAIL = "author@example.com"
+
+
+# -- git ----------------------------------------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for git and llmkit subprocesses: no LLMKIT_* settings leak in, git asks
+    nothing and reads no system config, and llmkit imports from this checkout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMKIT_")}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    """Run git in `repo`; stdout without its trailing newline."""
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=clean_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc.stdout.rstrip("\n")
+
+
+def git_bytes(repo: Path, *args: str) -> bytes:
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, env=clean_env())
+    if proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+def set_identity(repo: Path) -> None:
+    git(repo, "config", "user.name", AUTHOR_NAME)
+    git(repo, "config", "user.email", AUTHOR_EMAIL)
+    git(repo, "config", "commit.gpgsign", "false")
+
+
+def make_repo(root: Path, files: dict[str, str] | None = None) -> Path:
+    """A prompt repository made by hand: `git init -b main`, a local identity, and one commit
+    of `files` (the seed files by default; an empty dict leaves the branch unborn)."""
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q", "-b", "main")
+    set_identity(root)
+    files = SEED_FILES if files is None else files
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, "utf-8")
+    if files:
+        git(root, "add", "--", *files)
+        git(root, "commit", "-q", "-m", "Seed the prompt repository")
+    return root
+
+
+def init_repo(root: Path) -> Path:
+    """A prompt repository made by `python -m llmkit init`, with a local identity."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmkit", "init", str(root)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=PROJECT_ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    set_identity(root)
+    return root
+
+
+@dataclass(frozen=True)
+class RepoState:
+    head: str
+    status: str
+    files: dict[str, str]  # path relative to the folder -> sha256 of the content
+
+
+def repo_state(repo: Path, around: Path | None = None) -> RepoState:
+    """What a refused request must not change: HEAD, `git status`, and every file under
+    `around` (default: the repository), except .git internals and llmkit's own data folder."""
+    base = around or repo
+    files: dict[str, str] = {}
+    for path in sorted(base.rglob("*")):
+        rel = path.relative_to(base)
+        if ".git" in rel.parts or ".llmkit" in rel.parts or not path.is_file():
+            continue
+        files[rel.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return RepoState(
+        head=git(repo, "rev-parse", "HEAD"),
+        status=git(repo, "status", "--porcelain", "--untracked-files=all"),
+        files=files,
+    )
+
+
+# -- error responses ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeenError:
+    method: str
+    url: str
+    status: int
+    content_type: str
+    body: bytes
+
+
+SEEN_ERRORS: list[SeenError] = []
+_seen_lock = threading.Lock()
+
+
+def record_errors(client: httpx.Client) -> httpx.Client:
+    """Keep every response with status >= 400 that `client` receives, for the shape test."""
+
+    def keep(response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        response.read()
+        seen = SeenError(
+            method=response.request.method,
+            url=str(response.request.url),
+            status=response.status_code,
+            content_type=response.headers.get("content-type", ""),
+            body=response.content,
+        )
+        with _seen_lock:
+            SEEN_ERRORS.append(seen)
+
+    hooks = client.event_hooks
+    client.event_hooks = {"request": hooks["request"], "response": [*hooks["response"], keep]}
+    return client
+
+
+ERROR_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "conflict_error",
+    "rate_limit_error",
+    "server_error",
+    "api_error",
+    "timeout_error",
+}
+
+
+def error_shape_problem(seen: SeenError) -> str | None:
+    """Why an error response is not `{"error": {"message", "type", "param", "code"}}`, or None."""
+    import json
+
+    where = f"{seen.method} {seen.url} -> {seen.status}"
+    if seen.method == "HEAD":
+        return None  # a HEAD response has no body by definition
+    if not seen.content_type.startswith("application/json"):
+        return f"{where}: content-type {seen.content_type!r}"
+    try:
+        data = json.loads(seen.body)
+    except ValueError:
+        return f"{where}: body is not JSON: {seen.body[:200]!r}"
+    if not isinstance(data, dict) or set(data) != {"error"} or not isinstance(data["error"], dict):
+        return f"{where}: not an error object: {data!r}"
+    error = data["error"]
+    if set(error) != {"message", "type", "param", "code"}:
+        return f"{where}: fields {sorted(error)}"
+    if not isinstance(error["message"], str) or not error["message"]:
+        return f"{where}: empty message"
+    if error["type"] not in ERROR_TYPES:
+        return f"{where}: unknown type {error['type']!r}"
+    for name in ("param", "code"):
+        if error[name] is not None and not isinstance(error[name], str):
+            return f"{where}: {name} is {error[name]!r}"
+    return None
+
+
+# -- the app --------------------------------------------------------------------------------
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@dataclass
+class ApiEnv:
+    repo: Path
+    app: FastAPI
+    client: TestClient
+    admin_key: str
+    admin_key_id: int
+    run_key: str
+    run_key_id: int
+
+    @property
+    def ws(self) -> Workspace:
+        return self.app.state.ws  # type: ignore[no-any-return]
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return bearer(self.admin_key)
+
+    @property
+    def run(self) -> dict[str, str]:
+        return bearer(self.run_key)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """A request with the admin key unless headers are given."""
+        kwargs.setdefault("headers", self.admin)
+        return self.client.request(method, url, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", url, **kwargs)
+
+    def git(self, *args: str) -> str:
+        return git(self.repo, *args)
+
+    def head(self) -> str:
+        return git(self.repo, "rev-parse", "HEAD")
+
+    def commit_count(self) -> int:
+        return int(git(self.repo, "rev-list", "--count", "HEAD"))
+
+
+@contextmanager
+def running_api(repo: Path, **settings: Any) -> Iterator[ApiEnv]:
+    """The app over `repo` (no watcher unless asked), started and stopped with its lifespan."""
+    settings.setdefault("watch", False)
+    app = create_app(Settings.resolve(repo, **settings))
+    ws: Workspace = app.state.ws
+    admin_record, admin_key = ws.keys.create("test admin", "admin")
+    run_record, run_key = ws.keys.create("test run", "run")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        record_errors(client)
+        yield ApiEnv(repo, app, client, admin_key, admin_record.id, run_key, run_record.id)
+
+
+def app_routes(api: ApiEnv) -> list[Any]:
+    """Every route of the app, flattened (newer FastAPI keeps included routers as a tree)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:
+        return list(api.app.routes)
+    return list(iter_route_contexts(api.app.routes))
+
+
+MakeApi = Callable[..., ApiEnv]
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[ApiEnv]:
+    """The app over a fresh repository holding `prompts/hello.md` and `prompts/support/triage.md`."""
+    repo = make_repo(tmp_path / "repo")
+    with running_api(repo) as env:
+        yield env
+
+
+@pytest.fixture
+def make_api(tmp_path: Path) -> Iterator[MakeApi]:
+    """Build further apps: `make_api(files=..., max_body_bytes=...)`; each gets its own repo."""
+    stack: list[Any] = []
+
+    def build(files: dict[str, str] | None = None, **settings: Any) -> ApiEnv:
+        repo = make_repo(tmp_path / f"repo{len(stack)}", files)
+        manager = running_api(repo, **settings)
+        env = manager.__enter__()
+        stack.append(manager)
+        return env
+
+    yield build
+    for manager in reversed(stack):
+        manager.__exit__(None, None, None)
