@@ -78,9 +78,13 @@ def _run(
     from llmkit.runlog import utc_now
     from llmkit.workspace import Workspace
 
+    for name, path in (("--junit", junit), ("--json", json_path), ("--markdown", markdown)):
+        if path is not None and not path.resolve().parent.is_dir():
+            fail_usage(f"{name} {path}: the folder {path.resolve().parent} does not exist")
     ws = Workspace.open(str(repo) if repo else None)
     try:
         ws.index.sync()
+        ws.models.aliases()  # a broken llmkit.yaml is a configuration error, not failing cases
         for name, given in (("--ref", ref), ("--base", base)):
             if given and ws.store.resolve_ref(given) is None:
                 fail_usage(f"{name} {given!r} is not a branch, tag or commit in {ws.settings.repo}")
@@ -93,13 +97,18 @@ def _run(
         cases = _select(cases, paths, prompt_keys, ws.settings.repo)
         if not cases:
             fail_usage("No eval cases to run (evals/<prompt key>/*.yaml)")
-        ws.runlog.start()
         records = EvalRecords(ws.db)
         runner = EvalRunner(
             Executor(ws, ws.models, ws.runlog),
             records,
             RunOptions(concurrency=jobs, repeat=repeat, use_cache=not no_cache, judge_model=judge_model),
         )
+        if ref:
+            planned = {case.prompt_key for case, _, _ in runner.plan(cases, ref)}
+            missing = sorted({c.prompt_key for c in cases} - planned)
+            if missing:
+                fail_usage(f"No prompt {', '.join(missing)} at --ref {ref}; leave its cases out (--prompt, PATHS)")
+        ws.runlog.start()
         started = utc_now()
         results, base_results = asyncio.run(_execute(runner, cases, ref, base))
         report = build_report(results, base_results, base)
@@ -157,7 +166,8 @@ def _select(cases: list[Any], paths: tuple[Path, ...], prompt_keys: tuple[str, .
 async def _execute(runner: Any, cases: list[Any], ref: str | None, base: str | None) -> tuple[list[Any], list[Any] | None]:
     from llmkit import providers
 
-    total = sum(runner.options.repeat or c.repeat for c in cases) * (2 if base else 1)
+    # Cases new since the base have no base runs.
+    total = len(runner.plan(cases, ref)) + (len(runner.plan(cases, base)) if base else 0)
     progress, finish = _progress(total)
     try:
         results = await runner.run(cases, ref, progress)

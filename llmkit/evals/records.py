@@ -146,6 +146,7 @@ class EvalRecords:
         return [_public(row) for row in rows]
 
     def result(self, result_id: int) -> dict[str, Any]:
+        _check_result_id(result_id)
         row = self.db.reader().execute("SELECT * FROM eval_results WHERE id = ?", (result_id,)).fetchone()
         if row is None:
             raise NotFound(f"No eval run result with id {result_id}", param="id")
@@ -154,6 +155,7 @@ class EvalRecords:
     def set_score(self, result_id: int, score: Any) -> dict[str, Any]:
         if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
             raise BadRequest(f"score must be a whole number from 1 to 5, got {score!r}", param="score")
+        _check_result_id(result_id)
         with self.db.write() as conn:
             changed = conn.execute(
                 "UPDATE eval_results SET human_score = ? WHERE id = ?", (score, result_id)
@@ -185,6 +187,12 @@ class EvalRecords:
             }
             for r in rows
         ]
+
+
+def _check_result_id(result_id: int) -> None:
+    # SQLite cannot even compare a larger integer, so no row can have it.
+    if not -(2**63) <= result_id < 2**63:
+        raise NotFound(f"No eval run result with id {result_id}", param="id")
 
 
 def _row(run_id: str, role: str, r: CaseResult, now: str) -> tuple[Any, ...]:

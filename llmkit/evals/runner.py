@@ -43,9 +43,9 @@ class EvalRunner:
         self.options = options or RunOptions()
         self._new_cache: list[tuple[str, str, dict[str, Any], float | None]] = []
 
-    async def run(self, cases: list[EvalCase], ref: str | None = None, progress: Progress | None = None) -> list[CaseResult]:
-        """Every case at `ref` (None: what is served). Cases whose prompt does not exist at
-        `ref` are left out (for a base ref, they are new cases)."""
+    def plan(self, cases: list[EvalCase], ref: str | None = None) -> list[tuple[EvalCase, Version, int]]:
+        """The runs `run()` makes: (case, version, repeat index). Cases whose prompt does not
+        exist at `ref` are left out (for a base ref, they are new cases)."""
         jobs: list[tuple[EvalCase, Version, int]] = []
         for case in cases:
             try:
@@ -56,6 +56,11 @@ class EvalRunner:
                 continue
             repeats = self.options.repeat or case.repeat
             jobs.extend((case, version, i) for i in range(repeats))
+        return jobs
+
+    async def run(self, cases: list[EvalCase], ref: str | None = None, progress: Progress | None = None) -> list[CaseResult]:
+        """Every case at `ref` (None: what is served), as planned by `plan()`."""
+        jobs = self.plan(cases, ref)
         limit = asyncio.Semaphore(max(1, self.options.concurrency))
 
         async def one(case: EvalCase, version: Version, index: int) -> CaseResult:
@@ -99,16 +104,18 @@ class EvalRunner:
         call = ex.call
         # Repeats are independent samples, so each repeat has its own cache entry.
         key = cache_key(call.model, call.messages, {**call.params, "_repeat": repeat_index}, call.api_base)
-        if self.options.use_cache:
-            hit = self.records.cached(key)
-            if hit is not None:
-                response, latency = hit
-                return outcome_of(response, latency or 0.0, call.model), True
+        hit = self._cached(key)
+        if hit is not None:
+            response, latency = hit
+            return outcome_of(response, latency or 0.0, call.model), True
         started = time.perf_counter()
         response = await self.executor.complete(ex)
         latency = (time.perf_counter() - started) * 1000
         self._new_cache.append((key, call.model, response, latency))
         return outcome_of(response, latency, call.model), False
+
+    def _cached(self, key: str) -> tuple[dict[str, Any], float | None] | None:
+        return self.records.cached(key) if self.options.use_cache else None
 
     async def _judge(self, rubric: str, output: str, model: str | None) -> tuple[bool, str]:
         registry = self.executor.registry
@@ -125,8 +132,18 @@ class EvalRunner:
             params={**target.params, "response_format": {"type": "json_object"}, "temperature": 0},
             api_base=target.api_base,
             api_key_env=target.api_key_env,
+            timeout=float(target.timeout or self.executor.ws.settings.request_timeout_s),
+            max_retries=target.max_retries if target.max_retries is not None else 2,
+            fallbacks=[registry.resolve(f).model for f in target.fallbacks],
         )
-        response = await providers.complete(call)
+        # A cached run makes no provider calls at all, so the judge's answers are cached too.
+        key = cache_key(call.model, call.messages, call.params, call.api_base)
+        hit = self._cached(key)
+        if hit is not None:
+            response = hit[0]
+        else:
+            response = await providers.complete(call)
+            self._new_cache.append((key, call.model, response, None))
         text = (response.get("choices") or [{}])[0].get("message", {}).get("content") or ""
         try:
             verdict = json.loads(text)

@@ -91,15 +91,31 @@ async def update_eval(eval_id: int, request: Request, ws: Ws) -> dict[str, Any]:
     current = _find(ws, eval_id)
     _sole_case_in_file(ws, current)
     data = await json_object(request)
-    merged = {**case_to_dict(current), **{k: v for k, v in data.items() if k not in ("prompt_id", "prompt_key", "id")}}
+    given = {k: v for k, v in data.items() if k not in ("prompt_id", "prompt_key", "id")}
+    merged = {**case_to_dict(current), **given}
     for derived in ("file", "line", "system_prompt_input", "user_prompt_input"):
-        if derived not in data:
+        if derived not in given:
             merged.pop(derived, None)
+    # A field given replaces the current fields it stands for (else both would be present).
+    for field, replaced in _REPLACES.items():
+        if field in given:
+            for old in replaced:
+                if old not in given:
+                    merged.pop(old, None)
     case = case_from_dict(merged, prompt_key=current.prompt_key, file=current.file)
     if case.name != current.name and any(c.prompt_key == case.prompt_key and c.name == case.name for c in _cases(ws)):
         raise Conflict(f"Prompt {case.prompt_key!r} already has an eval case named {case.name!r}", param="name")
-    ws.store.commit_file(current.file, serialize_case(case).encode(), message=f"Update eval case {case.name!r} for {case.prompt_key}")
+    text = serialize_case(case).encode()
+    if ws.store.confine(current.file).read_bytes() != text:
+        ws.store.commit_file(current.file, text, message=f"Update eval case {case.name!r} for {case.prompt_key}")
     return _public(_find(ws, case_id(case)))
+
+
+_REPLACES = {
+    "input": ("messages",),
+    "system_prompt_input": ("vars",),
+    "user_prompt_input": ("user_vars", "messages"),
+}
 
 
 @router.delete("/prompt-evals/{eval_id}")
