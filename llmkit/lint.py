@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,10 @@ class Problem:
     def github(self) -> str:
         """A GitHub Actions workflow command, shown as an annotation on the pull request."""
         message = self.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-        return f"::{self.severity} file={self.path},line={self.line}::{message}"
+        # Property values also escape the separators of the command itself.
+        path = self.path.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+        path = path.replace(":", "%3A").replace(",", "%2C")
+        return f"::{self.severity} file={path},line={self.line}::{message}"
 
 
 def lint_prompt_text(rel_path: str, data: bytes) -> list[Problem]:
@@ -61,7 +65,21 @@ def lint_repo(root: Path) -> list[Problem]:
             continue
         problems.extend(lint_prompt_text(rel, data))
     problems.extend(_lint_evals(root))
+    problems.extend(_lint_config(root))
     return problems
+
+
+def _lint_config(root: Path) -> list[Problem]:
+    from llmkit.errors import ConfigError
+    from llmkit.models import ModelRegistry
+
+    try:
+        ModelRegistry(root / "llmkit.yaml").aliases()
+    except ConfigError as exc:
+        match = re.match(r"llmkit\.yaml(?::(\d+))?: (.*)", exc.message, re.S)
+        line, message = (int(match.group(1) or 1), match.group(2)) if match else (1, exc.message)
+        return [Problem("llmkit.yaml", line, message)]
+    return []
 
 
 def _lint_evals(root: Path) -> list[Problem]:
