@@ -266,9 +266,12 @@ def _check_variables(c: _Checker, value: Any, line: int | None, what: str) -> An
     return value
 
 
+MAX_REPEAT = 100
+
+
 def _check_repeat(c: _Checker, value: Any, line: int | None) -> Any:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        return c.error(line, f"'repeat' must be a whole number of at least 1, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_REPEAT:
+        return c.error(line, f"'repeat' must be a whole number from 1 to {MAX_REPEAT}, got {value!r}")
     return value
 
 
