@@ -181,7 +181,7 @@ BAD_FILES = [
     ("name: x\nassert:\n  - type: max-cost\n    value: cheap\n", 4, "max-cost needs a number"),
     ("name: x\nassert:\n  - type: contains\n    value: [a]\n", 4, "contains needs a string value"),
     ("name: x\nassert: {type: is-json}\n", 2, "'assert' must be a list"),
-    ("name: x\nrepeat: 0\nassert: []\n", 2, "'repeat' must be a whole number of at least 1, got 0"),
+    ("name: x\nrepeat: 0\nassert: []\n", 2, "'repeat' must be a whole number from 1 to 100, got 0"),
     ("name: x\nrepeat: true\nassert: []\n", 2, "'repeat' must be a whole number"),
     ("name: x\nthreshold: 1.5\nassert: []\n", 2,
      "'threshold' must be a number from 0 to 1, got 1.5"),
