@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,6 +27,7 @@ from llmkit.promptfile import PromptFile, key_from_path, parse, path_for_key, va
 from llmkit.store import Commit, GitStore, blob_id
 
 Progress = Callable[[str, int, int], None]
+RACY_NS = 2_000_000_000
 
 
 def m001_initial(conn: sqlite3.Connection) -> None:
@@ -123,8 +125,10 @@ class Index:
         self.db = db
         self.db.migrate("index", MIGRATIONS)
         self._sync_lock = threading.Lock()
-        self._stat_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+        self._stat_cache: dict[str, tuple[tuple[int, int, int], str, int]] = {}
         self._ref_cache: dict[tuple[str, str], Version | None] = {}
+        # What each key serves, for the execution hot path; emptied by every sync.
+        self._served_cache: dict[str, Version] = {}
         self.generation = 0  # bumped whenever the served state may have changed
 
     # -- building ------------------------------------------------------------------------
@@ -140,16 +144,23 @@ class Index:
             head = self.store.head()
             indexed = self._state("head")
             branch = self.store.branch() or ""
+            apply_history: Callable[[sqlite3.Connection], None] | None = None
             if head != indexed or branch != (self._state("branch") or ""):
                 if indexed and head and self.store.is_ancestor(indexed, head):
-                    report = self._append(indexed, head, branch)
+                    report, apply_history = self._append(indexed, head, branch)
                 else:
                     return self._rebuild(None)
             else:
                 report = SyncReport()
+            # New history and the working tree land in one transaction, so a reader never sees
+            # a new commit without the files that came with it.
             with self.db.write() as conn:
+                if apply_history is not None:
+                    apply_history(conn)
                 report.changed |= self._scan_working_tree(conn)
                 self._number_drafts(conn)
+                if report.changed or report.new_commits:
+                    _drop_unused_blobs(conn)
             self._touched(report)
             return report
 
@@ -168,6 +179,7 @@ class Index:
             self._set_state(conn, head, branch)
             self._scan_working_tree(conn)
             self._number_drafts(conn)
+            _drop_unused_blobs(conn)
         report = SyncReport(rebuilt=True, new_commits=len(history))
         report.changed = {key for key, _, _, _ in versions}
         self._touched(report)
@@ -175,17 +187,32 @@ class Index:
             progress("done", 1, 1)
         return report
 
-    def _append(self, since: str, head: str, branch: str) -> SyncReport:
+    def _append(
+        self, since: str, head: str, branch: str
+    ) -> tuple[SyncReport, Callable[[sqlite3.Connection], None]]:
+        """Read the commits after `since` from git; returns what writes them into the index."""
         history = self.store.log_changes(since=since, until=head)
         conn = self.db.reader()
         start = (conn.execute("SELECT MAX(seq) FROM ix_commits").fetchone()[0] or 0) + 1
-        known = {r[0]: r[1] for r in conn.execute("SELECT key, MAX(number) FROM ix_versions WHERE seq IS NOT NULL GROUP BY key")}
+        touched = sorted({key for _, changes in history for key in _prompt_keys(changes)})
+        known: dict[str, int] = {}
+        for i in range(0, len(touched), 500):
+            chunk = touched[i : i + 500]
+            known.update(
+                conn.execute(
+                    "SELECT key, MAX(number) FROM ix_versions WHERE seq IS NOT NULL AND key IN"
+                    f" ({','.join('?' * len(chunk))}) GROUP BY key",
+                    chunk,
+                ).fetchall()
+            )
         versions, wanted = _versions_from(history, start_seq=start, numbers=known)
         contents = self._read_blobs(wanted, None)
-        with self.db.write() as conn:
+
+        def apply(conn: sqlite3.Connection) -> None:
             self._insert_history(conn, history, start, versions, contents)
             self._set_state(conn, head, branch)
-        return SyncReport(new_commits=len(history), changed={k for k, _, _, _ in versions})
+
+        return SyncReport(new_commits=len(history), changed={k for k, _, _, _ in versions}), apply
 
     def _read_blobs(
         self, ids: list[str], progress: Progress | None, skip_known: bool = True
@@ -247,6 +274,10 @@ class Index:
         files = self.store.working_files("prompts", (".md",))
         on_disk: dict[str, str] = {}
         new_blobs: dict[str, tuple[str | None, str | None]] = {}
+        # Like git's "racily clean" entries: a file whose mtime is this close to the scan that
+        # cached it may have changed again within the file system's clock tick, so it is
+        # re-read rather than trusted.
+        scanned_at = time.time_ns()
         for rel, path in files.items():
             try:
                 key = key_from_path(rel)
@@ -256,14 +287,14 @@ class Index:
                 st = path.stat()
                 sig = (st.st_mtime_ns, st.st_size, st.st_ino)
                 cached = self._stat_cache.get(rel)
-                if cached and cached[0] == sig:
+                if cached and cached[0] == sig and sig[0] < cached[2] - RACY_NS:
                     on_disk[key] = cached[1]
                     continue
                 data = path.read_bytes()
             except OSError:
                 continue
             blob = blob_id(data)
-            self._stat_cache[rel] = (sig, blob)
+            self._stat_cache[rel] = (sig, blob, scanned_at)
             on_disk[key] = blob
             new_blobs[blob] = _decode(data)
         if new_blobs:
@@ -334,6 +365,7 @@ class Index:
         if report.changed or report.rebuilt or report.new_commits:
             self.generation += 1
         self._ref_cache.clear()
+        self._served_cache.clear()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -407,10 +439,15 @@ class Index:
 
     def version(self, ident: str | int, spec: str | int | None = None) -> Version:
         """Resolve a version of a prompt: None (served), a number, a sha prefix, or a git ref."""
+        if spec is None and isinstance(ident, str) and ident in self._served_cache:
+            return self._served_cache[ident]
+        generation = self.generation
         prompt = self.get_prompt(ident)
         if spec is None or spec == "":
             if prompt.version is None:
                 raise NotFound(f"Prompt {prompt.key!r} has been deleted; its history is still readable", param="model")
+            if isinstance(ident, str) and ident == prompt.key and generation == self.generation:
+                self._served_cache[ident] = prompt.version
             return prompt.version
         text = str(spec).strip()
         conn = self.db.reader()
@@ -420,9 +457,11 @@ class Index:
                 " WHERE v.key = ? AND v.number = ?",
                 (prompt.key, int(text)),
             ).fetchone()
-            if row is None:
+            if row is not None:
+                return self._version(prompt.key, *row)
+            # A commit sha prefix can be all digits too (K@6454461).
+            if len(text) < 4:
                 raise NotFound(f"Prompt {prompt.key!r} has no version {text}", param="model")
-            return self._version(prompt.key, *row)
         if 4 <= len(text) <= 40 and all(c in "0123456789abcdef" for c in text.lower()):
             rows = conn.execute(
                 "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq"
@@ -479,11 +518,27 @@ def unified_diff(old: str, new: str, old_name: str = "a", new_name: str = "b") -
     )
 
 
+def _drop_unused_blobs(conn: sqlite3.Connection) -> None:
+    """Contents of drafts that were edited again or thrown away; a rebuild would not have them."""
+    conn.execute("DELETE FROM ix_blobs WHERE id NOT IN (SELECT blob FROM ix_versions)")
+
+
 def _decode(data: bytes) -> tuple[str | None, str | None]:
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError as exc:
         return None, f"not UTF-8 text (invalid byte at offset {exc.start})"
+
+
+def _prompt_keys(changes: list) -> list[str]:
+    keys = []
+    for change in changes:
+        if change.path.startswith("prompts/"):
+            try:
+                keys.append(key_from_path(change.path))
+            except LlmkitError:
+                pass
+    return keys
 
 
 def _versions_from(

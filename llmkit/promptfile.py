@@ -156,7 +156,8 @@ def validate_meta(meta: dict[str, Any]) -> None:
             raise fail(name, f"Frontmatter key {name!r} must be {names}, got {value!r}")
     ranges = {"temperature": (0, 2), "top_p": (0, 1), "max_tokens": (1, None), "timeout": (0, None)}
     for name, (low, high) in ranges.items():
-        if name in meta and (meta[name] < low or (high is not None and meta[name] > high)):
+        # Written so that NaN, which compares false with everything, is out of range.
+        if name in meta and not (meta[name] >= low and (high is None or meta[name] <= high)):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise fail(name, f"{name} must be {bounds}, got {meta[name]}")
     choices = {"type": PROMPT_TYPES, "reasoning_effort": REASONING_EFFORTS}
@@ -176,7 +177,8 @@ _yaml_handler = frontmatter.YAMLHandler()
 
 def parse(text: str, path: str | None = None) -> PromptFile:
     """Parse a prompt file. Errors name the file and line."""
-    text = text.replace("\r\n", "\n")
+    # Some editors start UTF-8 files with a byte order mark, which would hide the frontmatter.
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
     meta: dict[str, Any] = {}
     body_start = 1
     match = _FRONTMATTER_RE.match(text)
@@ -264,11 +266,29 @@ def is_marker(line: str) -> bool:
     return bool(MARKER_LIKE_RE.match(line))
 
 
+class _MetaDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # PyYAML writes NEL (U+0085) raw inside quoted scalars, where its loader folds it into a
+    # space; the double-quoted style escapes it as \N.
+    style = '"' if "\x85" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_MetaDumper.add_representer(str, _represent_str)
+
+
 def _dump_meta(meta: dict[str, Any]) -> str:
     if not meta:
         return ""
-    return yaml.safe_dump(
-        _meta_in_canonical_order(meta), sort_keys=False, allow_unicode=True, width=1000
+    return yaml.dump(
+        _meta_in_canonical_order(meta),
+        Dumper=_MetaDumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=1000,
     )
 
 
@@ -282,6 +302,11 @@ def serialize(prompt: PromptFile) -> str:
             raise PromptFormatError(
                 f"A {m.role} message contains a line that is a role marker; role markers"
                 " cannot appear inside message text"
+            )
+        if any(line.endswith("\r") for line in lines):
+            raise PromptFormatError(
+                f"A {m.role} message has a line ending in a carriage return (\\r\\n);"
+                " the file format stores lines with \\n only"
             )
         if m.content != "\n".join(_strip_blank(lines)):
             raise PromptFormatError(

@@ -17,7 +17,7 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError, Undefined
 from jinja2.exceptions import SecurityError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llmkit.errors import MissingVariables, TemplateError
 from llmkit.promptfile import TEMPLATE_RE, PromptFile
@@ -78,7 +78,9 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-_env = SandboxedEnvironment(
+# Immutable: a template must not change the caller's lists and dicts (`{{ items.append(1) }}`),
+# which may be reused for the next render.
+_env = ImmutableSandboxedEnvironment(
     autoescape=False,
     keep_trailing_newline=True,
     undefined=_RecordingUndefined,
@@ -98,6 +100,7 @@ def compile_template(source: str):  # type: ignore[no-untyped-def]
 def _syntax_error(exc: TemplateSyntaxError, source: str) -> TemplateError:
     err = TemplateError(f"Template syntax error on line {exc.lineno}: {exc.message}")
     err.template_line = exc.lineno  # type: ignore[attr-defined]
+    err.template_message = exc.message  # type: ignore[attr-defined]
     return err
 
 
@@ -180,7 +183,9 @@ def check_templates(prompt: PromptFile) -> list[tuple[int, str]]:
         except TemplateError as exc:
             base = prompt.lines[i] if i < len(prompt.lines) else 1
             line = base + getattr(exc, "template_line", 1) - 1
-            problems.append((line, exc.message))
+            # The file line replaces the template-relative one in the message.
+            detail = getattr(exc, "template_message", None)
+            problems.append((line, f"Template syntax error: {detail}" if detail else exc.message))
     return problems
 
 

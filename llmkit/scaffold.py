@@ -66,7 +66,8 @@ def init_repository(directory: Path) -> list[str]:
     if created:
         store = GitStore(root)
         _git(root, "add", "--", *created)
-        _git(root, "commit", "-q", "-m", "Start a prompt repository with llmkit", env=store.identity_env())
+        # Only the files created here: whatever the author had staged stays staged.
+        _git(root, "commit", "-q", "-m", "Start a prompt repository with llmkit", "--", *created, env=store.identity_env())
     return created
 
 

@@ -47,7 +47,7 @@ class Commit:
 @dataclass(frozen=True)
 class Change:
     path: str
-    status: str  # A, M, D or T, as git reports it
+    status: str  # A, M, D or T, as git reports it; M for a merge's own change
     blob: str | None  # the new content's blob id; None when the file was deleted
 
 
@@ -134,13 +134,17 @@ class GitStore:
     def log_changes(
         self, since: str | None = None, until: str | None = None
     ) -> list[tuple[Commit, list[Change]]]:
-        """Every commit that changed prompts/ or evals/, oldest first, with its changes."""
+        """Every commit that changed prompts/ or evals/, oldest first, with its changes.
+
+        A merge lists the files whose merged content differs from every parent (`-c`), such as
+        a file both sides edited: a change that none of the merged commits made on its own.
+        """
         until = until or self.head()
         if until is None:
             return []
         rev = f"{since}..{until}" if since else until
         raw = self.git(
-            "log", "-z", "--reverse", "--topo-order", "--no-renames", "--raw", "--no-abbrev",
+            "log", "-z", "--reverse", "--topo-order", "--no-renames", "--raw", "--no-abbrev", "-c",
             f"--format={_LOG_FORMAT}", rev, "--", *TRACKED_DIRS,
         ).stdout.decode("utf-8", "surrogateescape")
         return list(_parse_log(raw))
@@ -357,6 +361,7 @@ class GitStore:
         head: str | None,
     ) -> None:
         """Put the file in place, then move the branch; undo the file if the branch won't move."""
+        new_dirs = [d for d in target.parents if d.is_relative_to(self.root) and not d.exists()]
         if content is None:
             target.unlink()
         else:
@@ -366,6 +371,11 @@ class GitStore:
         except GitError as exc:
             if previous is None:
                 target.unlink(missing_ok=True)
+                for folder in new_dirs:  # innermost first
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
             else:
                 write_atomic(target, previous)
             raise Conflict(f"The branch moved while writing {rel_path}; try again ({exc.message})")
@@ -420,9 +430,15 @@ def _parse_log(raw: str) -> Iterator[tuple[Commit, list[Change]]]:
         while i < len(tokens):
             token = tokens[i].lstrip("\n")
             if token.startswith(":") and i + 1 < len(tokens):
-                meta = token[1:].split()
-                status, new_blob = meta[4][0], meta[3]
-                changes.append(Change(tokens[i + 1], status, None if status == "D" else new_blob))
+                # One colon per parent, then a mode per parent and the result's, a blob id per
+                # parent and the result's, then the status letters.
+                parents = len(token) - len(token.lstrip(":"))
+                meta = token[parents:].split()
+                new_blob, status = meta[2 * parents + 1], meta[2 * parents + 2]
+                if new_blob == ZERO_SHA:
+                    changes.append(Change(tokens[i + 1], "D", None))
+                else:
+                    changes.append(Change(tokens[i + 1], status[0] if parents == 1 else "M", new_blob))
                 i += 2
             else:
                 i += 1

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 
 from llmkit.index import Index, SyncReport
 
@@ -34,6 +35,8 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if event.event_type in ("deleted", "moved") and event.is_directory:
+            self.watcher.forget(Path(str(event.src_path)))
         for raw in (event.src_path, getattr(event, "dest_path", "")):
             if raw and self.watcher.relevant(Path(str(raw))):
                 self.watcher.poke()
@@ -57,7 +60,10 @@ class Watcher:
         self.on_sync = on_sync
         self.syncs = 0
         self._observer: Observer | None = None  # type: ignore[valid-type]
-        self._watched: set[Path] = set()
+        # Each watched top folder with the inode it had: a folder removed and created again
+        # (rm -r, a checkout without it) needs a new watch, the old one died with it.
+        self._watched: dict[Path, tuple[ObservedWatch, int]] = {}
+        self._gone: set[Path] = set()
         self._pending = threading.Event()
         self._stop = threading.Event()
         self._last_event = 0.0
@@ -76,6 +82,11 @@ class Watcher:
         if len(parts) == 1:
             return parts[0] in ROOT_NAMES
         return parts[0] in WATCHED_DIRS
+
+    def forget(self, path: Path) -> None:
+        """A watched folder was deleted or moved away; watch it again when it comes back."""
+        if path in self._watched:
+            self._gone.add(path)
 
     def poke(self) -> None:
         self._last_event = time.monotonic()
@@ -100,12 +111,25 @@ class Watcher:
         assert self._observer is not None
         for name in WATCHED_DIRS:
             folder = self.root / name
-            if folder not in self._watched and folder.is_dir():
+            try:
+                inode = folder.stat().st_ino if folder.is_dir() else None
+            except OSError:
+                inode = None
+            current = self._watched.get(folder)
+            if inode is None or (current and current[1] == inode and folder not in self._gone):
+                continue
+            self._gone.discard(folder)
+            if current is not None:
                 try:
-                    self._observer.schedule(self._handler, str(folder), recursive=True)
-                    self._watched.add(folder)
-                except OSError as exc:
-                    log.warning("cannot watch %s: %s", folder, exc)
+                    self._observer.unschedule(current[0])
+                except (KeyError, OSError):
+                    pass
+                del self._watched[folder]
+            try:
+                watch = self._observer.schedule(self._handler, str(folder), recursive=True)
+                self._watched[folder] = (watch, inode)
+            except OSError as exc:
+                log.warning("cannot watch %s: %s", folder, exc)
 
     def _run(self) -> None:
         while not self._stop.is_set():
