@@ -77,8 +77,16 @@ class Executor:
     # -- preparing -----------------------------------------------------------------------
 
     def prepare(
-        self, body: dict[str, Any], *, source: str = "api", api_key_id: int | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        source: str = "api",
+        api_key_id: int | None = None,
+        user_variables: dict[str, Any] | None = None,
+        model_override: str | None = None,
     ) -> Execution:
+        """Resolve, render and merge. `user_variables` (evals) render the user sections with
+        their own values; `model_override` runs the prompt on another model or alias."""
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object")
         unknown = set(body) - OTHER_FIELDS - set(REQUEST_PARAMS)
@@ -90,8 +98,8 @@ class Executor:
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise BadRequest("messages must be a list of {role, content} objects", param="messages")
-        rendered = build_messages(key, prompt, messages, body.get("variables"))
-        target = self.registry.resolve(prompt.model)
+        rendered = build_messages(key, prompt, messages, body.get("variables"), user_variables)
+        target = self.registry.resolve(model_override or prompt.model)
         params: dict[str, Any] = dict(target.params)
         for name in PROMPT_PARAMS:
             if name in prompt.meta:
@@ -138,24 +146,29 @@ class Executor:
 
     async def complete(self, ex: Execution) -> dict[str, Any]:
         started = time.perf_counter()
+        # Every answer received, so that a JSON retry's tokens are logged too.
+        answers: list[dict[str, Any]] = []
         try:
             response = await providers.complete(ex.call)
-            if ex.json_mode:
+            answers.append(response)
+            if ex.json_mode and json_problem(response, ex.schema):
+                response = await providers.complete(ex.call)
+                answers.append(response)
                 problem = json_problem(response, ex.schema)
                 if problem:
-                    response = await providers.complete(ex.call)
-                    problem = json_problem(response, ex.schema)
-                    if problem:
-                        raise UpstreamError(
-                            f"Model {ex.call.model} did not return valid JSON for prompt {ex.key!r}"
-                            f" (after one retry): {problem}",
-                            code="invalid_json_output",
-                        )
+                    raise _invalid_json(ex, problem)
         except LlmkitError as exc:
-            self._log(ex, started, error=exc)
+            self._log(ex, started, answers=answers, error=exc)
+            raise
+        except Exception as exc:
+            self._log(ex, started, answers=answers, error=_unexpected(ex, exc))
+            raise
+        except BaseException:
+            # Cancelled (server shutdown, or a caller that gave up): the call still happened.
+            self._log(ex, started, answers=answers, status="cancelled")
             raise
         response["model"] = ex.key
-        self._log(ex, started, response=response, usage_from=response)
+        self._log(ex, started, answers=answers)
         return response
 
     async def stream(self, ex: Execution) -> AsyncIterator[dict[str, Any]]:
@@ -167,19 +180,22 @@ class Executor:
             if ex.json_mode:
                 chunks = await self._buffered_json(ex, state, started)
                 for chunk in chunks:
-                    if chunk.get("choices") or ex.include_usage:
+                    if _for_client(chunk, ex.include_usage):
                         yield chunk
             else:
                 upstream = providers.stream(ex.call)
                 try:
                     async for chunk in upstream:
                         state.add(chunk, ex.key, started)
-                        if chunk.get("choices") or ex.include_usage:
+                        if _for_client(chunk, ex.include_usage):
                             yield chunk
                 finally:
                     await upstream.aclose()
         except LlmkitError as exc:
             self._log(ex, started, error=exc, state=state)
+            raise
+        except Exception as exc:
+            self._log(ex, started, error=_unexpected(ex, exc), state=state)
             raise
         except BaseException:
             # The client went away (cancellation) or the generator was closed early.
@@ -201,30 +217,27 @@ class Executor:
             problem = None if state.tool_calls else json_text_problem(state.text(), ex.schema)
             if problem is None:
                 return chunks
-        raise UpstreamError(
-            f"Model {ex.call.model} did not return valid JSON for prompt {ex.key!r}"
-            f" (after one retry): {problem}",
-            code="invalid_json_output",
-        )
+        raise _invalid_json(ex, problem)
 
     def _log(
         self,
         ex: Execution,
         started: float,
         *,
-        response: dict[str, Any] | None = None,
-        usage_from: dict[str, Any] | None = None,
+        answers: list[dict[str, Any]] | None = None,
         error: LlmkitError | None = None,
         state: "_StreamState | None" = None,
         status: str | None = None,
     ) -> None:
-        usage = providers.usage_of(usage_from or (state.usage if state else None) or {})
-        logged_response: Any = response
+        logged_response: Any = answers[-1] if answers else None
+        with_usage = [a for a in answers or () if isinstance(a.get("usage"), dict)]
         ttft = None
         if state is not None:
             logged_response = state.text() if not state.tool_calls else {"content": state.text(), "tool_calls": state.tool_calls}
+            with_usage = state.usage_chunks()
             ttft = state.ttft_ms
-        has_usage = usage_from is not None or (state is not None and state.usage is not None)
+        usage = _total_usage(with_usage)
+        has_usage = bool(with_usage)
         self.runlog.log(
             RunRecord(
                 trace_id=ex.trace_id,
@@ -255,17 +268,26 @@ class _StreamState:
 
     def __init__(self) -> None:
         self.ttft_ms: float | None = None
+        # Usage chunks of attempts that were retried (JSON mode): their tokens were spent too.
+        self.spent: list[dict[str, Any]] = []
+        self.usage: dict[str, Any] | None = None
         self.reset()
 
     def reset(self) -> None:
+        if self.usage is not None:
+            self.spent.append(self.usage)
         self.parts: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
-        self.usage: dict[str, Any] | None = None
+        self.usage = None
+
+    def usage_chunks(self) -> list[dict[str, Any]]:
+        return [*self.spent, *([self.usage] if self.usage is not None else [])]
 
     def add(self, chunk: dict[str, Any], key: str, started: float) -> None:
         chunk["model"] = key
         if chunk.get("usage"):
-            self.usage = chunk
+            # A holder of its own: the chunk loses its usage when the client did not ask for it.
+            self.usage = {"usage": chunk["usage"]}
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             content = delta.get("content")
@@ -293,15 +315,50 @@ class _StreamState:
         return "".join(self.parts)
 
 
+def _for_client(chunk: dict[str, Any], include_usage: bool) -> bool:
+    """Whether the client gets this chunk; as OpenAI does, usage only with include_usage (the
+    provider is always asked for it, for the run log)."""
+    if include_usage:
+        return True
+    chunk.pop("usage", None)
+    return bool(chunk.get("choices"))
+
+
+def _total_usage(holders: list[dict[str, Any]]) -> providers.Usage:
+    parts = [providers.usage_of(h) for h in holders]
+    return providers.Usage(
+        input_tokens=sum(p.input_tokens for p in parts),
+        output_tokens=sum(p.output_tokens for p in parts),
+        reasoning_tokens=sum(p.reasoning_tokens for p in parts),
+    )
+
+
+def _invalid_json(ex: Execution, problem: str) -> UpstreamError:
+    return UpstreamError(
+        f"Model {ex.call.model} did not return valid JSON for prompt {ex.key!r}"
+        f" (after one retry): {problem}",
+        code="invalid_json_output",
+    )
+
+
+def _unexpected(ex: Execution, exc: Exception) -> LlmkitError:
+    """What the run log records for a failure that is not an LlmkitError (the API answers 500)."""
+    return LlmkitError(f"Internal error calling {ex.call.model}: {type(exc).__name__}: {exc}", code="internal_error")
+
+
 def build_messages(
-    key: str, prompt: PromptFile, messages: list[dict[str, Any]], variables: Any
+    key: str,
+    prompt: PromptFile,
+    messages: list[dict[str, Any]],
+    variables: Any,
+    user_variables: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The conversation sent upstream: the prompt's rendered sections, then the caller's turns."""
     kind = prompt.prompt_type
     rest = list(messages)
     system_index = next((i for i, m in enumerate(rest) if m.get("role") == "system"), None)
     caller_system = rest.pop(system_index) if system_index is not None else None
-    user_vars = None
+    user_vars = user_variables
     if variables is not None:
         if not isinstance(variables, dict):
             raise BadRequest("variables must be a JSON object", param="variables")

@@ -106,6 +106,9 @@ def _load(path: Path) -> tuple[dict[str, ModelTarget], str | None]:
         fallbacks = spec.get("fallbacks") or []
         if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
             return {}, f"{name}: alias {alias!r}: fallbacks must be a list of model strings"
+        problem = _field_problem(spec)
+        if problem:
+            return {}, f"{name}: alias {alias!r}: {problem}"
         aliases[str(alias)] = ModelTarget(
             name=str(alias),
             model=spec["model"],
@@ -118,6 +121,22 @@ def _load(path: Path) -> tuple[dict[str, ModelTarget], str | None]:
             alias=True,
         )
     return aliases, None
+
+
+def _field_problem(spec: dict[str, Any]) -> str | None:
+    """Why a connection field has the wrong type; checked here, so that a typo in llmkit.yaml
+    is a configuration error naming it, not a crash on every request."""
+    for key in ("api_base", "api_key_env"):
+        value = spec.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            return f"{key} must be a non-empty string, got {value!r}"
+    timeout = spec.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        return f"timeout must be a positive number of seconds, got {timeout!r}"
+    retries = spec.get("max_retries")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        return f"max_retries must be a whole number of at least 0, got {retries!r}"
+    return None
 
 
 def describe_models(registry: ModelRegistry, prompt_models: dict[str, list[str]]) -> list[dict[str, Any]]:

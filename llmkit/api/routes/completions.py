@@ -43,10 +43,15 @@ async def execute(request: Request, body: dict[str, Any], stream: bool, source: 
     executor: Executor = request.app.state.executor
     key = getattr(request.state, "api_key", None)
     ex = executor.prepare(body, source=source, api_key_id=key.id if key else None)
-    if not stream:
-        response = await executor.complete(ex)
-        return JSONResponse(response, headers=ex.headers())
-    return await _stream(executor, ex)
+    try:
+        if not stream:
+            response = await executor.complete(ex)
+            return JSONResponse(response, headers=ex.headers())
+        return await _stream(executor, ex)
+    except LlmkitError as exc:
+        # The call is in the run log: its trace id lets the caller find the row.
+        exc.headers = {**exc.headers, **ex.headers()}
+        raise
 
 
 async def _stream(executor: Executor, ex: Execution) -> Response:
