@@ -119,7 +119,14 @@ class Executor:
         if response_format and response_format.get("type") == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema", schema)
         stream_options = body.get("stream_options") or {}
-        fallbacks = [self.registry.resolve(f).model for f in prompt.meta.get("fallbacks", target.fallbacks)]
+        fallbacks: list[str | providers.Fallback] = []
+        for name in prompt.meta.get("fallbacks", target.fallbacks):
+            resolved = self.registry.resolve(name)
+            fallbacks.append(
+                providers.Fallback(resolved.model, resolved.api_base, resolved.api_key_env)
+                if resolved.alias and (resolved.api_base or resolved.api_key_env)
+                else resolved.model
+            )
         call = providers.ProviderCall(
             model=target.model,
             messages=rendered,

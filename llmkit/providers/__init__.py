@@ -1,12 +1,13 @@
 """The provider layer: one contract over the offline `echo` model, OpenAI's wire format on
 pooled httpx clients, and litellm for everything else. Importing it never imports litellm."""
 
-from llmkit.providers.base import ProviderCall, Usage, usage_of
+from llmkit.providers.base import Fallback, ProviderCall, Usage, usage_of
 from llmkit.providers.dispatch import aclose, complete, stream
 from llmkit.providers.pricing import cost_of
 from llmkit.providers.routing import key_env_of, key_is_set, provider_of
 
 __all__ = [
+    "Fallback",
     "ProviderCall",
     "Usage",
     "aclose",

@@ -24,6 +24,15 @@ CONNECTION_CODE = "upstream_connection_error"
 RETRY_AFTER_HEADERS = ("retry-after", "retry-after-ms")
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """A fallback model with its own api_base and key variable (a model alias's settings)."""
+
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+
+
 @dataclass
 class ProviderCall:
     """One request to a model.
@@ -42,7 +51,7 @@ class ProviderCall:
     api_key_env: str | None = None
     timeout: float = 600.0
     max_retries: int = 2
-    fallbacks: list[str] = field(default_factory=list)
+    fallbacks: list[str | Fallback] = field(default_factory=list)
     via: Via | None = None
     backoff_base: float = 0.25
 

@@ -17,12 +17,14 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
 from llmkit.providers import echo, openai_wire, via_litellm
-from llmkit.providers.base import CONNECTION_CODE, ProviderCall, is_transient
+from llmkit.providers.base import CONNECTION_CODE, Fallback, ProviderCall, is_transient
 from llmkit.providers.routing import Target, provider_of, resolve_target
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,22 @@ RETRY_AFTER_CAP_S = 30.0
 Chunks = AsyncGenerator[dict[str, Any], None]
 
 
-def _targets(call: ProviderCall) -> list[tuple[str, bool]]:
-    """(model, inherits the call's api_base and key) for the primary and each fallback."""
+def _targets(call: ProviderCall) -> list[tuple[str, Callable[[], Target]]]:
+    """(model, how to resolve it) for the primary and each fallback, resolved only when tried
+    (a fallback's missing key matters only if it is reached). A plain-string fallback of the
+    primary's provider shares the call's api_base and key; a Fallback brings its own."""
     primary_provider = provider_of(call.model)
-    models = [(call.model, True)]
-    models += [(m, provider_of(m) == primary_provider) for m in call.fallbacks]
-    return models
+    targets: list[tuple[str, Callable[[], Target]]] = [
+        (call.model, partial(resolve_target, call, call.model, inherit=True))
+    ]
+    for fallback in call.fallbacks:
+        if isinstance(fallback, Fallback):
+            own = replace(call, api_base=fallback.api_base, api_key=None, api_key_env=fallback.api_key_env)
+            targets.append((fallback.model, partial(resolve_target, own, fallback.model, inherit=True)))
+        else:
+            inherit = provider_of(fallback) == primary_provider
+            targets.append((fallback, partial(resolve_target, call, fallback, inherit=inherit)))
+    return targets
 
 
 def retry_after_seconds(headers: dict[str, str]) -> float | None:
@@ -142,27 +154,27 @@ async def _open_stream(target: Target, call: ProviderCall) -> tuple[Chunks, dict
 
 async def complete(call: ProviderCall) -> dict[str, Any]:
     """One `chat.completion` dict from the first model (primary, then fallbacks) that answers."""
-    *earlier, (last, last_inherits) = _targets(call)
-    for model, inherit in earlier:
+    *earlier, (_, last) = _targets(call)
+    for model, target in earlier:
         try:
-            return await _complete_with_retries(resolve_target(call, model, inherit=inherit), call)
+            return await _complete_with_retries(target(), call)
         except LlmkitError as error:
             if not is_transient(error):
                 raise
             log.warning("%s failed (%s); trying fallback", model, error.message)
-    return await _complete_with_retries(resolve_target(call, last, inherit=last_inherits), call)
+    return await _complete_with_retries(last(), call)
 
 
 async def _open_first_answering(call: ProviderCall) -> tuple[Chunks, dict[str, Any]]:
-    *earlier, (last, last_inherits) = _targets(call)
-    for model, inherit in earlier:
+    *earlier, (_, last) = _targets(call)
+    for model, target in earlier:
         try:
-            return await _open_stream(resolve_target(call, model, inherit=inherit), call)
+            return await _open_stream(target(), call)
         except LlmkitError as error:
             if not is_transient(error):
                 raise
             log.warning("%s failed (%s); trying fallback", model, error.message)
-    return await _open_stream(resolve_target(call, last, inherit=last_inherits), call)
+    return await _open_stream(last(), call)
 
 
 async def stream(call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
