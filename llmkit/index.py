@@ -28,6 +28,7 @@ from llmkit.store import Commit, GitStore, blob_id
 
 Progress = Callable[[str, int, int], None]
 RACY_NS = 2_000_000_000
+MAX_SQLITE_INT = 2**63 - 1
 
 
 def m001_initial(conn: sqlite3.Connection) -> None:
@@ -383,7 +384,9 @@ class Index:
         conn = self.db.reader()
         text = str(ident)
         if text.isdigit():
-            row = conn.execute("SELECT id, key, path, present FROM ix_prompts WHERE id = ?", (int(text),)).fetchone()
+            row = None
+            if int(text) <= MAX_SQLITE_INT:
+                row = conn.execute("SELECT id, key, path, present FROM ix_prompts WHERE id = ?", (int(text),)).fetchone()
         else:
             validate_key(text)
             row = conn.execute("SELECT id, key, path, present FROM ix_prompts WHERE key = ?", (text,)).fetchone()
@@ -451,7 +454,7 @@ class Index:
             return prompt.version
         text = str(spec).strip()
         conn = self.db.reader()
-        if text.isdigit():
+        if text.isdigit() and int(text) <= MAX_SQLITE_INT:
             row = conn.execute(
                 "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
                 " WHERE v.key = ? AND v.number = ?",

@@ -121,7 +121,7 @@ class GitStore:
 
     def resolve_ref(self, ref: str) -> str | None:
         """A commit sha for a branch, tag, or sha prefix; None when there is no such ref."""
-        if not ref or ref.startswith("-") or any(c in ref for c in " \t\n:?*[\\") or ".." in ref:
+        if not ref or ref.startswith("-") or any(c in ref for c in " \t\n\x00:?*[\\") or ".." in ref:
             return None
         proc = self.git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False)
         return proc.stdout.decode().strip() or None
@@ -329,7 +329,11 @@ class GitStore:
         name, email = sanitize_identity(author_name), sanitize_identity(author_email)
         if name:
             env["GIT_AUTHOR_NAME"] = name
-            env["GIT_AUTHOR_EMAIL"] = email or env.get("GIT_AUTHOR_EMAIL", "") or "llmkit@localhost"
+        if email:
+            env["GIT_AUTHOR_EMAIL"] = email
+        elif name:
+            # A new author name with the committer's address would misattribute; say so instead.
+            env["GIT_AUTHOR_EMAIL"] = "unknown@llmkit.invalid"
         fd, index_file = tempfile.mkstemp(prefix="index-", dir=self.lock_path.parent)
         os.close(fd)
         os.unlink(index_file)

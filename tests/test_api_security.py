@@ -307,11 +307,6 @@ def test_huge_integer_ids_are_not_server_errors(api: ApiEnv) -> None:
     assert api.delete("/v1/ui/settings/api-keys/abc").status_code == 422
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="index.py: Index.get_prompt and Index.version pass a 30-digit id or version number to"
-    " SQLite, which raises OverflowError (a 500)",
-)
 def test_huge_prompt_ids_and_version_numbers_are_404(api: ApiEnv) -> None:
     huge = "9" * 30
     for url in (

@@ -344,11 +344,6 @@ def test_bad_result_and_case_ids(api: EvalApi) -> None:
         assert error_shape(response.json()), response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Index.get_prompt and Index.version (llmkit/index.py) pass integers beyond SQLite's "
-    "64-bit range to SQLite, which raises OverflowError: a 500 instead of a 404",
-)
 @pytest.mark.parametrize(
     ("method", "url"),
     [

@@ -381,6 +381,21 @@ def test_an_empty_message_and_identity_fall_back_to_defaults(repo: Repo, store: 
     assert repo.git("log", "-1", "--format=%an|%ae|%s", sha) == "Test Author|author@example.com|Update prompts/hello.md"
 
 
+def test_an_author_email_alone_is_kept_and_a_name_alone_gets_no_borrowed_address(
+    repo: Repo, store: GitStore
+) -> None:
+    sha = store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="m", author_email="ann@example.com")
+    assert repo.git("log", "-1", "--format=%an|%ae", sha) == "Test Author|ann@example.com"
+    sha = store.commit_file("prompts/hello.md", b"other\n", message="m", author_name="Bob")
+    assert repo.git("log", "-1", "--format=%an|%ae", sha) == "Bob|unknown@llmkit.invalid"
+
+
+def test_refs_with_nul_or_option_syntax_resolve_to_nothing(store: GitStore) -> None:
+    assert store.resolve_ref("main\x00x") is None
+    assert store.resolve_ref("--output=/tmp/x") is None
+    assert store.resolve_ref("main") == store.head()
+
+
 def test_sanitizers() -> None:
     assert sanitize_message(None, "default") == "default"
     assert sanitize_message("a\n\n\n\nb", "d") == "a\n\nb"
