@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -87,6 +88,7 @@ class RunRecord:
 
 
 FIELDS = tuple(RunRecord.__dataclass_fields__)
+_CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 _INSERT = f"INSERT INTO run_log ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
 _SELECT = f"SELECT {', '.join(FIELDS)} FROM run_log"
 _INT_FIELDS = (
@@ -220,7 +222,10 @@ def _to_row(record: RunRecord) -> tuple[Any, ...]:
     values["request"] = _json_text(record.request)
     values["response"] = None if record.response is None else _json_text(record.response)
     values["stream"] = 1 if record.stream else 0
-    values["created_at"] = canonical_time(record.created_at, "created_at")
+    created = record.created_at
+    if not (isinstance(created, str) and _CANONICAL_TIME.match(created)):
+        created = canonical_time(created, "created_at")
+    values["created_at"] = created
     return tuple(values[name] for name in FIELDS)
 
 
@@ -247,6 +252,7 @@ class RunLog:
         self._batch_s = max(batch_ms, 0) / 1000
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._wake = threading.Event()
         self._state_lock = threading.Lock()
         self._inline_lock = threading.Lock()
         self._closed = False
@@ -288,6 +294,7 @@ class RunLog:
             thread, closed = self._thread, self._closed
             if thread is not None and not closed:
                 self._queue.put(done)
+                self._wake.set()
         if thread is None:
             self._drain_inline()
             return True
@@ -303,6 +310,7 @@ class RunLog:
             thread = self._thread
             if thread is not None and not already_closed:
                 self._queue.put(_Stop())
+                self._wake.set()
         if thread is None:
             self._drain_inline()
             return
@@ -348,6 +356,7 @@ class RunLog:
         except queue.Empty:
             return rows, flushes, False
         deadline = time.monotonic() + self._batch_s if wait else -math.inf
+        slept = False
         while True:
             if isinstance(item, _Stop):
                 return rows, flushes, True
@@ -357,13 +366,22 @@ class RunLog:
             rows.append(item)
             if len(rows) >= self._max_batch:
                 return rows, flushes, False
-            remaining = deadline - time.monotonic()
             try:
-                item = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            # Sleep out the batch window once instead of blocking on get() per row: a blocked
+            # consumer is woken by every put(), which cost the event loop time on each request.
+            remaining = deadline - time.monotonic()
+            if slept or remaining <= 0:
+                return rows, flushes, False
+            # flush() and close() cut the wait short.
+            self._wake.wait(remaining)
+            self._wake.clear()
+            slept = True
+            try:
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return rows, flushes, False
 

@@ -129,6 +129,11 @@ def wait_for(record: Any, seconds: float = 5.0) -> str:
     return str(record.outcome)
 
 
+async def settled(record: Any, seconds: float = 5.0) -> str:
+    """wait_for without blocking the event loop, which may still have a close to run."""
+    return await asyncio.to_thread(wait_for, record, seconds)
+
+
 # --- the contract on every path ---------------------------------------------------------
 
 
@@ -444,7 +449,7 @@ async def test_hang_times_out_as_504(upstream: ModelPath) -> None:
         await complete(upstream.call(user("hi"), timeout=0.3, max_retries=2))
     assert raised.value.status == 504
     assert "fake-model" in raised.value.message
-    assert wait_for(upstream.fake.chat_requests[0]) == "disconnected"
+    assert await settled(upstream.fake.chat_requests[0]) == "disconnected"
 
 
 @pytest.mark.asyncio
@@ -452,7 +457,7 @@ async def test_hang_before_first_chunk_times_out(upstream: ModelPath) -> None:
     upstream.fake.enqueue(fault="hang")
     with pytest.raises(UpstreamTimeout):
         await collect(upstream.call(user("hi"), timeout=0.3, max_retries=0))
-    assert wait_for(upstream.fake.chat_requests[0]) == "disconnected"
+    assert await settled(upstream.fake.chat_requests[0]) == "disconnected"
 
 
 @pytest.mark.asyncio
@@ -476,7 +481,7 @@ async def test_dropped_connection_is_retried(upstream: ModelPath) -> None:
     upstream.fake.enqueue(fault="drop")
     response = await complete(upstream.call(user("hi")))
     assert response["choices"][0]["message"]["content"] == "ok: hi"
-    assert [wait_for(r) for r in upstream.fake.chat_requests] == ["dropped", "answered"]
+    assert [await settled(r) for r in upstream.fake.chat_requests] == ["dropped", "answered"]
 
 
 @pytest.mark.asyncio
@@ -522,7 +527,7 @@ async def test_stalled_stream_times_out_from_iterator(upstream: ModelPath) -> No
         async for chunk in stream(upstream.call(user("hi"), timeout=0.3)):
             received.append(chunk)
     assert len(received) == 1
-    assert wait_for(upstream.fake.chat_requests[0]) == "disconnected"
+    assert await settled(upstream.fake.chat_requests[0]) == "disconnected"
 
 
 # --- fallbacks --------------------------------------------------------------------------
@@ -566,7 +571,7 @@ async def test_closing_stream_early_closes_upstream(upstream: ModelPath) -> None
     first = await anext(chunks)
     assert first["choices"][0]["delta"]["role"] == "assistant"
     await chunks.aclose()
-    assert wait_for(upstream.fake.chat_requests[0]) == "disconnected"
+    assert await settled(upstream.fake.chat_requests[0]) == "disconnected"
 
 
 @pytest.mark.asyncio
@@ -583,7 +588,7 @@ async def test_cancelling_a_stream_consumer_closes_upstream(upstream: ModelPath)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert wait_for(upstream.fake.chat_requests[0]) == "disconnected"
+    assert await settled(upstream.fake.chat_requests[0]) == "disconnected"
 
 
 # --- echo -------------------------------------------------------------------------------

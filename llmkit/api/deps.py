@@ -45,12 +45,14 @@ def _key_from(request: Request) -> ApiKey:
     return key
 
 
-def run_key(request: Request) -> ApiKey:
+# The key checks are `async def` so FastAPI runs them on the event loop: verify() is an
+# in-memory lookup, and a trip through the thread pool cost more than the rest of the check.
+async def run_key(request: Request) -> ApiKey:
     """Any valid key: `run` and `admin` keys may execute prompts and list models."""
     return _key_from(request)
 
 
-def admin_key(request: Request) -> ApiKey:
+async def admin_key(request: Request) -> ApiKey:
     key = _key_from(request)
     if key.scope != "admin":
         raise Forbidden(f"This route needs an admin key; key {key.prefix}… has scope {key.scope!r}")

@@ -1,7 +1,9 @@
-"""OpenAI's chat wire format over pooled httpx clients: the direct path for OpenAI and
+"""OpenAI's chat wire format over pooled aiohttp sessions: the direct path for OpenAI and
 OpenAI-compatible servers, about a tenth of litellm's CPU per call.
 
-One keep-alive `httpx.AsyncClient` per (event loop, base URL): connections belong to the loop
+aiohttp rather than httpx here: httpcore's pool scans every connection on each request, which
+grows with concurrency and cost more CPU than the rest of the gateway together at 32 requests
+in flight. One keep-alive session per (event loop, base URL): connections belong to the loop
 that opened them, so each loop (the server's, or one per test) gets its own pool."""
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 
 from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
 from llmkit.providers.base import (
@@ -24,33 +26,35 @@ from llmkit.providers.base import (
 )
 from llmkit.providers.routing import Target
 
-POOL_LIMITS = httpx.Limits(
-    max_connections=512, max_keepalive_connections=128, keepalive_expiry=30.0
-)
+MAX_CONNECTIONS = 512
+KEEPALIVE_S = 30.0
 RESERVED_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = (
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def client_for(base_url: str) -> httpx.AsyncClient:
+def session_for(base_url: str) -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
-    per_loop = _clients.get(loop)
+    per_loop = _sessions.get(loop)
     if per_loop is None:
-        per_loop = _clients[loop] = {}
-    client = per_loop.get(base_url)
-    if client is None or client.is_closed:
-        client = httpx.AsyncClient(limits=POOL_LIMITS, timeout=600.0)
-        per_loop[base_url] = client
-    return client
+        per_loop = _sessions[loop] = {}
+    session = per_loop.get(base_url)
+    if session is None or session.closed:
+        connector = aiohttp.TCPConnector(
+            limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=300
+        )
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=True)
+        per_loop[base_url] = session
+    return session
 
 
 async def aclose() -> None:
-    """Close the pooled clients of the running loop."""
-    per_loop = _clients.pop(asyncio.get_running_loop(), {})
-    for client in per_loop.values():
-        await client.aclose()
+    """Close the pooled sessions of the running loop."""
+    per_loop = _sessions.pop(asyncio.get_running_loop(), {})
+    for session in per_loop.values():
+        await session.close()
 
 
 def _payload(target: Target, call: ProviderCall, *, streaming: bool) -> bytes:
@@ -75,19 +79,18 @@ def _headers(target: Target, *, streaming: bool) -> dict[str, str]:
     return headers
 
 
-def _status_error(target: Target, response: httpx.Response) -> LlmkitError:
-    text = response.text
+def _status_error(target: Target, status: int, text: str, headers: Mapping[str, str]) -> LlmkitError:
     try:
         payload = json.loads(text)
     except ValueError:
         payload = None
     return error_for_status(
-        response.status_code,
+        status,
         model=target.model,
         provider=target.provider,
         detail=error_detail(payload, text),
         key_env=target.key_env,
-        headers=dict(response.headers),
+        headers=headers,
     )
 
 
@@ -102,12 +105,15 @@ def _body_error(target: Target, payload: dict[str, Any]) -> LlmkitError:
     )
 
 
-def _transport_error(target: Target, exc: httpx.HTTPError) -> LlmkitError:
+def _transport_error(target: Target, exc: BaseException) -> LlmkitError:
     where = f"{target.provider} ({target.model}) at {target.base_url}"
     reason = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout(f"{where} timed out: {reason}")
     return UpstreamError(f"{where}: connection failed: {reason}", code=CONNECTION_CODE)
+
+
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 def _malformed(target: Target, what: str) -> UpstreamError:
@@ -119,28 +125,31 @@ def _malformed(target: Target, what: str) -> UpstreamError:
 
 async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
     assert target.base_url is not None
-    client = client_for(target.base_url)
+    session = session_for(target.base_url)
     try:
-        response = await client.post(
+        async with session.post(
             target.base_url + "/chat/completions",
-            content=_payload(target, call, streaming=False),
+            data=_payload(target, call, streaming=False),
             headers=_headers(target, streaming=False),
-            timeout=timeout,
-        )
-    except httpx.HTTPError as exc:
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            body = await response.read()
+            status, headers = response.status, response.headers
+    except TRANSPORT_ERRORS as exc:
         raise _transport_error(target, exc) from exc
-    if response.status_code >= 400:
-        raise _status_error(target, response)
+    text = body.decode("utf-8", "replace")
+    if status >= 400:
+        raise _status_error(target, status, text, headers)
     try:
-        data = json.loads(response.content)
+        data = json.loads(body)
     except ValueError:
-        raise _malformed(target, response.text) from None
+        raise _malformed(target, text) from None
     if not isinstance(data, dict):
-        raise _malformed(target, response.text)
+        raise _malformed(target, text)
     if not isinstance(data.get("choices"), list):
         if "error" in data:
             raise _body_error(target, data)
-        raise _malformed(target, response.text)
+        raise _malformed(target, text)
     return data
 
 
@@ -149,21 +158,21 @@ async def stream(
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Chunks as the server sends them. `timeout` bounds connecting and each wait for data."""
     assert target.base_url is not None
-    client = client_for(target.base_url)
+    session = session_for(target.base_url)
     done = False
     try:
-        async with client.stream(
-            "POST",
+        async with session.post(
             target.base_url + "/chat/completions",
-            content=_payload(target, call, streaming=True),
+            data=_payload(target, call, streaming=True),
             headers=_headers(target, streaming=True),
-            timeout=timeout,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
         ) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise _status_error(target, response)
-            async for line in response.aiter_lines():
+            if response.status >= 400:
+                text = (await response.read()).decode("utf-8", "replace")
+                raise _status_error(target, response.status, text, response.headers)
+            async for raw in response.content:
                 # Read on past [DONE] to the end of the body, so the connection returns to the pool.
+                line = raw.decode("utf-8", "replace").strip()
                 if done or not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -179,7 +188,7 @@ async def stream(
                 if "error" in chunk and not chunk.get("choices"):
                     raise _body_error(target, chunk)
                 yield chunk
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         if done:
             return
         raise _transport_error(target, exc) from exc

@@ -22,7 +22,12 @@ def install(app: FastAPI) -> None:
     app.state.executor = Executor(ws, ws.models, ws.runlog)
 
     async def start(app: FastAPI) -> None:
+        import asyncio
+
+        from llmkit.providers import pricing
+
         ws.runlog.start()
+        asyncio.get_running_loop().run_in_executor(None, pricing.preload)
 
     async def stop(app: FastAPI) -> None:
         from llmkit import providers
