@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -715,3 +716,22 @@ def test_fake_stops_while_a_request_hangs() -> None:
     client.join(10)
     assert not client.is_alive(), "the hanging request outlived the server"
     assert failures and wait_for(fake.history[0]) == "hung"
+
+
+@pytest.mark.asyncio
+async def test_a_netrc_entry_for_the_upstream_host_does_not_break_the_wire_path(
+    fake_upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".netrc").write_text(netrc.read_text())
+    (tmp_path / ".netrc").chmod(0o600)
+    call = ProviderCall(
+        "openai/fake-model", user("hi"), {}, api_base=fake_upstream.url, api_key="k", via="wire"
+    )
+    response = await complete(call)
+    assert response["choices"][0]["message"]["content"] == "ok: hi"
+    assert fake_upstream.chat_requests[0].headers["authorization"] == "Bearer k"

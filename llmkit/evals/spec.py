@@ -154,7 +154,11 @@ class _Lines:
         return self.starts.get(id(container))
 
 
-class _LineLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it: the pure-Python one took most of a large eval run's start.
+_BaseLoader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
+
+
+class _LineLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.lines = _Lines()

@@ -9,10 +9,13 @@ that opened them, so each loop (the server's, or one per test) gets its own pool
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import weakref
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 
@@ -45,9 +48,22 @@ def session_for(base_url: str) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=300
         )
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=True)
+        # trust_env stays off: it reads ~/.netrc on every request (which also clashes with our
+        # Authorization header); the proxy variables are read once instead, in _proxy_for.
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         per_loop[base_url] = session
     return session
+
+
+@functools.lru_cache(maxsize=256)
+def _proxy_for(base_url: str) -> str | None:
+    """The proxy from HTTP(S)_PROXY / ALL_PROXY for this base URL, unless NO_PROXY covers it."""
+    parts = urlsplit(base_url)
+    proxies = getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or (parts.hostname and proxy_bypass(parts.hostname)):
+        return None
+    return proxy
 
 
 async def aclose() -> None:
@@ -132,6 +148,7 @@ async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[s
             data=_payload(target, call, streaming=False),
             headers=_headers(target, streaming=False),
             timeout=aiohttp.ClientTimeout(total=timeout),
+            proxy=_proxy_for(target.base_url),
         ) as response:
             body = await response.read()
             status, headers = response.status, response.headers
@@ -166,6 +183,7 @@ async def stream(
             data=_payload(target, call, streaming=True),
             headers=_headers(target, streaming=True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+            proxy=_proxy_for(target.base_url),
         ) as response:
             if response.status >= 400:
                 text = (await response.read()).decode("utf-8", "replace")
