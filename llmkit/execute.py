@@ -84,16 +84,21 @@ class Executor:
         api_key_id: int | None = None,
         user_variables: dict[str, Any] | None = None,
         model_override: str | None = None,
+        version: Version | None = None,
     ) -> Execution:
         """Resolve, render and merge. `user_variables` (evals) render the user sections with
-        their own values; `model_override` runs the prompt on another model or alias."""
+        their own values; `model_override` runs the prompt on another model or alias; a
+        `version` already resolved (evals) is used as it is instead of `model`."""
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object")
         unknown = set(body) - OTHER_FIELDS - set(REQUEST_PARAMS)
         if unknown:
             raise BadRequest(f"Unknown request field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
-        key, spec = split_model(body.get("model"))
-        version = self.ws.index.version(key, spec)
+        if version is None:
+            key, spec = split_model(body.get("model"))
+            version = self.ws.index.version(key, spec)
+        else:
+            key = version.key
         prompt = version.prompt()
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):

@@ -269,6 +269,23 @@ def test_render_table_lists_every_case_regressions_first_as_plain_text() -> None
     assert "800 → 950 (+150)" in rows[0]
 
 
+def test_render_table_folds_passing_cases_past_max_rows() -> None:
+    base, current = base_and_current()
+    report = build_report(current, base)
+    statuses = [c.status for c in report.cases]
+    table = render_table(report, max_rows=1)
+    console = Console(record=True, width=200, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    folded = statuses.count("pass")
+    assert folded > 0
+    shown = len(statuses) - folded
+    prompts_with_passes = {c.prompt_key for c in report.cases if c.status == "pass"}
+    assert table.row_count == shown + len(prompts_with_passes)
+    assert "passing cases" in text
+    assert "refund request" in text  # the regression is never folded
+
+
 # --- GitHub workflows and the pre-commit hook ----------------------------------------------
 
 

@@ -536,8 +536,10 @@ def write_json(path: Path | str, report: EvalReport) -> None:
 # --- terminal ----------------------------------------------------------------------------------
 
 
-def render_table(report: EvalReport) -> Table:
-    """A rich Table of every case, regressions first; cells are plain text, never markup."""
+def render_table(report: EvalReport, max_rows: int = 50) -> Table:
+    """A rich Table of the cases, regressions first; cells are plain text, never markup.
+    Past `max_rows` cases, passing ones are folded into one row per prompt (the reports
+    written to files still list every case)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -548,12 +550,19 @@ def render_table(report: EvalReport) -> Table:
         table.add_column(column)
     for column in _FIGURE_COLUMNS:
         table.add_column(column, justify="right")
+    fold = len(report.cases) > max_rows
+    blanks = len(before) + 1 + len(_FIGURE_COLUMNS)
     for prompt in report.prompts():
-        for case in prompt.cases:
+        shown = [c for c in prompt.cases if not (fold and c.status == PASS)]
+        for case in shown:
             cells = [
                 f"{_MARKS[case.status]} {case.status}", case.prompt_key, case.case_name,
                 *([_runs(case.before)] if report.compared else []), _runs(case.after),
                 *_figures(case.before, case.after),
             ]
             table.add_row(*(Text(cell) for cell in cells), style=_STYLES[case.status])
+        folded = len(prompt.cases) - len(shown)
+        if folded:
+            cells = [f"{_MARKS[PASS]} {PASS}", prompt.prompt_key, f"{folded} passing cases", *[""] * blanks]
+            table.add_row(*(Text(cell) for cell in cells), style=_STYLES[PASS])
     return table

@@ -92,12 +92,14 @@ class EvalRunner:
         )
 
     def _prepare(self, case: EvalCase, version: Version) -> Execution:
-        spec = version.sha if version.sha else None
-        model = f"{case.prompt_key}@{spec}" if spec else case.prompt_key
         user_vars = {**case.vars, **case.user_vars} if case.user_vars else None
-        body = {"model": model, "messages": case.messages, "variables": case.vars}
+        body = {"model": case.prompt_key, "messages": case.messages, "variables": case.vars}
         return self.executor.prepare(
-            body, source=self.options.source, user_variables=user_vars, model_override=case.model
+            body,
+            source=self.options.source,
+            user_variables=user_vars,
+            model_override=case.model,
+            version=version,
         )
 
     async def _outcome(self, ex: Execution, repeat_index: int) -> tuple[Outcome, bool]:
