@@ -32,29 +32,17 @@ def fail_usage(message: str) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON results here.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Write a markdown summary here.")
 @click.option("--judge-model", default="judge", show_default=True, help="Model or alias for judge assertions.")
-def eval_command(
-    repo: Path | None,
-    paths: tuple[Path, ...],
-    prompt_keys: tuple[str, ...],
-    ref: str | None,
-    base: str | None,
-    jobs: int,
-    repeat: int | None,
-    no_cache: bool,
-    junit: Path | None,
-    json_path: Path | None,
-    markdown: Path | None,
-    judge_model: str,
-) -> None:
+def eval_command(**options: Any) -> None:
     """Run eval cases against the prompts and report; with --base, fail on regressions."""
     try:
-        code = _run(repo, paths, prompt_keys, ref, base, jobs, repeat, no_cache, junit, json_path, markdown, judge_model)
+        code = _run(**options)
     except LlmkitError as exc:
         fail_usage(exc.message)
     sys.exit(code)
 
 
 def _run(
+    *,
     repo: Path | None,
     paths: tuple[Path, ...],
     prompt_keys: tuple[str, ...],

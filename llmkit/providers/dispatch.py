@@ -17,10 +17,10 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
 from llmkit.providers import echo, openai_wire, via_litellm
@@ -33,6 +33,7 @@ BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 30.0
 
 Chunks = AsyncGenerator[dict[str, Any], None]
+T = TypeVar("T")
 
 
 def _targets(call: ProviderCall) -> list[tuple[str, Callable[[], Target]]]:
@@ -100,87 +101,79 @@ def _stream_once(target: Target, call: ProviderCall) -> Chunks:
     return via_litellm.stream(target, call, call.timeout)
 
 
-async def _complete_with_retries(target: Target, call: ProviderCall) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + call.timeout
-    attempt = 0
-    while True:
-        remaining = deadline - loop.time()
-        error: LlmkitError
-        try:
-            async with asyncio.timeout(remaining):
-                return await _complete_once(target, call, remaining)
-        except TimeoutError:
-            error = UpstreamTimeout(
-                f"{target.provider} ({target.model}) did not answer within {call.timeout:g} s"
-            )
-        except LlmkitError as exc:
-            error = exc
-        if not is_transient(error) or attempt >= call.max_retries:
-            raise error
-        delay = _retry_delay(error, attempt, call.backoff_base, deadline - loop.time())
-        if delay is None:
-            raise error
-        log.info("retrying %s in %.2f s after: %s", target.model, delay, error.message)
-        await asyncio.sleep(delay)
-        attempt += 1
+async def _attempt_complete(
+    target: Target, call: ProviderCall, remaining: float
+) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(remaining):
+            return await _complete_once(target, call, remaining)
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"{target.provider} ({target.model}) did not answer within {call.timeout:g} s"
+        ) from None
 
 
-async def _open_stream(target: Target, call: ProviderCall) -> tuple[Chunks, dict[str, Any]]:
-    """A started stream and its first chunk; failures before that chunk are retried."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + call.timeout
-    attempt = 0
-    while True:
-        chunks = _stream_once(target, call)
-        try:
-            return chunks, await anext(chunks)
-        except StopAsyncIteration:
-            error: LlmkitError = UpstreamError(
-                f"{target.provider} ({target.model}) sent an empty stream", code=CONNECTION_CODE
-            )
-        except LlmkitError as exc:
-            error = exc
+async def _attempt_stream(
+    target: Target, call: ProviderCall, remaining: float
+) -> tuple[Chunks, dict[str, Any]]:
+    """A started stream and its first chunk: failures up to that chunk can still be retried."""
+    chunks = _stream_once(target, call)
+    try:
+        return chunks, await anext(chunks)
+    except StopAsyncIteration:
         await chunks.aclose()
-        if not is_transient(error) or attempt >= call.max_retries:
-            raise error
-        delay = _retry_delay(error, attempt, call.backoff_base, deadline - loop.time())
-        if delay is None:
-            raise error
-        log.info("retrying %s in %.2f s after: %s", target.model, delay, error.message)
+        raise UpstreamError(
+            f"{target.provider} ({target.model}) sent an empty stream", code=CONNECTION_CODE
+        ) from None
+    except BaseException:
+        await chunks.aclose()
+        raise
+
+
+Attempt = Callable[[Target, ProviderCall, float], Awaitable[T]]
+
+
+async def _with_retries(attempt: Attempt[T], target: Target, call: ProviderCall) -> T:
+    """`attempt` on one model, retried on transient errors within the call's time budget."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + call.timeout
+    retries = 0
+    while True:
+        try:
+            return await attempt(target, call, deadline - loop.time())
+        except LlmkitError as error:
+            if not is_transient(error) or retries >= call.max_retries:
+                raise
+            delay = _retry_delay(error, retries, call.backoff_base, deadline - loop.time())
+            if delay is None:
+                raise
+            log.info("retrying %s in %.2f s after: %s", target.model, delay, error.message)
         await asyncio.sleep(delay)
-        attempt += 1
+        retries += 1
+
+
+async def _first_answering(call: ProviderCall, attempt: Attempt[T]) -> T:
+    """`attempt` on the primary model, then on each fallback while failures are transient."""
+    *earlier, (_, last) = _targets(call)
+    for model, target in earlier:
+        try:
+            return await _with_retries(attempt, target(), call)
+        except LlmkitError as error:
+            if not is_transient(error):
+                raise
+            log.warning("%s failed (%s); trying fallback", model, error.message)
+    return await _with_retries(attempt, last(), call)
 
 
 async def complete(call: ProviderCall) -> dict[str, Any]:
     """One `chat.completion` dict from the first model (primary, then fallbacks) that answers."""
-    *earlier, (_, last) = _targets(call)
-    for model, target in earlier:
-        try:
-            return await _complete_with_retries(target(), call)
-        except LlmkitError as error:
-            if not is_transient(error):
-                raise
-            log.warning("%s failed (%s); trying fallback", model, error.message)
-    return await _complete_with_retries(last(), call)
-
-
-async def _open_first_answering(call: ProviderCall) -> tuple[Chunks, dict[str, Any]]:
-    *earlier, (_, last) = _targets(call)
-    for model, target in earlier:
-        try:
-            return await _open_stream(target(), call)
-        except LlmkitError as error:
-            if not is_transient(error):
-                raise
-            log.warning("%s failed (%s); trying fallback", model, error.message)
-    return await _open_stream(last(), call)
+    return await _first_answering(call, _attempt_complete)
 
 
 async def stream(call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
     """`chat.completion.chunk` dicts in order, usage on the last one when the provider gives it.
     Closing the iterator early closes the upstream connection."""
-    chunks, first = await _open_first_answering(call)
+    chunks, first = await _first_answering(call, _attempt_stream)
     try:
         yield first
         async for chunk in chunks:
