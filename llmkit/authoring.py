@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from contextlib import nullcontext
-
 from llmkit.errors import BadRequest, Conflict, NotFound
 from llmkit.index import Prompt, label
 from llmkit.promptfile import PromptFile, path_for_key, serialize
 from llmkit.render import check_templates
-from llmkit.store import blob_id
+from llmkit.store import ALREADY_EXISTS, blob_id
 from llmkit.workspace import Workspace
-
-# A create checks that the key is free and then commits; the store's lock spans only the
-# commit, so without this two concurrent creates of one key would both "succeed", the second
-# silently replacing the first.
-_create_lock = threading.Lock()
-
 
 def save_prompt(
     ws: Workspace,
@@ -36,13 +27,10 @@ def save_prompt(
     if problems:
         line, detail = problems[0]
         raise BadRequest(f"{path}:{line}: {detail}", param="template")
-    with _create_lock if create else nullcontext():
-        exists = _exists(ws, key)
-        if create and exists:
-            raise Conflict(f"Prompt {key!r} already exists", param="key")
-        if not create and not exists:
-            raise NotFound(f"No prompt found with key {key!r}", param="key")
-        verb = "Create" if create else "Update"
+    if not create and not _exists(ws, key):
+        raise NotFound(f"No prompt found with key {key!r}", param="key")
+    verb = "Create" if create else "Update"
+    try:
         _commit_unless_current(
             ws,
             path,
@@ -51,7 +39,12 @@ def save_prompt(
             author_name=author_name,
             author_email=author_email,
             base=base,
+            create=create,
         )
+    except Conflict as exc:
+        if exc.code == ALREADY_EXISTS:
+            raise Conflict(f"Prompt {key!r} already exists", param="key", code=ALREADY_EXISTS) from None
+        raise
     ws.index.sync()
     return ws.index.get_prompt(key)
 
@@ -115,13 +108,20 @@ def _commit_unless_current(
     author_name: str | None,
     author_email: str | None,
     base: str | None,
+    create: bool = False,
 ) -> None:
     """Commit `data` as `path`. A write that would change nothing succeeds without a commit, so
     a retried PUT, or setting the version already served, is not an error; the store's checks
     (base version, uncommitted or staged edits) still run first and still refuse."""
     try:
         ws.store.commit_file(
-            path, data, message=message, author_name=author_name, author_email=author_email, base=base
+            path,
+            data,
+            message=message,
+            author_name=author_name,
+            author_email=author_email,
+            base=base,
+            create=create,
         )
     except BadRequest as exc:
         # The store says "unchanged" with a plain BadRequest naming no parameter; a bad base

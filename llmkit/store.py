@@ -29,6 +29,7 @@ from llmkit.errors import BadRequest, ConfigError, Conflict, InvalidKey, LlmkitE
 
 TRACKED_DIRS = ("prompts", "evals")
 ZERO_SHA = "0" * 40
+ALREADY_EXISTS = "already_exists"
 _SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _LOG_FORMAT = "%x01%H%x1f%an%x1f%ae%x1f%at%x1f%ct%x1f%B%x1f"
@@ -273,17 +274,22 @@ class GitStore:
         author_name: str | None = None,
         author_email: str | None = None,
         base: str | None = None,
+        create: bool = False,
     ) -> str:
         """Commit `content` as `rel_path` (None deletes it) and return the new commit sha.
 
         `base`, when given, is the sha (or prefix) of the commit the caller last saw for this
         file; if the file has moved on since, the write is refused with 409. A file with
         uncommitted edits (in the working tree or staged) is refused with 409 as well.
+        `create` refuses (409) when the file already exists, checked under the lock, so two
+        writers creating one file at once, in any processes, cannot both succeed.
         """
         target = self.confine(rel_path)
         with self.lock():
             head = self.head()
             head_blob = self.blob_at_head(rel_path) if head else None
+            if create and (head_blob is not None or target.exists()):
+                raise Conflict(f"{rel_path} already exists", param="key", code=ALREADY_EXISTS)
             if base is not None:
                 self._check_base(rel_path, base, head)
             on_disk = target.read_bytes() if target.exists() else None

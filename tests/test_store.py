@@ -496,3 +496,29 @@ def _no_leftover_index_files(repo: Repo) -> Iterator[None]:
     data = repo.root / ".llmkit"
     if data.is_dir():
         assert not [p.name for p in data.iterdir() if p.name.startswith("index-")]
+
+
+def test_creates_of_one_file_from_separate_stores_let_exactly_one_win(repo: Repo) -> None:
+    # Separate GitStore objects share no thread lock, as two processes would not: only the
+    # file lock and the existence check under it keep the second create from replacing the first.
+    stores = [GitStore(repo.root) for _ in range(8)]
+    outcomes: list[str] = []
+    barrier = threading.Barrier(len(stores))
+
+    def create(store: GitStore, n: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            store.commit_file("prompts/race.md", f"writer {n}\n".encode(), message=f"create {n}", create=True)
+            outcomes.append("created")
+        except Conflict as exc:
+            assert exc.code == "already_exists"
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=create, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["conflict"] * 7 + ["created"]
+    assert len(repo.log("--", "prompts/race.md")) == 1
+    fsck_clean(repo)

@@ -75,7 +75,9 @@ async def create_eval(request: Request, ws: Ws) -> dict[str, Any]:
     case.file = path
     if ws.store.confine(path).exists():
         raise Conflict(f"{path} already exists", param="name")
-    ws.store.commit_file(path, serialize_case(case).encode(), message=f"Add eval case {case.name!r} for {key}")
+    ws.store.commit_file(
+        path, serialize_case(case).encode(), message=f"Add eval case {case.name!r} for {key}", create=True
+    )
     return _public(_find(ws, case_id(case)))
 
 
