@@ -180,14 +180,11 @@ def lint(repo: Path | None, fmt: str, as_json: bool) -> None:
 @handle_errors
 def history(repo: Path | None, key: str, patch: bool, as_json: bool) -> None:
     """The versions of a prompt, oldest first."""
-    from llmkit.index import iso_time, unified_diff
+    from llmkit.index import iso_time
 
     ws = synced_workspace(repo)
-    versions = ws.index.versions(key)
     rows = []
-    previous = None
-    for v in versions:
-        diff = unified_diff(previous.content or "" if previous else "", v.content or "", f"{v.path}@{previous.number if previous else 0}", f"{v.path}@{v.number}")
+    for v, diff in ws.index.history(key):
         rows.append(
             {
                 "number": v.number,
@@ -200,7 +197,6 @@ def history(repo: Path | None, key: str, patch: bool, as_json: bool) -> None:
                 "diff": diff,
             }
         )
-        previous = v
     if as_json:
         print_json(rows)
         return

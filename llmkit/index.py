@@ -501,6 +501,18 @@ class Index:
         info = self.store.commit_info(last)
         return Version(key, row[0] if row else None, last, blob_id(data), content, error, info)
 
+    def history(self, ident: str | int) -> list[tuple[Version, str]]:
+        """Every version, oldest first, with the unified diff from the version before it."""
+        result = []
+        previous: Version | None = None
+        for version in self.versions(ident):
+            before = previous.content or "" if previous else ""
+            old_name = f"{version.path}@{label(previous) if previous else 0}"
+            diff = unified_diff(before, version.content or "", old_name, f"{version.path}@{label(version)}")
+            result.append((version, diff))
+            previous = version
+        return result
+
     def diff(self, ident: str | int, old: str | int, new: str | int) -> str:
         a, b = self.version(ident, old), self.version(ident, new)
         return unified_diff(a.content or "", b.content or "", f"{a.path}@{label(a)}", f"{b.path}@{label(b)}")

@@ -253,6 +253,11 @@ def _split_sections(body: str, first_line: int, path: str | None) -> tuple[list[
     return messages, starts
 
 
+def section_text(text: str) -> str:
+    """`text` as a section holds it: LF line ends, no leading or trailing blank lines."""
+    return "\n".join(_strip_blank(text.replace("\r\n", "\n").split("\n")))
+
+
 def _strip_blank(lines: list[str]) -> list[str]:
     start, end = 0, len(lines)
     while start < end and not lines[start].strip():

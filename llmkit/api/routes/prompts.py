@@ -15,8 +15,16 @@ from llmkit import authoring
 from llmkit.api.deps import Ws, admin_key
 from llmkit.api.schemas import CommitInfo, PromptWrite
 from llmkit.errors import BadRequest, Conflict, NotFound, PromptFormatError
-from llmkit.index import iso_time, label, prompt_fields, unified_diff, version_fields
-from llmkit.promptfile import Message, PromptFile, parse, path_for_key, validate_key, validate_meta
+from llmkit.index import iso_time, prompt_fields, version_fields
+from llmkit.promptfile import (
+    Message,
+    PromptFile,
+    parse,
+    path_for_key,
+    section_text,
+    validate_key,
+    validate_meta,
+)
 from llmkit.workspace import Workspace
 
 router = APIRouter(prefix="/v1/ui/prompts", dependencies=[Depends(admin_key)], tags=["prompts"])
@@ -110,7 +118,7 @@ def build_prompt(body: PromptWrite, key: str, current: PromptFile | None) -> Pro
     if body.messages is not None:
         if body.system is not None or body.user is not None:
             raise BadRequest("Give either messages or system/user, not both", param="messages")
-        messages = [Message(m.role, _trim(m.content)) for m in body.messages]
+        messages = [Message(m.role, section_text(m.content)) for m in body.messages]
     else:
         messages = _replace_sections(messages, body.system, body.user)
     prompt = PromptFile(meta=meta, messages=messages)
@@ -127,33 +135,24 @@ def build_prompt(body: PromptWrite, key: str, current: PromptFile | None) -> Pro
     return prompt
 
 
-def _trim(text: str) -> str:
-    lines = text.replace("\r\n", "\n").split("\n")
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return "\n".join(lines)
-
-
 def _replace_sections(messages: list[Message], system: str | None, user: str | None) -> list[Message]:
     result = list(messages)
     if system is not None:
         index = next((i for i, m in enumerate(result) if m.role == "system"), None)
         if index is None:
             if system.strip():
-                result.insert(0, Message("system", _trim(system)))
+                result.insert(0, Message("system", section_text(system)))
         elif system.strip():
-            result[index] = Message("system", _trim(system))
+            result[index] = Message("system", section_text(system))
         else:
             del result[index]
     if user is not None:
         ends_with_user = bool(result) and result[-1].role == "user"
         if user.strip():
             if ends_with_user:
-                result[-1] = Message("user", _trim(user))
+                result[-1] = Message("user", section_text(user))
             else:
-                result.append(Message("user", _trim(user)))
+                result.append(Message("user", section_text(user)))
         elif ends_with_user:
             result.pop()
     return result
@@ -182,10 +181,9 @@ def create_prompt(body: PromptWrite, ws: Ws, request: Request) -> dict[str, Any]
 @router.get("/{prompt_id:path}/versions")
 def list_versions(prompt_id: str, ws: Ws) -> list[dict[str, Any]]:
     """History: every version with author, date, message and diff against the one before."""
-    versions = ws.index.versions(prompt_id)
     result = []
     previous = None
-    for v in versions:
+    for v, diff in ws.index.history(prompt_id):
         fields = version_fields(v, previous)
         commit = v.commit
         fields.update(
@@ -194,7 +192,7 @@ def list_versions(prompt_id: str, ws: Ws) -> list[dict[str, Any]]:
             author_email=commit.author_email if commit else None,
             date=iso_time(commit.authored_at) if commit else None,
             message=commit.message if commit else "Uncommitted changes in the working tree",
-            diff=unified_diff(previous.content or "" if previous else "", v.content or "", f"{v.path}@{label(previous) if previous else 0}", f"{v.path}@{label(v)}"),
+            diff=diff,
         )
         result.append(fields)
         previous = v
