@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 Migration = Callable[[sqlite3.Connection], None]
+BUSY_TIMEOUT_MS = 30_000  # as connect() sets it
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -41,6 +42,11 @@ def migrate(conn: sqlite3.Connection, kind: str, migrations: list[Migration]) ->
         if fn.__name__ in done:
             continue
         with transaction(conn):
+            # Checked again under the write lock: another process may have just run it.
+            if conn.execute(
+                "SELECT 1 FROM _migrations WHERE kind = ? AND name = ?", (kind, fn.__name__)
+            ).fetchone():
+                continue
             fn(conn)
             conn.execute("INSERT INTO _migrations (kind, name) VALUES (?, ?)", (kind, fn.__name__))
         applied.append(fn.__name__)
@@ -84,10 +90,20 @@ class Database:
         self._readers: list[sqlite3.Connection] = []
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A transaction on the writer connection; all writes go through here."""
-        with self._write_lock, transaction(self._writer) as conn:
-            yield conn
+    def write(self, busy_timeout_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A transaction on the writer connection; all writes go through here. `busy_timeout_s`
+        bounds how long it waits for another process's write transaction (default 30 s)."""
+        with self._write_lock:
+            if busy_timeout_s is None:
+                with transaction(self._writer) as conn:
+                    yield conn
+                return
+            self._writer.execute(f"PRAGMA busy_timeout={max(0, int(busy_timeout_s * 1000))}")
+            try:
+                with transaction(self._writer) as conn:
+                    yield conn
+            finally:
+                self._writer.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

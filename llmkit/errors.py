@@ -137,3 +137,12 @@ class ConfigError(LlmkitError):
     status = 500
     type = "server_error"
     code = "config_error"
+
+
+class IndexUnavailable(LlmkitError):
+    """The index could not catch up with the repository (its database stayed locked, or
+    reading the repository kept failing); what is in git is unaffected."""
+
+    status = 503
+    type = "server_error"
+    code = "index_unavailable"

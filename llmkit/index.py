@@ -9,26 +9,45 @@
   sync and a full rebuild of the same repository state give identical rows.
 - Only index tables live in the `index` migration list; durable tables (keys, run log, evals)
   have lists of their own and are never touched here.
+
+Several processes may keep one database in step with one repository (two `llmkit serve` on a
+repo, a server and `llmkit index --rebuild`), so a sync is optimistic: git is read outside any
+transaction, then the write transaction (BEGIN IMMEDIATE, so one writer at a time across
+processes) checks that the index is still at the head the sync read it at, and a rebuild that
+git has not moved past what it read. Otherwise nothing is written and the sync starts again; a
+sync that fails is retried a bounded number of times. Every write transaction that changes a
+row bumps a generation counter kept in the database; the cached versions the execution hot path
+serves are dropped when it moves, so a change written by any process is served by every process
+at its next request, and after any sync, failed or not.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from llmkit.db import Database, run_script
-from llmkit.errors import InvalidKey, LlmkitError, NotFound, PromptFormatError
+from llmkit.errors import IndexUnavailable, InvalidKey, LlmkitError, NotFound, PromptFormatError
 from llmkit.promptfile import PromptFile, key_from_path, parse, path_for_key, validate_key
 from llmkit.store import Commit, GitStore, blob_id
+
+log = logging.getLogger("llmkit.index")
 
 Progress = Callable[[str, int, int], None]
 RACY_NS = 2_000_000_000
 MAX_SQLITE_INT = 2**63 - 1
+SYNC_ATTEMPTS = 4
+SYNC_BACKOFF_S = 0.05  # doubled after each failed attempt
+# How long one attempt waits for another process's write transaction (a rebuild's is short:
+# everything it writes is read from git before it begins).
+SYNC_BUSY_TIMEOUT_S = 5.0
 
 
 def m001_initial(conn: sqlite3.Connection) -> None:
@@ -72,7 +91,22 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [m001_initial]
+def m002_generation(conn: sqlite3.Connection) -> None:
+    # Not one of INDEX_TABLES: a rebuild bumps it instead of deleting it, so every process that
+    # cached what the index served sees that the rows changed under it.
+    run_script(
+        conn,
+        """
+        CREATE TABLE ix_generation (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            generation INTEGER NOT NULL
+        );
+        INSERT INTO ix_generation (id, generation) VALUES (1, 0);
+        """,
+    )
+
+
+MIGRATIONS = [m001_initial, m002_generation]
 INDEX_TABLES = ("ix_commits", "ix_blobs", "ix_prompts", "ix_versions", "ix_state")
 
 
@@ -120,50 +154,91 @@ class SyncReport:
     changed: set[str] = field(default_factory=set)
 
 
+class IndexMoved(Exception):
+    """Another process changed the index between a sync's reads and its write; read again."""
+
+
 class Index:
     def __init__(self, store: GitStore, db: Database) -> None:
         self.store = store
         self.db = db
         self.db.migrate("index", MIGRATIONS)
+        self.sync_attempts = SYNC_ATTEMPTS
+        self.busy_timeout_s = SYNC_BUSY_TIMEOUT_S
         self._sync_lock = threading.Lock()
+        # Files already read, by stat signature: valid only while the database holds what this
+        # process last wrote (another process may have dropped a draft's content since).
         self._stat_cache: dict[str, tuple[tuple[int, int, int], str, int]] = {}
+        self._stat_generation: int | None = None
         self._ref_cache: dict[tuple[str, str], Version | None] = {}
-        # What each key serves, for the execution hot path; emptied by every sync.
+        # What each key serves, for the execution hot path; valid for one database generation.
         self._served_cache: dict[str, Version] = {}
-        self.generation = 0  # bumped whenever the served state may have changed
+        self._cache_lock = threading.Lock()
+        self._seen_generation: int | None = None
+        # Bumped at every invalidation, so a read that raced one is not cached afterwards.
+        self._epoch = 0
 
     # -- building ------------------------------------------------------------------------
 
     def rebuild(self, progress: Progress | None = None) -> SyncReport:
         """Drop every index row and read the repository again from git."""
         with self._sync_lock:
-            return self._rebuild(progress)
+            try:
+                return self._attempts("rebuild", lambda: self._rebuild(progress))
+            finally:
+                self._invalidate()
 
     def sync(self) -> SyncReport:
-        """Catch up with new commits (incrementally when history only grew) and the working tree."""
+        """Catch up with new commits (incrementally when history only grew) and the working
+        tree. Retried when another process moved the index or held its write lock too long;
+        raises IndexUnavailable when every attempt failed. What was cached for serving is
+        dropped either way, so nothing read before the sync is served after it."""
         with self._sync_lock:
-            head = self.store.head()
-            indexed = self._state("head")
-            branch = self.store.branch() or ""
-            apply_history: Callable[[sqlite3.Connection], None] | None = None
-            if head != indexed or branch != (self._state("branch") or ""):
-                if indexed and head and self.store.is_ancestor(indexed, head):
-                    report, apply_history = self._append(indexed, head, branch)
-                else:
-                    return self._rebuild(None)
+            try:
+                return self._attempts("sync", self._sync_once)
+            finally:
+                self._invalidate()
+
+    def _attempts(self, what: str, attempt: Callable[[], SyncReport]) -> SyncReport:
+        failure: Exception | None = None
+        for number in range(1, self.sync_attempts + 1):
+            try:
+                return attempt()
+            except Exception as exc:  # a scan or git read can fail on a tree that is changing
+                failure = exc
+            # Whatever this attempt read from the files may not have reached the database.
+            self._stat_cache.clear()
+            log.warning("index %s: attempt %d of %d failed: %s", what, number, self.sync_attempts, failure)
+            if number < self.sync_attempts and not isinstance(failure, IndexMoved):
+                time.sleep(SYNC_BACKOFF_S * 2 ** (number - 1))
+        raise IndexUnavailable(
+            f"The index could not catch up with the repository ({what} failed"
+            f" {self.sync_attempts} times; last: {type(failure).__name__}: {failure})"
+        ) from failure
+
+    def _sync_once(self) -> SyncReport:
+        # The index's head is read before git's: a head read first could be older than an index
+        # another process has just moved on, and would look like history rewritten.
+        indexed = self._indexed(self.db.reader())
+        head = self.store.head()
+        branch = self.store.branch() or ""
+        apply_history: Callable[[sqlite3.Connection], SyncReport] | None = None
+        if (head, branch) != indexed:
+            if indexed[0] and head and self.store.is_ancestor(indexed[0], head):
+                apply_history = self._append(indexed[0], head, branch)
             else:
-                report = SyncReport()
-            # New history and the working tree land in one transaction, so a reader never sees
-            # a new commit without the files that came with it.
-            with self.db.write() as conn:
-                if apply_history is not None:
-                    apply_history(conn)
-                report.changed |= self._scan_working_tree(conn)
-                self._number_drafts(conn)
-                if report.changed or report.new_commits:
-                    _drop_unused_blobs(conn)
-            self._touched(report)
-            return report
+                return self._rebuild(None)
+        # New history and the working tree land in one transaction, so a reader never sees
+        # a new commit without the files that came with it.
+        with self._write() as conn:
+            if self._indexed(conn) != indexed:
+                raise IndexMoved("the index moved while this sync read git")
+            report = apply_history(conn) if apply_history is not None else SyncReport()
+            report.changed |= self._scan_working_tree(conn)
+            self._number_drafts(conn)
+            if report.changed or report.new_commits:
+                _drop_unused_blobs(conn)
+        return report
 
     def _rebuild(self, progress: Progress | None) -> SyncReport:
         head, branch = self.store.head(), self.store.branch() or ""
@@ -172,8 +247,12 @@ class Index:
             progress("history", len(history), len(history))
         versions, blobs_wanted = _versions_from(history, start_seq=1)
         contents = self._read_blobs(blobs_wanted, progress, skip_known=False)
-        self._stat_cache.clear()
-        with self.db.write() as conn:
+        with self._write() as conn:
+            # Checked under the write lock: a commit made after this check is followed by a
+            # sync (its writer's, or a watcher's) that starts after this transaction ends.
+            if self.store.head() != head:
+                raise IndexMoved("the branch moved while the index was rebuilt")
+            self._stat_cache.clear()
             for table in INDEX_TABLES:
                 conn.execute(f"DELETE FROM {table}")
             self._insert_history(conn, history, 1, versions, contents)
@@ -183,37 +262,59 @@ class Index:
             _drop_unused_blobs(conn)
         report = SyncReport(rebuilt=True, new_commits=len(history))
         report.changed = {key for key, _, _, _ in versions}
-        self._touched(report)
         if progress:
             progress("done", 1, 1)
         return report
 
     def _append(
         self, since: str, head: str, branch: str
-    ) -> tuple[SyncReport, Callable[[sqlite3.Connection], None]]:
-        """Read the commits after `since` from git; returns what writes them into the index."""
+    ) -> Callable[[sqlite3.Connection], SyncReport]:
+        """Read the commits after `since` from git; returns what writes them into the index
+        (numbering them from the rows it finds inside the write transaction)."""
         history = self.store.log_changes(since=since, until=head)
-        conn = self.db.reader()
-        start = (conn.execute("SELECT MAX(seq) FROM ix_commits").fetchone()[0] or 0) + 1
-        touched = sorted({key for _, changes in history for key in _prompt_keys(changes)})
-        known: dict[str, int] = {}
-        for i in range(0, len(touched), 500):
-            chunk = touched[i : i + 500]
-            known.update(
-                conn.execute(
-                    "SELECT key, MAX(number) FROM ix_versions WHERE seq IS NOT NULL AND key IN"
-                    f" ({','.join('?' * len(chunk))}) GROUP BY key",
-                    chunk,
-                ).fetchall()
-            )
-        versions, wanted = _versions_from(history, start_seq=start, numbers=known)
+        wanted = list(dict.fromkeys(v[3] for v in _versions_from(history, start_seq=1)[0]))
         contents = self._read_blobs(wanted, None)
 
-        def apply(conn: sqlite3.Connection) -> None:
+        def apply(conn: sqlite3.Connection) -> SyncReport:
+            start = (conn.execute("SELECT MAX(seq) FROM ix_commits").fetchone()[0] or 0) + 1
+            touched = sorted({key for _, changes in history for key in _prompt_keys(changes)})
+            known: dict[str, int] = {}
+            for i in range(0, len(touched), 500):
+                chunk = touched[i : i + 500]
+                known.update(
+                    conn.execute(
+                        "SELECT key, MAX(number) FROM ix_versions WHERE seq IS NOT NULL AND key IN"
+                        f" ({','.join('?' * len(chunk))}) GROUP BY key",
+                        chunk,
+                    ).fetchall()
+                )
+            versions, _ = _versions_from(history, start_seq=start, numbers=known)
+            # A blob skipped as already stored may have been a draft's that another process
+            # has dropped since; such a blob is read again here.
+            missing = _missing_blobs(conn, [b for b in wanted if b not in contents])
+            contents.update({b: _decode(d) for b, d in self.store.read_blobs(missing).items()})
             self._insert_history(conn, history, start, versions, contents)
             self._set_state(conn, head, branch)
+            return SyncReport(new_commits=len(history), changed={k for k, _, _, _ in versions})
 
-        return SyncReport(new_commits=len(history), changed={k for k, _, _, _ in versions}), apply
+        return apply
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """The index's write transaction. The stat cache is dropped when another process wrote
+        since this one last did, and the generation moves when any row changed."""
+        with self.db.write(busy_timeout_s=self.busy_timeout_s) as conn:
+            generation = _generation(conn)
+            if generation != self._stat_generation:
+                self._stat_cache.clear()
+            changes_before = conn.total_changes
+            yield conn
+            if conn.total_changes != changes_before:
+                generation = conn.execute(
+                    "UPDATE ix_generation SET generation = generation + 1 WHERE id = 1"
+                    " RETURNING generation"
+                ).fetchone()[0]
+        self._stat_generation = generation
 
     def _read_blobs(
         self, ids: list[str], progress: Progress | None, skip_known: bool = True
@@ -356,17 +457,34 @@ class Index:
         row = self.db.reader().execute("SELECT value FROM ix_state WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
+    def _indexed(self, conn: sqlite3.Connection) -> tuple[str | None, str]:
+        """The head and branch the index was built at, as `conn` sees them."""
+        state = dict(conn.execute("SELECT name, value FROM ix_state WHERE name IN ('head', 'branch')").fetchall())
+        return state.get("head"), state.get("branch") or ""
+
     def _set_state(self, conn: sqlite3.Connection, head: str | None, branch: str) -> None:
         conn.executemany(
             "INSERT OR REPLACE INTO ix_state (name, value) VALUES (?, ?)",
             [("head", head), ("branch", branch)],
         )
 
-    def _touched(self, report: SyncReport) -> None:
-        if report.changed or report.rebuilt or report.new_commits:
-            self.generation += 1
-        self._ref_cache.clear()
-        self._served_cache.clear()
+    def _invalidate(self, generation: int | None = None) -> None:
+        """Drop what was cached for serving. The generation is read before the caches are
+        emptied, so a change committed meanwhile is seen at the next check, never missed."""
+        if generation is None:
+            generation = _generation(self.db.reader())
+        with self._cache_lock:
+            self._epoch += 1
+            self._seen_generation = generation
+            self._served_cache.clear()
+            self._ref_cache.clear()
+
+    def _check_fresh(self) -> None:
+        """Drop the caches when any process changed the index since they were filled: one
+        primary-key read, cheap enough for every request."""
+        generation = _generation(self.db.reader())
+        if generation != self._seen_generation:
+            self._invalidate(generation)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -442,15 +560,20 @@ class Index:
 
     def version(self, ident: str | int, spec: str | int | None = None) -> Version:
         """Resolve a version of a prompt: None (served), a number, a sha prefix, or a git ref."""
-        if spec is None and isinstance(ident, str) and ident in self._served_cache:
-            return self._served_cache[ident]
-        generation = self.generation
+        self._check_fresh()
+        if spec is None and isinstance(ident, str):
+            cached = self._served_cache.get(ident)
+            if cached is not None:
+                return cached
+        epoch = self._epoch
         prompt = self.get_prompt(ident)
         if spec is None or spec == "":
             if prompt.version is None:
                 raise NotFound(f"Prompt {prompt.key!r} has been deleted; its history is still readable", param="model")
-            if isinstance(ident, str) and ident == prompt.key and generation == self.generation:
-                self._served_cache[ident] = prompt.version
+            if isinstance(ident, str) and ident == prompt.key:
+                with self._cache_lock:
+                    if epoch == self._epoch:
+                        self._served_cache[ident] = prompt.version
             return prompt.version
         text = str(spec).strip()
         conn = self.db.reader()
@@ -477,9 +600,14 @@ class Index:
 
     def _version_at_ref(self, key: str, ref: str) -> Version:
         cache_key = (key, ref)
-        if cache_key not in self._ref_cache:
-            self._ref_cache[cache_key] = self._read_ref(key, ref)
-        found = self._ref_cache[cache_key]
+        if cache_key in self._ref_cache:
+            found = self._ref_cache[cache_key]
+        else:
+            epoch = self._epoch
+            found = self._read_ref(key, ref)
+            with self._cache_lock:
+                if epoch == self._epoch:
+                    self._ref_cache[cache_key] = found
         if found is None:
             raise NotFound(f"Prompt {key!r} has no version {ref!r} (not a version number, sha or git ref)", param="model")
         return found
@@ -531,6 +659,20 @@ def unified_diff(old: str, new: str, old_name: str = "a", new_name: str = "b") -
     return "".join(
         difflib.unified_diff(old.splitlines(True), new.splitlines(True), old_name, new_name)
     )
+
+
+def _generation(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT generation FROM ix_generation WHERE id = 1").fetchone()[0])
+
+
+def _missing_blobs(conn: sqlite3.Connection, ids: list[str]) -> list[str]:
+    """Those of `ids` that ix_blobs does not hold."""
+    present: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        present.update(r[0] for r in conn.execute(f"SELECT id FROM ix_blobs WHERE id IN ({marks})", chunk))
+    return [blob for blob in ids if blob not in present]
 
 
 def _drop_unused_blobs(conn: sqlite3.Connection) -> None:
