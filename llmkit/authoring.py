@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from llmkit.errors import BadRequest, Conflict, NotFound
+import logging
+
+from llmkit.errors import BadRequest, Conflict, IndexUnavailable, NotFound
 from llmkit.index import Prompt, label
 from llmkit.promptfile import PromptFile, path_for_key, serialize
 from llmkit.render import check_templates
 from llmkit.store import ALREADY_EXISTS, blob_id
 from llmkit.workspace import Workspace
+
+log = logging.getLogger("llmkit.authoring")
+
 
 def save_prompt(
     ws: Workspace,
@@ -31,7 +36,7 @@ def save_prompt(
         raise NotFound(f"No prompt found with key {key!r}", param="key")
     verb = "Create" if create else "Update"
     try:
-        _commit_unless_current(
+        sha = _commit_unless_current(
             ws,
             path,
             text.encode("utf-8"),
@@ -45,7 +50,7 @@ def save_prompt(
         if exc.code == ALREADY_EXISTS:
             raise Conflict(f"Prompt {key!r} already exists", param="key", code=ALREADY_EXISTS) from None
         raise
-    ws.index.sync()
+    _catch_up(ws, sha, path)
     return ws.index.get_prompt(key)
 
 
@@ -57,11 +62,11 @@ def delete_prompt(
     message: str | None = None,
     author_name: str | None = None,
     author_email: str | None = None,
-) -> None:
-    """Commit the removal of a prompt file; its history stays readable."""
+) -> str:
+    """Commit the removal of a prompt file; its history stays readable. Returns the commit."""
     if not _exists(ws, key):
         raise NotFound(f"No prompt found with key {key!r}", param="key")
-    ws.store.commit_file(
+    sha = ws.store.commit_file(
         path_for_key(key),
         None,
         message=message or f"Delete prompt {key}",
@@ -69,7 +74,12 @@ def delete_prompt(
         author_email=author_email,
         base=base,
     )
-    ws.index.sync()
+    try:
+        _catch_up(ws, sha, path_for_key(key))
+    except IndexUnavailable as exc:
+        # The answer (the commit) needs nothing from the index; it catches up at its next sync.
+        log.warning("%s", exc.message)
+    return sha
 
 
 def restore_version(
@@ -86,7 +96,7 @@ def restore_version(
     version = ws.index.version(key, spec)
     if version.content is None:
         raise BadRequest(f"Version {label(version)} of {key!r} is not readable text")
-    _commit_unless_current(
+    sha = _commit_unless_current(
         ws,
         path_for_key(key),
         version.content.encode("utf-8"),
@@ -95,8 +105,27 @@ def restore_version(
         author_email=author_email,
         base=base,
     )
-    ws.index.sync()
+    _catch_up(ws, sha, path_for_key(key))
     return ws.index.get_prompt(key)
+
+
+def _catch_up(ws: Workspace, sha: str | None, path: str) -> None:
+    """Bring the index to the commit just made (`sha`; None when there was nothing to commit).
+    The commit stands whatever happens here, so when the index cannot catch up the error says
+    that the write is committed, with its sha, rather than inviting the caller to send it again
+    (which would be refused with 409)."""
+    try:
+        ws.index.sync()
+    except IndexUnavailable as exc:
+        if sha is None:
+            raise
+        raise IndexUnavailable(
+            f"The change to {path} is committed as {sha}, but the index could not catch up, so"
+            f" it is not served yet; do not send it again, it is served once the index syncs."
+            f" {exc.message}",
+            code="committed_not_indexed",
+            headers={"x-llmkit-commit": sha},
+        ) from exc
 
 
 def _commit_unless_current(
@@ -109,12 +138,13 @@ def _commit_unless_current(
     author_email: str | None,
     base: str | None,
     create: bool = False,
-) -> None:
-    """Commit `data` as `path`. A write that would change nothing succeeds without a commit, so
-    a retried PUT, or setting the version already served, is not an error; the store's checks
-    (base version, uncommitted or staged edits) still run first and still refuse."""
+) -> str | None:
+    """Commit `data` as `path` and return the commit. A write that would change nothing
+    succeeds without a commit (None), so a retried PUT, or setting the version already served,
+    is not an error; the store's checks (base version, uncommitted or staged edits) still run
+    first and still refuse."""
     try:
-        ws.store.commit_file(
+        return ws.store.commit_file(
             path,
             data,
             message=message,
@@ -129,6 +159,7 @@ def _commit_unless_current(
         unchanged = type(exc) is BadRequest and exc.param is None
         if not unchanged or not _already_current(ws, path, data):
             raise
+        return None
 
 
 def _already_current(ws: Workspace, path: str, data: bytes) -> bool:

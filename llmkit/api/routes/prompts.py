@@ -282,10 +282,10 @@ def delete_prompt(
 ) -> dict[str, Any]:
     """Delete a prompt as a commit; its history stays readable."""
     prompt = ws.index.get_prompt(prompt_id, include_deleted=False)
-    authoring.delete_prompt(
+    sha = authoring.delete_prompt(
         ws, prompt.key, base=_base(if_match, body),
         message=body.message if body else None,
         author_name=body.author_name if body else None,
         author_email=body.author_email if body else None,
     )
-    return {"id": prompt.id, "key": prompt.key, "deleted": True, "sha": ws.store.head()}
+    return {"id": prompt.id, "key": prompt.key, "deleted": True, "sha": sha}
