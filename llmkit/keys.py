@@ -16,6 +16,7 @@ each call:
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import secrets
@@ -26,11 +27,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TypeGuard
 
 from llmkit.db import Database, Migration
 from llmkit.errors import BadRequest, NotFound
+
+log = logging.getLogger("llmkit.keys")
+
+# Runs a piece of blocking work somewhere else (the API hands it to the thread pool).
+WriteLater = Callable[[Callable[[], None]], object]
 
 MIGRATION_KIND = "keys"
 KEY_PREFIX = "llmkit_"
@@ -274,9 +281,11 @@ class KeyStore:
             self._epoch += 1
         return self._with_pending_use(_row_to_key(row))
 
-    def verify(self, clear: object) -> ApiKey | None:
+    def verify(self, clear: object, *, write_later: WriteLater | None = None) -> ApiKey | None:
         """The key for a clear key, or None when it is unknown, revoked or malformed. The lookup
-        is by digest, so comparison time says nothing about the clear key."""
+        is by digest, so comparison time says nothing about the clear key. A `last_used_at`
+        write that falls due is handed to `write_later` when given (a caller on an event loop
+        must not wait for the database's write lock), else written before returning."""
         if not looks_like_key(clear):
             return None
         digest = digest_of(clear)
@@ -291,7 +300,7 @@ class KeyStore:
             with self._lock:
                 if epoch == self._epoch:
                     self._cache[digest] = key
-        return self._record_use(key)
+        return self._record_use(key, write_later)
 
     def flush(self) -> None:
         """Write every pending `last_used_at` now (the server calls this on shutdown)."""
@@ -332,7 +341,7 @@ class KeyStore:
                 self._cache.clear()
                 self._epoch += 1
 
-    def _record_use(self, key: ApiKey) -> ApiKey:
+    def _record_use(self, key: ApiKey, write_later: WriteLater | None = None) -> ApiKey:
         used_at = _utc_now()
         now = self._clock()
         with self._lock:
@@ -341,9 +350,19 @@ class KeyStore:
             if due:
                 # Claimed under the lock so that concurrent requests do not all write.
                 self._flushed_at[key.id] = now
-        if due:
+        if due and write_later is not None:
+            write_later(partial(self._write_last_used_logged, {key.id: used_at}))
+        elif due:
             self._write_last_used({key.id: used_at})
         return replace(key, last_used_at=used_at)
+
+    def _write_last_used_logged(self, used: dict[int, str]) -> None:
+        # Nobody waits for a deferred write: a failure is logged, and the use stays pending
+        # for the next due write or flush().
+        try:
+            self._write_last_used(used)
+        except Exception:
+            log.exception("writing last_used_at failed")
 
     def _write_last_used(self, used: dict[int, str]) -> None:
         if not used:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -17,7 +19,9 @@ def workspace(request: Request) -> Workspace:
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 saying what is wrong with it."""
+    """The request body as a JSON object, or a 400 saying what is wrong with it. As the
+    dependency `JsonBody`, it lets a handler that blocks be a plain function (run in the thread
+    pool) while the body is still read on the event loop."""
     raw = await request.body()
     try:
         body = json.loads(raw)
@@ -38,15 +42,20 @@ def _key_from(request: Request) -> ApiKey:
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:
         raise Unauthorized("Malformed Authorization header: expected 'Bearer llmkit_...'")
-    key = workspace(request).keys.verify(token)
+    key = workspace(request).keys.verify(token, write_later=_in_thread_pool)
     if key is None:
         raise Unauthorized("Invalid API key: unknown or revoked")
     request.state.api_key = key
     return key
 
 
+def _in_thread_pool(work: Callable[[], None]) -> None:
+    asyncio.get_running_loop().run_in_executor(None, work)
+
+
 # The key checks are `async def` so FastAPI runs them on the event loop: verify() is an
 # in-memory lookup, and a trip through the thread pool cost more than the rest of the check.
+# The occasional `last_used_at` write goes to the thread pool, never waited for here.
 async def run_key(request: Request) -> ApiKey:
     """Any valid key: `run` and `admin` keys may execute prompts and list models."""
     return _key_from(request)
@@ -60,5 +69,6 @@ async def admin_key(request: Request) -> ApiKey:
 
 
 Ws = Annotated[Workspace, Depends(workspace)]
+JsonBody = Annotated[dict[str, Any], Depends(json_object)]
 RunKey = Annotated[ApiKey, Depends(run_key)]
 AdminKey = Annotated[ApiKey, Depends(admin_key)]

@@ -59,8 +59,9 @@ class EvalRunner:
         return jobs
 
     async def run(self, cases: list[EvalCase], ref: str | None = None, progress: Progress | None = None) -> list[CaseResult]:
-        """Every case at `ref` (None: what is served), as planned by `plan()`."""
-        jobs = self.plan(cases, ref)
+        """Every case at `ref` (None: what is served), as planned by `plan()`. Planning (git, for
+        a branch or tag) and storing the cache run in threads, off the caller's event loop."""
+        jobs = await asyncio.to_thread(self.plan, cases, ref)
         limit = asyncio.Semaphore(max(1, self.options.concurrency))
 
         async def one(case: EvalCase, version: Version, index: int) -> CaseResult:
@@ -73,8 +74,8 @@ class EvalRunner:
         try:
             return list(await asyncio.gather(*(one(*job) for job in jobs)))
         finally:
-            self.records.remember(self._new_cache)
-            self._new_cache.clear()
+            new, self._new_cache = self._new_cache, []
+            await asyncio.to_thread(self.records.remember, new)
 
     async def run_case(self, case: EvalCase, version: Version, repeat_index: int = 0) -> CaseResult:
         number, sha = version.number, version.sha

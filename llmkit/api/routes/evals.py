@@ -1,5 +1,9 @@
 """Evals over HTTP, with LLMKit's routes. Each case is a file under evals/ and every change to
-one is a git commit; runs and human scores are durable records."""
+one is a git commit; runs and human scores are durable records.
+
+Handlers that read files, run git or write SQLite are plain functions, which FastAPI runs in
+its thread pool: on the event loop, a write waiting for the store's lock would stall every
+request of the server. The one async handler (a run) sends its blocking steps there too."""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import hashlib
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from starlette.concurrency import run_in_threadpool
 
-from llmkit.api.deps import Ws, admin_key, json_object
+from llmkit.api.deps import JsonBody, Ws, admin_key
 from llmkit.errors import BadRequest, Conflict, NotFound
 from llmkit.evals.records import EvalRecords
 from llmkit.evals.spec import EvalCase, case_from_dict, case_path, case_to_dict, load_evals, serialize_case
+from llmkit.index import Prompt, Version
 from llmkit.workspace import Workspace
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["evals"])
@@ -63,9 +69,8 @@ def _prompt_key(ws: Workspace, data: dict[str, Any]) -> str:
 
 
 @router.post("/prompt-evals", status_code=201)
-async def create_eval(request: Request, ws: Ws) -> dict[str, Any]:
+def create_eval(data: JsonBody, ws: Ws) -> dict[str, Any]:
     """Create an eval case: writes evals/<key>/<name>.yaml and commits it."""
-    data = await json_object(request)
     key = _prompt_key(ws, data)
     fields = {k: v for k, v in data.items() if k not in ("prompt_id", "prompt_key")}
     case = case_from_dict(fields, prompt_key=key)
@@ -88,11 +93,10 @@ def get_eval(eval_id: int, ws: Ws) -> dict[str, Any]:
 
 
 @router.put("/prompt-evals/{eval_id}")
-async def update_eval(eval_id: int, request: Request, ws: Ws) -> dict[str, Any]:
+def update_eval(eval_id: int, data: JsonBody, ws: Ws) -> dict[str, Any]:
     """Replace an eval case (fields not given keep their values), as a commit."""
     current = _find(ws, eval_id)
     _sole_case_in_file(ws, current)
-    data = await json_object(request)
     given = {k: v for k, v in data.items() if k not in ("prompt_id", "prompt_key", "id")}
     merged = {**case_to_dict(current), **given}
     for derived in ("file", "line", "system_prompt_input", "user_prompt_input"):
@@ -152,17 +156,15 @@ async def run_evals(
     from llmkit.evals.runner import EvalRunner, RunOptions
     from llmkit.runlog import utc_now
 
-    prompt = ws.index.get_prompt(prompt_id)
-    pinned = ws.index.version(prompt.key, version)
-    cases = [c for c in _cases(ws) if c.prompt_key == prompt.key]
-    if not cases:
-        raise NotFound(f"Prompt {prompt.key!r} has no eval cases", param="prompt_id")
+    prompt, pinned, cases = await run_in_threadpool(_run_plan, ws, prompt_id, version)
     records: EvalRecords = request.app.state.eval_records
     runner = EvalRunner(request.app.state.executor, records, RunOptions(repeat=rounds, source="ui"))
     started = utc_now()
     results = await runner.run(cases, pinned.sha or version)
-    run_id = records.save_run(results, ref=version, source="api", started_at=started)
-    rows = records.results(run_id=run_id)
+    run_id = await run_in_threadpool(
+        records.save_run, results, ref=version, source="api", started_at=started
+    )
+    rows = await run_in_threadpool(records.results, run_id=run_id)
     return {
         "run_id": run_id,
         "prompt_id": prompt.id,
@@ -173,6 +175,16 @@ async def run_evals(
         "total": len(rows),
         "runs": rows,
     }
+
+
+def _run_plan(ws: Workspace, prompt_id: str, version: str) -> tuple[Prompt, Version, list[EvalCase]]:
+    """The prompt, the version a run pins (a branch or tag is resolved with git) and its cases."""
+    prompt = ws.index.get_prompt(prompt_id)
+    pinned = ws.index.version(prompt.key, version)
+    cases = [c for c in _cases(ws) if c.prompt_key == prompt.key]
+    if not cases:
+        raise NotFound(f"Prompt {prompt.key!r} has no eval cases", param="prompt_id")
+    return prompt, pinned, cases
 
 
 @router.get("/prompt-eval-runs/{prompt_id:path}/version/{version}")
@@ -193,9 +205,8 @@ def get_run(result_id: int, request: Request) -> dict[str, Any]:
 
 
 @router.put("/prompt-eval-runs/{result_id}")
-async def score_run(result_id: int, request: Request) -> dict[str, Any]:
+def score_run(result_id: int, data: JsonBody, request: Request) -> dict[str, Any]:
     """Set the human score (1-5) of one eval result."""
-    data = await json_object(request)
     if "score" not in data:
         raise BadRequest("score is required (a whole number from 1 to 5)", param="score")
     return request.app.state.eval_records.set_score(result_id, data["score"])  # type: ignore[no-any-return]
