@@ -231,14 +231,34 @@ class Index:
         # New history and the working tree land in one transaction, so a reader never sees
         # a new commit without the files that came with it.
         with self._write() as conn:
-            if self._indexed(conn) != indexed:
-                raise IndexMoved("the index moved while this sync read git")
-            report = apply_history(conn) if apply_history is not None else SyncReport()
+            current = self._indexed(conn)
+            if current != indexed:
+                # Another process synced meanwhile: start again from what it wrote.
+                report = self._catch_up_from(conn, current, head, branch)
+            elif apply_history is not None:
+                report = apply_history(conn)
+            else:
+                report = SyncReport()
             report.changed |= self._scan_working_tree(conn)
             self._number_drafts(conn)
             if report.changed or report.new_commits:
                 _drop_unused_blobs(conn)
         return report
+
+    def _catch_up_from(
+        self, conn: sqlite3.Connection, current: tuple[str | None, str], head: str | None, branch: str
+    ) -> SyncReport:
+        """Under the write lock, bring an index that another process moved to `current` up to
+        `head`. Git is read here only when syncs race, and then only for the commits between."""
+        if current[0] == head:
+            if current[1] != branch:
+                self._set_state(conn, head, branch)
+            return SyncReport()
+        if current[0] and head and self.store.is_ancestor(current[0], head):
+            return self._append(current[0], head, branch)(conn)
+        if current[0] and head and self.store.is_ancestor(head, current[0]):
+            return SyncReport()  # indexed further than this sync read: never move it back
+        raise IndexMoved("the index moved to another history while this sync read git")
 
     def _rebuild(self, progress: Progress | None) -> SyncReport:
         head, branch = self.store.head(), self.store.branch() or ""
@@ -248,20 +268,25 @@ class Index:
         versions, blobs_wanted = _versions_from(history, start_seq=1)
         contents = self._read_blobs(blobs_wanted, progress, skip_known=False)
         with self._write() as conn:
-            # Checked under the write lock: a commit made after this check is followed by a
-            # sync (its writer's, or a watcher's) that starts after this transaction ends.
-            if self.store.head() != head:
-                raise IndexMoved("the branch moved while the index was rebuilt")
+            # Git's head is read again under the write lock, so the index never ends behind a
+            # head another process may already have indexed; a commit made after this read is
+            # followed by a sync (its writer's, or a watcher's) that starts after this one ends.
+            now = self.store.head()
+            if now != head and not (head and now and self.store.is_ancestor(head, now)):
+                raise IndexMoved("the branch was rewritten while the index was rebuilt")
             self._stat_cache.clear()
             for table in INDEX_TABLES:
                 conn.execute(f"DELETE FROM {table}")
             self._insert_history(conn, history, 1, versions, contents)
             self._set_state(conn, head, branch)
+            late = SyncReport()
+            if head and now and now != head:
+                late = self._append(head, now, branch)(conn)
             self._scan_working_tree(conn)
             self._number_drafts(conn)
             _drop_unused_blobs(conn)
-        report = SyncReport(rebuilt=True, new_commits=len(history))
-        report.changed = {key for key, _, _, _ in versions}
+        report = SyncReport(rebuilt=True, new_commits=len(history) + late.new_commits)
+        report.changed = {key for key, _, _, _ in versions} | late.changed
         if progress:
             progress("done", 1, 1)
         return report
