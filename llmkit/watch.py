@@ -26,6 +26,8 @@ log = logging.getLogger("llmkit.watch")
 WATCHED_DIRS = ("prompts", "evals")
 ROOT_NAMES = {"prompts", "evals", "llmkit.yaml"}
 GIT_NAMES = {"HEAD", "packed-refs", "ORIG_HEAD", "FETCH_HEAD"}
+RETRY_FIRST_S = 1.0  # after a failed sync (each sync already retries a few times itself)
+RETRY_MAX_S = 30.0
 
 
 class _Handler(FileSystemEventHandler):
@@ -67,6 +69,7 @@ class Watcher:
         self._pending = threading.Event()
         self._stop = threading.Event()
         self._last_event = 0.0
+        self._retry_s = RETRY_FIRST_S
         self._thread: threading.Thread | None = None
 
     def relevant(self, path: Path) -> bool:
@@ -146,14 +149,21 @@ class Watcher:
             self._pending.clear()
             if self._stop.is_set():
                 break
-            self.sync_now()
+            if self.sync_now() is None:
+                # The change that called for this sync is not indexed yet: try again later even
+                # if nothing else changes, backing off while the failure lasts.
+                self._stop.wait(self._retry_s)
+                self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+                self._pending.set()
+            else:
+                self._retry_s = RETRY_FIRST_S
 
     def sync_now(self) -> SyncReport | None:
         try:
             self._arm_dirs()
             report = self.index.sync()
         except Exception:  # the watcher must survive anything a half-written tree throws at it
-            log.exception("index sync failed; it runs again on the next change")
+            log.exception("index sync failed; it runs again shortly, and on the next change")
             return None
         self.syncs += 1
         if self.on_sync is not None:

@@ -354,6 +354,30 @@ def test_a_sync_that_keeps_failing_raises_and_leaves_no_stale_cache(tmp_path: Pa
         ws.close()
 
 
+def test_a_watcher_whose_sync_failed_tries_again_without_another_change(tmp_path: Path) -> None:
+    from llmkit.watch import Watcher
+
+    repo = make_repo(tmp_path / "repo", FILES)
+    ws = Workspace.open(str(repo))
+    ws.index.sync()
+    ws.index.busy_timeout_s = 0.01
+    ws.index.sync_attempts = 1
+    watcher = Watcher(ws.index, repo)
+    watcher.start()
+    try:
+        with database_write_locked(ws.settings.db_path) as blocker:
+            handler = _ReleaseOnRetry(blocker)  # released once the watcher's sync has failed
+            with index_log(handler):
+                (repo / "prompts/live.md").write_text(live_md(2))
+                # The only change: the sync it calls for fails, and nothing else happens.
+                assert poll(lambda: handler.failures)
+                assert poll(lambda: ws.index.version("live").content == live_md(2))
+        assert ws.index.version("live").draft
+    finally:
+        watcher.stop()
+        ws.close()
+
+
 def test_a_rebuild_by_another_process_is_served_without_a_sync_here(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", FILES)
     ws = Workspace.open(str(repo))
