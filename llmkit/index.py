@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from llmkit.db import Database, run_script
+from llmkit.db import Database, Migration, run_script
 from llmkit.errors import IndexUnavailable, InvalidKey, LlmkitError, NotFound, PromptFormatError
 from llmkit.promptfile import PromptFile, key_from_path, parse, path_for_key, validate_key
 from llmkit.store import Commit, GitStore, blob_id
@@ -106,7 +106,7 @@ def m002_generation(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [m001_initial, m002_generation]
+MIGRATIONS: list[Migration] = [m001_initial, m002_generation]
 INDEX_TABLES = ("ix_commits", "ix_blobs", "ix_prompts", "ix_versions", "ix_state")
 
 
@@ -204,11 +204,13 @@ class Index:
         for number in range(1, self.sync_attempts + 1):
             try:
                 return attempt()
-            except Exception as exc:  # a scan or git read can fail on a tree that is changing
+            except Exception as exc:  # noqa: BLE001 - a scan or git read fails on a changing tree
                 failure = exc
             # Whatever this attempt read from the files may not have reached the database.
             self._stat_cache.clear()
-            log.warning("index %s: attempt %d of %d failed: %s", what, number, self.sync_attempts, failure)
+            log.warning(
+                "index %s: attempt %d of %d failed: %s", what, number, self.sync_attempts, failure
+            )
             if number < self.sync_attempts and not isinstance(failure, IndexMoved):
                 time.sleep(SYNC_BACKOFF_S * 2 ** (number - 1))
         raise IndexUnavailable(
@@ -246,7 +248,11 @@ class Index:
         return report
 
     def _catch_up_from(
-        self, conn: sqlite3.Connection, current: tuple[str | None, str], head: str | None, branch: str
+        self,
+        conn: sqlite3.Connection,
+        current: tuple[str | None, str],
+        head: str | None,
+        branch: str,
     ) -> SyncReport:
         """Under the write lock, bring an index that another process moved to `current` up to
         `head`. Git is read here only when syncs race, and then only for the commits between."""
@@ -484,7 +490,8 @@ class Index:
 
     def _indexed(self, conn: sqlite3.Connection) -> tuple[str | None, str]:
         """The head and branch the index was built at, as `conn` sees them."""
-        state = dict(conn.execute("SELECT name, value FROM ix_state WHERE name IN ('head', 'branch')").fetchall())
+        rows = conn.execute("SELECT name, value FROM ix_state WHERE name IN ('head', 'branch')")
+        state = dict(rows.fetchall())
         return state.get("head"), state.get("branch") or ""
 
     def _set_state(self, conn: sqlite3.Connection, head: str | None, branch: str) -> None:
@@ -696,7 +703,8 @@ def _missing_blobs(conn: sqlite3.Connection, ids: list[str]) -> list[str]:
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         marks = ",".join("?" * len(chunk))
-        present.update(r[0] for r in conn.execute(f"SELECT id FROM ix_blobs WHERE id IN ({marks})", chunk))
+        rows = conn.execute(f"SELECT id FROM ix_blobs WHERE id IN ({marks})", chunk)
+        present.update(r[0] for r in rows)
     return [blob for blob in ids if blob not in present]
 
 

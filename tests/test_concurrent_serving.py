@@ -71,7 +71,16 @@ def served(http: httpx.Client, key: str = "live") -> tuple[str, str]:
     """The version a completion of `key` ran (from its header) and what the echo model got."""
     response = http.post("/v1/chat/completions", json={"model": key, "messages": []})
     assert response.status_code == 200, response.text
-    return response.headers["x-llmkit-prompt-version"], response.json()["choices"][0]["message"]["content"]
+    answer = response.json()["choices"][0]["message"]["content"]
+    return response.headers["x-llmkit-prompt-version"], answer
+
+
+def rebuild_cli(repo: Path) -> subprocess.CompletedProcess[str]:
+    """`llmkit index --rebuild` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "llmkit", "index", "--rebuild", "--json", "--repo", str(repo)],
+        check=False, capture_output=True, text=True, env=clean_env(), timeout=120,
+    )
 
 
 @pytest.fixture
@@ -161,7 +170,7 @@ def test_a_write_waiting_for_the_store_lock_leaves_completions_and_health_answer
         def send() -> None:
             try:
                 outcome["response"] = WRITES_THAT_WAIT[write](http)
-            except Exception as exc:  # reported by the assertions below
+            except Exception as exc:  # noqa: BLE001 - reported by the assertions below
                 outcome["error"] = exc
 
         with store_lock_held(server.repo) as lock_path:
@@ -175,8 +184,9 @@ def test_a_write_waiting_for_the_store_lock_leaves_completions_and_health_answer
             health = http.get("/healthz")
             assert health.status_code == 200 and health.json()["head"] == indexed
             listed = http.get("/v1/ui/prompts")
-            assert listed.status_code == 200 and {p["key"] for p in listed.json()} == {"live", "other"}
-            assert writer.is_alive() and "response" not in outcome, "the write did not wait for the lock"
+            assert listed.status_code == 200
+            assert {p["key"] for p in listed.json()} == {"live", "other"}
+            assert writer.is_alive() and "response" not in outcome, "the write did not wait"
             assert git(server.repo, "rev-parse", "HEAD") == before
         writer.join(REQUEST_TIMEOUT_S)
         assert "error" not in outcome, outcome.get("error")
@@ -208,10 +218,11 @@ def test_two_servers_on_one_repository_serve_each_others_writes(
             response = writer.put("/v1/ui/prompts/live", json={"content": live_md(n)})
             assert response.status_code == 200, f"write {n}: {response.status_code} {response.text}"
             body = response.json()
-            assert body["version_number"] == n and body["sha"] == git(first.repo, "rev-parse", "HEAD")
+            assert body["version_number"] == n
+            assert body["sha"] == git(first.repo, "rev-parse", "HEAD")
             expected = (str(n), f"system: Version {n} speaking.")
             for name, http in (("first", a), ("second", b)):
-                seen = poll(lambda http=http: served(http) == expected and expected)
+                seen = poll(lambda h=http, e=expected: served(h) == e and e)
                 assert seen == expected, f"write {n}: the {name} server serves {served(http)}"
         for name, server in (("first", first), ("second", second)):
             assert "Traceback" not in server.stderr(), f"{name} server:\n{server.stderr()}"
@@ -228,12 +239,7 @@ def test_rebuilding_the_index_while_writes_go_on_fails_no_write_and_serves_each(
 
     def rebuild_in_a_loop() -> None:
         for _ in range(REBUILDS):
-            rebuilds.append(
-                subprocess.run(
-                    [sys.executable, "-m", "llmkit", "index", "--rebuild", "--json", "--repo", str(server.repo)],
-                    capture_output=True, text=True, env=clean_env(), timeout=120,
-                )
-            )
+            rebuilds.append(rebuild_cli(server.repo))
 
     rebuilder = threading.Thread(target=rebuild_in_a_loop, daemon=True)
     written: dict[str, tuple[int, str]] = {}
@@ -387,10 +393,7 @@ def test_a_rebuild_by_another_process_is_served_without_a_sync_here(tmp_path: Pa
         assert ws.index.version("live", "main").number == 1  # a ref, cached too
         (repo / "prompts/live.md").write_text(live_md(2))
         git(repo, "commit", "-q", "-am", "live v2")
-        proc = subprocess.run(
-            [sys.executable, "-m", "llmkit", "index", "--rebuild", "--json", "--repo", str(repo)],
-            capture_output=True, text=True, env=clean_env(), timeout=120,
-        )
+        proc = rebuild_cli(repo)
         assert proc.returncode == 0, proc.stderr
         assert ws.index.version("live").content == live_md(2)
         assert ws.index.version("live", "main").content == live_md(2)
@@ -409,7 +412,7 @@ def test_syncs_from_two_processes_interleave_into_the_rows_of_a_rebuild(tmp_path
         while not done.is_set():
             try:
                 ws.index.sync()
-            except BaseException as exc:  # reported below
+            except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
                 return
 
@@ -443,7 +446,10 @@ def _index_rows(ws: Workspace) -> dict[str, list[tuple[object, ...]]]:
     from llmkit.index import INDEX_TABLES
 
     conn = ws.db.reader()
-    return {t: sorted((tuple(r) for r in conn.execute(f"SELECT * FROM {t}")), key=repr) for t in INDEX_TABLES}
+    return {
+        table: sorted((tuple(r) for r in conn.execute(f"SELECT * FROM {table}")), key=repr)
+        for table in INDEX_TABLES
+    }
 
 
 # -- an acknowledged write when the index cannot catch up ------------------------------------
@@ -469,7 +475,8 @@ def test_a_committed_write_the_index_cannot_catch_up_with_says_it_is_committed(
     assert response.status_code == 503, response.text
     error = response.json()["error"]
     sha = api.head()
-    assert sha != before and git(api.repo, "show", f"{sha}:prompts/live.md") == live_md(2).rstrip("\n")
+    assert sha != before
+    assert git(api.repo, "show", f"{sha}:prompts/live.md") == live_md(2).rstrip("\n")
     assert error["code"] == "committed_not_indexed"
     assert sha in error["message"] and "committed" in error["message"]
     assert response.headers["x-llmkit-commit"] == sha

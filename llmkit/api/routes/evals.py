@@ -16,7 +16,14 @@ from starlette.concurrency import run_in_threadpool
 from llmkit.api.deps import JsonBody, Ws, admin_key
 from llmkit.errors import BadRequest, Conflict, NotFound
 from llmkit.evals.records import EvalRecords
-from llmkit.evals.spec import EvalCase, case_from_dict, case_path, case_to_dict, load_evals, serialize_case
+from llmkit.evals.spec import (
+    EvalCase,
+    case_from_dict,
+    case_path,
+    case_to_dict,
+    load_evals,
+    serialize_case,
+)
 from llmkit.index import Prompt, Version
 from llmkit.workspace import Workspace
 
@@ -177,7 +184,9 @@ async def run_evals(
     }
 
 
-def _run_plan(ws: Workspace, prompt_id: str, version: str) -> tuple[Prompt, Version, list[EvalCase]]:
+def _run_plan(
+    ws: Workspace, prompt_id: str, version: str
+) -> tuple[Prompt, Version, list[EvalCase]]:
     """The prompt, the version a run pins (a branch or tag is resolved with git) and its cases."""
     prompt = ws.index.get_prompt(prompt_id)
     pinned = ws.index.version(prompt.key, version)
