@@ -11,14 +11,15 @@
   have lists of their own and are never touched here.
 
 Several processes may keep one database in step with one repository (two `llmkit serve` on a
-repo, a server and `llmkit index --rebuild`), so a sync is optimistic: git is read outside any
-transaction, then the write transaction (BEGIN IMMEDIATE, so one writer at a time across
-processes) checks that the index is still at the head the sync read it at, and a rebuild that
-git has not moved past what it read. Otherwise nothing is written and the sync starts again; a
-sync that fails is retried a bounded number of times. Every write transaction that changes a
-row bumps a generation counter kept in the database; the cached versions the execution hot path
-serves are dropped when it moves, so a change written by any process is served by every process
-at its next request, and after any sync, failed or not.
+repo, a server and `llmkit index --rebuild`). Git is read outside any transaction, and what was
+read is checked inside the write transaction (BEGIN IMMEDIATE: one writer at a time across
+processes): a sync re-reads the index's head there, and when another process moved it meanwhile
+it catches up from that head instead (never moving the index back); a rebuild re-reads git's
+head there and adds the commits made while it read history. A sync that fails is retried a
+bounded number of times. Every write transaction that changes a row bumps a generation counter
+kept in the database; the versions cached for the execution hot path are dropped when it moves
+(one primary-key read per request) and after every sync, failed or not, so a change written by
+any process is served by every process at its next request.
 """
 
 from __future__ import annotations
