@@ -99,7 +99,7 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         server.terminate()
 
 
-# -- F8: a write waiting for the store's lock does not stall the server ----------------------
+# -- a write waiting for the store's lock does not stall the server ----------------------
 
 
 @contextmanager
@@ -204,7 +204,7 @@ def test_a_write_waiting_for_the_store_lock_leaves_completions_and_health_answer
     assert "Traceback" not in server.stderr(), server.stderr()
 
 
-# -- F9: two servers on one repository serve each other's writes -------------------------------
+# -- two servers on one repository serve each other's writes -------------------------------
 
 
 def test_two_servers_on_one_repository_serve_each_others_writes(
@@ -228,7 +228,7 @@ def test_two_servers_on_one_repository_serve_each_others_writes(
             assert "Traceback" not in server.stderr(), f"{name} server:\n{server.stderr()}"
 
 
-# -- F9: `llmkit index --rebuild` beside a serving server -------------------------------------
+# -- `llmkit index --rebuild` beside a serving server -------------------------------------
 
 
 def test_rebuilding_the_index_while_writes_go_on_fails_no_write_and_serves_each(
@@ -246,9 +246,9 @@ def test_rebuilding_the_index_while_writes_go_on_fails_no_write_and_serves_each(
     shas: list[str] = []
     with client(server) as http:
         rebuilder.start()
-        # Writes go on for as long as the rebuilds do (bounded in count).
+        # Writes go on for as long as the rebuilds do, and at least as many (bounded in count).
         for n in range(2, MAX_REBUILD_WRITES + 2):
-            if not rebuilder.is_alive():
+            if not rebuilder.is_alive() and len(shas) >= REBUILDS:
                 break
             key = ("live", "other")[n % 2]
             response = http.put(f"/v1/ui/prompts/{key}", json={"content": live_md(n)})
@@ -266,7 +266,7 @@ def test_rebuilding_the_index_while_writes_go_on_fails_no_write_and_serves_each(
         for key, (n, sha) in written.items():
             assert served(http, key)[1] == f"system: Version {n} speaking."
             assert http.get(f"/v1/ui/prompts/{key}").json()["sha"] == sha
-    assert len(rebuilds) == REBUILDS and len(shas) >= REBUILDS
+    assert len(rebuilds) == REBUILDS
     failed = [r for r in rebuilds if r.returncode != 0]
     assert not failed, failed[0].stderr
     assert "Traceback" not in server.stderr(), server.stderr()
