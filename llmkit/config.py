@@ -38,7 +38,11 @@ class Settings(BaseModel):
     watch: bool = True
     debounce_ms: int = 30
     max_body_bytes: int = 1024 * 1024
-    log_batch_ms: int = 50
+    # The run log: the writer's batch window (the most a kill -9 can lose, plus one write), a
+    # row committed before its answer is sent when durable, and each text field's cap in bytes.
+    log_batch_ms: int = 20
+    log_durable: bool = False
+    log_field_max_bytes: int = 1024 * 1024
     request_timeout_s: float = 600.0
 
     @property
