@@ -4,8 +4,9 @@
 on the event loop and from any thread. The writer (`runlog_writer`) takes whatever has queued,
 waiting at most `batch_ms` after the first record or until `max_batch` records are held, and
 inserts them in one statement. A kill -9 therefore loses at most the rows of about one batch
-window; with `durable` on, `log_committed()` lets a caller wait (without blocking the event
-loop) until its row is committed, and rows are written as soon as they queue.
+window. `log_committed()` lets a caller wait (without blocking the event loop) until its row is
+committed: such a row is written as soon as it queues, with whatever queued beside it (group
+commit); with `durable` on, the executor answers a call only after that.
 
 No row can stop the writer: shaping (`runlog_rows`) stores text UTF-8 and SQLite can hold, strict
 JSON and finite numbers, cuts each text field to `field_max_bytes` and notes every change in the
@@ -238,7 +239,8 @@ def _to_row(record: RunRecord, field_max_bytes: int) -> tuple[Any, ...]:
     for name in _NUMBER_FIELDS:
         values[name] = shaper.number(name, values[name])
     values["request"] = shaper.json("request", record.request)
-    values["response"] = None if record.response is None else shaper.json("response", record.response)
+    response = record.response
+    values["response"] = None if response is None else shaper.json("response", response)
     values["stream"] = 1 if record.stream else 0
     created = record.created_at
     if not (isinstance(created, str) and _CANONICAL_TIME.match(created)):
@@ -269,7 +271,7 @@ def _json_list(text: str | None) -> list[Any]:
 
 class RunLog:
     """The run log of one database. `durable`: callers that answer after logging wait for the
-    commit (`log_committed`), and rows are written as soon as they queue."""
+    commit (`log_committed`); a row someone waits for cuts the batch window short."""
 
     def __init__(
         self,
@@ -296,8 +298,7 @@ class RunLog:
             columns=COLUMNS,
             rejects_table="run_log_rejects",
             notes_column="log_notes",
-            # Durable rows are written at once; waiting out a window would only add latency.
-            batch_s=0.0 if durable else max(batch_ms, 0) / 1000,
+            batch_s=max(batch_ms, 0) / 1000,
             max_batch=max_batch,
         )
 

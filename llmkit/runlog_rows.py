@@ -57,7 +57,7 @@ def cut_to_bytes(text: str, max_bytes: int) -> tuple[str, int]:
         if size <= max_bytes:
             return text, size
     else:
-        size = -1  # over the cap whatever its encoding; not worth encoding it all to say by how much
+        size = -1  # over the cap whatever its encoding: not worth encoding all of it to say
     head = text[:max_bytes].encode("utf-8", "replace")[:max_bytes]
     return head.decode("utf-8", "ignore"), size
 

@@ -97,7 +97,8 @@ def test_migration_creates_expected_columns(db: Database) -> None:
         "truncated": "TEXT",
         "log_notes": "TEXT",
     }
-    rejects = {row["name"]: row["type"] for row in conn.execute("PRAGMA table_info(run_log_rejects)")}
+    info = conn.execute("PRAGMA table_info(run_log_rejects)")
+    rejects = {row["name"]: row["type"] for row in info}
     assert rejects == {
         "id": "INTEGER",
         "trace_id": "TEXT",

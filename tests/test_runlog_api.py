@@ -30,7 +30,9 @@ from tests.fake_upstream import FakeUpstream
 LATER_CALLS = 5
 
 
-def post_text(env: ApiEnv, body: dict[str, Any] | str, path: str = "/v1/chat/completions") -> httpx.Response:
+def post_text(
+    env: ApiEnv, body: dict[str, Any] | str, path: str = "/v1/chat/completions"
+) -> httpx.Response:
     """POST a body as JSON text written by json.dumps (lone surrogates become escapes)."""
     content = body if isinstance(body, str) else json.dumps(body)
     headers = {**env.run, "content-type": "application/json"}
@@ -38,7 +40,8 @@ def post_text(env: ApiEnv, body: dict[str, Any] | str, path: str = "/v1/chat/com
 
 
 def both(persona: str, question: str = "Where?") -> dict[str, Any]:
-    return {"model": "both", "messages": [], "variables": {"persona": persona, "question": question}}
+    variables = {"persona": persona, "question": question}
+    return {"model": "both", "messages": [], "variables": variables}
 
 
 def later_calls(exec_api: ExecApi) -> list[str]:
@@ -61,7 +64,9 @@ def runlog_health(env: ApiEnv, **params: Any) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
-def test_a_lone_surrogate_in_a_variable_is_logged_and_every_later_call_too(exec_api: ExecApi) -> None:
+def test_a_lone_surrogate_in_a_variable_is_logged_and_every_later_call_too(
+    exec_api: ExecApi,
+) -> None:
     env = exec_api.env
     response = post_text(env, both("x\ud800"))
     assert response.status_code == 200, response.text
@@ -105,7 +110,8 @@ def test_a_lone_surrogate_in_the_upstream_answer_is_logged_sanitized(
     body = {"model": "static", "messages": [{"role": "user", "content": "x"}], "stream": stream}
     # The answer itself may not reach the client whole (the text has no UTF-8 form); the row
     # is what this test is about: the newest one for the prompt.
-    with exec_api.env.client.stream("POST", "/v1/chat/completions", json=body, headers=exec_api.env.run) as response:
+    env = exec_api.env
+    with env.client.stream("POST", "/v1/chat/completions", json=body, headers=env.run) as response:
         response.read()
     [row] = exec_api.env.get("/v1/ui/logs", params={"prompt": "static", "page_size": 1}).json()
     assert exec_api.fake.chat_requests[-1].body["messages"][-1]["content"] == "x"
@@ -136,7 +142,9 @@ def test_a_nan_parameter_is_logged_as_json(exec_api: ExecApi) -> None:
 
 
 @pytest.fixture
-def capped(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ExecApi]:
+def capped(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ExecApi]:
     """The app over the execution repository with run-log fields capped at 4 KiB."""
     repo = tmp_path / "repo"
     shas = build_exec_repo(repo, fake.url)
@@ -149,11 +157,13 @@ def test_a_giant_field_is_cut_to_the_cap_and_readers_are_told(capped: ExecApi) -
     question = " ".join(["How far?"] * 2000)
     response = capped.complete(both("a sailor", question))
     assert response.status_code == 200, response.text
-    assert response.json()["choices"][0]["message"]["content"] == f"ok: Question: {question.strip()}"
+    answer = response.json()["choices"][0]["message"]["content"]
+    assert answer == f"ok: Question: {question}"
     row = capped.log_row(response.headers["x-llmkit-trace-id"])
     assert row["truncated"] == ["request", "response"]
     assert isinstance(row["request"], str) and len(row["request"].encode()) <= 4096
-    assert row["request"].startswith('{"messages": [{"role": "system", "content": "You answer as a sailor."}')
+    system = '{"role": "system", "content": "You answer as a sailor."}'
+    assert row["request"].startswith('{"messages": [' + system)
     listed = capped.env.get("/v1/ui/logs").json()
     assert listed[0]["truncated"] == ["request", "response"]
 
@@ -165,7 +175,9 @@ class WriterFault(BaseException):
     """Escapes every `except Exception`: what would kill the writer thread."""
 
 
-def test_a_dead_writer_is_restarted_and_healthz_shows_it(exec_api: ExecApi, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dead_writer_is_restarted_and_healthz_shows_it(
+    exec_api: ExecApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = exec_api.env
     writer = env.ws.runlog._writer
     _, before = runlog_health(env)
@@ -244,3 +256,73 @@ def test_the_writer_survives_a_non_sqlite_error_from_every_insert(
     _, health = runlog_health(exec_api.env)
     assert health["runlog"]["alive"] and health["runlog"]["last_error"] == "RuntimeError"
 
+
+
+# -- durable ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def durable(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ExecApi]:
+    """The app over the execution repository with durable run logging."""
+    repo = tmp_path / "repo"
+    shas = build_exec_repo(repo, fake.url)
+    monkeypatch.setenv("FAKE_KEY", "sk-fake-upstream-key")
+    # A minute-long window: only a durable caller can make a row be written before it ends.
+    with running_api(repo, log_durable=True, log_batch_ms=60_000) as env:
+        yield ExecApi(env, fake, shas)
+
+
+def committed(env: ApiEnv, trace_id: str) -> bool:
+    """Whether the row is in the database file, read over a connection of its own."""
+    conn = sqlite3.connect(env.ws.settings.db_path)
+    try:
+        row = conn.execute("SELECT 1 FROM run_log WHERE trace_id = ?", (trace_id,)).fetchone()
+    finally:
+        conn.close()
+    return row is not None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_durable_app_commits_each_row_before_it_answers(durable: ExecApi, stream: bool) -> None:
+    for i in range(3):
+        messages = [{"role": "user", "content": f"n{i}"}]
+        body = {"model": "static", "stream": stream, "messages": messages}
+        response, events = durable.stream_events(body)
+        assert response.status_code == 200, response.text
+        assert not stream or events[-1] == "[DONE]"
+        assert committed(durable.env, response.headers["x-llmkit-trace-id"])
+    durable.fake.enqueue(status=500, error="upstream down")
+    failed = durable.complete({"model": "static", "messages": [{"role": "user", "content": "x"}]})
+    assert failed.status_code == 502
+    assert committed(durable.env, failed.headers["x-llmkit-trace-id"]), "an error answer too"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_durable_app_answers_503_when_its_row_cannot_be_committed(
+    durable: ExecApi, stream: bool
+) -> None:
+    env = durable.env
+    env.ws.runlog.durable_wait_s = 0.3
+    other = sqlite3.connect(env.ws.settings.db_path, isolation_level=None)
+    try:
+        other.execute("ALTER TABLE run_log RENAME TO run_log_away")
+        body = {"model": "static", "stream": stream, "messages": [{"role": "user", "content": "x"}]}
+        response, events = durable.stream_events(body)
+    finally:
+        other.execute("ALTER TABLE run_log_away RENAME TO run_log")
+        other.close()
+    trace_id = response.headers["x-llmkit-trace-id"]
+    if stream:
+        # The answer was streamed; in place of [DONE] comes the error.
+        assert response.status_code == 200
+        assert "[DONE]" not in events
+        error = events[-1]["error"]
+    else:
+        assert response.status_code == 503
+        error = response.json()["error"]
+    assert error["code"] == "run_log_unavailable"
+    assert trace_id in error["message"]
+    assert env.ws.runlog.flush(timeout=10)
+    assert committed(env, trace_id), "the row stays queued and is written once the log can"

@@ -81,7 +81,8 @@ def test_after_a_lone_surrogate_every_call_is_logged_and_sigterm_flushes_them(
             # The writer is alive: the list (which flushes first) already holds every call.
             listed = client.get(f"{server.v1}/ui/logs", params={"page_size": 100},
                                 headers=server.headers(), timeout=30).json()
-            assert set(later) | {bad.headers["x-llmkit-trace-id"]} <= {r["trace_id"] for r in listed}
+            expected = {*later, bad.headers["x-llmkit-trace-id"]}
+            assert expected <= {r["trace_id"] for r in listed}
             health = client.get(f"{server.url}/healthz", timeout=10).json()
             assert health["status"] == "ok" and health["runlog"]["restarts"] == 0
             # More calls, then SIGTERM at once: the graceful stop writes them.
