@@ -253,7 +253,7 @@ class Executor:
         except RunLogUnavailable:
             if error is None:
                 raise
-            logger.error("run %s: answering with its error before its row was committed", ex.trace_id)
+            logger.error("run %s: its error is answered before its row is committed", ex.trace_id)
 
     def _record(
         self,

@@ -286,7 +286,15 @@ class RunLog:
         if max_batch < 1:
             raise BadRequest(f"max_batch must be at least 1, got {max_batch!r}")
         if field_max_bytes < 1024:
-            raise BadRequest(f"field_max_bytes must be at least 1024, got {field_max_bytes!r}")
+            raise BadRequest(
+                "The run log's field cap (LLMKIT_LOG_FIELD_MAX_BYTES) must be at least 1024"
+                f" bytes, got {field_max_bytes!r}"
+            )
+        if not durable_wait_s > 0:
+            raise BadRequest(
+                "The run log's durable wait (LLMKIT_LOG_DURABLE_WAIT_S) must be more than 0"
+                f" seconds, got {durable_wait_s!r}"
+            )
         self._db = db
         self.durable = durable
         self.field_max_bytes = field_max_bytes

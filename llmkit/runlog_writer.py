@@ -17,7 +17,12 @@ A batch is one INSERT with many rows in its VALUES list, in SQLite's implicit tr
 SQLite calls release the GIL and a busy event loop can make each take-back wait a switch
 interval (5 ms): one statement per batch takes it back about once, where a row-at-a-time
 executemany took it back once per row and fell hundreds of milliseconds behind under load,
-which is what a kill -9 loses.
+which is what a kill -9 loses. For the same reason the writer never checkpoints the WAL: a
+commit that crosses SQLite's auto-checkpoint threshold copies the WAL into the database and
+fsyncs it (tens to hundreds of milliseconds) while every later row waits. While the writer
+runs, auto-checkpoints are off on the database's writer connection and a checkpointer thread
+runs a PASSIVE checkpoint every CHECKPOINT_EVERY_S on a connection of its own, beside the
+commits rather than in their way.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from llmkit.db import Database
+from llmkit.db import Database, connect
 from llmkit.errors import RunLogUnavailable
 from llmkit.runlog_rows import scrubbed, storable_text, utc_now
 
@@ -45,6 +50,9 @@ DEATHS_BEFORE_GIVING_UP = 2
 # Each text field of a set-aside row is kept up to this many characters.
 REJECT_FIELD_MAX = 64 * 1024
 LOST_IDS_SHOWN = 20
+CHECKPOINT_EVERY_S = 1.0
+# SQLite's own default, restored when the writer stops.
+AUTO_CHECKPOINT_PAGES = 1000
 
 T = TypeVar("T")
 
@@ -114,6 +122,8 @@ class LogWriter:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._supervisor: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointer_stop = threading.Event()
         self._hand: _Hand | None = None
         self._deaths_in_a_row = 0
         # Health, read by anyone; only the writer (and the supervisor, for restarts) updates it.
@@ -151,6 +161,19 @@ class LogWriter:
             )
             self._thread.start()
             self._supervisor.start()
+            if str(self._db.path) != ":memory:":
+                self._start_checkpoints()
+
+    def _start_checkpoints(self) -> None:
+        try:
+            self._db.execute_write("PRAGMA wal_autocheckpoint = 0")
+        except Exception as exc:  # SQLite goes on checkpointing in commits: slower, not wrong
+            logger.warning("run log: could not move WAL checkpoints off the writer: %s", exc)
+            return
+        self._checkpointer = threading.Thread(
+            target=self._checkpoints, name="llmkit-runlog-checkpointer", daemon=True
+        )
+        self._checkpointer.start()
 
     @property
     def started(self) -> bool:
@@ -200,6 +223,18 @@ class LogWriter:
                 timeout,
                 self._queue.qsize(),
             )
+        self._stop_checkpoints()
+
+    def _stop_checkpoints(self) -> None:
+        checkpointer = self._checkpointer
+        if checkpointer is None or self._checkpointer_stop.is_set():
+            return
+        self._checkpointer_stop.set()
+        checkpointer.join(CHECKPOINT_EVERY_S * 10)
+        try:
+            self._db.execute_write(f"PRAGMA wal_autocheckpoint = {AUTO_CHECKPOINT_PAGES}")
+        except Exception as exc:
+            logger.warning("run log: could not turn auto-checkpoints back on: %s", exc)
 
     def health(self) -> dict[str, Any]:
         """Cheap to call: counters and flags, no lock and no SQL. Errors are named by type
@@ -251,6 +286,18 @@ class LogWriter:
             time.sleep(delay)
             self._thread = self._new_writer()
             self._thread.start()
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL into the database now and then, off the writer's path (see above)."""
+        conn: sqlite3.Connection | None = None
+        while not self._checkpointer_stop.wait(CHECKPOINT_EVERY_S):
+            try:
+                conn = conn or connect(self._db.path)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as exc:  # never let the WAL grow because of one failed attempt
+                logger.warning("run log: WAL checkpoint failed: %s", exc)
+        if conn is not None:
+            conn.close()
 
     def _main(self) -> None:
         try:

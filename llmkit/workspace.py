@@ -49,6 +49,7 @@ class Workspace:
             self.db,
             batch_ms=self.settings.log_batch_ms,
             durable=self.settings.log_durable,
+            durable_wait_s=self.settings.log_durable_wait_s,
             field_max_bytes=self.settings.log_field_max_bytes,
         )
 

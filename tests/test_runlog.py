@@ -623,9 +623,11 @@ def test_a_cut_json_field_is_never_parsed_as_a_shorter_value(db: Database) -> No
     assert row["response"] == "7" * 1024, "a prefix of digits must not read back as a number"
 
 
-def test_the_field_cap_cannot_be_set_below_a_kibibyte(db: Database) -> None:
-    with pytest.raises(BadRequest, match="field_max_bytes"):
+def test_settings_that_would_break_the_log_are_refused_by_name(db: Database) -> None:
+    with pytest.raises(BadRequest, match="LLMKIT_LOG_FIELD_MAX_BYTES"):
         RunLog(db, field_max_bytes=10)
+    with pytest.raises(BadRequest, match="LLMKIT_LOG_DURABLE_WAIT_S"):
+        RunLog(db, durable_wait_s=0)
 
 
 # -- a writer that survives anything -------------------------------------------------------
@@ -655,11 +657,12 @@ def test_any_exception_from_a_batch_insert_falls_back_to_row_by_row(
         failed.append(1)
         raise error
 
-    monkeypatch.setattr(db, "execute_write", failing)
     rows = [record() for _ in range(3)]
     for r in rows:
         runlog.log(r)
     runlog.start()
+    # The window is a minute long: the batch is written at the flush, after the patch.
+    monkeypatch.setattr(db, "execute_write", failing)
     assert runlog.flush()
     assert failed, "the batch path was not taken"
     assert {r.trace_id for r in rows} <= {row["trace_id"] for row in runlog.list()}
@@ -670,6 +673,7 @@ def test_any_exception_from_a_batch_insert_falls_back_to_row_by_row(
     runlog.log(later)
     assert runlog.flush()
     assert runlog.get(later.trace_id) is not None
+    monkeypatch.undo()
     runlog.close()
 
 
@@ -886,3 +890,23 @@ def test_a_database_from_before_the_notes_migration_keeps_its_rows(db_path: Path
         runlog.close()
     finally:
         db.close()
+
+
+def test_wal_checkpoints_run_beside_the_writer_not_in_its_commits(
+    db: Database, db_path: Path
+) -> None:
+    def auto_checkpoint_pages() -> int:
+        with db.write() as conn:
+            return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    runlog = RunLog(db, batch_ms=5)
+    runlog.start()
+    assert auto_checkpoint_pages() == 0, "a commit could still fsync a checkpoint"
+    size_before = db_path.stat().st_size
+    for _ in range(2000):
+        runlog.log(record(response="x" * 2000))
+    assert runlog.flush()
+    # The rows reach the database file itself, not only the WAL: the checkpointer copied them.
+    assert wait_until(lambda: db_path.stat().st_size > size_before + 2000 * 2000)
+    runlog.close()
+    assert auto_checkpoint_pages() == 1000
