@@ -37,7 +37,8 @@ from typing import Any
 
 from llmkit.db import Database, Migration
 from llmkit.errors import BadRequest, RunLogUnavailable
-from llmkit.runlog_rows import Shaper, format_time, utc_now
+from llmkit.runlog_rows import Shaper, format_time
+from llmkit.runlog_rows import utc_now as utc_now  # the stored time shape, used beside rows
 from llmkit.runlog_writer import LogWriter
 
 MIGRATION_KIND = "runlog"
@@ -50,8 +51,6 @@ DEFAULT_FIELD_MAX_BYTES = 1024 * 1024
 DEFAULT_DURABLE_WAIT_S = 10.0
 
 Rows = list[dict[str, Any]]
-
-__all__ = ["RunLog", "RunRecord", "canonical_time", "migrate", "new_trace_id", "utc_now"]
 
 
 def new_trace_id() -> str:
