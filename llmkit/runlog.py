@@ -261,6 +261,16 @@ def _row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     return result
 
 
+def _expire(committed: asyncio.Future[None], trace_id: str, runlog: RunLog) -> None:
+    if not committed.done():
+        committed.set_exception(
+            RunLogUnavailable(
+                f"The run log did not commit run {trace_id} within {runlog.durable_wait_s:g} s"
+                " (see GET /healthz); it stays queued"
+            )
+        )
+
+
 def _json_list(text: str | None) -> list[Any]:
     value = _json_value(text)
     if value is None:
@@ -326,15 +336,15 @@ class RunLog:
         row = _to_row(record, self.field_max_bytes)
         if not self._writer.started:
             self.start()
-        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
         self._writer.put(row, committed)
+        # One timer rather than asyncio.wait_for, which adds a future and callbacks per call.
+        expiry = loop.call_later(self.durable_wait_s, _expire, committed, record.trace_id, self)
         try:
-            await asyncio.wait_for(committed, self.durable_wait_s)
-        except TimeoutError:
-            raise RunLogUnavailable(
-                f"The run log did not commit run {record.trace_id} within"
-                f" {self.durable_wait_s:g} s (see GET /healthz); it stays queued"
-            ) from None
+            await committed
+        finally:
+            expiry.cancel()
 
     def flush(self, timeout: float = 5) -> bool:
         """Wait until every record logged before this call is written. False on timeout."""
