@@ -38,7 +38,13 @@ class Settings(BaseModel):
     watch: bool = True
     debounce_ms: int = 30
     max_body_bytes: int = 1024 * 1024
-    log_batch_ms: int = 50
+    # The run log: the writer's batch window (about what a kill -9 can lose), whether a call is
+    # answered only once its row is committed (and how long that may wait before a 503), and
+    # each text field's cap in bytes.
+    log_batch_ms: int = 20
+    log_durable: bool = False
+    log_durable_wait_s: float = 10.0
+    log_field_max_bytes: int = 1024 * 1024
     request_timeout_s: float = 600.0
 
     @property

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 Migration = Callable[[sqlite3.Connection], None]
 BUSY_TIMEOUT_MS = 30_000  # as connect() sets it
@@ -104,6 +105,12 @@ class Database:
                     yield conn
             finally:
                 self._writer.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    def execute_write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One statement in SQLite's own implicit transaction on the writer connection: atomic
+        like write(), in one step instead of three (BEGIN, the statement, COMMIT)."""
+        with self._write_lock:
+            self._writer.execute(sql, params)
 
     def reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

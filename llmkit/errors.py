@@ -131,6 +131,15 @@ class UpstreamTimeout(LlmkitError):
     code = "upstream_timeout"
 
 
+class RunLogUnavailable(LlmkitError):
+    """Durable logging is on and the call's run-log row was not committed: the answer is held
+    back rather than sent unlogged."""
+
+    status = 503
+    type = "server_error"
+    code = "run_log_unavailable"
+
+
 class ConfigError(LlmkitError):
     """A problem with the repository or llmkit.yaml; the CLI exits 2 on it."""
 

@@ -8,19 +8,22 @@ template: only the prompt's own sections are.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit import providers
-from llmkit.errors import BadRequest, LlmkitError, UpstreamError
+from llmkit.errors import BadRequest, LlmkitError, RunLogUnavailable, UpstreamError
 from llmkit.index import Version, label
 from llmkit.models import ModelRegistry
 from llmkit.promptfile import PromptFile
 from llmkit.render import render_messages
 from llmkit.runlog import RunLog, RunRecord, new_trace_id
 from llmkit.workspace import Workspace
+
+logger = logging.getLogger(__name__)
 
 # Request fields that override or extend the prompt's settings.
 REQUEST_PARAMS = (
@@ -170,17 +173,17 @@ class Executor:
                 if problem:
                     raise _invalid_json(ex, problem)
         except LlmkitError as exc:
-            self._log(ex, started, answers=answers, error=exc)
+            await self._log_answered(ex, started, answers=answers, error=exc)
             raise
         except Exception as exc:
-            self._log(ex, started, answers=answers, error=_unexpected(ex, exc))
+            await self._log_answered(ex, started, answers=answers, error=_unexpected(ex, exc))
             raise
         except BaseException:
             # Cancelled (server shutdown, or a caller that gave up): the call still happened.
             self._log(ex, started, answers=answers, status="cancelled")
             raise
         response["model"] = ex.key
-        self._log(ex, started, answers=answers)
+        await self._log_answered(ex, started, answers=answers)
         return response
 
     async def stream(self, ex: Execution) -> AsyncIterator[dict[str, Any]]:
@@ -204,16 +207,16 @@ class Executor:
                 finally:
                     await upstream.aclose()
         except LlmkitError as exc:
-            self._log(ex, started, error=exc, state=state)
+            await self._log_answered(ex, started, error=exc, state=state)
             raise
         except Exception as exc:
-            self._log(ex, started, error=_unexpected(ex, exc), state=state)
+            await self._log_answered(ex, started, error=_unexpected(ex, exc), state=state)
             raise
         except BaseException:
             # The client went away (cancellation) or the generator was closed early.
             self._log(ex, started, state=state, status="cancelled")
             raise
-        self._log(ex, started, state=state)
+        await self._log_answered(ex, started, state=state)
 
     async def _buffered_json(self, ex: Execution, state: "_StreamState", started: float) -> list[dict[str, Any]]:
         for attempt in (1, 2):
@@ -231,7 +234,28 @@ class Executor:
                 return chunks
         raise _invalid_json(ex, problem)
 
-    def _log(
+    def _log(self, ex: Execution, started: float, **details: Any) -> None:
+        """Log a call that no one is answered for (cancelled): queue the row and go on."""
+        self.runlog.log(self._record(ex, started, **details))
+
+    async def _log_answered(
+        self, ex: Execution, started: float, *, error: LlmkitError | None = None, **details: Any
+    ) -> None:
+        """Log a call whose answer or error is about to be sent. With durable logging, wait (off
+        the loop) for the commit first, so that a crash after the answer cannot lose the row; if
+        the run log cannot commit, the answer becomes that error, while an error answer stays."""
+        record = self._record(ex, started, error=error, **details)
+        if not self.runlog.durable:
+            self.runlog.log(record)
+            return
+        try:
+            await self.runlog.log_committed(record)
+        except RunLogUnavailable:
+            if error is None:
+                raise
+            logger.error("run %s: its error is answered before its row is committed", ex.trace_id)
+
+    def _record(
         self,
         ex: Execution,
         started: float,
@@ -240,7 +264,7 @@ class Executor:
         error: LlmkitError | None = None,
         state: "_StreamState | None" = None,
         status: str | None = None,
-    ) -> None:
+    ) -> RunRecord:
         logged_response: Any = answers[-1] if answers else None
         with_usage = [a for a in answers or () if isinstance(a.get("usage"), dict)]
         ttft = None
@@ -250,28 +274,26 @@ class Executor:
             ttft = state.ttft_ms
         usage = _total_usage(with_usage)
         has_usage = bool(with_usage)
-        self.runlog.log(
-            RunRecord(
-                trace_id=ex.trace_id,
-                prompt_key=ex.key,
-                version_number=ex.version.number,
-                version_sha=ex.version.sha,
-                model=ex.call.model,
-                request={"messages": ex.call.messages, "params": ex.call.params},
-                response=logged_response,
-                status=status or ("error" if error else "ok"),
-                error=error.message if error else None,
-                http_status=error.status if error else 200,
-                input_tokens=usage.input_tokens if has_usage else None,
-                output_tokens=usage.output_tokens if has_usage else None,
-                reasoning_tokens=usage.reasoning_tokens if has_usage else None,
-                cost=providers.cost_of(ex.call.model, usage) if has_usage else None,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                ttft_ms=ttft,
-                stream=state is not None,
-                api_key_id=ex.api_key_id,
-                source=ex.source,
-            )
+        return RunRecord(
+            trace_id=ex.trace_id,
+            prompt_key=ex.key,
+            version_number=ex.version.number,
+            version_sha=ex.version.sha,
+            model=ex.call.model,
+            request={"messages": ex.call.messages, "params": ex.call.params},
+            response=logged_response,
+            status=status or ("error" if error else "ok"),
+            error=error.message if error else None,
+            http_status=error.status if error else 200,
+            input_tokens=usage.input_tokens if has_usage else None,
+            output_tokens=usage.output_tokens if has_usage else None,
+            reasoning_tokens=usage.reasoning_tokens if has_usage else None,
+            cost=providers.cost_of(ex.call.model, usage) if has_usage else None,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            ttft_ms=ttft,
+            stream=state is not None,
+            api_key_id=ex.api_key_id,
+            source=ex.source,
         )
 
 

@@ -1,11 +1,18 @@
 """The run log: one row per provider call, written by one background thread in batches.
 
-`log()` serializes the record, puts it on an unbounded queue and returns: it never waits for
-SQLite, so it is safe on the event loop and from any thread. The writer takes whatever has
-queued, waiting at most `batch_ms` after the first record or until `max_batch` records are
-held, and inserts them in one transaction. A failed transaction is retried with backoff and
-reported through `logging`; rows are only ever given up when SQLite rejects the row itself
-(a duplicate trace id), and each such row is logged by trace id.
+`log()` shapes the record into a row and queues it: it never waits for SQLite, so it is safe
+on the event loop and from any thread. The writer (`runlog_writer`) takes whatever has queued,
+waiting at most `batch_ms` after the first record or until `max_batch` records are held, and
+inserts them in one statement. A kill -9 therefore loses at most the rows of about one batch
+window. `log_committed()` lets a caller wait (without blocking the event loop) until its row is
+committed: such a row is written as soon as it queues, with whatever queued beside it (group
+commit); with `durable` on, the executor answers a call only after that.
+
+No row can stop the writer: shaping (`runlog_rows`) stores text UTF-8 and SQLite can hold, strict
+JSON and finite numbers, cuts each text field to `field_max_bytes` and notes every change in the
+row (`truncated`, `log_notes`); a row the database still refuses is stored scrubbed or set aside
+in `run_log_rejects`, and a writer thread that dies is restarted by its supervisor. `health()`
+says how the writer is doing.
 
 Rows refer to prompts by key + version sha, never by index ids, so an index rebuild leaves
 them alone. Other durable features (eval runs, human scores) own their own modules and
@@ -19,45 +26,35 @@ column), so stats over 100k rows neither sort nor move the rows into Python.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
-import math
-import queue
 import re
 import sqlite3
-import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from llmkit.db import Database, Migration
-from llmkit.errors import BadRequest
-
-logger = logging.getLogger(__name__)
+from llmkit.errors import BadRequest, RunLogUnavailable
+from llmkit.runlog_rows import Shaper, format_time
+from llmkit.runlog_rows import utc_now as utc_now  # the stored time shape, used beside rows
+from llmkit.runlog_writer import LogWriter
 
 MIGRATION_KIND = "runlog"
 STATUSES = ("ok", "error", "cancelled")
 SOURCES = ("api", "ui", "eval", "cli")
 MAX_PAGE_SIZE = 500
 MIN_SHA_PREFIX = 4
-MAX_RETRY_DELAY_S = 2.0
+DEFAULT_BATCH_MS = 20
+DEFAULT_FIELD_MAX_BYTES = 1024 * 1024
+DEFAULT_DURABLE_WAIT_S = 10.0
 
 Rows = list[dict[str, Any]]
 
 
 def new_trace_id() -> str:
     return uuid.uuid4().hex
-
-
-def utc_now() -> str:
-    """Now as ISO-8601 UTC with milliseconds; this fixed shape sorts as text."""
-    return _format_time(datetime.now(timezone.utc))
-
-
-def _format_time(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(kw_only=True)
@@ -88,9 +85,11 @@ class RunRecord:
 
 
 FIELDS = tuple(RunRecord.__dataclass_fields__)
+# Beside the record's fields, each row says what storing it changed: the fields cut to the
+# cap (a JSON list of names) and notes on every other change (a JSON list of sentences).
+COLUMNS = (*FIELDS, "truncated", "log_notes")
 _CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
-_INSERT = f"INSERT INTO run_log ({', '.join(FIELDS)}) VALUES ({', '.join('?' for _ in FIELDS)})"
-_SELECT = f"SELECT {', '.join(FIELDS)} FROM run_log"
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM run_log"
 _INT_FIELDS = (
     "version_number",
     "http_status",
@@ -100,8 +99,7 @@ _INT_FIELDS = (
     "api_key_id",
 )
 _NUMBER_FIELDS = ("cost", "latency_ms", "ttft_ms")
-# Errors that a row causes by itself: retrying the same row can never succeed.
-_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)
+_TEXT_FIELDS = ("trace_id", "prompt_key", "version_sha", "model", "error")
 
 
 def m001_initial(conn: sqlite3.Connection) -> None:
@@ -142,7 +140,24 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         )
 
 
-MIGRATIONS: list[Migration] = [m001_initial]
+def m002_truncated_notes_and_rejects(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE run_log ADD COLUMN truncated TEXT")
+    conn.execute("ALTER TABLE run_log ADD COLUMN log_notes TEXT")
+    # Rows the database refused even scrubbed: kept with the error, never in the way.
+    conn.execute(
+        """
+        CREATE TABLE run_log_rejects (
+            id INTEGER PRIMARY KEY,
+            trace_id TEXT,
+            error TEXT NOT NULL,
+            row TEXT NOT NULL,
+            rejected_at TEXT NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_truncated_notes_and_rejects]
 
 
 def migrate(db: Database) -> list[str]:
@@ -169,20 +184,15 @@ def canonical_time(value: str | datetime, param: str) -> str:
         raise BadRequest(f"{param} is not an ISO-8601 time: {_shown(value)}", param=param)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return _format_time(moment.astimezone(timezone.utc))
+    return format_time(moment.astimezone(timezone.utc))
 
 
-def _json_text(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        # A circular structure: keep what can be kept rather than lose the row.
-        return json.dumps(repr(value), ensure_ascii=False)
-
-
-def _json_value(text: str | None) -> Any:
+def _json_value(text: str | None, truncated: bool = False) -> Any:
     if text is None:
         return None
+    if truncated:
+        # A cut JSON text is a prefix, which may parse as some other value ("12345" -> "123").
+        return text
     try:
         return json.loads(text)
     except ValueError:
@@ -216,219 +226,174 @@ def _check_record(record: RunRecord) -> None:
             raise BadRequest(f"Run record {name} must be a string or None: {_shown(value)}")
 
 
-def _to_row(record: RunRecord) -> tuple[Any, ...]:
+def _to_row(record: RunRecord, field_max_bytes: int) -> tuple[Any, ...]:
+    """The record as a row in COLUMNS order, in a form SQLite and JSON readers always accept."""
     _check_record(record)
+    shaper = Shaper(field_max_bytes)
     values: dict[str, Any] = dict(record.__dict__)
-    values["request"] = _json_text(record.request)
-    values["response"] = None if record.response is None else _json_text(record.response)
+    for name in _TEXT_FIELDS:
+        values[name] = shaper.text(name, values[name])
+    for name in _INT_FIELDS:
+        values[name] = shaper.integer(name, values[name])
+    for name in _NUMBER_FIELDS:
+        values[name] = shaper.number(name, values[name])
+    values["request"] = shaper.json("request", record.request)
+    response = record.response
+    values["response"] = None if response is None else shaper.json("response", response)
     values["stream"] = 1 if record.stream else 0
     created = record.created_at
     if not (isinstance(created, str) and _CANONICAL_TIME.match(created)):
         created = canonical_time(created, "created_at")
     values["created_at"] = created
-    return tuple(values[name] for name in FIELDS)
+    values["truncated"] = json.dumps(shaper.truncated) if shaper.truncated else None
+    values["log_notes"] = json.dumps(shaper.notes, ensure_ascii=False) if shaper.notes else None
+    return tuple(values[name] for name in COLUMNS)
 
 
 def _row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
-    result = {name: row[name] for name in FIELDS}
-    result["request"] = _json_value(result["request"])
-    result["response"] = _json_value(result["response"])
+    result = {name: row[name] for name in COLUMNS}
+    truncated = _json_list(result["truncated"])
+    result["request"] = _json_value(result["request"], "request" in truncated)
+    result["response"] = _json_value(result["response"], "response" in truncated)
     result["stream"] = bool(result["stream"])
+    result["truncated"] = truncated
+    result["log_notes"] = _json_list(result["log_notes"])
     return result
 
 
-class _Stop:
-    pass
+def _expire(committed: asyncio.Future[None], trace_id: str, runlog: RunLog) -> None:
+    if not committed.done():
+        committed.set_exception(
+            RunLogUnavailable(
+                f"The run log did not commit run {trace_id} within {runlog.durable_wait_s:g} s"
+                " (see GET /healthz); it stays queued"
+            )
+        )
 
 
-_Item = tuple[Any, ...] | threading.Event | _Stop
+def _json_list(text: str | None) -> list[Any]:
+    value = _json_value(text)
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
 
 
 class RunLog:
-    def __init__(self, db: Database, batch_ms: int = 50, max_batch: int = 500) -> None:
+    """The run log of one database. `durable`: callers that answer after logging wait for the
+    commit (`log_committed`); a row someone waits for cuts the batch window short."""
+
+    def __init__(
+        self,
+        db: Database,
+        batch_ms: int = DEFAULT_BATCH_MS,
+        max_batch: int = 500,
+        *,
+        durable: bool = False,
+        field_max_bytes: int = DEFAULT_FIELD_MAX_BYTES,
+        durable_wait_s: float = DEFAULT_DURABLE_WAIT_S,
+    ) -> None:
         if max_batch < 1:
             raise BadRequest(f"max_batch must be at least 1, got {max_batch!r}")
+        if field_max_bytes < 1024:
+            raise BadRequest(
+                "The run log's field cap (LLMKIT_LOG_FIELD_MAX_BYTES) must be at least 1024"
+                f" bytes, got {field_max_bytes!r}"
+            )
+        if not durable_wait_s > 0:
+            raise BadRequest(
+                "The run log's durable wait (LLMKIT_LOG_DURABLE_WAIT_S) must be more than 0"
+                f" seconds, got {durable_wait_s!r}"
+            )
         self._db = db
-        self._batch_s = max(batch_ms, 0) / 1000
-        self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._state_lock = threading.Lock()
-        self._inline_lock = threading.Lock()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        # Read by tests and health checks; only the writer updates them.
-        self.batches_written = 0
-        self.rows_written = 0
-        self.rows_rejected = 0
-        self.write_failures = 0
+        self.durable = durable
+        self.field_max_bytes = field_max_bytes
+        self.durable_wait_s = durable_wait_s
         migrate(db)
+        self._writer = LogWriter(
+            db,
+            table="run_log",
+            columns=COLUMNS,
+            rejects_table="run_log_rejects",
+            notes_column="log_notes",
+            batch_s=max(batch_ms, 0) / 1000,
+            max_batch=max_batch,
+        )
 
     # Writing
 
     def start(self) -> None:
-        with self._state_lock:
-            if self._closed:
-                raise RuntimeError("RunLog is closed")
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(
-                target=self._run, name="llmkit-runlog-writer", daemon=True
-            )
-            self._thread.start()
+        self._writer.start()
 
     def log(self, record: RunRecord) -> None:
         """Queue a record for writing; returns at once. Records logged before start() wait.
         The queue is unbounded: a slow disk costs memory, never a blocked request."""
-        row = _to_row(record)
-        with self._state_lock:
-            # Under the lock so that nothing can be queued behind close()'s stop marker.
-            if self._closed:
-                raise RuntimeError(f"RunLog is closed; run {record.trace_id} not logged")
-            self._queue.put(row)
+        self._writer.put(_to_row(record, self.field_max_bytes))
+
+    async def log_committed(self, record: RunRecord) -> None:
+        """Queue a record and wait, without blocking the event loop, until its row is committed
+        (or set aside with its error); RunLogUnavailable when that takes over durable_wait_s.
+        The row stays queued either way."""
+        row = _to_row(record, self.field_max_bytes)
+        if not self._writer.started:
+            self.start()
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+        self._writer.put(row, committed)
+        # One timer rather than asyncio.wait_for, which adds a future and callbacks per call.
+        expiry = loop.call_later(self.durable_wait_s, _expire, committed, record.trace_id, self)
+        try:
+            await committed
+        finally:
+            expiry.cancel()
 
     def flush(self, timeout: float = 5) -> bool:
         """Wait until every record logged before this call is written. False on timeout."""
-        done = threading.Event()
-        with self._state_lock:
-            thread, closed = self._thread, self._closed
-            if thread is not None and not closed:
-                self._queue.put(done)
-                self._wake.set()
-        if thread is None:
-            self._drain_inline()
-            return True
-        if closed:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return done.wait(timeout)
+        return self._writer.flush(timeout)
 
     def close(self, timeout: float = 30) -> None:
         """Write everything logged so far and stop the writer. Idempotent."""
-        with self._state_lock:
-            already_closed, self._closed = self._closed, True
-            thread = self._thread
-            if thread is not None and not already_closed:
-                self._queue.put(_Stop())
-                self._wake.set()
-        if thread is None:
-            self._drain_inline()
-            return
-        thread.join(timeout)
-        if thread.is_alive():
-            logger.error(
-                "run log: writer still busy after %.1f s at close; about %d queued items unwritten",
-                timeout,
-                self._queue.qsize(),
+        self._writer.close(timeout)
+
+    def health(self) -> dict[str, Any]:
+        """The writer's state for /healthz: alive, queue depth, counters, last error type."""
+        return {**self._writer.health(), "durable": self.durable}
+
+    @property
+    def batches_written(self) -> int:
+        return self._writer.batches_written
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.rows_written
+
+    @property
+    def rows_rejected(self) -> int:
+        return self._writer.rows_rejected
+
+    @property
+    def write_failures(self) -> int:
+        return self._writer.write_failures
+
+    def rejects(self, limit: int = 50) -> Rows:
+        """Rows the database refused even scrubbed, newest first, with their errors."""
+        rows = (
+            self._db.reader()
+            .execute(
+                "SELECT trace_id, error, row, rejected_at FROM run_log_rejects"
+                " ORDER BY id DESC LIMIT ?",
+                (min(_check_positive(limit, "limit"), MAX_PAGE_SIZE),),
             )
-
-    def _run(self) -> None:
-        while True:
-            rows, flushes, stop = self._take_batch(wait=True)
-            if rows:
-                self._write_batch(rows)
-            for done in flushes:
-                done.set()
-            if stop:
-                return
-
-    def _drain_inline(self) -> None:
-        """Without a writer thread (never started), write what has queued in this thread."""
-        with self._inline_lock:
-            while True:
-                rows, flushes, _ = self._take_batch(wait=False)
-                if rows:
-                    self._write_batch(rows)
-                for done in flushes:
-                    done.set()
-                if not rows and not flushes:
-                    return
-
-    def _take_batch(
-        self, wait: bool
-    ) -> tuple[list[tuple[Any, ...]], list[threading.Event], bool]:
-        """Rows queued from now until `batch_ms` after the first one, `max_batch` rows, a flush
-        marker or the stop marker, whichever comes first."""
-        rows: list[tuple[Any, ...]] = []
-        flushes: list[threading.Event] = []
-        try:
-            item = self._queue.get() if wait else self._queue.get_nowait()
-        except queue.Empty:
-            return rows, flushes, False
-        deadline = time.monotonic() + self._batch_s if wait else -math.inf
-        slept = False
-        while True:
-            if isinstance(item, _Stop):
-                return rows, flushes, True
-            if isinstance(item, threading.Event):
-                flushes.append(item)
-                return rows, flushes, False
-            rows.append(item)
-            if len(rows) >= self._max_batch:
-                return rows, flushes, False
-            try:
-                item = self._queue.get_nowait()
-                continue
-            except queue.Empty:
-                pass
-            # Sleep out the batch window once instead of blocking on get() per row: a blocked
-            # consumer is woken by every put(), which cost the event loop time on each request.
-            remaining = deadline - time.monotonic()
-            if slept or remaining <= 0:
-                return rows, flushes, False
-            # flush() and close() cut the wait short.
-            self._wake.wait(remaining)
-            self._wake.clear()
-            slept = True
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return rows, flushes, False
-
-    def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        attempt = 0
-        while True:
-            try:
-                self._insert(rows)
-                return
-            except sqlite3.Error as exc:
-                attempt += 1
-                self.write_failures += 1
-                delay = min(MAX_RETRY_DELAY_S, 0.05 * 2 ** (attempt - 1))
-                logger.error(
-                    "run log: writing %d rows failed (attempt %d), retrying in %.2f s: %s",
-                    len(rows),
-                    attempt,
-                    delay,
-                    exc,
-                )
-                time.sleep(delay)
-
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        try:
-            with self._db.write() as conn:
-                conn.executemany(_INSERT, rows)
-            written = len(rows)
-        except _ROW_ERRORS:
-            written = self._insert_one_by_one(rows)
-        self.batches_written += 1
-        self.rows_written += written
-
-    def _insert_one_by_one(self, rows: list[tuple[Any, ...]]) -> int:
-        """Insert the rows that SQLite accepts, in one transaction, and report the others."""
-        written = 0
-        rejected: list[tuple[str, str]] = []
-        with self._db.write() as conn:
-            for row in rows:
-                try:
-                    conn.execute(_INSERT, row)
-                    written += 1
-                except _ROW_ERRORS as exc:
-                    rejected.append((row[0], str(exc)))
-        for trace_id, reason in rejected:
-            logger.error("run log: run %s rejected by the database: %s", trace_id, reason)
-        self.rows_rejected += len(rejected)
-        return written
+            .fetchall()
+        )
+        return [
+            {
+                "trace_id": r["trace_id"],
+                "error": r["error"],
+                "row": _json_value(r["row"]),
+                "rejected_at": r["rejected_at"],
+            }
+            for r in rows
+        ]
 
     # Reading
 

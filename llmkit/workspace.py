@@ -45,7 +45,13 @@ class Workspace:
     def runlog(self) -> "RunLog":
         from llmkit.runlog import RunLog
 
-        return RunLog(self.db, batch_ms=self.settings.log_batch_ms)
+        return RunLog(
+            self.db,
+            batch_ms=self.settings.log_batch_ms,
+            durable=self.settings.log_durable,
+            durable_wait_s=self.settings.log_durable_wait_s,
+            field_max_bytes=self.settings.log_field_max_bytes,
+        )
 
     def close(self) -> None:
         if "runlog" in self.__dict__:

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import random
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +68,7 @@ def wait_until(condition: Any, seconds: float = 10.0) -> bool:
 
 
 def test_migration_creates_expected_columns(db: Database) -> None:
-    assert migrate(db) == ["m001_initial"]
+    assert migrate(db) == ["m001_initial", "m002_truncated_notes_and_rejects"]
     assert migrate(db) == []
     conn = db.reader()
     columns = {row["name"]: row["type"] for row in conn.execute("PRAGMA table_info(run_log)")}
@@ -92,6 +94,17 @@ def test_migration_creates_expected_columns(db: Database) -> None:
         "api_key_id": "INTEGER",
         "source": "TEXT",
         "created_at": "TEXT",
+        "truncated": "TEXT",
+        "log_notes": "TEXT",
+    }
+    info = conn.execute("PRAGMA table_info(run_log_rejects)")
+    rejects = {row["name"]: row["type"] for row in info}
+    assert rejects == {
+        "id": "INTEGER",
+        "trace_id": "TEXT",
+        "error": "TEXT",
+        "row": "TEXT",
+        "rejected_at": "TEXT",
     }
     indexes = {row["name"] for row in conn.execute("PRAGMA index_list(run_log)")}
     assert indexes == {
@@ -102,7 +115,7 @@ def test_migration_creates_expected_columns(db: Database) -> None:
         "sqlite_autoindex_run_log_1",
     }
     kinds = {tuple(row) for row in conn.execute("SELECT kind, name FROM _migrations")}
-    assert kinds == {("runlog", "m001_initial")}
+    assert kinds == {("runlog", "m001_initial"), ("runlog", "m002_truncated_notes_and_rejects")}
 
 
 def test_a_logged_record_reads_back_as_it_was(runlog: RunLog) -> None:
@@ -125,7 +138,11 @@ def test_a_logged_record_reads_back_as_it_was(runlog: RunLog) -> None:
     )
     runlog.log(full)
     assert runlog.flush()
-    assert runlog.get(full.trace_id) == dataclasses.asdict(full)
+    assert runlog.get(full.trace_id) == {
+        **dataclasses.asdict(full),
+        "truncated": [],
+        "log_notes": [],
+    }
     assert runlog.get("no-such-trace") is None
 
 
@@ -472,3 +489,424 @@ def test_stats_per_version_with_nearest_rank_percentiles(runlog: RunLog) -> None
     assert (draft["latency_p50_ms"], draft["latency_p95_ms"], draft["count"]) == (7, 7, 1)
     assert draft["error_count"] == 0
     assert runlog.stats("nothing-here") == []
+
+
+# -- rows nothing can stop -----------------------------------------------------------------
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def circular() -> dict[str, Any]:
+    value: dict[str, Any] = {"name": "loop"}
+    value["self"] = value
+    return value
+
+
+@pytest.mark.parametrize(
+    ("fields", "check"),
+    [
+        (
+            {"request": {"messages": [{"role": "user", "content": "x\ud800y"}]}},
+            lambda row: row["request"]["messages"][0]["content"] == "x\ufffdy",
+        ),
+        (
+            {"response": "answer \udfff with a lone low surrogate"},
+            lambda row: row["response"] == "answer \ufffd with a lone low surrogate",
+        ),
+        ({"error": "nul \x00 inside"}, lambda row: row["error"] == "nul \ufffd inside"),
+        ({"error": "surrogate \ud83d alone"}, lambda row: row["error"] == "surrogate \ufffd alone"),
+        (
+            {"request": {"messages": [], "params": {"temperature": float("nan")}}},
+            lambda row: row["request"]["params"]["temperature"] == "nan",
+        ),
+        (
+            {"request": {"params": {(1, 2): "tuple key", "when": datetime.now(timezone.utc)}}},
+            lambda row: row["request"]["params"]["(1, 2)"] == "tuple key",
+        ),
+        ({"request": circular()}, lambda row: row["request"]["self"] == "<circular reference>"),
+        (
+            {"response": {"unprintable": Unprintable()}},
+            lambda row: row["response"] == {"unprintable": "<unprintable Unprintable>"},
+        ),
+        (
+            {"response": {b"bytes key": b"\xff bytes"}},
+            lambda row: row["response"] == {"b'bytes key'": "\ufffd bytes"},
+        ),
+        (
+            {"response": {"digits": 10**5000}},
+            lambda row: row["response"] == {"digits": "<an integer of 16610 bits>"},
+        ),
+        ({"cost": float("inf")}, lambda row: row["cost"] is None),
+        ({"latency_ms": float("nan")}, lambda row: row["latency_ms"] is None),
+        ({"input_tokens": 10**30}, lambda row: row["input_tokens"] is None),
+        ({"cost": 10**400}, lambda row: row["cost"] is None),
+    ],
+    ids=[
+        "surrogate-in-request", "surrogate-in-response", "nul-in-error", "surrogate-in-error",
+        "nan-in-request", "tuple-key-and-datetime", "circular", "unprintable", "bytes",
+        "int-over-4300-digits", "infinite-cost", "nan-latency", "int-over-64-bits", "huge-int-cost",
+    ],
+)
+def test_a_row_that_sqlite_utf8_or_json_would_refuse_is_stored_sanitized_with_a_note(
+    runlog: RunLog, fields: dict[str, Any], check: Any
+) -> None:
+    bad = record(**fields)
+    after = record()
+    runlog.log(bad)
+    runlog.log(after)
+    assert runlog.flush()
+    row = runlog.get(bad.trace_id)
+    assert row is not None, "the bad row was not stored"
+    assert check(row), row
+    assert row["log_notes"], "what was changed is not noted"
+    assert row["truncated"] == []
+    assert runlog.get(after.trace_id) is not None
+    health = runlog.health()
+    assert (health["status"], health["alive"], health["rows_written"]) == ("ok", True, 2)
+    # Everything read back is strict JSON, as the API serves it.
+    json.dumps(row, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+def test_a_clean_row_is_stored_unchanged_without_notes(runlog: RunLog) -> None:
+    clean = record(
+        request={"messages": [{"role": "user", "content": "héllo wörld ✓ 🎉"}]},
+        response="ok: héllo 🎉",
+        error="quoted \"text\" and a tab\t",
+    )
+    runlog.log(clean)
+    assert runlog.flush()
+    row = runlog.get(clean.trace_id)
+    assert row is not None
+    assert row["request"] == clean.request
+    assert (row["response"], row["error"]) == (clean.response, clean.error)
+    assert (row["log_notes"], row["truncated"]) == ([], [])
+
+
+def test_a_giant_field_is_cut_to_the_cap_and_marked_truncated(db: Database) -> None:
+    runlog = RunLog(db, batch_ms=5, field_max_bytes=4096)
+    runlog.start()
+    # 3-byte characters: the cut must fall on a character boundary.
+    giant = record(
+        request={"messages": [{"role": "user", "content": "€" * 10_000}]},
+        response="small",
+        error="e" * 5000,
+    )
+    runlog.log(giant)
+    runlog.close()
+    row = runlog.get(giant.trace_id)
+    assert row is not None
+    assert sorted(row["truncated"]) == ["error", "request"]
+    assert isinstance(row["request"], str), "a cut JSON field reads back as its text prefix"
+    assert row["request"].startswith('{"messages": [{"role": "user", "content": "€€€')
+    assert len(row["request"].encode("utf-8")) <= 4096
+    assert len(row["request"].encode("utf-8")) > 4096 - 3
+    assert row["error"] == "e" * 4096
+    assert row["response"] == "small"
+    assert any("request: cut from" in note for note in row["log_notes"])
+    stored = db.reader().execute(
+        "SELECT length(CAST(request AS BLOB)) FROM run_log WHERE trace_id = ?", (giant.trace_id,)
+    ).fetchone()[0]
+    assert stored <= 4096
+
+
+def test_a_cut_json_field_is_never_parsed_as_a_shorter_value(db: Database) -> None:
+    runlog = RunLog(db, field_max_bytes=1024)
+    number = record(response=int("7" * 4000))
+    runlog.log(number)
+    runlog.close()
+    row = runlog.get(number.trace_id)
+    assert row is not None
+    assert row["truncated"] == ["response"]
+    assert row["response"] == "7" * 1024, "a prefix of digits must not read back as a number"
+
+
+def test_settings_that_would_break_the_log_are_refused_by_name(db: Database) -> None:
+    with pytest.raises(BadRequest, match="LLMKIT_LOG_FIELD_MAX_BYTES"):
+        RunLog(db, field_max_bytes=10)
+    with pytest.raises(BadRequest, match="LLMKIT_LOG_DURABLE_WAIT_S"):
+        RunLog(db, durable_wait_s=0)
+
+
+# -- a writer that survives anything -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UnicodeEncodeError("utf-8", "x\ud800", 1, 2, "surrogates not allowed"),
+        MemoryError(),
+        RuntimeError("a bug in the batch path"),
+        OverflowError("Python int too large to convert to SQLite INTEGER"),
+        sqlite3.IntegrityError("UNIQUE constraint failed"),
+        sqlite3.InterfaceError("Error binding parameter 1"),
+        sqlite3.DataError("string or blob too big"),
+        sqlite3.ProgrammingError("Incorrect number of bindings"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_any_exception_from_a_batch_insert_falls_back_to_row_by_row(
+    db: Database, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    runlog = RunLog(db, batch_ms=60_000)
+    failed: list[int] = []
+
+    def failing(sql: str, params: Any = ()) -> None:
+        failed.append(1)
+        raise error
+
+    rows = [record() for _ in range(3)]
+    for r in rows:
+        runlog.log(r)
+    runlog.start()
+    # The window is a minute long: the batch is written at the flush, after the patch.
+    monkeypatch.setattr(db, "execute_write", failing)
+    assert runlog.flush()
+    assert failed, "the batch path was not taken"
+    assert {r.trace_id for r in rows} <= {row["trace_id"] for row in runlog.list()}
+    health = runlog.health()
+    assert (health["status"], health["alive"]) == ("ok", True)
+    assert health["last_error"] == type(error).__name__
+    later = record()
+    runlog.log(later)
+    assert runlog.flush()
+    assert runlog.get(later.trace_id) is not None
+    monkeypatch.undo()
+    runlog.close()
+
+
+def test_a_row_the_driver_refuses_is_stored_scrubbed(runlog: RunLog) -> None:
+    """A row that reached the writer unshaped (a lone surrogate, an int over 64 bits): the writer
+    scrubs it rather than die."""
+    from llmkit.runlog import COLUMNS
+
+    values = dict.fromkeys(COLUMNS)
+    values.update(
+        trace_id="unshaped", prompt_key="p\ud800", model="m", request='"x\udc00"', status="ok",
+        stream=0, source="api", created_at=at(1), input_tokens=2**70,
+    )
+    runlog._writer.put(tuple(values[name] for name in COLUMNS))
+    after = record()
+    runlog.log(after)
+    assert runlog.flush()
+    row = runlog.get("unshaped")
+    assert row is not None
+    assert (row["prompt_key"], row["request"], row["input_tokens"]) == ("p\ufffd", "x\ufffd", None)
+    assert any("scrubbed" in note for note in row["log_notes"])
+    assert runlog.get(after.trace_id) is not None
+    assert runlog.health()["rows_scrubbed"] == 1
+
+
+def test_a_row_refused_even_scrubbed_is_set_aside_with_its_error(runlog: RunLog) -> None:
+    first = record(trace_id="twice")
+    second = record(trace_id="twice", response="the second answer")
+    runlog.log(first)
+    assert runlog.flush()
+    runlog.log(second)
+    runlog.log(third := record())
+    assert runlog.flush()
+    assert runlog.get("twice")["response"] is None  # type: ignore[index]
+    assert runlog.get(third.trace_id) is not None
+    [reject] = runlog.rejects()
+    assert reject["trace_id"] == "twice"
+    assert reject["error"].startswith("IntegrityError: UNIQUE constraint failed")
+    assert reject["row"]["response"] == '"the second answer"'
+    health = runlog.health()
+    assert (health["rows_rejected"], health["rows_lost"], health["status"]) == (1, 0, "ok")
+
+
+class WriterFault(BaseException):
+    """Escapes every `except Exception`: what would kill the writer thread."""
+
+
+def test_a_writer_thread_that_dies_is_restarted_and_its_batch_written(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from llmkit.runlog_writer import LogWriter
+
+    runlog = RunLog(db, batch_ms=5)
+    store = LogWriter._store
+    faults = [1]
+
+    def dying_once(self: LogWriter, rows: Any) -> None:
+        if faults:
+            faults.pop()
+            raise WriterFault("the writer thread is killed")
+        store(self, rows)
+
+    monkeypatch.setattr(LogWriter, "_store", dying_once)
+    with caplog.at_level(logging.ERROR, logger="llmkit.runlog"):
+        runlog.start()
+        held = record()
+        runlog.log(held)
+        assert runlog.flush(timeout=10)
+    assert runlog.get(held.trace_id) is not None, "the dead writer's batch was lost"
+    health = runlog.health()
+    assert (health["restarts"], health["alive"], health["last_error"]) == (1, True, "WriterFault")
+    assert any("writer thread died" in r.getMessage() for r in caplog.records)
+    later = record()
+    runlog.log(later)
+    runlog.close()
+    assert runlog.get(later.trace_id) is not None
+
+
+def test_a_batch_that_kills_two_writers_is_given_up_and_the_log_goes_on(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from llmkit.runlog_writer import LogWriter
+
+    runlog = RunLog(db, batch_ms=60_000)
+    store = LogWriter._store
+
+    def poisoned(self: LogWriter, rows: Any) -> None:
+        if any(row.values[0] == "poison" for row in rows):
+            raise WriterFault("this batch kills every writer")
+        store(self, rows)
+
+    monkeypatch.setattr(LogWriter, "_store", poisoned)
+    runlog.log(record(trace_id="poison"))
+    runlog.log(record(trace_id="same-batch"))
+    with caplog.at_level(logging.ERROR, logger="llmkit.runlog"):
+        runlog.start()
+        assert runlog.flush(timeout=20)
+    health = runlog.health()
+    assert (health["restarts"], health["rows_lost"], health["alive"]) == (2, 2, True)
+    assert any("poison" in r.getMessage() and "lost" in r.getMessage() for r in caplog.records)
+    later = record()
+    runlog.log(later)
+    runlog.close()
+    assert runlog.get(later.trace_id) is not None
+    assert runlog.get("poison") is None
+
+
+def test_health_says_degraded_while_a_batch_keeps_failing(db: Database, db_path: Path) -> None:
+    runlog = RunLog(db, batch_ms=5)
+    runlog.start()
+    assert runlog.health()["status"] == "ok"
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("ALTER TABLE run_log RENAME TO run_log_away")
+        runlog.log(kept := record())
+        assert wait_until(lambda: runlog.health()["status"] == "degraded")
+        health = runlog.health()
+        assert health["last_error"] == "OperationalError"
+        assert health["retrying_for_s"] is not None and health["alive"]
+        other.execute("ALTER TABLE run_log_away RENAME TO run_log")
+        assert runlog.flush(timeout=10)
+    finally:
+        other.close()
+    health = runlog.health()
+    assert (health["status"], health["retrying_for_s"]) == ("ok", None)
+    assert runlog.get(kept.trace_id) is not None
+    runlog.close()
+    assert runlog.health()["status"] == "ok", "a closed log is stopped, not degraded"
+
+
+# -- durable -------------------------------------------------------------------------------
+
+
+def test_log_committed_returns_once_the_row_is_in_the_database(db: Database, db_path: Path) -> None:
+    # A window of a minute: only the waiting caller can cut it short.
+    runlog = RunLog(db, batch_ms=60_000, durable_wait_s=30)
+    runlog.start()
+    seen: list[int] = []
+
+    async def main() -> None:
+        for _ in range(5):
+            r = record()
+            await runlog.log_committed(r)
+            # Another connection, as after a crash: the row is committed, not just queued.
+            other = sqlite3.connect(db_path)
+            try:
+                count = other.execute(
+                    "SELECT COUNT(*) FROM run_log WHERE trace_id = ?", (r.trace_id,)
+                ).fetchone()[0]
+            finally:
+                other.close()
+            seen.append(count)
+
+    asyncio.run(main())
+    assert seen == [1] * 5
+    runlog.close()
+
+
+def test_concurrent_durable_callers_share_commits(db: Database) -> None:
+    runlog = RunLog(db, durable=True)
+    runlog.start()
+    records = [record() for _ in range(200)]
+
+    async def main() -> None:
+        await asyncio.gather(*(runlog.log_committed(r) for r in records))
+
+    asyncio.run(main())
+    assert runlog.count() == 200
+    assert runlog.batches_written < 200, "every durable row took a commit of its own"
+    runlog.close()
+
+
+def test_a_durable_wait_that_outlasts_the_writer_is_an_error_and_the_row_stays_queued(
+    db: Database, db_path: Path
+) -> None:
+    from llmkit.errors import RunLogUnavailable
+
+    runlog = RunLog(db, durable=True, durable_wait_s=0.3)
+    runlog.start()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("ALTER TABLE run_log RENAME TO run_log_away")
+        late = record()
+        with pytest.raises(RunLogUnavailable) as info:
+            asyncio.run(runlog.log_committed(late))
+        assert late.trace_id in info.value.message
+        assert info.value.status == 503
+        other.execute("ALTER TABLE run_log_away RENAME TO run_log")
+    finally:
+        other.close()
+    assert runlog.flush(timeout=10)
+    assert runlog.get(late.trace_id) is not None
+    runlog.close()
+
+
+def test_a_database_from_before_the_notes_migration_keeps_its_rows(db_path: Path) -> None:
+    from llmkit import runlog as runlog_module
+
+    old = Database(db_path)
+    old.migrate(runlog_module.MIGRATION_KIND, [runlog_module.m001_initial])
+    with old.write() as conn:
+        conn.execute(
+            "INSERT INTO run_log (trace_id, prompt_key, model, request, status, source, created_at)"
+            " VALUES ('old', 'p', 'm', '{\"messages\": []}', 'ok', 'api', ?)",
+            (at(1),),
+        )
+    old.close()
+    db = Database(db_path)
+    try:
+        runlog = RunLog(db)
+        row = runlog.get("old")
+        assert row is not None
+        assert (row["request"], row["truncated"], row["log_notes"]) == ({"messages": []}, [], [])
+        runlog.close()
+    finally:
+        db.close()
+
+
+def test_wal_checkpoints_run_beside_the_writer_not_in_its_commits(
+    db: Database, db_path: Path
+) -> None:
+    def auto_checkpoint_pages() -> int:
+        with db.write() as conn:
+            return int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    runlog = RunLog(db, batch_ms=5)
+    runlog.start()
+    assert auto_checkpoint_pages() == 0, "a commit could still fsync a checkpoint"
+    size_before = db_path.stat().st_size
+    for _ in range(2000):
+        runlog.log(record(response="x" * 2000))
+    assert runlog.flush()
+    # The rows reach the database file itself, not only the WAL: the checkpointer copied them.
+    assert wait_until(lambda: db_path.stat().st_size > size_before + 2000 * 2000)
+    runlog.close()
+    assert auto_checkpoint_pages() == 1000

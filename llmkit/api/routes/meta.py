@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 
 from llmkit import __version__
 from llmkit.api.deps import Ws, run_key
@@ -19,10 +20,22 @@ def version() -> dict[str, str]:
     return {"name": "llmkit", "version": __version__}
 
 
-@router.get("/healthz")
-def healthz(ws: Ws) -> dict[str, Any]:
-    """Liveness and what the index serves."""
-    return {"status": "ok", "head": ws.index.head(), "prompts": len(ws.index.list_prompts())}
+@router.get("/healthz", response_model=None)
+def healthz(ws: Ws, strict: bool = False) -> dict[str, Any] | JSONResponse:
+    """Liveness, what the index serves, and the run-log writer's health. `status` is
+    "degraded" while the writer is down or failing to write; the answer is 200 all the same
+    (the server still answers calls, and a restart would drop the rows it holds), or 503 with
+    `?strict=true`, for monitors that read only the status code."""
+    runlog = ws.runlog.health()
+    body = {
+        "status": runlog["status"],
+        "head": ws.index.head(),
+        "prompts": len(ws.index.list_prompts()),
+        "runlog": runlog,
+    }
+    if strict and runlog["status"] != "ok":
+        return JSONResponse(body, status_code=503)
+    return body
 
 
 @run_router.get("/v1/models")
