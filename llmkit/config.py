@@ -40,6 +40,8 @@ class Settings(BaseModel):
     max_body_bytes: int = 1024 * 1024
     log_batch_ms: int = 50
     request_timeout_s: float = 600.0
+    # How long a git write waits for another git process to release .git/index.lock (then 503).
+    git_lock_timeout_s: float = 3.0
 
     @property
     def prompts_dir(self) -> Path:
