@@ -347,14 +347,16 @@ def test_keys_that_escape_are_refused_by_the_authoring_layer(workspace: Workspac
     assert Snapshot(repo) == snap
 
 
-def test_working_files_skip_hidden_entries_and_links_out(repo: Repo, store: GitStore, outside: Path) -> None:
+def test_working_files_skip_hidden_entries_and_never_follow_links(repo: Repo, store: GitStore, outside: Path) -> None:
     repo.write("prompts/.hello.md.swp", "swap")
     repo.write("prompts/.cache/x.md", "hidden folder")
     repo.write("prompts/sub/deep.md", "deep")
     os.symlink(outside, repo.root / "prompts" / "escape")
+    # A link that stays inside prompts/ is not followed either: one file, one key.
     os.symlink(repo.root / "prompts" / "sub" / "deep.md", repo.root / "prompts" / "alias.md")
     found = store.working_files("prompts", (".md",))
-    assert sorted(found) == ["prompts/alias.md", "prompts/hello.md", "prompts/static.md", "prompts/sub/deep.md"]
+    assert sorted(found) == ["prompts/hello.md", "prompts/static.md", "prompts/sub/deep.md"]
+    assert store.symlinks() == ["prompts/alias.md", "prompts/escape"]
 
 
 # -- author and message sanitizing -----------------------------------------------------------------
