@@ -171,7 +171,7 @@ class GitWriter:
             _fault("ref-moved")
             try:
                 self._finish(journal, content)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - past the commit point, recovery decides
                 self._finish_by_recovery(journal, exc)
             assert journal.new_commit is not None
             return journal.new_commit
@@ -373,7 +373,7 @@ class GitWriter:
         cannot either, say what state the repository is in."""
         try:
             self.recover()
-        except Exception as again:
+        except Exception as again:  # noqa: BLE001 - whatever it is, the caller must hear both
             raise GitError(
                 f"{journal.path} was committed as {(journal.new_commit or '')[:12]}, but the"
                 f" working tree or .git/index could not be brought along ({error}; {again});"
@@ -411,7 +411,14 @@ class GitWriter:
             now = self.store.ref_value(journal.ref)
             self._remove_ref_locks(journal, now)
             if now == journal.new_commit and self.store.head_ref() == journal.ref:
-                self._roll_forward(journal)
+                try:
+                    self._roll_forward(journal)
+                except OSError as exc:
+                    raise GitError(
+                        f"The write of {journal.path}, committed as {journal.new_commit[:12]},"
+                        f" could not be brought into the working tree and .git/index ({exc});"
+                        " llmkit tries again before every write and at every start"
+                    ) from exc
                 outcome = f"finished the write of {journal.path} ({journal.new_commit[:12]})"
             elif now is not None and self.store.is_ancestor(journal.new_commit, now):
                 # Someone committed on top or switched branches since (by hand, past our
@@ -507,7 +514,8 @@ class GitWriter:
             (git_dir / f"llmkit-{journal.nonce}.{suffix}").unlink(missing_ok=True)
         if journal.path:
             try:
-                _worktree_temp(self.store.confine(journal.path), journal.nonce).unlink(missing_ok=True)
+                target = self.store.confine(journal.path)
+                _worktree_temp(target, journal.nonce).unlink(missing_ok=True)
             except (LlmkitError, OSError):
                 pass  # a link, or a file where its folder was: nothing of ours is there
 

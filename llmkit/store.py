@@ -241,8 +241,8 @@ class GitStore:
 
     def tree_entry(self, commit: str, rel_path: str) -> tuple[str | None, str | None, str | None]:
         """(mode, type, id) of `rel_path` in `commit`; Nones when it is not there."""
-        out = self.git("ls-tree", "-z", commit, "--", rel_path).stdout.decode("utf-8", "surrogateescape")
-        for record in filter(None, out.split("\0")):
+        out = self.git("ls-tree", "-z", commit, "--", rel_path).stdout
+        for record in filter(None, out.decode("utf-8", "surrogateescape").split("\0")):
             meta, _, path = record.partition("\t")
             mode, kind, sha = meta.split()
             if path == rel_path:
@@ -253,9 +253,9 @@ class GitStore:
         """`rel_path`'s entries in `.git/index` (or `index_file`) as (mode, blob). An unmerged
         stage, or anything below a folder of that name, is an entry that matches no file."""
         env = {"GIT_INDEX_FILE": str(index_file)} if index_file else None
-        out = self.git("--literal-pathspecs", "ls-files", "-s", "-z", "--", rel_path, env=env).stdout
+        out = self.git("--literal-pathspecs", "ls-files", "-s", "-z", "--", rel_path, env=env)
         entries = []
-        for record in filter(None, out.decode("utf-8", "surrogateescape").split("\0")):
+        for record in filter(None, out.stdout.decode("utf-8", "surrogateescape").split("\0")):
             meta, _, path = record.partition("\t")
             mode, blob, stage = meta.split()
             entries.append((mode, blob) if path == rel_path and stage == "0" else ("?", path))
@@ -331,7 +331,7 @@ class GitStore:
                 os.close(fd)
 
     @cached_property
-    def writer(self) -> "GitWriter":
+    def writer(self) -> GitWriter:
         from llmkit.gitwrite import GitWriter
 
         return GitWriter(self)
