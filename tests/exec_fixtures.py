@@ -288,14 +288,16 @@ class ServerProcess:
         return int(self.proc.returncode)
 
 
-def start_server(repo: Path, log_dir: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    """Start `llmkit serve` and wait (bounded) until it answers."""
+def start_server(
+    repo: Path, log_dir: Path, env: dict[str, str] | None = None, *, watch: bool = False
+) -> ServerProcess:
+    """Start `llmkit serve` (without its watcher unless asked) and wait (bounded) until it answers."""
     port = free_port()
     stderr_path = log_dir / f"serve-{port}.stderr"
     stderr_file = stderr_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmkit", "serve", "--repo", str(repo), "--port", str(port),
-         "--no-watch", "--log-level", "warning"],
+         *([] if watch else ["--no-watch"]), "--log-level", "warning"],
         stdout=subprocess.PIPE,
         stderr=stderr_file,
         text=True,
