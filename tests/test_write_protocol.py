@@ -377,9 +377,13 @@ def test_api_writes_while_git_status_commit_and_checkout_run_in_loops(
         assert subject not in log or not subject.startswith("api write"), f"{subject} twice"
         log[subject] = sha
     for tag, (status, _) in outcomes.items():
-        if status != 200:
+        if status in (409, 503):
             assert f"api write {tag}" not in log  # refused writes changed nothing
             continue
+        if status == 404 and f"api write {tag}" not in log:
+            continue  # refused before the store, while a checkout had removed the file
+        # Acknowledged, or (a 404 from re-reading the prompt after its commit, while a checkout
+        # had removed the file) not acknowledged but landed: a normal commit either way.
         sha = log[f"api write {tag}"]
         assert git(repo, "branch", "--contains", sha)  # in the history of its branch
         assert git(repo, "show", "--name-only", "--format=", sha).splitlines() == [
