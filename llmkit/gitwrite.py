@@ -399,7 +399,7 @@ class GitWriter:
         """Finish or undo the write the journal names; returns what was done, or None. The
         flock is held, so no llmkit write is under way: whatever the journal names was left by
         one that was killed."""
-        self._remove_stray_private_indexes()
+        self._remove_stray_temps()
         journal = self._read_journal()
         if journal is None:
             return None
@@ -519,17 +519,19 @@ class GitWriter:
             except (LlmkitError, OSError):
                 pass  # a link, or a file where its folder was: nothing of ours is there
 
-    def _remove_stray_private_indexes(self) -> None:
-        """Private indexes (and their locks) of writes killed while building their tree."""
+    def _remove_stray_temps(self) -> None:
+        """Private indexes (and their locks) of writes killed while building their tree, and a
+        journal killed while it was being written (the journal it would have replaced, if any,
+        is still whole)."""
         folder = self.store.lock_path.parent
         if folder.is_dir():
-            for path in folder.glob("index-*"):
+            for path in [*folder.glob("index-*"), folder / f"{JOURNAL_NAME}.tmp"]:
                 path.unlink(missing_ok=True)
 
     # -- the journal file ----------------------------------------------------------------
 
     def _write_journal(self, journal: Journal) -> None:
-        temp = self.journal_path.with_name(JOURNAL_NAME + ".tmp")
+        temp = self.journal_path.with_name(f"{JOURNAL_NAME}.tmp")
         _write_synced(temp, json.dumps(asdict(journal)).encode(), 0o600)
         os.replace(temp, self.journal_path)
         _fsync_dir(self.journal_path.parent)

@@ -675,13 +675,13 @@ def nothing_of_llmkit_left_but(repo: Repo, allowed: Path) -> None:
     assert not (repo.root / ".llmkit" / "write.journal").exists()
 
 
-def test_recovery_removes_private_indexes_left_by_a_kill(repo: Repo, store: GitStore) -> None:
+def test_recovery_removes_temp_files_left_by_a_kill(repo: Repo, store: GitStore) -> None:
     data = repo.root / ".llmkit"
     data.mkdir(exist_ok=True)
-    for name in ("index-3f2a", "index-3f2a.lock", "index-x9"):
+    for name in ("index-3f2a", "index-3f2a.lock", "index-x9", "write.journal.tmp"):
         (data / name).write_bytes(b"DIRC")
     store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="m")  # recovers first
-    assert sorted(p.name for p in data.iterdir() if p.name.startswith("index-")) == []
+    assert sorted(p.name for p in data.iterdir()) == ["write.lock"]
 
 
 def test_an_unreadable_journal_is_named_in_a_clear_error(repo: Repo, store: GitStore) -> None:
