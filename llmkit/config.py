@@ -46,6 +46,8 @@ class Settings(BaseModel):
     log_durable_wait_s: float = 10.0
     log_field_max_bytes: int = 1024 * 1024
     request_timeout_s: float = 600.0
+    # How long a git write waits for another git process to release .git/index.lock (then 503).
+    git_lock_timeout_s: float = 3.0
 
     @property
     def prompts_dir(self) -> Path:

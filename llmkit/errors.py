@@ -119,6 +119,15 @@ class RateLimited(LlmkitError):
     code = "rate_limit_exceeded"
 
 
+class RepositoryBusy(LlmkitError):
+    """Another git process holds a lock a write needs (`.git/index.lock`, a ref lock). Nothing
+    was written; the same request succeeds once that process is done."""
+
+    status = 503
+    type = "server_error"
+    code = "repository_busy"
+
+
 class UpstreamError(LlmkitError):
     status = 502
     type = "api_error"

@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ws.recover_writes()  # before the first sync, so a half-done write is never served
         ws.index.sync()
         watcher = None
         if settings.watch:
