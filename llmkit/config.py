@@ -40,8 +40,9 @@ class Settings(BaseModel):
     max_body_bytes: int = 1024 * 1024
     log_batch_ms: int = 50
     request_timeout_s: float = 600.0
-    # A client must send its whole request body within this (a slow sender holds a task).
-    request_body_timeout_s: float = Field(default=30.0, gt=0)
+    # A client must send its request head, and then its body, within this each: a slow sender
+    # (slowloris) would hold a connection and a task without end.
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
     # A streaming client that takes nothing for this long while data waits for it is dropped,
     # and its upstream call cancelled: a stalled reader holds an upstream connection.
     stream_write_timeout_s: float = Field(default=30.0, gt=0)

@@ -39,7 +39,7 @@ OTHER_FIELDS = {"model", "messages", "variables", "stream", "stream_options", "m
 JSON_FORMATS = ("json_object", "json_schema")
 # What a stream keeps of its answer for the run log (the rest is only counted): an answer held
 # for a slow client must not cost memory in proportion to its length.
-LOGGED_TEXT_MAX_CHARS = 256 * 1024
+LOGGED_TEXT_MAX_CHARS = 64 * 1024
 # What one buffered JSON-mode chunk costs beyond its text, in the buffer's byte budget.
 CHUNK_COST_BYTES = 512
 

@@ -15,8 +15,9 @@ response; stream: two chunks, then close without `[DONE]`), "slow" (stream chunk
 seconds apart; non-stream: answer after `delay`).
 
 Large answers: `enqueue(content, chunk_chars=N)` streams the content in pieces of N characters,
-written as fast as the client takes them; `RecordedRequest.bytes_sent` counts the bytes that
-were written before the exchange ended, so a test can see that a client stopped reading early.
+written as fast as the client takes them (with "slow", `slow_after=K` sends the first K chunks at
+once and the rest `delay` apart: a burst, then a trickle that is still going when the client is
+dropped); `RecordedRequest.bytes_sent` counts the bytes written before the exchange ended.
 
 Usage from another test file:
 
@@ -35,6 +36,7 @@ import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -64,6 +66,7 @@ class Reply:
     error: str | None = None
     finish_reason: str | None = None
     chunk_chars: int | None = None
+    slow_after: int = 0
 
 
 @dataclass
@@ -153,6 +156,7 @@ class FakeUpstream:
         error: str | None = None,
         finish_reason: str | None = None,
         chunk_chars: int | None = None,
+        slow_after: int = 0,
     ) -> None:
         """Queue the answer for the next chat request. `tool_calls` items are
         `{"name": ..., "arguments": {...} or "json"}` or full OpenAI tool call dicts;
@@ -170,6 +174,7 @@ class FakeUpstream:
             error=error,
             finish_reason=finish_reason,
             chunk_chars=chunk_chars,
+            slow_after=slow_after,
         )
         with self._lock:
             self._queue.append(reply)
@@ -198,6 +203,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 256
     fake: FakeUpstream
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that closes a kept-alive connection is no error worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -310,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.wfile.flush()
                 return "dropped"
-            if reply.fault == "slow" and i > 0:
+            if reply.fault == "slow" and i > reply.slow_after:
                 self._wait(reply.delay)
             self._write_chunk(record, b"data: " + json.dumps(chunk).encode() + b"\n\n")
         self._write_chunk(record, b"data: [DONE]\n\n")
@@ -426,15 +436,7 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    prompt_words = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [])
-    answer_words = len((content or "").split()) + sum(
-        len(c["function"]["arguments"].split()) for c in tool_calls
-    )
-    usage = reply.usage or {
-        "prompt_tokens": prompt_words,
-        "completion_tokens": answer_words,
-        "total_tokens": prompt_words + answer_words,
-    }
+    usage = reply.usage or _usage(body, content, tool_calls)
     return {
         "id": f"chatcmpl-fake-{uuid.uuid4().hex[:16]}",
         "object": "chat.completion",
@@ -446,6 +448,20 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
             "finish_reason": reply.finish_reason or ("tool_calls" if tool_calls else "stop"),
         }],
         "usage": usage,
+    }
+
+
+def _usage(
+    body: dict[str, Any], content: str | None, tool_calls: list[dict[str, Any]]
+) -> dict[str, int]:
+    prompt_words = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [])
+    answer_words = len((content or "").split()) + sum(
+        len(c["function"]["arguments"].split()) for c in tool_calls
+    )
+    return {
+        "prompt_tokens": prompt_words,
+        "completion_tokens": answer_words,
+        "total_tokens": prompt_words + answer_words,
     }
 
 
@@ -487,7 +503,8 @@ def _chunks(
         half = len(args) // 2
         for piece in (args[:half], args[half:]):
             if piece:
-                yield delta_chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                part = {"index": index, "function": {"arguments": piece}}
+                yield delta_chunk({"tool_calls": [part]})
     yield delta_chunk({}, choice["finish_reason"])
 
 

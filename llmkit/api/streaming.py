@@ -31,10 +31,18 @@ from llmkit.errors import ClientGone, LlmkitError
 log = logging.getLogger("llmkit.api")
 
 DONE = b"data: [DONE]\n\n"
+# Set in the ASGI scope's extensions by llmkit serve's protocol when it aborts a connection that
+# read nothing for {"seconds": n} (see api/protocol.py).
+STALLED_EXTENSION = "llmkit.stalled"
+
+
+def stalled(seconds: float) -> str:
+    return f"the client read nothing for {seconds:g} s"
 
 
 def sse(data: Any) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return b"data: " + text.encode() + b"\n\n"
 
 
 class ClientWatch:
@@ -43,8 +51,9 @@ class ClientWatch:
     task with the reason. `close()` must follow the last watched await at once, before any other
     await, so that a cancellation always lands inside the watched code."""
 
-    def __init__(self, receive: Receive, write_timeout_s: float) -> None:
+    def __init__(self, scope: Scope, receive: Receive, write_timeout_s: float) -> None:
         self.write_timeout_s = write_timeout_s
+        self._scope = scope
         self.reason: str | None = None
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
@@ -57,7 +66,8 @@ class ClientWatch:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self._gone("the client disconnected")
+                aborted = (self._scope.get("extensions") or {}).get(STALLED_EXTENSION)
+                self._gone(stalled(aborted["seconds"]) if aborted else "the client disconnected")
                 return
 
     def _gone(self, reason: str) -> None:
@@ -97,7 +107,7 @@ class ClientWatch:
         now = self._loop.time()
         since = self._sending_since
         if since is not None and now - since >= self.write_timeout_s:
-            self._gone(f"the client read nothing for {self.write_timeout_s:g} s")
+            self._gone(stalled(self.write_timeout_s))
             return
         start = since if since is not None else now
         self._timer = self._loop.call_at(start + self.write_timeout_s, self._check_writes)

@@ -39,6 +39,10 @@ KEEPALIVE_S = 30.0
 # hundred bytes. Larger ones are refused rather than buffered without end.
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# At most this much of a stream is taken from aiohttp's buffer at a time (readany() would join
+# all it holds, a few hundred KB for a stream whose client is slow).
+READ_BYTES = 32 * 1024
+READ_BUFFER_BYTES = 16 * 1024
 RESERVED_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = (
@@ -58,7 +62,11 @@ def session_for(base_url: str) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=300)
         # trust_env stays off: it reads ~/.netrc on every request (which also clashes with our
         # Authorization header); the proxy variables are read once instead, in _proxy_for.
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        # A small read buffer: what a stream holds for a client that is slower than its upstream
+        # is mostly this buffer (and one read from the socket on top of it).
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, read_bufsize=READ_BUFFER_BYTES
+        )
         per_loop[base_url] = session
     return session
 
@@ -229,12 +237,14 @@ async def stream(
             try:
                 # One read at a time, split into lines (several events a read, as a rule).
                 while not ended:
-                    data = await response.content.readany()
+                    data = await response.content.read(READ_BYTES)
                     if not data:  # the end; a last line without its newline counts too
                         ended, data = True, b"\n"
-                    lines = (pending + data if pending else data).split(b"\n")
+                    buffer = pending + data if pending else data
+                    lines = buffer.split(b"\n")
                     pending = lines.pop()
-                    if len(pending) > MAX_EVENT_BYTES:
+                    too_long = len(buffer) > MAX_EVENT_BYTES  # then look at each line
+                    if too_long and max(map(len, [pending, *lines])) > MAX_EVENT_BYTES:
                         raise _too_large(target, "a stream event", MAX_EVENT_BYTES)
                     for line in lines:
                         # Read on past [DONE] to the end of the body, so the connection returns

@@ -64,12 +64,16 @@ async def execute(request: Request, body: dict[str, Any], stream: bool, source: 
         raise
 
 
+def _write_timeout(request: Request) -> float:
+    return float(request.app.state.settings.stream_write_timeout_s)
+
+
 # Answered to a client that left: nobody reads it (as web servers log a closed request).
 CLIENT_GONE = 499
 
 
 async def _complete(request: Request, executor: Executor, ex: Execution) -> Response:
-    watch = ClientWatch(request.receive, request.app.state.settings.stream_write_timeout_s)
+    watch = ClientWatch(request.scope, request.receive, _write_timeout(request))
     try:
         response = await executor.complete(ex)
     except asyncio.CancelledError as exc:
@@ -83,7 +87,7 @@ async def _complete(request: Request, executor: Executor, ex: Execution) -> Resp
 
 async def _stream(request: Request, executor: Executor, ex: Execution) -> Response:
     # The watch starts before the first chunk: a client may leave while the upstream thinks.
-    watch = ClientWatch(request.receive, request.app.state.settings.stream_write_timeout_s)
+    watch = ClientWatch(request.scope, request.receive, _write_timeout(request))
     chunks = executor.stream(ex)
     # Pull the first chunk before answering, so a failure before the stream starts is an
     # ordinary JSON error with its status.
