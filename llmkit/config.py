@@ -51,7 +51,7 @@ class Settings(BaseModel):
     upstream_pool_size: int = Field(default=512, gt=0)
     upstream_acquire_timeout_s: float = Field(default=5.0, gt=0)
     # JSON mode holds a streamed answer whole to check it before sending; a larger one is a 502.
-    json_buffer_max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    json_buffer_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
 
     @property
     def prompts_dir(self) -> Path:

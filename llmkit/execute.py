@@ -511,10 +511,10 @@ def _invalid_json(ex: Execution, problem: str) -> UpstreamError:
 
 
 def _gone(exc: BaseException) -> ClientGone | None:
-    """Why a call was cancelled, when the API cancelled it for a client that went away (it
-    passes the reason as the cancellation's message); None for any other cancellation."""
-    if isinstance(exc, asyncio.CancelledError) and exc.args and isinstance(exc.args[0], str):
-        return ClientGone(exc.args[0])
+    """Why a call was cancelled, when the API cancelled it for a client that went away (the
+    ClientGone is the cancellation's message); None for any other cancellation."""
+    if isinstance(exc, asyncio.CancelledError) and exc.args and isinstance(exc.args[0], ClientGone):
+        return exc.args[0]
     return None
 
 

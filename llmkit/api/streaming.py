@@ -48,13 +48,14 @@ def sse(data: Any) -> bytes:
 class ClientWatch:
     """Watches one request's client for the task that serves it: a disconnect, or (once
     `watch_writes` is called) a `send` that waits longer than `write_timeout_s`, cancels that
-    task with the reason. `close()` must follow the last watched await at once, before any other
-    await, so that a cancellation always lands inside the watched code."""
+    task with a ClientGone as the cancellation's message (the executor logs it). `close()` must
+    follow the last watched await at once, before any other await, so that a cancellation
+    always lands inside the watched code."""
 
     def __init__(self, scope: Scope, receive: Receive, write_timeout_s: float) -> None:
         self.write_timeout_s = write_timeout_s
+        self.gone: ClientGone | None = None
         self._scope = scope
-        self.reason: str | None = None
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._closed = False
@@ -71,19 +72,19 @@ class ClientWatch:
                 return
 
     def _gone(self, reason: str) -> None:
-        if self._closed or self.reason is not None or self._task is None:
+        if self._closed or self.gone is not None or self._task is None:
             return
-        self.reason = reason
-        self._task.cancel(reason)
+        self.gone = ClientGone(reason)
+        self._task.cancel(self.gone)
 
     def follow(self, task: asyncio.Task[Any] | None) -> None:
         """Cancel `task` from now on (the response may run in another task than the route)."""
         self._task = task
 
     def owns(self, exc: asyncio.CancelledError) -> bool:
-        """Whether this watch caused `exc`; if so the task's cancellation is taken back, and
-        the caller ends the request quietly."""
-        if self.reason is None:
+        """Whether this watch caused `exc` (and nothing cancelled the task after it); if so the
+        cancellation is taken back, and the caller ends the request quietly."""
+        if self.gone is None or exc.args[:1] != (self.gone,):
             return False
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -152,9 +153,9 @@ class EventStream(Response):
         except asyncio.CancelledError as exc:
             if not watch.owns(exc):
                 raise
-            assert watch.reason is not None
-            log.info("stream ended early: %s", watch.reason)
-            await _throw_into(self.chunks, ClientGone(watch.reason))
+            assert watch.gone is not None
+            log.info("stream ended early: %s", watch.gone.message)
+            await _throw_into(self.chunks, watch.gone)
         finally:
             watch.close()
             await _close(self.chunks)
