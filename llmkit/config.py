@@ -99,7 +99,8 @@ class Settings(BaseModel):
             return cls(repo=root, **values)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in exc.errors()
             )
             raise ConfigError(f"Invalid settings: {problems}") from None
 

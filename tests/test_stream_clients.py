@@ -26,7 +26,8 @@ import pytest
 import pytest_asyncio
 
 from llmkit import providers
-from llmkit.errors import UpstreamError, UpstreamPoolFull
+from llmkit.config import Settings
+from llmkit.errors import ConfigError, UpstreamError, UpstreamPoolFull
 from llmkit.providers import ProviderCall
 from tests.api_fixtures import running_api
 from tests.exec_fixtures import (
@@ -461,6 +462,19 @@ def receive_until(sock: socket.socket, marker: bytes) -> bytes:
         assert more, f"closed before {marker!r}: {answer!r}"
         answer += more
     return answer
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("UPSTREAM_POOL_SIZE", "0"), ("STREAM_WRITE_TIMEOUT_S", "-1"), ("REQUEST_READ_TIMEOUT_S", "0"),
+])
+def test_limits_that_make_no_sense_are_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"LLMKIT_{name}", value)
+    with pytest.raises(ConfigError) as refused:
+        Settings.resolve(tmp_path)
+    assert f"LLMKIT_{name}" in refused.value.message
+    assert "greater than 0" in refused.value.message
 
 
 # -- JSON mode buffering --------------------------------------------------------------------------
