@@ -191,7 +191,15 @@ def _json_value(text: str | None, truncated: bool = False) -> Any:
     if text is None:
         return None
     if truncated:
-        # A cut JSON text is a prefix, which may parse as some other value ("12345" -> "123").
+        # A cut JSON text is a prefix, which may parse as some other value ("12345" -> "123"),
+        # except a string cut inside its quotes: no proper prefix of a JSON string is one.
+        if text.startswith('"'):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                return text
+            if isinstance(value, str):
+                return value
         return text
     try:
         return json.loads(text)

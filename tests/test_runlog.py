@@ -910,3 +910,19 @@ def test_wal_checkpoints_run_beside_the_writer_not_in_its_commits(
     assert wait_until(lambda: db_path.stat().st_size > size_before + 2000 * 2000)
     runlog.close()
     assert auto_checkpoint_pages() == 1000
+
+
+def test_a_cut_json_string_stays_a_string_that_reads_back_as_its_beginning(db: Database) -> None:
+    runlog = RunLog(db, field_max_bytes=1024)
+    long_text = record(response="é\n" * 2000)  # escapes and two-byte characters
+    runlog.log(long_text)
+    runlog.close()
+    row = runlog.get(long_text.trace_id)
+    assert row is not None
+    assert row["truncated"] == ["response"]
+    kept = row["response"]
+    assert isinstance(kept, str) and kept and ("é\n" * 2000).startswith(kept)
+    stored = db.reader().execute(
+        "SELECT response FROM run_log WHERE trace_id = ?", (long_text.trace_id,)
+    ).fetchone()[0]
+    assert len(stored.encode("utf-8")) <= 1024 and json.loads(stored) == kept
