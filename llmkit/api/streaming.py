@@ -40,9 +40,27 @@ def stalled(seconds: float) -> str:
     return f"the client read nothing for {seconds:g} s"
 
 
-def sse(data: Any) -> bytes:
+def json_bytes(data: Any) -> bytes:
+    """Compact UTF-8 JSON. A lone surrogate from an upstream (valid in JSON as `\\ud800`, with no
+    UTF-8 encoding) is sent escaped, as it came, instead of failing the answer."""
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return b"data: " + text.encode() + b"\n\n"
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
+class JsonAnswer(Response):
+    """A JSON response that any upstream answer can be rendered into (see `json_bytes`)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + json_bytes(data) + b"\n\n"
 
 
 class ClientWatch:

@@ -6,11 +6,11 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.api.deps import admin_key, json_object, run_key
-from llmkit.api.streaming import ClientWatch, EventStream
+from llmkit.api.streaming import ClientWatch, EventStream, JsonAnswer
 from llmkit.errors import LlmkitError
 from llmkit.execute import Execution, Executor
 
@@ -82,7 +82,7 @@ async def _complete(request: Request, executor: Executor, ex: Execution) -> Resp
         return Response(status_code=CLIENT_GONE)
     finally:
         watch.close()
-    return JSONResponse(response, headers=ex.headers())
+    return JsonAnswer(response, headers=ex.headers())
 
 
 async def _stream(request: Request, executor: Executor, ex: Execution) -> Response:
