@@ -38,6 +38,7 @@ class Settings(BaseModel):
     watch: bool = True
     debounce_ms: int = 30
     max_body_bytes: int = 1024 * 1024
+    max_body_depth: int = 64
     log_batch_ms: int = 50
     request_timeout_s: float = 600.0
 

@@ -7,13 +7,17 @@ template: only the prompt's own sections are.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from llmkit import providers
+from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
 from llmkit.errors import BadRequest, LlmkitError, UpstreamError
 from llmkit.index import Version, label
 from llmkit.models import ModelRegistry
@@ -36,6 +40,9 @@ PROMPT_PARAMS = (
 # Everything else a client may send; anything outside these is refused by name.
 OTHER_FIELDS = {"model", "messages", "variables", "stream", "stream_options", "metadata", "store"}
 JSON_FORMATS = ("json_object", "json_schema")
+# Threads that prepare calls (render templates, resolve pinned refs) for the API. A render
+# that burns its whole CPU budget holds one of them; the event loop never waits on any.
+PREPARE_THREADS = 8
 
 
 @dataclass
@@ -73,8 +80,22 @@ class Executor:
         self.ws = ws
         self.registry = registry
         self.runlog = runlog
+        self._threads: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
 
     # -- preparing -----------------------------------------------------------------------
+
+    async def aprepare(self, body: dict[str, Any], **options: Any) -> Execution:
+        """prepare() on the executor's own threads, off the event loop: rendering takes up to
+        its CPU budget, and a pinned branch or tag is resolved with git the first time."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="llmkit-prepare")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, partial(self.prepare, body, **options))
 
     def prepare(
         self,
@@ -103,7 +124,10 @@ class Executor:
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise BadRequest("messages must be a list of {role, content} objects", param="messages")
-        rendered = build_messages(key, prompt, messages, body.get("variables"), user_variables)
+        rendered = build_messages(
+            key, prompt, messages, body.get("variables"), user_variables,
+            limits=self.registry.limits(),
+        )
         target = self.registry.resolve(model_override or prompt.model)
         params: dict[str, Any] = dict(target.params)
         for name in PROMPT_PARAMS:
@@ -364,8 +388,11 @@ def build_messages(
     messages: list[dict[str, Any]],
     variables: Any,
     user_variables: dict[str, Any] | None = None,
+    *,
+    limits: Limits | None = None,
 ) -> list[dict[str, Any]]:
-    """The conversation sent upstream: the prompt's rendered sections, then the caller's turns."""
+    """The conversation sent upstream: the prompt's rendered sections (within `limits`), then
+    the caller's turns."""
     kind = prompt.prompt_type
     rest = list(messages)
     system_index = next((i for i, m in enumerate(rest) if m.get("role") == "system"), None)
@@ -383,7 +410,10 @@ def build_messages(
             user_index = next((i for i, m in enumerate(rest) if m.get("role") == "user"), None)
             if user_index is not None:
                 user_vars = _json_object(rest.pop(user_index).get("content"), key, kind, "user")
-    rendered: list[dict[str, Any]] = render_messages(prompt, system_vars, user_vars)
+    # The key was validated when it was looked up; errors name the file.
+    rendered: list[dict[str, Any]] = render_messages(
+        prompt, system_vars, user_vars, limits=limits, path=f"prompts/{key}.md"
+    )
     if prompt.is_chat:
         return rendered + rest
     if kind == "dynamic_both" or (rendered and rendered[-1]["role"] == "user"):
@@ -396,6 +426,12 @@ def _json_object(content: Any, key: str, kind: str, role: str) -> dict[str, Any]
     if isinstance(content, dict):
         return content
     text = content if isinstance(content, str) else ""
+    if json_too_deep(text, MAX_JSON_DEPTH):
+        raise BadRequest(
+            f"The first {role} message of a call to {key!r} holds template variables nested"
+            f" more than {MAX_JSON_DEPTH} levels deep",
+            param="messages",
+        )
     try:
         value = json.loads(text)
     except ValueError:
@@ -427,6 +463,8 @@ def json_text_problem(text: str, schema: dict[str, Any] | None) -> str | None:
     except ValueError as exc:
         shown = text if len(text) <= 80 else text[:77] + "..."
         return f"output is not JSON ({exc.msg} at position {exc.pos}): {shown!r}"
+    except RecursionError:
+        return "output is JSON nested too deeply to read"
     if schema:
         import jsonschema
 
@@ -437,4 +475,6 @@ def json_text_problem(text: str, schema: dict[str, Any] | None) -> str | None:
             return f"output does not match json_schema at {where}: {exc.message}"
         except jsonschema.SchemaError as exc:
             return f"the prompt's json_schema is invalid: {exc.message}"
+        except RecursionError:
+            return "output is nested too deeply to check against json_schema"
     return None

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from llmkit.budgets import DEFAULT_LIMITS
 from llmkit.db import Database, run_script
 from llmkit.errors import InvalidKey, LlmkitError, NotFound, PromptFormatError
 from llmkit.promptfile import PromptFile, key_from_path, parse, path_for_key, validate_key
@@ -121,9 +122,15 @@ class SyncReport:
 
 
 class Index:
-    def __init__(self, store: GitStore, db: Database) -> None:
+    def __init__(
+        self, store: GitStore, db: Database, prompt_file_bytes: Callable[[], int] | None = None
+    ) -> None:
         self.store = store
         self.db = db
+        # Prompt files over this size are errors, never read into the index (llmkit.yaml's
+        # limits.prompt_file_bytes, asked at each sync; a new value rebuilds the index).
+        self._prompt_file_bytes = prompt_file_bytes or (lambda: DEFAULT_LIMITS.prompt_file_bytes)
+        self._max_bytes = DEFAULT_LIMITS.prompt_file_bytes
         self.db.migrate("index", MIGRATIONS)
         self._sync_lock = threading.Lock()
         self._stat_cache: dict[str, tuple[tuple[int, int, int], str, int]] = {}
@@ -137,11 +144,15 @@ class Index:
     def rebuild(self, progress: Progress | None = None) -> SyncReport:
         """Drop every index row and read the repository again from git."""
         with self._sync_lock:
+            self._max_bytes = self._prompt_file_bytes()
             return self._rebuild(progress)
 
     def sync(self) -> SyncReport:
         """Catch up with new commits (incrementally when history only grew) and the working tree."""
         with self._sync_lock:
+            self._max_bytes = self._prompt_file_bytes()
+            if self._state("prompt_file_bytes") != str(self._max_bytes):
+                return self._rebuild(None)
             head = self.store.head()
             indexed = self._state("head")
             branch = self.store.branch() or ""
@@ -227,7 +238,7 @@ class Index:
         raw = self.store.read_blobs(i for i in ids if i not in known)
         if progress:
             progress("blobs", len(raw), len(raw))
-        return {blob: _decode(data) for blob, data in raw.items()}
+        return {blob: _decode(data, self._max_bytes) for blob, data in raw.items()}
 
     def _insert_history(
         self,
@@ -297,7 +308,7 @@ class Index:
             blob = blob_id(data)
             self._stat_cache[rel] = (sig, blob, scanned_at)
             on_disk[key] = blob
-            new_blobs[blob] = _decode(data)
+            new_blobs[blob] = _decode(data, self._max_bytes)
         if new_blobs:
             conn.executemany(
                 "INSERT OR IGNORE INTO ix_blobs (id, content, error) VALUES (?, ?, ?)",
@@ -359,7 +370,7 @@ class Index:
     def _set_state(self, conn: sqlite3.Connection, head: str | None, branch: str) -> None:
         conn.executemany(
             "INSERT OR REPLACE INTO ix_state (name, value) VALUES (?, ?)",
-            [("head", head), ("branch", branch)],
+            [("head", head), ("branch", branch), ("prompt_file_bytes", str(self._max_bytes))],
         )
 
     def _touched(self, report: SyncReport) -> None:
@@ -497,7 +508,7 @@ class Index:
             "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key = ? AND c.sha = ?",
             (key, last),
         ).fetchone()
-        content, error = _decode(data)
+        content, error = _decode(data, self._max_bytes)
         info = self.store.commit_info(last)
         return Version(key, row[0] if row else None, last, blob_id(data), content, error, info)
 
@@ -538,7 +549,12 @@ def _drop_unused_blobs(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM ix_blobs WHERE id NOT IN (SELECT blob FROM ix_versions)")
 
 
-def _decode(data: bytes) -> tuple[str | None, str | None]:
+def _decode(data: bytes, max_bytes: int) -> tuple[str | None, str | None]:
+    if len(data) > max_bytes:
+        return None, (
+            f"file is {len(data):,} bytes, over the limit of {max_bytes:,} for a prompt file"
+            " (limits.prompt_file_bytes in llmkit.yaml)"
+        )
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError as exc:

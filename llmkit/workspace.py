@@ -23,7 +23,9 @@ class Workspace:
         self.settings = settings
         self.store = GitStore(settings.repo, settings.lock_path)
         self.db = Database(settings.db_path)
-        self.index = Index(self.store, self.db)
+        self.index = Index(
+            self.store, self.db, prompt_file_bytes=lambda: self.models.limits().prompt_file_bytes
+        )
 
     @classmethod
     def open(cls, repo: str | None = None, **overrides: object) -> "Workspace":

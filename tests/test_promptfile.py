@@ -77,9 +77,10 @@ def metas(draw: st.DrawFn) -> dict[str, Any]:
     return {name: draw(META_VALUES[name]) for name in names}
 
 
-# A line of message text: anything but a newline, and not ending in a carriage return (the
-# format stores lines with \n only, and reads \r\n files as \n files).
-line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=40).filter(
+# A line of message text: anything but a newline or NUL (refused: git would see a binary file),
+# and not ending in a carriage return (the format stores lines with \n only, and reads \r\n
+# files as \n files).
+line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"), max_size=40).filter(
     lambda line: not line.endswith("\r")
 )
 marker_ish = st.sampled_from(

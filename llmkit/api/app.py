@@ -88,7 +88,9 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.on_startup = []
     app.state.on_shutdown = []
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, max_depth=settings.max_body_depth
+    )
     app.include_router(meta.router)
     app.include_router(meta.run_router)
     # Routes under /v1/ui/prompts/{id}/... go before the prompts router, whose

@@ -1,4 +1,5 @@
-"""Request bodies over the limit get 413 before anything parses them."""
+"""Request bodies over the size limit get 413, and bodies nested too deeply get 400, before
+anything parses them (a JSON parser recurses once per level of nesting)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
 
-def _too_large_body(max_bytes: int) -> bytes:
-    return json.dumps(
-        {
-            "error": {
-                "message": f"Request body is larger than the limit of {max_bytes} bytes",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "payload_too_large",
-            }
-        }
-    ).encode()
+
+def _error_body(message: str, code: str) -> bytes:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return json.dumps({"error": error}).encode()
 
 
 def _declared_length(scope: Scope) -> int:
@@ -50,11 +45,13 @@ class BodySizeLimit:
     """Pure ASGI middleware: refuses a declared Content-Length over the limit at once, and reads
     every other body (chunked, or without a length) up to the limit before the app runs. A body
     that outgrows the limit while it streams is refused here, not inside FastAPI's body parsing,
-    which would turn any error raised from `receive` into a 400."""
+    which would turn any error raised from `receive` into a 400. A body whose JSON nests more
+    than `max_depth` levels is refused with 400, whichever route it is for."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,14 +74,24 @@ class BodySizeLimit:
                 return
             chunks.append(chunk)
             more_body = message.get("more_body", False)
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        body = b"".join(chunks)
+        if json_too_deep(body, self.max_depth):
+            message_text = f"Request body nests more than {self.max_depth} levels of arrays and objects"
+            await _answer(send, 400, _error_body(message_text, "too_deep"))
+            return
+        await self.app(scope, _replay(body, receive), send)
 
     async def _reject(self, send: Send) -> None:
-        body = _too_large_body(self.max_bytes)
-        headers: list[Any] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        message = f"Request body is larger than the limit of {self.max_bytes} bytes"
+        await _answer(send, 413, _error_body(message, "payload_too_large"), close=True)
+
+
+async def _answer(send: Send, status: int, body: bytes, close: bool = False) -> None:
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from llmkit.budgets import yaml_problem
 from llmkit.errors import InvalidKey, PromptFormatError
 from llmkit.evals.asserts import (
     Assertion,
@@ -467,6 +468,10 @@ def _duplicate_case_problems(cases: list[EvalCase]) -> list[Problem]:
 
 def read_eval_text(text: str, rel_path: str) -> EvalFile:
     """Parse and check one eval file; never raises: problems are returned in the EvalFile."""
+    # Before loading: an alias bomb or deep nesting must never be expanded or composed.
+    refused = yaml_problem(text)
+    if refused is not None:
+        return EvalFile(rel_path, None, [], [Problem(rel_path, refused[0], refused[1])])
     try:
         data, lines, duplicates = _load_yaml(text)
     except yaml.MarkedYAMLError as exc:
