@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from llmkit.errors import BadRequest, Conflict, InvalidKey, NotFound, PayloadTooLarge
+from llmkit.errors import (
+    BadRequest,
+    Conflict,
+    InvalidKey,
+    NotFound,
+    PayloadTooLarge,
+    PromptFormatError,
+)
 from llmkit.index import Prompt, label
 from llmkit.promptfile import PromptFile, case_conflict, key_from_path, path_for_key, serialize
 from llmkit.render import check_templates
@@ -22,7 +29,10 @@ def save_prompt(
 ) -> Prompt:
     """Create (`create=True`) or update the prompt `key` with `prompt`, as one commit."""
     path = path_for_key(key)
-    text = serialize(prompt)
+    try:
+        text = serialize(prompt)
+    except PromptFormatError as exc:
+        raise PromptFormatError(exc.detail, path=path) from None
     # Reading the text back refuses what a file cannot hold (NUL, lone surrogates) by line.
     problems = check_templates(_with_lines(prompt, path))
     if problems:
