@@ -16,6 +16,7 @@ from llmkit.render import check_templates
 from llmkit.store import ALREADY_EXISTS, blob_id
 from llmkit.workspace import Workspace
 
+
 def save_prompt(
     ws: Workspace,
     key: str,

@@ -8,8 +8,8 @@ variable's value can never open a new message.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import frontmatter
