@@ -111,11 +111,10 @@ def _compiled(source: str) -> Template | TemplateError:
     except TemplateSyntaxError as exc:
         return _syntax_error(exc.message or "invalid syntax", exc.lineno)
     except Exception as exc:  # Jinja's or Python's parser and compiler giving up: too deep
-        line, depth = _deepest_nesting(source)
         return _syntax_error(
-            f"the template nests too deeply to compile ({depth} levels of brackets and blocks"
-            f" around this line; {type(exc).__name__})",
-            line,
+            "the template nests too deeply, or an expression is too long, to compile"
+            f" ({type(exc).__name__})",
+            _hardest_line(source),
         )
 
 
@@ -127,16 +126,25 @@ def _syntax_error(message: str, line: int) -> TemplateError:
 
 
 _BLOCK_TAGS = frozenset({"if", "for", "macro", "call", "filter", "with", "autoescape", "block"})
+# Nesting this deep is what makes a compiler give up; below it, the longest tag is to blame.
+_DEEP = 20
 
 
-def _deepest_nesting(source: str) -> tuple[int, int]:
-    """(line, depth) where brackets and block tags nest deepest, read from the tokens (which
-    never recurse)."""
-    depth = deepest = 0
-    line = 1
+def _hardest_line(source: str) -> int:
+    """The line most likely to have defeated the compiler: where brackets and block tags nest
+    deepest, or else where the tag with the most tokens starts (`x | e | e | ...`). Read from
+    the tokens, which never recurse."""
+    depth = deepest = tokens = most_tokens = 0
+    deepest_line = longest_line = tag_line = 1
     after_block_begin = False
     try:
         for lineno, kind, value in _env.lex(source):
+            if kind in ("variable_begin", "block_begin"):
+                tokens, tag_line = 0, lineno
+            elif kind != "whitespace":
+                tokens += 1
+                if tokens > most_tokens:
+                    most_tokens, longest_line = tokens, tag_line
             if kind == "operator" and value in "([{":
                 depth += 1
             elif kind == "operator" and value in ")]}":
@@ -149,10 +157,10 @@ def _deepest_nesting(source: str) -> tuple[int, int]:
             if kind != "whitespace":
                 after_block_begin = kind == "block_begin"
             if depth > deepest:
-                deepest, line = depth, lineno
+                deepest, deepest_line = depth, lineno
     except TemplateSyntaxError:
         pass
-    return line, deepest
+    return deepest_line if deepest >= _DEEP else longest_line
 
 
 # -- rendering -------------------------------------------------------------------------------
