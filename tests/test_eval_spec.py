@@ -137,6 +137,23 @@ cases:
     ]
 
 
+def test_an_alias_bomb_or_deep_nesting_in_an_eval_file_is_refused_before_loading() -> None:
+    bomb = (
+        "name: bomb\nvars:\n  a: &a [x,x,x,x,x,x,x,x,x,x]\n  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+        "  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n  d: [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+    )
+    eval_file = read_eval_text(bomb, PATH)
+    assert eval_file.cases == []
+    assert [(p.line, p.message.split(" is not")[0]) for p in eval_file.problems] == [
+        (3, "YAML anchor &a")
+    ]
+    # libyaml's composer would overflow the C stack on this: a crash, not an exception.
+    deep = "name: deep\nvars:\n  x: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    assert [(p.line, p.message) for p in read_eval_text(deep, PATH).problems] == [
+        (3, "YAML nests deeper than 64 levels")
+    ]
+
+
 def test_prompt_key_comes_from_the_folder() -> None:
     assert prompt_key_from_path("evals/support/triage/basic.yaml") == "support/triage"
     assert prompt_key_from_path("evals/greet/a.yml") == "greet"
