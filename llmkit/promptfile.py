@@ -231,7 +231,7 @@ def validate_meta(meta: dict[str, Any]) -> None:
         if name in meta and not all(isinstance(v, str) for v in meta[name]):
             raise fail(name, f"{name} must be a list of strings")
     for name, value in meta.items():
-        bad = _surrogate_in(value)
+        bad = surrogate_in(value)
         if bad is not None:
             raise fail(
                 name,
@@ -240,8 +240,8 @@ def validate_meta(meta: dict[str, Any]) -> None:
             )
 
 
-def _surrogate_in(value: Any) -> str | None:
-    """The first lone surrogate in the strings of a frontmatter value (keys included)."""
+def surrogate_in(value: Any) -> str | None:
+    """The first lone surrogate in the strings of a YAML or JSON value (keys included)."""
     stack = [value]
     while stack:
         item = stack.pop()

@@ -37,7 +37,7 @@ from llmkit.evals.asserts import (
     type_name,
     unknown_key_message,
 )
-from llmkit.promptfile import validate_key
+from llmkit.promptfile import surrogate_in, validate_key
 
 EVALS_DIR = "evals"
 PROMPTS_DIR = "prompts"
@@ -702,6 +702,11 @@ def case_from_dict(
         c.error(None, f"'prompt_key': {problem}")
     c.unknown_keys(fields, CASE_KEYS, "an eval case")
     fields = {k: v for k, v in fields.items() if k in CASE_KEYS and v is not None}
+    for name, value in fields.items():
+        if surrogate_in(value) is not None:
+            # An eval file is UTF-8 text: a lone surrogate can neither be written nor read back.
+            c.error(None, f"'{name}' holds a lone surrogate, which is not a character and cannot"
+                    " be stored as UTF-8")
     if file is None and key is not None and isinstance(fields.get("name"), str):
         c.path = case_path(key, fields["name"])
     case = _read_case(c, fields, key, {}, CASE_KEYS)
