@@ -308,7 +308,7 @@ def test_a_key_differing_only_in_case_from_an_existing_one_is_a_409(api: ApiEnv)
 def test_health_and_other_completions_are_served_while_a_render_burns_its_budget(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     make_repo(repo, {
-        "llmkit.yaml": ECHO_YAML + "limits:\n  render_cpu_ms: 4000\n",
+        "llmkit.yaml": ECHO_YAML + "limits:\n  render_cpu_ms: 2000\n",
         "prompts/greet.md": prompt("Hello {{ name }}."),
         "prompts/pairs.md": prompt("{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}"),
         ".gitignore": ".llmkit/\n",

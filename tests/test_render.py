@@ -351,7 +351,7 @@ def test_an_interrupted_thread_goes_on_without_a_stray_exception() -> None:
     source = "{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}"
     results = []
 
-    sizes = range(300, 1500, 20)  # from well under a watchdog look to well over the budget
+    sizes = range(300, 1500, 40)  # from well under a watchdog look to well over the budget
 
     def work() -> None:
         for size in sizes:
