@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
 from llmkit import providers
 from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
@@ -43,6 +44,7 @@ JSON_FORMATS = ("json_object", "json_schema")
 # Threads that prepare calls (render templates, resolve pinned refs) for the API. A render
 # that burns its whole CPU budget holds one of them; the event loop never waits on any.
 PREPARE_THREADS = 8
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,11 +82,11 @@ class Executor:
         self.ws = ws
         self.registry = registry
         self.runlog = runlog
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: Workers | None = None
 
     def close(self) -> None:
         if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.close()
             self._threads = None
 
     # -- preparing -----------------------------------------------------------------------
@@ -93,9 +95,8 @@ class Executor:
         """prepare() on the executor's own threads, off the event loop: rendering takes up to
         its CPU budget, and a pinned branch or tag is resolved with git the first time."""
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="llmkit-prepare")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, partial(self.prepare, body, **options))
+            self._threads = Workers(PREPARE_THREADS, "llmkit-prepare")
+        return await self._threads.run(partial(self.prepare, body, **options))
 
     def prepare(
         self,
@@ -297,6 +298,53 @@ class Executor:
                 source=ex.source,
             )
         )
+
+
+class Workers:
+    """A few threads of their own running calls for the event loop: a SimpleQueue in, and
+    call_soon_threadsafe out. About half the CPU per call of run_in_executor on a
+    ThreadPoolExecutor, which wraps a concurrent future in an asyncio one (measured: this is
+    paid on every request)."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._queue: SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]] | None] = SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def run(self, call: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((loop, future, call))
+        return await future
+
+    def close(self) -> None:
+        """Threads end once the calls queued before this are done."""
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            loop, future, call = item
+            try:
+                outcome: tuple[Any, BaseException | None] = (call(), None)
+            except BaseException as exc:  # handed to the awaiting task, which raises it
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                pass
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():  # the caller went away meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class _StreamState:
