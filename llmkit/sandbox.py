@@ -54,6 +54,7 @@ MAX_MACRO_DEPTH = 64
 # digits (about 14,000 bits), and multiplying huge ones holds the GIL for seconds.
 MAX_INT_BITS = 1 << 16
 WATCHDOG_POLL_S = 0.02
+WATCHDOG_IDLE_AFTER_S = 2.0
 T = TypeVar("T")
 
 
@@ -134,8 +135,8 @@ def guarded(render: RenderState, work: Callable[[], T]) -> T:
 
 
 class _Watchdog:
-    """One daemon thread that looks at the renders under way every WATCHDOG_POLL_S while there
-    are any, and waits (waking no one) while there are none."""
+    """One daemon thread that looks at the renders under way every WATCHDOG_POLL_S, and waits
+    (waking no one) once there has been none for WATCHDOG_IDLE_AFTER_S."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -170,14 +171,23 @@ class _Watchdog:
             _set_async_exc(ctypes.c_ulong(render.thread_id), None)
 
     def _run(self) -> None:
+        quiet_since: float | None = None
         while True:
-            with self._cond:
-                while not self._renders:
+            with self._lock:
+                if self._renders:
+                    quiet_since = None
+                    for render in self._renders:
+                        self._interrupt_if_over(render)
+                elif quiet_since is None:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > WATCHDOG_IDLE_AFTER_S:
+                    # Waiting only after a quiet spell: under steady traffic no render has to
+                    # wake the watchdog (a thread wake-up per request, measured in the gateway).
                     self._idle = True
-                    self._cond.wait()
-                self._idle = False
-                for render in self._renders:
-                    self._interrupt_if_over(render)
+                    while not self._renders:
+                        self._cond.wait()
+                    self._idle = False
+                    quiet_since = None
             time.sleep(WATCHDOG_POLL_S)
 
     @staticmethod
