@@ -69,7 +69,9 @@ def limits_from(data: Any) -> Limits:
     for name, value in data.items():
         ceiling = LIMIT_CEILINGS[name]
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ceiling:
-            raise ValueError(f"limits.{name} must be a whole number from 1 to {ceiling}, got {value!r}")
+            raise ValueError(
+                f"limits.{name} must be a whole number from 1 to {ceiling}, got {value!r}"
+            )
     return Limits(**data)
 
 

@@ -300,6 +300,9 @@ class Executor:
         )
 
 
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+
+
 class Workers:
     """A few threads of their own running calls for the event loop: a SimpleQueue in, and
     call_soon_threadsafe out. About half the CPU per call of run_in_executor on a
@@ -307,9 +310,10 @@ class Workers:
     paid on every request)."""
 
     def __init__(self, count: int, name: str) -> None:
-        self._queue: SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]] | None] = SimpleQueue()
+        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
         self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(count)
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(count)
         ]
         for thread in self._threads:
             thread.start()

@@ -196,7 +196,8 @@ def render_messages(
     jobs = []
     for i, message in enumerate(prompt.messages):
         if TEMPLATE_RE.search(message.content):
-            scope = variables if message.role == "system" or user_variables is None else user_variables
+            own = message.role == "system" or user_variables is None
+            scope = variables if own else user_variables
             first_line = prompt.lines[i] if i < len(prompt.lines) else 1
             jobs.append((message.content, scope, first_line))
     render_ = RenderState(limits or DEFAULT_LIMITS)
@@ -251,7 +252,9 @@ def _render_sections(
             param=f"limits.{exc.limit}" if budget else None,
         ) from None
     except SecurityError as exc:
-        raise TemplateError(f"{where(exc.__traceback__)}Template refused by the sandbox: {exc}") from None
+        raise TemplateError(
+            f"{where(exc.__traceback__)}Template refused by the sandbox: {exc}"
+        ) from None
     except UndefinedError as exc:
         raise TemplateError(f"{where(exc.__traceback__)}Template error: {exc}") from None
     except TemplateError:

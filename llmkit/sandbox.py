@@ -277,7 +277,9 @@ def _check_format_spec(spec: str) -> None:
 
 
 def _check_replace(text: Any, old: Any, new: Any, count: Any = -1) -> None:
-    if not (isinstance(text, (str, bytes)) and isinstance(old, type(text)) and isinstance(new, type(text))):
+    if not isinstance(text, (str, bytes)):
+        return
+    if not (isinstance(old, type(text)) and isinstance(new, type(text))):
         return
     times = text.count(old) if old else len(text) + 1
     if isinstance(count, int) and count >= 0:
@@ -301,14 +303,17 @@ def _check_method(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         elif name == "expandtabs":
             tabsize = kwargs.get("tabsize", first if args else 8)
             if isinstance(tabsize, int):
-                tab = "\t" if isinstance(owner, str) else b"\t"
-                _refuse_size(len(owner) + owner.count(tab) * tabsize, "the expanded text")  # type: ignore[arg-type]
+                tab: Any = "\t" if isinstance(owner, str) else b"\t"
+                tabs = owner.count(tab)
+                _refuse_size(len(owner) + tabs * tabsize, "the expanded text")
         elif name == "replace" and len(args) >= 2:
-            _check_replace(owner, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count", -1))
+            count = args[2] if len(args) > 2 else kwargs.get("count", -1)
+            _check_replace(owner, args[0], args[1], count)
         elif name == "join":
             _check_join(owner, first)
         elif name == "translate" and isinstance(first, dict):
-            longest = max((len(v) for v in first.values() if isinstance(v, (str, bytes))), default=1)
+            texts = [v for v in first.values() if isinstance(v, (str, bytes))]
+            longest = max((len(v) for v in texts), default=1)
             _refuse_size(len(owner) * longest, "the translated text")
     elif isinstance(owner, int) and name == "to_bytes":
         _check_width(kwargs.get("length", first), "the bytes")

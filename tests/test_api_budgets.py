@@ -46,7 +46,9 @@ FILES = {
     "prompts/ranges.md": prompt(
         "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
     ),
-    "prompts/pairs.md": prompt("Pairs:\n{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}"),
+    "prompts/pairs.md": prompt(
+        "Pairs:\n{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}"
+    ),
     "prompts/recursive.md": prompt(
         "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(40) }}"
     ),
@@ -54,7 +56,8 @@ FILES = {
     "prompts/bomb.md": ALIAS_BOMB,
     "prompts/huge.md": prompt("x" * 1_000_000),
     "evals/greet/bomb.yaml": (
-        "name: bomb\nvars:\n  a: &a [x,x,x,x,x,x,x,x,x,x]\n  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+        "name: bomb\nvars:\n  a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+        "  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
         "  c: [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
     ),
     "evals/greet/fine.yaml": "name: fine\nvars:\n  name: Ada\n",
@@ -92,12 +95,14 @@ def send_raw(api: ApiEnv, method: str, url: str, body: object) -> httpx.Response
 
 def test_a_callers_width_that_would_build_300_mb_is_a_422_naming_the_prompt(api: ApiEnv) -> None:
     message = refused(
-        complete(api, {"model": "wide", "variables": {"width": 300_000_000}}), 422,
+        complete(api, {"model": "wide", "variables": {"width": 300_000_000}}),
+        422,
         "limits.render_output_chars",
     )
     assert message.startswith("prompts/wide.md:5: the template exceeded its render budget")
     message = refused(
-        complete(api, {"model": "padded", "variables": {"width": 10**9}}), 422,
+        complete(api, {"model": "padded", "variables": {"width": 10**9}}),
+        422,
         "limits.render_output_chars",
     )
     assert message.startswith("prompts/padded.md:5: ")
@@ -141,7 +146,10 @@ def test_a_template_too_deep_to_compile_is_a_400_naming_the_prompt_and_line(api:
         message = refused(api.post("/v1/ui/prompts", json=body), 400, "template")
         assert message.startswith("prompts/deeper.md:")
         assert "nests too deeply" in message
-    assert refused(api.put("/v1/ui/prompts/greet", json={"system": "{{ " + "(" * 3000 + ")" * 3000 + " }}"}), 400)
+    assert refused(
+        api.put("/v1/ui/prompts/greet", json={"system": "{{ " + "(" * 3000 + ")" * 3000 + " }}"}),
+        400,
+    )
     assert repo_state(api.repo) == before
 
 
@@ -153,7 +161,9 @@ def test_an_alias_bomb_in_frontmatter_is_an_error_and_listings_stay_small(api: A
     assert listing.status_code == 200
     assert len(listing.content) < 50_000, len(listing.content)
     errors = {p["key"]: p["error"] for p in listing.json()}
-    assert errors["bomb"].startswith("prompts/bomb.md:5: Frontmatter: YAML anchor &a is not allowed")
+    assert errors["bomb"].startswith(
+        "prompts/bomb.md:5: Frontmatter: YAML anchor &a is not allowed"
+    )
     assert errors["greet"] is None
     assert len(api.get("/v1/ui/prompts/bomb").content) < 5_000
     assert refused(complete(api, {"model": "bomb"}), 400).startswith("prompts/bomb.md:5: ")
@@ -163,9 +173,14 @@ def test_an_alias_bomb_in_frontmatter_is_an_error_and_listings_stay_small(api: A
 
 def test_an_alias_bomb_written_through_the_api_is_refused_and_changes_nothing(api: ApiEnv) -> None:
     before = repo_state(api.repo)
-    message = refused(api.post("/v1/ui/prompts", json={"key": "bomb2", "content": ALIAS_BOMB}), 400, "content")
+    message = refused(
+        api.post("/v1/ui/prompts", json={"key": "bomb2", "content": ALIAS_BOMB}), 400, "content"
+    )
     assert message.startswith("prompts/bomb2.md:5: Frontmatter: YAML anchor &a")
-    deep = {"key": "deep2", "content": "---\nmodel: default\ntags: " + "[" * 10_000 + "]" * 10_000 + "\n---\nhi\n"}
+    deep = {
+        "key": "deep2",
+        "content": "---\nmodel: default\ntags: " + "[" * 10_000 + "]" * 10_000 + "\n---\nhi\n",
+    }
     assert "YAML nests deeper than 64 levels" in refused(api.post("/v1/ui/prompts", json=deep), 400)
     assert repo_state(api.repo) == before
 
@@ -183,9 +198,13 @@ def test_a_prompt_file_over_the_size_limit_is_an_error_not_a_huge_listing(api: A
     [huge] = [p for p in listing.json() if p["key"] == "huge"]
     assert "over the limit of 262,144 for a prompt file" in huge["error"]
     assert "system" not in huge
-    assert refused(complete(api, {"model": "huge"}), 400).startswith("prompts/huge.md:1: file is 1,000,")
+    assert refused(complete(api, {"model": "huge"}), 400).startswith(
+        "prompts/huge.md:1: file is 1,000,"
+    )
     before = repo_state(api.repo)
-    message = refused(api.post("/v1/ui/prompts", json={"key": "big", "system": "y" * 300_000}), 413, "content")
+    message = refused(
+        api.post("/v1/ui/prompts", json={"key": "big", "system": "y" * 300_000}), 413, "content"
+    )
     assert message.startswith("prompts/big.md would be 300,0")
     refused(api.put("/v1/ui/prompts/greet", json={"system": "y" * 300_000}), 413)
     assert repo_state(api.repo) == before
@@ -204,7 +223,9 @@ def test_a_prompt_file_over_the_size_limit_is_an_error_not_a_huge_listing(api: A
         ("page_size=-1", "page_size"),
     ],
 )
-def test_out_of_range_log_parameters_are_400s_naming_them(api: ApiEnv, query: str, param: str) -> None:
+def test_out_of_range_log_parameters_are_400s_naming_them(
+    api: ApiEnv, query: str, param: str
+) -> None:
     refused(api.get(f"/v1/ui/logs?{query}"), 400, param)
 
 
@@ -222,10 +243,14 @@ def test_a_version_filter_of_too_many_digits_is_a_sha_prefix_not_an_overflow(api
 @pytest.mark.parametrize(
     "url", ["/v1/chat/completions", "/v1/ui/prompts", "/v1/ui/prompt-evals", "/v1/ui/prompts/greet"]
 )
-def test_deeply_nested_json_bodies_are_400s_before_parsing(api: ApiEnv, url: str, depth: int) -> None:
+def test_deeply_nested_json_bodies_are_400s_before_parsing(
+    api: ApiEnv, url: str, depth: int
+) -> None:
     body = '{"model": "greet", "variables": {"name": ' + "[" * depth + "]" * depth + "}}"
     method = "PUT" if url.endswith("greet") else "POST"
-    response = api.request(method, url, content=body, headers={**api.admin, "content-type": "application/json"})
+    response = api.request(
+        method, url, content=body, headers={**api.admin, "content-type": "application/json"}
+    )
     assert "nests more than 64 levels" in refused(response, 400)
 
 
@@ -242,7 +267,9 @@ def test_wide_bodies_and_64_levels_of_nesting_are_still_fine(api: ApiEnv) -> Non
 
 def test_variables_nested_too_deeply_inside_a_message_are_a_400(api: ApiEnv) -> None:
     content = '{"name": ' + "[" * 5000 + "]" * 5000 + "}"
-    response = complete(api, {"model": "greet", "messages": [{"role": "system", "content": content}]})
+    response = complete(
+        api, {"model": "greet", "messages": [{"role": "system", "content": content}]}
+    )
     assert "nested more than 64 levels deep" in refused(response, 400, "messages")
 
 
@@ -254,11 +281,23 @@ def test_variables_nested_too_deeply_inside_a_message_are_a_400(api: ApiEnv) -> 
     [
         ({"key": "odd", "system": "x\ud800"}, "lone surrogate (U+D800)"),
         ({"key": "odd", "system": "x\u0000y"}, "NUL character (U+0000)"),
-        ({"key": "odd", "messages": [{"role": "user", "content": "ok\n\udfff"}]}, "lone surrogate (U+DFFF)"),
+        (
+            {"key": "odd", "messages": [{"role": "user", "content": "ok\n\udfff"}]},
+            "lone surrogate (U+DFFF)",
+        ),
         ({"key": "odd", "content": "---\nmodel: default\n---\nline\nx\u0000\n"}, "NUL character"),
-        ({"key": "odd", "content": "---\nmodel: default\n---\nx\ud83d\n"}, "lone surrogate (U+D83D)"),
-        ({"key": "odd", "system": "x", "description": "d\ud800"}, "'description' holds a lone surrogate"),
-        ({"key": "odd", "system": "x", "frontmatter": {"tags": ["\udc00"]}}, "'tags' holds a lone surrogate"),
+        (
+            {"key": "odd", "content": "---\nmodel: default\n---\nx\ud83d\n"},
+            "lone surrogate (U+D83D)",
+        ),
+        (
+            {"key": "odd", "system": "x", "description": "d\ud800"},
+            "'description' holds a lone surrogate",
+        ),
+        (
+            {"key": "odd", "system": "x", "frontmatter": {"tags": ["\udc00"]}},
+            "'tags' holds a lone surrogate",
+        ),
     ],
 )
 def test_nul_and_lone_surrogates_are_400s_that_change_nothing(
@@ -273,9 +312,13 @@ def test_nul_and_lone_surrogates_are_400s_that_change_nothing(
 
 def test_lone_surrogates_in_an_eval_case_are_a_400_that_changes_nothing(api: ApiEnv) -> None:
     before = repo_state(api.repo)
-    for body in ({"prompt_key": "greet", "name": "e\ud800"},
-                 {"prompt_key": "greet", "name": "ok", "vars": {"name": "x\ud800"}}):
-        assert "holds a lone surrogate" in refused(send_raw(api, "POST", "/v1/ui/prompt-evals", body), 400)
+    for body in (
+        {"prompt_key": "greet", "name": "e\ud800"},
+        {"prompt_key": "greet", "name": "ok", "vars": {"name": "x\ud800"}},
+    ):
+        assert "holds a lone surrogate" in refused(
+            send_raw(api, "POST", "/v1/ui/prompt-evals", body), 400
+        )
     assert repo_state(api.repo) == before
 
 
@@ -294,9 +337,16 @@ def test_unportable_keys_are_refused(api: ApiEnv, key: str) -> None:
 def test_a_key_differing_only_in_case_from_an_existing_one_is_a_409(api: ApiEnv) -> None:
     assert api.post("/v1/ui/prompts", json={"key": "team/a", "system": "hi"}).status_code == 201
     before = repo_state(api.repo)
-    for key, other in (("Greet", "greet"), ("GREET", "greet"), ("Team/b", "team/a"), ("team/A", "team/a")):
+    for key, other in (
+        ("Greet", "greet"),
+        ("GREET", "greet"),
+        ("Team/b", "team/a"),
+        ("team/A", "team/a"),
+    ):
         response = api.post("/v1/ui/prompts", json={"key": key, "system": "hi"})
-        assert f"differs only in case from the existing prompt {other!r}" in refused(response, 409, "key")
+        assert f"differs only in case from the existing prompt {other!r}" in refused(
+            response, 409, "key"
+        )
         assert response.json()["error"]["code"] == "case_conflict"
     assert repo_state(api.repo) == before
     assert api.post("/v1/ui/prompts", json={"key": "team/b", "system": "hi"}).status_code == 201
@@ -305,14 +355,21 @@ def test_a_key_differing_only_in_case_from_an_existing_one_is_a_409(api: ApiEnv)
 # -- a real server, while a render burns its budget -----------------------------------------
 
 
-def test_health_and_other_completions_are_served_while_a_render_burns_its_budget(tmp_path: Path) -> None:
+def test_health_and_other_completions_are_served_while_a_render_burns_its_budget(
+    tmp_path: Path,
+) -> None:
     repo = tmp_path / "repo"
-    make_repo(repo, {
-        "llmkit.yaml": ECHO_YAML + "limits:\n  render_cpu_ms: 2000\n",
-        "prompts/greet.md": prompt("Hello {{ name }}."),
-        "prompts/pairs.md": prompt("{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}"),
-        ".gitignore": ".llmkit/\n",
-    })
+    make_repo(
+        repo,
+        {
+            "llmkit.yaml": ECHO_YAML + "limits:\n  render_cpu_ms: 2000\n",
+            "prompts/greet.md": prompt("Hello {{ name }}."),
+            "prompts/pairs.md": prompt(
+                "{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}"
+            ),
+            ".gitignore": ".llmkit/\n",
+        },
+    )
     server = start_server(repo, tmp_path, server_env())
     try:
         headers = server.headers()
@@ -334,7 +391,9 @@ def test_health_and_other_completions_are_served_while_a_render_burns_its_budget
         health = httpx.get(f"{server.url}/healthz", timeout=30)
         answer = httpx.post(
             f"{server.v1}/chat/completions",
-            json={"model": "greet", "variables": {"name": "Ada"}}, headers=headers, timeout=30,
+            json={"model": "greet", "variables": {"name": "Ada"}},
+            headers=headers,
+            timeout=30,
         )
         still_rendering = burner.is_alive()
         burner.join(120)

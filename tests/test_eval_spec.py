@@ -139,8 +139,10 @@ cases:
 
 def test_an_alias_bomb_or_deep_nesting_in_an_eval_file_is_refused_before_loading() -> None:
     bomb = (
-        "name: bomb\nvars:\n  a: &a [x,x,x,x,x,x,x,x,x,x]\n  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
-        "  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n  d: [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+        "name: bomb\nvars:\n  a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+        "  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+        "  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        "  d: [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
     )
     eval_file = read_eval_text(bomb, PATH)
     assert eval_file.cases == []

@@ -290,7 +290,8 @@ def test_prompt_files_over_the_size_limit_are_errors_never_read_into_the_index(
             version.prompt()
         fields = prompt_fields(workspace.index.get_prompt(key))
         assert len(str(fields)) < 1000, "a listing carries the error, never the text"
-    stored = workspace.db.reader().execute("SELECT MAX(LENGTH(content)) FROM ix_blobs").fetchone()[0]
+    reader = workspace.db.reader()
+    stored = reader.execute("SELECT MAX(LENGTH(content)) FROM ix_blobs").fetchone()[0]
     assert stored < 1000
 
     # A new limit in llmkit.yaml rebuilds the index at the next sync, and the file is served.

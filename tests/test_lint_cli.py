@@ -119,7 +119,7 @@ def test_lint_reports_unportable_keys_oversized_files_bombs_and_deep_templates(
         "prompts/dir./x.md": ok,
         "prompts/big.md": ok + "x" * 10_000 + "\n",
         "prompts/bomb.md": "---\nmodel: m\ntags: &a [x, x]\ndescription: [*a, *a]\n---\nhi\n",
-        "prompts/deep.md": "---\nmodel: m\n---\nfine\n{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}\n",
+        "prompts/deep.md": "---\nmodel: m\n---\nfine\n{{ " + "(" * 3000 + ")" * 3000 + " }}\n",
         "prompts/withnul.md": "---\nmodel: m\n---\nfine\nnot \x00 fine\n",
     })
     found = {(p.path, p.line, p.message.split(";")[0].split(" (")[0]) for p in lint_repo(repo.root)}
@@ -128,11 +128,14 @@ def test_lint_reports_unportable_keys_oversized_files_bombs_and_deep_templates(
         ("prompts/support/a.md", 1, "Prompt key 'support/a' differs only in case from 'Support/b'"),
         ("prompts/con.md", 1, "Invalid prompt key 'con': 'con' is a device name on Windows"),
         ("prompts/dir./x.md", 1,
-         "Invalid prompt key 'dir./x': segment 'dir.' ends with '.', which Windows drops from file names"),
+         "Invalid prompt key 'dir./x': segment 'dir.' ends with '.', which Windows drops from"
+         " file names"),
         ("prompts/big.md", 1, "File is 10,021 bytes, over the limit of 10,000 for a prompt file"),
-        ("prompts/bomb.md", 3, "Frontmatter: YAML anchor &a is not allowed: write the value out in full"),
+        ("prompts/bomb.md", 3,
+         "Frontmatter: YAML anchor &a is not allowed: write the value out in full"),
         ("prompts/deep.md", 5,
-         "Template syntax error: the template nests too deeply, or an expression is too long, to compile"),
+         "Template syntax error: the template nests too deeply, or an expression is too long,"
+         " to compile"),
         ("prompts/withnul.md", 5, "Prompt text holds a NUL character"),
     }
 

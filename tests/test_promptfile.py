@@ -82,7 +82,9 @@ def metas(draw: st.DrawFn) -> dict[str, Any]:
 # A line of message text: anything but a newline or NUL (refused: git would see a binary file),
 # and not ending in a carriage return (the format stores lines with \n only, and reads \r\n
 # files as \n files).
-line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"), max_size=40).filter(
+line_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"), max_size=40
+).filter(
     lambda line: not line.endswith("\r")
 )
 marker_ish = st.sampled_from(
@@ -462,7 +464,9 @@ def test_segments_ending_in_a_dot_are_refused(key: str) -> None:
         validate_key(key)
 
 
-@pytest.mark.parametrize("key", ["console", "com10", "auxiliary", "connect/x", "lpt", "nul_x", "x.con"])
+@pytest.mark.parametrize(
+    "key", ["console", "com10", "auxiliary", "connect/x", "lpt", "nul_x", "x.con"]
+)
 def test_names_that_only_look_like_device_names_are_fine(key: str) -> None:
     assert validate_key(key) == key
 
@@ -491,7 +495,8 @@ def test_nul_and_lone_surrogates_in_text_are_refused_by_line() -> None:
     with pytest.raises(PromptFormatError, match=r"^prompts/demo\.md:3: .*NUL character") as info:
         parse("<!-- role:system -->\nfine\nbad \x00 here\n", PATH)
     assert info.value.status == 400
-    with pytest.raises(PromptFormatError, match=r"^prompts/demo\.md:2: .*lone surrogate \(U\+DC00\)"):
+    surrogate = r"^prompts/demo\.md:2: .*lone surrogate \(U\+DC00\)"
+    with pytest.raises(PromptFormatError, match=surrogate):
         parse("<!-- role:system -->\nx\udc00\n", PATH)
 
 
@@ -532,8 +537,13 @@ Hi.
          "YAML alias \\*q is not allowed"),
         ("---\nmodel: x\njson_schema: " + "[" * 100_000 + "]" * 100_000 + "\n---\nhi\n", 3,
          "YAML nests deeper than 64 levels"),
-        ("---\nmodel: x\njson_schema:\n" + "".join(" " * (2 * i + 2) + f"k{i}:\n" for i in range(100))
-         + "---\nhi\n", 67, "YAML nests deeper than 64 levels"),
+        (
+            "---\nmodel: x\njson_schema:\n"
+            + "".join(" " * (2 * i + 2) + f"k{i}:\n" for i in range(100))
+            + "---\nhi\n",
+            67,
+            "YAML nests deeper than 64 levels",
+        ),
     ],
     ids=["alias bomb", "anchor in json_schema", "alias in json_schema", "flow nesting",
          "block nesting"],

@@ -331,12 +331,14 @@ def test_a_cpu_budget_error_names_the_file_and_the_line_of_the_loop() -> None:
     with pytest.raises(RenderBudgetExceeded) as raised:
         render_messages(prompt, {"xs": list(range(10_000))}, limits=FAST, path="prompts/p.md")
     assert raised.value.message.startswith("prompts/p.md:8: ")
-    assert "more than 200 ms of CPU time (limits.render_cpu_ms in llmkit.yaml)" in raised.value.message
+    needle = "more than 200 ms of CPU time (limits.render_cpu_ms in llmkit.yaml)"
+    assert needle in raised.value.message
 
 
 def test_one_budget_covers_every_section_of_a_prompt() -> None:
     prompt = parse(
-        "<!-- role:system -->\n{{ a }}\n<!-- role:user -->\n{{ a }}\n<!-- role:assistant -->\n{{ a }}\n"
+        "<!-- role:system -->\n{{ a }}\n<!-- role:user -->\n{{ a }}\n"
+        "<!-- role:assistant -->\n{{ a }}\n"
     )
     limits = Limits(render_output_chars=100)
     assert len(render_messages(prompt, {"a": "x" * 33}, limits=limits)) == 3
@@ -385,7 +387,11 @@ def test_huge_numbers_are_refused() -> None:
     with pytest.raises(RenderBudgetExceeded, match="bits"):
         render("{{ 2 ** n }}", {"n": 10**9})
     with pytest.raises(RenderBudgetExceeded, match="bits"):
-        render("{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}", {})
+        render(
+            "{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}"
+            "{% endfor %}",
+            {},
+        )
     assert render("{{ 2 ** 64 }}", {}) == str(2**64)
 
 

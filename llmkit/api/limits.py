@@ -76,8 +76,8 @@ class BodySizeLimit:
             more_body = message.get("more_body", False)
         body = b"".join(chunks)
         if json_too_deep(body, self.max_depth):
-            message_text = f"Request body nests more than {self.max_depth} levels of arrays and objects"
-            await _answer(send, 400, _error_body(message_text, "too_deep"))
+            too_deep = f"Request body nests more than {self.max_depth} levels of arrays and objects"
+            await _answer(send, 400, _error_body(too_deep, "too_deep"))
             return
         await self.app(scope, _replay(body, receive), send)
 
