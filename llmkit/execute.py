@@ -304,33 +304,46 @@ _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]
 
 
 class Workers:
-    """A few threads of their own running calls for the event loop: a SimpleQueue in, and
+    """Up to `size` threads of their own running calls for the event loop: a SimpleQueue in, and
     call_soon_threadsafe out. About half the CPU per call of run_in_executor on a
     ThreadPoolExecutor, which wraps a concurrent future in an asyncio one (measured: this is
-    paid on every request)."""
+    paid on every request). A thread starts when a call finds none waiting, so a busy render
+    never holds up the next call, and calls made one at a time use one thread."""
 
-    def __init__(self, count: int, name: str) -> None:
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
         self._queue: SimpleQueue[_Job | None] = SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-            for i in range(count)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self._started = 0
+        self._waiting = 0  # threads blocked on the queue, ready for a call
 
     async def run(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((loop, future, call))
+        with self._lock:
+            self._queue.put((loop, future, call))
+            if self._queue.qsize() > self._waiting and self._started < self._size:
+                self._started += 1
+                name = f"{self._name}-{self._started}"
+                threading.Thread(target=self._work, name=name, daemon=True).start()
         return await future
 
     def close(self) -> None:
         """Threads end once the calls queued before this are done."""
-        for _ in self._threads:
-            self._queue.put(None)
+        with self._lock:
+            for _ in range(self._started):
+                self._queue.put(None)
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while True:
+            with self._lock:
+                self._waiting += 1
+            item = self._queue.get()
+            with self._lock:
+                self._waiting -= 1
+            if item is None:
+                return
             loop, future, call = item
             try:
                 outcome: tuple[Any, BaseException | None] = (call(), None)

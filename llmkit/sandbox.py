@@ -14,9 +14,12 @@ of llmkit.yaml (see `render` for what an error looks like):
   caller's list. A watchdog thread interrupts a render that has used more than `render_cpu_ms`
   of its thread's CPU time by raising an exception into that thread
   (`PyThreadState_SetAsyncExc`). A late exception can never surface outside the render that
-  earned it: the watchdog fires at most once per render and only while it runs (both decided
-  under the watchdog's lock), the exception is a BaseException that only the render's guard
-  catches, and the guard withdraws one still pending before it returns.
+  earned it: the watchdog fires only while the render runs (decided under the watchdog's lock,
+  which the render takes to end), the exception is a BaseException that only the render's guard
+  catches, and the guard withdraws one still pending before it returns. The exception can land
+  in code that swallows it (a finalizer that the garbage collector runs in that thread prints it
+  and goes on), so the watchdog fires again each time the render has used another
+  REFIRE_AFTER_CPU_S: far more than the guard needs from catching it to ending the render.
 
 What a hook cannot bound is a single C call on a large input it did not build (sorting or
 wrapping a caller's megabyte); those are bounded by the request body size, and take a few
@@ -55,6 +58,7 @@ MAX_MACRO_DEPTH = 64
 MAX_INT_BITS = 1 << 16
 WATCHDOG_POLL_S = 0.02
 WATCHDOG_IDLE_AFTER_S = 2.0
+REFIRE_AFTER_CPU_S = 0.1
 T = TypeVar("T")
 
 
@@ -81,8 +85,8 @@ class RenderState:
     missing, and its state as the watchdog sees it (changed under the watchdog's lock)."""
 
     __slots__ = (
-        "limits", "chars", "macro_depth", "missing", "running", "fired", "thread_id", "clock",
-        "seen_at",
+        "limits", "chars", "macro_depth", "missing", "running", "thread_id", "clock", "seen_at",
+        "fired_at",
     )
 
     def __init__(self, limits: Limits) -> None:
@@ -91,25 +95,32 @@ class RenderState:
         self.macro_depth = 0
         self.missing: set[str] = set()
         self.running = False
-        self.fired = False
         self.thread_id = 0
         self.clock: int | None = None
         # The thread's CPU clock when the watchdog first saw this render. Read by the watchdog
         # rather than at the start, so that a render (nearly all of them) that ends before the
         # watchdog looks costs no clock read; the render may so use up to WATCHDOG_POLL_S more.
         self.seen_at: float | None = None
+        self.fired_at: float | None = None  # the thread's CPU clock when last interrupted
 
-    def over_budget(self) -> bool:
-        """Whether the rendering thread has used more CPU time than the budget since the
-        watchdog first saw this render (wall time where threads have no CPU clock)."""
+    def cpu_now(self) -> float:
+        """The rendering thread's CPU clock (wall time where threads have none)."""
         if self.clock is None:
             try:
                 self.clock = time.pthread_getcpuclockid(self.thread_id)
             except (AttributeError, OSError):
                 self.clock = -1
-        now = time.monotonic() if self.clock == -1 else time.clock_gettime(self.clock)
+        return time.monotonic() if self.clock == -1 else time.clock_gettime(self.clock)
+
+    def due(self) -> bool:
+        """Whether the watchdog should interrupt the render now: its CPU time since the watchdog
+        first saw it is over budget and it has not been interrupted, or it has gone on for
+        REFIRE_AFTER_CPU_S of CPU time since it was."""
+        now = self.cpu_now()
         if self.seen_at is None:
             self.seen_at = now
+        if self.fired_at is not None:
+            return now - self.fired_at > REFIRE_AFTER_CPU_S
         return (now - self.seen_at) * 1000 > self.limits.render_cpu_ms
 
 
@@ -126,7 +137,8 @@ def guarded(render: RenderState, work: Callable[[], T]) -> T:
         finally:
             _watchdog.stop(render)
     except _Interrupted as exc:
-        # Delivered, so nothing is pending; the interruption may have cut the stop above short.
+        # First of all (the watchdog fires again only after REFIRE_AFTER_CPU_S more CPU time):
+        # the interruption may have cut the stop above short.
         _watchdog.stop(render)
         raise OverBudget(
             "render_cpu_ms", f"more than {render.limits.render_cpu_ms} ms of CPU time",
@@ -165,7 +177,7 @@ class _Watchdog:
         with self._lock:
             render.running = False
             self._renders.discard(render)
-        if render.fired:
+        if render.fired_at is not None:
             # Fired just before the render ended and not delivered yet: withdraw it (from the
             # thread it was fired at, so it cannot be delivered meanwhile).
             _set_async_exc(ctypes.c_ulong(render.thread_id), None)
@@ -192,15 +204,16 @@ class _Watchdog:
 
     @staticmethod
     def _interrupt_if_over(render: RenderState) -> None:
-        # Under the lock: a render is interrupted at most once, and only while it runs.
-        if not render.running or render.fired:
+        # Under the lock: a render is interrupted only while it runs. Firing again replaces an
+        # exception still pending, so there is never more than one.
+        if not render.running:
             return
         try:
-            over = render.over_budget()
+            due = render.due()
         except OSError:  # the thread's clock is gone: so is the render
             return
-        if over:
-            render.fired = True
+        if due:
+            render.fired_at = render.cpu_now()
             _set_async_exc(ctypes.c_ulong(render.thread_id), ctypes.py_object(_Interrupted))
 
     def reset_after_fork(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
@@ -373,6 +374,34 @@ def test_an_interrupted_thread_goes_on_without_a_stray_exception() -> None:
     assert results.count(sum(range(20_000))) == 2 * len(sizes)
     assert {"over", "rendered"} <= set(results)
     assert render("{{ 1 + 1 }}", {}) == "2"
+
+
+class Swallowing:
+    """An endless iterator that swallows whatever lands in its own frame, as a finalizer that
+    the garbage collector runs in the rendering thread would; it ends after 30 s regardless."""
+
+    def __init__(self) -> None:
+        self.deadline = time.monotonic() + 30
+        self.swallowed = 0
+
+    def __iter__(self) -> "Swallowing":
+        return self
+
+    def __next__(self) -> int:
+        try:
+            for _ in range(10):
+                pass
+        except BaseException:
+            self.swallowed += 1
+        if time.monotonic() > self.deadline:
+            raise StopIteration
+        return 1
+
+
+def test_an_interruption_that_is_swallowed_is_fired_again() -> None:
+    xs = Swallowing()
+    assert over_budget("{% for a in xs %}{% endfor %}", {"xs": xs}, FAST) == "limits.render_cpu_ms"
+    assert time.monotonic() < xs.deadline
 
 
 def test_macro_recursion_is_bounded() -> None:
