@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from llmkit.budgets import MAX_JSON_DEPTH
 from llmkit.errors import ConfigError
 
 ENV_PREFIX = "LLMKIT_"
@@ -38,7 +39,7 @@ class Settings(BaseModel):
     watch: bool = True
     debounce_ms: int = 30
     max_body_bytes: int = 1024 * 1024
-    max_body_depth: int = 64
+    max_body_depth: int = MAX_JSON_DEPTH
     log_batch_ms: int = 50
     request_timeout_s: float = 600.0
 
