@@ -273,10 +273,10 @@ def parse(text: str, path: str | None = None) -> PromptFile:
     match = _FRONTMATTER_RE.match(text)
     if match:
         raw = match.group(1)
-        problem = yaml_problem(raw)
-        if problem is not None:
+        expands = yaml_problem(raw)
+        if expands is not None:
             # Line 1 of the frontmatter is line 2 of the file.
-            raise PromptFormatError(f"Frontmatter: {problem[1]}", path=path, line=problem[0] + 1)
+            raise PromptFormatError(f"Frontmatter: {expands[1]}", path=path, line=expands[0] + 1)
         try:
             loaded = _yaml_handler.load(raw) if raw.strip() else {}
         except yaml.YAMLError as exc:

@@ -193,11 +193,11 @@ def render_messages(
     lines are the file's.
     """
     variables = variables or {}
-    jobs = []
+    jobs: list[tuple[str, Mapping[str, Any], int]] = []
     for i, message in enumerate(prompt.messages):
         if TEMPLATE_RE.search(message.content):
             own = message.role == "system" or user_variables is None
-            scope = variables if own else user_variables
+            scope = variables if own or user_variables is None else user_variables
             first_line = prompt.lines[i] if i < len(prompt.lines) else 1
             jobs.append((message.content, scope, first_line))
     render_ = RenderState(limits or DEFAULT_LIMITS)

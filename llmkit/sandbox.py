@@ -294,7 +294,7 @@ def _check_replace(text: Any, old: Any, new: Any, count: Any = -1) -> None:
         return
     if not (isinstance(old, type(text)) and isinstance(new, type(text))):
         return
-    times = text.count(old) if old else len(text) + 1
+    times: int = text.count(old) if old else len(text) + 1  # type: ignore[arg-type]
     if isinstance(count, int) and count >= 0:
         times = min(times, count)
     _refuse_size(len(text) + times * (len(new) - len(old)), "the replaced text")
