@@ -56,7 +56,10 @@ MAX_MACRO_DEPTH = 64
 # Integers a template may build with `*` and `**`; Python will not even print one over 4,300
 # digits (about 14,000 bits), and multiplying huge ones holds the GIL for seconds.
 MAX_INT_BITS = 1 << 16
-WATCHDOG_POLL_S = 0.02
+# How often the watchdog looks while renders run: a render may overrun its budget by about
+# this much. Each look takes the GIL from whichever thread holds it, which costs the gateway
+# measurably at 50 looks a second.
+WATCHDOG_POLL_S = 0.1
 WATCHDOG_IDLE_AFTER_S = 2.0
 REFIRE_AFTER_CPU_S = 0.1
 T = TypeVar("T")
@@ -85,8 +88,8 @@ class RenderState:
     missing, and its state as the watchdog sees it (changed under the watchdog's lock)."""
 
     __slots__ = (
-        "limits", "chars", "macro_depth", "missing", "running", "thread_id", "clock", "seen_at",
-        "fired_at",
+        "limits", "chars", "macro_depth", "missing", "running", "thread_id", "clock",
+        "started_cpu", "started_wall", "fired_at",
     )
 
     def __init__(self, limits: Limits) -> None:
@@ -96,15 +99,20 @@ class RenderState:
         self.missing: set[str] = set()
         self.running = False
         self.thread_id = 0
-        self.clock: int | None = None
-        # The thread's CPU clock when the watchdog first saw this render. Read by the watchdog
-        # rather than at the start, so that a render (nearly all of them) that ends before the
-        # watchdog looks costs no clock read; the render may so use up to WATCHDOG_POLL_S more.
-        self.seen_at: float | None = None
+        self.clock: int | None = None  # the rendering thread's CPU clock, for the watchdog
+        self.started_cpu = 0.0
+        self.started_wall = 0.0
         self.fired_at: float | None = None  # the thread's CPU clock when last interrupted
 
+    def begin(self) -> None:
+        """Called by the rendering thread as the render starts."""
+        self.thread_id = threading.get_ident()
+        self.started_cpu = time.thread_time()
+        self.started_wall = time.monotonic()
+
     def cpu_now(self) -> float:
-        """The rendering thread's CPU clock (wall time where threads have none)."""
+        """The rendering thread's CPU time, read from the watchdog's thread (wall time where
+        threads have no CPU clock)."""
         if self.clock is None:
             try:
                 self.clock = time.pthread_getcpuclockid(self.thread_id)
@@ -113,15 +121,17 @@ class RenderState:
         return time.monotonic() if self.clock == -1 else time.clock_gettime(self.clock)
 
     def due(self) -> bool:
-        """Whether the watchdog should interrupt the render now: its CPU time since the watchdog
-        first saw it is over budget and it has not been interrupted, or it has gone on for
-        REFIRE_AFTER_CPU_S of CPU time since it was."""
+        """Whether the watchdog should interrupt the render now: it has used more CPU time
+        than its budget and has not been interrupted, or it has gone on for REFIRE_AFTER_CPU_S
+        of CPU time since it was."""
+        budget_s = self.limits.render_cpu_ms / 1000
+        if self.fired_at is None and time.monotonic() - self.started_wall <= budget_s:
+            return False  # a thread's CPU time never runs ahead of wall time
         now = self.cpu_now()
-        if self.seen_at is None:
-            self.seen_at = now
         if self.fired_at is not None:
             return now - self.fired_at > REFIRE_AFTER_CPU_S
-        return (now - self.seen_at) * 1000 > self.limits.render_cpu_ms
+        started = self.started_wall if self.clock == -1 else self.started_cpu
+        return now - started > budget_s
 
 
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
@@ -159,7 +169,7 @@ class _Watchdog:
 
     def start(self, render: RenderState) -> None:
         """Called by the rendering thread as the render begins."""
-        render.thread_id = threading.get_ident()
+        render.begin()
         with self._lock:
             render.running = True
             self._renders.add(render)
