@@ -166,6 +166,7 @@ class _Watchdog:
         self._renders: set[RenderState] = set()
         self._thread: threading.Thread | None = None
         self._idle = False
+        self._starts = 0  # renders started so far: how the watchdog tells a quiet spell
 
     def start(self, render: RenderState) -> None:
         """Called by the rendering thread as the render begins."""
@@ -173,6 +174,7 @@ class _Watchdog:
         with self._lock:
             render.running = True
             self._renders.add(render)
+            self._starts += 1
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="llmkit-render-watchdog", daemon=True
@@ -193,23 +195,26 @@ class _Watchdog:
             _set_async_exc(ctypes.c_ulong(render.thread_id), None)
 
     def _run(self) -> None:
+        seen_starts = -1
         quiet_since: float | None = None
         while True:
             with self._lock:
-                if self._renders:
-                    quiet_since = None
-                    for render in self._renders:
-                        self._interrupt_if_over(render)
+                for render in self._renders:
+                    self._interrupt_if_over(render)
+                # Renders are far shorter than a look apart: a quiet spell is one in which none
+                # started, not one in which the looks found none running.
+                if self._renders or self._starts != seen_starts:
+                    seen_starts, quiet_since = self._starts, None
                 elif quiet_since is None:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > WATCHDOG_IDLE_AFTER_S:
                     # Waiting only after a quiet spell: under steady traffic no render has to
                     # wake the watchdog (a thread wake-up per request, measured in the gateway).
                     self._idle = True
-                    while not self._renders:
+                    while self._starts == seen_starts:
                         self._cond.wait()
                     self._idle = False
-                    quiet_since = None
+                    seen_starts, quiet_since = self._starts, None
             time.sleep(WATCHDOG_POLL_S)
 
     @staticmethod
