@@ -23,7 +23,7 @@ from llmkit.errors import BadRequest, LlmkitError, UpstreamError
 from llmkit.index import Version, label
 from llmkit.models import ModelRegistry
 from llmkit.promptfile import PromptFile
-from llmkit.render import render_messages
+from llmkit.render import render_messages, renders_quickly
 from llmkit.runlog import RunLog, RunRecord, new_trace_id
 from llmkit.workspace import Workspace
 
@@ -93,10 +93,28 @@ class Executor:
 
     async def aprepare(self, body: dict[str, Any], **options: Any) -> Execution:
         """prepare() on the executor's own threads, off the event loop: rendering takes up to
-        its CPU budget, and a pinned branch or tag is resolved with git the first time."""
+        its CPU budget, and a pinned branch or tag is resolved with git the first time. A call
+        of a prompt that only substitutes variables, served without a pin, is prepared inline:
+        it can cost no more than reading its request."""
+        if self._quick(body, options.get("version")):
+            return self.prepare(body, **options)
         if self._threads is None:
             self._threads = Workers(PREPARE_THREADS, "llmkit-prepare")
         return await self._threads.run(partial(self.prepare, body, **options))
+
+    def _quick(self, body: dict[str, Any], version: Version | None) -> bool:
+        if version is None:
+            model = body.get("model") if isinstance(body, dict) else None
+            if not isinstance(model, str) or "@" in model:
+                return False
+            try:
+                version = self.ws.index.version(model.strip())
+            except LlmkitError:
+                return False  # prepare() raises it, on a thread like any other call
+        try:
+            return renders_quickly(version.prompt())
+        except LlmkitError:
+            return False
 
     def prepare(
         self,

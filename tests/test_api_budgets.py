@@ -153,6 +153,21 @@ def test_a_template_too_deep_to_compile_is_a_400_naming_the_prompt_and_line(api:
     assert repo_state(api.repo) == before
 
 
+def prepare_threads() -> int:
+    return sum(t.name.startswith("llmkit-prepare") for t in threading.enumerate())
+
+
+def test_only_templates_that_can_loop_or_call_render_on_prepare_threads(api: ApiEnv) -> None:
+    before = prepare_threads()
+    for _ in range(3):
+        response = complete(api, {"model": "greet", "variables": {"name": "Ada"}})
+        assert response.status_code == 200, response.text
+    assert prepare_threads() == before  # inline: no thread hop for plain substitution
+    response = complete(api, {"model": "wide", "variables": {"width": 3}})
+    assert response.status_code == 200, response.text
+    assert prepare_threads() > before
+
+
 # -- YAML bombs and huge files --------------------------------------------------------------
 
 

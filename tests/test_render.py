@@ -12,7 +12,13 @@ import pytest
 from llmkit.budgets import DEFAULT_LIMITS, Limits
 from llmkit.errors import MissingVariables, RenderBudgetExceeded, TemplateError
 from llmkit.promptfile import Message, PromptFile, parse
-from llmkit.render import check_templates, render, render_messages, variables_of
+from llmkit.render import (
+    check_templates,
+    render,
+    render_messages,
+    renders_quickly,
+    variables_of,
+)
 
 
 def test_variables_are_substituted() -> None:
@@ -466,3 +472,30 @@ def test_templates_nesting_too_deeply_are_syntax_errors_with_a_line(deep: str) -
         render_messages(prompt, {}, path="prompts/deep.md")
     with pytest.raises(TemplateError, match="line 3"):
         variables_of(source)
+
+
+@pytest.mark.parametrize(
+    ("source", "quick"),
+    [
+        ("Hi {{ name }}.", True),
+        ("{% if a == 'x' and not b %}{{ c.d | default('e') | upper }}{% else %}{{ f[0] ~ g }}"
+         "{% endif %}", True),
+        ("{{ a if b is defined else c }}", True),
+        ("{% for x in xs %}{{ x }}{% endfor %}", False),
+        ("{{ a * 3 }}", False),
+        ("{{ '%s' % a }}", False),
+        ("{{ a | join }}", False),
+        ("{{ a | upper(a * 9) }}", False),
+        ("{{ f(a) }}", False),
+        ("{{ a.center(9) }}", False),
+        ("{{ x in y }}", False),
+        ("{% set x = a %}{{ x }}", False),
+        ("{% macro m() %}{% endmacro %}", False),
+        ("{{ [a] }}", False),
+        ("{{ a | default(*b) }}", False),
+        ("{{ (", False),
+    ],
+)
+def test_only_templates_that_substitute_variables_render_quickly(source: str, quick: bool) -> None:
+    prompt = PromptFile(messages=[Message("system", "Static."), Message("user", source)])
+    assert renders_quickly(prompt) is quick
