@@ -21,7 +21,8 @@ def prompt(body: str) -> str:
     return f"---\nmodel: default\n---\n<!-- role:system -->\n{body}\n"
 
 
-# The bomb of the report: 435 bytes of frontmatter that expand tenfold per line.
+# An alias bomb: each line expands the one before tenfold, so a few hundred bytes of
+# frontmatter would serialize to hundreds of megabytes.
 ALIAS_BOMB = """\
 ---
 model: default
