@@ -5,6 +5,8 @@ Run by hand, never by the test suite:
     python bench/gateway.py                    # 5 interleaved rounds, a profile, results
     python bench/gateway.py --rounds 3 --no-profile
     python bench/gateway.py --serve-launcher X.py   # `python X.py serve ...` as the gateway
+    python bench/gateway.py --cpu-only --baseline-launcher OLD.py   # CPU/request only, c=1 and
+                                               # c=32, this build beside another in each round
 
 Processes, all on 127.0.0.1 and each on its own:
 - a fake OpenAI-compatible upstream (raw asyncio: one fixed completion, one fixed SSE stream);
@@ -1269,7 +1271,7 @@ def run_main(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="llmkit-gateway-bench-"))
     try:
         with ended_by_signals():
-            return run(args, procs, work)
+            return (run_cpu_only if args.cpu_only else run)(args, procs, work)
     finally:
         procs.end_all()
         if args.keep:
@@ -1402,6 +1404,53 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> int:
     return 0 if all(r.passed is not False for r in rows) else 1
 
 
+def run_cpu_only(args: argparse.Namespace, procs: Processes, work: Path) -> int:
+    """Figure 1 alone: server CPU per request at c=1 and c=N, for the gateway and, with
+    --baseline-launcher, another build of it, measured in the same rounds in rotated order."""
+    env = child_env()
+    fake, fake_port = start_fake(procs, env)
+    repo, key = make_repository(work, fake_port, env)
+    subjects = [subject_for("direct", fake_port, fake.pid, None)]
+    launchers = [("gateway", args.serve_launcher)]
+    if args.baseline_launcher:
+        launchers.append(("baseline", args.baseline_launcher))
+    for name, launcher in launchers:
+        port = free_port()
+        proc, _ = start_server(procs, name, gateway_argv(repo, port, launcher), port, env)
+        subjects.append(subject_for(name, port, proc.pid, key))
+    bench = Bench(LoadClient(procs, env), fake.pid)
+    for subject in subjects:
+        bench.measure(subject, "warm-up", stream=False, concurrency=4, requests=args.warmup)
+    samples: list[Sample] = []
+    for index in range(args.rounds):
+        for subject in rotated(subjects, index):
+            samples.append(bench.measure(subject, "c1", stream=False, concurrency=1,
+                                         requests=args.latency_requests))
+            samples.append(bench.measure(subject, "cN", stream=False,
+                                         concurrency=args.concurrency,
+                                         requests=args.throughput_cap,
+                                         duration_s=args.throughput_s))
+        print(f"  round {index + 1} done", flush=True)
+    table = [("subject", "cpu/req c=1", f"cpu/req c={args.concurrency}", "rounds c=1",
+              f"rounds c={args.concurrency}")]
+    for subject in subjects:
+        def rounds(kind: str) -> str:
+            return ", ".join(f"{v:.3f}" for v in values_of(samples, subject.name, kind, cpu_ms))
+
+        table.append((subject.name, f"{median_of(samples, subject.name, 'c1', cpu_ms):.3f} ms",
+                      f"{median_of(samples, subject.name, 'cN', cpu_ms):.3f} ms",
+                      rounds("c1"), rounds("cN")))
+    print_columns(table)
+    figures = {s.name: {kind: median_of(samples, s.name, kind, cpu_ms) for kind in ("c1", "cN")}
+               for s in subjects}
+    (args.out / "gateway_cpu.json").write_text(json.dumps(
+        {"cpu_ms_per_request": figures, "samples": [asdict(s) for s in samples],
+         "settings": {k: str(v) for k, v in vars(args).items()}}, indent=2), encoding="utf-8")
+    print(f"results in {args.out / 'gateway_cpu.json'}")
+    return 0 if all(f["c1"] <= CPU_TARGET_MS and f["cN"] <= CPU_TARGET_MS
+                    for name, f in figures.items() if name == "gateway") else 1
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     option = parser.add_argument
     option("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
@@ -1420,6 +1469,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
            help="run `python SCRIPT serve ...` as the gateway, not `python -m llmkit serve ...`")
     option("--out", type=Path, default=BENCH_DIR / "results", help="results folder")
     option("--keep", action="store_true", help="keep the temporary folder")
+    option("--cpu-only", action="store_true",
+           help="only the gateway's CPU per request, non-streamed, at c=1 and c=N")
+    option("--baseline-launcher", type=Path,
+           help="with --cpu-only: also measure `python SCRIPT serve ...` in the same rounds")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from llmkit.errors import BadRequest, Conflict, IndexUnavailable, NotFound
+from llmkit.errors import (
+    BadRequest,
+    Conflict,
+    IndexUnavailable,
+    InvalidKey,
+    NotFound,
+    PayloadTooLarge,
+    PromptFormatError,
+)
 from llmkit.index import Prompt, label
-from llmkit.promptfile import PromptFile, path_for_key, serialize
+from llmkit.promptfile import PromptFile, case_conflict, key_from_path, path_for_key, serialize
 from llmkit.render import check_templates
 from llmkit.store import ALREADY_EXISTS, blob_id
 from llmkit.workspace import Workspace
@@ -27,11 +35,25 @@ def save_prompt(
 ) -> Prompt:
     """Create (`create=True`) or update the prompt `key` with `prompt`, as one commit."""
     path = path_for_key(key)
-    text = serialize(prompt)
-    problems = check_templates(_with_lines(prompt))
+    try:
+        text = serialize(prompt)
+    except PromptFormatError as exc:
+        raise PromptFormatError(exc.detail, path=path) from None
+    # Reading the text back refuses what a file cannot hold (NUL, lone surrogates) by line.
+    problems = check_templates(_with_lines(prompt, path))
     if problems:
         line, detail = problems[0]
         raise BadRequest(f"{path}:{line}: {detail}", param="template")
+    data = text.encode("utf-8")
+    limit = ws.models.limits().prompt_file_bytes
+    if len(data) > limit:
+        raise PayloadTooLarge(
+            f"{path} would be {len(data):,} bytes, over the limit of {limit:,} for a prompt file"
+            " (limits.prompt_file_bytes in llmkit.yaml)",
+            param="content",
+        )
+    if create:
+        _refuse_case_conflict(ws, key)
     if not create and not _exists(ws, key):
         raise NotFound(f"No prompt found with key {key!r}", param="key")
     verb = "Create" if create else "Update"
@@ -39,7 +61,7 @@ def save_prompt(
         sha = _commit_unless_current(
             ws,
             path,
-            text.encode("utf-8"),
+            data,
             message=message or f"{verb} prompt {key}",
             author_name=author_name,
             author_email=author_email,
@@ -175,7 +197,27 @@ def _exists(ws: Workspace, key: str) -> bool:
     return target.exists() or ws.store.blob_at_head(path_for_key(key)) is not None
 
 
-def _with_lines(prompt: PromptFile) -> PromptFile:
+def _refuse_case_conflict(ws: Workspace, key: str) -> None:
+    """A new key may not differ only in case from a prompt (or a folder of prompts) that
+    exists: the repository could not be checked out on macOS or Windows."""
+    existing = set()
+    for rel in ws.store.working_files("prompts", (".md",)):
+        try:
+            existing.add(key_from_path(rel))
+        except InvalidKey:
+            continue
+    existing.update(p.key for p in ws.index.list_prompts())
+    other = case_conflict(key, existing)
+    if other is not None:
+        raise Conflict(
+            f"Prompt key {key!r} differs only in case from the existing prompt {other!r}; on"
+            " macOS and Windows both would be one file. Choose another key",
+            param="key",
+            code="case_conflict",
+        )
+
+
+def _with_lines(prompt: PromptFile, path: str | None = None) -> PromptFile:
     from llmkit.promptfile import parse
 
-    return parse(serialize(prompt))
+    return parse(serialize(prompt), path)

@@ -286,8 +286,11 @@ def render(repo: Path | None, spec: str, var_pairs: tuple[str, ...], vars_json: 
 
     ws = synced_workspace(repo)
     key, version_spec = split_ref(spec)
-    prompt = ws.index.version(key, version_spec).prompt()
-    messages = render_messages(prompt, parse_vars(var_pairs, vars_json))
+    version = ws.index.version(key, version_spec)
+    messages = render_messages(
+        version.prompt(), parse_vars(var_pairs, vars_json), limits=ws.models.limits(),
+        path=version.path,
+    )
     if as_json:
         print_json(messages)
         return

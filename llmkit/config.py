@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmkit.budgets import MAX_JSON_DEPTH
 from llmkit.errors import ConfigError
 
 ENV_PREFIX = "LLMKIT_"
@@ -38,6 +39,7 @@ class Settings(BaseModel):
     watch: bool = True
     debounce_ms: int = 30
     max_body_bytes: int = 1024 * 1024
+    max_body_depth: int = MAX_JSON_DEPTH
     # The run log: the writer's batch window (about what a kill -9 can lose), whether a call is
     # answered only once its row is committed (and how long that may wait before a 503), and
     # each text field's cap in bytes.

@@ -77,6 +77,15 @@ class MissingVariables(TemplateError):
         super().__init__(f"Missing variables{where}: {', '.join(names)}", param="variables")
 
 
+class RenderBudgetExceeded(TemplateError):
+    """A render that would exceed a budget of llmkit.yaml's `limits:` (CPU time, output size,
+    range length) or the macro depth: a 422, as the request is well-formed and the template
+    valid, but the two together cannot be rendered within bounds."""
+
+    status = 422
+    code = "render_budget_exceeded"
+
+
 class Unauthorized(LlmkitError):
     status = 401
     type = "authentication_error"

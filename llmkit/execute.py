@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
 from llmkit import providers
+from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
 from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable, UpstreamError
 from llmkit.index import Version, label
 from llmkit.models import ModelRegistry
 from llmkit.promptfile import PromptFile
-from llmkit.render import render_messages
+from llmkit.render import render_messages, renders_quickly
 from llmkit.runlog import RunLog, RunRecord, new_trace_id
 from llmkit.workspace import Workspace
 
@@ -46,6 +50,10 @@ JSON_FORMATS = ("json_object", "json_schema")
 LOGGED_TEXT_MAX_CHARS = 1024 * 1024
 # What one buffered JSON-mode chunk costs beyond its text, in the buffer's byte budget.
 CHUNK_COST_BYTES = 512
+# Threads that prepare calls (render templates, resolve pinned refs) for the API. A render
+# that burns its whole CPU budget holds one of them; the event loop never waits on any.
+PREPARE_THREADS = 8
+T = TypeVar("T")
 
 
 @dataclass
@@ -83,8 +91,39 @@ class Executor:
         self.ws = ws
         self.registry = registry
         self.runlog = runlog
+        self._threads: Workers | None = None
+
+    def close(self) -> None:
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
 
     # -- preparing -----------------------------------------------------------------------
+
+    async def aprepare(self, body: dict[str, Any], **options: Any) -> Execution:
+        """prepare() on the executor's own threads, off the event loop: rendering takes up to
+        its CPU budget, and a pinned branch or tag is resolved with git the first time. A call
+        of a prompt that only substitutes variables, served without a pin, is prepared inline:
+        it can cost no more than reading its request."""
+        if self._quick(body, options.get("version")):
+            return self.prepare(body, **options)
+        if self._threads is None:
+            self._threads = Workers(PREPARE_THREADS, "llmkit-prepare")
+        return await self._threads.run(partial(self.prepare, body, **options))
+
+    def _quick(self, body: dict[str, Any], version: Version | None) -> bool:
+        if version is None:
+            model = body.get("model") if isinstance(body, dict) else None
+            if not isinstance(model, str) or "@" in model:
+                return False
+            try:
+                version = self.ws.index.version(model.strip())
+            except LlmkitError:
+                return False  # prepare() raises it, on a thread like any other call
+        try:
+            return renders_quickly(version.prompt())
+        except LlmkitError:
+            return False
 
     def prepare(
         self,
@@ -113,7 +152,10 @@ class Executor:
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise BadRequest("messages must be a list of {role, content} objects", param="messages")
-        rendered = build_messages(key, prompt, messages, body.get("variables"), user_variables)
+        rendered = build_messages(
+            key, prompt, messages, body.get("variables"), user_variables,
+            limits=self.registry.limits(),
+        )
         target = self.registry.resolve(model_override or prompt.model)
         params: dict[str, Any] = dict(target.params)
         for name in PROMPT_PARAMS:
@@ -319,6 +361,70 @@ class Executor:
             api_key_id=ex.api_key_id,
             source=ex.source,
         )
+
+
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+
+
+class Workers:
+    """Up to `size` threads of their own running calls for the event loop: a SimpleQueue in, and
+    call_soon_threadsafe out. About half the CPU per call of run_in_executor on a
+    ThreadPoolExecutor, which wraps a concurrent future in an asyncio one (measured: this is
+    paid on every request). A thread starts when a call finds none waiting, so a busy render
+    never holds up the next call, and calls made one at a time use one thread."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = 0
+        self._waiting = 0  # threads blocked on the queue, ready for a call
+
+    async def run(self, call: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            self._queue.put((loop, future, call))
+            if self._queue.qsize() > self._waiting and self._started < self._size:
+                self._started += 1
+                name = f"{self._name}-{self._started}"
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+        return await future
+
+    def close(self) -> None:
+        """Threads end once the calls queued before this are done."""
+        with self._lock:
+            for _ in range(self._started):
+                self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._waiting += 1
+            item = self._queue.get()
+            with self._lock:
+                self._waiting -= 1
+            if item is None:
+                return
+            loop, future, call = item
+            try:
+                outcome: tuple[Any, BaseException | None] = (call(), None)
+            except BaseException as exc:  # handed to the awaiting task, which raises it
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                pass
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():  # the caller went away meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class _Answer:
@@ -553,8 +659,11 @@ def build_messages(
     messages: list[dict[str, Any]],
     variables: Any,
     user_variables: dict[str, Any] | None = None,
+    *,
+    limits: Limits | None = None,
 ) -> list[dict[str, Any]]:
-    """The conversation sent upstream: the prompt's rendered sections, then the caller's turns."""
+    """The conversation sent upstream: the prompt's rendered sections (within `limits`), then
+    the caller's turns."""
     kind = prompt.prompt_type
     rest = list(messages)
     system_index = next((i for i, m in enumerate(rest) if m.get("role") == "system"), None)
@@ -572,7 +681,10 @@ def build_messages(
             user_index = next((i for i, m in enumerate(rest) if m.get("role") == "user"), None)
             if user_index is not None:
                 user_vars = _json_object(rest.pop(user_index).get("content"), key, kind, "user")
-    rendered: list[dict[str, Any]] = render_messages(prompt, system_vars, user_vars)
+    # The key was validated when it was looked up; errors name the file.
+    rendered: list[dict[str, Any]] = render_messages(
+        prompt, system_vars, user_vars, limits=limits, path=f"prompts/{key}.md"
+    )
     if prompt.is_chat:
         return rendered + rest
     if kind == "dynamic_both" or (rendered and rendered[-1]["role"] == "user"):
@@ -585,6 +697,12 @@ def _json_object(content: Any, key: str, kind: str, role: str) -> dict[str, Any]
     if isinstance(content, dict):
         return content
     text = content if isinstance(content, str) else ""
+    if json_too_deep(text, MAX_JSON_DEPTH):
+        raise BadRequest(
+            f"The first {role} message of a call to {key!r} holds template variables nested"
+            f" more than {MAX_JSON_DEPTH} levels deep",
+            param="messages",
+        )
     try:
         value = json.loads(text)
     except ValueError:
@@ -616,6 +734,8 @@ def json_text_problem(text: str, schema: dict[str, Any] | None) -> str | None:
     except ValueError as exc:
         shown = text if len(text) <= 80 else text[:77] + "..."
         return f"output is not JSON ({exc.msg} at position {exc.pos}): {shown!r}"
+    except RecursionError:
+        return "output is JSON nested too deeply to read"
     if schema:
         import jsonschema
 
@@ -626,4 +746,6 @@ def json_text_problem(text: str, schema: dict[str, Any] | None) -> str | None:
             return f"output does not match json_schema at {where}: {exc.message}"
         except jsonschema.SchemaError as exc:
             return f"the prompt's json_schema is invalid: {exc.message}"
+        except RecursionError:
+            return "output is nested too deeply to check against json_schema"
     return None

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from llmkit.budgets import DEFAULT_LIMITS
 from llmkit.db import Database, Migrations, run_script
 from llmkit.errors import IndexUnavailable, InvalidKey, LlmkitError, NotFound, PromptFormatError
 from llmkit.promptfile import PromptFile, key_from_path, parse, path_for_key, validate_key
@@ -164,9 +165,15 @@ class IndexMoved(Exception):
 
 
 class Index:
-    def __init__(self, store: GitStore, db: Database) -> None:
+    def __init__(
+        self, store: GitStore, db: Database, prompt_file_bytes: Callable[[], int] | None = None
+    ) -> None:
         self.store = store
         self.db = db
+        # Prompt files over this size are errors, never read into the index (llmkit.yaml's
+        # limits.prompt_file_bytes, asked at each sync; a new value rebuilds the index).
+        self._prompt_file_bytes = prompt_file_bytes or (lambda: DEFAULT_LIMITS.prompt_file_bytes)
+        self._max_bytes = DEFAULT_LIMITS.prompt_file_bytes
         self.db.migrate(MIGRATIONS)
         self.sync_attempts = SYNC_ATTEMPTS
         self.busy_timeout_s = SYNC_BUSY_TIMEOUT_S
@@ -188,6 +195,7 @@ class Index:
     def rebuild(self, progress: Progress | None = None) -> SyncReport:
         """Drop every index row and read the repository again from git."""
         with self._sync_lock:
+            self._max_bytes = self._prompt_file_bytes()
             try:
                 return self._attempts("rebuild", lambda: self._rebuild(progress))
             finally:
@@ -199,6 +207,7 @@ class Index:
         raises IndexUnavailable when every attempt failed. What was cached for serving is
         dropped either way, so nothing read before the sync is served after it."""
         with self._sync_lock:
+            self._max_bytes = self._prompt_file_bytes()
             try:
                 return self._attempts("sync", self._sync_once)
             finally:
@@ -224,6 +233,8 @@ class Index:
         ) from failure
 
     def _sync_once(self) -> SyncReport:
+        if self._state("prompt_file_bytes") != str(self._max_bytes):
+            return self._rebuild(None)  # the size cap changed: files once too large may fit
         # The index's head is read before git's: a head read first could be older than an index
         # another process has just moved on, and would look like history rewritten.
         indexed = self._indexed(self.db.reader())
@@ -364,7 +375,7 @@ class Index:
         raw = self.store.read_blobs(i for i in ids if i not in known)
         if progress:
             progress("blobs", len(raw), len(raw))
-        return {blob: _decode(data) for blob, data in raw.items()}
+        return {blob: _decode(data, self._max_bytes) for blob, data in raw.items()}
 
     def _insert_history(
         self,
@@ -434,7 +445,7 @@ class Index:
             blob = blob_id(data)
             self._stat_cache[rel] = (sig, blob, scanned_at)
             on_disk[key] = blob
-            new_blobs[blob] = _decode(data)
+            new_blobs[blob] = _decode(data, self._max_bytes)
         if new_blobs:
             conn.executemany(
                 "INSERT OR IGNORE INTO ix_blobs (id, content, error) VALUES (?, ?, ?)",
@@ -502,7 +513,7 @@ class Index:
     def _set_state(self, conn: sqlite3.Connection, head: str | None, branch: str) -> None:
         conn.executemany(
             "INSERT OR REPLACE INTO ix_state (name, value) VALUES (?, ?)",
-            [("head", head), ("branch", branch)],
+            [("head", head), ("branch", branch), ("prompt_file_bytes", str(self._max_bytes))],
         )
 
     def _invalidate(self, generation: int | None = None) -> None:
@@ -662,7 +673,7 @@ class Index:
             "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key = ? AND c.sha = ?",
             (key, last),
         ).fetchone()
-        content, error = _decode(data)
+        content, error = _decode(data, self._max_bytes)
         info = self.store.commit_info(last)
         return Version(key, row[0] if row else None, last, blob_id(data), content, error, info)
 
@@ -718,7 +729,12 @@ def _drop_unused_blobs(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM ix_blobs WHERE id NOT IN (SELECT blob FROM ix_versions)")
 
 
-def _decode(data: bytes) -> tuple[str | None, str | None]:
+def _decode(data: bytes, max_bytes: int) -> tuple[str | None, str | None]:
+    if len(data) > max_bytes:
+        return None, (
+            f"file is {len(data):,} bytes, over the limit of {max_bytes:,} for a prompt file"
+            " (limits.prompt_file_bytes in llmkit.yaml)"
+        )
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError as exc:

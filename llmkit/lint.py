@@ -6,8 +6,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit.budgets import DEFAULT_LIMITS
 from llmkit.errors import InvalidKey, PromptFormatError
-from llmkit.promptfile import key_from_path, parse
+from llmkit.promptfile import case_collisions, key_from_path, parse, path_for_key
 from llmkit.render import check_templates
 from llmkit.store import GitStore
 
@@ -31,12 +32,20 @@ class Problem:
         return f"::{self.severity} file={path},line={self.line}::{message}"
 
 
-def lint_prompt_text(rel_path: str, data: bytes) -> list[Problem]:
+def lint_prompt_text(
+    rel_path: str, data: bytes, max_bytes: int = DEFAULT_LIMITS.prompt_file_bytes
+) -> list[Problem]:
     problems = []
     try:
         key_from_path(rel_path)
     except InvalidKey as exc:
         problems.append(Problem(rel_path, 1, exc.message))
+    if len(data) > max_bytes:
+        message = (
+            f"File is {len(data):,} bytes, over the limit of {max_bytes:,} for a prompt file"
+            " (limits.prompt_file_bytes in llmkit.yaml); it is not served"
+        )
+        return problems + [Problem(rel_path, 1, message)]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -55,22 +64,46 @@ def lint_prompt_text(rel_path: str, data: bytes) -> list[Problem]:
 
 def lint_repo(root: Path) -> list[Problem]:
     """Problems of every prompt file and eval file; one bad file never hides the others."""
+    from llmkit.models import ModelRegistry
+
     store = GitStore(root)
+    max_bytes = ModelRegistry(root / "llmkit.yaml").limits().prompt_file_bytes
     problems = [
         Problem(link, 1, "Symbolic link: llmkit never follows links inside prompts/ and evals/;"
                 " put the file itself there")
         for link in store.symlinks()
     ]
-    for rel, path in sorted(store.working_files("prompts", (".md",)).items()):
+    files = store.working_files("prompts", (".md",))
+    for rel, path in sorted(files.items()):
         try:
             data = path.read_bytes()
         except OSError as exc:
             problems.append(Problem(rel, 1, f"Cannot read file: {exc.strerror}"))
             continue
-        problems.extend(lint_prompt_text(rel, data))
+        problems.extend(lint_prompt_text(rel, data, max_bytes))
+    problems.extend(_case_collisions(files))
     problems.extend(_lint_evals(root))
     problems.extend(_lint_config(root))
     return problems
+
+
+def _case_collisions(files: dict[str, Path]) -> list[Problem]:
+    """Prompt keys (or their folders) that differ only in case: on macOS and Windows they are
+    one file, and the repository cannot be checked out."""
+    keys = []
+    for rel in files:
+        try:
+            keys.append(key_from_path(rel))
+        except InvalidKey:
+            continue
+    return [
+        Problem(
+            path_for_key(key), 1,
+            f"Prompt key {key!r} differs only in case from {other!r}; on macOS and Windows"
+            " both are one file, so the repository cannot be checked out there",
+        )
+        for key, other in case_collisions(keys)
+    ]
 
 
 def _lint_config(root: Path) -> list[Problem]:

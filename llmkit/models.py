@@ -9,6 +9,8 @@ models:
     api_base: https://example.test/v1   # optional
     api_key_env: MY_OPENAI_KEY          # optional: env var holding the key
     temperature: 0.2                    # any other field: default request parameters
+limits:                             # optional: budgets (see llmkit.budgets)
+  render_cpu_ms: 1000
 ```
 The file is re-read when it changes, so editing it needs no restart.
 """
@@ -23,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from llmkit.budgets import DEFAULT_LIMITS, Limits, limits_from, yaml_problem
 from llmkit.errors import ConfigError
 
 ALIAS_FIELDS = {"model", "api_base", "api_key_env", "fallbacks", "timeout", "max_retries"}
@@ -49,6 +52,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._signature: tuple[int, int] | None = None
         self._aliases: dict[str, ModelTarget] = {}
+        self._limits = DEFAULT_LIMITS
         self._error: str | None = None
 
     def aliases(self) -> dict[str, ModelTarget]:
@@ -56,6 +60,13 @@ class ModelRegistry:
         if self._error:
             raise ConfigError(self._error)
         return self._aliases
+
+    def limits(self) -> Limits:
+        """The `limits:` section; the defaults while the file is missing or its limits are
+        invalid (that error is raised by aliases() and reported by lint), so that a typo never
+        lifts a budget and never stops the index."""
+        self._refresh()
+        return self._limits
 
     def resolve(self, name: str) -> ModelTarget:
         """An alias from llmkit.yaml, or a litellm model string as it is."""
@@ -75,23 +86,42 @@ class ModelRegistry:
         with self._lock:
             if signature == self._signature:
                 return
-            self._aliases, self._error = ({}, None) if signature is None else _load(self.config_file)
+            if signature is None:
+                self._aliases, self._limits, self._error = {}, DEFAULT_LIMITS, None
+            else:
+                self._aliases, self._limits, self._error = _load(self.config_file)
             self._signature = signature
 
 
-def _load(path: Path) -> tuple[dict[str, ModelTarget], str | None]:
+def _load(path: Path) -> tuple[dict[str, ModelTarget], Limits, str | None]:
+    """Aliases, limits and the first error; limits stand on their own, so that an error in the
+    aliases leaves the configured budgets in force."""
     name = path.name
     try:
-        data = yaml.safe_load(path.read_text("utf-8")) or {}
+        text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return {}, f"{name}: cannot read: {exc}"
+        return {}, DEFAULT_LIMITS, f"{name}: cannot read: {exc}"
+    problem = yaml_problem(text)
+    if problem is not None:
+        return {}, DEFAULT_LIMITS, f"{name}:{problem[0]}: {problem[1]}"
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        return {}, f"{name}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"
+        return {}, DEFAULT_LIMITS, f"{name}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"
     if not isinstance(data, dict):
-        return {}, f"{name}: expected a mapping with a 'models' key"
-    unknown = set(data) - {"models"}
+        return {}, DEFAULT_LIMITS, f"{name}: expected a mapping with a 'models' key"
+    try:
+        limits = limits_from(data.get("limits"))
+    except ValueError as exc:
+        return {}, DEFAULT_LIMITS, f"{name}: {exc}"
+    aliases, error = _load_aliases(name, data)
+    return aliases, limits, error
+
+
+def _load_aliases(name: str, data: dict[Any, Any]) -> tuple[dict[str, ModelTarget], str | None]:
+    unknown = set(data) - {"models", "limits"}
     if unknown:
         return {}, f"{name}: unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}"
     models = data.get("models") or {}

@@ -8,12 +8,14 @@ variable's value can never open a new message.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import frontmatter
 import yaml
 
+from llmkit.budgets import yaml_problem
 from llmkit.errors import InvalidKey, PromptFormatError
 
 ROLES = ("system", "user", "assistant")
@@ -23,6 +25,15 @@ MARKER_RE = re.compile(r"^<!--\s*role\s*:\s*(\w+)\s*-->$")
 MARKER_LIKE_RE = re.compile(r"^\s*<!--\s*role\s*:.*-->\s*$")
 TEMPLATE_RE = re.compile(r"\{\{|\{%|\{#")
 KEY_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+# Names Windows reserves for devices, with any extension and in any case: a repository holding
+# `prompts/con.md` or `prompts/aux/x.md` cannot be checked out there.
+WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{port}{n}" for port in ("COM", "LPT") for n in range(10)]
+)
+# What a prompt file's text may not hold: NUL makes git treat the file as binary (no diffs, no
+# reviews), and a lone surrogate is not a character and cannot be written as UTF-8.
+_NOT_TEXT_RE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 MAX_KEY_LENGTH = 200
 PROMPT_TYPES = ("static", "dynamic_system", "dynamic_both")
 REASONING_EFFORTS = ("minimal", "low", "medium", "high")
@@ -106,7 +117,10 @@ class PromptFile:
 
 
 def validate_key(key: str) -> str:
-    """A prompt key: `[A-Za-z0-9._-]` segments joined by `/`. Raises InvalidKey naming it."""
+    """A prompt key: `[A-Za-z0-9._-]` segments joined by `/`, portable to every file system git
+    runs on (no Windows device names, no segment ending in a dot). Raises InvalidKey naming
+    it. Keys that differ only in case are refused where prompts are created (see
+    `case_conflict`), as that needs the other keys."""
     if not isinstance(key, str) or not key:
         raise InvalidKey("Prompt key must be a non-empty string", param="key")
     if len(key) > MAX_KEY_LENGTH:
@@ -125,7 +139,54 @@ def validate_key(key: str) -> str:
                 " and do not start with '.'",
                 param="key",
             )
+        if segment.endswith("."):
+            raise InvalidKey(
+                f"Invalid prompt key {key!r}: segment {segment!r} ends with '.', which Windows"
+                " drops from file names",
+                param="key",
+            )
+        if segment.split(".", 1)[0].upper() in WINDOWS_RESERVED:
+            raise InvalidKey(
+                f"Invalid prompt key {key!r}: {segment!r} is a device name on Windows"
+                f" ({', '.join(sorted(WINDOWS_RESERVED))}, with any extension, in any case),"
+                " so the repository could not be checked out there",
+                param="key",
+            )
     return key
+
+
+def case_conflict(key: str, existing: Iterable[str]) -> str | None:
+    """An existing key that `key` collides with on a case-insensitive file system (macOS,
+    Windows): the same key or folder spelled with other capitals (`Support/a` beside
+    `support/b`). None when there is none."""
+    wanted = _prefixes(key)
+    folded = {p.casefold(): p for p in wanted}
+    for other in existing:
+        for prefix in _prefixes(other):
+            mine = folded.get(prefix.casefold())
+            if mine is not None and mine != prefix:
+                return other
+    return None
+
+
+def case_collisions(keys: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs (key, earlier key) among `keys` whose paths collide on a case-insensitive file
+    system, each key reported once, against the first key (in sorted order) it collides with."""
+    seen: dict[str, tuple[str, str]] = {}
+    found = []
+    for key in sorted(keys):
+        for prefix in _prefixes(key):
+            first = seen.setdefault(prefix.casefold(), (prefix, key))
+            if first[0] != prefix:
+                found.append((key, first[1]))
+                break
+    return found
+
+
+def _prefixes(key: str) -> list[str]:
+    """`a/b/c` -> [`a`, `a/b`, `a/b/c`]: the folders and the file a key occupies."""
+    parts = key.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def key_from_path(rel_path: str) -> str:
@@ -169,6 +230,31 @@ def validate_meta(meta: dict[str, Any]) -> None:
     for name in ("fallbacks", "tags"):
         if name in meta and not all(isinstance(v, str) for v in meta[name]):
             raise fail(name, f"{name} must be a list of strings")
+    for name, value in meta.items():
+        bad = surrogate_in(value)
+        if bad is not None:
+            raise fail(
+                name,
+                f"Frontmatter key {name!r} holds a lone surrogate (U+{ord(bad):04X}), which is"
+                " not a character and cannot be stored as UTF-8",
+            )
+
+
+def surrogate_in(value: Any) -> str | None:
+    """The first lone surrogate in the strings of a YAML or JSON value (keys included)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            match = _SURROGATE_RE.search(item)
+            if match is not None:
+                return match.group()
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 _FRONTMATTER_RE = re.compile(r"\A---[ \t]*\n(.*?)^---[ \t]*(?:\n|\Z)", re.S | re.M)
@@ -179,11 +265,18 @@ def parse(text: str, path: str | None = None) -> PromptFile:
     """Parse a prompt file. Errors name the file and line."""
     # Some editors start UTF-8 files with a byte order mark, which would hide the frontmatter.
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    refused = not_text(text)
+    if refused is not None:
+        raise PromptFormatError(f"Prompt text holds {refused[1]}", path=path, line=refused[0])
     meta: dict[str, Any] = {}
     body_start = 1
     match = _FRONTMATTER_RE.match(text)
     if match:
         raw = match.group(1)
+        expands = yaml_problem(raw)
+        if expands is not None:
+            # Line 1 of the frontmatter is line 2 of the file.
+            raise PromptFormatError(f"Frontmatter: {expands[1]}", path=path, line=expands[0] + 1)
         try:
             loaded = _yaml_handler.load(raw) if raw.strip() else {}
         except yaml.YAMLError as exc:
@@ -208,6 +301,20 @@ def parse(text: str, path: str | None = None) -> PromptFile:
         body = text
     messages, lines = _split_sections(body, body_start, path)
     return PromptFile(meta=meta, messages=messages, lines=lines)
+
+
+def not_text(text: str) -> tuple[int, str] | None:
+    """The first character a prompt file may not hold, as (1-based line, what it is)."""
+    bad = _NOT_TEXT_RE.search(text)
+    if bad is None:
+        return None
+    line = text.count("\n", 0, bad.start()) + 1
+    if bad.group() == "\x00":
+        return line, "a NUL character (U+0000), which makes git treat the file as binary"
+    return line, (
+        f"a lone surrogate (U+{ord(bad.group()):04X}), which is not a character and cannot be"
+        " stored as UTF-8"
+    )
 
 
 def _line_of_key(raw: str, name: str | None) -> int:
@@ -313,6 +420,9 @@ def serialize(prompt: PromptFile) -> str:
                 f"A {m.role} message has a line ending in a carriage return (\\r\\n);"
                 " the file format stores lines with \\n only"
             )
+        refused = not_text(m.content)
+        if refused is not None:
+            raise PromptFormatError(f"A {m.role} message holds {refused[1]}")
         if m.content != "\n".join(_strip_blank(lines)):
             raise PromptFormatError(
                 f"A {m.role} message starts or ends with a blank line, which the file format drops"

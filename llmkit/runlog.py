@@ -572,7 +572,8 @@ def _version_filter(version: str | int) -> tuple[str, list[Any]]:
     text = version.strip().lower() if isinstance(version, str) else ""
     is_hex = bool(text) and len(text) <= 40 and all(c in "0123456789abcdef" for c in text)
     sha_prefix = is_hex and len(text) >= MIN_SHA_PREFIX
-    if text.isdigit() and text.isascii():
+    # Digits too large for a version number can still be a sha prefix.
+    if text.isdigit() and text.isascii() and len(text) <= 18:
         if sha_prefix:
             return "(version_number = ? OR version_sha LIKE ?)", [int(text), text + "%"]
         return "version_number = ?", [int(text)]

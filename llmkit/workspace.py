@@ -29,7 +29,9 @@ class Workspace:
             settings.repo, settings.lock_path, lock_timeout_s=settings.git_lock_timeout_s
         )
         self.db = Database(settings.db_path)
-        self.index = Index(self.store, self.db)
+        self.index = Index(
+            self.store, self.db, prompt_file_bytes=lambda: self.models.limits().prompt_file_bytes
+        )
 
     @classmethod
     def open(cls, repo: str | None = None, **overrides: object) -> "Workspace":

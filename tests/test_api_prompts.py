@@ -240,7 +240,8 @@ def test_diff_between_versions(api: ApiEnv) -> None:
     served = api.get("/v1/ui/prompts/hello/diff", params={"from": "1"})
     assert served.json()["diff"] == diff
     assert api.get("/v1/ui/prompts/hello/diff", params={"from": "2", "to": "2"}).json()["diff"] == ""
-    assert api.get("/v1/ui/prompts/hello/diff").status_code == 422
+    missing = api.get("/v1/ui/prompts/hello/diff")
+    assert (missing.status_code, missing.json()["error"]["param"]) == (400, "from")
     assert api.get("/v1/ui/prompts/hello/diff", params={"from": "nope"}).status_code == 404
 
 

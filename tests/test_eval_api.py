@@ -292,7 +292,7 @@ def test_run_refusals_and_empty_sets(api: EvalApi) -> None:
     refused(api.request("POST", run_url("nope", 1)), 404)
     refused(api.request("POST", run_url("chat", 1)), 404)  # a prompt without cases
     for rounds in ("0", "21", "x", "1.5"):
-        refused(api.request("POST", run_url("greet", 1) + f"?rounds={rounds}"), 422)
+        refused(api.request("POST", run_url("greet", 1) + f"?rounds={rounds}"), 400)
     assert ok(api.request("GET", run_url("greet", 1))) == []
     assert ok(api.request("GET", run_url("chat", 1))) == []
     refused(api.request("GET", run_url("greet", 9)), 404)

@@ -7,6 +7,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmkit.errors import InvalidKey
 from llmkit.evals.asserts import Assertion
 from llmkit.evals.spec import (
     EvalCase,
@@ -22,6 +23,7 @@ from llmkit.evals.spec import (
     read_eval_text,
     serialize_case,
 )
+from llmkit.promptfile import validate_key
 
 PATH = "evals/support/triage/basic.yaml"
 
@@ -118,7 +120,7 @@ cases:
     assert (first.line, second.line) == (9, 16)
 
 
-def test_yaml_merge_keys_are_followed() -> None:
+def test_yaml_anchors_aliases_and_merge_keys_are_refused_by_line() -> None:
     text = """\
 cases:
   - &base
@@ -128,10 +130,30 @@ cases:
   - <<: *base
     name: two
 """
-    one, two = load_eval_text(text, PATH).cases
-    assert two.name == "two"
-    assert two.vars == one.vars == {"a": 1}
-    assert two.assertions == one.assertions
+    with pytest.raises(EvalSpecError) as raised:
+        load_eval_text(text, PATH)
+    assert [(p.line, p.message.split(" is not allowed")[0]) for p in raised.value.problems] == [
+        (2, "YAML anchor &base")
+    ]
+
+
+def test_an_alias_bomb_or_deep_nesting_in_an_eval_file_is_refused_before_loading() -> None:
+    bomb = (
+        "name: bomb\nvars:\n  a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+        "  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+        "  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        "  d: [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+    )
+    eval_file = read_eval_text(bomb, PATH)
+    assert eval_file.cases == []
+    assert [(p.line, p.message.split(" is not")[0]) for p in eval_file.problems] == [
+        (3, "YAML anchor &a")
+    ]
+    # libyaml's composer would overflow the C stack on this: a crash, not an exception.
+    deep = "name: deep\nvars:\n  x: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    assert [(p.line, p.message) for p in read_eval_text(deep, PATH).problems] == [
+        (3, "YAML nests deeper than 64 levels")
+    ]
 
 
 def test_prompt_key_comes_from_the_folder() -> None:
@@ -420,7 +442,18 @@ _segment = st.builds(
     str.__add__, st.sampled_from(string.ascii_letters),
     st.text(string.ascii_letters + string.digits + "._-", max_size=7),
 )
-_prompt_keys = st.lists(_segment, min_size=1, max_size=3).map("/".join)
+
+
+def _valid_key(key: str) -> bool:
+    """Keys the generator builds may still be refused (`con`, a segment ending in '.')."""
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return True
+
+
+_prompt_keys = st.lists(_segment, min_size=1, max_size=3).map("/".join).filter(_valid_key)
 _names = st.text(min_size=1, max_size=30).filter(
     lambda s: s.strip() != "" and "\n" not in s and "\r" not in s
 )

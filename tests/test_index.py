@@ -273,6 +273,38 @@ def test_files_that_cannot_be_read_keep_the_rest_indexing(repo: Repo, workspace:
     assert workspace.index.version("good").prompt().user == "fine"
 
 
+def test_prompt_files_over_the_size_limit_are_errors_never_read_into_the_index(
+    repo: Repo, workspace: Workspace, tmp_path: Path
+) -> None:
+    huge = text("x" * 300_000)
+    repo.write("prompts/huge.md", huge)
+    repo.commit("a huge prompt")
+    repo.write("prompts/draft.md", text("y" * 300_000))
+    assert_sync_equals_rebuild(workspace, tmp_path)
+    for key in ("huge", "draft"):
+        version = workspace.index.version(key)
+        assert version.content is None
+        assert version.error is not None
+        assert "over the limit of 262,144 for a prompt file" in version.error
+        with pytest.raises(PromptFormatError, match=f"^prompts/{key}.md:1: file is 300,0"):
+            version.prompt()
+        fields = prompt_fields(workspace.index.get_prompt(key))
+        assert len(str(fields)) < 1000, "a listing carries the error, never the text"
+    reader = workspace.db.reader()
+    stored = reader.execute("SELECT MAX(LENGTH(content)) FROM ix_blobs").fetchone()[0]
+    assert stored < 1000
+
+    # A new limit in llmkit.yaml rebuilds the index at the next sync, and the file is served.
+    repo.write("llmkit.yaml", "limits:\n  prompt_file_bytes: 400000\n")
+    workspace.index.sync()
+    assert workspace.index.version("huge").prompt().user == "x" * 300_000
+    assert workspace.index.version("draft").prompt().user == "y" * 300_000
+    repo.write("llmkit.yaml", "limits:\n  prompt_file_bytes: 1000\n")
+    workspace.index.sync()
+    assert workspace.index.version("huge").content is None
+    assert workspace.index.version("hello").prompt().system
+
+
 # -- versions ---------------------------------------------------------------------------------------
 
 

@@ -105,6 +105,41 @@ def test_lint_exits_0_on_a_clean_repository_and_on_warnings(repo: Repo) -> None:
     assert result.stdout == "prompts/empty.md:1: Prompt has no messages\n"
 
 
+def test_lint_reports_unportable_keys_oversized_files_bombs_and_deep_templates(
+    make_repo: MakeRepo,
+) -> None:
+    ok = "---\nmodel: m\n---\nhi\n"
+    repo = make_repo("unportable", {
+        "llmkit.yaml": "models:\n  default: echo\nlimits:\n  prompt_file_bytes: 10000\n",
+        "prompts/hello.md": ok,
+        "prompts/Hello.md": ok,
+        "prompts/support/a.md": ok,
+        "prompts/Support/b.md": ok,
+        "prompts/con.md": ok,
+        "prompts/dir./x.md": ok,
+        "prompts/big.md": ok + "x" * 10_000 + "\n",
+        "prompts/bomb.md": "---\nmodel: m\ntags: &a [x, x]\ndescription: [*a, *a]\n---\nhi\n",
+        "prompts/deep.md": "---\nmodel: m\n---\nfine\n{{ " + "(" * 3000 + ")" * 3000 + " }}\n",
+        "prompts/withnul.md": "---\nmodel: m\n---\nfine\nnot \x00 fine\n",
+    })
+    found = {(p.path, p.line, p.message.split(";")[0].split(" (")[0]) for p in lint_repo(repo.root)}
+    assert found == {
+        ("prompts/hello.md", 1, "Prompt key 'hello' differs only in case from 'Hello'"),
+        ("prompts/support/a.md", 1, "Prompt key 'support/a' differs only in case from 'Support/b'"),
+        ("prompts/con.md", 1, "Invalid prompt key 'con': 'con' is a device name on Windows"),
+        ("prompts/dir./x.md", 1,
+         "Invalid prompt key 'dir./x': segment 'dir.' ends with '.', which Windows drops from"
+         " file names"),
+        ("prompts/big.md", 1, "File is 10,021 bytes, over the limit of 10,000 for a prompt file"),
+        ("prompts/bomb.md", 3,
+         "Frontmatter: YAML anchor &a is not allowed: write the value out in full"),
+        ("prompts/deep.md", 5,
+         "Template syntax error: the template nests too deeply, or an expression is too long,"
+         " to compile"),
+        ("prompts/withnul.md", 5, "Prompt text holds a NUL character"),
+    }
+
+
 def test_lint_names_a_bad_file_name_and_still_checks_its_content() -> None:
     problems = lint_prompt_text("prompts/bad name.md", b"---\ncolour: x\n---\n")
     assert [(p.line, p.message.split(":")[0]) for p in problems] == [

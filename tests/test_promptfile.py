@@ -16,6 +16,8 @@ from llmkit.promptfile import (
     ROLES,
     Message,
     PromptFile,
+    case_collisions,
+    case_conflict,
     is_marker,
     key_from_path,
     parse,
@@ -77,9 +79,12 @@ def metas(draw: st.DrawFn) -> dict[str, Any]:
     return {name: draw(META_VALUES[name]) for name in names}
 
 
-# A line of message text: anything but a newline, and not ending in a carriage return (the
-# format stores lines with \n only, and reads \r\n files as \n files).
-line_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=40).filter(
+# A line of message text: anything but a newline or NUL (refused: git would see a binary file),
+# and not ending in a carriage return (the format stores lines with \n only, and reads \r\n
+# files as \n files).
+line_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"), max_size=40
+).filter(
     lambda line: not line.endswith("\r")
 )
 marker_ish = st.sampled_from(
@@ -276,6 +281,8 @@ def test_section_lines_point_at_the_first_content_line() -> None:
         Message("user", "trailing blank line\n"),
         Message("user", "windows\r\nline"),
         Message("tool", "not a role"),
+        Message("user", "a NUL \x00 byte"),
+        Message("user", "a lone surrogate \ud800"),
     ],
 )
 def test_serialize_refuses_text_the_format_cannot_hold(message: Message) -> None:
@@ -435,3 +442,118 @@ def test_invalid_keys_are_refused_naming_the_key(key: str) -> None:
 def test_key_from_path_refuses_non_prompt_paths(path: str) -> None:
     with pytest.raises(InvalidKey):
         key_from_path(path)
+
+
+# -- portable keys ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["CON", "con", "Aux", "nul", "PRN", "com1", "COM9", "lpt1", "Lpt9", "com0", "con.txt",
+     "aux.tar.gz", "support/con", "con/x", "a/b/LPT3.v2"],
+)
+def test_windows_device_names_are_refused_in_any_case_and_with_any_extension(key: str) -> None:
+    with pytest.raises(InvalidKey, match="device name on Windows") as info:
+        validate_key(key)
+    assert info.value.param == "key"
+
+
+@pytest.mark.parametrize("key", ["dir./x", "x.", "a/b./c", "v1../x"])
+def test_segments_ending_in_a_dot_are_refused(key: str) -> None:
+    with pytest.raises(InvalidKey, match="ends with '.'"):
+        validate_key(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["console", "com10", "auxiliary", "connect/x", "lpt", "nul_x", "x.con"]
+)
+def test_names_that_only_look_like_device_names_are_fine(key: str) -> None:
+    assert validate_key(key) == key
+
+
+def test_a_case_conflict_is_found_for_the_key_and_for_each_of_its_folders() -> None:
+    existing = ["support/triage", "hello", "team/a/b"]
+    assert case_conflict("Hello", existing) == "hello"
+    assert case_conflict("Support/other", existing) == "support/triage"
+    assert case_conflict("team/A/c", existing) == "team/a/b"
+    assert case_conflict("TEAM", existing) == "team/a/b"
+    assert case_conflict("hello", existing) is None  # the same key: "already exists" instead
+    assert case_conflict("support/other", existing) is None
+    assert case_conflict("hello2", existing) is None
+
+
+def test_case_collisions_are_reported_once_against_the_first_key() -> None:
+    keys = ["a", "A", "b/x", "B/y", "c", "b/z"]
+    assert case_collisions(keys) == [("a", "A"), ("b/x", "B/y"), ("b/z", "B/y")]
+    assert case_collisions(["a", "b", "a/b"]) == []
+
+
+# -- text a prompt file cannot hold, and YAML that expands or nests ----------------------------
+
+
+def test_nul_and_lone_surrogates_in_text_are_refused_by_line() -> None:
+    with pytest.raises(PromptFormatError, match=r"^prompts/demo\.md:3: .*NUL character") as info:
+        parse("<!-- role:system -->\nfine\nbad \x00 here\n", PATH)
+    assert info.value.status == 400
+    surrogate = r"^prompts/demo\.md:2: .*lone surrogate \(U\+DC00\)"
+    with pytest.raises(PromptFormatError, match=surrogate):
+        parse("<!-- role:system -->\nx\udc00\n", PATH)
+
+
+def test_surrogates_in_frontmatter_values_are_refused_by_key() -> None:
+    # From a file, YAML refuses the escape itself; from the API's JSON, validate_meta does.
+    with pytest.raises(PromptFormatError, match="Malformed frontmatter"):
+        parse('---\nmodel: x\ndescription: "a\\ud800"\n---\nhi\n', PATH)
+    with pytest.raises(PromptFormatError, match="'description' holds a lone surrogate") as info:
+        validate_meta({"model": "x", "description": "a\ud800"})
+    assert info.value.param == "description"
+    with pytest.raises(PromptFormatError, match="'json_schema' holds a lone surrogate"):
+        validate_meta({"json_schema": {"properties": {"\ud800": {}}}})
+    assert parse('---\ndescription: "a\\0b"\n---\nhi\n').meta["description"] == "a\x00b"
+
+
+# The frontmatter of the 435-byte bomb: each line multiplies the one before by ten.
+ALIAS_BOMB = """\
+---
+model: default
+tags: &a ["x","x","x","x","x","x","x","x","x","x"]
+description: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]
+json_schema:
+  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]
+  d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]
+  e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]
+---
+<!-- role:system -->
+Hi.
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        (ALIAS_BOMB, 3, "YAML anchor &a is not allowed"),
+        ("---\nmodel: x\njson_schema:\n  a: !!str &s one\n---\nhi\n", 4, "anchor &s"),
+        ("---\nmodel: x\njson_schema:\n  type: object\n  properties:\n    p: *q\n---\nhi\n", 6,
+         "YAML alias \\*q is not allowed"),
+        ("---\nmodel: x\njson_schema: " + "[" * 100_000 + "]" * 100_000 + "\n---\nhi\n", 3,
+         "YAML nests deeper than 64 levels"),
+        (
+            "---\nmodel: x\njson_schema:\n"
+            + "".join(" " * (2 * i + 2) + f"k{i}:\n" for i in range(100))
+            + "---\nhi\n",
+            67,
+            "YAML nests deeper than 64 levels",
+        ),
+    ],
+    ids=["alias bomb", "anchor in json_schema", "alias in json_schema", "flow nesting",
+         "block nesting"],
+)
+def test_yaml_anchors_aliases_and_deep_nesting_are_refused_before_loading(
+    text: str, line: int, needle: str
+) -> None:
+    # Loading any of these would expand a bomb into gigabytes or overflow libyaml's C stack
+    # (a crash of the whole process, not an exception).
+    with pytest.raises(PromptFormatError, match=needle) as info:
+        parse(text, PATH)
+    assert info.value.line == line
+    assert len(info.value.message) < 300

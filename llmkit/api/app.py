@@ -90,7 +90,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.on_shutdown = []
     install_error_handlers(app)
     app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.request_read_timeout_s
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_read_timeout_s,
+        max_depth=settings.max_body_depth,
     )
     app.include_router(meta.router)
     app.include_router(meta.run_router)
@@ -104,6 +107,23 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     return app
 
 
+# A query, path or header parameter that fails its type or bounds is bad input (400), named
+# by itself; a body that fails its schema is a 422.
+PARAMETER_LOCATIONS = ("query", "path", "header")
+
+
+def _bad_parameters(errors: Any) -> JSONResponse:
+    parts = []
+    for err in errors[:5]:
+        name = str(err.get("loc", ("", "?"))[-1])
+        value = err.get("input")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        parts.append(f"{name}: {err.get('msg')} (got {shown})")
+    param = str(errors[0].get("loc", ("", None))[-1])
+    message = "Invalid parameter " + "; ".join(parts)
+    return JSONResponse(error_body(400, message, "invalid_parameter", param), status_code=400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LlmkitError)
     async def llmkit_error(request: Request, exc: LlmkitError) -> JSONResponse:
@@ -112,6 +132,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        if errors and all(err.get("loc", ("body",))[0] in PARAMETER_LOCATIONS for err in errors):
+            return _bad_parameters(errors)
         parts = []
         param = None
         for err in errors[:5]:

@@ -27,6 +27,8 @@ async def json_object(request: Request) -> dict[str, Any]:
         body = json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the middleware refuses deep bodies first; kept for other callers
+        raise BadRequest("Request body nests too deeply", code="too_deep") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object")
     return body

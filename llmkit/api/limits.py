@@ -1,5 +1,6 @@
-"""Request bodies over the limit get 413, and bodies that take too long to arrive 408, before
-anything parses them."""
+"""Request bodies are checked before anything parses them: over the size limit is a 413, a body
+that takes too long to arrive a 408, and JSON nested too deeply a 400 (a JSON parser recurses
+once per level of nesting)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmkit.errors import LlmkitError, PayloadTooLarge, RequestTimeout
+from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
+from llmkit.errors import BadRequest, LlmkitError, PayloadTooLarge, RequestTimeout
 
 
 def _declared_length(scope: Scope) -> int:
@@ -43,19 +45,27 @@ class BodySizeLimit:
     that outgrows the limit while it streams is refused here, not inside FastAPI's body parsing,
     which would turn any error raised from `receive` into a 400. A body that does not arrive
     whole within `timeout_s` is refused too: a client sending it a byte at a time (or never)
-    would otherwise hold its request open without end."""
+    would otherwise hold its request open without end. A body whose JSON nests more than
+    `max_depth` levels is refused with 400, whichever route it is for."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        max_depth: int = MAX_JSON_DEPTH,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if _declared_length(scope) > self.max_bytes:
-            await self._reject(send, self._too_large())
+            await _reject(send, self._too_large(), close=True)
             return
         chunks: list[bytes] = []
         size = 0
@@ -69,27 +79,38 @@ class BodySizeLimit:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_bytes:
-                        await self._reject(send, self._too_large())
+                        await _reject(send, self._too_large(), close=True)
                         return
                     chunks.append(chunk)
                     more_body = message.get("more_body", False)
         except TimeoutError:
-            await self._reject(send, RequestTimeout(
-                f"The request body did not arrive within {self.timeout_s:g} s"
-                f" ({size} bytes came)"
-            ))
+            late = RequestTimeout(
+                f"The request body did not arrive within {self.timeout_s:g} s ({size} bytes came)"
+            )
+            await _reject(send, late, close=True)
             return
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        body = b"".join(chunks)
+        if json_too_deep(body, self.max_depth):
+            too_deep = BadRequest(
+                f"Request body nests more than {self.max_depth} levels of arrays and objects",
+                code="too_deep",
+            )
+            await _reject(send, too_deep)
+            return
+        await self.app(scope, _replay(body, receive), send)
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"Request body is larger than the limit of {self.max_bytes} bytes")
 
-    async def _reject(self, send: Send, error: LlmkitError) -> None:
-        body = json.dumps(error.to_dict()).encode()
-        headers: list[Any] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+
+async def _reject(send: Send, error: LlmkitError, close: bool = False) -> None:
+    """Answer `error` in the one error shape; `close` when the rest of the body is unread."""
+    body = json.dumps(error.to_dict()).encode()
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -81,7 +81,7 @@ class EvalRunner:
         number, sha = version.number, version.sha
         model = case.model or "?"
         try:
-            ex = self._prepare(case, version)
+            ex = await self._prepare(case, version)
             model = ex.call.model
             outcome, cached = await self._outcome(ex, repeat_index)
         except LlmkitError as exc:
@@ -92,10 +92,11 @@ class EvalRunner:
             repeat_index=repeat_index, cached=cached,
         )
 
-    def _prepare(self, case: EvalCase, version: Version) -> Execution:
+    async def _prepare(self, case: EvalCase, version: Version) -> Execution:
+        """Off the event loop, as in the API: rendering takes up to its CPU budget."""
         user_vars = {**case.vars, **case.user_vars} if case.user_vars else None
         body = {"model": case.prompt_key, "messages": case.messages, "variables": case.vars}
-        return self.executor.prepare(
+        return await self.executor.aprepare(
             body,
             source=self.options.source,
             user_variables=user_vars,

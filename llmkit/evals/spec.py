@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from llmkit.budgets import yaml_problem
 from llmkit.errors import InvalidKey, PromptFormatError
 from llmkit.evals.asserts import (
     Assertion,
@@ -36,7 +37,7 @@ from llmkit.evals.asserts import (
     type_name,
     unknown_key_message,
 )
-from llmkit.promptfile import validate_key
+from llmkit.promptfile import surrogate_in, validate_key
 from llmkit.store import scan_tree
 
 EVALS_DIR = "evals"
@@ -468,6 +469,10 @@ def _duplicate_case_problems(cases: list[EvalCase]) -> list[Problem]:
 
 def read_eval_text(text: str, rel_path: str) -> EvalFile:
     """Parse and check one eval file; never raises: problems are returned in the EvalFile."""
+    # Before loading: an alias bomb or deep nesting must never be expanded or composed.
+    refused = yaml_problem(text)
+    if refused is not None:
+        return EvalFile(rel_path, None, [], [Problem(rel_path, refused[0], refused[1])])
     try:
         data, lines, duplicates = _load_yaml(text)
     except yaml.MarkedYAMLError as exc:
@@ -696,6 +701,11 @@ def case_from_dict(
         c.error(None, f"'prompt_key': {problem}")
     c.unknown_keys(fields, CASE_KEYS, "an eval case")
     fields = {k: v for k, v in fields.items() if k in CASE_KEYS and v is not None}
+    for name, value in fields.items():
+        if surrogate_in(value) is not None:
+            # An eval file is UTF-8 text: a lone surrogate can neither be written nor read back.
+            c.error(None, f"'{name}' holds a lone surrogate, which is not a character and cannot"
+                    " be stored as UTF-8")
     if file is None and key is not None and isinstance(fields.get("name"), str):
         c.path = case_path(key, fields["name"])
     case = _read_case(c, fields, key, {}, CASE_KEYS)

@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from llmkit.api.deps import admin_key, json_object, run_key
 from llmkit.api.streaming import ClientWatch, EventStream, JsonAnswer
@@ -36,6 +35,7 @@ def install(app: FastAPI) -> None:
     async def stop(app: FastAPI) -> None:
         from llmkit import providers
 
+        app.state.executor.close()
         await providers.aclose()
 
     app.state.on_startup.append(start)
@@ -48,12 +48,8 @@ async def execute(request: Request, body: dict[str, Any], stream: bool, source: 
     executor: Executor = request.app.state.executor
     key = getattr(request.state, "api_key", None)
     key_id = key.id if key else None
-    model = body.get("model")
-    if isinstance(model, str) and "@" in model:
-        # A pinned branch or tag is resolved with git the first time: keep it off the loop.
-        ex = await run_in_threadpool(executor.prepare, body, source=source, api_key_id=key_id)
-    else:
-        ex = executor.prepare(body, source=source, api_key_id=key_id)
+    # Templates render within their budget and pinned refs may run git: never on the loop.
+    ex = await executor.aprepare(body, source=source, api_key_id=key_id)
     try:
         if not stream:
             return await _complete(request, executor, ex)

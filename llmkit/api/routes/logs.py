@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Query
 
 from llmkit.api.deps import Ws, admin_key
 from llmkit.errors import NotFound
 from llmkit.models import describe_models
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
+
+# Bounds that keep the row offset, (page - 1) * page_size, within SQLite's integers; a larger
+# page_size is capped by the run log.
+MAX_PAGE = 10**9
+MAX_PAGE_SIZE_ASKED = 10**6
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE_ASKED, description="rows per page")]
 
 
 def install(app: FastAPI) -> None:
@@ -24,8 +31,8 @@ def _filters(prompt: str | None, version: str | None, status: str | None, since:
 @router.get("/logs")
 def list_logs(
     ws: Ws,
-    page: int = 1,
-    page_size: int = 50,
+    page: Page = 1,
+    page_size: PageSize = 50,
     prompt: str | None = None,
     version: str | None = None,
     status: str | None = None,
