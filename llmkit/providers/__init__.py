@@ -1,5 +1,5 @@
 """The provider layer: one contract over the offline `echo` model, OpenAI's wire format on
-pooled httpx clients, and litellm for everything else. Importing it never imports litellm."""
+pooled aiohttp sessions, and litellm for everything else. Importing it never imports litellm."""
 
 from llmkit.providers.base import Fallback, ProviderCall, Usage, usage_of
 from llmkit.providers.dispatch import aclose, complete, stream
