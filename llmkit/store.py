@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from llmkit.errors import ConfigError, InvalidKey, LlmkitError, NotFound
 
@@ -136,7 +136,7 @@ class GitStore:
         # interleaving theirs would read each other's answers.
         self._cat_file_lock = threading.Lock()
 
-    def __enter__(self) -> GitStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -315,7 +315,8 @@ class GitStore:
                     failure = exc
                 else:
                     if len(data) == size:
-                        return kind.decode(), data
+                        # GitPython hands back git's header words as bytes, typed as str.
+                        return kind.decode() if isinstance(kind, bytes) else kind, data
                     failure = EOFError(f"read {len(data)} of {size} bytes")
                 cmd.clear_cache()  # the next request starts a new process
         raise GitError(f"git cat-file could not read {name}: {failure}")
@@ -331,19 +332,19 @@ class GitStore:
             istream=subprocess.PIPE, as_process=True,
         )
         proc = auto.proc  # the Popen; `auto` stops it if this is left early
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        stdin, out = proc.stdin, proc.stdout
 
         def feed() -> None:
             try:
-                proc.stdin.write("".join(f"{sha}\n" for sha in wanted).encode())  # type: ignore[union-attr]
-                proc.stdin.close()  # type: ignore[union-attr]
+                stdin.write("".join(f"{sha}\n" for sha in wanted).encode())
+                stdin.close()
             except (BrokenPipeError, ValueError):
                 pass  # the process is gone; the reads below stop short
 
         writer = threading.Thread(target=feed, daemon=True)
         writer.start()
         result: dict[str, bytes] = {}
-        out = proc.stdout
         try:
             for sha in wanted:
                 header = out.readline().split()

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+import llmkit.store as store_module
 from llmkit.authoring import delete_prompt, restore_version, save_prompt
 from llmkit.errors import BadRequest, ConfigError, Conflict, InvalidKey, NotFound, RepositoryBusy
 from llmkit.evals.spec import eval_file_paths
 from llmkit.gitwrite import WRITE_STEPS, _fault_plan
 from llmkit.lint import lint_repo
 from llmkit.promptfile import parse
-import llmkit.store as store_module
 from llmkit.store import (
     GitError,
     GitStore,
