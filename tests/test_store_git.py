@@ -134,6 +134,22 @@ def test_a_cat_file_process_that_died_is_replaced(repo: Repo, store: GitStore) -
     assert store.read_blobs([blob_id(content)]) == {blob_id(content): content}
 
 
+def test_the_persistent_reader_sees_objects_written_or_repacked_after_it_started(
+    repo: Repo, store: GitStore
+) -> None:
+    """A server's cat-file lives for hours: commits and `git gc` happen under it."""
+    first, path, content = history_of(repo, 1)[0]
+    assert store.file_at(first, path) == content
+    later_content = content + b"later\n"
+    repo.write(path, later_content)
+    later = repo.commit("later")
+    assert store.file_at(later, path) == later_content  # a loose object written since
+    repo.git("gc", "-q", "--prune=now")  # every object moves into a new pack
+    assert not list((repo.root / ".git" / "objects").glob("[0-9a-f][0-9a-f]/*"))
+    assert store.file_at(first, path) == content
+    assert store.read_blobs([blob_id(later_content)]) == {blob_id(later_content): later_content}
+
+
 def test_closing_the_store_stops_its_git_processes(repo: Repo) -> None:
     commit, path, content = history_of(repo, 2)[-1]
     before = git_children()
