@@ -328,8 +328,7 @@ class GitWriter:
         for held in self._ref_locks(journal.ref):
             if held.exists():
                 raise self._busy(held, "updating the branch")
-        err = proc.stderr.decode("utf-8", "replace").strip()
-        raise Conflict(f"The branch moved while writing {journal.path}; try again ({err})")
+        raise Conflict(f"The branch moved while writing {journal.path}; try again ({proc.stderr})")
 
     def _ref_locks(self, ref: str) -> tuple[Path, ...]:
         """The lock files `git update-ref <ref>` takes, in its order: the ref's own, then

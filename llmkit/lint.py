@@ -66,14 +66,14 @@ def lint_repo(root: Path) -> list[Problem]:
     """Problems of every prompt file and eval file; one bad file never hides the others."""
     from llmkit.models import ModelRegistry
 
-    store = GitStore(root)
     max_bytes = ModelRegistry(root / "llmkit.yaml").limits().prompt_file_bytes
+    with GitStore(root) as store:
+        links, files = store.symlinks(), store.working_files("prompts", (".md",))
     problems = [
         Problem(link, 1, "Symbolic link: llmkit never follows links inside prompts/ and evals/;"
                 " put the file itself there")
-        for link in store.symlinks()
+        for link in links
     ]
-    files = store.working_files("prompts", (".md",))
     for rel, path in sorted(files.items()):
         try:
             data = path.read_bytes()

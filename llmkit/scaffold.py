@@ -64,10 +64,11 @@ def init_repository(directory: Path) -> list[str]:
         ignore.write_text("\n".join([*lines, GITIGNORE_LINE]) + "\n", "utf-8")
         created.append(".gitignore")
     if created:
-        store = GitStore(root)
+        with GitStore(root) as store:
+            identity = store.identity_env()
         _git(root, "add", "--", *created)
         # Only the files created here: whatever the author had staged stays staged.
-        _git(root, "commit", "-q", "-m", "Start a prompt repository with llmkit", "--", *created, env=store.identity_env())
+        _git(root, "commit", "-q", "-m", "Start a prompt repository with llmkit", "--", *created, env=identity)
     return created
 
 

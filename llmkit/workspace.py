@@ -79,3 +79,4 @@ class Workspace:
         if "keys" in self.__dict__:
             self.keys.flush()
         self.db.close()
+        self.store.close()

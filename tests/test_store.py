@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import llmkit.store as store_module
 from llmkit.authoring import delete_prompt, restore_version, save_prompt
 from llmkit.errors import BadRequest, ConfigError, Conflict, InvalidKey, NotFound, RepositoryBusy
 from llmkit.evals.spec import eval_file_paths
@@ -35,8 +36,9 @@ NEW_TEXT = "---\nmodel: default\n---\n<!-- role:system -->\nA new text.\n"
 
 
 @pytest.fixture
-def store(repo: Repo) -> GitStore:
-    return GitStore(repo.root, repo.root / ".llmkit" / "write.lock")
+def store(repo: Repo) -> Iterator[GitStore]:
+    with GitStore(repo.root, repo.root / ".llmkit" / "write.lock") as store:
+        yield store
 
 
 class Snapshot:
@@ -102,27 +104,42 @@ def test_log_changes_lists_commits_oldest_first_with_their_changes(repo: Repo, s
     assert [c.sha for c, _ in store.log_changes(since=first)] == [second, third]
 
 
-def test_read_blobs_reads_many_contents_in_one_process(repo: Repo, store: GitStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def spawned_by_gitpython(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The command lines of the processes GitPython starts from now on."""
+    import git.cmd
+
+    spawned: list[list[str]] = []
+    real_popen = git.cmd.safer_popen
+
+    def counting_popen(args: list[str], *a: object, **kw: object) -> subprocess.Popen[bytes]:
+        spawned.append(list(args))
+        return real_popen(args, *a, **kw)
+
+    monkeypatch.setattr(git.cmd, "safer_popen", counting_popen)
+    return spawned
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_read_blobs_reads_many_contents_in_one_process(
+    repo: Repo, store: GitStore, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
     for i in range(30):
         repo.write(f"prompts/p{i % 5}.md", f"<!-- role:user -->\nversion {i}\n")
         repo.commit(f"v{i}")
     history = store.log_changes()
     blobs = [c.blob for _, changes in history for c in changes if c.blob]
     assert len(blobs) == 32
+    if streamed:  # more blobs than the persistent process is asked for one by one
+        monkeypatch.setattr(store_module, "PERSISTENT_READ_MAX", 8)
 
-    spawned: list[list[str]] = []
-    real_popen = subprocess.Popen
-
-    def counting_popen(args: list[str], *a: object, **kw: object) -> subprocess.Popen[bytes]:
-        spawned.append(list(args))  # subprocess.run goes through here too
-        return real_popen(args, *a, **kw)  # type: ignore[call-overload, no-any-return]
-
-    monkeypatch.setattr(subprocess, "Popen", counting_popen)
-    contents = store.read_blobs(blobs + ["0" * 40])
-    assert len(spawned) == 1
-    assert set(contents) == set(blobs)  # the missing object is simply absent
-    for blob, data in contents.items():
-        assert blob_id(data) == blob
+    spawned = spawned_by_gitpython(monkeypatch)
+    for _ in range(2):
+        contents = store.read_blobs(blobs + ["0" * 40, "not an id"])
+        assert set(contents) == set(blobs)  # a missing object is simply absent
+        for blob, data in contents.items():
+            assert blob_id(data) == blob
+    # Streamed: one process per call. One at a time: the persistent process, started once.
+    assert [args[1:] for args in spawned] == [["cat-file", "--batch"]] * (2 if streamed else 1)
 
 
 def test_resolve_ref_accepts_refs_and_refuses_option_like_or_odd_input(repo: Repo, store: GitStore) -> None:
