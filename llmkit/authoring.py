@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from llmkit.errors import (
     BadRequest,
@@ -52,8 +53,6 @@ def save_prompt(
             " (limits.prompt_file_bytes in llmkit.yaml)",
             param="content",
         )
-    if create:
-        _refuse_case_conflict(ws, key)
     if not create and not _exists(ws, key):
         raise NotFound(f"No prompt found with key {key!r}", param="key")
     verb = "Create" if create else "Update"
@@ -67,6 +66,8 @@ def save_prompt(
             author_email=author_email,
             base=base,
             create=create,
+            # Under the store's lock: two writers creating `Foo` and `foo` cannot both succeed.
+            precheck=(lambda: _refuse_case_conflict(ws, key)) if create else None,
         )
     except Conflict as exc:
         if exc.code == ALREADY_EXISTS:
@@ -160,6 +161,7 @@ def _commit_unless_current(
     author_email: str | None,
     base: str | None,
     create: bool = False,
+    precheck: Callable[[], None] | None = None,
 ) -> str | None:
     """Commit `data` as `path` and return the commit. A write that would change nothing
     succeeds without a commit (None), so a retried PUT, or setting the version already served,
@@ -174,6 +176,7 @@ def _commit_unless_current(
             author_email=author_email,
             base=base,
             create=create,
+            precheck=precheck,
         )
     except BadRequest as exc:
         # The store says "unchanged" with a plain BadRequest naming no parameter; a bad base

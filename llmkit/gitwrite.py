@@ -29,6 +29,7 @@ import shutil
 import signal
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -149,10 +150,13 @@ class GitWriter:
         author_email: str | None,
         base: str | None,
         create: bool,
+        precheck: Callable[[], None] | None = None,
     ) -> str:
         """GitStore.commit_file: one write, through every step of the protocol."""
         with self.store.lock():
             self.recover()
+            if precheck is not None:
+                precheck()  # under the lock: no other llmkit writer can change its answer
             journal = Journal(nonce=secrets.token_hex(8))
             self._write_journal(journal)
             _fault("journal-begun")

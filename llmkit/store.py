@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import threading
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -495,6 +495,7 @@ class GitStore:
         author_email: str | None = None,
         base: str | None = None,
         create: bool = False,
+        precheck: Callable[[], None] | None = None,
     ) -> str:
         """Commit `content` as `rel_path` (None deletes it) and return the new commit sha.
 
@@ -506,11 +507,13 @@ class GitStore:
         While another git process holds `.git/index.lock` the write waits up to
         `lock_timeout_s`, then is refused with RepositoryBusy (503) before anything is
         committed. It returns once HEAD, the working tree and `.git/index` all hold it.
+        `precheck`, when given, runs under the write lock before anything is written, and
+        refuses the write by raising (a check that another writer could otherwise race).
         """
         self.confine(rel_path)
         return self.writer.commit_file(
             rel_path, content, message=message, author_name=author_name,
-            author_email=author_email, base=base, create=create,
+            author_email=author_email, base=base, create=create, precheck=precheck,
         )
 
     def recover(self) -> str | None:

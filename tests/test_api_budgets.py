@@ -368,6 +368,44 @@ def test_a_key_differing_only_in_case_from_an_existing_one_is_a_409(api: ApiEnv)
     assert api.post("/v1/ui/prompts", json={"key": "team/b", "system": "hi"}).status_code == 201
 
 
+def test_creates_differing_only_in_case_race_and_exactly_one_wins(api: ApiEnv) -> None:
+    """Two workspaces (as two servers would) create `RaceN` and `raceN` at once: the check
+    runs under the store's lock, so one create wins and the other is a 409, every round."""
+    from llmkit.authoring import save_prompt
+    from llmkit.errors import Conflict
+    from llmkit.promptfile import parse
+    from llmkit.workspace import Workspace
+
+    spaces = [Workspace.open(str(api.repo)), Workspace.open(str(api.repo))]
+    try:
+        for round_ in range(6):
+            keys = [f"Race{round_}", f"race{round_}"]
+            outcomes: list[str] = []
+            start = threading.Barrier(2)
+
+            def create(ws: Workspace, key: str) -> None:
+                start.wait(timeout=10)
+                try:
+                    save_prompt(ws, key, parse("hi\n"), create=True)
+                    outcomes.append("created")
+                except Conflict as exc:
+                    outcomes.append(exc.code or "conflict")
+
+            threads = [
+                threading.Thread(target=create, args=(ws, key)) for ws, key in zip(spaces, keys)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert sorted(outcomes) == ["case_conflict", "created"], outcomes
+            on_disk = sorted(p.stem for p in (api.repo / "prompts").glob(f"[Rr]ace{round_}.md"))
+            assert len(on_disk) == 1, on_disk
+    finally:
+        for ws in spaces:
+            ws.close()
+
+
 # -- a real server, while a render burns its budget -----------------------------------------
 
 
