@@ -49,7 +49,7 @@ from llmkit.import_convert import (
     prompt_text,
 )
 from llmkit.import_source import ImportRefused, LLMKitSource, SourceEval, SourceVersion
-from llmkit.promptfile import parse, path_for_key, validate_key
+from llmkit.promptfile import path_for_key, validate_key
 from llmkit.store import GitError, GitStore, blob_id, sanitize_identity, write_atomic
 
 TRAILER = "LLMKit-Import"
@@ -96,6 +96,7 @@ class PlannedCommit:
     files: dict[str, bytes]
     trailers: list[str]
     sha: str | None = None
+    model: str | None = None  # the model name its prompt file uses, for llmkit.yaml
 
 
 @dataclass
@@ -269,14 +270,16 @@ def _plan_versions(
     ordered = sorted(source.versions, key=lambda v: (v.created_at or LATEST, v.id))
     current = dict(texts)  # path -> file text as the planned commits leave it
     last: dict[str, PlannedCommit] = {}  # path -> the last planned commit of it
-    rendered: dict[int, str] = {}
+    rendered: dict[int, tuple[str, str]] = {}
 
-    def text_of(version: SourceVersion) -> str:
+    def text_of(version: SourceVersion) -> tuple[str, str]:
+        """The version's prompt file, and the model name it uses."""
         if version.id not in rendered:
             key = plan.keys[version.prompt_id]
-            converted = prompt_text(version, key, _model_name(plan, source, aliases, version, key))
+            model = _model_name(plan, source, aliases, version, key)
+            converted = prompt_text(version, key, model)
             summary.notes.extend(converted.notes)
-            rendered[version.id] = converted.text
+            rendered[version.id] = (converted.text, model)
         return rendered[version.id]
 
     for version in ordered:
@@ -289,7 +292,7 @@ def _plan_versions(
         if done is not None:
             plan.version_at[version.id] = done
             continue
-        text = text_of(version)
+        text, model = text_of(version)
         if version.created_at is None:
             summary.notes.append(
                 f"{key!r} version {version.number}: created_at {version.created_text!r} is not"
@@ -313,6 +316,7 @@ def _plan_versions(
             version.created_at or now,
             {path: text.encode("utf-8")},
             [f"{TRAILER}: {source.identity} version {version.id}"],
+            model=model,
         )
         plan.commits.append(commit)
         plan.version_at[version.id] = last[path] = commit
@@ -346,7 +350,7 @@ def _plan_restores(
     history: InHistory,
     by_id: dict[int, SourceVersion],
     current: dict[str, str],
-    text_of: Callable[[SourceVersion], str],
+    text_of: Callable[[SourceVersion], tuple[str, str]],
     now: datetime,
 ) -> None:
     """A Restore commit for each prompt whose current version in LLMKit is not what its file
@@ -356,10 +360,10 @@ def _plan_restores(
     for prompt in sorted(source.prompts.values(), key=lambda p: p.id):
         key = plan.keys.get(prompt.id)
         version = by_id.get(prompt.current_version_id or -1)
-        if key is None or version is None:
+        if key is None or version is None or version.prompt_id != prompt.id:
             continue
         path = path_for_key(key)
-        text = text_of(version)
+        text, model = text_of(version)
         if current.get(path) == text:
             continue
         if path not in touched:
@@ -376,6 +380,7 @@ def _plan_restores(
                 now,
                 {path: text.encode("utf-8")},
                 [f"{TRAILER}: {source.identity} current {version.id}"],
+                model=model,
             )
         )
         current[path] = text
@@ -499,11 +504,7 @@ def _free_path(path: str, taken: set[str]) -> str:
 
 def _plan_aliases(plan: Plan, aliases: AliasFile, now: datetime) -> None:
     """One commit of llmkit.yaml before every other, with the aliases the commits use."""
-    used = set()
-    for commit in plan.commits:
-        for path, data in commit.files.items():
-            if path.startswith("prompts/"):
-                used.add(parse(data.decode("utf-8")).model)
+    used = {commit.model for commit in plan.commits}
     aliases.added = {name: spec for name, spec in aliases.added.items() if name in used}
     if not aliases.added:
         return

@@ -243,39 +243,53 @@ def write_logs(
     recorded: Recorded,
     report: Progress,
 ) -> None:
+    """New log rows through the run log, a chunk at a time: write, wait until written, then
+    record. A row already in the run log (written, and the import killed before recording it)
+    is recorded without being written again."""
     pending = [i for i in source.log_ids() if i not in recorded.logs]
     if not pending:
         return
     summary = plan.summary
     runlog = ws.runlog
     chooser = VersionChooser(source, refs)
-    batch: list[tuple[str, str, str]] = []
+    chunk: list[SourceLog] = []
     report("Logs", 0, len(pending))
     done = 0
 
     def settle() -> None:
+        traces = {log.id: trace_id(source.identity, log.id) for log in chunk}
+        present = _present_traces(ws, list(traces.values()))
+        for log in chunk:
+            if traces[log.id] not in present:
+                runlog.log(_run_record(log, traces[log.id], plan, source, chooser))
+                summary.logs += 1
         if not runlog.flush(timeout=120):
             raise LlmkitError(
                 "The run log did not write the imported logs in time; run the import again"
                 " (logs already written are recognized)"
             )
         with ws.db.write() as conn:
-            _record(conn, summary.identity, batch)
-        batch.clear()
+            _record(conn, summary.identity, [("log", str(i), t) for i, t in traces.items()])
+        chunk.clear()
 
     for log in source.logs(skip=recorded.logs):
-        trace = trace_id(source.identity, log.id)
-        if runlog.get(trace) is None:
-            runlog.log(_run_record(log, trace, plan, source, chooser))
-            summary.logs += 1
-        batch.append(("log", str(log.id), trace))
+        chunk.append(log)
         done += 1
-        if len(batch) >= LOG_CHUNK:
+        if len(chunk) >= LOG_CHUNK:
             settle()
             report("Logs", done, len(pending))
-    if batch:
+    if chunk:
         settle()
     report("Logs", done, len(pending))
+
+
+def _present_traces(ws: Workspace, traces: list[str]) -> set[str]:
+    """Those of `traces` the run log holds (one query for a chunk)."""
+    marks = ", ".join("?" for _ in traces)
+    rows = ws.db.reader().execute(
+        f"SELECT trace_id FROM run_log WHERE trace_id IN ({marks})", traces
+    )
+    return {row[0] for row in rows}
 
 
 class VersionChooser:
@@ -286,24 +300,26 @@ class VersionChooser:
 
     def __init__(self, source: LLMKitSource, refs: dict[int, VersionRef]) -> None:
         self.by_prompt: dict[int, list[SourceVersion]] = {}
+        self.systems: dict[int, str] = {}
         for version in sorted(source.versions, key=lambda v: (v.created_at or LATEST, v.id)):
             if version.id in refs:
                 self.by_prompt.setdefault(version.prompt_id, []).append(version)
+                self.systems[version.id] = section_text(version.system)
         self.source = source
         self.refs = refs
 
     def choose(self, log: SourceLog, request: Any) -> VersionRef | None:
         versions = self.by_prompt.get(log.prompt_id or -1, [])
+        before: list[SourceVersion] = []
         if log.created_at is not None:
             before = [
                 v for v in versions if v.created_at is not None and v.created_at <= log.created_at
             ]
-        else:
-            before = []
         system = _system_message(request)
         if system is not None:
+            wanted = section_text(system)
             for version in reversed(before):
-                if section_text(version.system) == section_text(system):
+                if self.systems[version.id] == wanted:
                     return self.refs[version.id]
         if before:
             return self.refs[before[-1].id]

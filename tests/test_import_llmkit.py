@@ -1018,3 +1018,15 @@ def test_a_version_with_the_same_file_as_the_one_before_is_that_version(
     third = do_import(target, db.path)
     assert third["commits"] == [] and third["logs"] == 0
     assert not any("version 4" in note for note in third["notes"])
+
+
+def test_import_into_a_repository_with_no_commits(scenario: Scenario, tmp_path: Path) -> None:
+    from tests.api_fixtures import make_repo
+
+    repo = make_repo(tmp_path / "empty", {})
+    summary = do_import(repo, scenario.db.path)
+    assert summary["versions"] == 11
+    root = git(repo, "rev-list", "--max-parents=0", "HEAD")
+    assert git(repo, "log", "-1", "--format=%s", root) == "Import model aliases from LLMKit"
+    assert [r["number"] for r in history(repo, "support-bot")] == [1, 2, 3, 4]
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
