@@ -29,8 +29,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -267,7 +268,7 @@ def _plan_versions(
         if prompt.id not in plan.keys:
             summary.notes.append(f"LLMKit prompt {prompt.key!r} has no versions; skipped")
     by_id = {v.id: v for v in source.versions}
-    ordered = sorted(source.versions, key=lambda v: (v.created_at or LATEST, v.id))
+    ordered = _in_order(source.versions)
     current = dict(texts)  # path -> file text as the planned commits leave it
     last: dict[str, PlannedCommit] = {}  # path -> the last planned commit of it
     rendered: dict[int, tuple[str, str]] = {}
@@ -293,10 +294,12 @@ def _plan_versions(
             plan.version_at[version.id] = done
             continue
         text, model = text_of(version)
-        if version.created_at is None:
+        when = version.created_at
+        if when is None or when.timestamp() < 0:
+            when = None
             summary.notes.append(
                 f"{key!r} version {version.number}: created_at {version.created_text!r} is not"
-                " a time; committed with the time of the import"
+                " a time git can hold; committed with the time of the import"
             )
         if text == current.get(path):
             # The file as this import leaves it so far, or as HEAD has it.
@@ -313,7 +316,7 @@ def _plan_versions(
                 continue
         commit = PlannedCommit(
             f"Import {key} version {version.number} from LLMKit",
-            version.created_at or now,
+            when or now,
             {path: text.encode("utf-8")},
             [f"{TRAILER}: {source.identity} version {version.id}"],
             model=model,
@@ -323,6 +326,18 @@ def _plan_versions(
         current[path] = text
         summary.versions += 1
     _plan_restores(plan, store, source, history, by_id, current, text_of, now)
+
+
+def _in_order(versions: list[SourceVersion]) -> list[SourceVersion]:
+    """Versions by created_at then id across prompts, with each prompt's own versions always
+    in version-number order (should their times disagree, or be missing, they take the
+    prompt's places in the sequence in that order)."""
+    by_time = sorted(versions, key=lambda v: (v.created_at or LATEST, v.id))
+    by_number: dict[int, list[SourceVersion]] = {}
+    for version in sorted(versions, key=lambda v: (v.number, v.id)):
+        by_number.setdefault(version.prompt_id, []).append(version)
+    queues = {prompt_id: iter(queue) for prompt_id, queue in by_number.items()}
+    return [next(queues[v.prompt_id]) for v in by_time]
 
 
 def _model_name(
@@ -630,34 +645,56 @@ def _set_index(store: GitStore, entries: list[tuple[str, str]]) -> None:
 
 
 def _fast_import(store: GitStore, commits: list[PlannedCommit], head: str | None) -> None:
+    """Write the commits with one `git fast-import`, fed as it reads, and learn their shas."""
     name, email = _identity(store)
-    stream = bytearray(f"reset {PENDING_REF}\n\n".encode())
-    for mark, commit in enumerate(commits, 1):
-        when = int(commit.when.timestamp())
-        message = (commit.message + "\n\n" + "\n".join(commit.trailers) + "\n").encode("utf-8")
-        stream += f"commit {PENDING_REF}\nmark :{mark}\n".encode()
-        stream += f"author {name} <{email}> {when} +0000\n".encode()
-        stream += f"committer {name} <{email}> {when} +0000\n".encode()
-        stream += b"data %d\n%s\n" % (len(message), message)
-        if mark == 1 and head:
-            stream += f"from {head}\n".encode()
-        for path, data in sorted(commit.files.items()):
-            stream += f"M 100644 inline {path}\n".encode()
-            stream += b"data %d\n%s\n" % (len(data), data)
-        stream += b"\n"
-    stream += f"reset {PENDING_REF}\n\ndone\n".encode()
     folder = tempfile.mkdtemp(prefix="import-", dir=store.lock_path.parent)
     try:
         marks = os.path.join(folder, "marks")
-        store.git(
-            "fast-import", "--quiet", "--done", f"--export-marks={marks}", input=bytes(stream)
-        )
+        with open(os.path.join(folder, "stderr"), "w+b") as errors:
+            proc = subprocess.Popen(
+                ["git", "fast-import", "--quiet", "--done", f"--export-marks={marks}"],
+                cwd=store.root,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
+            assert proc.stdin is not None
+            try:
+                for chunk in _fast_import_stream(commits, head, name, email):
+                    proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it stopped reading: its exit status and stderr say why
+            if proc.wait() != 0:
+                errors.seek(0)
+                detail = errors.read().decode("utf-8", "replace").strip()
+                raise GitError(f"git fast-import failed: {detail}")
         with open(marks, encoding="ascii") as fh:
             shas = dict(line.split() for line in fh if line.strip())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     for mark, commit in enumerate(commits, 1):
         commit.sha = shas[f":{mark}"]
+
+
+def _fast_import_stream(
+    commits: list[PlannedCommit], head: str | None, name: str, email: str
+) -> Iterator[bytes]:
+    yield f"reset {PENDING_REF}\n\n".encode()
+    for mark, commit in enumerate(commits, 1):
+        when = int(commit.when.timestamp())
+        message = (commit.message + "\n\n" + "\n".join(commit.trailers) + "\n").encode("utf-8")
+        header = f"commit {PENDING_REF}\nmark :{mark}\n"
+        header += f"author {name} <{email}> {when} +0000\n"
+        header += f"committer {name} <{email}> {when} +0000\n"
+        yield header.encode("utf-8") + b"data %d\n%s\n" % (len(message), message)
+        if mark == 1 and head:
+            yield f"from {head}\n".encode()
+        for path, data in sorted(commit.files.items()):
+            yield f"M 100644 inline {path}\n".encode("utf-8") + b"data %d\n" % len(data)
+            yield data + b"\n"
+        yield b"\n"
+    yield f"reset {PENDING_REF}\n\ndone\n".encode()
 
 
 def _identity(store: GitStore) -> tuple[str, str]:

@@ -1030,3 +1030,50 @@ def test_import_into_a_repository_with_no_commits(scenario: Scenario, tmp_path: 
     assert git(repo, "log", "-1", "--format=%s", root) == "Import model aliases from LLMKit"
     assert [r["number"] for r in history(repo, "support-bot")] == [1, 2, 3, 4]
     assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_without_sqlx_records_the_source_is_named_by_its_seeded_rows(
+    tmp_path: Path, target: Path
+) -> None:
+    s = build_scenario(tmp_path / "handmade.db", "5f5efba")
+    s.db.conn.execute("DROP TABLE _sqlx_migrations")
+    odd = s.db.prompt("odd-dates")
+    settings: dict[str, Any] = dict(
+        model_id=s.ids["claude"],
+        max_tokens=10,
+        temperature=0.1,
+        json_mode=0,
+        prompt_type="static",
+        is_chat=0,
+    )
+    s.db.version(odd, 1, "the day before", system="One.", **settings)
+    s.db.version(odd, 2, "1900-01-01 00:00:00", system="Two.", **settings)
+    s.db.conn.close()
+    first = do_import(target, s.db.path)
+    notes = " ".join(first["notes"])
+    assert "'odd-dates' version 1: created_at 'the day before' is not a time git can hold" in notes
+    assert "'odd-dates' version 2: created_at '1900-01-01 00:00:00'" in notes
+    odd_history = history(target, "odd-dates")
+    assert [r["message"].splitlines()[0] for r in odd_history] == [
+        "Import odd-dates version 1 from LLMKit",
+        "Import odd-dates version 2 from LLMKit",
+    ]
+    copy = tmp_path / "copy.db"
+    shutil.copy(s.db.path, copy)
+    again = do_import(target, copy)
+    assert again["identity"] == first["identity"] and again["commits"] == []
+    assert_clean(target)
+
+
+def test_what_the_author_staged_or_edited_elsewhere_stays_as_it_was(
+    scenario: Scenario, target: Path
+) -> None:
+    (target / "notes.txt").write_text("a draft\n", "utf-8")
+    git(target, "add", "notes.txt")
+    hello = target / "prompts" / "hello.md"
+    hello.write_text(hello.read_text("utf-8") + "\nMore.\n", "utf-8")
+    do_import(target, scenario.db.path)
+    assert git(target, "diff", "--cached", "--name-only") == "notes.txt"
+    assert git(target, "diff", "--name-only") == "prompts/hello.md"
+    assert git(target, "log", "--format=%H", "--", "notes.txt") == ""
+    assert hello.read_text("utf-8").endswith("\nMore.\n")
