@@ -32,6 +32,7 @@ from llmkit.promptfile import (
     section_text,
     serialize,
 )
+from llmkit.render import check_templates
 
 # The base URLs LLMKit seeds for each provider (gemini's as LLMKit spells it, and as Google
 # does): a provider still on one of these needs no alias.
@@ -237,7 +238,8 @@ def prompt_text(version: SourceVersion, key: str, model: str) -> Converted:
     try:
         text = serialize(prompt)
         text.encode("utf-8")
-        if parse(text) != prompt:
+        parsed = parse(text)
+        if parsed != prompt:
             raise ImportRefused("it does not read back as the same prompt")
     except (LlmkitError, UnicodeError) as exc:
         detail = exc.message if isinstance(exc, LlmkitError) else "it is not valid UTF-8 text"
@@ -245,6 +247,9 @@ def prompt_text(version: SourceVersion, key: str, model: str) -> Converted:
             f"LLMKit prompt {where} cannot be written as a prompt file: {detail}. Fix that"
             " version's text in the LLMKit database, then import again; nothing was imported."
         ) from None
+    for line, detail in check_templates(parsed):
+        # Tera (LLMKit) and Jinja (llmkit) differ at the edges; history keeps such a version.
+        notes.append(f"{where}, line {line}: {detail}; it cannot be rendered until fixed")
     return Converted(text, notes)
 
 

@@ -1077,3 +1077,26 @@ def test_what_the_author_staged_or_edited_elsewhere_stays_as_it_was(
     assert git(target, "diff", "--name-only") == "prompts/hello.md"
     assert git(target, "log", "--format=%H", "--", "notes.txt") == ""
     assert hello.read_text("utf-8").endswith("\nMore.\n")
+
+
+def test_a_template_llmkit_cannot_compile_is_imported_with_a_note(
+    scenario: Scenario, target: Path
+) -> None:
+    db, ids = scenario.db, scenario.ids
+    tera = db.prompt("tera-only")
+    db.version(
+        tera,
+        1,
+        day(9),
+        system="{% set_global seen = true %}Hello {{ name }}",
+        model_id=ids["claude"],
+        max_tokens=10,
+        temperature=0.1,
+        json_mode=0,
+        prompt_type="dynamic_system",
+        is_chat=0,
+    )
+    summary = do_import(target, db.path)
+    [note] = [n for n in summary["notes"] if "'tera-only' version 1" in n]
+    assert "Template syntax error" in note and "cannot be rendered until fixed" in note
+    assert [r["number"] for r in history(target, "tera-only")] == [1]
