@@ -412,11 +412,11 @@ def _plan_evals(
     now: datetime,
 ) -> None:
     new = [e for e in source.evals if e.id not in history.evals]
-    names = _case_names(store, tree, set(history.evals.values()))
+    in_files = _case_names(store, tree, set(history.evals.values()))
     for e in source.evals:
         if e.id in history.evals:
             path = history.evals[e.id]
-            plan.eval_files[e.id] = (path, names.get(path) or e.name)
+            plan.eval_files[e.id] = (path, in_files.get(path) or e.name)
     if not new:
         return
     # Names and paths taken by committed cases, and by cases only in the working tree. A
