@@ -25,6 +25,7 @@ def serve(repo: Path | None, host: str | None, port: int | None, no_watch: bool,
     import uvicorn
 
     from llmkit.api.app import create_app
+    from llmkit.api.protocol import http_protocol
 
     ws = open_workspace(repo, host=host, port=port, watch=False if no_watch else None)
     settings = ws.settings
@@ -45,6 +46,7 @@ def serve(repo: Path | None, host: str | None, port: int | None, no_watch: bool,
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http=http_protocol(settings.stream_write_timeout_s, settings.request_read_timeout_s),
     )
 
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmkit.errors import ConfigError
 
@@ -46,6 +46,20 @@ class Settings(BaseModel):
     log_durable_wait_s: float = 10.0
     log_field_max_bytes: int = 1024 * 1024
     request_timeout_s: float = 600.0
+    # How long a git write waits for another git process to release .git/index.lock (then 503).
+    git_lock_timeout_s: float = 3.0
+    # A client must send its request head, and then its body, within this each: a slow sender
+    # (slowloris) would hold a connection and a task without end.
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
+    # A streaming client that takes nothing for this long while data waits for it is dropped,
+    # and its upstream call cancelled: a stalled reader holds an upstream connection.
+    stream_write_timeout_s: float = Field(default=30.0, gt=0)
+    # Calls in flight to one upstream (base URL) at once, and how long a call waits for a free
+    # place before it is answered 503 upstream_pool_full.
+    upstream_pool_size: int = Field(default=512, gt=0)
+    upstream_acquire_timeout_s: float = Field(default=5.0, gt=0)
+    # JSON mode holds a streamed answer whole to check it before sending; a larger one is a 502.
+    json_buffer_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
 
     @property
     def prompts_dir(self) -> Path:
@@ -89,7 +103,14 @@ class Settings(BaseModel):
         data_dir = env.get(ENV_PREFIX + "DATA_DIR")
         values["data_dir"] = Path(data_dir).resolve() if data_dir else root / ".llmkit"
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(repo=root, **values)
+        try:
+            return cls(repo=root, **values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"Invalid settings: {problems}") from None
 
 
 def _coerce(name: str, raw: str, annotation: object) -> object:

@@ -1,13 +1,30 @@
 """SQLite connections and migrations.
 
-Two migration lists live in one database file: the *index* (rebuildable from git at any time)
-and the *durable* tables (API keys, run log, eval runs, scores, cache), which only ever migrate
-forward and are never touched by a rebuild. Each list is append-only: add a function, never edit
-one that has shipped.
+Each group of tables has one migration list, named by its kind and declared beside the code
+that owns the tables:
+
+    MIGRATIONS = Migrations("runlog")
+    migration = MIGRATIONS.register
+
+    @migration
+    def m001_initial(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE run_log (...)")
+
+The lists share one database file and one `_migrations` table, which records (kind, name) for
+every migration that ran. The *index* list (`llmkit.index`) builds tables that can be dropped
+and rebuilt from git at any time; the *durable* lists (`runlog`, `keys`, `evals`) hold what
+exists nowhere else, only ever migrate forward, and are never touched by a rebuild.
+
+Every list is append-only: add a function, never edit, rename or reorder one that has shipped,
+because its name is what existing databases have recorded. A migration is one small function of
+SQL run inside the transaction that records it, so a crash leaves it either done and recorded or
+neither, and a later dialect (the durable tables in PostgreSQL) can add its own function under the
+same name beside it.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +34,7 @@ from typing import Any
 
 Migration = Callable[[sqlite3.Connection], None]
 BUSY_TIMEOUT_MS = 30_000  # as connect() sets it
+_MIGRATION_NAME = re.compile(r"m(\d{3})_[a-z0-9_]+\Z")
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -31,27 +49,77 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection, kind: str, migrations: list[Migration]) -> list[str]:
-    """Run the migrations of list `kind` that have not run yet, in order. Returns their names."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations (kind TEXT NOT NULL, name TEXT NOT NULL,"
-        " applied_at TEXT NOT NULL DEFAULT (datetime('now')), PRIMARY KEY (kind, name))"
-    )
-    done = {r[0] for r in conn.execute("SELECT name FROM _migrations WHERE kind = ?", (kind,))}
-    applied = []
-    for fn in migrations:
-        if fn.__name__ in done:
-            continue
-        with transaction(conn):
-            # Checked again under the write lock: another process may have just run it.
-            if conn.execute(
-                "SELECT 1 FROM _migrations WHERE kind = ? AND name = ?", (kind, fn.__name__)
-            ).fetchone():
+class Migrations:
+    """One kind's migrations, in the order they shipped.
+
+    `register` is the decorator that appends one. A name is `mNNN_what`, NNN being the
+    function's 1-based position in the list, so a migration inserted, dropped or reordered by
+    mistake fails at import instead of running out of order on existing databases."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._migrations: list[Migration] = []
+
+    def register(self, fn: Migration) -> Migration:
+        position = len(self._migrations) + 1
+        match = _MIGRATION_NAME.match(fn.__name__)
+        if match is None or int(match.group(1)) != position:
+            raise ValueError(
+                f"Migration {fn.__name__!r} of {self.kind!r} must be named"
+                f" m{position:03d}_<what it does>: it is number {position} of the list"
+            )
+        self._migrations.append(fn)
+        return fn
+
+    @property
+    def names(self) -> list[str]:
+        return [fn.__name__ for fn in self._migrations]
+
+    def __repr__(self) -> str:
+        return f"Migrations({self.kind!r}, {self.names})"
+
+    def apply(self, conn: sqlite3.Connection, *, stop_before: str | None = None) -> list[str]:
+        """Run, in order, the migrations that `conn`'s database has not recorded yet (those
+        before `stop_before` only, when given: a database as an older llmkit left it).
+        Returns the names that ran.
+
+        Finding nothing to run only reads, so opening an up-to-date database never waits for
+        another process's write. Each migration runs in its own write transaction, recorded in
+        it, and whether it ran is checked again once that transaction holds the write lock: when
+        two processes open one database at once, the second waits, then skips what the first
+        did."""
+        migrations = self._migrations
+        if stop_before is not None:
+            if stop_before not in self.names:
+                raise ValueError(f"No migration {stop_before!r} in {self!r}")
+            migrations = migrations[: self.names.index(stop_before)]
+        done = self._recorded(conn)
+        applied = []
+        for fn in migrations:
+            if fn.__name__ in done:
                 continue
-            fn(conn)
-            conn.execute("INSERT INTO _migrations (kind, name) VALUES (?, ?)", (kind, fn.__name__))
-        applied.append(fn.__name__)
-    return applied
+            with transaction(conn):
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS _migrations (kind TEXT NOT NULL,"
+                    " name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (datetime('now')),"
+                    " PRIMARY KEY (kind, name))"
+                )
+                if fn.__name__ in self._recorded(conn):
+                    continue
+                fn(conn)
+                conn.execute(
+                    "INSERT INTO _migrations (kind, name) VALUES (?, ?)", (self.kind, fn.__name__)
+                )
+            applied.append(fn.__name__)
+        return applied
+
+    def _recorded(self, conn: sqlite3.Connection) -> set[str]:
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
+        ).fetchone():
+            return set()
+        query = "SELECT name FROM _migrations WHERE kind = ?"
+        return {row[0] for row in conn.execute(query, (self.kind,))}
 
 
 def run_script(conn: sqlite3.Connection, sql: str) -> None:
@@ -123,9 +191,10 @@ class Database:
                 self._readers.append(conn)
         return conn
 
-    def migrate(self, kind: str, migrations: list[Migration]) -> list[str]:
+    def migrate(self, migrations: Migrations, *, stop_before: str | None = None) -> list[str]:
+        """Bring one kind's tables up to date (see `Migrations.apply`); returns what ran."""
         with self._write_lock:
-            return migrate(self._writer, kind, migrations)
+            return migrations.apply(self._writer, stop_before=stop_before)
 
     def close(self) -> None:
         with self._write_lock:

@@ -101,6 +101,14 @@ class Conflict(LlmkitError):
     code = "conflict"
 
 
+class RequestTimeout(LlmkitError):
+    """The request body did not arrive in time (a client that sends it slowly, or never)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(LlmkitError):
     status = 413
     type = "invalid_request_error"
@@ -117,6 +125,15 @@ class RateLimited(LlmkitError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class RepositoryBusy(LlmkitError):
+    """Another git process holds a lock a write needs (`.git/index.lock`, a ref lock). Nothing
+    was written; the same request succeeds once that process is done."""
+
+    status = 503
+    type = "server_error"
+    code = "repository_busy"
 
 
 class UpstreamError(LlmkitError):
@@ -138,6 +155,25 @@ class RunLogUnavailable(LlmkitError):
     status = 503
     type = "server_error"
     code = "run_log_unavailable"
+
+
+class UpstreamPoolFull(LlmkitError):
+    """Every connection to an upstream is in use and none came free within the pool's acquire
+    timeout. Answered at once rather than queued without end; clients may retry shortly."""
+
+    status = 503
+    type = "server_error"
+    code = "upstream_pool_full"
+
+
+class ClientGone(LlmkitError):
+    """The client of a stream disconnected or stopped reading. Never sent (nobody is there to
+    read it): it ends the stream and names the reason in the run log, whose status for it is
+    499, as web servers log a client that closed its request."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_gone"
 
 
 class ConfigError(LlmkitError):

@@ -7,6 +7,7 @@ template: only the prompt's own sections are.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit import providers
-from llmkit.errors import BadRequest, LlmkitError, RunLogUnavailable, UpstreamError
+from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable, UpstreamError
 from llmkit.index import Version, label
 from llmkit.models import ModelRegistry
 from llmkit.promptfile import PromptFile
@@ -39,6 +40,12 @@ PROMPT_PARAMS = (
 # Everything else a client may send; anything outside these is refused by name.
 OTHER_FIELDS = {"model", "messages", "variables", "stream", "stream_options", "metadata", "store"}
 JSON_FORMATS = ("json_object", "json_schema")
+# What a stream keeps of its answer for the run log when no cap is given (the rest is only
+# counted): an answer held for a slow client must not cost memory in proportion to its length.
+# The executor passes the run log's own field cap, so a stream keeps what its row can hold.
+LOGGED_TEXT_MAX_CHARS = 1024 * 1024
+# What one buffered JSON-mode chunk costs beyond its text, in the buffer's byte budget.
+CHUNK_COST_BYTES = 512
 
 
 @dataclass
@@ -178,9 +185,9 @@ class Executor:
         except Exception as exc:
             await self._log_answered(ex, started, answers=answers, error=_unexpected(ex, exc))
             raise
-        except BaseException:
+        except BaseException as exc:
             # Cancelled (server shutdown, or a caller that gave up): the call still happened.
-            self._log(ex, started, answers=answers, status="cancelled")
+            self._log(ex, started, answers=answers, status="cancelled", error=_gone(exc))
             raise
         response["model"] = ex.key
         await self._log_answered(ex, started, answers=answers)
@@ -188,50 +195,67 @@ class Executor:
 
     async def stream(self, ex: Execution) -> AsyncIterator[dict[str, Any]]:
         """OpenAI chunks with `model` set to the prompt key. JSON mode buffers the answer so it
-        can be checked (and retried once) before anything is sent."""
+        can be checked (and retried once) before anything is sent.
+
+        A chunk counts as sent once the consumer asks for the next one; a stream that ends early
+        (ClientGone thrown in, cancelled, or closed) is logged `cancelled` with what was sent."""
         started = time.perf_counter()
-        state = _StreamState()
+        state = _StreamState(self.ws.settings.log_field_max_bytes)
         try:
             if ex.json_mode:
                 chunks = await self._buffered_json(ex, state, started)
                 for chunk in chunks:
                     if _for_client(chunk, ex.include_usage):
                         yield chunk
+                    state.sent(chunk)
             else:
                 upstream = providers.stream(ex.call)
                 try:
                     async for chunk in upstream:
-                        state.add(chunk, ex.key, started)
+                        state.received(chunk, ex.key, started)
                         if _for_client(chunk, ex.include_usage):
                             yield chunk
+                        state.sent(chunk)
                 finally:
                     await upstream.aclose()
+        except ClientGone as exc:
+            self._log(ex, started, error=exc, state=state, status="cancelled")
+            raise
         except LlmkitError as exc:
             await self._log_answered(ex, started, error=exc, state=state)
             raise
         except Exception as exc:
             await self._log_answered(ex, started, error=_unexpected(ex, exc), state=state)
             raise
-        except BaseException:
+        except BaseException as exc:
             # The client went away (cancellation) or the generator was closed early.
-            self._log(ex, started, state=state, status="cancelled")
+            self._log(ex, started, error=_gone(exc), state=state, status="cancelled")
             raise
         await self._log_answered(ex, started, state=state)
 
     async def _buffered_json(self, ex: Execution, state: "_StreamState", started: float) -> list[dict[str, Any]]:
+        limit = self.ws.settings.json_buffer_max_bytes
         for attempt in (1, 2):
             state.reset()
-            chunks = []
+            buffer = _JsonBuffer(limit)
             upstream = providers.stream(ex.call)
             try:
                 async for chunk in upstream:
-                    state.add(chunk, ex.key, started)
-                    chunks.append(chunk)
+                    state.received(chunk, ex.key, started)
+                    if not buffer.add(chunk):
+                        raise UpstreamError(
+                            f"Model {ex.call.model} sent a JSON-mode answer for prompt {ex.key!r}"
+                            f" larger than the {limit} bytes it can hold to check",
+                            code="json_output_too_large",
+                        )
             finally:
                 await upstream.aclose()
-            problem = None if state.tool_calls else json_text_problem(state.text(), ex.schema)
+            chunks = buffer.chunks()
+            problem = _json_chunks_problem(chunks, limit, ex.schema)
             if problem is None:
                 return chunks
+        for chunk in chunks:  # the run log shows the answer that was refused
+            state.answer.add(chunk)
         raise _invalid_json(ex, problem)
 
     def _log(self, ex: Execution, started: float, **details: Any) -> None:
@@ -297,10 +321,64 @@ class Executor:
         )
 
 
-class _StreamState:
-    """What a stream has carried so far, for the run log and the JSON check."""
+class _Answer:
+    """The text and tool calls of a streamed answer, merged from its deltas. Keeps at most
+    `limit` characters (what comes after is only counted), so that memory is bounded."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = LOGGED_TEXT_MAX_CHARS) -> None:
+        self.limit = limit
+        self.size = 0
+        self.dropped = 0
+        self.parts: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                kept = self._kept(content)
+                if kept:
+                    self.parts.append(kept)
+                    if len(self.parts) > 512:
+                        self.parts = ["".join(self.parts)]
+            for call in delta.get("tool_calls") or ():
+                self._merge_tool_call(call)
+
+    def _kept(self, text: str) -> str:
+        room = self.limit - self.size
+        if len(text) > room:
+            self.dropped += len(text) - max(room, 0)
+            text = text[: max(room, 0)]
+        self.size += len(text)
+        return text
+
+    def _merge_tool_call(self, delta: dict[str, Any]) -> None:
+        index = delta.get("index", 0)
+        if not isinstance(index, int) or not 0 <= index < 128:
+            return
+        while len(self.tool_calls) <= index:
+            self.tool_calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call = self.tool_calls[index]
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        function = delta.get("function") or {}
+        call["function"]["name"] += self._kept(function.get("name") or "")
+        call["function"]["arguments"] += self._kept(function.get("arguments") or "")
+
+    def text(self) -> str:
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"[... {self.dropped} more characters not kept]"
+        return text
+
+
+class _StreamState:
+    """What a stream has carried so far, for the run log: the answer as sent to the client
+    (or, for a refused JSON-mode answer, as received), usage and time to first token."""
+
+    def __init__(self, limit: int = LOGGED_TEXT_MAX_CHARS) -> None:
+        self.limit = limit
         self.ttft_ms: float | None = None
         # Usage chunks of attempts that were retried (JSON mode): their tokens were spent too.
         self.spent: list[dict[str, Any]] = []
@@ -310,43 +388,124 @@ class _StreamState:
     def reset(self) -> None:
         if self.usage is not None:
             self.spent.append(self.usage)
-        self.parts: list[str] = []
-        self.tool_calls: list[dict[str, Any]] = []
+        self.answer = _Answer(self.limit)
         self.usage = None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return self.answer.tool_calls
+
+    def text(self) -> str:
+        return self.answer.text()
 
     def usage_chunks(self) -> list[dict[str, Any]]:
         return [*self.spent, *([self.usage] if self.usage is not None else [])]
 
-    def add(self, chunk: dict[str, Any], key: str, started: float) -> None:
+    def received(self, chunk: dict[str, Any], key: str, started: float) -> None:
         chunk["model"] = key
         if chunk.get("usage"):
             # A holder of its own: the chunk loses its usage when the client did not ask for it.
             self.usage = {"usage": chunk["usage"]}
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            if content:
-                if self.ttft_ms is None:
+        if self.ttft_ms is None:
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                if delta.get("content") or delta.get("tool_calls"):
                     self.ttft_ms = (time.perf_counter() - started) * 1000
-                self.parts.append(content)
-            for call in delta.get("tool_calls") or ():
-                if self.ttft_ms is None:
-                    self.ttft_ms = (time.perf_counter() - started) * 1000
-                self._merge_tool_call(call)
+                    break
 
-    def _merge_tool_call(self, delta: dict[str, Any]) -> None:
-        index = delta.get("index", 0)
-        while len(self.tool_calls) <= index:
-            self.tool_calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-        call = self.tool_calls[index]
-        if delta.get("id"):
-            call["id"] = delta["id"]
-        function = delta.get("function") or {}
-        call["function"]["name"] += function.get("name") or ""
-        call["function"]["arguments"] += function.get("arguments") or ""
+    def sent(self, chunk: dict[str, Any]) -> None:
+        self.answer.add(chunk)
 
-    def text(self) -> str:
-        return "".join(self.parts)
+
+class _JsonBuffer:
+    """A JSON-mode answer held whole until it is checked. Consecutive chunks that carry only
+    text (content, or a tool call's arguments) are merged into the first of them, so that the
+    memory held follows the answer's length rather than its count of chunks; `add` says False
+    once the estimate passes `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._chunks: list[dict[str, Any]] = []
+        # The text pieces of the last chunk, while it can take more, and where they belong.
+        self._pieces: list[str] = []
+        self._slot: tuple[Any, ...] | None = None
+
+    def add(self, chunk: dict[str, Any]) -> bool:
+        slot, text = _text_slot(chunk)
+        if slot is not None and slot == self._slot:
+            self._pieces.append(text)
+            self.size += len(text)
+        else:
+            self._seal()
+            self._chunks.append(chunk)
+            self.size += CHUNK_COST_BYTES + _text_size(chunk)
+            self._slot, self._pieces = slot, [text]
+        return self.size <= self.limit
+
+    def _seal(self) -> None:
+        if self._slot is not None and len(self._pieces) > 1:
+            _set_text(self._chunks[-1], "".join(self._pieces))
+        self._slot, self._pieces = None, []
+
+    def chunks(self) -> list[dict[str, Any]]:
+        self._seal()
+        return self._chunks
+
+
+def _text_slot(chunk: dict[str, Any]) -> tuple[tuple[Any, ...] | None, str]:
+    """(where, text) for a chunk that carries nothing but text: one choice whose delta is only
+    content (and the same role, which some servers repeat), or only one tool call's arguments;
+    (None, "") for any other chunk."""
+    choices = chunk.get("choices")
+    if chunk.get("usage") or not isinstance(choices, list) or len(choices) != 1:
+        return None, ""
+    choice = choices[0]
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    if not isinstance(delta, dict) or choice.get("finish_reason") or choice.get("logprobs"):
+        return None, ""
+    index = choice.get("index", 0)
+    fields = {k for k, v in delta.items() if v is not None}
+    content = delta.get("content")
+    if fields <= {"content", "role"} and isinstance(content, str):
+        return (index, "content", delta.get("role")), content
+    calls = delta.get("tool_calls")
+    if fields == {"tool_calls"} and isinstance(calls, list) and len(calls) == 1:
+        call = calls[0]
+        function = call.get("function") if isinstance(call, dict) else None
+        if (isinstance(function, dict) and set(call) == {"index", "function"}
+                and set(function) == {"arguments"} and isinstance(function["arguments"], str)):
+            return (index, "tool", call["index"]), function["arguments"]
+    return None, ""
+
+
+def _text_size(chunk: dict[str, Any]) -> int:
+    size = 0
+    for choice in chunk.get("choices") or ():
+        delta = (choice.get("delta") if isinstance(choice, dict) else None) or {}
+        content = delta.get("content")
+        size += len(content) if isinstance(content, str) else 0
+        for call in delta.get("tool_calls") or ():
+            function = (call.get("function") if isinstance(call, dict) else None) or {}
+            size += sum(len(v) for v in function.values() if isinstance(v, str))
+    return size
+
+
+def _json_chunks_problem(
+    chunks: list[dict[str, Any]], limit: int, schema: dict[str, Any] | None
+) -> str | None:
+    answer = _Answer(limit)
+    for chunk in chunks:
+        answer.add(chunk)
+    return None if answer.tool_calls else json_text_problem(answer.text(), schema)
+
+
+def _set_text(chunk: dict[str, Any], text: str) -> None:
+    delta = chunk["choices"][0]["delta"]
+    if "content" in delta:
+        delta["content"] = text
+    else:
+        delta["tool_calls"][0]["function"]["arguments"] = text
 
 
 def _for_client(chunk: dict[str, Any], include_usage: bool) -> bool:
@@ -373,6 +532,14 @@ def _invalid_json(ex: Execution, problem: str) -> UpstreamError:
         f" (after one retry): {problem}",
         code="invalid_json_output",
     )
+
+
+def _gone(exc: BaseException) -> ClientGone | None:
+    """Why a call was cancelled, when the API cancelled it for a client that went away (the
+    ClientGone is the cancellation's message); None for any other cancellation."""
+    if isinstance(exc, asyncio.CancelledError) and exc.args and isinstance(exc.args[0], ClientGone):
+        return exc.args[0]
+    return None
 
 
 def _unexpected(ex: Execution, exc: Exception) -> LlmkitError:

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from llmkit.db import Database, Migration, run_script
+from llmkit.db import Database, Migrations, run_script
 from llmkit.errors import IndexUnavailable, InvalidKey, LlmkitError, NotFound, PromptFormatError
 from llmkit.promptfile import PromptFile, key_from_path, parse, path_for_key, validate_key
 from llmkit.store import Commit, GitStore, blob_id
@@ -50,7 +50,11 @@ SYNC_BACKOFF_S = 0.05  # doubled after each failed attempt
 # everything it writes is read from git before it begins).
 SYNC_BUSY_TIMEOUT_S = 5.0
 
+MIGRATIONS = Migrations("index")
+migration = MIGRATIONS.register
 
+
+@migration
 def m001_initial(conn: sqlite3.Connection) -> None:
     run_script(
         conn,
@@ -92,6 +96,7 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
 def m002_generation(conn: sqlite3.Connection) -> None:
     # Not one of INDEX_TABLES: a rebuild bumps it instead of deleting it, so every process that
     # cached what the index served sees that the rows changed under it.
@@ -107,7 +112,6 @@ def m002_generation(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_generation]
 INDEX_TABLES = ("ix_commits", "ix_blobs", "ix_prompts", "ix_versions", "ix_state")
 
 
@@ -163,7 +167,7 @@ class Index:
     def __init__(self, store: GitStore, db: Database) -> None:
         self.store = store
         self.db = db
-        self.db.migrate("index", MIGRATIONS)
+        self.db.migrate(MIGRATIONS)
         self.sync_attempts = SYNC_ATTEMPTS
         self.busy_timeout_s = SYNC_BUSY_TIMEOUT_S
         self._sync_lock = threading.Lock()

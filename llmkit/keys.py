@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeGuard
 
-from llmkit.db import Database, Migration
+from llmkit.db import Database, Migrations
 from llmkit.errors import BadRequest, NotFound
 
 log = logging.getLogger("llmkit.keys")
@@ -39,7 +39,6 @@ log = logging.getLogger("llmkit.keys")
 # Runs a piece of blocking work somewhere else (the API hands it to the thread pool).
 WriteLater = Callable[[Callable[[], None]], object]
 
-MIGRATION_KIND = "keys"
 KEY_PREFIX = "llmkit_"
 KEY_BODY_LENGTH = 32
 KEY_LENGTH = len(KEY_PREFIX) + KEY_BODY_LENGTH
@@ -70,7 +69,11 @@ class ApiKey:
 
 ApiKeys = list[ApiKey]
 
+MIGRATIONS = Migrations("keys")
+migration = MIGRATIONS.register
 
+
+@migration
 def m001_initial(conn: sqlite3.Connection) -> None:
     conn.execute(
         """
@@ -109,13 +112,6 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         END
         """
     )
-
-
-MIGRATIONS: list[Migration] = [m001_initial]
-
-
-def migrate(db: Database) -> list[str]:
-    return db.migrate(MIGRATION_KIND, MIGRATIONS)
 
 
 def new_clear_key() -> str:
@@ -219,7 +215,7 @@ class KeyStore:
         self._generation_checked_at = -math.inf
         self._pending_used: dict[int, str] = {}
         self._flushed_at: dict[int, float] = {}
-        migrate(db)
+        db.migrate(MIGRATIONS)
 
     def create(self, name: str, scope: str = "run") -> tuple[ApiKey, str]:
         """A new key; the clear key is returned here once and never again."""

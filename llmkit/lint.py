@@ -56,7 +56,11 @@ def lint_prompt_text(rel_path: str, data: bytes) -> list[Problem]:
 def lint_repo(root: Path) -> list[Problem]:
     """Problems of every prompt file and eval file; one bad file never hides the others."""
     store = GitStore(root)
-    problems: list[Problem] = []
+    problems = [
+        Problem(link, 1, "Symbolic link: llmkit never follows links inside prompts/ and evals/;"
+                " put the file itself there")
+        for link in store.symlinks()
+    ]
     for rel, path in sorted(store.working_files("prompts", (".md",)).items()):
         try:
             data = path.read_bytes()

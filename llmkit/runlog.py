@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from llmkit.db import Database, Migration
+from llmkit.db import Database, Migrations
 from llmkit.errors import BadRequest, RunLogUnavailable
 from llmkit.runlog_rows import Shaper, format_time
 from llmkit.runlog_rows import utc_now as utc_now  # the stored time shape, used beside rows
 from llmkit.runlog_writer import LogWriter
 
-MIGRATION_KIND = "runlog"
 STATUSES = ("ok", "error", "cancelled")
 SOURCES = ("api", "ui", "eval", "cli")
 MAX_PAGE_SIZE = 500
@@ -101,7 +100,11 @@ _INT_FIELDS = (
 _NUMBER_FIELDS = ("cost", "latency_ms", "ttft_ms")
 _TEXT_FIELDS = ("trace_id", "prompt_key", "version_sha", "model", "error")
 
+MIGRATIONS = Migrations("runlog")
+migration = MIGRATIONS.register
 
+
+@migration
 def m001_initial(conn: sqlite3.Connection) -> None:
     conn.execute(
         """
@@ -140,6 +143,7 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         )
 
 
+@migration
 def m002_truncated_notes_and_rejects(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE run_log ADD COLUMN truncated TEXT")
     conn.execute("ALTER TABLE run_log ADD COLUMN log_notes TEXT")
@@ -155,13 +159,6 @@ def m002_truncated_notes_and_rejects(conn: sqlite3.Connection) -> None:
         )
         """
     )
-
-
-MIGRATIONS: list[Migration] = [m001_initial, m002_truncated_notes_and_rejects]
-
-
-def migrate(db: Database) -> list[str]:
-    return db.migrate(MIGRATION_KIND, MIGRATIONS)
 
 
 def _shown(value: object) -> str:
@@ -191,7 +188,15 @@ def _json_value(text: str | None, truncated: bool = False) -> Any:
     if text is None:
         return None
     if truncated:
-        # A cut JSON text is a prefix, which may parse as some other value ("12345" -> "123").
+        # A cut JSON text is a prefix, which may parse as some other value ("12345" -> "123"),
+        # except a string cut inside its quotes: no proper prefix of a JSON string is one.
+        if text.startswith('"'):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                return text
+            if isinstance(value, str):
+                return value
         return text
     try:
         return json.loads(text)
@@ -308,7 +313,7 @@ class RunLog:
         self.durable = durable
         self.field_max_bytes = field_max_bytes
         self.durable_wait_s = durable_wait_s
-        migrate(db)
+        db.migrate(MIGRATIONS)
         self._writer = LogWriter(
             db,
             table="run_log",

@@ -7,8 +7,9 @@ hundreds of megabytes. Each would make SQLite, the UTF-8 codec or a JSON reader 
 or the page that lists it. `Shaper` turns such values into ones everyone accepts and says what
 it changed, field by field, in notes stored with the row, so nothing is changed silently.
 
-Text is cut to a byte cap per field (`truncated` names the fields that were cut; a cut JSON
-field is stored as the text prefix it was cut to, and read back as that string).
+Text is cut to a byte cap per field (`truncated` names the fields that were cut). A JSON string
+(a streamed answer) is cut inside its quotes and stays a JSON string; any other cut JSON field is
+stored as the text prefix it was cut to, and read back as that text.
 """
 
 from __future__ import annotations
@@ -110,7 +111,32 @@ class Shaper:
                 f"{name}: {replaced} lone surrogate(s) that UTF-8 cannot encode replaced with"
                 " U+FFFD"
             )
+        if isinstance(value, str):
+            return self._capped_string(name, text)
         return self._capped(name, text)
+
+    def _capped_string(self, name: str, text: str) -> str:
+        """A JSON string over the cap is cut inside its quotes, so it stays a JSON string (a
+        streamed answer reads back as the text it began with, not as a broken literal)."""
+        cut, size = cut_to_bytes(text, self.max_bytes)
+        if cut is text:
+            return text
+        value: str = json.loads(text)
+        budget = self.max_bytes - 2
+        # Escapes make the JSON longer than the string's own bytes: shrink until it fits.
+        for _ in range(8):
+            head, _ = cut_to_bytes(value, max(budget, 0))
+            cut = json.dumps(head, ensure_ascii=False)
+            over = len(cut.encode("utf-8")) - self.max_bytes
+            if over <= 0:
+                break
+            budget -= over
+        else:
+            return self._capped(name, text)
+        shown = f"{size:,} bytes" if size >= 0 else f"{len(text):,} characters"
+        self.notes.append(f"{name}: cut from {shown} to {self.max_bytes:,} bytes")
+        self.truncated.append(name)
+        return cut
 
     def integer(self, name: str, value: int | None) -> int | None:
         if value is not None and not _INT64[0] <= value <= _INT64[1]:

@@ -4,10 +4,16 @@ Reads are done in bulk: one `git log --raw` pass yields every change to `prompts
 with the blob id of each new content, and one `git cat-file --batch` process reads any number of
 blobs. Nothing runs one git process per file or per version.
 
-Writes commit exactly one file without touching what an author has staged: the commit is built
-in a private index (`GIT_INDEX_FILE`), the working-tree file is replaced atomically, and the
-branch moves with a compare-and-swap `git update-ref`. All writes hold one lock that spans
-threads and processes. If any step fails, the file and the branch are put back as they were.
+Writes commit exactly one file without touching what an author has staged, and are crash-safe at
+every step (`gitwrite`, and DESIGN.md "Git write protocol"). Under llmkit's flock: journal a
+nonce and take git's own `.git/index.lock` as git does (bounded wait, else 503); check the
+preconditions and write blob, tree and commit (unreachable); journal the write and move the new
+`.git/index` into the lock; move the branch with a compare-and-swap `git update-ref` (the commit
+point); replace the working-tree file atomically; rename the lock over `.git/index`; drop the
+journal; acknowledge. Recovery, at start and before every write, rolls an interrupted write back
+(before the commit point) or forward (after it), and deletes only locks it can prove are its own.
+
+Nothing under `prompts/` or `evals/` is read or written through a symbolic link.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import threading
@@ -23,14 +30,19 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llmkit.errors import BadRequest, ConfigError, Conflict, InvalidKey, LlmkitError, NotFound
+from llmkit.errors import ConfigError, InvalidKey, LlmkitError, NotFound
+
+if TYPE_CHECKING:
+    from llmkit.gitwrite import GitWriter
 
 TRACKED_DIRS = ("prompts", "evals")
 ZERO_SHA = "0" * 40
 ALREADY_EXISTS = "already_exists"
-_SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
+DEFAULT_LOCK_TIMEOUT_S = 3.0
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _LOG_FORMAT = "%x01%H%x1f%an%x1f%ae%x1f%at%x1f%ct%x1f%B%x1f"
 
@@ -74,11 +86,19 @@ def sanitize_identity(value: str | None, limit: int = 200) -> str:
 
 
 class GitStore:
-    def __init__(self, root: Path, lock_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        lock_path: Path | None = None,
+        *,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    ) -> None:
         self.root = Path(root).resolve()
         if not (self.root / ".git").exists():
             raise ConfigError(f"{self.root} is not a git repository (no .git)")
         self.lock_path = lock_path or self.root / ".llmkit" / "write.lock"
+        # How long a write waits for another git process to release .git/index.lock.
+        self.lock_timeout_s = lock_timeout_s
         self._thread_lock = threading.Lock()
         self._identity_env: dict[str, str] | None = None
 
@@ -204,10 +224,48 @@ class GitStore:
         proc = self.git("rev-parse", "--verify", "--quiet", f"HEAD:{path}", check=False)
         return proc.stdout.decode().strip() or None
 
+    @cached_property
+    def git_dirs(self) -> tuple[Path, Path]:
+        """The git folder holding this work tree's index and HEAD, and the one holding the
+        branches (they differ in a linked worktree)."""
+        own, common = self.out("rev-parse", "--absolute-git-dir", "--git-common-dir").splitlines()
+        return Path(own), (self.root / common).resolve()
+
+    def head_ref(self) -> str:
+        """The branch HEAD names (`refs/heads/...`, even unborn), or `HEAD` when detached."""
+        return self.out("symbolic-ref", "--quiet", "HEAD", check=False) or "HEAD"
+
+    def ref_value(self, ref: str) -> str | None:
+        proc = self.git("rev-parse", "--verify", "--quiet", ref, check=False)
+        return proc.stdout.decode().strip() or None
+
+    def tree_entry(self, commit: str, rel_path: str) -> tuple[str | None, str | None, str | None]:
+        """(mode, type, id) of `rel_path` in `commit`; Nones when it is not there."""
+        out = self.git("ls-tree", "-z", commit, "--", rel_path).stdout
+        for record in filter(None, out.decode("utf-8", "surrogateescape").split("\0")):
+            meta, _, path = record.partition("\t")
+            mode, kind, sha = meta.split()
+            if path == rel_path:
+                return mode, kind, sha
+        return None, None, None
+
+    def index_entries(self, rel_path: str, index_file: Path | None = None) -> list[tuple[str, str]]:
+        """`rel_path`'s entries in `.git/index` (or `index_file`) as (mode, blob). An unmerged
+        stage, or anything below a folder of that name, is an entry that matches no file."""
+        env = {"GIT_INDEX_FILE": str(index_file)} if index_file else None
+        out = self.git("--literal-pathspecs", "ls-files", "-s", "-z", "--", rel_path, env=env)
+        entries = []
+        for record in filter(None, out.stdout.decode("utf-8", "surrogateescape").split("\0")):
+            meta, _, path = record.partition("\t")
+            mode, blob, stage = meta.split()
+            entries.append((mode, blob) if path == rel_path and stage == "0" else ("?", path))
+        return entries
+
     # -- the working tree ----------------------------------------------------------------
 
     def confine(self, rel_path: str) -> Path:
-        """The absolute path of `rel_path`, refused unless it stays inside prompts/ or evals/."""
+        """The absolute path of `rel_path`, refused unless it stays inside prompts/ or evals/
+        without passing through a symbolic link."""
         if not rel_path or "\x00" in rel_path or rel_path.startswith("/") or "\\" in rel_path:
             raise InvalidKey(f"Path {rel_path!r} is not allowed")
         parts = rel_path.split("/")
@@ -215,40 +273,47 @@ class GitStore:
             raise InvalidKey(f"Path {rel_path!r} is outside prompts/ and evals/")
         if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
             raise InvalidKey(f"Path {rel_path!r} has an empty, hidden or '..' segment")
-        base = (self.root / parts[0]).resolve()
-        if not base.is_relative_to(self.root):
-            raise InvalidKey(f"{parts[0]}/ is a link that leaves the repository")
-        target = self.root / rel_path
-        parent = target.parent.resolve()
-        if not parent.is_relative_to(base) or target.is_symlink():
-            raise InvalidKey(f"Path {rel_path!r} leaves {parts[0]}/ through a symbolic link")
-        return target
+        here = self.root
+        for i, part in enumerate(parts):
+            here = here / part
+            if here.is_symlink():
+                if i == 0 and not _resolves_inside(here, self.root):
+                    raise InvalidKey(f"{part}/ is a link that leaves the repository")
+                link = "/".join(parts[: i + 1])
+                raise InvalidKey(
+                    f"Path {rel_path!r} goes through the symbolic link {link}; llmkit never"
+                    " writes through links"
+                )
+            if i < len(parts) - 1 and here.exists() and not here.is_dir():
+                raise InvalidKey(f"Path {rel_path!r} goes through {part}, which is not a folder")
+        return here
 
     def working_files(self, top: str, suffixes: tuple[str, ...]) -> dict[str, Path]:
-        """Files under `top` with one of `suffixes`, as repo-relative paths; hidden entries and
-        links that leave the repository are skipped."""
-        found: dict[str, Path] = {}
-        base = self.root / top
-        if not base.is_dir() or not base.resolve().is_relative_to(self.root):
-            return found
-        stack = [base]
-        while stack:
-            folder = stack.pop()
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
+        """Regular files under `top` with one of `suffixes`, as repo-relative paths. Hidden
+        entries are skipped and symbolic links are never followed (`symlinks` lists them)."""
+        return {
+            Path(entry.path).relative_to(self.root).as_posix(): Path(entry.path)
+            for entry in scan_tree(self.root / top)
+            if entry.name.endswith(suffixes) and _is_regular(entry)
+        }
+
+    def symlinks(self, tops: Iterable[str] = TRACKED_DIRS) -> list[str]:
+        """Every symbolic link under `tops` (or that is one of them): in the working tree, or
+        committed or staged (which is how a checkout without symlink support still shows one)."""
+        found: set[str] = set()
+        for top in tops:
+            if (self.root / top).is_symlink():
+                found.add(top)
                 continue
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                path = Path(entry.path)
-                if entry.is_symlink() and not path.resolve().is_relative_to(base.resolve()):
-                    continue
-                if entry.is_dir():
-                    stack.append(path)
-                elif entry.name.endswith(suffixes) and entry.is_file():
-                    found[path.relative_to(self.root).as_posix()] = path
-        return found
+            for entry in scan_tree(self.root / top):
+                if entry.is_symlink():
+                    found.add(Path(entry.path).relative_to(self.root).as_posix())
+        listed = self.git("ls-files", "-s", "-z", "--", *tops, check=False).stdout
+        for record in listed.decode("utf-8", "surrogateescape").split("\0"):
+            meta, _, path = record.partition("\t")
+            if meta.startswith("120000 "):
+                found.add(path)
+        return sorted(found)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -264,6 +329,12 @@ class GitStore:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
+
+    @cached_property
+    def writer(self) -> GitWriter:
+        from llmkit.gitwrite import GitWriter
+
+        return GitWriter(self)
 
     def commit_file(
         self,
@@ -283,118 +354,22 @@ class GitStore:
         uncommitted edits (in the working tree or staged) is refused with 409 as well.
         `create` refuses (409) when the file already exists, checked under the lock, so two
         writers creating one file at once, in any processes, cannot both succeed.
+        While another git process holds `.git/index.lock` the write waits up to
+        `lock_timeout_s`, then is refused with RepositoryBusy (503) before anything is
+        committed. It returns once HEAD, the working tree and `.git/index` all hold it.
         """
-        target = self.confine(rel_path)
+        self.confine(rel_path)
+        return self.writer.commit_file(
+            rel_path, content, message=message, author_name=author_name,
+            author_email=author_email, base=base, create=create,
+        )
+
+    def recover(self) -> str | None:
+        """Finish or undo a write of llmkit's own that a crash interrupted, so that the
+        repository is consistent and writes work again; returns what was done, or None.
+        Raises RepositoryBusy while another process holds a lock it needs."""
         with self.lock():
-            head = self.head()
-            head_blob = self.blob_at_head(rel_path) if head else None
-            if create and (head_blob is not None or target.exists()):
-                raise Conflict(f"{rel_path} already exists", param="key", code=ALREADY_EXISTS)
-            if base is not None:
-                self._check_base(rel_path, base, head)
-            on_disk = target.read_bytes() if target.exists() else None
-            if (blob_id(on_disk) if on_disk is not None else None) != head_blob:
-                raise Conflict(
-                    f"{rel_path} has uncommitted changes in the working tree; commit or discard"
-                    " them before writing through the API"
-                )
-            if head and self.git("diff", "--cached", "--quiet", head, "--", rel_path, check=False).returncode:
-                raise Conflict(f"{rel_path} has staged changes; commit or unstage them first")
-            if content is None and head_blob is None:
-                raise NotFound(f"{rel_path} does not exist")
-            new_blob = None
-            if content is not None:
-                new_blob = self.out("hash-object", "-w", "--stdin", input=content)
-                if new_blob == head_blob:
-                    raise BadRequest(f"{rel_path} is unchanged; nothing to commit")
-            commit = self._commit_tree(rel_path, new_blob, head, message, author_name, author_email)
-            self._swap_in(target, rel_path, content, on_disk, commit, head)
-            return commit
-
-    def _check_base(self, rel_path: str, base: str, head: str | None) -> None:
-        last = self.last_commit_touching(rel_path) if head else None
-        wanted = base.strip().lower()
-        if not _SHA_RE.match(wanted):
-            raise BadRequest(f"Base version {base!r} is not a commit sha", param="base_version")
-        if last is None or not last.startswith(wanted):
-            raise Conflict(
-                f"{rel_path} has moved on: its latest version is {last[:12] if last else 'none'},"
-                f" not {base}; reload it and apply your change again"
-            )
-
-    def _commit_tree(
-        self,
-        rel_path: str,
-        blob: str | None,
-        head: str | None,
-        message: str,
-        author_name: str | None,
-        author_email: str | None,
-    ) -> str:
-        env = self.identity_env()
-        name, email = sanitize_identity(author_name), sanitize_identity(author_email)
-        if name:
-            env["GIT_AUTHOR_NAME"] = name
-        if email:
-            env["GIT_AUTHOR_EMAIL"] = email
-        elif name:
-            # A new author name with the committer's address would misattribute; say so instead.
-            env["GIT_AUTHOR_EMAIL"] = "unknown@llmkit.invalid"
-        fd, index_file = tempfile.mkstemp(prefix="index-", dir=self.lock_path.parent)
-        os.close(fd)
-        os.unlink(index_file)
-        index_env = {**env, "GIT_INDEX_FILE": index_file}
-        try:
-            if head:
-                self.git("read-tree", head, env=index_env)
-            else:
-                self.git("read-tree", "--empty", env=index_env)
-            if blob is None:
-                self.git("update-index", "--force-remove", "--", rel_path, env=index_env)
-            else:
-                self.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{rel_path}", env=index_env)
-            tree = self.out("write-tree", env=index_env)
-        finally:
-            if os.path.exists(index_file):
-                os.unlink(index_file)
-        parents = ["-p", head] if head else []
-        msg = sanitize_message(message, f"Update {rel_path}")
-        return self.out("commit-tree", tree, *parents, input=msg.encode(), env=env)
-
-    def _swap_in(
-        self,
-        target: Path,
-        rel_path: str,
-        content: bytes | None,
-        previous: bytes | None,
-        commit: str,
-        head: str | None,
-    ) -> None:
-        """Put the file in place, then move the branch; undo the file if the branch won't move."""
-        new_dirs = [d for d in target.parents if d.is_relative_to(self.root) and not d.exists()]
-        if content is None:
-            target.unlink()
-        else:
-            write_atomic(target, content)
-        try:
-            self.git("update-ref", "-m", f"llmkit: {rel_path}", "HEAD", commit, head or "")
-        except GitError as exc:
-            if previous is None:
-                target.unlink(missing_ok=True)
-                for folder in new_dirs:  # innermost first
-                    try:
-                        folder.rmdir()
-                    except OSError:
-                        break
-            else:
-                write_atomic(target, previous)
-            raise Conflict(f"The branch moved while writing {rel_path}; try again ({exc.message})")
-        # Keep the author's index in step for this one path only, so `git status` is clean.
-        if content is None:
-            self.git("update-index", "--force-remove", "--", rel_path, check=False)
-        else:
-            blob = blob_id(content)
-            self.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{rel_path}", check=False)
+            return self.writer.recover()
 
     def identity_env(self) -> dict[str, str]:
         """Committer identity from git config, or llmkit's own when none is configured."""
@@ -423,6 +398,49 @@ def write_atomic(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def scan_tree(base: Path) -> Iterator[os.DirEntry[str]]:
+    """Every entry below the folder `base` except folders, never entering a symbolic link (a
+    link is yielded as itself). Hidden entries and folders that cannot be read are skipped, and
+    nothing is yielded when `base` is not a real folder (a link to one included)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(base).st_mode):
+            return
+    except OSError:
+        return
+    stack = [str(base)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as found:
+                entries = list(found)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_folder:
+                stack.append(entry.path)
+            else:
+                yield entry
+
+
+def _is_regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _resolves_inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return False
 
 
 def _parse_log(raw: str) -> Iterator[tuple[Commit, list[Change]]]:

@@ -4,11 +4,13 @@ The CLI and the API both start from here, so they share one way of opening thing
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from llmkit.config import Settings
 from llmkit.db import Database
+from llmkit.errors import LlmkitError
 from llmkit.index import Index
 from llmkit.store import GitStore
 
@@ -17,11 +19,15 @@ if TYPE_CHECKING:
     from llmkit.models import ModelRegistry
     from llmkit.runlog import RunLog
 
+log = logging.getLogger("llmkit.workspace")
+
 
 class Workspace:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = GitStore(settings.repo, settings.lock_path)
+        self.store = GitStore(
+            settings.repo, settings.lock_path, lock_timeout_s=settings.git_lock_timeout_s
+        )
         self.db = Database(settings.db_path)
         self.index = Index(self.store, self.db)
 
@@ -52,6 +58,18 @@ class Workspace:
             durable_wait_s=self.settings.log_durable_wait_s,
             field_max_bytes=self.settings.log_field_max_bytes,
         )
+
+    def recover_writes(self) -> None:
+        """Finish or undo a git write that a crash interrupted, before anything is served from
+        the repository. A lock held by another git process only postpones it: every write
+        tries again first, and answers 503 until it can."""
+        try:
+            done = self.store.recover()
+        except LlmkitError as exc:
+            log.warning("an interrupted git write is not finished yet: %s", exc.message)
+            return
+        if done:
+            log.warning("recovered an interrupted git write: %s", done)
 
     def close(self) -> None:
         if "runlog" in self.__dict__:

@@ -14,6 +14,11 @@ stops), "malformed" (200 with a body that is not JSON), "drop" (non-stream: clos
 response; stream: two chunks, then close without `[DONE]`), "slow" (stream chunks `delay`
 seconds apart; non-stream: answer after `delay`).
 
+Large answers: `enqueue(content, chunk_chars=N)` streams the content in pieces of N characters,
+written as fast as the client takes them (with "slow", `slow_after=K` sends the first K chunks at
+once and the rest `delay` apart: a burst, then a trickle that is still going when the client is
+dropped); `RecordedRequest.bytes_sent` counts the bytes written before the exchange ended.
+
 Usage from another test file:
 
     from tests.fake_upstream import fake_upstream  # noqa: F401
@@ -26,10 +31,12 @@ Usage from another test file:
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -58,6 +65,8 @@ class Reply:
     delay: float = 0.05
     error: str | None = None
     finish_reason: str | None = None
+    chunk_chars: int | None = None
+    slow_after: int = 0
 
 
 @dataclass
@@ -74,6 +83,7 @@ class RecordedRequest:
     body: Any
     client_port: int = 0
     outcome: str = ""
+    bytes_sent: int = 0
     done: threading.Event = field(default_factory=threading.Event)
 
     def finish(self, outcome: str) -> None:
@@ -145,9 +155,12 @@ class FakeUpstream:
         delay: float = 0.05,
         error: str | None = None,
         finish_reason: str | None = None,
+        chunk_chars: int | None = None,
+        slow_after: int = 0,
     ) -> None:
         """Queue the answer for the next chat request. `tool_calls` items are
-        `{"name": ..., "arguments": {...} or "json"}` or full OpenAI tool call dicts."""
+        `{"name": ..., "arguments": {...} or "json"}` or full OpenAI tool call dicts;
+        `chunk_chars` streams the content in pieces of that many characters."""
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"Unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
         reply = Reply(
@@ -160,6 +173,8 @@ class FakeUpstream:
             delay=delay,
             error=error,
             finish_reason=finish_reason,
+            chunk_chars=chunk_chars,
+            slow_after=slow_after,
         )
         with self._lock:
             self._queue.append(reply)
@@ -188,6 +203,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 256
     fake: FakeUpstream
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that closes a kept-alive connection is no error worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -247,12 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
             record.finish("answered")
             return
         try:
-            record.finish(self._answer_chat(body, reply or Reply()))
+            record.finish(self._answer_chat(record, body, reply or Reply()))
         except (ClientGone, ConnectionError, OSError):
             self.close_connection = True
             record.finish("disconnected")
 
-    def _answer_chat(self, body: dict[str, Any], reply: Reply) -> str:
+    def _answer_chat(self, record: RecordedRequest, body: dict[str, Any], reply: Reply) -> str:
         streaming = bool(body.get("stream"))
         if reply.fault == "hang":
             return self._hang()
@@ -277,13 +297,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._wait(reply.delay)
             self._send_json(200, completion, reply.headers)
             return "answered"
-        return self._stream(body, completion, reply)
+        return self._stream(record, body, completion, reply)
 
-    def _stream(self, body: dict[str, Any], completion: dict[str, Any], reply: Reply) -> str:
-        chunks = _chunks(completion)
+    def _stream(
+        self, record: RecordedRequest, body: dict[str, Any], completion: dict[str, Any],
+        reply: Reply,
+    ) -> str:
+        chunks: Iterator[dict[str, Any]] = _chunks(completion, reply.chunk_chars)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if include_usage:
-            chunks.append(_chunk(completion, [], usage=completion["usage"]))
+            usage = _chunk(completion, [], usage=completion["usage"])
+            chunks = itertools.chain(chunks, [usage])
         self.send_response(200)
         for name, value in reply.headers.items():
             self.send_header(name, value)
@@ -296,15 +320,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.wfile.flush()
                 return "dropped"
-            if reply.fault == "slow" and i > 0:
+            if reply.fault == "slow" and i > reply.slow_after:
                 self._wait(reply.delay)
-            self._write_chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        self._write_chunk(b"data: [DONE]\n\n")
+            self._write_chunk(record, b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        self._write_chunk(record, b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         return "answered"
 
-    def _write_chunk(self, data: bytes) -> None:
+    def _write_chunk(self, record: RecordedRequest, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        record.bytes_sent += len(data)
 
     def _hang(self) -> str:
         deadline = time.monotonic() + HANG_LIMIT_S
@@ -411,15 +436,7 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    prompt_words = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [])
-    answer_words = len((content or "").split()) + sum(
-        len(c["function"]["arguments"].split()) for c in tool_calls
-    )
-    usage = reply.usage or {
-        "prompt_tokens": prompt_words,
-        "completion_tokens": answer_words,
-        "total_tokens": prompt_words + answer_words,
-    }
+    usage = reply.usage or _usage(body, content, tool_calls)
     return {
         "id": f"chatcmpl-fake-{uuid.uuid4().hex[:16]}",
         "object": "chat.completion",
@@ -431,6 +448,20 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
             "finish_reason": reply.finish_reason or ("tool_calls" if tool_calls else "stop"),
         }],
         "usage": usage,
+    }
+
+
+def _usage(
+    body: dict[str, Any], content: str | None, tool_calls: list[dict[str, Any]]
+) -> dict[str, int]:
+    prompt_words = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [])
+    answer_words = len((content or "").split()) + sum(
+        len(c["function"]["arguments"].split()) for c in tool_calls
+    )
+    return {
+        "prompt_tokens": prompt_words,
+        "completion_tokens": answer_words,
+        "total_tokens": prompt_words + answer_words,
     }
 
 
@@ -447,30 +478,34 @@ def _chunk(
     }
 
 
-def _chunks(completion: dict[str, Any]) -> list[dict[str, Any]]:
-    """The completion as stream chunks: role first, content in pieces, finish_reason last."""
+def _chunks(
+    completion: dict[str, Any], chunk_chars: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The completion as stream chunks: role first, content in pieces (three, or of
+    `chunk_chars` characters each), finish_reason last. Made as they are sent, so that a
+    large answer is not held twice."""
     choice = completion["choices"][0]
     message = choice["message"]
 
     def delta_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return _chunk(completion, [{"index": 0, "delta": delta, "finish_reason": finish}])
 
-    chunks = [delta_chunk({"role": "assistant", "content": ""})]
+    yield delta_chunk({"role": "assistant", "content": ""})
     content = message.get("content") or ""
-    step = max(1, len(content) // 3 + 1)
-    chunks += [delta_chunk({"content": content[i:i + step]}) for i in range(0, len(content), step)]
+    step = chunk_chars or max(1, len(content) // 3 + 1)
+    for i in range(0, len(content), step):
+        yield delta_chunk({"content": content[i:i + step]})
     for index, call in enumerate(message.get("tool_calls") or []):
         head = {"index": index, "id": call["id"], "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""}}
-        chunks.append(delta_chunk({"tool_calls": [head]}))
+        yield delta_chunk({"tool_calls": [head]})
         args = call["function"]["arguments"]
         half = len(args) // 2
         for piece in (args[:half], args[half:]):
             if piece:
                 part = {"index": index, "function": {"arguments": piece}}
-                chunks.append(delta_chunk({"tool_calls": [part]}))
-    chunks.append(delta_chunk({}, choice["finish_reason"]))
-    return chunks
+                yield delta_chunk({"tool_calls": [part]})
+    yield delta_chunk({}, choice["finish_reason"])
 
 
 @pytest.fixture

@@ -412,15 +412,6 @@ def test_ids_follow_first_appearance_then_key(make_repo: MakeRepo, tmp_path: Pat
     assert rebuilt(repo.root, tmp_path) == rebuilt(repo.root, tmp_path)
 
 
-def test_the_index_migrations_are_recorded_once(workspace: Workspace) -> None:
-    conn = workspace.db.reader()
-    names = [r[0] for r in conn.execute("SELECT name FROM _migrations WHERE kind = 'index'")]
-    assert names == ["m001_initial", "m002_generation"]
-    assert workspace.db.migrate("index", __import__("llmkit.index").index.MIGRATIONS) == []
-    columns = [r[1] for r in conn.execute("PRAGMA table_info(ix_versions)")]
-    assert columns == ["key", "number", "seq", "blob"]
-
-
 def test_a_rebuild_reads_history_with_a_few_git_processes(
     repo: Repo, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from llmkit.db import Database
 from llmkit.errors import BadRequest, NotFound
-from llmkit.keys import DISPLAY_PREFIX_LENGTH, KeyStore, migrate
+from llmkit.keys import DISPLAY_PREFIX_LENGTH, KeyStore
 
 KEY_PATTERN = re.compile(r"^llmkit_[0-9A-Za-z]{32}$")
 
@@ -62,28 +62,10 @@ def stored_last_used(conn: sqlite3.Connection) -> str | None:
     return None if value is None else str(value)
 
 
-def test_migration_creates_expected_columns(db: Database) -> None:
-    assert migrate(db) == ["m001_initial"]
-    assert migrate(db) == []
-    conn = db.reader()
-    columns = {row["name"]: row["type"] for row in conn.execute("PRAGMA table_info(api_keys)")}
-    assert columns == {
-        "id": "INTEGER",
-        "name": "TEXT",
-        "scope": "TEXT",
-        "digest": "TEXT",
-        "prefix": "TEXT",
-        "created_at": "TEXT",
-        "last_used_at": "TEXT",
-        "revoked_at": "TEXT",
-    }
-    indexes = {row["name"]: row["unique"] for row in conn.execute("PRAGMA index_list(api_keys)")}
-    assert indexes["api_keys_digest"] == 1
+def test_a_key_is_looked_up_by_its_digest_index(store: KeyStore, db: Database) -> None:
     query = "EXPLAIN QUERY PLAN SELECT id FROM api_keys WHERE digest = ?"
-    plan = " ".join(row[3] for row in conn.execute(query, ("x",)))
+    plan = " ".join(row[3] for row in db.reader().execute(query, ("x",)))
     assert "api_keys_digest" in plan
-    kinds = {tuple(row) for row in conn.execute("SELECT kind, name FROM _migrations")}
-    assert kinds == {("keys", "m001_initial")}
 
 
 def test_create_returns_clear_key_once_and_stores_only_its_digest(

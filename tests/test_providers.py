@@ -232,6 +232,13 @@ async def test_scripted_reply_with_reasoning_usage(upstream: ModelPath) -> None:
     assert usage_of(response) == Usage(input_tokens=11, output_tokens=7, reasoning_tokens=3)
 
 
+def test_absurd_token_counts_are_not_counted_and_cost_stays_a_number() -> None:
+    huge = {"usage": {"prompt_tokens": 10**400, "completion_tokens": -5, "total_tokens": 2**60}}
+    usage = usage_of(huge)
+    assert usage == Usage(input_tokens=0, output_tokens=0, reasoning_tokens=0)
+    assert cost_of("openai/gpt-4o-mini", usage) == 0.0
+
+
 @pytest.mark.asyncio
 async def test_wire_pool_reuses_one_connection(fake_upstream: FakeUpstream) -> None:  # noqa: F811
     path = ModelPath("wire", fake_upstream)

@@ -17,7 +17,7 @@ import pytest
 
 from llmkit.db import Database
 from llmkit.errors import BadRequest
-from llmkit.runlog import MAX_PAGE_SIZE, RunLog, RunRecord, migrate
+from llmkit.runlog import MAX_PAGE_SIZE, RunLog, RunRecord
 
 SHA_1 = "1111aaaa" + "0" * 32
 SHA_2 = "2222bbbb" + "0" * 32
@@ -65,57 +65,6 @@ def wait_until(condition: Any, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(condition())
-
-
-def test_migration_creates_expected_columns(db: Database) -> None:
-    assert migrate(db) == ["m001_initial", "m002_truncated_notes_and_rejects"]
-    assert migrate(db) == []
-    conn = db.reader()
-    columns = {row["name"]: row["type"] for row in conn.execute("PRAGMA table_info(run_log)")}
-    assert columns == {
-        "id": "INTEGER",
-        "trace_id": "TEXT",
-        "prompt_key": "TEXT",
-        "version_number": "INTEGER",
-        "version_sha": "TEXT",
-        "model": "TEXT",
-        "request": "TEXT",
-        "response": "TEXT",
-        "status": "TEXT",
-        "error": "TEXT",
-        "http_status": "INTEGER",
-        "input_tokens": "INTEGER",
-        "output_tokens": "INTEGER",
-        "reasoning_tokens": "INTEGER",
-        "cost": "REAL",
-        "latency_ms": "INTEGER",
-        "ttft_ms": "INTEGER",
-        "stream": "INTEGER",
-        "api_key_id": "INTEGER",
-        "source": "TEXT",
-        "created_at": "TEXT",
-        "truncated": "TEXT",
-        "log_notes": "TEXT",
-    }
-    info = conn.execute("PRAGMA table_info(run_log_rejects)")
-    rejects = {row["name"]: row["type"] for row in info}
-    assert rejects == {
-        "id": "INTEGER",
-        "trace_id": "TEXT",
-        "error": "TEXT",
-        "row": "TEXT",
-        "rejected_at": "TEXT",
-    }
-    indexes = {row["name"] for row in conn.execute("PRAGMA index_list(run_log)")}
-    assert indexes == {
-        "run_log_created_at",
-        "run_log_prompt_created_at",
-        "run_log_latency_ms",
-        "run_log_ttft_ms",
-        "sqlite_autoindex_run_log_1",
-    }
-    kinds = {tuple(row) for row in conn.execute("SELECT kind, name FROM _migrations")}
-    assert kinds == {("runlog", "m001_initial"), ("runlog", "m002_truncated_notes_and_rejects")}
 
 
 def test_a_logged_record_reads_back_as_it_was(runlog: RunLog) -> None:
@@ -873,7 +822,7 @@ def test_a_database_from_before_the_notes_migration_keeps_its_rows(db_path: Path
     from llmkit import runlog as runlog_module
 
     old = Database(db_path)
-    old.migrate(runlog_module.MIGRATION_KIND, [runlog_module.m001_initial])
+    old.migrate(runlog_module.MIGRATIONS, stop_before="m002_truncated_notes_and_rejects")
     with old.write() as conn:
         conn.execute(
             "INSERT INTO run_log (trace_id, prompt_key, model, request, status, source, created_at)"
@@ -910,3 +859,19 @@ def test_wal_checkpoints_run_beside_the_writer_not_in_its_commits(
     assert wait_until(lambda: db_path.stat().st_size > size_before + 2000 * 2000)
     runlog.close()
     assert auto_checkpoint_pages() == 1000
+
+
+def test_a_cut_json_string_stays_a_string_that_reads_back_as_its_beginning(db: Database) -> None:
+    runlog = RunLog(db, field_max_bytes=1024)
+    long_text = record(response="é\n" * 2000)  # escapes and two-byte characters
+    runlog.log(long_text)
+    runlog.close()
+    row = runlog.get(long_text.trace_id)
+    assert row is not None
+    assert row["truncated"] == ["response"]
+    kept = row["response"]
+    assert isinstance(kept, str) and kept and ("é\n" * 2000).startswith(kept)
+    stored = db.reader().execute(
+        "SELECT response FROM run_log WHERE trace_id = ?", (long_text.trace_id,)
+    ).fetchone()[0]
+    assert len(stored.encode("utf-8")) <= 1024 and json.loads(stored) == kept

@@ -108,11 +108,13 @@ def test_a_lone_surrogate_in_the_upstream_answer_is_logged_sanitized(
 ) -> None:
     exec_api.fake.enqueue("broken \ud800 answer")
     body = {"model": "static", "messages": [{"role": "user", "content": "x"}], "stream": stream}
-    # The answer itself may not reach the client whole (the text has no UTF-8 form); the row
-    # is what this test is about: the newest one for the prompt.
+    # The answer reaches the client whole, its lone surrogate escaped as the upstream sent it
+    # (the text has no UTF-8 form); the row is stored sanitized.
     env = exec_api.env
     with env.client.stream("POST", "/v1/chat/completions", json=body, headers=env.run) as response:
-        response.read()
+        raw = response.read()
+    assert response.status_code == 200, raw
+    assert b"broken \\ud800 answer" in raw or (stream and b"\\ud800" in raw)
     [row] = exec_api.env.get("/v1/ui/logs", params={"prompt": "static", "page_size": 1}).json()
     assert exec_api.fake.chat_requests[-1].body["messages"][-1]["content"] == "x"
     answer = row["response"] if stream else row["response"]["choices"][0]["message"]["content"]

@@ -1,10 +1,13 @@
-"""GitStore: bulk history reads, one-file commits, conflicts, rollback, path confinement, locking."""
+"""GitStore: bulk history reads, one-file commits, conflicts, rollback, path confinement, locking,
+the crash-safe write protocol (real SIGKILLs of a writing process at each step) and symlinks."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +15,19 @@ from pathlib import Path
 import pytest
 
 from llmkit.authoring import delete_prompt, restore_version, save_prompt
-from llmkit.errors import BadRequest, ConfigError, Conflict, InvalidKey, NotFound
+from llmkit.errors import BadRequest, ConfigError, Conflict, InvalidKey, NotFound, RepositoryBusy
+from llmkit.evals.spec import eval_file_paths
+from llmkit.gitwrite import WRITE_STEPS, _fault_plan
+from llmkit.lint import lint_repo
 from llmkit.promptfile import parse
-from llmkit.store import GitStore, blob_id, sanitize_identity, sanitize_message, write_atomic
+from llmkit.store import (
+    GitError,
+    GitStore,
+    blob_id,
+    sanitize_identity,
+    sanitize_message,
+    write_atomic,
+)
 from llmkit.workspace import Workspace
 from tests.conftest import HELLO_PROMPT, Repo
 
@@ -347,14 +360,16 @@ def test_keys_that_escape_are_refused_by_the_authoring_layer(workspace: Workspac
     assert Snapshot(repo) == snap
 
 
-def test_working_files_skip_hidden_entries_and_links_out(repo: Repo, store: GitStore, outside: Path) -> None:
+def test_working_files_skip_hidden_entries_and_never_follow_links(repo: Repo, store: GitStore, outside: Path) -> None:
     repo.write("prompts/.hello.md.swp", "swap")
     repo.write("prompts/.cache/x.md", "hidden folder")
     repo.write("prompts/sub/deep.md", "deep")
     os.symlink(outside, repo.root / "prompts" / "escape")
+    # A link that stays inside prompts/ is not followed either: one file, one key.
     os.symlink(repo.root / "prompts" / "sub" / "deep.md", repo.root / "prompts" / "alias.md")
     found = store.working_files("prompts", (".md",))
-    assert sorted(found) == ["prompts/alias.md", "prompts/hello.md", "prompts/static.md", "prompts/sub/deep.md"]
+    assert sorted(found) == ["prompts/hello.md", "prompts/static.md", "prompts/sub/deep.md"]
+    assert store.symlinks() == ["prompts/alias.md", "prompts/escape"]
 
 
 # -- author and message sanitizing -----------------------------------------------------------------
@@ -522,3 +537,272 @@ def test_creates_of_one_file_from_separate_stores_let_exactly_one_win(repo: Repo
     assert sorted(outcomes) == ["conflict"] * 7 + ["created"]
     assert len(repo.log("--", "prompts/race.md")) == 1
     fsck_clean(repo)
+
+
+# -- the write protocol: kills, locks held by others, recovery -------------------------------------
+
+KILLED_WRITE = """
+import sys
+from pathlib import Path
+from llmkit.store import GitStore
+content = None if sys.argv[3] == "-" else sys.argv[3].encode()
+GitStore(Path(sys.argv[1])).commit_file(sys.argv[2], content, message="killed write")
+"""
+
+
+def kill_a_write(repo: Repo, step: str, path: str, content: str | None) -> None:
+    """Run one write in a separate process that SIGKILLs itself at `step`."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITE, str(repo.root), path, content or "-"],
+        env={**os.environ, "LLMKIT_FAULT_AT": step},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+
+def nothing_of_llmkit_left(repo: Repo) -> None:
+    git_dir = repo.root / ".git"
+    assert not (git_dir / "index.lock").exists()
+    assert not (git_dir / "HEAD.lock").exists() and not list((git_dir / "refs").rglob("*.lock"))
+    assert not list(git_dir.glob("llmkit-*"))
+    assert not (repo.root / ".llmkit" / "write.journal").exists()
+
+
+KINDS = {
+    "create-in-new-folders": ("prompts/new/deep/file.md", "created\n"),
+    "delete": ("prompts/static.md", None),
+}
+
+
+@pytest.mark.parametrize("step", WRITE_STEPS)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_write_killed_at_any_step_is_rolled_back_or_forward(
+    repo: Repo, kind: str, step: str
+) -> None:
+    path, content = KINDS[kind]
+    if content is None and step == "worktree-temp":
+        pytest.skip("a delete writes no temp file")
+    repo.write("prompts/other.md", "staged by the author\n")
+    repo.git("add", "prompts/other.md")
+    before = repo.head()
+    kill_a_write(repo, step, path, content)
+
+    store = GitStore(repo.root, lock_timeout_s=0.2)
+    assert store.recover() is not None or step == "journal-removed"
+    fsck_clean(repo)
+    nothing_of_llmkit_left(repo)
+    assert repo.status() == "A  prompts/other.md"  # the author's staged work is still staged
+    landed = WRITE_STEPS.index(step) >= WRITE_STEPS.index("in-update-ref-committed")
+    if landed:
+        assert repo.git("log", "-1", "--format=%P %s") == f"{before} killed write"
+        assert changed_files(repo) == [path]
+        assert repo.path(path).exists() == (content is not None)
+    else:
+        assert repo.head() == before
+        assert repo.path(path).exists() == (content is None)
+        assert not repo.path("prompts/new").exists()
+    if content is not None and repo.path(path).exists():
+        assert repo.read(path) == content
+    # The author's next ordinary commit keeps whatever HEAD holds for the path.
+    repo.git("commit", "-q", "-m", "the author's own")
+    assert changed_files(repo) == ["prompts/other.md"]
+    store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="writes work again")
+    assert repo.status() == ""
+
+
+def test_a_write_refused_while_another_process_holds_the_index_changes_nothing(repo: Repo) -> None:
+    lock = repo.root / ".git" / "index.lock"
+    lock.write_bytes(b"another git command's new index")
+    snap = Snapshot(repo)
+    store = GitStore(repo.root, lock_timeout_s=0.2)
+    with pytest.raises(RepositoryBusy) as info:
+        store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="while locked")
+    assert (info.value.status, info.value.code) == (503, "repository_busy")
+    assert info.value.headers == {"Retry-After": "1"}
+    assert ".git/index.lock" in info.value.message
+    assert Snapshot(repo) == snap
+    assert lock.read_bytes() == b"another git command's new index"
+    assert store.recover() is None  # nothing of llmkit's to recover, and the lock stays
+    assert lock.exists()
+    lock.unlink()
+    store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="after")
+    assert repo.status() == ""
+
+
+def test_a_lock_held_briefly_by_another_process_only_delays_the_write(repo: Repo) -> None:
+    lock = repo.root / ".git" / "index.lock"
+    lock.write_bytes(b"held for a moment")
+    release = threading.Timer(0.2, lock.unlink)
+    release.start()
+    try:
+        store = GitStore(repo.root, lock_timeout_s=30)
+        sha = store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="m")
+    finally:
+        release.join()
+    assert repo.head() == sha and repo.status() == ""
+
+
+def test_recovery_leaves_a_lock_it_cannot_prove_is_its_own(repo: Repo) -> None:
+    kill_a_write(repo, "journal-begun", "prompts/hello.md", "killed\n")
+    # Between the kill and the restart, another git command took the index.
+    lock = repo.root / ".git" / "index.lock"
+    lock.write_bytes(b"not llmkit's")
+    branch_lock = repo.root / ".git" / "refs" / "heads" / "main.lock"
+    branch_lock.write_bytes(b"")
+    assert GitStore(repo.root, lock_timeout_s=0.1).recover() is not None
+    assert lock.read_bytes() == b"not llmkit's" and branch_lock.exists()
+    assert not (repo.root / ".llmkit" / "write.journal").exists()
+
+
+def test_a_ref_lock_that_blocks_the_commit_point_is_a_retryable_refusal(
+    repo: Repo, store: GitStore
+) -> None:
+    branch_lock = repo.root / ".git" / "refs" / "heads" / "main.lock"
+    branch_lock.write_bytes(b"")  # someone else's, left by a crash
+    snap = Snapshot(repo)
+    with pytest.raises(RepositoryBusy, match=r"\.git/refs/heads/main\.lock"):
+        store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="m")
+    assert Snapshot(repo) == snap and branch_lock.exists()
+    nothing_of_llmkit_left_but(repo, branch_lock)
+
+
+def nothing_of_llmkit_left_but(repo: Repo, allowed: Path) -> None:
+    git_dir = repo.root / ".git"
+    assert [p for p in git_dir.rglob("*.lock") if p != allowed] == []
+    assert not list(git_dir.glob("llmkit-*"))
+    assert not (repo.root / ".llmkit" / "write.journal").exists()
+
+
+def test_recovery_removes_temp_files_left_by_a_kill(repo: Repo, store: GitStore) -> None:
+    data = repo.root / ".llmkit"
+    data.mkdir(exist_ok=True)
+    for name in ("index-3f2a", "index-3f2a.lock", "index-x9", "write.journal.tmp"):
+        (data / name).write_bytes(b"DIRC")
+    store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="m")  # recovers first
+    assert sorted(p.name for p in data.iterdir()) == ["write.lock"]
+
+
+def test_an_unreadable_journal_is_named_in_a_clear_error(repo: Repo, store: GitStore) -> None:
+    journal = repo.root / ".llmkit" / "write.journal"
+    journal.parent.mkdir(exist_ok=True)
+    journal.write_text('{"nonce": "../../etc"}')
+    snap = Snapshot(repo)
+    with pytest.raises(GitError, match="write.journal records an interrupted write"):
+        store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="m")
+    assert Snapshot(repo) == snap
+
+
+def test_the_fault_plan_is_read_from_one_variable_and_checked() -> None:
+    assert _fault_plan(None) is None and _fault_plan("") is None
+    assert _fault_plan("ref-moved") == ("ref-moved", 1)
+    assert _fault_plan("worktree-temp:3") == ("worktree-temp", 3)
+    with pytest.raises(ValueError, match="expected <step>"):
+        _fault_plan("no-such-step")
+    with pytest.raises(ValueError):
+        _fault_plan("ref-moved:x")
+
+
+def test_a_write_on_a_detached_head_moves_head_and_no_branch(repo: Repo, store: GitStore) -> None:
+    repo.git("checkout", "-q", "--detach")
+    main = repo.git("rev-parse", "main")
+    sha = store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="detached")
+    assert repo.head() == sha and repo.git("rev-parse", "main") == main
+    assert repo.status() == ""
+
+
+def test_a_write_in_a_linked_worktree_uses_its_own_index_and_branch(
+    repo: Repo, tmp_path: Path
+) -> None:
+    linked = Repo(tmp_path / "linked")
+    repo.git("worktree", "add", "-q", "-b", "side", str(linked.root))
+    sha = GitStore(linked.root).commit_file("prompts/hello.md", NEW_TEXT.encode(), message="side")
+    assert linked.head() == sha and repo.git("rev-parse", "side") == sha
+    assert linked.status() == "" and repo.status() == ""
+    assert repo.read("prompts/hello.md") == HELLO_PROMPT
+
+
+def test_an_executable_file_keeps_its_mode(repo: Repo, store: GitStore) -> None:
+    repo.path("prompts/hello.md").chmod(0o755)
+    repo.commit("make it executable")
+    sha = store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="m")
+    assert repo.git("ls-tree", sha, "--", "prompts/hello.md").split()[0] == "100755"
+    assert os.access(repo.path("prompts/hello.md"), os.X_OK) and repo.status() == ""
+
+
+# -- symbolic links --------------------------------------------------------------------------------
+
+
+def test_link_loops_and_dangling_links_neither_crash_nor_get_followed(
+    repo: Repo, store: GitStore
+) -> None:
+    os.symlink(".", repo.root / "prompts" / "loop")
+    os.symlink("..", repo.root / "prompts" / "up")
+    os.symlink("missing.md", repo.root / "prompts" / "gone.md")
+    (repo.root / "prompts" / "self").symlink_to("self")  # ELOOP on any stat that follows it
+    found = store.working_files("prompts", (".md",))
+    assert sorted(found) == ["prompts/hello.md", "prompts/static.md"]
+    assert store.symlinks() == ["prompts/gone.md", "prompts/loop", "prompts/self", "prompts/up"]
+    sha = store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="still writable")
+    assert repo.head() == sha
+
+
+def test_eval_files_are_never_read_through_links(repo: Repo, outside: Path) -> None:
+    (outside / "secret.yaml").write_text("name: leaked\n")
+    repo.write("evals/hello/basic.yaml", "name: basic\n")
+    os.symlink(outside / "secret.yaml", repo.root / "evals" / "hello" / "leak.yaml")
+    os.symlink("../..", repo.root / "evals" / "hello" / "up")
+    os.symlink("nowhere.yaml", repo.root / "evals" / "hello" / "gone.yaml")
+    os.symlink(".", repo.root / "evals" / "loop")
+    found = [p.relative_to(repo.root).as_posix() for p in eval_file_paths(repo.root)]
+    assert found == ["evals/hello/basic.yaml"]
+
+
+def test_lint_reports_symbolic_links_committed_or_not(repo: Repo, outside: Path) -> None:
+    os.symlink(".", repo.root / "prompts" / "loop")
+    repo.commit("a committed link")
+    os.symlink(outside / "victim.md", repo.root / "prompts" / "out.md")
+    paths = [p.path for p in lint_repo(repo.root) if "Symbolic link" in p.message]
+    assert paths == ["prompts/loop", "prompts/out.md"]
+    # Checked out without symlink support, a committed link is a plain file: still reported.
+    repo.git("config", "core.symlinks", "false")
+    repo.path("prompts/loop").unlink()
+    repo.git("checkout", "--", "prompts/loop")
+    assert not repo.path("prompts/loop").is_symlink()
+    assert "prompts/loop" in [p.path for p in lint_repo(repo.root) if "Symbolic link" in p.message]
+
+
+def test_a_path_through_a_link_inside_prompts_is_refused(repo: Repo, store: GitStore) -> None:
+    repo.write("prompts/sub/deep.md", "deep\n")
+    repo.commit("sub")
+    os.symlink("sub", repo.root / "prompts" / "alias")
+    snap = Snapshot(repo)
+    for path in ("prompts/alias/new.md", "prompts/alias/deep.md"):
+        with pytest.raises(InvalidKey, match="symbolic link prompts/alias"):
+            store.commit_file(path, b"through the link\n", message="m")
+    assert Snapshot(repo) == snap and not repo.path("prompts/sub/new.md").exists()
+
+
+def test_a_file_where_a_folder_is_expected_is_refused_before_committing(
+    repo: Repo, store: GitStore
+) -> None:
+    head = repo.head()
+    with pytest.raises(InvalidKey, match="not a folder"):
+        store.commit_file("prompts/hello.md/x.md", b"x\n", message="m")
+    repo.path("prompts/dir.md").mkdir()
+    with pytest.raises(Conflict, match="folder"):
+        store.commit_file("prompts/dir.md", b"x\n", message="m")
+    assert repo.head() == head
+
+
+def test_recovery_keeps_an_edit_the_author_made_after_the_kill(repo: Repo) -> None:
+    before = repo.head()
+    kill_a_write(repo, "ref-moved", "prompts/hello.md", "the API's text\n")
+    repo.write("prompts/hello.md", "the author's edit, made before the restart\n")
+    assert GitStore(repo.root).recover() is not None
+    assert repo.git("log", "-1", "--format=%P %s") == f"{before} killed write"
+    assert repo.read("prompts/hello.md") == "the author's edit, made before the restart\n"
+    # The index holds the commit, so the edit shows as the author's own, unstaged change.
+    assert repo.status() == " M prompts/hello.md"
+    nothing_of_llmkit_left(repo)

@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ws.recover_writes()  # before the first sync, so a half-done write is never served
         ws.index.sync()
         watcher = None
         if settings.watch:
@@ -88,7 +89,9 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.on_startup = []
     app.state.on_shutdown = []
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.request_read_timeout_s
+    )
     app.include_router(meta.router)
     app.include_router(meta.run_router)
     # Routes under /v1/ui/prompts/{id}/... go before the prompts router, whose

@@ -13,12 +13,16 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llmkit.db import Database, run_script
+from llmkit.db import Database, Migrations, run_script
 from llmkit.errors import BadRequest, NotFound
 from llmkit.evals.report import CaseResult
 from llmkit.runlog import utc_now
 
+MIGRATIONS = Migrations("evals")
+migration = MIGRATIONS.register
 
+
+@migration
 def m001_initial(conn: sqlite3.Connection) -> None:
     run_script(
         conn,
@@ -68,9 +72,6 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [m001_initial]
-
-
 def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any], api_base: str | None) -> str:
     """Same model, messages and parameters -> same key."""
     payload = json.dumps([model, api_base, messages, params], sort_keys=True, ensure_ascii=False, default=str)
@@ -80,7 +81,7 @@ def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]
 class EvalRecords:
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.migrate("evals", MIGRATIONS)
+        db.migrate(MIGRATIONS)
 
     # -- cache ---------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from llmkit.evals.asserts import (
     unknown_key_message,
 )
 from llmkit.promptfile import validate_key
+from llmkit.store import scan_tree
 
 EVALS_DIR = "evals"
 PROMPTS_DIR = "prompts"
@@ -526,14 +527,12 @@ def load_eval_file(path: Path, root: Path) -> EvalFile:
 
 
 def eval_file_paths(root: Path) -> list[Path]:
-    """Every eval file below `root/evals`, in a stable order; hidden files are skipped."""
-    evals_dir = root / EVALS_DIR
-    if not evals_dir.is_dir():
-        return []
+    """Every eval file below `root/evals`, in a stable order. Hidden entries are skipped and
+    symbolic links are never followed (`llmkit lint` reports them)."""
     return sorted(
-        p for p in evals_dir.rglob("*")
-        if p.suffix in EVAL_SUFFIXES and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(evals_dir).parts)
+        Path(entry.path)
+        for entry in scan_tree(root / EVALS_DIR)
+        if entry.name.endswith(EVAL_SUFFIXES) and entry.is_file(follow_symlinks=False)
     )
 
 

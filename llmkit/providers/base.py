@@ -67,8 +67,15 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
 
+# No call spends 2**53 tokens; a count past it (or below 0) is an upstream's garbage, and would
+# overflow the float arithmetic of costs.
+MAX_TOKENS_COUNTED = 2**53
+
+
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKENS_COUNTED:
+        return value
+    return 0
 
 
 def usage_of(response_or_last_chunk: dict[str, Any]) -> Usage:

@@ -2,6 +2,9 @@
 backoff, then move on to the fallback models. The same policy holds on every path.
 
 - Retried: 429, 5xx, lost connections, timeouts; never 400/401/404 or malformed answers.
+- A full upstream pool (`UpstreamPoolFull`, after the pool's own short wait) is not retried on
+  the same model: the places are held by calls that may run for minutes. A fallback model,
+  which may sit on another upstream, is tried.
 - Waits: exponential from `call.backoff_base` (doubling, capped at 8 s, jittered), or the
   server's retry-after / retry-after-ms (honoured up to 30 s; a longer one than the time left
   fails at once with the RateLimited error).
@@ -22,7 +25,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
-from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
+from llmkit.errors import LlmkitError, UpstreamError, UpstreamPoolFull, UpstreamTimeout
 from llmkit.providers import echo, openai_wire, via_litellm
 from llmkit.providers.base import CONNECTION_CODE, Fallback, ProviderCall, is_transient
 from llmkit.providers.routing import Target, provider_of, resolve_target
@@ -159,7 +162,7 @@ async def _first_answering(call: ProviderCall, attempt: Attempt[T]) -> T:
         try:
             return await _with_retries(attempt, target(), call)
         except LlmkitError as error:
-            if not is_transient(error):
+            if not (is_transient(error) or isinstance(error, UpstreamPoolFull)):
                 raise
             log.warning("%s failed (%s); trying fallback", model, error.message)
     return await _with_retries(attempt, last(), call)

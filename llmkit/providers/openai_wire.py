@@ -1,6 +1,10 @@
 """OpenAI's chat wire format over pooled aiohttp sessions: the direct path for OpenAI and
 OpenAI-compatible servers, about a tenth of litellm's CPU per call.
 
+Each call holds a place in the upstream's pool (`pool.acquire`) while it runs, streams until
+they end. A stream closed early (the client left) closes its connection rather than reading the
+rest of the answer, and no more than one event and one read of upstream data is held at a time.
+
 aiohttp rather than httpx here: httpcore's pool scans every connection on each request, which
 grows with concurrency and cost more CPU than the rest of the gateway together at 32 requests
 in flight. One keep-alive session per (event loop, base URL): connections belong to the loop
@@ -20,6 +24,7 @@ from urllib.request import getproxies, proxy_bypass
 import aiohttp
 
 from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
+from llmkit.providers import pool
 from llmkit.providers.base import (
     CONNECTION_CODE,
     MALFORMED_CODE,
@@ -29,8 +34,15 @@ from llmkit.providers.base import (
 )
 from llmkit.providers.routing import Target
 
-MAX_CONNECTIONS = 512
 KEEPALIVE_S = 30.0
+# One SSE event, and a whole non-stream answer (held to be parsed); OpenAI's events are a few
+# hundred bytes. Larger ones are refused rather than buffered without end.
+MAX_EVENT_BYTES = 1024 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# At most this much of a stream is taken from aiohttp's buffer at a time (readany() would join
+# all it holds, a few hundred KB for a stream whose client is slow).
+READ_BYTES = 32 * 1024
+READ_BUFFER_BYTES = 16 * 1024
 RESERVED_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = (
@@ -45,12 +57,16 @@ def session_for(base_url: str) -> aiohttp.ClientSession:
         per_loop = _sessions[loop] = {}
     session = per_loop.get(base_url)
     if session is None or session.closed:
-        connector = aiohttp.TCPConnector(
-            limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=300
-        )
+        # No limit of aiohttp's own: calls are counted by `pool`, whose wait has a deadline and
+        # an error of its own; aiohttp would queue them unseen, bounded only by the call timeout.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=300)
         # trust_env stays off: it reads ~/.netrc on every request (which also clashes with our
         # Authorization header); the proxy variables are read once instead, in _proxy_for.
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        # A small read buffer: what a stream holds for a client that is slower than its upstream
+        # is mostly this buffer (and one read from the socket on top of it).
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, read_bufsize=READ_BUFFER_BYTES
+        )
         per_loop[base_url] = session
     return session
 
@@ -132,6 +148,30 @@ def _transport_error(target: Target, exc: BaseException) -> LlmkitError:
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
+def _where(target: Target) -> str:
+    return f"{target.provider} ({target.model}) at {target.base_url}"
+
+
+def _too_large(target: Target, what: str, limit: int) -> UpstreamError:
+    return UpstreamError(
+        f"{target.provider} ({target.model}) sent {what} larger than {limit} bytes",
+        code=MALFORMED_CODE,
+    )
+
+
+async def _read_capped(target: Target, response: aiohttp.ClientResponse) -> bytes:
+    if (response.content_length or 0) > MAX_ANSWER_BYTES:
+        raise _too_large(target, "an answer", MAX_ANSWER_BYTES)
+    parts: list[bytes] = []
+    size = 0
+    async for data in response.content.iter_any():
+        size += len(data)
+        if size > MAX_ANSWER_BYTES:
+            raise _too_large(target, "an answer", MAX_ANSWER_BYTES)
+        parts.append(data)
+    return b"".join(parts)
+
+
 def _malformed(target: Target, what: str) -> UpstreamError:
     return UpstreamError(
         f"{target.provider} ({target.model}) sent malformed JSON: {what[:200]!r}",
@@ -142,6 +182,7 @@ def _malformed(target: Target, what: str) -> UpstreamError:
 async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
     assert target.base_url is not None
     session = session_for(target.base_url)
+    place = await pool.acquire(target.base_url, _where(target))
     try:
         async with session.post(
             target.base_url + "/chat/completions",
@@ -150,10 +191,12 @@ async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[s
             timeout=aiohttp.ClientTimeout(total=timeout),
             proxy=_proxy_for(target.base_url),
         ) as response:
-            body = await response.read()
+            body = await _read_capped(target, response)
             status, headers = response.status, response.headers
     except TRANSPORT_ERRORS as exc:
         raise _transport_error(target, exc) from exc
+    finally:
+        place.release()
     text = body.decode("utf-8", "replace")
     if status >= 400:
         raise _status_error(target, status, text, headers)
@@ -176,6 +219,7 @@ async def stream(
     """Chunks as the server sends them. `timeout` bounds connecting and each wait for data."""
     assert target.base_url is not None
     session = session_for(target.base_url)
+    place = await pool.acquire(target.base_url, _where(target))
     done = False
     try:
         async with session.post(
@@ -186,32 +230,59 @@ async def stream(
             proxy=_proxy_for(target.base_url),
         ) as response:
             if response.status >= 400:
-                text = (await response.read()).decode("utf-8", "replace")
+                text = (await _read_capped(target, response)).decode("utf-8", "replace")
                 raise _status_error(target, response.status, text, response.headers)
-            async for raw in response.content:
-                # Read on past [DONE] to the end of the body, so the connection returns to the pool.
-                line = raw.decode("utf-8", "replace").strip()
-                if done or not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    continue
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    raise _malformed(target, data) from None
-                if not isinstance(chunk, dict):
-                    raise _malformed(target, data)
-                if "error" in chunk and not chunk.get("choices"):
-                    raise _body_error(target, chunk)
-                yield chunk
+            pending = b""
+            ended = False
+            try:
+                # One read at a time, split into lines (several events a read, as a rule).
+                while not ended:
+                    data = await response.content.read(READ_BYTES)
+                    if not data:  # the end; a last line without its newline counts too
+                        ended, data = True, b"\n"
+                    buffer = pending + data if pending else data
+                    lines = buffer.split(b"\n")
+                    pending = lines.pop()
+                    too_long = len(buffer) > MAX_EVENT_BYTES  # then look at each line
+                    if too_long and max(map(len, [pending, *lines])) > MAX_EVENT_BYTES:
+                        raise _too_large(target, "a stream event", MAX_EVENT_BYTES)
+                    for line in lines:
+                        # Read on past [DONE] to the end of the body, so the connection returns
+                        # to the pool.
+                        if done or not line.startswith(b"data:"):
+                            continue
+                        event = line[5:].strip()
+                        if event == b"[DONE]":
+                            done = True
+                            continue
+                        yield _event(target, event)
+            except BaseException:
+                # Left early (the client went away, or a bad event): close the connection so
+                # the upstream stops generating, instead of reading the rest of the answer.
+                response.close()
+                raise
     except TRANSPORT_ERRORS as exc:
         if done:
             return
         raise _transport_error(target, exc) from exc
+    finally:
+        place.release()
     if not done:
         raise UpstreamError(
             f"{target.provider} ({target.model}) closed the stream before it finished",
             code=CONNECTION_CODE,
         )
+
+
+def _event(target: Target, data: bytes) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except UnicodeDecodeError:
+        return _event(target, data.decode("utf-8", "replace").encode())
+    except ValueError:
+        raise _malformed(target, data.decode("utf-8", "replace")) from None
+    if not isinstance(chunk, dict):
+        raise _malformed(target, data.decode("utf-8", "replace"))
+    if "error" in chunk and not chunk.get("choices"):
+        raise _body_error(target, chunk)
+    return chunk

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
+from llmkit.providers import pool
 from llmkit.providers.base import (
     CONNECTION_CODE,
     MALFORMED_CODE,
@@ -196,34 +197,49 @@ def chunk_dict(chunk: Any) -> dict[str, Any]:
     return out
 
 
+def _upstream(target: Target) -> tuple[str, str]:
+    """The pool key of a target (its base URL, else its provider) and its name in errors."""
+    where = f"{target.provider} ({target.model})"
+    return (target.api_base or target.provider), where
+
+
 async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
     litellm = load_litellm()
+    place = await pool.acquire(*_upstream(target))
     try:
         response = await litellm.acompletion(**_kwargs(target, call, timeout))
     except Exception as exc:
         raise translate_error(target, exc) from exc
+    finally:
+        place.release()
     return completion_dict(response)
 
 
 async def stream(
     target: Target, call: ProviderCall, timeout: float
 ) -> AsyncGenerator[dict[str, Any], None]:
+    """Chunks as litellm yields them. Closing early closes litellm's stream, whose httpx
+    response closes its connection (see load_litellm)."""
     litellm = load_litellm()
     kwargs = _kwargs(target, call, timeout)
     kwargs["stream"] = True
     kwargs["stream_options"] = {**(call.params.get("stream_options") or {}), "include_usage": True}
+    place = await pool.acquire(*_upstream(target))
     try:
-        response = await litellm.acompletion(**kwargs)
-    except Exception as exc:
-        raise translate_error(target, exc) from exc
-    try:
-        while True:
-            try:
-                chunk = await response.__anext__()
-            except StopAsyncIteration:
-                return
-            except Exception as exc:
-                raise translate_error(target, exc) from exc
-            yield chunk_dict(chunk)
+        try:
+            response = await litellm.acompletion(**kwargs)
+        except Exception as exc:
+            raise translate_error(target, exc) from exc
+        try:
+            while True:
+                try:
+                    chunk = await response.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    raise translate_error(target, exc) from exc
+                yield chunk_dict(chunk)
+        finally:
+            await response.aclose()
     finally:
-        await response.aclose()
+        place.release()

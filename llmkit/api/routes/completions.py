@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.api.deps import admin_key, json_object, run_key
+from llmkit.api.streaming import ClientWatch, EventStream, JsonAnswer
 from llmkit.errors import LlmkitError
 from llmkit.execute import Execution, Executor
 
@@ -23,10 +23,13 @@ def install(app: FastAPI) -> None:
     app.state.executor = Executor(ws, ws.models, ws.runlog)
 
     async def start(app: FastAPI) -> None:
-        import asyncio
-
+        from llmkit import providers
         from llmkit.providers import pricing
 
+        settings = ws.settings
+        providers.configure_pool(
+            providers.PoolLimits(settings.upstream_pool_size, settings.upstream_acquire_timeout_s)
+        )
         ws.runlog.start()
         asyncio.get_running_loop().run_in_executor(None, pricing.preload)
 
@@ -41,10 +44,6 @@ def install(app: FastAPI) -> None:
     app.include_router(ui_router)
 
 
-def _sse(data: Any) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-
-
 async def execute(request: Request, body: dict[str, Any], stream: bool, source: str) -> Response:
     executor: Executor = request.app.state.executor
     key = getattr(request.state, "api_key", None)
@@ -57,38 +56,55 @@ async def execute(request: Request, body: dict[str, Any], stream: bool, source: 
         ex = executor.prepare(body, source=source, api_key_id=key_id)
     try:
         if not stream:
-            response = await executor.complete(ex)
-            return JSONResponse(response, headers=ex.headers())
-        return await _stream(executor, ex)
+            return await _complete(request, executor, ex)
+        return await _stream(request, executor, ex)
     except LlmkitError as exc:
         # The call is in the run log: its trace id lets the caller find the row.
         exc.headers = {**exc.headers, **ex.headers()}
         raise
 
 
-async def _stream(executor: Executor, ex: Execution) -> Response:
+def _write_timeout(request: Request) -> float:
+    return float(request.app.state.settings.stream_write_timeout_s)
+
+
+# Answered to a client that left: nobody reads it (as web servers log a closed request).
+CLIENT_GONE = 499
+
+
+async def _complete(request: Request, executor: Executor, ex: Execution) -> Response:
+    watch = ClientWatch(request.scope, request.receive, _write_timeout(request))
+    try:
+        response = await executor.complete(ex)
+    except asyncio.CancelledError as exc:
+        if not watch.owns(exc):
+            raise
+        return Response(status_code=CLIENT_GONE)
+    finally:
+        watch.close()
+    return JsonAnswer(response, headers=ex.headers())
+
+
+async def _stream(request: Request, executor: Executor, ex: Execution) -> Response:
+    # The watch starts before the first chunk: a client may leave while the upstream thinks.
+    watch = ClientWatch(request.scope, request.receive, _write_timeout(request))
     chunks = executor.stream(ex)
     # Pull the first chunk before answering, so a failure before the stream starts is an
     # ordinary JSON error with its status.
     try:
-        first: dict[str, Any] | None = await chunks.__anext__()
+        first: dict[str, Any] | None = await anext(chunks)
     except StopAsyncIteration:
         first = None
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            if first is not None:
-                yield _sse(first)
-            async for chunk in chunks:
-                yield _sse(chunk)
-            yield b"data: [DONE]\n\n"
-        except LlmkitError as exc:
-            yield _sse(exc.to_dict())
-        finally:
-            await chunks.aclose()
-
+    except asyncio.CancelledError as exc:
+        watch.close()
+        if not watch.owns(exc):
+            raise
+        return Response(status_code=CLIENT_GONE)
+    except BaseException:
+        watch.close()
+        raise
     headers = {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return EventStream(chunks, first, watch, headers)
 
 
 @router.post("/v1/chat/completions")
