@@ -15,29 +15,19 @@ Each commit carries trailers `LLMKit-Import: <source> <kind> <id>`, and the hist
 says which versions and eval cases are in, so a kill after a commit and before any bookkeeping
 cannot lead to a second copy.
 
-Landing: one `git fast-import` writes the commits onto no branch; then the files go into the
-working tree (each atomically), the author's index takes their entries (nothing else of it is
-touched), and last the branch moves with a compare-and-swap. A kill at any point leaves garbage
-objects, or files and index entries holding exactly what the next run writes (which takes them
-as its own), or the finished import; a failure puts files and index entries back. A file the
-import would write that has edits of the author's, in the working tree or staged, stops it
-before anything is written.
+The commits land through `import_land`.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import Conflict, InvalidKey, LlmkitError
+from llmkit.errors import InvalidKey, LlmkitError
 from llmkit.evals.spec import EVAL_SUFFIXES, case_path, load_eval_text, load_evals
 from llmkit.import_convert import (
     AliasFile,
@@ -51,12 +41,10 @@ from llmkit.import_convert import (
 )
 from llmkit.import_source import ImportRefused, LLMKitSource, SourceEval, SourceVersion
 from llmkit.promptfile import path_for_key, validate_key
-from llmkit.store import GitError, GitStore, blob_id, sanitize_identity, write_atomic
+from llmkit.store import GitStore
 
 TRAILER = "LLMKit-Import"
 CONFIG_PATH = "llmkit.yaml"
-# fast-import writes onto this ref and resets it at the end, so no ref is ever left behind.
-PENDING_REF = "refs/llmkit-import/pending"
 _TRAILER_RE = re.compile(rf"^{TRAILER}: ([0-9a-f]+) (\w+)(?: (\S+))?(?: (\S+))?$")
 LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
@@ -121,7 +109,6 @@ class Plan:
     # commit, recorded in the durable table, or "" when a trailer of this run's commits says it.
     same_as: dict[int, str] = field(default_factory=dict)
     eval_files: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (path, name)
-    new_evals: dict[int, tuple[str, str]] = field(default_factory=dict)  # written by this run
 
     def finals(self) -> dict[str, bytes]:
         """Each path the commits write, with its content after the last of them."""
@@ -170,7 +157,7 @@ def read_history(store: GitStore, identity: str) -> InHistory:
     return found
 
 
-def _head_tree(store: GitStore) -> dict[str, str]:
+def head_tree(store: GitStore) -> dict[str, str]:
     """path -> blob id of every file under prompts/ and evals/, and llmkit.yaml, at HEAD."""
     if store.head() is None:
         return {}
@@ -192,7 +179,7 @@ def make_plan(store: GitStore, repo: Path, source: LLMKitSource, same_as: dict[i
     summary = Summary(str(source.path), source.identity, source.schema, dry_run=True)
     summary.keys = [{"name": k.name, "created_at": k.created_at} for k in source.keys]
     history = read_history(store, source.identity)
-    tree = _head_tree(store)
+    tree = head_tree(store)
     texts = {path: data.decode("utf-8", "replace") for path, data in _blobs(store, tree).items()}
     plan = Plan(summary, _checked_keys(source, tree), {})
     plan.targets = {model_id: model_target(model) for model_id, model in source.models.items()}
@@ -459,7 +446,7 @@ def _plan_evals(
         taken_paths.add(path)
         files[path] = converted.text.encode("utf-8")
         trailers.append(f"{TRAILER}: {source.identity} eval {e.id} {path}")
-        plan.eval_files[e.id] = plan.new_evals[e.id] = (path, name)
+        plan.eval_files[e.id] = (path, name)
     if files:
         count = len(files)
         plan.commits.append(
@@ -534,173 +521,3 @@ def _plan_aliases(plan: Plan, aliases: AliasFile, now: datetime) -> None:
         ),
     )
     plan.summary.aliases = dict(aliases.added)
-
-
-def check_clean(store: GitStore, finals: dict[str, bytes]) -> None:
-    """Refuse when a file the import writes has edits of the author's, in the working tree or
-    staged. A file that already holds what the import writes (an import killed after writing
-    files and before moving the branch) is not an edit."""
-    if not finals:
-        return
-    head = _head_tree(store)
-    staged = {path: entry.split()[1] for path, entry in _staged(store, sorted(finals)).items()}
-    problems = []
-    for path, content in sorted(finals.items()):
-        target = _target(store, path)
-        allowed = {head.get(path), blob_id(content)}
-        if target.is_dir():
-            problems.append(f"{path} is a folder")
-            continue
-        on_disk = blob_id(target.read_bytes()) if target.is_file() else None
-        if on_disk not in allowed:
-            problems.append(f"{path} has uncommitted changes in the working tree")
-        elif staged.get(path) not in allowed:
-            problems.append(f"{path} has staged changes")
-    if problems:
-        raise ImportRefused(
-            "Cannot import: " + "; ".join(problems) + ". Commit or discard them, then import"
-            " again; nothing was imported."
-        )
-
-
-def _target(store: GitStore, path: str) -> Path:
-    """The working-tree file of `path`: inside prompts/ or evals/, or llmkit.yaml itself."""
-    if path == CONFIG_PATH:
-        target = store.root / CONFIG_PATH
-        if target.is_symlink():
-            raise ImportRefused(f"Cannot write {CONFIG_PATH}: it is a symbolic link")
-        return target
-    try:
-        return store.confine(path)
-    except InvalidKey as exc:
-        raise ImportRefused(f"Cannot write {path}: {exc.message}") from None
-
-
-def land(store: GitStore, plan: Plan) -> None:
-    """Write the planned commits, then the files, the author's index entries for them, and
-    last the branch (compare-and-swap). A kill at any point leaves either garbage objects, or
-    files and index entries that hold exactly what the next run writes (which takes them as
-    its own), or the finished import; a failure puts files and index entries back."""
-    head = store.head()
-    _fast_import(store, plan.commits, head)
-    tip = plan.commits[-1].sha
-    assert tip is not None
-    finals = plan.finals()
-    staged = _staged(store, sorted(finals))
-    previous: dict[str, bytes | None] = {}
-    new_dirs: set[Path] = set()
-    indexed = False
-    try:
-        for path, content in sorted(finals.items()):
-            target = _target(store, path)
-            previous[path] = target.read_bytes() if target.is_file() else None
-            new_dirs.update(
-                d for d in target.parents if d.is_relative_to(store.root) and not d.exists()
-            )
-            write_atomic(target, content)
-        entries = [(path, f"100644 {blob_id(data)}") for path, data in sorted(finals.items())]
-        _set_index(store, entries)
-        indexed = True
-        store.git("update-ref", "-m", "llmkit: import from LLMKit", "HEAD", tip, head or "")
-    except (GitError, OSError) as exc:
-        if indexed:
-            _set_index(store, [(p, staged.get(p, f"0 {'0' * 40}")) for p in sorted(finals)])
-        for path, data in previous.items():
-            target = store.root / path
-            if data is None:
-                target.unlink(missing_ok=True)
-            else:
-                write_atomic(target, data)
-        for folder in sorted(new_dirs, key=lambda d: len(d.parts), reverse=True):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        detail = exc.message if isinstance(exc, GitError) else str(exc)
-        raise Conflict(
-            f"The import could not commit ({detail}); the working tree and the index are as"
-            " they were and nothing was imported. Run the import again."
-        ) from None
-    plan.summary.commits = [c.sha for c in plan.commits if c.sha]
-
-
-def _staged(store: GitStore, paths: list[str]) -> dict[str, str]:
-    """path -> "mode blob" of the author's index entries (stage 0) for these paths."""
-    if not paths:
-        return {}
-    entries = {}
-    raw = store.git("ls-files", "-s", "-z", "--", *paths).stdout
-    for entry in raw.decode("utf-8", "surrogateescape").split("\0"):
-        meta, sep, path = entry.partition("\t")
-        parts = meta.split()
-        if sep and len(parts) == 3 and parts[2] == "0":
-            entries[path] = f"{parts[0]} {parts[1]}"
-    return entries
-
-
-def _set_index(store: GitStore, entries: list[tuple[str, str]]) -> None:
-    """Set (or, with mode 0, remove) these entries of the author's index, nothing else."""
-    lines = "".join(f"{entry}\t{path}\n" for path, entry in entries)
-    store.git("update-index", "--index-info", input=lines.encode("utf-8"))
-
-
-def _fast_import(store: GitStore, commits: list[PlannedCommit], head: str | None) -> None:
-    """Write the commits with one `git fast-import`, fed as it reads, and learn their shas."""
-    name, email = _identity(store)
-    folder = tempfile.mkdtemp(prefix="import-", dir=store.lock_path.parent)
-    try:
-        marks = os.path.join(folder, "marks")
-        with open(os.path.join(folder, "stderr"), "w+b") as errors:
-            proc = subprocess.Popen(
-                ["git", "fast-import", "--quiet", "--done", f"--export-marks={marks}"],
-                cwd=store.root,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-            )
-            assert proc.stdin is not None
-            try:
-                for chunk in _fast_import_stream(commits, head, name, email):
-                    proc.stdin.write(chunk)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # it stopped reading: its exit status and stderr say why
-            if proc.wait() != 0:
-                errors.seek(0)
-                detail = errors.read().decode("utf-8", "replace").strip()
-                raise GitError(f"git fast-import failed: {detail}")
-        with open(marks, encoding="ascii") as fh:
-            shas = dict(line.split() for line in fh if line.strip())
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    for mark, commit in enumerate(commits, 1):
-        commit.sha = shas[f":{mark}"]
-
-
-def _fast_import_stream(
-    commits: list[PlannedCommit], head: str | None, name: str, email: str
-) -> Iterator[bytes]:
-    yield f"reset {PENDING_REF}\n\n".encode()
-    for mark, commit in enumerate(commits, 1):
-        when = int(commit.when.timestamp())
-        message = (commit.message + "\n\n" + "\n".join(commit.trailers) + "\n").encode("utf-8")
-        header = f"commit {PENDING_REF}\nmark :{mark}\n"
-        header += f"author {name} <{email}> {when} +0000\n"
-        header += f"committer {name} <{email}> {when} +0000\n"
-        yield header.encode("utf-8") + b"data %d\n%s\n" % (len(message), message)
-        if mark == 1 and head:
-            yield f"from {head}\n".encode()
-        for path, data in sorted(commit.files.items()):
-            yield f"M 100644 inline {path}\n".encode("utf-8") + b"data %d\n" % len(data)
-            yield data + b"\n"
-        yield b"\n"
-    yield f"reset {PENDING_REF}\n\ndone\n".encode()
-
-
-def _identity(store: GitStore) -> tuple[str, str]:
-    """The committer git would use here (llmkit's own when none is configured)."""
-    ident = store.out("var", "GIT_COMMITTER_IDENT", env=store.identity_env())
-    match = re.match(r"^(.*?) <(.*)> \d+ [+-]\d{4}$", ident)
-    if match is None:
-        return "llmkit", "llmkit@localhost"
-    return sanitize_identity(match.group(1)) or "llmkit", sanitize_identity(match.group(2))

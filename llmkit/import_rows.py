@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from llmkit.db import Migration
+from llmkit.db import Migrations
 from llmkit.errors import LlmkitError
 from llmkit.import_history import LATEST, Plan
+from llmkit.import_land import fault
 from llmkit.import_source import LLMKitSource, SourceLog, SourceVersion
 from llmkit.promptfile import section_text
 from llmkit.runlog import RunRecord, canonical_time
@@ -29,10 +30,14 @@ from llmkit.workspace import Workspace
 
 Progress = Callable[[str, int, int], None]
 
-MIGRATION_KIND = "import_llmkit"
 LOG_CHUNK = 500
 
 
+MIGRATIONS = Migrations("import_llmkit")
+migration = MIGRATIONS.register
+
+
+@migration
 def m001_initial(conn: sqlite3.Connection) -> None:
     conn.execute(
         """
@@ -46,9 +51,6 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         )
         """
     )
-
-
-MIGRATIONS: list[Migration] = [m001_initial]
 
 
 @dataclass
@@ -85,10 +87,13 @@ def read_recorded(conn: sqlite3.Connection | None, identity: str) -> Recorded:
 
 
 def _record(conn: sqlite3.Connection, identity: str, rows: list[tuple[str, str, str]]) -> None:
+    """Record what LLMKit rows became; a row already recorded as the same is left as it was."""
     now = canonical_time(datetime.now(timezone.utc), "imported_at")
     conn.executemany(
-        "INSERT OR REPLACE INTO import_llmkit (source, kind, llmkit_id, target, imported_at)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO import_llmkit (source, kind, llmkit_id, target, imported_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, kind, llmkit_id) DO UPDATE"
+        " SET target = excluded.target, imported_at = excluded.imported_at"
+        " WHERE target != excluded.target",
         [(identity, kind, llmkit_id, target, now) for kind, llmkit_id, target in rows],
     )
 
@@ -127,14 +132,17 @@ def version_refs(ws: Workspace, source: LLMKitSource, plan: Plan) -> dict[int, V
 
 
 def record_commits(ws: Workspace, plan: Plan) -> None:
-    """What each new version and eval case became (its commit, its file), for the record; and
-    the versions that made no commit of their own (the same file as the one before) and could
-    not say so in a trailer of this import's commits."""
-    rows = [("same_version", str(vid), sha) for vid, sha in plan.same_as.items() if sha]
-    for vid, at in plan.version_at.items():
-        if not isinstance(at, str) and at.sha:
-            rows.append(("version", str(vid), at.sha))
-    rows += [("eval", str(eid), path) for eid, (path, _) in plan.new_evals.items()]
+    """What each version and eval case became (its commit, its file), for the record, whether
+    this run committed it or an earlier one did (one killed before it could record it); and the
+    versions that made no commit of their own (the same file as the one before) and could not
+    say so in a trailer of this import's commits."""
+    rows = [
+        ("version", str(vid), sha)
+        for vid in plan.version_at
+        if (sha := plan.version_sha(vid)) is not None
+    ]
+    rows += [("same_version", str(vid), sha) for vid, sha in plan.same_as.items() if sha]
+    rows += [("eval", str(eid), path) for eid, (path, _) in plan.eval_files.items()]
     if rows:
         with ws.db.write() as conn:
             _record(conn, plan.summary.identity, rows)
@@ -268,6 +276,7 @@ def write_logs(
                 "The run log did not write the imported logs in time; run the import again"
                 " (logs already written are recognized)"
             )
+        fault("logs-written")
         with ws.db.write() as conn:
             _record(conn, summary.identity, [("log", str(i), t) for i, t in traces.items()])
         chunk.clear()

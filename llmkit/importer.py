@@ -3,7 +3,8 @@
 What each LLMKit row becomes:
 - prompt_version: a commit of `prompts/<key>.md` dated as in LLMKit (and a Restore commit when
   LLMKit's current version is not the last); models on a base URL of their own: llmkit.yaml
-  aliases; prompt_eval: `evals/<key>/<slug>.yaml` (`import_history`, `import_convert`);
+  aliases; prompt_eval: `evals/<key>/<slug>.yaml` (planned in `import_history` from the files
+  of `import_convert`, landed crash-safe by `import_land`);
 - prompt_eval_run: eval_results rows with their human scores; log: run-log rows
   (`import_rows`);
 - api_key: listed to be re-created, since LLMKit keeps only hashes, which cannot be checked.
@@ -21,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmkit.config import Settings
-from llmkit.import_history import Summary, check_clean, land, make_plan
+from llmkit.import_history import Summary, make_plan
+from llmkit.import_land import check_clean, land, recover
 from llmkit.import_rows import (
-    MIGRATION_KIND,
     MIGRATIONS,
     Recorded,
     count_rows,
@@ -60,11 +61,14 @@ def import_llmkit(
             return plan.summary
         ws = Workspace(settings)
         try:
-            ws.db.migrate(MIGRATION_KIND, MIGRATIONS)
+            ws.db.migrate(MIGRATIONS)
             with ws.store.lock():
+                # Whatever a killed write or import left is finished or undone first.
+                recovered = [ws.store.writer.recover(), recover(ws.store)]
                 recorded = read_recorded(ws.db.reader(), source.identity)
                 plan = make_plan(ws.store, settings.repo, source, recorded.same_as)
                 plan.summary.dry_run = False
+                plan.summary.notes[:0] = [f"Recovery {done}" for done in recovered if done]
                 check_clean(ws.store, plan.finals())
                 if plan.commits:
                     report("Committing versions", 0, len(plan.commits))
@@ -78,15 +82,6 @@ def import_llmkit(
             return plan.summary
         finally:
             ws.close()
-
-
-def _read_only(path: Path) -> sqlite3.Connection | None:
-    """llmkit's database opened without creating or changing anything, for a dry run."""
-    if not path.is_file():
-        return None
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 def _recorded_read_only(path: Path, identity: str) -> Recorded:

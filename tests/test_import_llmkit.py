@@ -8,7 +8,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,10 +27,11 @@ from llmkit.config import Settings
 from llmkit.evals.records import EvalRecords
 from llmkit.evals.spec import load_evals
 from llmkit.import_convert import AliasFile, model_target
+from llmkit.import_land import FAULT_ENV, ROW_STEPS, STEPS
 from llmkit.import_source import SourceModel
 from llmkit.promptfile import parse
 from llmkit.workspace import Workspace
-from tests.api_fixtures import git, init_repo, repo_state, running_api
+from tests.api_fixtures import PROJECT_ROOT, clean_env, git, init_repo, repo_state, running_api
 
 REFERENCE = Path(os.environ.get("LLMKIT_REFERENCE_DIR", "/work/shared/reference"))
 SCHEMAS = ("7ae6621", "5f5efba")
@@ -810,12 +814,11 @@ def test_a_version_whose_text_cannot_be_written_exits_2(scenario: Scenario, targ
 # --- recovery ----------------------------------------------------------------------------------
 
 
-def test_files_left_by_a_killed_import_are_taken_as_its_own(
+def test_files_that_already_hold_what_the_import_writes_are_its_own(
     scenario: Scenario, tmp_path: Path
 ) -> None:
-    """A kill after the files (and some index entries) were written and before the branch
-    moved leaves them behind; the next run recognizes them (they are what it writes) and
-    completes."""
+    """Files (and index entries) that already hold what the import writes, copied by hand or
+    left by an earlier attempt, are not edits: the import takes them as its own."""
     done = init_repo(tmp_path / "done")
     do_import(done, scenario.db.path)
     again = init_repo(tmp_path / "again")
@@ -952,7 +955,8 @@ def test_a_branch_that_cannot_move_leaves_the_tree_and_index_as_they_were(
     staged_before = git(target, "ls-files", "-s")
     result = run("import-llmkit", scenario.db.path, "--repo", target)
     assert result.exit_code == 1
-    assert "could not commit" in result.stderr and "nothing was imported" in result.stderr
+    assert "could not move the branch" in result.stderr
+    assert "nothing was imported" in result.stderr
     assert repo_state(target) == before
     assert git(target, "ls-files", "-s") == staged_before
     assert not (target / "prompts" / "extract").exists()
@@ -1100,3 +1104,57 @@ def test_a_template_llmkit_cannot_compile_is_imported_with_a_note(
     [note] = [n for n in summary["notes"] if "'tera-only' version 1" in n]
     assert "Template syntax error" in note and "cannot be rendered until fixed" in note
     assert [r["number"] for r in history(target, "tera-only")] == [1]
+
+
+# --- kills ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean_import(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, dict[str, int]]:
+    """One LLMKit database, and what an import of it without a kill leaves: the commit count
+    and the durable rows."""
+    folder = tmp_path_factory.mktemp("kills")
+    s = build_scenario(folder / "llmkit.db", "5f5efba")
+    s.db.conn.close()
+    repo = init_repo(folder / "reference")
+    do_import(repo, s.db.path)
+    return s.db.path, commit_count(repo), table_counts(repo)
+
+
+@pytest.mark.parametrize("step", [*STEPS, *ROW_STEPS])
+def test_a_kill_at_any_step_is_finished_or_undone_by_the_next_run(
+    step: str, clean_import: tuple[Path, int, dict[str, int]], tmp_path: Path
+) -> None:
+    db, commits, counts = clean_import
+    repo = init_repo(tmp_path / "repo")
+    head = git(repo, "rev-parse", "HEAD")
+    killed = subprocess.run(
+        [sys.executable, "-m", "llmkit", "import-llmkit", str(db), "--repo", str(repo)],
+        env={**clean_env(), FAULT_ENV: step},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    fsck = git(repo, "fsck", "--no-progress")
+    assert "error" not in fsck.lower() and "missing" not in fsck.lower(), fsck
+    # Before the commit point nothing moved; after it, the branch is at the import's tip.
+    moved = git(repo, "rev-parse", "HEAD") != head
+    assert moved == (step not in STEPS[: STEPS.index("ref-moved")])
+    summary = do_import(repo, db)
+    recovered = [note for note in summary["notes"] if note.startswith("Recovery")]
+    if step in STEPS[1:]:  # a journal was written: recovery says what it did
+        expected = "Recovery finished an import" if moved else "Recovery undid an import"
+        assert len(recovered) == 1 and recovered[0].startswith(expected), recovered
+    else:
+        assert recovered == []
+    assert_clean(repo)
+    assert commit_count(repo) == commits
+    assert table_counts(repo) == counts
+    assert [r["number"] for r in history(repo, "support-bot")] == [1, 2, 3, 4]
+    leftovers = [p.name for p in (repo / ".git").glob("llmkit-import-*")]
+    leftovers += [p.name for p in (repo / ".llmkit").glob("import-*")]
+    assert leftovers == [] and not (repo / ".git" / "index.lock").exists()
+    assert not (repo / ".llmkit" / "import.journal").exists()
+    assert do_import(repo, db)["commits"] == []
