@@ -302,7 +302,7 @@ def render(repo: Path | None, spec: str, var_pairs: tuple[str, ...], vars_json: 
 
 # Commands that live in modules of their own register themselves on `main` when imported;
 # their heavy imports stay inside the command functions.
-from llmkit import cli_eval, cli_run, cli_serve  # noqa: E402,F401
+from llmkit import cli_eval, cli_import, cli_run, cli_serve  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -12,8 +12,9 @@ that owns the tables:
 
 The lists share one database file and one `_migrations` table, which records (kind, name) for
 every migration that ran. The *index* list (`llmkit.index`) builds tables that can be dropped
-and rebuilt from git at any time; the *durable* lists (`runlog`, `keys`, `evals`) hold what
-exists nowhere else, only ever migrate forward, and are never touched by a rebuild.
+and rebuilt from git at any time; the *durable* lists (`runlog`, `keys`, `evals`,
+`import_llmkit`) hold what exists nowhere else, only ever migrate forward, and are never
+touched by a rebuild.
 
 Every list is append-only: add a function, never edit, rename or reorder one that has shipped,
 because its name is what existing databases have recorded. A migration is one small function of

@@ -10,7 +10,7 @@ import hashlib
 import json
 import sqlite3
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from llmkit.db import Database, Migrations, run_script
@@ -188,6 +188,59 @@ class EvalRecords:
             }
             for r in rows
         ]
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A result row that did not come from a run here (an import from LLMKit), with its own
+    time and human score. It has no assertions: it passed if it produced an output."""
+
+    prompt_key: str
+    version_number: int | None
+    version_sha: str | None
+    case_name: str
+    file: str | None
+    model: str
+    repeat_index: int
+    output: str | None
+    created_at: str
+    human_score: int | None = None
+    passed: bool = True
+
+
+def insert_run(
+    conn: sqlite3.Connection,
+    run_id: str,
+    *,
+    started_at: str,
+    finished_at: str | None,
+    source: str,
+    ref: str | None = None,
+    summary: dict[str, Any] | None = None,
+) -> None:
+    """One eval_runs row, inside the caller's transaction (so it can record more beside it)."""
+    conn.execute(
+        "INSERT INTO eval_runs (run_id, started_at, finished_at, ref, base_ref, source, summary)"
+        " VALUES (?, ?, ?, ?, NULL, ?, ?)",
+        (run_id, started_at, finished_at, ref, source, json.dumps(summary) if summary else None),
+    )
+
+
+def insert_results(conn: sqlite3.Connection, run_id: str, results: list[StoredResult]) -> list[int]:
+    """eval_results rows of a run, inside the caller's transaction; returns their ids."""
+    ids = []
+    for r in results:
+        cursor = conn.execute(
+            "INSERT INTO eval_results (run_id, role, prompt_key, version_number, version_sha,"
+            " case_name, file, model, repeat_index, passed, output, assertions, cached,"
+            " human_score, created_at) VALUES (?, 'after', ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?)",
+            (
+                run_id, r.prompt_key, r.version_number, r.version_sha, r.case_name, r.file,
+                r.model, r.repeat_index, int(r.passed), r.output, r.human_score, r.created_at,
+            ),
+        )
+        ids.append(int(cursor.lastrowid or 0))
+    return ids
 
 
 def _check_result_id(result_id: int) -> None:

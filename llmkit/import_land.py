@@ -1,0 +1,566 @@
+"""Landing an import's commits in the repository, crash-safe at every step.
+
+An import commits many files in many commits at once, so it has a protocol of its own beside
+the store's one-file write (`gitwrite`, DESIGN.md "Git write protocol"), built the same way and
+run under the same flock:
+
+  write every commit with one `git fast-import`, onto no branch (unreachable, so invisible)
+  -> journal the ref, old head, new tip and each file's old and new blob -> take
+  `.git/index.lock` as git does (exclusive, holding our marker from its first instant) -> check
+  again, under both locks, that no file to write has edits of the author's -> move the
+  author's index, with only these files' entries changed, into the lock -> `git update-ref
+  <ref> <tip> <old head>` (THE COMMIT POINT) -> write the working-tree files -> rename the lock
+  over `.git/index` -> drop the journal.
+
+Nothing visible changes before the commit point, and after it index.lock keeps every git
+command that stages or commits out until the working tree and the index agree with the new
+HEAD. `recover()` runs before every import: a ref still at the old head means roll back (drop
+our lock), a ref at the new tip means roll forward (write the files still at their old content,
+install the index). A lock is removed only when its bytes prove it is ours.
+
+`LLMKIT_IMPORT_FAULT_AT=<step>` (tests only) SIGKILLs the process when it reaches `step`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llmkit.errors import Conflict, InvalidKey, LlmkitError, RepositoryBusy
+from llmkit.import_history import CONFIG_PATH, Plan, PlannedCommit, head_tree
+from llmkit.import_source import ImportRefused
+from llmkit.store import ZERO_SHA, GitError, GitStore, blob_id, sanitize_identity
+
+JOURNAL_NAME = "import.journal"
+# fast-import writes onto this ref and resets it at the end, so no ref is ever left behind.
+PENDING_REF = "refs/llmkit-import/pending"
+FAULT_ENV = "LLMKIT_IMPORT_FAULT_AT"
+# The points of a landing, in order, where a test can kill the process (`in-update-ref` leaves
+# what a kill inside `git update-ref` leaves: the branch's lock holding the new sha, and an
+# empty HEAD.lock); the first five come before the commit point. And one in the rows.
+STEPS = (
+    "objects-written",
+    "journaled",
+    "index-locked",
+    "index-prepared",
+    "in-update-ref",
+    "ref-moved",
+    "worktree-written",
+    "index-installed",
+)
+ROW_STEPS = ("logs-written",)
+
+
+def fault(step: str) -> None:
+    """Tests only: SIGKILL this process at `step` when LLMKIT_IMPORT_FAULT_AT names it."""
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Journal:
+    """What a landing is about to do, fsynced before it does it."""
+
+    nonce: str
+    ref: str
+    old_head: str | None
+    new_tip: str
+    files: dict[str, list[str | None]] = field(default_factory=dict)  # path -> [old, new] blob
+    index_sha256: str | None = None
+
+    @property
+    def marker(self) -> bytes:
+        return f"llmkit import {self.nonce}\n".encode()
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def check_clean(store: GitStore, finals: dict[str, bytes]) -> None:
+    """Refuse when a file the import writes has edits of the author's, in the working tree or
+    staged. A file that already holds what the import writes is not an edit."""
+    if not finals:
+        return
+    head = head_tree(store)
+    staged = _staged(store, sorted(finals))
+    problems = []
+    for path, content in sorted(finals.items()):
+        target = _target(store, path)
+        allowed = {head.get(path), blob_id(content)}
+        if target.is_dir() and not target.is_symlink():
+            problems.append(f"{path} is a folder")
+            continue
+        on_disk = _worktree_blob(target)
+        if on_disk not in allowed:
+            problems.append(f"{path} has uncommitted changes in the working tree")
+        elif staged.get(path, (None, None))[1] not in allowed:
+            problems.append(f"{path} has staged changes")
+    if problems:
+        raise ImportRefused(
+            "Cannot import: " + "; ".join(problems) + ". Commit or discard them, then import"
+            " again; nothing was imported."
+        )
+
+
+def _target(store: GitStore, path: str) -> Path:
+    """The working-tree file of `path`: inside prompts/ or evals/, or llmkit.yaml itself."""
+    if path == CONFIG_PATH:
+        target = store.root / CONFIG_PATH
+        if target.is_symlink():
+            raise ImportRefused(f"Cannot write {CONFIG_PATH}: it is a symbolic link")
+        return target
+    try:
+        return store.confine(path)
+    except InvalidKey as exc:
+        raise ImportRefused(f"Cannot write {path}: {exc.message}") from None
+
+
+def _worktree_blob(target: Path) -> str | None:
+    """The blob id of a regular file at `target`; None when there is none; "?" for anything
+    else (a link, a folder)."""
+    if target.is_symlink():
+        return "?"
+    if not target.exists():
+        return None
+    if not target.is_file():
+        return "?"
+    return blob_id(target.read_bytes())
+
+
+def _staged(store: GitStore, paths: list[str]) -> dict[str, tuple[str, str]]:
+    """path -> (mode, blob) of the author's index entries (stage 0) for these paths."""
+    if not paths:
+        return {}
+    entries = {}
+    raw = store.git("--literal-pathspecs", "ls-files", "-s", "-z", "--", *paths).stdout
+    for entry in raw.decode("utf-8", "surrogateescape").split("\0"):
+        meta, sep, path = entry.partition("\t")
+        parts = meta.split()
+        if sep and len(parts) == 3 and parts[2] == "0":
+            entries[path] = (parts[0], parts[1])
+    return entries
+
+
+# --- landing ----------------------------------------------------------------------------------
+
+
+def land(store: GitStore, plan: Plan) -> None:
+    """Write the planned commits and bring the branch, the working tree and the author's index
+    to them (the protocol in the module docstring). The caller holds the store's flock and has
+    run `recover()`."""
+    ref, head = store.head_ref(), store.head()
+    _fast_import(store, plan.commits, head)
+    fault("objects-written")
+    tip = plan.commits[-1].sha
+    assert tip is not None
+    finals = plan.finals()
+    before = head_tree(store)
+    journal = Journal(
+        nonce=secrets.token_hex(8),
+        ref=ref,
+        old_head=head,
+        new_tip=tip,
+        files={path: [before.get(path), blob_id(data)] for path, data in sorted(finals.items())},
+    )
+    _write_journal(store, journal)
+    fault("journaled")
+    try:
+        _lock_index(store, journal)
+        fault("index-locked")
+        check_clean(store, finals)  # again, now that nobody can stage
+        _prepare_index(store, journal)
+        fault("index-prepared")
+        _move_ref(store, journal)
+    except BaseException:
+        recover(store)  # the ref did not move, so this undoes; it never waits
+        raise
+    fault("ref-moved")
+    try:
+        _finish(store, journal, finals)
+    except OSError as exc:
+        raise GitError(
+            f"The import is committed ({tip[:12]}), but the working tree or .git/index could"
+            f" not be brought along ({exc}); the next `llmkit import-llmkit` finishes it"
+        ) from exc
+    plan.summary.commits = [c.sha for c in plan.commits if c.sha]
+
+
+def _lock_index(store: GitStore, journal: Journal) -> None:
+    """Take `.git/index.lock` exclusively, as git does, holding our marker from its first
+    instant (a hard link to a synced file that holds it); wait up to the store's lock timeout
+    while someone else holds it."""
+    lock = _index_lock(store)
+    staged = lock.with_name(f"llmkit-import-{journal.nonce}.lock")
+    _write_synced(staged, journal.marker)
+    deadline = time.monotonic() + store.lock_timeout_s
+    pause = 0.002
+    try:
+        while not _create_lock(lock, staged, journal.marker):
+            if time.monotonic() >= deadline:
+                where = os.path.relpath(lock, store.root)
+                raise RepositoryBusy(
+                    f"{where} exists: another git command is using the repository's index (or"
+                    f" one crashed and left the file behind). Nothing was imported; try again"
+                    f" shortly. If no git command is running, remove {where}."
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _create_lock(lock: Path, staged: Path, content: bytes) -> bool:
+    """Create `lock` exclusively with `content` from its first instant; False when it exists.
+    Where hard links are not supported: an exclusive create, then a write."""
+    try:
+        os.link(staged, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+    return True
+
+
+def _prepare_index(store: GitStore, journal: Journal) -> None:
+    """Move the author's index, with only the imported files' entries changed, into the lock
+    (journalling its hash first, so that recovery knows it is ours)."""
+    lock = _index_lock(store)
+    index = lock.with_name("index")
+    prepared = lock.with_name(f"llmkit-import-{journal.nonce}.index")
+    if index.exists():
+        shutil.copy2(index, prepared)  # keeps the mtime git's racy-entry checks compare with
+    lines = "".join(f"100644 {new}\t{path}\n" for path, (_, new) in journal.files.items())
+    store.git(
+        "update-index",
+        "--index-info",
+        input=lines.encode("utf-8"),
+        env={"GIT_INDEX_FILE": str(prepared)},
+    )
+    journal.index_sha256 = hashlib.sha256(prepared.read_bytes()).hexdigest()
+    _write_journal(store, journal)
+    os.replace(prepared, lock)
+
+
+def _move_ref(store: GitStore, journal: Journal) -> None:
+    """The commit point: a compare-and-swap of the branch from the old head to the new tip."""
+    if os.environ.get(FAULT_ENV) == "in-update-ref":
+        own, common = store.git_dirs
+        ref_lock = own / "HEAD.lock" if journal.ref == "HEAD" else common / f"{journal.ref}.lock"
+        ref_lock.parent.mkdir(parents=True, exist_ok=True)
+        ref_lock.write_text(journal.new_tip + "\n")
+        (own / "HEAD.lock").touch()
+        fault("in-update-ref")
+    no_deref = ["--no-deref"] if journal.ref == "HEAD" else []
+    proc = store.git(
+        "update-ref",
+        "-m",
+        "llmkit: import from LLMKit",
+        *no_deref,
+        journal.ref,
+        journal.new_tip,
+        journal.old_head or ZERO_SHA,
+        env=store.identity_env(),
+        check=False,
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.decode("utf-8", "replace").strip()
+        raise Conflict(
+            f"The import could not move the branch ({detail}); nothing was imported and the"
+            " working tree and the index are as they were. Run the import again."
+        )
+
+
+def _finish(store: GitStore, journal: Journal, finals: dict[str, bytes] | None) -> None:
+    """After the commit point: the working-tree files still at their old content take the new
+    one (anything else there is an author's edit made since, and stays), the lock holding the
+    prepared index becomes `.git/index`, and the journal goes."""
+    for path, (old, new) in journal.files.items():
+        target = _target(store, path)
+        if _worktree_blob(target) != old:
+            continue
+        if finals is not None:
+            data = finals[path]
+        else:
+            data = store.git("cat-file", "blob", str(new)).stdout
+        _write_file(target, data, journal.nonce)
+    fault("worktree-written")
+    lock = _index_lock(store)
+    if _lock_state(lock, journal) == "prepared":
+        os.replace(lock, lock.with_name("index"))
+    fault("index-installed")
+    _remove_journal(store)
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+
+def recover(store: GitStore) -> str | None:
+    """Finish or undo a landing that a kill interrupted; returns what was done, or None. The
+    caller holds the store's flock, so whatever the journal names was left by a dead process."""
+    for folder in store.lock_path.parent.glob("import-*"):
+        shutil.rmtree(folder, ignore_errors=True)  # fast-import's marks of a killed import
+    journal = _read_journal(store)
+    if journal is None:
+        return None
+    lock = _index_lock(store)
+    state = _lock_state(lock, journal)
+    now = store.ref_value(journal.ref)
+    _remove_ref_locks(store, journal, now)
+    if now == journal.new_tip and store.head_ref() == journal.ref:
+        if state == "foreign":
+            raise RepositoryBusy(
+                f"An import was killed after it committed ({journal.new_tip[:12]}), and"
+                f" {os.path.relpath(lock, store.root)} is held by another git command; run the"
+                " import again once it is done"
+            )
+        if state == "marker":
+            _prepare_index(store, journal)
+        elif state is None:
+            _bring_index_along(store, journal)
+        _finish(store, journal, None)
+        outcome = f"finished an import killed after it committed ({journal.new_tip[:12]})"
+    else:
+        if state in ("marker", "prepared"):
+            lock.unlink(missing_ok=True)
+        _remove_journal(store)
+        outcome = "undid an import killed before it committed"
+    _remove_temps(store, journal)
+    return outcome
+
+
+def _remove_ref_locks(store: GitStore, journal: Journal, now: str | None) -> None:
+    """The ref locks a kill inside `git update-ref` left, when they are provably ours: the
+    branch's lock holding our new tip (nobody else knows it), and an empty HEAD.lock when our
+    transaction is known to have held it and it outlived what a live git would hold it for
+    (the rule of the store's recovery, DESIGN.md "Git write protocol")."""
+    own, common = store.git_dirs
+    ours = f"{journal.new_tip}\n".encode()
+    head_lock = own / "HEAD.lock"
+    ref_lock = head_lock if journal.ref == "HEAD" else common / f"{journal.ref}.lock"
+    in_ref_lock = _read_or_none(ref_lock)
+    transaction_was_ours = in_ref_lock == ours or now == journal.new_tip
+    if in_ref_lock == ours:
+        ref_lock.unlink(missing_ok=True)
+    if journal.ref != "HEAD":
+        content = _read_or_none(head_lock)
+        stale = content == b"" and _outlives(head_lock, store.lock_timeout_s)
+        if content == ours or (transaction_was_ours and stale):
+            head_lock.unlink(missing_ok=True)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _outlives(lock: Path, seconds: float) -> bool:
+    """Whether `lock` is still there once it is `seconds` old (waiting for that if need be)."""
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age >= seconds:
+            return True
+        time.sleep(min(0.05, seconds - age))
+
+
+def _bring_index_along(store: GitStore, journal: Journal) -> None:
+    """With no lock of ours left (it was installed, or removed by hand): give the entries still
+    at their old blob the new one, as git itself would (it takes its own lock for that)."""
+    staged = _staged(store, sorted(journal.files))
+    lines = "".join(
+        f"100644 {new}\t{path}\n"
+        for path, (old, new) in journal.files.items()
+        if staged.get(path, (None, None))[1] == old and old != new
+    )
+    if lines:
+        store.git("update-index", "--index-info", input=lines.encode("utf-8"))
+
+
+def _index_lock(store: GitStore) -> Path:
+    return store.git_dirs[0] / "index.lock"
+
+
+def _lock_state(lock: Path, journal: Journal) -> str | None:
+    """Whose the lock is: "marker" or "prepared" when ours (its bytes prove it), "foreign"
+    when someone else's, None when there is none."""
+    data = _read_or_none(lock)
+    if data is None:
+        return None
+    if data == journal.marker:
+        return "marker"
+    if journal.index_sha256 and hashlib.sha256(data).hexdigest() == journal.index_sha256:
+        return "prepared"
+    return "foreign"
+
+
+def _remove_temps(store: GitStore, journal: Journal) -> None:
+    for suffix in ("index", "lock"):
+        (store.git_dirs[0] / f"llmkit-import-{journal.nonce}.{suffix}").unlink(missing_ok=True)
+    for path in journal.files:
+        try:
+            _temp_of(_target(store, path), journal.nonce).unlink(missing_ok=True)
+        except (LlmkitError, OSError):
+            pass  # a link or a file where its folder was: nothing of ours is there
+
+
+def _temp_of(target: Path, nonce: str) -> Path:
+    return target.parent / f".{target.name}.llmkit-import-{nonce}.tmp"
+
+
+def _write_file(target: Path, data: bytes, nonce: str) -> None:
+    """Replace `target` atomically through a temp file recovery can find by name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_of(target, nonce)
+    _write_synced(temp, data)
+    os.replace(temp, target)
+
+
+def _write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), mode)
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# --- the journal file -------------------------------------------------------------------------
+
+
+def _journal_path(store: GitStore) -> Path:
+    return store.lock_path.parent / JOURNAL_NAME
+
+
+def _write_journal(store: GitStore, journal: Journal) -> None:
+    path = _journal_path(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{JOURNAL_NAME}.tmp")
+    _write_synced(temp, json.dumps(asdict(journal)).encode("utf-8"), 0o600)
+    os.replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_journal(store: GitStore) -> Journal | None:
+    path = _journal_path(store)
+    path.with_name(f"{JOURNAL_NAME}.tmp").unlink(missing_ok=True)  # a journal never finished
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        journal = Journal(**data)
+        if not re.fullmatch(r"[0-9a-f]{16}", journal.nonce):
+            raise ValueError(f"nonce {journal.nonce!r}")
+    except (ValueError, TypeError) as exc:
+        raise GitError(
+            f"{path} records an interrupted import but cannot be read ({exc}); look at it,"
+            " then remove it"
+        ) from None
+    return journal
+
+
+def _remove_journal(store: GitStore) -> None:
+    path = _journal_path(store)
+    path.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # some file systems cannot sync a folder
+            raise
+    finally:
+        os.close(fd)
+
+
+# --- writing the commits ----------------------------------------------------------------------
+
+
+def _fast_import(store: GitStore, commits: list[PlannedCommit], head: str | None) -> None:
+    """Write the commits with one `git fast-import`, fed as it reads, and learn their shas."""
+    name, email = _identity(store)
+    folder = tempfile.mkdtemp(prefix="import-", dir=store.lock_path.parent)
+    try:
+        marks = os.path.join(folder, "marks")
+        with open(os.path.join(folder, "stderr"), "w+b") as errors:
+            proc = subprocess.Popen(
+                ["git", "fast-import", "--quiet", "--done", f"--export-marks={marks}"],
+                cwd=store.root,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
+            assert proc.stdin is not None
+            try:
+                for chunk in _fast_import_stream(commits, head, name, email):
+                    proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it stopped reading: its exit status and stderr say why
+            if proc.wait() != 0:
+                errors.seek(0)
+                detail = errors.read().decode("utf-8", "replace").strip()
+                raise GitError(f"git fast-import failed: {detail}")
+        with open(marks, encoding="ascii") as fh:
+            shas = dict(line.split() for line in fh if line.strip())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    for mark, commit in enumerate(commits, 1):
+        commit.sha = shas[f":{mark}"]
+
+
+def _fast_import_stream(
+    commits: list[PlannedCommit], head: str | None, name: str, email: str
+) -> Iterator[bytes]:
+    yield f"reset {PENDING_REF}\n\n".encode()
+    for mark, commit in enumerate(commits, 1):
+        when = int(commit.when.timestamp())
+        message = (commit.message + "\n\n" + "\n".join(commit.trailers) + "\n").encode("utf-8")
+        header = f"commit {PENDING_REF}\nmark :{mark}\n"
+        header += f"author {name} <{email}> {when} +0000\n"
+        header += f"committer {name} <{email}> {when} +0000\n"
+        yield header.encode("utf-8") + b"data %d\n%s\n" % (len(message), message)
+        if mark == 1 and head:
+            yield f"from {head}\n".encode()
+        for path, data in sorted(commit.files.items()):
+            yield f"M 100644 inline {path}\n".encode("utf-8") + b"data %d\n" % len(data)
+            yield data + b"\n"
+        yield b"\n"
+    yield f"reset {PENDING_REF}\n\ndone\n".encode()
+
+
+def _identity(store: GitStore) -> tuple[str, str]:
+    """The committer git would use here (llmkit's own when none is configured)."""
+    ident = store.out("var", "GIT_COMMITTER_IDENT", env=store.identity_env())
+    match = re.match(r"^(.*?) <(.*)> \d+ [+-]\d{4}$", ident)
+    if match is None:
+        return "llmkit", "llmkit@localhost"
+    return sanitize_identity(match.group(1)) or "llmkit", sanitize_identity(match.group(2))
