@@ -283,7 +283,7 @@ def _move_ref(store: GitStore, journal: Journal) -> None:
         check=False,
     )
     if proc.returncode != 0:
-        detail = proc.stderr.decode("utf-8", "replace").strip()
+        detail = proc.stderr.strip()
         raise Conflict(
             f"The import could not move the branch ({detail}); nothing was imported and the"
             " working tree and the index are as they were. Run the import again."

@@ -33,7 +33,19 @@ from llmkit.promptfile import parse
 from llmkit.workspace import Workspace
 from tests.api_fixtures import PROJECT_ROOT, clean_env, git, init_repo, repo_state, running_api
 
-REFERENCE = Path(os.environ.get("LLMKIT_REFERENCE_DIR", "/work/shared/reference"))
+# LLMKit's migrations sit beside the checkout (`../shared/reference`), as the project's other
+# reference material does; LLMKIT_REFERENCE_DIR points elsewhere.
+REFERENCE = Path(
+    os.environ.get("LLMKIT_REFERENCE_DIR")
+    or next(
+        (
+            str(base / "shared" / "reference")
+            for base in Path(__file__).resolve().parents
+            if (base / "shared" / "reference").is_dir()
+        ),
+        "/work/shared/reference",
+    )
+)
 SCHEMAS = ("7ae6621", "5f5efba")
 
 pytestmark = pytest.mark.skipif(
