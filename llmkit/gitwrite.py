@@ -19,7 +19,6 @@ a ref that moved means roll forward. It removes a lock only when its content pro
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from llmkit.durable import create_lock, fsync_dir, outlives, read_or_none, write_synced
 from llmkit.errors import BadRequest, Conflict, InvalidKey, LlmkitError, NotFound, RepositoryBusy
 from llmkit.store import (
     ALREADY_EXISTS,
@@ -280,11 +280,11 @@ class GitWriter:
         while someone else holds it, then refuses: nobody else's lock is ever removed."""
         lock = self.index_lock
         staged = lock.with_name(f"llmkit-{journal.nonce}.lock")
-        _write_synced(staged, journal.marker)
+        write_synced(staged, journal.marker)
         deadline = time.monotonic() + self.store.lock_timeout_s
         pause = 0.002
         try:
-            while not _create_lock(lock, staged, journal.marker):
+            while not create_lock(lock, staged, journal.marker):
                 if time.monotonic() >= deadline:
                     raise self._busy(lock, "using the repository's index")
                 time.sleep(pause)
@@ -392,7 +392,7 @@ class GitWriter:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = _worktree_temp(target, journal.nonce)
-        _write_synced(temp, content, 0o755 if journal.mode == "100755" else 0o644)
+        write_synced(temp, content, 0o755 if journal.mode == "100755" else 0o644)
         _fault("worktree-temp")
         os.replace(temp, target)
 
@@ -479,7 +479,7 @@ class GitWriter:
     def _index_lock_state(self, journal: Journal) -> str | None:
         """"marker" or "prepared" when index.lock is ours (its bytes prove it), "foreign" when
         it is someone else's, None when there is none."""
-        data = _read_or_none(self.index_lock)
+        data = read_or_none(self.index_lock)
         if data is None:
             return None
         if data == journal.marker:
@@ -501,13 +501,13 @@ class GitWriter:
         assert journal.ref and journal.new_commit
         ours = f"{journal.new_commit}\n".encode()
         ref_lock, *head_lock = self._ref_locks(journal.ref)
-        in_ref_lock = _read_or_none(ref_lock)
+        in_ref_lock = read_or_none(ref_lock)
         transaction_was_ours = in_ref_lock == ours or ref_now == journal.new_commit
         if in_ref_lock == ours:
             ref_lock.unlink(missing_ok=True)
         for lock in head_lock:
-            content = _read_or_none(lock)
-            stale = content == b"" and _outlives(lock, self.store.lock_timeout_s)
+            content = read_or_none(lock)
+            stale = content == b"" and outlives(lock, self.store.lock_timeout_s)
             if content == ours or (transaction_was_ours and stale):
                 lock.unlink(missing_ok=True)
 
@@ -535,12 +535,12 @@ class GitWriter:
 
     def _write_journal(self, journal: Journal) -> None:
         temp = self.journal_path.with_name(f"{JOURNAL_NAME}.tmp")
-        _write_synced(temp, json.dumps(asdict(journal)).encode(), 0o600)
+        write_synced(temp, json.dumps(asdict(journal)).encode(), 0o600)
         os.replace(temp, self.journal_path)
-        _fsync_dir(self.journal_path.parent)
+        fsync_dir(self.journal_path.parent)
 
     def _read_journal(self) -> Journal | None:
-        raw = _read_or_none(self.journal_path)
+        raw = read_or_none(self.journal_path)
         if raw is None:
             return None
         try:
@@ -558,7 +558,7 @@ class GitWriter:
 
     def _remove_journal(self) -> None:
         self.journal_path.unlink(missing_ok=True)
-        _fsync_dir(self.journal_path.parent)
+        fsync_dir(self.journal_path.parent)
 
 
 def read_regular(target: Path, rel_path: str) -> bytes | None:
@@ -581,65 +581,9 @@ def _entries(mode: str | None, blob: str | None) -> list[tuple[str, str]]:
     return [(mode or "100644", blob)] if blob else []
 
 
-def _read_or_none(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
 
 def _worktree_temp(target: Path, nonce: str) -> Path:
     return target.parent / f".{target.name}.llmkit-{nonce}.tmp"
 
 
-def _write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), mode)  # whatever the umask
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some file systems cannot sync a folder
-            raise
-    finally:
-        os.close(fd)
-
-
-def _create_lock(lock: Path, staged: Path, content: bytes) -> bool:
-    """Create `lock` exclusively, holding `content` from its first instant (a hard link to
-    `staged`, a synced file with that content); False when it exists already. Where hard links
-    are not supported: an exclusive create, then a write."""
-    try:
-        os.link(staged, lock)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(content)
-    return True
-
-
-def _outlives(lock: Path, seconds: float) -> bool:
-    """Whether `lock` is still there once it is `seconds` old (waiting for that if need be)."""
-    while True:
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        if age >= seconds:
-            return True
-        time.sleep(min(0.05, seconds - age))

@@ -23,7 +23,6 @@ install the index). A lock is removed only when its bytes prove it is ours.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -38,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llmkit.durable import create_lock, fsync_dir, outlives, read_or_none, write_synced
 from llmkit.errors import Conflict, InvalidKey, LlmkitError, RepositoryBusy
 from llmkit.import_history import CONFIG_PATH, Plan, PlannedCommit, head_tree
 from llmkit.import_source import ImportRefused
@@ -203,11 +203,11 @@ def _lock_index(store: GitStore, journal: Journal) -> None:
     while someone else holds it."""
     lock = _index_lock(store)
     staged = lock.with_name(f"llmkit-import-{journal.nonce}.lock")
-    _write_synced(staged, journal.marker)
+    write_synced(staged, journal.marker)
     deadline = time.monotonic() + store.lock_timeout_s
     pause = 0.002
     try:
-        while not _create_lock(lock, staged, journal.marker):
+        while not create_lock(lock, staged, journal.marker):
             if time.monotonic() >= deadline:
                 where = os.path.relpath(lock, store.root)
                 raise RepositoryBusy(
@@ -220,25 +220,6 @@ def _lock_index(store: GitStore, journal: Journal) -> None:
     finally:
         staged.unlink(missing_ok=True)
 
-
-def _create_lock(lock: Path, staged: Path, content: bytes) -> bool:
-    """Create `lock` exclusively with `content` from its first instant; False when it exists.
-    Where hard links are not supported: an exclusive create, then a write."""
-    try:
-        os.link(staged, lock)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(content)
-    return True
 
 
 def _prepare_index(store: GitStore, journal: Journal) -> None:
@@ -357,34 +338,17 @@ def _remove_ref_locks(store: GitStore, journal: Journal, now: str | None) -> Non
     ours = f"{journal.new_tip}\n".encode()
     head_lock = own / "HEAD.lock"
     ref_lock = head_lock if journal.ref == "HEAD" else common / f"{journal.ref}.lock"
-    in_ref_lock = _read_or_none(ref_lock)
+    in_ref_lock = read_or_none(ref_lock)
     transaction_was_ours = in_ref_lock == ours or now == journal.new_tip
     if in_ref_lock == ours:
         ref_lock.unlink(missing_ok=True)
     if journal.ref != "HEAD":
-        content = _read_or_none(head_lock)
-        stale = content == b"" and _outlives(head_lock, store.lock_timeout_s)
+        content = read_or_none(head_lock)
+        stale = content == b"" and outlives(head_lock, store.lock_timeout_s)
         if content == ours or (transaction_was_ours and stale):
             head_lock.unlink(missing_ok=True)
 
 
-def _read_or_none(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _outlives(lock: Path, seconds: float) -> bool:
-    """Whether `lock` is still there once it is `seconds` old (waiting for that if need be)."""
-    while True:
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        if age >= seconds:
-            return True
-        time.sleep(min(0.05, seconds - age))
 
 
 def _bring_index_along(store: GitStore, journal: Journal) -> None:
@@ -407,7 +371,7 @@ def _index_lock(store: GitStore) -> Path:
 def _lock_state(lock: Path, journal: Journal) -> str | None:
     """Whose the lock is: "marker" or "prepared" when ours (its bytes prove it), "foreign"
     when someone else's, None when there is none."""
-    data = _read_or_none(lock)
+    data = read_or_none(lock)
     if data is None:
         return None
     if data == journal.marker:
@@ -435,17 +399,9 @@ def _write_file(target: Path, data: bytes, nonce: str) -> None:
     """Replace `target` atomically through a temp file recovery can find by name."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_of(target, nonce)
-    _write_synced(temp, data)
+    write_synced(temp, data)
     os.replace(temp, target)
 
-
-def _write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), mode)
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # --- the journal file -------------------------------------------------------------------------
@@ -459,9 +415,9 @@ def _write_journal(store: GitStore, journal: Journal) -> None:
     path = _journal_path(store)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f"{JOURNAL_NAME}.tmp")
-    _write_synced(temp, json.dumps(asdict(journal)).encode("utf-8"), 0o600)
+    write_synced(temp, json.dumps(asdict(journal)).encode("utf-8"), 0o600)
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_journal(store: GitStore) -> Journal | None:
@@ -487,18 +443,8 @@ def _read_journal(store: GitStore) -> Journal | None:
 def _remove_journal(store: GitStore) -> None:
     path = _journal_path(store)
     path.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some file systems cannot sync a folder
-            raise
-    finally:
-        os.close(fd)
 
 
 # --- writing the commits ----------------------------------------------------------------------
@@ -551,7 +497,7 @@ def _fast_import_stream(
         if mark == 1 and head:
             yield f"from {head}\n".encode()
         for path, data in sorted(commit.files.items()):
-            yield f"M 100644 inline {path}\n".encode("utf-8") + b"data %d\n" % len(data)
+            yield f"M 100644 inline {path}\n".encode() + b"data %d\n" % len(data)
             yield data + b"\n"
         yield b"\n"
     yield f"reset {PENDING_REF}\n\ndone\n".encode()

@@ -1,0 +1,69 @@
+"""Files that survive a kill -9: synced writes, and lock files that hold their content from
+their first instant. The git write protocol and the LLMKit import both stand on these."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+
+def read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), mode)  # whatever the umask
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # some file systems cannot sync a folder
+            raise
+    finally:
+        os.close(fd)
+
+
+def create_lock(lock: Path, staged: Path, content: bytes) -> bool:
+    """Create `lock` exclusively, holding `content` from its first instant (a hard link to
+    `staged`, a synced file with that content); False when it exists already. Where hard links
+    are not supported: an exclusive create, then a write."""
+    try:
+        os.link(staged, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+    return True
+
+
+def outlives(lock: Path, seconds: float) -> bool:
+    """Whether `lock` is still there once it is `seconds` old (waiting for that if need be)."""
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age >= seconds:
+            return True
+        time.sleep(min(0.05, seconds - age))
