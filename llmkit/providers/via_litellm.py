@@ -25,6 +25,7 @@ from llmkit.providers.pool import acquire
 from llmkit.providers.transport import Chunks, Provider, Target
 
 RESERVED_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
+MESSAGE_KEYS = ("role", "content", "tool_calls", "refusal", "reasoning_content")
 
 # litellm serves any provider it knows; these are the ones whose key variable llmkit names
 # (for a missing key, and in /v1/ui/models) beside those the wire transport declares.
@@ -44,7 +45,6 @@ PROVIDERS = (
     Provider("anyscale", "ANYSCALE_API_KEY"),
     Provider("cloudflare", "CLOUDFLARE_API_KEY"),
 )
-MESSAGE_KEYS = ("role", "content", "tool_calls", "refusal", "reasoning_content")
 
 _import_lock = threading.Lock()
 _litellm: ModuleType | None = None
