@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from llmkit.cli import main, repo_option
+from llmkit.cli_options import repo_option
 from llmkit.errors import LlmkitError
 
 
@@ -19,7 +19,7 @@ def fail_usage(message: str) -> None:
     sys.exit(2)
 
 
-@main.command("eval")
+@click.command("eval")
 @repo_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--prompt", "prompt_keys", multiple=True, help="Only cases of this prompt key (repeatable).")

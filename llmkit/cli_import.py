@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from llmkit.cli import handle_errors, json_option, main, print_json, repo_option
+from llmkit.cli_options import handle_errors, json_option, print_json, repo_option
 
 if TYPE_CHECKING:
     from llmkit.import_history import Summary
 
 
-@main.command("import-llmkit")
+@click.command("import-llmkit")
 @click.argument("database", type=click.Path(path_type=Path))
 @repo_option
 @click.option("--dry-run", is_flag=True, help="Print what would be imported; change nothing.")

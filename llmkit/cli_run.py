@@ -1,4 +1,4 @@
-"""`llmkit run` (execute a prompt from the terminal, streaming) and `llmkit logs`."""
+"""`llmkit run`: execute a prompt from the terminal, streaming its answer."""
 
 from __future__ import annotations
 
@@ -8,10 +8,18 @@ from typing import Any
 
 import click
 
-from llmkit.cli import handle_errors, json_option, main, parse_vars, print_json, repo_option, synced_workspace, with_vars
+from llmkit.cli_options import (
+    handle_errors,
+    json_option,
+    parse_vars,
+    print_json,
+    repo_option,
+    synced_workspace,
+    with_vars,
+)
 
 
-@main.command()
+@click.command()
 @repo_option
 @click.argument("spec", metavar="KEY[@VERSION]")
 @with_vars
@@ -82,42 +90,3 @@ async def _stream(executor: Any, ex: Any) -> None:
         sys.stdout.flush()
     finally:
         await providers.aclose()
-
-
-@main.command()
-@repo_option
-@click.option("--prompt", "prompt_key", help="Only calls of this prompt key.")
-@click.option("--status", type=click.Choice(["ok", "error", "cancelled"]), help="Only calls with this status.")
-@click.option("-n", "limit", type=int, default=20, show_default=True, help="How many, newest first.")
-@json_option
-@handle_errors
-def logs(repo: Path | None, prompt_key: str | None, status: str | None, limit: int, as_json: bool) -> None:
-    """The newest provider calls from the run log."""
-    from llmkit.workspace import Workspace
-
-    ws = Workspace.open(str(repo) if repo else None)
-    try:
-        rows = ws.runlog.list(page=1, page_size=max(1, min(limit, 500)), prompt=prompt_key, status=status)
-    finally:
-        ws.close()
-    if as_json:
-        print_json(rows)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("time", "trace", "prompt", "ver", "model", "status", "ms", "tokens in/out", "cost")
-    for row in rows:
-        cost = row.get("cost")
-        table.add_row(
-            row["created_at"][:19].replace("T", " "),
-            row["trace_id"][:8],
-            row["prompt_key"],
-            str(row.get("version_number") or (row.get("version_sha") or "draft")[:7]),
-            row["model"],
-            row["status"] if row["status"] == "ok" else f"[red]{row['status']}[/red]",
-            f"{row['latency_ms']:.0f}" if row.get("latency_ms") is not None else "",
-            f"{row.get('input_tokens') or 0}/{row.get('output_tokens') or 0}",
-            f"${cost:.6f}" if cost else "",
-        )
-    Console().print(table)

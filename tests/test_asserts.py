@@ -1,19 +1,30 @@
 import asyncio
 import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmkit.evals.asserts import (
+    ASSERTIONS,
     Assertion,
     AssertionResult,
     Outcome,
+    Verdict,
+    assertion,
+    assertion_to_dict,
     check,
     check_all,
     read_assertion,
     run_passed,
     score,
+    text,
 )
+from llmkit.evals.spec import read_eval_text
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_check(assertion: Assertion, outcome: Outcome, judge: Any = None) -> AssertionResult:
@@ -255,3 +266,74 @@ def test_weight_and_not_are_carried_into_results() -> None:
     assert assertion is not None and assertion.line == 7
     result = run_check(assertion, Outcome("b"))
     assert (result.passed, result.weight) == (True, 2.0)
+
+
+# --- the registry of assertion types ------------------------------------------------------
+
+
+@pytest.fixture
+def ends_with() -> Iterator[str]:
+    """A type registered the way the built-in ones are, removed again after the test."""
+
+    @assertion("ends-with", value=text, suffix_note=text, optional=("suffix_note",))
+    def check_ends_with(a: Assertion, o: Outcome) -> Verdict:
+        return Verdict(o.text.rstrip().endswith(str(a.value)), "output",
+                       f"end with {a.value!r}", repr(o.text))
+
+    try:
+        yield "ends-with"
+    finally:
+        ASSERTIONS.pop("ends-with")
+
+
+def test_a_registered_type_is_read_checked_and_written_back(ends_with: str) -> None:
+    eval_file = read_eval_text("name: x\nassert:\n  - {type: ends-with, value: Bye}\n",
+                               "evals/greet/x.yaml")
+    assert eval_file.errors == []
+    [case] = eval_file.cases
+    [read] = case.assertions
+    assert assertion_to_dict(read) == {"type": "ends-with", "value": "Bye"}
+    passed = run_check(read, Outcome("Good. Bye\n"))
+    assert (passed.passed, passed.reason) == (
+        True, "expected output to end with 'Bye', got 'Good. Bye\\n'"
+    )
+    assert run_check(read, Outcome("Hello")).passed is False
+    problems = read_eval_text(
+        "name: x\nassert:\n  - {type: ends-wit, value: 1}\n  - {type: ends-with, value: [1]}\n"
+        "  - {type: ends-with, value: a, sufix_note: b}\n  - {type: ends-with}\n",
+        "evals/greet/x.yaml",
+    ).errors
+    assert [(p.line, p.message) for p in problems] == [
+        (3, "unknown assertion type 'ends-wit' (did you mean 'ends-with'?); known types: "
+            + ", ".join(ASSERTIONS)),
+        (4, "ends-with needs a string value, got a list [1]"),
+        (5, "unknown key 'sufix_note' in a ends-with assertion (did you mean 'suffix_note'?);"
+            " known keys: type, not, weight, value, suffix_note"),
+        (6, "a ends-with assertion needs 'value'"),
+    ]
+
+
+def test_a_type_cannot_be_registered_twice_or_with_unknown_optional_keys() -> None:
+    with pytest.raises(ValueError, match="'contains' is already registered"):
+        assertion("contains", value=text)(lambda a, o: None)
+    with pytest.raises(ValueError, match="optional keys \\['colour'\\] are not its keys"):
+        assertion("painted", value=text, optional=("colour",))
+    assert "painted" not in ASSERTIONS
+
+
+def test_the_built_in_types_in_order() -> None:
+    assert list(ASSERTIONS) == [
+        "equals", "contains", "icontains", "not-contains", "starts-with", "regex", "is-json",
+        "json-schema", "json-path", "max-latency-ms", "max-tokens", "max-cost", "tool-call",
+        "judge",
+    ]
+    assert [name for name, spec in ASSERTIONS.items() if spec.judged] == ["judge"]
+    assert [name for name, spec in ASSERTIONS.items() if spec.negates] == ["not-contains"]
+
+
+def test_every_assertion_type_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    listed = re.search(r"^Assertions: (.+?)\n\n", readme, re.M | re.S)
+    assert listed, "the README's Evals section lists the assertion types after 'Assertions:'"
+    documented = set(re.findall(r"`([a-z-]+)`", listed.group(1)))
+    assert set(ASSERTIONS) <= documented, f"undocumented: {set(ASSERTIONS) - documented}"

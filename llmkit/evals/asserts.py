@@ -1,5 +1,8 @@
 """Assertions: what an eval case expects of one response, how they are read and checked.
 
+Each assertion type is one check function registered with `@assertion(...)`, which names the
+type and the keys it takes with the check of each key's value; reading a case file, its
+"did you mean" messages, writing it back and checking a response all go by that registry.
 `check()` turns an Assertion and an Outcome (one provider call, made by the runner) into an
 AssertionResult with a specific reason. Model-graded `judge` assertions call a judge function
 the runner injects, so nothing here calls a model.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import inspect
 import json
 import math
 import re
@@ -17,34 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-# Keys each assertion type takes besides `type`, `not` and `weight`; `value` goes to
-# Assertion.value, the others to Assertion.params.
-ASSERTION_KEYS: dict[str, tuple[str, ...]] = {
-    "equals": ("value",),
-    "contains": ("value",),
-    "icontains": ("value",),
-    "not-contains": ("value",),
-    "starts-with": ("value",),
-    "regex": ("value",),
-    "is-json": (),
-    "json-schema": ("value",),
-    "json-path": ("path", "value"),
-    "max-latency-ms": ("value",),
-    "max-tokens": ("value",),
-    "max-cost": ("value",),
-    "tool-call": ("name", "arguments"),
-    "judge": ("rubric", "model"),
-}
-ASSERTION_TYPES = tuple(ASSERTION_KEYS)
-REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    **{kind: ("value",) for kind, keys in ASSERTION_KEYS.items() if "value" in keys},
-    "json-path": ("path", "value"),
-    "tool-call": ("name",),
-    "judge": ("rubric",),
-}
 COMMON_KEYS = ("type", "not", "weight")
-_TEXT_TYPES = ("contains", "icontains", "not-contains", "starts-with")
-
 PREVIEW_CHARS = 80
 
 # (rubric, output, model or None for the default judge model) -> (passed, explanation)
@@ -83,6 +60,73 @@ class AssertionResult:
     score: float
     reason: str
     weight: float = 1.0
+
+
+class CannotCheck(Exception):
+    """The assertion cannot be decided for this outcome; it fails, even under `not`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Verdict:
+    """What a check found, worded for the reason: "expected {subject} [not ]to {predicate},
+    got {observed}"."""
+
+    ok: bool
+    subject: str
+    predicate: str
+    observed: str
+
+
+# --- the registry of assertion types --------------------------------------------------------
+
+# Checks one key's value: (assertion type, key, value) -> the problem, or None when it is fine.
+KeyCheck = Callable[[str, str, Any], str | None]
+
+
+@dataclass(frozen=True)
+class AssertionType:
+    """A registered assertion type. `keys`: the keys it takes besides `type`, `not` and
+    `weight`, in the order they are written, each with the check of its value; `value` goes to
+    Assertion.value, the others to Assertion.params. `negates`: the check's verdict is turned
+    round (not-contains is contains negated). `judged`: the check is a coroutine that takes
+    the judge function."""
+
+    name: str
+    keys: dict[str, KeyCheck]
+    required: tuple[str, ...]
+    check: Callable[..., Any]
+    negates: bool = False
+    judged: bool = False
+
+
+ASSERTIONS: dict[str, AssertionType] = {}
+
+
+def assertion(
+    name: str, /, *, optional: tuple[str, ...] = (), negates: bool = False, **keys: KeyCheck
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated check function as assertion type `name`. Every keyword besides
+    `optional` and `negates` is a key the type takes, with the check of its value; keys are
+    required unless named in `optional`. The check is `def check(a, o) -> Verdict`, or
+    `async def check(a, o, judge) -> Verdict` when it calls the judge model; it raises
+    CannotCheck when the outcome cannot decide it."""
+    unknown = set(optional) - set(keys)
+    if unknown:
+        raise ValueError(f"assertion {name!r}: optional keys {sorted(unknown)} are not its keys")
+
+    def register(check: Callable[..., Any]) -> Callable[..., Any]:
+        if name in ASSERTIONS:
+            raise ValueError(f"assertion type {name!r} is already registered")
+        required = tuple(key for key in keys if key not in optional)
+        judged = inspect.iscoroutinefunction(check)
+        ASSERTIONS[name] = AssertionType(name, dict(keys), required, check, negates, judged)
+        return check
+
+    return register
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -171,39 +215,64 @@ def json_schema_problem(schema: Any) -> str | None:
     return None
 
 
-def _value_problem(kind: str, value: Any) -> str | None:
-    if kind in _TEXT_TYPES and not isinstance(value, str) and not is_number(value):
-        return f"{kind} needs a string value, got {type_name(value)} {value!r}"
-    if kind == "regex":
-        if not isinstance(value, str):
-            return f"regex needs a string pattern, got {type_name(value)}"
-        try:
-            compile_regex(value)
-        except re.error as exc:
-            return f"invalid regex {value!r}: {exc}"
-    if kind == "json-schema":
-        return json_schema_problem(value)
-    if kind in ("max-latency-ms", "max-cost") and (not is_number(value) or value < 0):
+# --- checks of a key's value (the KeyCheck of each key in @assertion) ------------------------
+
+
+def json_value(kind: str, key: str, value: Any) -> str | None:
+    """Any value JSON can hold."""
+    return json_problem(value, f"{kind} {key}")
+
+
+def text(kind: str, key: str, value: Any) -> str | None:
+    """A string (a number is taken as its text)."""
+    if not isinstance(value, str) and not is_number(value):
+        return f"{kind} needs a string {key}, got {type_name(value)} {value!r}"
+    return json_value(kind, key, value)
+
+
+def regex_pattern(kind: str, key: str, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"{kind} needs a string pattern, got {type_name(value)}"
+    try:
+        compile_regex(value)
+    except re.error as exc:
+        return f"invalid regex {value!r}: {exc}"
+    return None
+
+
+def json_schema(kind: str, key: str, value: Any) -> str | None:
+    return json_schema_problem(value)
+
+
+def non_negative_number(kind: str, key: str, value: Any) -> str | None:
+    if not is_number(value) or value < 0:
         return f"{kind} needs a number of at least 0, got {value!r}"
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    if kind == "max-tokens" and (not whole or value < 0):
-        return f"max-tokens needs a whole number of at least 0, got {value!r}"
-    return json_problem(value, f"{kind} value")
+    return json_value(kind, key, value)
 
 
-def _param_problem(kind: str, key: str, value: Any) -> str | None:
-    if key == "path":
-        if not isinstance(value, str):
-            return f"json-path 'path' must be a string like '$.a.b[0]', got {value!r}"
-        try:
-            parse_json_path(value)
-        except ValueError as exc:
-            return str(exc)
-        return None
-    if key == "arguments":
-        if not isinstance(value, dict):
-            return f"tool-call 'arguments' must be a mapping, got {type_name(value)}"
-        return json_problem(value, "arguments")
+def whole_number(kind: str, key: str, value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return f"{kind} needs a whole number of at least 0, got {value!r}"
+    return None
+
+
+def json_path(kind: str, key: str, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"{kind} '{key}' must be a string like '$.a.b[0]', got {value!r}"
+    try:
+        parse_json_path(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def json_object(kind: str, key: str, value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"{kind} '{key}' must be a mapping, got {type_name(value)}"
+    return json_problem(value, key)
+
+
+def non_empty_text(kind: str, key: str, value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return f"{kind} '{key}' must be a non-empty string, got {value!r}"
     return None
@@ -216,40 +285,40 @@ def read_assertion(
     message)."""
     kind = data.get("type")
     if kind is None:
-        shorthand = [k for k in data if k in ASSERTION_KEYS]
+        shorthand = [k for k in data if k in ASSERTIONS]
         hint = f" (write 'type: {shorthand[0]}' and 'value: ...')" if shorthand else ""
         return None, [(None, f"an assertion needs a 'type'{hint}")]
-    if not isinstance(kind, str) or kind not in ASSERTION_KEYS:
-        hint = difflib.get_close_matches(str(kind), ASSERTION_TYPES, n=1)
-        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-        known = ", ".join(ASSERTION_TYPES)
+    if not isinstance(kind, str) or kind not in ASSERTIONS:
+        close = difflib.get_close_matches(str(kind), tuple(ASSERTIONS), n=1)
+        did_you_mean = f" (did you mean '{close[0]}'?)" if close else ""
+        known = ", ".join(ASSERTIONS)
         message = f"unknown assertion type {kind!r}{did_you_mean}; known types: {known}"
         return None, [("type", message)]
-    allowed = (*COMMON_KEYS, *ASSERTION_KEYS[kind])
+    spec = ASSERTIONS[kind]
+    allowed = (*COMMON_KEYS, *spec.keys)
     problems: list[tuple[Any, str]] = [
         (key, unknown_key_message(key, allowed, f"a {kind} assertion"))
         for key in data if key not in allowed
     ]
     problems += [(None, f"a {kind} assertion needs '{key}'")
-                 for key in REQUIRED_KEYS.get(kind, ()) if key not in data]
+                 for key in spec.required if key not in data]
     negate = data.get("not", False)
     if not isinstance(negate, bool):
         problems.append(("not", f"'not' must be true or false, got {negate!r}"))
     weight = data.get("weight", 1.0)
     if not is_number(weight) or weight <= 0:
         problems.append(("weight", f"'weight' must be a number above 0, got {weight!r}"))
-    params = {key: data[key] for key in ASSERTION_KEYS[kind] if key != "value" and key in data}
-    checks = [(key, _param_problem(kind, key, value)) for key, value in params.items()]
-    if "value" in data and "value" in ASSERTION_KEYS[kind]:
-        checks.append(("value", _value_problem(kind, data["value"])))
+    checks = [(key, check(kind, key, data[key])) for key, check in spec.keys.items() if key in data]
     problems += [(key, message) for key, message in checks if message]
     if problems:
         return None, problems
+    params = {key: data[key] for key in spec.keys if key != "value" and key in data}
     return Assertion(kind, data.get("value"), params, line, negate, float(weight)), []
 
 
 def assertion_to_dict(assertion: Assertion) -> dict[str, Any]:
-    keys = ASSERTION_KEYS.get(assertion.type, ("value", *assertion.params))
+    spec = ASSERTIONS.get(assertion.type)
+    keys = tuple(spec.keys) if spec else ("value", *assertion.params)
     data: dict[str, Any] = {"type": assertion.type}
     for key in keys:
         if key == "value":
@@ -263,23 +332,7 @@ def assertion_to_dict(assertion: Assertion) -> dict[str, Any]:
     return data
 
 
-# --- checking ------------------------------------------------------------------------------
-
-
-class _CannotCheck(Exception):
-    """The assertion cannot be decided for this outcome; it fails, even under `not`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class _Verdict:
-    ok: bool
-    subject: str
-    predicate: str
-    observed: str
+# --- what checks share ---------------------------------------------------------------------
 
 
 def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
@@ -319,99 +372,8 @@ def _parse_json(text: str) -> tuple[bool, Any, str]:
 def _output_json(outcome: Outcome) -> Any:
     ok, data, why = _parse_json(outcome.text)
     if not ok:
-        raise _CannotCheck(f"output is not JSON ({why}): {preview(outcome.text)}")
+        raise CannotCheck(f"output is not JSON ({why}): {preview(outcome.text)}")
     return data
-
-
-def _check_equals(a: Assertion, o: Outcome) -> _Verdict:
-    if isinstance(a.value, str):
-        ok = o.text.strip() == a.value.strip()
-        return _Verdict(ok, "output", f"equal {preview(a.value)}", preview(o.text))
-    parsed, data, _ = _parse_json(o.text)
-    expected = json.dumps(a.value, ensure_ascii=False)
-    return _Verdict(parsed and json_equal(data, a.value), "output", f"equal JSON {expected}",
-                    preview(o.text))
-
-
-def _check_contains(a: Assertion, o: Outcome) -> _Verdict:
-    needle = str(a.value)
-    if a.type == "icontains":
-        return _Verdict(needle.casefold() in o.text.casefold(), "output",
-                        f"contain {preview(needle)} (ignoring case)", preview(o.text))
-    return _Verdict(needle in o.text, "output", f"contain {preview(needle)}", preview(o.text))
-
-
-def _check_starts_with(a: Assertion, o: Outcome) -> _Verdict:
-    prefix = str(a.value)
-    return _Verdict(o.text.lstrip().startswith(prefix), "output", f"start with {preview(prefix)}",
-                    preview(o.text))
-
-
-def _check_regex(a: Assertion, o: Outcome) -> _Verdict:
-    try:
-        pattern = compile_regex(a.value)
-    except (re.error, TypeError) as exc:
-        raise _CannotCheck(f"invalid regex {a.value!r}: {exc}") from None
-    return _Verdict(pattern.search(o.text) is not None, "output", f"match /{a.value}/",
-                    preview(o.text))
-
-
-def _check_is_json(a: Assertion, o: Outcome) -> _Verdict:
-    ok, _, why = _parse_json(o.text)
-    observed = "valid JSON" if ok else f"invalid JSON ({why}): {preview(o.text)}"
-    return _Verdict(ok, "output", "be valid JSON", observed)
-
-
-def _check_json_schema(a: Assertion, o: Outcome) -> _Verdict:
-    from jsonschema import exceptions, validators
-
-    data = _output_json(o)
-    if problem := json_schema_problem(a.value):
-        raise _CannotCheck(problem)
-    validator_class = validators.validator_for(a.value, default=validators.Draft202012Validator)
-    error = exceptions.best_match(validator_class(a.value).iter_errors(data))
-    observed = (preview(o.text) if error is None
-                else f"{_json_path_text(error.absolute_path)}: {error.message}")
-    return _Verdict(error is None, "output", "match the JSON schema", observed)
-
-
-def _check_json_path(a: Assertion, o: Outcome) -> _Verdict:
-    path = a.params.get("path", "$")
-    try:
-        steps = parse_json_path(path)
-    except ValueError as exc:
-        raise _CannotCheck(str(exc)) from None
-    node = _output_json(o)
-    expected = json.dumps(a.value, ensure_ascii=False)
-    for step in steps:
-        if isinstance(step, int):
-            found = isinstance(node, list) and -len(node) <= step < len(node)
-        else:
-            found = isinstance(node, dict) and step in node
-        if not found:
-            return _Verdict(False, path, f"equal {expected}", "no value there")
-        node = node[step]  # type: ignore[index]
-    observed = preview(json.dumps(node, ensure_ascii=False))
-    return _Verdict(json_equal(node, a.value), path, f"equal {expected}", observed)
-
-
-def _check_max_latency(a: Assertion, o: Outcome) -> _Verdict:
-    return _Verdict(o.latency_ms <= a.value, "latency", f"be at most {a.value:g} ms",
-                    f"{o.latency_ms:.0f} ms")
-
-
-def _check_max_tokens(a: Assertion, o: Outcome) -> _Verdict:
-    return _Verdict(o.output_tokens <= a.value, "output tokens", f"be at most {a.value}",
-                    str(o.output_tokens))
-
-
-def _check_max_cost(a: Assertion, o: Outcome) -> _Verdict:
-    if o.cost is None:
-        raise _CannotCheck(
-            f"cost is unknown for this response (no price for its model), so max-cost {a.value} "
-            "cannot be checked"
-        )
-    return _Verdict(o.cost <= a.value, "cost", f"be at most ${a.value:g}", f"${o.cost:.6f}")
 
 
 def _tool_call_parts(call: dict[str, Any]) -> tuple[str, Any]:
@@ -423,7 +385,122 @@ def _tool_call_parts(call: dict[str, Any]) -> tuple[str, Any]:
     return str(function.get("name", "")), arguments
 
 
-def _check_tool_call(a: Assertion, o: Outcome) -> _Verdict:
+# --- the assertion types: one registered check each ---------------------------------------
+
+
+@assertion("equals", value=json_value)
+def check_equals(a: Assertion, o: Outcome) -> Verdict:
+    if isinstance(a.value, str):
+        ok = o.text.strip() == a.value.strip()
+        return Verdict(ok, "output", f"equal {preview(a.value)}", preview(o.text))
+    parsed, data, _ = _parse_json(o.text)
+    expected = json.dumps(a.value, ensure_ascii=False)
+    return Verdict(parsed and json_equal(data, a.value), "output", f"equal JSON {expected}",
+                   preview(o.text))
+
+
+@assertion("contains", value=text)
+def check_contains(a: Assertion, o: Outcome) -> Verdict:
+    needle = str(a.value)
+    return Verdict(needle in o.text, "output", f"contain {preview(needle)}", preview(o.text))
+
+
+@assertion("icontains", value=text)
+def check_icontains(a: Assertion, o: Outcome) -> Verdict:
+    needle = str(a.value)
+    return Verdict(needle.casefold() in o.text.casefold(), "output",
+                   f"contain {preview(needle)} (ignoring case)", preview(o.text))
+
+
+@assertion("not-contains", value=text, negates=True)
+def check_not_contains(a: Assertion, o: Outcome) -> Verdict:
+    """contains, negated: so `not: true` on it means contains."""
+    return check_contains(a, o)
+
+
+@assertion("starts-with", value=text)
+def check_starts_with(a: Assertion, o: Outcome) -> Verdict:
+    prefix = str(a.value)
+    return Verdict(o.text.lstrip().startswith(prefix), "output", f"start with {preview(prefix)}",
+                   preview(o.text))
+
+
+@assertion("regex", value=regex_pattern)
+def check_regex(a: Assertion, o: Outcome) -> Verdict:
+    try:
+        pattern = compile_regex(a.value)
+    except (re.error, TypeError) as exc:
+        raise CannotCheck(f"invalid regex {a.value!r}: {exc}") from None
+    return Verdict(pattern.search(o.text) is not None, "output", f"match /{a.value}/",
+                   preview(o.text))
+
+
+@assertion("is-json")
+def check_is_json(a: Assertion, o: Outcome) -> Verdict:
+    ok, _, why = _parse_json(o.text)
+    observed = "valid JSON" if ok else f"invalid JSON ({why}): {preview(o.text)}"
+    return Verdict(ok, "output", "be valid JSON", observed)
+
+
+@assertion("json-schema", value=json_schema)
+def check_json_schema(a: Assertion, o: Outcome) -> Verdict:
+    from jsonschema import exceptions, validators
+
+    data = _output_json(o)
+    if problem := json_schema_problem(a.value):
+        raise CannotCheck(problem)
+    validator_class = validators.validator_for(a.value, default=validators.Draft202012Validator)
+    error = exceptions.best_match(validator_class(a.value).iter_errors(data))
+    observed = (preview(o.text) if error is None
+                else f"{_json_path_text(error.absolute_path)}: {error.message}")
+    return Verdict(error is None, "output", "match the JSON schema", observed)
+
+
+@assertion("json-path", path=json_path, value=json_value)
+def check_json_path(a: Assertion, o: Outcome) -> Verdict:
+    path = a.params.get("path", "$")
+    try:
+        steps = parse_json_path(path)
+    except ValueError as exc:
+        raise CannotCheck(str(exc)) from None
+    node = _output_json(o)
+    expected = json.dumps(a.value, ensure_ascii=False)
+    for step in steps:
+        if isinstance(step, int):
+            found = isinstance(node, list) and -len(node) <= step < len(node)
+        else:
+            found = isinstance(node, dict) and step in node
+        if not found:
+            return Verdict(False, path, f"equal {expected}", "no value there")
+        node = node[step]  # type: ignore[index]
+    observed = preview(json.dumps(node, ensure_ascii=False))
+    return Verdict(json_equal(node, a.value), path, f"equal {expected}", observed)
+
+
+@assertion("max-latency-ms", value=non_negative_number)
+def check_max_latency(a: Assertion, o: Outcome) -> Verdict:
+    return Verdict(o.latency_ms <= a.value, "latency", f"be at most {a.value:g} ms",
+                   f"{o.latency_ms:.0f} ms")
+
+
+@assertion("max-tokens", value=whole_number)
+def check_max_tokens(a: Assertion, o: Outcome) -> Verdict:
+    return Verdict(o.output_tokens <= a.value, "output tokens", f"be at most {a.value}",
+                   str(o.output_tokens))
+
+
+@assertion("max-cost", value=non_negative_number)
+def check_max_cost(a: Assertion, o: Outcome) -> Verdict:
+    if o.cost is None:
+        raise CannotCheck(
+            f"cost is unknown for this response (no price for its model), so max-cost {a.value} "
+            "cannot be checked"
+        )
+    return Verdict(o.cost <= a.value, "cost", f"be at most ${a.value:g}", f"${o.cost:.6f}")
+
+
+@assertion("tool-call", name=non_empty_text, arguments=json_object, optional=("arguments",))
+def check_tool_call(a: Assertion, o: Outcome) -> Verdict:
     name = a.params.get("name", "")
     wanted = a.params.get("arguments")
     calls = [_tool_call_parts(call) for call in o.tool_calls]
@@ -432,37 +509,24 @@ def _check_tool_call(a: Assertion, o: Outcome) -> _Verdict:
     if wanted is not None:
         predicate += f" with arguments including {json.dumps(wanted, ensure_ascii=False)}"
     listed = ", ".join(f"{n}({json.dumps(args, ensure_ascii=False)})" for n, args in calls)
-    return _Verdict(ok, "tool calls", predicate, preview(listed, 200) if calls else "no tool calls")
+    return Verdict(ok, "tool calls", predicate, preview(listed, 200) if calls else "no tool calls")
 
 
-_CHECKERS: dict[str, Callable[[Assertion, Outcome], _Verdict]] = {
-    "equals": _check_equals,
-    "contains": _check_contains,
-    "icontains": _check_contains,
-    "not-contains": _check_contains,
-    "starts-with": _check_starts_with,
-    "regex": _check_regex,
-    "is-json": _check_is_json,
-    "json-schema": _check_json_schema,
-    "json-path": _check_json_path,
-    "max-latency-ms": _check_max_latency,
-    "max-tokens": _check_max_tokens,
-    "max-cost": _check_max_cost,
-    "tool-call": _check_tool_call,
-}
-
-
-async def _check_judge(a: Assertion, o: Outcome, judge: Judge | None) -> _Verdict:
+@assertion("judge", rubric=non_empty_text, model=non_empty_text, optional=("model",))
+async def check_judge(a: Assertion, o: Outcome, judge: Judge | None) -> Verdict:
     rubric = a.params.get("rubric", "")
     if judge is None:
-        raise _CannotCheck("no judge model is configured, so the judge assertion cannot run")
+        raise CannotCheck("no judge model is configured, so the judge assertion cannot run")
     try:
         ok, explanation = await judge(rubric, o.text, a.params.get("model"))
     except Exception as exc:  # a failing judge call fails this assertion, not the whole run
-        raise _CannotCheck(f"the judge call failed: {type(exc).__name__}: {exc}") from None
+        raise CannotCheck(f"the judge call failed: {type(exc).__name__}: {exc}") from None
     verdict = "pass" if ok else "fail"
-    return _Verdict(bool(ok), "output", f"meet the rubric {preview(rubric)}",
-                    f"{verdict}: {preview(explanation, 300)}")
+    return Verdict(bool(ok), "output", f"meet the rubric {preview(rubric)}",
+                   f"{verdict}: {preview(explanation, 300)}")
+
+
+# --- checking ------------------------------------------------------------------------------
 
 
 def _failed(assertion: Assertion, reason: str) -> AssertionResult:
@@ -476,17 +540,17 @@ async def check(
     call, an unknown cost or a missing judge fail the assertion with the reason."""
     if outcome.error is not None:
         return _failed(assertion, outcome.error)
+    spec = ASSERTIONS.get(assertion.type)
+    if spec is None:
+        return _failed(assertion, f"unknown assertion type {assertion.type!r}")
     try:
-        if assertion.type == "judge":
-            verdict = await _check_judge(assertion, outcome, judge)
-        elif assertion.type in _CHECKERS:
-            verdict = _CHECKERS[assertion.type](assertion, outcome)
+        if spec.judged:
+            verdict: Verdict = await spec.check(assertion, outcome, judge)
         else:
-            raise _CannotCheck(f"unknown assertion type {assertion.type!r}")
-    except _CannotCheck as exc:
+            verdict = spec.check(assertion, outcome)
+    except CannotCheck as exc:
         return _failed(assertion, exc.reason)
-    # not-contains is contains negated, so `not: true` on it means contains.
-    negate = assertion.negate != (assertion.type == "not-contains")
+    negate = assertion.negate != spec.negates
     passed = verdict.ok != negate
     expectation = f"{verdict.subject} {'not ' if negate else ''}to {verdict.predicate}"
     reason = f"expected {expectation}, got {verdict.observed}"

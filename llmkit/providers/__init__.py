@@ -1,5 +1,6 @@
-"""The provider layer: one contract over the offline `echo` model, OpenAI's wire format on
-pooled aiohttp sessions, and litellm for everything else. Importing it never imports litellm."""
+"""The provider layer: one contract over the transports in `registry.py` (the offline `echo`
+model, OpenAI's wire format on pooled aiohttp sessions, and litellm for everything else).
+Importing it never imports litellm."""
 
 from llmkit.providers.base import Fallback, ProviderCall, Usage, usage_of
 from llmkit.providers.dispatch import aclose, complete, stream

@@ -3,8 +3,9 @@ llmkit errors. Every path (echo, OpenAI wire, litellm) speaks these types."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from llmkit.errors import (
     BadRequest,
@@ -16,7 +17,8 @@ from llmkit.errors import (
     UpstreamTimeout,
 )
 
-Via = Literal["litellm", "wire"]
+# The name of a registered transport ("echo", "wire", "litellm", ...): see registry.py.
+Via = str
 
 # UpstreamError codes; a malformed answer is not worth retrying, a lost connection is.
 MALFORMED_CODE = "upstream_malformed_response"
@@ -37,9 +39,9 @@ class Fallback:
 class ProviderCall:
     """One request to a model.
 
-    `via` forces a path: "litellm" sends any model through litellm (tests use it to run the
-    contract over litellm against the fake upstream), "wire" sends it over the pooled OpenAI
-    wire client (needs a known base URL or `api_base`); None routes by model.
+    `via` forces a transport by its name: "litellm" sends any model through litellm (tests use
+    it to run the contract over litellm against the fake upstream), "wire" sends it over the
+    pooled OpenAI wire client (needs a known base URL or `api_base`); None routes by model.
     `backoff_base` is the first retry wait in seconds (doubling per attempt, capped at 8 s).
     """
 
@@ -111,7 +113,7 @@ def error_for_status(
     provider: str,
     detail: str,
     key_env: str | None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> LlmkitError:
     """The llmkit error for an upstream HTTP error status."""
     where = f"{provider} ({model})"

@@ -1,5 +1,5 @@
-"""`complete` and `stream`: pick the path for each model, retry transient failures with
-backoff, then move on to the fallback models. The same policy holds on every path.
+"""`complete` and `stream`: resolve each model to its transport, retry transient failures
+with backoff, then move on to the fallback models. The same policy holds on every transport.
 
 - Retried: 429, 5xx, lost connections, timeouts; never 400/401/404 or malformed answers.
 - A full upstream pool (`UpstreamPoolFull`, after the pool's own short wait) is not retried on
@@ -26,16 +26,16 @@ from functools import partial
 from typing import Any, TypeVar
 
 from llmkit.errors import LlmkitError, UpstreamError, UpstreamPoolFull, UpstreamTimeout
-from llmkit.providers import echo, openai_wire, via_litellm
 from llmkit.providers.base import CONNECTION_CODE, Fallback, ProviderCall, is_transient
-from llmkit.providers.routing import Target, provider_of, resolve_target
+from llmkit.providers.registry import TRANSPORTS
+from llmkit.providers.routing import provider_of, resolve_target
+from llmkit.providers.transport import Chunks, Target
 
 log = logging.getLogger(__name__)
 
 BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 30.0
 
-Chunks = AsyncGenerator[dict[str, Any], None]
 T = TypeVar("T")
 
 
@@ -88,28 +88,12 @@ def _retry_delay(error: LlmkitError, attempt: int, base: float, time_left: float
     return delay if delay < time_left else None
 
 
-async def _complete_once(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
-    if target.route == "echo":
-        return echo.complete(target.model, call.messages, call.params)
-    if target.route == "wire":
-        return await openai_wire.complete(target, call, timeout)
-    return await via_litellm.complete(target, call, timeout)
-
-
-def _stream_once(target: Target, call: ProviderCall) -> Chunks:
-    if target.route == "echo":
-        return echo.stream(target.model, call.messages, call.params)
-    if target.route == "wire":
-        return openai_wire.stream(target, call, call.timeout)
-    return via_litellm.stream(target, call, call.timeout)
-
-
 async def _attempt_complete(
     target: Target, call: ProviderCall, remaining: float
 ) -> dict[str, Any]:
     try:
         async with asyncio.timeout(remaining):
-            return await _complete_once(target, call, remaining)
+            return await target.transport.complete(target, call, remaining)
     except TimeoutError:
         raise UpstreamTimeout(
             f"{target.provider} ({target.model}) did not answer within {call.timeout:g} s"
@@ -120,7 +104,7 @@ async def _attempt_stream(
     target: Target, call: ProviderCall, remaining: float
 ) -> tuple[Chunks, dict[str, Any]]:
     """A started stream and its first chunk: failures up to that chunk can still be retried."""
-    chunks = _stream_once(target, call)
+    chunks = target.transport.stream(target, call, call.timeout)
     try:
         return chunks, await anext(chunks)
     except StopAsyncIteration:
@@ -187,4 +171,4 @@ async def stream(call: ProviderCall) -> AsyncGenerator[dict[str, Any], None]:
 
 async def aclose() -> None:
     """Close the pooled HTTP clients of the running event loop (server shutdown)."""
-    await openai_wire.aclose()
+    await TRANSPORTS.aclose()

@@ -17,6 +17,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from llmkit.errors import BadRequest
+from llmkit.providers.base import ProviderCall
+from llmkit.providers.transport import Chunks, Provider, Target
 
 CALL_PREFIX = "call:"
 CALL_PATTERN = re.compile(r"call:([\w.-]+)\s*(.*)", re.S)
@@ -176,3 +178,35 @@ async def stream(
 ) -> AsyncGenerator[dict[str, Any], None]:
     for chunk in chunks_of(complete(model, messages, params)):
         yield chunk
+
+
+class EchoTransport:
+    """The `echo` model as a transport: local, so it needs no key, base URL or network."""
+
+    name = "echo"
+    local = True
+    providers: tuple[Provider, ...] = (Provider("echo", bare_names=("echo",)),)
+
+    def serves(self, provider: str, api_base: str | None, *, forced: bool = False) -> bool:
+        if provider == "echo":
+            return True
+        if forced:
+            raise BadRequest(f"via='echo' serves only the echo model, not {provider} models")
+        return False
+
+    def base_url(self, provider: str, api_base: str | None) -> str | None:
+        return None
+
+    async def complete(
+        self, target: Target, call: ProviderCall, timeout: float
+    ) -> dict[str, Any]:
+        return complete(target.model, call.messages, call.params)
+
+    def stream(self, target: Target, call: ProviderCall, timeout: float) -> Chunks:
+        return stream(target.model, call.messages, call.params)
+
+    async def aclose(self) -> None:
+        pass
+
+
+ECHO = EchoTransport()

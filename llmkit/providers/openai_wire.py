@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import weakref
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 
-from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
-from llmkit.providers import pool
+from llmkit.errors import BadRequest, LlmkitError, UpstreamError, UpstreamTimeout
 from llmkit.providers.base import (
     CONNECTION_CODE,
     MALFORMED_CODE,
@@ -32,7 +32,8 @@ from llmkit.providers.base import (
     error_detail,
     error_for_status,
 )
-from llmkit.providers.routing import Target
+from llmkit.providers.pool import acquire
+from llmkit.providers.transport import Chunks, Provider, Target
 
 KEEPALIVE_S = 30.0
 # One SSE event, and a whole non-stream answer (held to be parsed); OpenAI's events are a few
@@ -44,6 +45,37 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 READ_BYTES = 32 * 1024
 READ_BUFFER_BYTES = 16 * 1024
 RESERVED_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
+
+# Bare model names litellm sends to OpenAI.
+OPENAI_BARE_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "ft:gpt-")
+OLLAMA = "http://localhost:11434"
+# Ollama serves its OpenAI-compatible API under /v1 of its base.
+OLLAMA_PROVIDERS = ("ollama", "ollama_chat")
+
+PROVIDERS = (
+    # Reached without any configuration.
+    Provider("openai", "OPENAI_API_KEY", "https://api.openai.com/v1",
+             ("OPENAI_BASE_URL", "OPENAI_API_BASE"), bare_prefixes=OPENAI_BARE_PREFIXES),
+    Provider("openrouter", "OPENROUTER_API_KEY", "https://openrouter.ai/api/v1",
+             ("OPENROUTER_API_BASE",)),
+    Provider("deepseek", "DEEPSEEK_API_KEY", "https://api.deepseek.com/v1", ("DEEPSEEK_API_BASE",)),
+    Provider("ollama", None, OLLAMA, ("OLLAMA_API_BASE",)),
+    Provider("ollama_chat", None, OLLAMA, ("OLLAMA_API_BASE",)),
+    # OpenAI-compatible servers, reached here when the call gives an api_base (else litellm).
+    Provider("custom_openai", "OPENAI_API_KEY"),
+    Provider("openai_like"),
+    Provider("hosted_vllm"),
+    Provider("lm_studio"),
+    Provider("llamafile"),
+    Provider("together_ai", "TOGETHERAI_API_KEY"),
+    Provider("groq", "GROQ_API_KEY"),
+    Provider("fireworks_ai", "FIREWORKS_API_KEY"),
+    Provider("deepinfra", "DEEPINFRA_API_KEY"),
+    Provider("xai", "XAI_API_KEY"),
+    Provider("cerebras", "CEREBRAS_API_KEY"),
+    Provider("perplexity", "PERPLEXITYAI_API_KEY"),
+    Provider("nvidia_nim", "NVIDIA_NIM_API_KEY"),
+)
 
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = (
     weakref.WeakKeyDictionary()
@@ -182,7 +214,7 @@ def _malformed(target: Target, what: str) -> UpstreamError:
 async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
     assert target.base_url is not None
     session = session_for(target.base_url)
-    place = await pool.acquire(target.base_url, _where(target))
+    place = await acquire(target.base_url, _where(target))
     try:
         async with session.post(
             target.base_url + "/chat/completions",
@@ -219,7 +251,7 @@ async def stream(
     """Chunks as the server sends them. `timeout` bounds connecting and each wait for data."""
     assert target.base_url is not None
     session = session_for(target.base_url)
-    place = await pool.acquire(target.base_url, _where(target))
+    place = await acquire(target.base_url, _where(target))
     done = False
     try:
         async with session.post(
@@ -286,3 +318,52 @@ def _event(target: Target, data: bytes) -> dict[str, Any]:
     if "error" in chunk and not chunk.get("choices"):
         raise _body_error(target, chunk)
     return chunk
+
+
+class WireTransport:
+    """OpenAI's wire format: the providers above, and any provider at an explicit api_base
+    when a call forces `via="wire"`."""
+
+    name = "wire"
+    local = False
+    providers: tuple[Provider, ...] = PROVIDERS
+
+    def __init__(self) -> None:
+        self._known = {provider.name: provider for provider in PROVIDERS}
+
+    def serves(self, provider: str, api_base: str | None, *, forced: bool = False) -> bool:
+        known = self._known.get(provider)
+        if known is not None and (known.base_url or api_base):
+            return True
+        if forced and not api_base:
+            raise BadRequest(
+                f"Provider {provider} has no OpenAI-compatible base URL: "
+                "give api_base, or drop via='wire'"
+            )
+        return forced
+
+    def base_url(self, provider: str, api_base: str | None) -> str:
+        if api_base:
+            base = api_base
+        else:
+            known = self._known[provider]
+            set_envs = (os.environ[e] for e in known.base_url_envs if os.environ.get(e))
+            base = next(set_envs, known.base_url or "")
+        base = base.rstrip("/")
+        if provider in OLLAMA_PROVIDERS and not base.endswith("/v1"):
+            base += "/v1"
+        return base
+
+    def complete(
+        self, target: Target, call: ProviderCall, timeout: float
+    ) -> Awaitable[dict[str, Any]]:
+        return complete(target, call, timeout)
+
+    def stream(self, target: Target, call: ProviderCall, timeout: float) -> Chunks:
+        return stream(target, call, timeout)
+
+    async def aclose(self) -> None:
+        await aclose()
+
+
+WIRE = WireTransport()

@@ -10,22 +10,41 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from types import ModuleType
 from typing import Any
 
 from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
-from llmkit.providers import pool
 from llmkit.providers.base import (
     CONNECTION_CODE,
     MALFORMED_CODE,
     ProviderCall,
     error_for_status,
 )
-from llmkit.providers.routing import Target
+from llmkit.providers.pool import acquire
+from llmkit.providers.transport import Chunks, Provider, Target
 
 RESERVED_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 MESSAGE_KEYS = ("role", "content", "tool_calls", "refusal", "reasoning_content")
+
+# litellm serves any provider it knows; these are the ones whose key variable llmkit names
+# (for a missing key, and in /v1/ui/models) beside those the wire transport declares.
+PROVIDERS = (
+    Provider("anthropic", "ANTHROPIC_API_KEY", bare_prefixes=("claude-",)),
+    Provider("gemini", "GEMINI_API_KEY"),
+    Provider("mistral", "MISTRAL_API_KEY"),
+    Provider("codestral", "CODESTRAL_API_KEY"),
+    Provider("cohere", "COHERE_API_KEY"),
+    Provider("cohere_chat", "COHERE_API_KEY"),
+    Provider("azure", "AZURE_API_KEY"),
+    Provider("azure_ai", "AZURE_AI_API_KEY"),
+    Provider("huggingface", "HUGGINGFACE_API_KEY"),
+    Provider("replicate", "REPLICATE_API_KEY"),
+    Provider("ai21", "AI21_API_KEY"),
+    Provider("voyage", "VOYAGE_API_KEY"),
+    Provider("anyscale", "ANYSCALE_API_KEY"),
+    Provider("cloudflare", "CLOUDFLARE_API_KEY"),
+)
 
 _import_lock = threading.Lock()
 _litellm: ModuleType | None = None
@@ -205,7 +224,7 @@ def _upstream(target: Target) -> tuple[str, str]:
 
 async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
     litellm = load_litellm()
-    place = await pool.acquire(*_upstream(target))
+    place = await acquire(*_upstream(target))
     try:
         response = await litellm.acompletion(**_kwargs(target, call, timeout))
     except Exception as exc:
@@ -224,7 +243,7 @@ async def stream(
     kwargs = _kwargs(target, call, timeout)
     kwargs["stream"] = True
     kwargs["stream_options"] = {**(call.params.get("stream_options") or {}), "include_usage": True}
-    place = await pool.acquire(*_upstream(target))
+    place = await acquire(*_upstream(target))
     try:
         try:
             response = await litellm.acompletion(**kwargs)
@@ -243,3 +262,32 @@ async def stream(
             await response.aclose()
     finally:
         place.release()
+
+
+class LitellmTransport:
+    """Every provider through litellm: asked last, it serves whatever no other transport
+    claims. Importing this module does not import litellm; the first call does."""
+
+    name = "litellm"
+    local = False
+    providers: tuple[Provider, ...] = PROVIDERS
+
+    def serves(self, provider: str, api_base: str | None, *, forced: bool = False) -> bool:
+        return True
+
+    def base_url(self, provider: str, api_base: str | None) -> str | None:
+        return None
+
+    def complete(
+        self, target: Target, call: ProviderCall, timeout: float
+    ) -> Awaitable[dict[str, Any]]:
+        return complete(target, call, timeout)
+
+    def stream(self, target: Target, call: ProviderCall, timeout: float) -> Chunks:
+        return stream(target, call, timeout)
+
+    async def aclose(self) -> None:
+        """Nothing to close: litellm's clients are its own."""
+
+
+LITELLM = LitellmTransport()

@@ -1,0 +1,60 @@
+"""`llmkit keys create`, `keys list` and `keys revoke`: the API keys of the HTTP API."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from llmkit.cli_options import handle_errors, json_option, open_workspace, print_json, repo_option
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@repo_option
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Admin scope: every /v1/ui route. Default: run scope.")
+@handle_errors
+def keys_create(repo: Path | None, name: str, admin: bool) -> None:
+    """Create a key and print it, alone on stdout; it is not shown again."""
+    ws = open_workspace(repo)
+    record, clear = ws.keys.create(name, "admin" if admin else "run")
+    click.echo(f"Created key {record.id} ({record.scope}) {record.prefix}…", err=True)
+    click.echo(clear)
+    ws.close()
+
+
+@keys.command("list")
+@repo_option
+@json_option
+@handle_errors
+def keys_list(repo: Path | None, as_json: bool) -> None:
+    """Every key (never the key itself)."""
+    ws = open_workspace(repo)
+    records = ws.keys.list()
+    ws.close()
+    if as_json:
+        print_json([asdict(r) for r in records])
+        return
+    for r in records:
+        state = f"revoked {r.revoked_at}" if r.revoked_at else f"last used {r.last_used_at or 'never'}"
+        click.echo(f"{r.id:>4}  {r.scope:<5}  {r.prefix}…  {r.name}  ({state})")
+
+
+@keys.command("revoke")
+@repo_option
+@click.argument("key_id", type=int)
+@handle_errors
+def keys_revoke(repo: Path | None, key_id: int) -> None:
+    """Revoke a key by id."""
+    ws = open_workspace(repo)
+    record = ws.keys.revoke(key_id)
+    ws.close()
+    click.echo(f"Revoked key {record.id} ({record.name})", err=True)
+    sys.exit(0)
