@@ -270,7 +270,10 @@ def make_api(tmp_path: Path) -> Iterator[MakeApi]:
     def build(files: dict[str, str] | None = None, **settings: Any) -> ApiEnv:
         root = tmp_path / f"repo{len(stack)}"
         # An empty `files` leaves the branch unborn.
-        repo = seeded_repo(root) if files is None else init_repo(root, files, commit=bool(files)).root
+        if files is None:
+            repo = seeded_repo(root)
+        else:
+            repo = init_repo(root, files, commit=bool(files)).root
         manager = running_api(repo, **settings)
         env = manager.__enter__()
         stack.append(manager)

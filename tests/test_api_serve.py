@@ -59,7 +59,8 @@ def test_first_start_prints_one_admin_key_a_second_start_none_and_the_watcher_se
     assert "Traceback" not in first.output()
 
     with serving(repo, tmp_path, watch=True, flags=()) as second:
-        assert not any(KEY_LINE.match(line) for line in second.stdout().splitlines()), second.stdout()
+        second_lines = second.stdout().splitlines()
+        assert not any(KEY_LINE.match(line) for line in second_lines), second.stdout()
         assert key_file.read_text() == admin_key + "\n"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         listed_keys = json.loads(invoke("keys", "list", "--json", "--repo", repo).stdout)
@@ -95,7 +96,7 @@ def test_keys_cli_creates_lists_and_revokes_against_a_running_server(tmp_path: P
     with serving(repo, tmp_path, flags=()) as server:
         admin_key = server.stdout().splitlines()[0]
 
-        # The one real `llmkit keys` process: the entry point and its exit code; the rest in-process.
+        # The one real `llmkit keys` process (entry point, exit code); the rest in-process.
         created = run_llmkit("keys", "create", "ci", "--repo", repo)
         assert created.returncode == 0, created.stderr
         assert len(created.stdout.splitlines()) == 1 and KEY_LINE.match(created.stdout.strip())

@@ -355,7 +355,11 @@ def test_sigterm_under_load_loses_no_row(fake: FakeUpstream, tmp_path: Path) -> 
     try:
         for thread in threads:
             thread.start()
-        poll(lambda: len(fake.chat_requests) >= total // 2, "requests in flight upstream", timeout_s=WAIT_S)
+        poll(
+            lambda: len(fake.chat_requests) >= total // 2,
+            "requests in flight upstream",
+            timeout_s=WAIT_S,
+        )
         returncode = server.terminate()
     finally:
         if server.proc.poll() is None:

@@ -119,7 +119,11 @@ def load_until_killed(server: ServerProcess, stream_every: int) -> list[str]:
     try:
         for thread in threads:
             thread.start()
-        poll(lambda: len(acknowledged) >= ACKNOWLEDGED_BEFORE_KILL, "calls answered", timeout_s=WAIT_S)
+        poll(
+            lambda: len(acknowledged) >= ACKNOWLEDGED_BEFORE_KILL,
+            "calls answered",
+            timeout_s=WAIT_S,
+        )
         server.proc.kill()
         server.proc.wait(WAIT_S)
     finally:

@@ -304,7 +304,11 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
 
         for sock in resetting:
             reset(sock)
-        poll(lambda: settled(held), "the gateway to close every upstream call it held", timeout_s=WAIT_S)
+        poll(
+            lambda: settled(held),
+            "the gateway to close every upstream call it held",
+            timeout_s=WAIT_S,
+        )
     finally:
         rss_peak = peak.stop()
         for sock in sockets:
@@ -343,7 +347,11 @@ def test_full_pool_answers_503_at_once_then_serves_again(gateway: Gateway) -> No
         burst_answer(fake)
     stalled = [silent_client(server, stream_body(text=f"pool-s{i}")) for i in range(POOL_SIZE)]
     try:
-        poll(lambda: len(fake.chat_requests) == POOL_SIZE, "the calls to fill the pool", timeout_s=WAIT_S)
+        poll(
+            lambda: len(fake.chat_requests) == POOL_SIZE,
+            "the calls to fill the pool",
+            timeout_s=WAIT_S,
+        )
         held = list(fake.chat_requests)
         for body in (stream_body(text="pool-next", stream=False), stream_body(text="pool-next")):
             refused = gateway.post(body)
