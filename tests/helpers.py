@@ -241,7 +241,7 @@ def run_llmkit(
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=clean_env(NO_COLOR="1", COLUMNS="200", **(env or {})),
+        env={**clean_env(NO_COLOR="1", COLUMNS="200"), **(env or {})},
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,

@@ -5,6 +5,7 @@ CliRunner, and each command once as a real process (the entry point and its exit
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +22,6 @@ from tests.exec_fixtures import (
     MISSING_KEY_ENV,
     PinnedShas,
     build_exec_repo,
-    server_env,
 )
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import invoke, run_llmkit
@@ -51,9 +51,8 @@ def llmkit(repo: CliRepo, *args: str) -> Result:
 
 def llmkit_process(repo: CliRepo, *args: str) -> subprocess.CompletedProcess[str]:
     """The same as a real `python -m llmkit` process."""
-    env = server_env()
-    env.pop(MISSING_KEY_ENV, None)
-    return run_llmkit(*args, "--repo", repo.root, env=env)
+    assert MISSING_KEY_ENV not in os.environ, f"{MISSING_KEY_ENV} must stay unset"
+    return run_llmkit(*args, "--repo", repo.root, env={FAKE_KEY_ENV: FAKE_KEY_VALUE})
 
 
 def trace_of(proc: Result | subprocess.CompletedProcess[str]) -> dict[str, str]:
