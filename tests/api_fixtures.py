@@ -1,18 +1,12 @@
 """Fixtures for the HTTP API tests: a real git repository in tmp_path, the real app driven
 in-process through `TestClient`, an admin and a run key, and a record of every error response
-the tests see (so one test can check that they all share one shape).
-
-Use in a test module:
-
-    from tests.api_fixtures import api, ApiEnv  # noqa: F401
+the tests see (so one test can check that they all share one shape). Registered by
+`tests/conftest.py`: a test names `api` or `make_api` and gets it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,8 +22,7 @@ from fastapi.testclient import TestClient
 from llmkit.api.app import create_app
 from llmkit.config import Settings
 from llmkit.workspace import Workspace
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import Repo, git, init_repo, invoke
 
 HELLO_MD = """\
 ---
@@ -64,73 +57,16 @@ SEED_FILES = {
     ".gitignore": ".llmkit/\n",
 }
 
-# The git identity of the people who edit the repository by hand in these tests.
-AUTHOR_NAME = "Test Author"
-AUTHOR_EMAIL = "author@example.com"
+def seeded_repo(root: Path) -> Path:
+    """A prompt repository holding the seed files, committed."""
+    return init_repo(root, SEED_FILES).root
 
 
-# -- git ----------------------------------------------------------------------------------
-
-
-def clean_env() -> dict[str, str]:
-    """The environment for git and llmkit subprocesses: no LLMKIT_* settings leak in, git asks
-    nothing and reads no system config, and llmkit imports from this checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMKIT_")}
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def git(repo: Path, *args: str, check: bool = True) -> str:
-    """Run git in `repo`; stdout without its trailing newline."""
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=clean_env())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-    return proc.stdout.rstrip("\n")
-
-
-def git_bytes(repo: Path, *args: str) -> bytes:
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, env=clean_env())
-    if proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
-    return proc.stdout
-
-
-def set_identity(repo: Path) -> None:
-    git(repo, "config", "user.name", AUTHOR_NAME)
-    git(repo, "config", "user.email", AUTHOR_EMAIL)
-    git(repo, "config", "commit.gpgsign", "false")
-
-
-def make_repo(root: Path, files: dict[str, str] | None = None) -> Path:
-    """A prompt repository made by hand: `git init -b main`, a local identity, and one commit
-    of `files` (the seed files by default; an empty dict leaves the branch unborn)."""
-    root.mkdir(parents=True, exist_ok=True)
-    git(root, "init", "-q", "-b", "main")
-    set_identity(root)
-    files = SEED_FILES if files is None else files
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, "utf-8")
-    if files:
-        git(root, "add", "--", *files)
-        git(root, "commit", "-q", "-m", "Seed the prompt repository")
-    return root
-
-
-def init_repo(root: Path) -> Path:
-    """A prompt repository made by `python -m llmkit init`, with a local identity."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "llmkit", "init", str(root)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        cwd=PROJECT_ROOT,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    set_identity(root)
+def scaffold_repo(root: Path) -> Path:
+    """A prompt repository made by `llmkit init`, with a local identity."""
+    result = invoke("init", root)
+    assert result.exit_code == 0, result.stderr
+    Repo(root).identify()
     return root
 
 
@@ -321,7 +257,7 @@ MakeApi = Callable[..., ApiEnv]
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiEnv]:
     """The app over a fresh repository holding `prompts/hello.md` and `prompts/support/triage.md`."""
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     with running_api(repo) as env:
         yield env
 
@@ -332,7 +268,12 @@ def make_api(tmp_path: Path) -> Iterator[MakeApi]:
     stack: list[Any] = []
 
     def build(files: dict[str, str] | None = None, **settings: Any) -> ApiEnv:
-        repo = make_repo(tmp_path / f"repo{len(stack)}", files)
+        root = tmp_path / f"repo{len(stack)}"
+        # An empty `files` leaves the branch unborn.
+        if files is None:
+            repo = seeded_repo(root)
+        else:
+            repo = init_repo(root, files, commit=bool(files)).root
         manager = running_api(repo, **settings)
         env = manager.__enter__()
         stack.append(manager)

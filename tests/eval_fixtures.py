@@ -1,28 +1,19 @@
 """Fixtures for the eval tests: prompt repositories in real git, run with the offline `echo`
 model (its answer is the conversation it was sent, one `role: content` line per message), a
-judge alias on the fake upstream, the runner driven in-process, and `llmkit eval` as a real
-subprocess.
-
-    from tests.eval_fixtures import EvalRepo, eval_repo, run_llmkit  # noqa: F401
+judge alias on the fake upstream, the runner and the app driven in-process. Registered by
+`tests/conftest.py` (`eval_repo`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -35,9 +26,8 @@ from llmkit.evals.runner import EvalRunner, RunOptions
 from llmkit.evals.spec import EvalCase, load_evals
 from llmkit.execute import Executor
 from llmkit.workspace import Workspace
+from tests.helpers import Repo, git, init_repo
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CLI_TIMEOUT_S = 60
 JUDGE_KEY_ENV = "EVAL_JUDGE_KEY"
 JUDGE_KEY_VALUE = "sk-judge-fake"
 
@@ -170,75 +160,15 @@ MAIN_FILES: dict[str, str] = {
 }
 
 
-# -- git --------------------------------------------------------------------------------------
+# -- the repository ---------------------------------------------------------------------------
 
 
-def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for git and llmkit subprocesses: no LLMKIT_* or GitHub settings leak in,
-    git asks nothing, and llmkit imports from this checkout."""
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith("LLMKIT_") and k != "GITHUB_STEP_SUMMARY"
-    }
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", NO_COLOR="1", COLUMNS="200")
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-    )
-    env[JUDGE_KEY_ENV] = JUDGE_KEY_VALUE
-    env.update(extra or {})
-    return env
-
-
-def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, env=subprocess_env(), timeout=60
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"git {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-    return proc.stdout.rstrip("\n")
-
-
-class EvalRepo:
+class EvalRepo(Repo):
     """A prompt repository in real git, on branch `main` after its first commit."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
 
     @classmethod
     def create(cls, root: Path, files: Mapping[str, str] | None = None) -> EvalRepo:
-        root.mkdir(parents=True, exist_ok=True)
-        git(root, "init", "-q", "-b", "main")
-        repo = cls(root)
-        repo.identify()
-        for rel, text in (MAIN_FILES if files is None else files).items():
-            repo.write(rel, text)
-        repo.commit("Prompts and evals")
-        return repo
-
-    def identify(self) -> None:
-        git(self.root, "config", "user.name", "Eval Author")
-        git(self.root, "config", "user.email", "evals@example.com")
-        git(self.root, "config", "commit.gpgsign", "false")
-
-    def git(self, *args: str) -> str:
-        return git(self.root, *args)
-
-    def write(self, rel: str, text: str) -> Path:
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, "utf-8")
-        return path
-
-    def read(self, rel: str) -> str:
-        return (self.root / rel).read_text("utf-8")
-
-    def commit(self, message: str) -> str:
-        self.git("add", "-A")
-        self.git("commit", "-q", "-m", message)
-        return self.head()
-
-    def head(self) -> str:
-        return self.git("rev-parse", "HEAD")
+        return cls(init_repo(root, MAIN_FILES if files is None else files).root)
 
     def branch(self, name: str, files: Mapping[str, str], message: str) -> str:
         """A new branch from the current one, with `files` written and committed."""
@@ -296,24 +226,6 @@ def feature_files() -> dict[str, str]:
 def eval_repo(tmp_path: Path) -> EvalRepo:
     """The prompt repository on `main`: greet (one case passes, one fails) and chat."""
     return EvalRepo.create(tmp_path / "repo")
-
-
-# -- llmkit as a subprocess -------------------------------------------------------------------
-
-
-def run_llmkit(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
-) -> subprocess.CompletedProcess[str]:
-    """`python -m llmkit ARGS` in `cwd` (stdout and stderr are pipes, never a terminal)."""
-    return subprocess.run(
-        [sys.executable, "-m", "llmkit", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=subprocess_env(env),
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 # -- the runner in-process --------------------------------------------------------------------
@@ -407,66 +319,3 @@ def error_shape(body: Any) -> bool:
         and isinstance(body["error"]["message"], str)
         and bool(body["error"]["message"])
     )
-
-
-# -- `llmkit serve` as a subprocess -----------------------------------------------------------
-
-SERVE_START_TIMEOUT_S = 30.0
-SERVE_STOP_TIMEOUT_S = 15.0
-
-
-@dataclass
-class Served:
-    process: subprocess.Popen[bytes]
-    url: str
-    admin_key: str
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str) -> bool:
-    deadline = time.monotonic() + SERVE_START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
-@contextmanager
-def serve(root: Path) -> Iterator[Served]:
-    """`python -m llmkit serve --no-watch` on a free port; its admin key is the one it creates
-    on first start (saved under .llmkit/). Stopped with SIGTERM at the end."""
-    process: subprocess.Popen[bytes] | None = None
-    for _ in range(3):  # another process may take the free port before the server binds it
-        port = _free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llmkit", "serve", "--repo", str(root), "--port", str(port),
-             "--no-watch", "--log-level", "warning"],
-            cwd=PROJECT_ROOT, env=subprocess_env(), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        if _wait_ready(process, url):
-            break
-        process.kill()
-        process.wait()
-        process = None
-    assert process is not None, "llmkit serve did not start"
-    try:
-        key = (root / ".llmkit" / "admin.key").read_text("utf-8").strip()
-        yield Served(process, url, key)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=SERVE_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -1,7 +1,6 @@
 """Fixtures for the execution tests: a prompt repository whose model aliases point at the fake
-upstream, the app in-process over it, and a real `llmkit serve` subprocess.
-
-    from tests.exec_fixtures import exec_api, fake, module_exec_api, module_fake  # noqa: F401
+upstream, the app in-process over it, and a real `llmkit serve` subprocess. Registered by
+`tests/conftest.py` (`fake`, `exec_api`, `exec_server` and their module-wide sources).
 
 The repository holds one prompt of each kind (chat, dynamic_both, dynamic_system, static,
 JSON mode, tools), prompts on aliases with a short timeout, retries and a missing key, and
@@ -11,12 +10,7 @@ JSON mode, tools), prompts on aliases with a short timeout, retries and a missin
 from __future__ import annotations
 
 import json
-import select
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api_fixtures import ApiEnv, clean_env, git, make_repo, running_api
+from tests.api_fixtures import ApiEnv, running_api
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import ServerProcess, clean_env, git, init_repo, start_server
 
 FAKE_KEY_ENV = "FAKE_KEY"
 FAKE_KEY_VALUE = "sk-fake-upstream-key"
 MISSING_KEY_ENV = "FAKE_KEY_NOT_SET"
-SERVER_START_TIMEOUT_S = 30.0
-SERVER_STOP_TIMEOUT_S = 30.0
 
 
 def llmkit_yaml(upstream_url: str) -> str:
@@ -221,7 +214,7 @@ class PinnedShas:
 def build_exec_repo(root: Path, upstream_url: str) -> PinnedShas:
     """The execution repository in `root`: every prompt, llmkit.yaml, and the history of
     `pinned` (tag v1.0 at v1, branch stable at v2, main at v3)."""
-    make_repo(root, {**PROMPTS, "llmkit.yaml": llmkit_yaml(upstream_url)})
+    init_repo(root, {**PROMPTS, "llmkit.yaml": llmkit_yaml(upstream_url)})
     v1 = git(root, "rev-parse", "HEAD")
     git(root, "tag", "v1.0")
     shas = [v1]
@@ -234,97 +227,9 @@ def build_exec_repo(root: Path, upstream_url: str) -> PinnedShas:
     return PinnedShas(*shas)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def server_env(**extra: str) -> dict[str, str]:
-    return {**clean_env(), FAKE_KEY_ENV: FAKE_KEY_VALUE, **extra}
-
-
-@dataclass
-class ServerProcess:
-    """A real `python -m llmkit serve` on 127.0.0.1."""
-
-    repo: Path
-    port: int
-    proc: subprocess.Popen[str]
-    admin_key: str
-    stdout_first_line: str
-    stderr_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def v1(self) -> str:
-        return self.url + "/v1"
-
-    @property
-    def db_path(self) -> Path:
-        return self.repo / ".llmkit" / "llmkit.db"
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.admin_key}"}
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text("utf-8", errors="replace")
-
-    def terminate(self, timeout: float = SERVER_STOP_TIMEOUT_S) -> int:
-        """SIGTERM, then wait for a graceful exit; kills (and fails) when it hangs."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-                raise AssertionError(f"llmkit serve did not stop on SIGTERM:\n{self.stderr()}")
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return int(self.proc.returncode)
-
-
-def start_server(
-    repo: Path, log_dir: Path, env: dict[str, str] | None = None, *, watch: bool = False
-) -> ServerProcess:
-    """Start `llmkit serve` (with its watcher when `watch`) and wait (bounded) until it answers."""
-    port = free_port()
-    stderr_path = log_dir / f"serve-{port}.stderr"
-    stderr_file = stderr_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmkit", "serve", "--repo", str(repo), "--port", str(port),
-         *([] if watch else ["--no-watch"]), "--log-level", "warning"],
-        stdout=subprocess.PIPE,
-        stderr=stderr_file,
-        text=True,
-        env=env or server_env(),
-    )
-    stderr_file.close()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"llmkit serve exited with {proc.returncode}:\n{stderr_path.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/", timeout=1).status_code < 500:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"llmkit serve did not answer within {SERVER_START_TIMEOUT_S} s")
-        time.sleep(0.05)
-    key_file = repo / ".llmkit" / "admin.key"
-    admin_key = key_file.read_text("utf-8").strip()
-    assert proc.stdout is not None
-    # The key line is flushed before uvicorn starts, so it is there once the server answers; a
-    # restart prints nothing on stdout, and readline would wait for the process to end.
-    readable, _, _ = select.select([proc.stdout], [], [], 0)
-    first_line = proc.stdout.readline().strip() if readable else ""
-    return ServerProcess(repo, port, proc, admin_key, first_line, stderr_path)
+    """A clean environment with the fake upstream's key set."""
+    return clean_env(**{FAKE_KEY_ENV: FAKE_KEY_VALUE, **extra})
 
 
 def read_run_log(db_path: Path) -> list[dict[str, Any]]:
@@ -445,23 +350,3 @@ def module_exec_server(module_fake: FakeUpstream, tmp_path_factory: pytest.TempP
 def exec_server(module_exec_server: ExecServer, fake: FakeUpstream) -> ExecServer:
     """The module's server, with a fresh fake upstream."""
     return module_exec_server
-
-
-__all__ = [
-    "ExecApi",
-    "PinnedShas",
-    "ServerProcess",
-    "build_exec_repo",
-    "ExecServer",
-    "exec_api",
-    "exec_server",
-    "fake",
-    "module_exec_api",
-    "module_exec_server",
-    "module_fake",
-    "free_port",
-    "read_run_log",
-    "server_env",
-    "sse_events",
-    "start_server",
-]

@@ -19,9 +19,7 @@ written as fast as the client takes them (with "slow", `slow_after=K` sends the 
 once and the rest `delay` apart: a burst, then a trickle that is still going when the client is
 dropped); `RecordedRequest.bytes_sent` counts the bytes written before the exchange ended.
 
-Usage from another test file:
-
-    from tests.fake_upstream import fake_upstream  # noqa: F401
+Usage from a test file (`tests/conftest.py` registers this module's fixture):
 
     def test_x(fake_upstream):
         fake_upstream.enqueue(content="hi")

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api_fixtures import ApiEnv, MakeApi, make_api, make_repo, repo_state  # noqa: F401
-from tests.exec_fixtures import server_env, start_server
+from tests.api_fixtures import ApiEnv, MakeApi, repo_state
+from tests.exec_fixtures import server_env
+from tests.helpers import init_repo, start_server
 
 ECHO_YAML = "models:\n  default:\n    model: echo\n"
 
@@ -67,7 +68,7 @@ FILES = {
 
 
 @pytest.fixture
-def api(make_api: MakeApi) -> ApiEnv:  # noqa: F811
+def api(make_api: MakeApi) -> ApiEnv:
     return make_api(FILES)
 
 
@@ -413,7 +414,7 @@ def test_health_and_other_completions_are_served_while_a_render_burns_its_budget
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "repo"
-    make_repo(
+    init_repo(
         repo,
         {
             "llmkit.yaml": ECHO_YAML + "limits:\n  render_cpu_ms: 2000\n",

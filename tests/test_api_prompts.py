@@ -7,18 +7,8 @@ import re
 import pytest
 
 from llmkit.promptfile import parse, serialize
-from tests.api_fixtures import (  # noqa: F401
-    HELLO_MD,
-    TRIAGE_MD,
-    ApiEnv,
-    MakeApi,
-    api,
-    app_routes,
-    git,
-    git_bytes,
-    make_api,
-    repo_state,
-)
+from tests.api_fixtures import HELLO_MD, TRIAGE_MD, ApiEnv, MakeApi, app_routes, repo_state
+from tests.helpers import git, git_bytes
 
 LLMKIT_FIELDS = {
     "id", "key", "system", "user", "model", "max_tokens", "temperature", "json_mode",
@@ -189,7 +179,7 @@ def test_get_one_version_by_number_sha_prefix_branch_and_tag(api: ApiEnv) -> Non
         body = response.json()
         assert body["content"] == expected, spec
         assert body["sha"] == first and body["number"] == 1, spec
-        assert body["key"] == "hello" and body["message"] == "Seed the prompt repository"
+        assert body["key"] == "hello" and body["message"] == "Initial commit"
     latest = api.get("/v1/ui/prompts/hello/versions/main").json()
     assert latest["number"] == 2 and latest["system"] == "Second."
     for spec in ("7", "nosuchref", "0000000"):

@@ -18,18 +18,16 @@ from starlette.routing import Mount
 
 from llmkit.index import INDEX_TABLES
 from llmkit.workspace import Workspace
-from tests.api_fixtures import (  # noqa: F401
+from tests.api_fixtures import (
     SEEN_ERRORS,
     ApiEnv,
     MakeApi,
-    api,
     app_routes,
     bearer,
     error_shape_problem,
-    git,
-    make_api,
     repo_state,
 )
+from tests.helpers import git
 
 # Reachable without a key; everything else needs one.
 PUBLIC_PATHS = {"/v1/", "/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}

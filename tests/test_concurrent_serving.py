@@ -13,23 +13,19 @@ import logging
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
 from llmkit.errors import IndexUnavailable
 from llmkit.workspace import Workspace
-from tests.api_fixtures import ApiEnv, clean_env, git, make_repo, running_api
-from tests.exec_fixtures import ServerProcess, start_server
-
-T = TypeVar("T")
+from tests.api_fixtures import ApiEnv, running_api
+from tests.helpers import ServerProcess, git, init_repo, poll, run_llmkit, start_server
 
 REQUEST_TIMEOUT_S = 30.0  # a healthy server answers far sooner; a stalled loop never does
 WAIT_S = 15.0
@@ -53,16 +49,6 @@ FILES = {
 }
 
 
-def poll(check: Callable[[], T], timeout_s: float = WAIT_S, every_s: float = 0.02) -> T:
-    """Call `check` until it returns something truthy or the deadline passes; its last result."""
-    deadline = time.monotonic() + timeout_s
-    result = check()
-    while not result and time.monotonic() < deadline:
-        time.sleep(every_s)
-        result = check()
-    return result
-
-
 def client(server: ServerProcess) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=server.headers(), timeout=REQUEST_TIMEOUT_S)
 
@@ -77,17 +63,14 @@ def served(http: httpx.Client, key: str = "live") -> tuple[str, str]:
 
 def rebuild_cli(repo: Path) -> subprocess.CompletedProcess[str]:
     """`llmkit index --rebuild` in a process of its own."""
-    return subprocess.run(
-        [sys.executable, "-m", "llmkit", "index", "--rebuild", "--json", "--repo", str(repo)],
-        check=False, capture_output=True, text=True, env=clean_env(), timeout=120,
-    )
+    return run_llmkit("index", "--rebuild", "--json", "--repo", repo, timeout=120)
 
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start `llmkit serve` processes over one repository; all are stopped at the end."""
     started: list[ServerProcess] = []
-    repo = make_repo(tmp_path / "repo", FILES)
+    repo = init_repo(tmp_path / "repo", FILES).root
 
     def start(watch: bool = True) -> ServerProcess:
         server = start_server(repo, tmp_path, watch=watch)
@@ -148,7 +131,7 @@ WRITES_THAT_WAIT: dict[str, Callable[[httpx.Client], httpx.Response]] = {
 def lone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One `llmkit serve` without a watcher, for the tests that hold the store's lock."""
     base = tmp_path_factory.mktemp("lone")
-    server = start_server(make_repo(base / "repo", FILES), base)
+    server = start_server(init_repo(base / "repo", FILES).root, base)
     try:
         yield server
     finally:
@@ -176,7 +159,7 @@ def test_a_write_waiting_for_the_store_lock_leaves_completions_and_health_answer
         with store_lock_held(server.repo) as lock_path:
             writer = threading.Thread(target=send, daemon=True)
             writer.start()
-            assert poll(lambda: waits_for_flock(server.proc.pid, lock_path)), (
+            assert poll(lambda: waits_for_flock(server.proc.pid, lock_path), timeout_s=WAIT_S), (
                 "the write never reached the store's lock"
             )
             # The server is now blocked on the lock for the write: everything else still answers.
@@ -222,7 +205,7 @@ def test_two_servers_on_one_repository_serve_each_others_writes(
             assert body["sha"] == git(first.repo, "rev-parse", "HEAD")
             expected = (str(n), f"system: Version {n} speaking.")
             for name, http in (("first", a), ("second", b)):
-                seen = poll(lambda h=http, e=expected: served(h) == e and e)
+                seen = poll(lambda h=http, e=expected: served(h) == e and e, timeout_s=WAIT_S)
                 assert seen == expected, f"write {n}: the {name} server serves {served(http)}"
         for name, server in (("first", first), ("second", second)):
             assert "Traceback" not in server.stderr(), f"{name} server:\n{server.stderr()}"
@@ -317,7 +300,7 @@ def index_log(handler: logging.Handler) -> Iterator[None]:
 
 
 def test_a_sync_that_fails_once_is_retried_and_serves_the_new_version(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", FILES)
+    repo = init_repo(tmp_path / "repo", FILES).root
     ws = Workspace.open(str(repo))
     try:
         ws.index.sync()
@@ -338,7 +321,7 @@ def test_a_sync_that_fails_once_is_retried_and_serves_the_new_version(tmp_path: 
 
 
 def test_a_sync_that_keeps_failing_raises_and_leaves_no_stale_cache(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", FILES)
+    repo = init_repo(tmp_path / "repo", FILES).root
     ws = Workspace.open(str(repo))
     other = Workspace.open(str(repo))  # another server's view of the same database
     try:
@@ -363,7 +346,7 @@ def test_a_sync_that_keeps_failing_raises_and_leaves_no_stale_cache(tmp_path: Pa
 def test_a_watcher_whose_sync_failed_tries_again_without_another_change(tmp_path: Path) -> None:
     from llmkit.watch import Watcher
 
-    repo = make_repo(tmp_path / "repo", FILES)
+    repo = init_repo(tmp_path / "repo", FILES).root
     ws = Workspace.open(str(repo))
     ws.index.sync()
     ws.index.busy_timeout_s = 0.01
@@ -376,8 +359,11 @@ def test_a_watcher_whose_sync_failed_tries_again_without_another_change(tmp_path
             with index_log(handler):
                 (repo / "prompts/live.md").write_text(live_md(2))
                 # The only change: the sync it calls for fails, and nothing else happens.
-                assert poll(lambda: handler.failures)
-                assert poll(lambda: ws.index.version("live").content == live_md(2))
+                assert poll(lambda: handler.failures, timeout_s=WAIT_S)
+                served_v2 = poll(
+                    lambda: ws.index.version("live").content == live_md(2), timeout_s=WAIT_S
+                )
+                assert served_v2
         assert ws.index.version("live").draft
     finally:
         watcher.stop()
@@ -385,7 +371,7 @@ def test_a_watcher_whose_sync_failed_tries_again_without_another_change(tmp_path
 
 
 def test_a_rebuild_by_another_process_is_served_without_a_sync_here(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", FILES)
+    repo = init_repo(tmp_path / "repo", FILES).root
     ws = Workspace.open(str(repo))
     try:
         ws.index.sync()
@@ -403,7 +389,7 @@ def test_a_rebuild_by_another_process_is_served_without_a_sync_here(tmp_path: Pa
 
 def test_syncs_from_two_processes_interleave_into_the_rows_of_a_rebuild(tmp_path: Path) -> None:
     """Two views of one database (as two servers have) sync in threads while commits land."""
-    repo = make_repo(tmp_path / "repo", FILES)
+    repo = init_repo(tmp_path / "repo", FILES).root
     views = [Workspace.open(str(repo)) for _ in range(2)]
     errors: list[BaseException] = []
     done = threading.Event()
@@ -458,7 +444,7 @@ def _index_rows(ws: Workspace) -> dict[str, list[tuple[object, ...]]]:
 @pytest.fixture
 def locked_out(tmp_path: Path) -> Iterator[ApiEnv]:
     """The app in-process, its index giving up quickly on a locked database."""
-    repo = make_repo(tmp_path / "repo", FILES)
+    repo = init_repo(tmp_path / "repo", FILES).root
     with running_api(repo) as env:
         env.ws.index.busy_timeout_s = 0.01
         env.ws.index.sync_attempts = 2

@@ -21,8 +21,8 @@ from tests.eval_fixtures import (
     EvalRepo,
     error_shape,
     eval_api,
-    serve,
 )
+from tests.helpers import serving
 
 V1_TEXT = "Always say hello."
 V2_TEXT = "Say goodbye at the end."
@@ -409,8 +409,8 @@ def test_records_survive_an_index_rebuild(api: EvalApi) -> None:
     assert ok(api.request("GET", "/v1/ui/prompts/greet/performance")) == before
 
 
-def test_against_a_real_server(repo: EvalRepo) -> None:
-    with serve(repo.root) as server:
+def test_against_a_real_server(repo: EvalRepo, tmp_path: Path) -> None:
+    with serving(repo.root, tmp_path) as server:
         headers = {"Authorization": f"Bearer {server.admin_key}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
             created = client.post("/v1/ui/prompt-evals", json=HELLO_CASE)

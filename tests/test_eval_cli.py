@@ -1,5 +1,6 @@
 """`llmkit eval` end to end: a prompt repository with real git branches in tmp_path, the offline
-echo model, and the command run as a subprocess (so stderr is not a terminal)."""
+echo model, and the command run in-process through click's CliRunner (stderr is not a
+terminal); the first test runs it as a real process, for the entry point and its exit code."""
 
 from __future__ import annotations
 
@@ -11,21 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.eval_fixtures import (
-    GREET_BOTH_MD,
-    EvalRepo,
-    eval_repo,  # noqa: F401
-    feature_files,
-    git,
-    run_llmkit,
-)
+from tests.eval_fixtures import GREET_BOTH_MD, EvalRepo, feature_files
+from tests.helpers import git, invoke, run_llmkit
 
 REPORT_ARGS = ("--junit", "j.xml", "--json", "k.json", "--markdown", "m.md")
 PROGRESS_LINE = re.compile(r"^\[(\d+)/(\d+)\] (pass|FAIL) ([\w./-]+)@(\S+) (.+)$")
 
 
 @pytest.fixture
-def feature(eval_repo: EvalRepo) -> EvalRepo:  # noqa: F811
+def feature(eval_repo: EvalRepo) -> EvalRepo:
     """On branch `feature`: greet changed (one regression, one fix) and a new case."""
     eval_repo.branch("feature", feature_files(), "Say goodbye instead")
     return eval_repo
@@ -110,18 +105,18 @@ def test_regression_against_base_branch(feature: EvalRepo) -> None:
     assert "1 regression(s)" in proc.stdout
 
 
-def test_all_passing_exits_zero(eval_repo: EvalRepo) -> None:  # noqa: F811
+def test_all_passing_exits_zero(eval_repo: EvalRepo) -> None:
     eval_repo.branch("fix", {"prompts/greet.md": GREET_BOTH_MD}, "Hello and goodbye")
-    proc = run_llmkit("eval", "--base", "main", "--json", "k.json", cwd=eval_repo.root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = invoke("eval", "--base", "main", "--json", "k.json", cwd=eval_repo.root)
+    assert proc.exit_code == 0, proc.stdout + proc.stderr
     report = json.loads((eval_repo.root / "k.json").read_text("utf-8"))
     assert report["ok"] is True
     assert report["summary"]["regressions"] == 0 and report["summary"]["fixed"] == 1
 
 
-def test_failure_without_base_exits_one(eval_repo: EvalRepo) -> None:  # noqa: F811
-    proc = run_llmkit("eval", "--json", "k.json", cwd=eval_repo.root)
-    assert proc.returncode == 1
+def test_failure_without_base_exits_one(eval_repo: EvalRepo) -> None:
+    proc = invoke("eval", "--json", "k.json", cwd=eval_repo.root)
+    assert proc.exit_code == 1
     report = json.loads((eval_repo.root / "k.json").read_text("utf-8"))
     assert report["compared"] is False
     assert {n: c["status"] for n, c in cases_of(report).items()} == {
@@ -131,47 +126,47 @@ def test_failure_without_base_exits_one(eval_repo: EvalRepo) -> None:  # noqa: F
 
 def test_usage_and_config_errors_exit_two(feature: EvalRepo) -> None:
     root = feature.root
-    proc = run_llmkit("eval", "--base", "no-such-branch", cwd=root)
-    assert proc.returncode == 2
+    proc = invoke("eval", "--base", "no-such-branch", cwd=root)
+    assert proc.exit_code == 2
     assert "--base 'no-such-branch' is not a branch, tag or commit" in proc.stderr
 
-    proc = run_llmkit("eval", "--ref", "no-such-ref", cwd=root)
-    assert proc.returncode == 2 and "--ref 'no-such-ref'" in proc.stderr
+    proc = invoke("eval", "--ref", "no-such-ref", cwd=root)
+    assert proc.exit_code == 2 and "--ref 'no-such-ref'" in proc.stderr
 
-    proc = run_llmkit("eval", "--prompt", "nope", cwd=root)
-    assert proc.returncode == 2 and "No eval cases for prompt(s): nope" in proc.stderr
+    proc = invoke("eval", "--prompt", "nope", cwd=root)
+    assert proc.exit_code == 2 and "No eval cases for prompt(s): nope" in proc.stderr
 
-    proc = run_llmkit("eval", "evals/nowhere", cwd=root)
-    assert proc.returncode == 2 and "evals/nowhere does not exist" in proc.stderr
+    proc = invoke("eval", "evals/nowhere", cwd=root)
+    assert proc.exit_code == 2 and "evals/nowhere does not exist" in proc.stderr
 
-    proc = run_llmkit("eval", "--junit", "missing-dir/j.xml", cwd=root)
-    assert proc.returncode == 2 and "missing-dir" in proc.stderr
+    proc = invoke("eval", "--junit", "missing-dir/j.xml", cwd=root)
+    assert proc.exit_code == 2 and "missing-dir" in proc.stderr
     assert stored_runs(feature) == 0, "a usage error runs nothing"
 
     broken = "name: broken\nassert:\n- type: containz\n  value: x\n"
     feature.write("evals/greet/broken.yaml", broken)
-    proc = run_llmkit("eval", cwd=root)
-    assert proc.returncode == 2
+    proc = invoke("eval", cwd=root)
+    assert proc.exit_code == 2
     assert "evals/greet/broken.yaml:3: unknown assertion type 'containz'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
     feature.write("evals/greet/broken.yaml", "name: [unclosed\n")
-    proc = run_llmkit("eval", cwd=root)
-    assert proc.returncode == 2 and "evals/greet/broken.yaml:" in proc.stderr
+    proc = invoke("eval", cwd=root)
+    assert proc.exit_code == 2 and "evals/greet/broken.yaml:" in proc.stderr
     assert "YAML syntax error" in proc.stderr
 
 
-def test_broken_llmkit_yaml_is_a_config_error(eval_repo: EvalRepo) -> None:  # noqa: F811
+def test_broken_llmkit_yaml_is_a_config_error(eval_repo: EvalRepo) -> None:
     eval_repo.write("llmkit.yaml", "models:\n  default: {}\n")
-    proc = run_llmkit("eval", "--json", "k.json", cwd=eval_repo.root)
-    assert proc.returncode == 2, proc.stdout
+    proc = invoke("eval", "--json", "k.json", cwd=eval_repo.root)
+    assert proc.exit_code == 2, proc.stdout
     assert "llmkit.yaml: alias 'default' needs a 'model' string" in proc.stderr
     assert not (eval_repo.root / "k.json").exists()
 
 
-def test_unknown_option_is_a_usage_error(eval_repo: EvalRepo) -> None:  # noqa: F811
-    proc = run_llmkit("eval", "--no-such-flag", cwd=eval_repo.root)
-    assert proc.returncode == 2 and "No such option" in proc.stderr
+def test_unknown_option_is_a_usage_error(eval_repo: EvalRepo) -> None:
+    proc = invoke("eval", "--no-such-flag", cwd=eval_repo.root)
+    assert proc.exit_code == 2 and "No such option" in proc.stderr
 
 
 def test_base_origin_main_in_a_clone(feature: EvalRepo, tmp_path: Path) -> None:
@@ -184,8 +179,8 @@ def test_base_origin_main_in_a_clone(feature: EvalRepo, tmp_path: Path) -> None:
     assert clone.git("rev-parse", "origin/main") == feature.git("rev-parse", "main")
     assert clone.git("branch", "--list", "main") == ""  # only the remote-tracking branch
 
-    proc = run_llmkit("eval", "--base", "origin/main", "--json", "k.json", cwd=clone.root)
-    assert proc.returncode == 1, proc.stderr
+    proc = invoke("eval", "--base", "origin/main", "--json", "k.json", cwd=clone.root)
+    assert proc.exit_code == 1, proc.stderr
     report = json.loads((clone.root / "k.json").read_text("utf-8"))
     assert report["base_ref"] == "origin/main"
     statuses = {n: c["status"] for n, c in cases_of(report).items()}
@@ -193,24 +188,24 @@ def test_base_origin_main_in_a_clone(feature: EvalRepo, tmp_path: Path) -> None:
 
 
 def test_ref_runs_that_refs_prompt_versions(feature: EvalRepo) -> None:
-    proc = run_llmkit("eval", "--ref", "main", "--prompt", "greet", "--json", "k.json",
+    proc = invoke("eval", "--ref", "main", "--prompt", "greet", "--json", "k.json",
                       cwd=feature.root)
-    assert proc.returncode == 1
+    assert proc.exit_code == 1
     cases = cases_of(json.loads((feature.root / "k.json").read_text("utf-8")))
     assert {n: (c["after"]["version_number"], c["passed"]) for n, c in cases.items()} == {
         "says hello": (1, True), "mentions goodbye": (1, False), "asks who": (1, True),
     }
 
     # A prompt that does not exist at --ref is named, not silently left out.
-    proc = run_llmkit("eval", "--ref", "main", cwd=feature.root)
-    assert proc.returncode == 2 and "No prompt farewell at --ref main" in proc.stderr
+    proc = invoke("eval", "--ref", "main", cwd=feature.root)
+    assert proc.exit_code == 2 and "No prompt farewell at --ref main" in proc.stderr
 
 
 def test_repeat_jobs_and_the_cache(feature: EvalRepo) -> None:
     root = feature.root
-    proc = run_llmkit("eval", "-j", "1", "--repeat", "3", "--prompt", "chat", "--json", "k.json",
+    proc = invoke("eval", "-j", "1", "--repeat", "3", "--prompt", "chat", "--json", "k.json",
                       cwd=root)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.exit_code == 0, proc.stderr
     report = json.loads((root / "k.json").read_text("utf-8"))
     [case] = report["cases"]
     assert case["after"]["runs"] == 3 and case["after"]["passed_runs"] == 3
@@ -218,27 +213,27 @@ def test_repeat_jobs_and_the_cache(feature: EvalRepo) -> None:
     assert report["summary"]["cached_runs"] == 0
     assert [int(m.group(1)) for m in progress_lines(proc.stderr)] == [1, 2, 3]
 
-    proc = run_llmkit("eval", "-j", "4", "--repeat", "3", "--prompt", "chat", "--json", "k.json",
+    proc = invoke("eval", "-j", "4", "--repeat", "3", "--prompt", "chat", "--json", "k.json",
                       cwd=root)
     report = json.loads((root / "k.json").read_text("utf-8"))
     assert report["summary"]["cached_runs"] == 3
     assert "3/3 runs from cache" in proc.stdout
 
-    proc = run_llmkit("eval", "--repeat", "3", "--prompt", "chat", "--no-cache", "--json",
+    proc = invoke("eval", "--repeat", "3", "--prompt", "chat", "--no-cache", "--json",
                       "k.json", cwd=root)
     report = json.loads((root / "k.json").read_text("utf-8"))
     assert report["summary"]["cached_runs"] == 0
 
-    proc = run_llmkit("eval", "-j", "0", cwd=root)
-    assert proc.returncode == 2
+    proc = invoke("eval", "-j", "0", cwd=root)
+    assert proc.exit_code == 2
 
 
 def test_paths_and_prompt_filter_the_cases(feature: EvalRepo) -> None:
     root = feature.root
 
     def names(*args: str) -> set[str]:
-        proc = run_llmkit("eval", *args, "--json", "k.json", cwd=root)
-        assert proc.returncode in (0, 1), proc.stderr
+        proc = invoke("eval", *args, "--json", "k.json", cwd=root)
+        assert proc.exit_code in (0, 1), proc.stderr
         return set(cases_of(json.loads((root / "k.json").read_text("utf-8"))))
 
     assert names("evals/chat") == {"passes the history through"}
@@ -253,16 +248,16 @@ def test_paths_and_prompt_filter_the_cases(feature: EvalRepo) -> None:
     assert names("--prompt", "greet", "evals/greet/cases.yaml") == {
         "says hello", "mentions goodbye",
     }
-    proc = run_llmkit("eval", "--prompt", "chat", "evals/greet", cwd=root)
-    assert proc.returncode == 2 and "No eval cases to run" in proc.stderr
+    proc = invoke("eval", "--prompt", "chat", "evals/greet", cwd=root)
+    assert proc.exit_code == 2 and "No eval cases to run" in proc.stderr
 
 
 def test_github_step_summary(feature: EvalRepo, tmp_path: Path) -> None:
     summary = tmp_path / "step-summary.md"
     summary.write_text("# Earlier step\n", "utf-8")
-    proc = run_llmkit("eval", "--base", "main", "--markdown", "m.md", cwd=feature.root,
+    proc = invoke("eval", "--base", "main", "--markdown", "m.md", cwd=feature.root,
                       env={"GITHUB_STEP_SUMMARY": str(summary)})
-    assert proc.returncode == 1
+    assert proc.exit_code == 1
     markdown = (feature.root / "m.md").read_text("utf-8")
     text = summary.read_text("utf-8")
     assert text.startswith("# Earlier step\n")
@@ -270,15 +265,15 @@ def test_github_step_summary(feature: EvalRepo, tmp_path: Path) -> None:
 
     # --markdown pointed at the step summary itself is written there once.
     summary.write_text("", "utf-8")
-    run_llmkit("eval", "--markdown", str(summary), cwd=feature.root,
+    invoke("eval", "--markdown", str(summary), cwd=feature.root,
                env={"GITHUB_STEP_SUMMARY": str(summary)})
     assert summary.read_text("utf-8").count("## ❌ llmkit eval") == 1
 
 
 def test_runs_land_in_durable_tables_that_a_rebuild_keeps(feature: EvalRepo) -> None:
     root = feature.root
-    proc = run_llmkit("eval", "--base", "main", cwd=root)
-    assert proc.returncode == 1
+    proc = invoke("eval", "--base", "main", cwd=root)
+    assert proc.exit_code == 1
     [run] = feature.query("SELECT * FROM eval_runs")
     assert (run["ref"], run["base_ref"], run["source"]) == (None, "main", "cli")
     assert json.loads(run["summary"])["regressions"] == 1
@@ -312,6 +307,6 @@ def test_runs_land_in_durable_tables_that_a_rebuild_keeps(feature: EvalRepo) -> 
     durable = ("eval_runs", "eval_results", "response_cache")
     snapshot = {t: feature.query(f"SELECT * FROM {t}") for t in durable}
     assert snapshot["response_cache"], "responses are cached"
-    proc = run_llmkit("index", "--rebuild", cwd=root)
-    assert proc.returncode == 0, proc.stderr
+    proc = invoke("index", "--rebuild", cwd=root)
+    assert proc.exit_code == 0, proc.stderr
     assert {t: feature.query(f"SELECT * FROM {t}") for t in durable} == snapshot

@@ -21,7 +21,7 @@ from tests.eval_fixtures import (
     llmkit_yaml,
     runner_env,
 )
-from tests.fake_upstream import FakeUpstream, fake_upstream  # noqa: F401
+from tests.fake_upstream import FakeUpstream
 
 BRIEF_MD = """\
 ---
@@ -111,7 +111,7 @@ assert:
 
 @pytest.fixture
 def env(
-    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RunnerEnv]:
     monkeypatch.setenv(JUDGE_KEY_ENV, JUDGE_KEY_VALUE)
     files = {
@@ -187,7 +187,7 @@ def test_repeat_option_overrides_every_case(env: RunnerEnv) -> None:
 
 
 def test_model_override_per_case(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     named = by_name(env.run(env.cases("brief")))
     routed = named["on another model"]
@@ -200,7 +200,7 @@ def test_model_override_per_case(
 
 
 def test_provider_error_is_a_failed_result_with_the_error_as_reason(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     fake_upstream.enqueue(status=400, error="the model is on fire")
     [result] = env.run(env.cases("upstream"), use_cache=False)
@@ -212,7 +212,7 @@ def test_provider_error_is_a_failed_result_with_the_error_as_reason(
 
 
 def test_render_error_is_a_failed_result(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     env.ws.settings.repo.joinpath("evals/greet/missing.yaml").write_text(MISSING_VAR_EVALS, "utf-8")
     [result] = env.run(env.cases("greet")[2:])
@@ -223,7 +223,7 @@ def test_render_error_is_a_failed_result(
 
 
 def test_upstream_answer_is_checked(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     fake_upstream.enqueue(content="pong!")
     [result] = env.run(env.cases("upstream"), use_cache=False)
@@ -246,7 +246,7 @@ def test_upstream_answer_is_checked(
 )
 def test_judge_assertion(
     env: RunnerEnv,
-    fake_upstream: FakeUpstream,  # noqa: F811
+    fake_upstream: FakeUpstream,
     answer: str,
     passed: bool,
     reason: str,
@@ -265,7 +265,7 @@ def test_judge_assertion(
 
 
 def test_judge_error_fails_the_assertion(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     # The judge alias has max_retries: 0, so one error answer is the only call.
     fake_upstream.enqueue(status=503, error="judge overloaded")
@@ -276,7 +276,7 @@ def test_judge_error_fails_the_assertion(
 
 
 def test_second_run_comes_from_the_cache(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     cases = env.cases("upstream") + env.cases("judged")
     fake_upstream.enqueue(content="pong")
@@ -294,7 +294,7 @@ def test_second_run_comes_from_the_cache(
 
 
 def test_no_cache_calls_again(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     cases = env.cases("upstream")
     env.run(cases)
@@ -306,7 +306,7 @@ def test_no_cache_calls_again(
 
 
 def test_repeats_have_separate_cache_entries(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     cases = env.cases("upstream")
     for answer in ("pong 1", "pong 2", "pong 3"):
@@ -325,7 +325,7 @@ def test_repeats_have_separate_cache_entries(
 
 
 def test_errors_are_not_cached(
-    env: RunnerEnv, fake_upstream: FakeUpstream  # noqa: F811
+    env: RunnerEnv, fake_upstream: FakeUpstream
 ) -> None:
     cases = env.cases("upstream")
     fake_upstream.enqueue(status=400, error="broken once")

@@ -16,16 +16,9 @@ import pytest
 
 from llmkit import providers
 from llmkit.execute import Executor
-from tests.api_fixtures import make_repo, running_api
-from tests.exec_fixtures import (  # noqa: F401
-    FAKE_KEY_ENV,
-    MISSING_KEY_ENV,
-    ExecApi,
-    exec_api,
-    fake,
-    module_exec_api,
-    module_fake,
-)
+from tests.api_fixtures import running_api
+from tests.exec_fixtures import FAKE_KEY_ENV, MISSING_KEY_ENV, ExecApi
+from tests.helpers import init_repo
 
 PERSONA = {"persona": "a pirate"}
 BOTH_VARS = {"persona": "a pirate", "question": "Where is the gold?"}
@@ -781,7 +774,7 @@ def test_invalid_alias_settings_are_a_config_error_naming_them(tmp_path: Path) -
         "prompts/p.md": "---\nmodel: broken\n---\n<!-- role:system -->\nHi.\n",
         "llmkit.yaml": "models:\n  broken:\n    model: echo\n    timeout: fast\n",
     }
-    with running_api(make_repo(tmp_path / "repo", files)) as env:
+    with running_api(init_repo(tmp_path / "repo", files).root) as env:
         response = env.post("/v1/chat/completions", json={"model": "p"})
         assert response.status_code == 500
         error = error_of(response)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_fixtures import make_repo, running_api
+from tests.api_fixtures import running_api
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import init_repo
 
 PROMPT = """---
 model: primary
@@ -42,7 +43,7 @@ def test_fallback_alias_uses_its_own_upstream_and_key(
         f"  primary: {{model: openai/model-a, api_base: '{a.url}', api_key_env: KEY_A, max_retries: 0}}\n"
         f"  backup: {{model: openai/model-b, api_base: '{b.url}', api_key_env: KEY_B, max_retries: 0}}\n"
     )
-    repo = make_repo(tmp_path / "repo", {"prompts/ask.md": PROMPT, "llmkit.yaml": config})
+    repo = init_repo(tmp_path / "repo", {"prompts/ask.md": PROMPT, "llmkit.yaml": config}).root
     a.enqueue(status=500)
     b.enqueue(content="from the backup")
     with running_api(repo) as api:

@@ -10,8 +10,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +29,8 @@ from llmkit.import_land import FAULT_ENV, ROW_STEPS, STEPS
 from llmkit.import_source import SourceModel
 from llmkit.promptfile import parse
 from llmkit.workspace import Workspace
-from tests.api_fixtures import PROJECT_ROOT, clean_env, git, init_repo, repo_state, running_api
+from tests.api_fixtures import repo_state, running_api, scaffold_repo
+from tests.helpers import git, init_repo, run_llmkit
 
 # LLMKit's migrations sit beside the checkout (`../shared/reference`), as the project's other
 # reference material does; LLMKIT_REFERENCE_DIR points elsewhere.
@@ -381,7 +380,7 @@ def scenario(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Scenari
 @pytest.fixture
 def target(tmp_path: Path) -> Path:
     """A prompt repository made by `llmkit init`."""
-    return init_repo(tmp_path / "repo")
+    return scaffold_repo(tmp_path / "repo")
 
 
 @pytest.fixture
@@ -831,9 +830,9 @@ def test_files_that_already_hold_what_the_import_writes_are_its_own(
 ) -> None:
     """Files (and index entries) that already hold what the import writes, copied by hand or
     left by an earlier attempt, are not edits: the import takes them as its own."""
-    done = init_repo(tmp_path / "done")
+    done = scaffold_repo(tmp_path / "done")
     do_import(done, scenario.db.path)
-    again = init_repo(tmp_path / "again")
+    again = scaffold_repo(tmp_path / "again")
     for rel in (
         "prompts/support-bot.md",
         "prompts/reviewer.md",
@@ -1037,9 +1036,7 @@ def test_a_version_with_the_same_file_as_the_one_before_is_that_version(
 
 
 def test_import_into_a_repository_with_no_commits(scenario: Scenario, tmp_path: Path) -> None:
-    from tests.api_fixtures import make_repo
-
-    repo = make_repo(tmp_path / "empty", {})
+    repo = init_repo(tmp_path / "empty", commit=False).root
     summary = do_import(repo, scenario.db.path)
     assert summary["versions"] == 11
     root = git(repo, "rev-list", "--max-parents=0", "HEAD")
@@ -1128,7 +1125,7 @@ def clean_import(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, d
     folder = tmp_path_factory.mktemp("kills")
     s = build_scenario(folder / "llmkit.db", "5f5efba")
     s.db.conn.close()
-    repo = init_repo(folder / "reference")
+    repo = scaffold_repo(folder / "reference")
     do_import(repo, s.db.path)
     return s.db.path, commit_count(repo), table_counts(repo)
 
@@ -1138,16 +1135,9 @@ def test_a_kill_at_any_step_is_finished_or_undone_by_the_next_run(
     step: str, clean_import: tuple[Path, int, dict[str, int]], tmp_path: Path
 ) -> None:
     db, commits, counts = clean_import
-    repo = init_repo(tmp_path / "repo")
+    repo = scaffold_repo(tmp_path / "repo")
     head = git(repo, "rev-parse", "HEAD")
-    killed = subprocess.run(
-        [sys.executable, "-m", "llmkit", "import-llmkit", str(db), "--repo", str(repo)],
-        env={**clean_env(), FAULT_ENV: step},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    killed = run_llmkit("import-llmkit", db, "--repo", repo, env={FAULT_ENV: step}, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     fsck = git(repo, "fsck", "--no-progress")
     assert "error" not in fsck.lower() and "missing" not in fsck.lower(), fsck

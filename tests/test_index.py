@@ -14,7 +14,7 @@ from llmkit.errors import InvalidKey, NotFound, PromptFormatError
 from llmkit.index import INDEX_TABLES, Index, prompt_fields, unified_diff, version_fields
 from llmkit.store import GitStore
 from llmkit.workspace import Workspace
-from tests.conftest import HELLO_PROMPT, MakeRepo, Repo
+from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, git
 
 _fresh = itertools.count()
 
@@ -193,14 +193,14 @@ def test_sync_equals_rebuild_across_pulls_from_a_second_clone(
 ) -> None:
     ws = workspace
     origin = tmp_path / "origin.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(origin)], check=True)
+    git(tmp_path, "clone", "-q", "--bare", str(repo.root), str(origin))
     repo.git("remote", "add", "origin", str(origin))
     repo.git("fetch", "-q", "origin")
     repo.git("branch", "-q", "--set-upstream-to=origin/main")
     repo.git("config", "pull.rebase", "false")
 
     colleague = Repo(tmp_path / "colleague")
-    subprocess.run(["git", "clone", "-q", str(origin), str(colleague.root)], check=True)
+    git(tmp_path, "clone", "-q", str(origin), str(colleague.root))
     colleague.git("config", "user.name", "Colleague")
     colleague.git("config", "user.email", "colleague@example.com")
     colleague.write("prompts/hello.md", HELLO_PROMPT + "\nfrom the colleague\n")

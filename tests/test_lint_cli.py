@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from llmkit.cli import main
 from llmkit.lint import Problem, lint_prompt_text, lint_repo
-from tests.conftest import HELLO_PROMPT, ROOT, MakeRepo, Repo
+from tests.helpers import HELLO_PROMPT, PROJECT_ROOT, MakeRepo, Repo, invoke, run_llmkit
 
 HELLO_V2 = HELLO_PROMPT.replace("{{ question }}", "{{ question }}\nAnswer in one line.")
 
@@ -35,10 +33,6 @@ EXPECTED_ERRORS = {
     ("prompts/open-print.md", 5, "Template syntax error"),
     ("prompts/latin1.md", 5, "not UTF-8"),
 }
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -66,7 +60,7 @@ def test_lint_reports_each_problem_once_with_file_and_line(make_repo: MakeRepo) 
 
 def test_lint_command_prints_path_line_message_and_exits_1(make_repo: MakeRepo) -> None:
     repo = make_repo("broken", BROKEN_FILES)
-    result = run("lint", "--repo", repo.root)
+    result = invoke("lint", "--repo", repo.root)
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert len(lines) == len(EXPECTED_ERRORS)
@@ -77,7 +71,7 @@ def test_lint_command_prints_path_line_message_and_exits_1(make_repo: MakeRepo) 
 
 def test_lint_github_format_writes_annotations(make_repo: MakeRepo) -> None:
     repo = make_repo("broken", BROKEN_FILES)
-    result = run("lint", "--repo", repo.root, "--format", "github")
+    result = invoke("lint", "--repo", repo.root, "--format", "github")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert "::error file=prompts/unknown-key.md,line=3::Unknown frontmatter key 'colour'" in "\n".join(lines)
@@ -87,7 +81,7 @@ def test_lint_github_format_writes_annotations(make_repo: MakeRepo) -> None:
 
 def test_lint_json(make_repo: MakeRepo) -> None:
     repo = make_repo("broken", BROKEN_FILES)
-    result = run("lint", "--repo", repo.root, "--json")
+    result = invoke("lint", "--repo", repo.root, "--json")
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert {(d["path"], d["line"]) for d in data} == {(p, n) for p, n, _ in EXPECTED_ERRORS}
@@ -95,12 +89,12 @@ def test_lint_json(make_repo: MakeRepo) -> None:
 
 
 def test_lint_exits_0_on_a_clean_repository_and_on_warnings(repo: Repo) -> None:
-    result = run("lint", "--repo", repo.root)
+    result = invoke("lint", "--repo", repo.root)
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert "0 error(s)" in result.stderr
     repo.write("prompts/empty.md", "---\nmodel: m\n---\n")
-    result = run("lint", "--repo", repo.root)
+    result = invoke("lint", "--repo", repo.root)
     assert result.exit_code == 0
     assert result.stdout == "prompts/empty.md:1: Prompt has no messages\n"
 
@@ -155,7 +149,7 @@ def test_github_annotations_escape_what_would_break_them() -> None:
 
 
 def test_lint_outside_a_repository_is_a_usage_error(tmp_path: Path) -> None:
-    result = run("lint", "--repo", tmp_path)
+    result = invoke("lint", "--repo", tmp_path)
     assert result.exit_code == 2
     assert "not a git repository" in result.stderr
 
@@ -165,7 +159,7 @@ def test_lint_outside_a_repository_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_init_scaffolds_and_commits_then_refuses_to_run_again(tmp_path: Path) -> None:
     target = tmp_path / "new-prompts"
-    result = run("init", target)
+    result = invoke("init", target)
     assert result.exit_code == 0, result.output
     for rel in ("llmkit.yaml", "prompts/hello.md", "evals/hello/basic.yaml", ".gitignore"):
         assert (target / rel).is_file()
@@ -174,11 +168,11 @@ def test_init_scaffolds_and_commits_then_refuses_to_run_again(tmp_path: Path) ->
     assert len(repo.log()) == 1
     assert repo.status() == ""
     assert repo.git("symbolic-ref", "--short", "HEAD") == "main"
-    lint = run("lint", "--repo", target)
+    lint = invoke("lint", "--repo", target)
     assert lint.exit_code == 0, lint.output
 
     head = repo.head()
-    again = run("init", target)
+    again = invoke("init", target)
     assert again.exit_code == 2
     assert "already" in again.stderr and "prompts/" in again.stderr
     assert repo.head() == head
@@ -191,7 +185,7 @@ def test_init_in_an_existing_repository_commits_only_what_it_created(make_repo: 
     repo.commit("ignore pyc")
     repo.write("staged.py", "x = 1\n")
     repo.git("add", "staged.py")
-    result = run("init", repo.root)
+    result = invoke("init", repo.root)
     assert result.exit_code == 0, result.output
     committed = repo.git("show", "--name-only", "--format=", "HEAD").splitlines()
     assert sorted(committed) == ["evals/hello/basic.yaml", "llmkit.yaml", "prompts/hello.md"]
@@ -205,7 +199,7 @@ def test_init_in_an_existing_repository_commits_only_what_it_created(make_repo: 
 def test_index_and_rebuild(history_repo: Repo) -> None:
     repo = history_repo
     repo.write("prompts/draft.md", "---\nmodel: m\n---\n<!-- role:user -->\nwip\n")
-    result = run("index", "--repo", repo.root, "--json")
+    result = invoke("index", "--repo", repo.root, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["prompts"] == [
@@ -213,12 +207,12 @@ def test_index_and_rebuild(history_repo: Repo) -> None:
         {"id": 2, "key": "static", "version": 1, "draft": False},
         {"id": 3, "key": "draft", "version": 1, "draft": True},
     ]
-    again = json.loads(run("index", "--repo", repo.root, "--json").stdout)
+    again = json.loads(invoke("index", "--repo", repo.root, "--json").stdout)
     assert again["rebuilt"] is False and again["commits"] == 0 and again["changed"] == []
-    rebuilt = json.loads(run("index", "--rebuild", "--repo", repo.root, "--json").stdout)
+    rebuilt = json.loads(invoke("index", "--rebuild", "--repo", repo.root, "--json").stdout)
     assert rebuilt["rebuilt"] is True and rebuilt["commits"] == 2
     assert rebuilt["prompts"] == data["prompts"]
-    table = run("index", "--repo", repo.root)
+    table = invoke("index", "--repo", repo.root)
     assert table.exit_code == 0
     for key in ("hello", "static", "draft", "dynamic_both", "1 (draft)"):
         assert key in table.stdout
@@ -226,7 +220,7 @@ def test_index_and_rebuild(history_repo: Repo) -> None:
 
 def test_the_repository_defaults_to_the_current_directory(history_repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(history_repo.root / "prompts")
-    result = run("history", "hello", "--json")
+    result = invoke("history", "hello", "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)) == 2
 
@@ -234,7 +228,7 @@ def test_the_repository_defaults_to_the_current_directory(history_repo: Repo, mo
 def test_outside_any_repository_without_repo_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LLMKIT_REPO", raising=False)
-    result = run("index")
+    result = invoke("index")
     assert result.exit_code == 2
     assert "not inside a git repository" in result.stderr
 
@@ -243,7 +237,7 @@ def test_outside_any_repository_without_repo_is_a_usage_error(tmp_path: Path, mo
 
 
 def test_history_json(history_repo: Repo) -> None:
-    result = run("history", "hello", "--repo", history_repo.root, "--json")
+    result = invoke("history", "hello", "--repo", history_repo.root, "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     shas = list(reversed(history_repo.log("--", "prompts/hello.md")))
@@ -259,20 +253,20 @@ def test_history_json(history_repo: Repo) -> None:
 
 def test_history_shows_a_draft_last(history_repo: Repo) -> None:
     history_repo.write("prompts/hello.md", HELLO_V2 + "\nwork in progress\n")
-    rows = json.loads(run("history", "hello", "--repo", history_repo.root, "--json").stdout)
+    rows = json.loads(invoke("history", "hello", "--repo", history_repo.root, "--json").stdout)
     assert [(r["number"], r["sha"], r["draft"]) for r in rows][-1] == (3, None, True)
     assert "+work in progress\n" in rows[-1]["diff"]
-    text = run("history", "hello", "--repo", history_repo.root)
+    text = invoke("history", "hello", "--repo", history_repo.root)
     assert text.exit_code == 0
     assert "draft" in text.stdout and "Ask for one line" in text.stdout
 
 
 def test_show_by_number_sha_and_served(history_repo: Repo) -> None:
     root = history_repo.root
-    assert run("show", "hello@1", "--repo", root).stdout == HELLO_PROMPT
-    assert run("show", "hello", "--repo", root).stdout == HELLO_V2
+    assert invoke("show", "hello@1", "--repo", root).stdout == HELLO_PROMPT
+    assert invoke("show", "hello", "--repo", root).stdout == HELLO_V2
     first = history_repo.log("--", "prompts/hello.md")[-1]
-    result = run("show", f"hello@{first[:8]}", "--repo", root, "--json")
+    result = invoke("show", f"hello@{first[:8]}", "--repo", root, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["key"], data["version_number"], data["sha"], data["content"]) == ("hello", 1, first, HELLO_PROMPT)
@@ -281,11 +275,11 @@ def test_show_by_number_sha_and_served(history_repo: Repo) -> None:
 
 
 def test_diff_between_two_versions(history_repo: Repo) -> None:
-    result = run("diff", "hello", "1", "2", "--repo", history_repo.root)
+    result = invoke("diff", "hello", "1", "2", "--repo", history_repo.root)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("--- prompts/hello.md@1\n+++ prompts/hello.md@2\n")
     assert "+Answer in one line.\n" in result.stdout
-    assert run("diff", "hello", "2", "--repo", history_repo.root).stdout == ""
+    assert invoke("diff", "hello", "2", "--repo", history_repo.root).stdout == ""
 
 
 # -- render -----------------------------------------------------------------------------------------------
@@ -294,7 +288,7 @@ def test_diff_between_two_versions(history_repo: Repo) -> None:
 def test_render_with_vars_and_a_json_file(history_repo: Repo, tmp_path: Path) -> None:
     variables = tmp_path / "vars.json"
     variables.write_text(json.dumps({"personality": "calm", "question": "from the file"}))
-    result = run(
+    result = invoke(
         "render", "hello@1", "--repo", history_repo.root, "--vars-json", variables, "--var", "question=What? a=b", "--json"
     )
     assert result.exit_code == 0, result.output
@@ -302,13 +296,13 @@ def test_render_with_vars_and_a_json_file(history_repo: Repo, tmp_path: Path) ->
         {"role": "system", "content": "You are a calm assistant."},
         {"role": "user", "content": "What? a=b"},
     ]
-    pretty = run("render", "hello", "--repo", history_repo.root, "--var", "personality=<b>&", "--var", "question=q")
+    pretty = invoke("render", "hello", "--repo", history_repo.root, "--var", "personality=<b>&", "--var", "question=q")
     assert pretty.exit_code == 0
     assert "You are a <b>& assistant." in pretty.stdout
 
 
 def test_render_names_every_missing_variable(history_repo: Repo) -> None:
-    result = run("render", "hello", "--repo", history_repo.root, "--json")
+    result = invoke("render", "hello", "--repo", history_repo.root, "--json")
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: Missing variables: personality, question"
     assert result.stdout == ""
@@ -329,7 +323,7 @@ def test_render_names_every_missing_variable(history_repo: Repo) -> None:
     ],
 )
 def test_errors_exit_with_a_message_naming_the_value(history_repo: Repo, args: list[str], code: int, needle: str) -> None:
-    result = run(*args, "--repo", history_repo.root)
+    result = invoke(*args, "--repo", history_repo.root)
     assert result.exit_code == code, result.output
     assert result.stderr.startswith("Error: ")
     assert needle in result.stderr
@@ -339,18 +333,11 @@ def test_errors_exit_with_a_message_naming_the_value(history_repo: Repo, args: l
 # -- real processes ---------------------------------------------------------------------------------------
 
 
-def llmkit_process(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "llmkit", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_a_real_process_shows_a_version_and_exits_1_on_unknown_keys(history_repo: Repo) -> None:
-    shown = llmkit_process("show", "hello@1", "--repo", history_repo.root)
+    shown = run_llmkit("show", "hello@1", "--repo", history_repo.root)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == HELLO_PROMPT
-    missing = llmkit_process("show", "nope", "--repo", history_repo.root)
+    missing = run_llmkit("show", "nope", "--repo", history_repo.root)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "Error: No prompt found with key 'nope'"
 
@@ -376,9 +363,9 @@ with open(out, "w") as fh:
 def modules_after(tmp_path: Path, *args: str | Path) -> tuple[object, list[str]]:
     script, out = tmp_path / "modules_after.py", tmp_path / "modules.json"
     script.write_text(MODULES_AFTER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(script), str(out), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, str(script), str(out), *map(str, args)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert out.exists(), proc.stderr
     data = json.loads(out.read_text())
@@ -388,7 +375,7 @@ def modules_after(tmp_path: Path, *args: str | Path) -> tuple[object, list[str]]
 def test_help_does_not_import_litellm_fastapi_or_gitpython(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "llmkit", "--help"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+        cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0
     assert "lint" in proc.stdout

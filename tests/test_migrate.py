@@ -26,7 +26,7 @@ from llmkit.db import Database, Migrations, connect
 from llmkit.evals import records
 from llmkit.evals.records import EvalRecords
 from llmkit.workspace import Workspace
-from tests.conftest import Repo
+from tests.helpers import Repo
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_DATABASE = ROOT / "tests" / "data" / "before_registry.sql"

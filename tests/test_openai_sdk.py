@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +14,9 @@ import httpx
 import openai
 import pytest
 
-from tests.exec_fixtures import (  # noqa: F401
-    ExecServer,
-    build_exec_repo,
-    exec_server,
-    fake,
-    module_exec_server,
-    module_fake,
-    read_run_log,
-    start_server,
-)
+from tests.exec_fixtures import ExecServer, build_exec_repo, read_run_log, server_env
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import poll, start_server
 
 BOTH_VARS = {"persona": "a pirate", "question": "Where is the gold?"}
 WEATHER_TOOL: Any = {
@@ -44,14 +35,6 @@ def client_for(server: ExecServer, key: str | None = None) -> openai.OpenAI:
 
 def async_client_for(server: ExecServer) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.server.v1, api_key=server.server.admin_key, max_retries=0, timeout=30)
-
-
-def wait_for(condition: Any, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def log_row(server: ExecServer, trace_id: str) -> dict[str, Any]:
@@ -76,7 +59,7 @@ def run_key(module_exec_server: ExecServer) -> str:
 def test_first_start_prints_the_admin_key(exec_server: ExecServer) -> None:
     key = exec_server.server.admin_key
     assert key.startswith("llmkit_")
-    assert exec_server.server.stdout_first_line == key
+    assert exec_server.server.stdout().splitlines()[0] == key
 
 
 # -- sync client -------------------------------------------------------------------------------
@@ -334,7 +317,7 @@ def test_client_leaving_mid_stream_cancels_upstream_and_logs_the_partial_call(ex
         response = httpx.get(f"{exec_server.server.v1}/ui/logs/{trace_id}", headers=exec_server.server.headers())
         return response.status_code == 200
 
-    wait_for(logged, "the cancelled call's run log row")
+    poll(logged, "the cancelled call's run log row", timeout_s=WAIT_S)
     row = log_row(exec_server, trace_id)
     assert row["status"] == "cancelled"
     assert row["stream"] is True
@@ -344,7 +327,7 @@ def test_client_leaving_mid_stream_cancels_upstream_and_logs_the_partial_call(ex
 def test_sigterm_under_load_loses_no_row(fake: FakeUpstream, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     build_exec_repo(repo, fake.url)
-    server = start_server(repo, tmp_path)
+    server = start_server(repo, tmp_path, server_env())
     total = 200
     for _ in range(total):
         fake.enqueue("loaded", fault="slow", delay=0.4)
@@ -372,7 +355,11 @@ def test_sigterm_under_load_loses_no_row(fake: FakeUpstream, tmp_path: Path) -> 
     try:
         for thread in threads:
             thread.start()
-        wait_for(lambda: len(fake.chat_requests) >= total // 2, "requests in flight upstream")
+        poll(
+            lambda: len(fake.chat_requests) >= total // 2,
+            "requests in flight upstream",
+            timeout_s=WAIT_S,
+        )
         returncode = server.terminate()
     finally:
         if server.proc.poll() is None:
@@ -388,7 +375,7 @@ def test_sigterm_under_load_loses_no_row(fake: FakeUpstream, tmp_path: Path) -> 
     assert all(trace in rows for trace in ok), "rows lost on SIGTERM"
     assert all(rows[trace]["status"] == "ok" for trace in ok)
 
-    restarted = start_server(repo, tmp_path)
+    restarted = start_server(repo, tmp_path, server_env())
     try:
         count = httpx.get(
             f"{restarted.v1}/ui/logs/count", params={"prompt": "static"}, headers=restarted.headers(), timeout=10

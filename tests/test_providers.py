@@ -40,7 +40,7 @@ from llmkit.providers import (
     usage_of,
 )
 from llmkit.providers.routing import resolve_target
-from tests.fake_upstream import FakeUpstream, fake_upstream  # noqa: F401
+from tests.fake_upstream import FakeUpstream
 
 FAKE_MODEL = "openai/fake-model"
 TOOLS = [{
@@ -79,14 +79,14 @@ class ModelPath:
 
 @pytest.fixture(params=["echo", "wire", "litellm"])
 def path(
-    request: pytest.FixtureRequest, fake_upstream: FakeUpstream  # noqa: F811
+    request: pytest.FixtureRequest, fake_upstream: FakeUpstream
 ) -> ModelPath:
     return ModelPath(request.param, fake_upstream)
 
 
 @pytest.fixture(params=["wire", "litellm"])
 def upstream(
-    request: pytest.FixtureRequest, fake_upstream: FakeUpstream  # noqa: F811
+    request: pytest.FixtureRequest, fake_upstream: FakeUpstream
 ) -> ModelPath:
     return ModelPath(request.param, fake_upstream)
 
@@ -240,7 +240,7 @@ def test_absurd_token_counts_are_not_counted_and_cost_stays_a_number() -> None:
 
 
 @pytest.mark.asyncio
-async def test_wire_pool_reuses_one_connection(fake_upstream: FakeUpstream) -> None:  # noqa: F811
+async def test_wire_pool_reuses_one_connection(fake_upstream: FakeUpstream) -> None:
     path = ModelPath("wire", fake_upstream)
     await complete(path.call(user("one")))
     await collect(path.call(user("two")))
@@ -260,7 +260,7 @@ async def test_concurrent_calls(upstream: ModelPath) -> None:
 
 @pytest.mark.asyncio
 async def test_bare_openai_name_uses_env_base_and_key(
-    fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", fake_upstream.url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
@@ -272,7 +272,7 @@ async def test_bare_openai_name_uses_env_base_and_key(
 
 @pytest.mark.asyncio
 async def test_ollama_needs_no_key_and_serves_under_v1(
-    fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OLLAMA_API_BASE", fake_upstream.url.removesuffix("/v1"))
     response = await complete(ProviderCall("ollama/llama3", user("hi"), {}))
@@ -285,7 +285,7 @@ async def test_ollama_needs_no_key_and_serves_under_v1(
 
 @pytest.mark.asyncio
 async def test_api_key_env_names_the_variable(
-    fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEAM_VLLM_KEY", "sk-team")
     call = ProviderCall("hosted_vllm/qwen", user("hi"), {}, api_base=fake_upstream.url,
@@ -660,7 +660,7 @@ def test_cost_of_known_and_unknown_models() -> None:
 
 
 def test_echo_and_wire_paths_never_import_litellm(
-    fake_upstream: FakeUpstream,  # noqa: F811
+    fake_upstream: FakeUpstream,
 ) -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
@@ -696,7 +696,7 @@ def test_echo_and_wire_paths_never_import_litellm(
 # --- the fake upstream itself -----------------------------------------------------------
 
 
-def test_fake_lists_models(fake_upstream: FakeUpstream) -> None:  # noqa: F811
+def test_fake_lists_models(fake_upstream: FakeUpstream) -> None:
     listing = httpx.get(fake_upstream.url + "/models", timeout=5).json()
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]] == ["fake-model"]
@@ -727,7 +727,7 @@ def test_fake_stops_while_a_request_hangs() -> None:
 
 @pytest.mark.asyncio
 async def test_a_netrc_entry_for_the_upstream_host_does_not_break_the_wire_path(
-    fake_upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    fake_upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login someone password secret\n")

@@ -7,7 +7,6 @@ import logging
 import random
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from llmkit.db import Database
 from llmkit.errors import BadRequest
 from llmkit.runlog import MAX_PAGE_SIZE, RunLog, RunRecord
+from tests.helpers import poll
 
 SHA_1 = "1111aaaa" + "0" * 32
 SHA_2 = "2222bbbb" + "0" * 32
@@ -56,15 +56,6 @@ def record(**fields: Any) -> RunRecord:
 
 def at(minute: int) -> str:
     return f"2024-05-01T10:{minute:02d}:00.000Z"
-
-
-def wait_until(condition: Any, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return bool(condition())
 
 
 def test_a_logged_record_reads_back_as_it_was(runlog: RunLog) -> None:
@@ -229,7 +220,7 @@ def test_a_batch_is_written_after_batch_ms_without_a_flush(db: Database) -> None
     runlog.start()
     only = record()
     runlog.log(only)
-    assert wait_until(lambda: runlog.rows_written == 1)
+    assert poll(lambda: runlog.rows_written == 1)
     assert runlog.get(only.trace_id) is not None
     assert runlog.batches_written == 1
     runlog.close()
@@ -246,7 +237,7 @@ def test_a_failed_batch_is_retried_and_reported(
         kept = record()
         with caplog.at_level(logging.ERROR, logger="llmkit.runlog"):
             runlog.log(kept)
-            assert wait_until(lambda: runlog.write_failures >= 1)
+            assert poll(lambda: runlog.write_failures >= 1)
             other.execute("ALTER TABLE run_log_away RENAME TO run_log")
             assert runlog.flush(timeout=10)
     finally:
@@ -738,7 +729,7 @@ def test_health_says_degraded_while_a_batch_keeps_failing(db: Database, db_path:
     try:
         other.execute("ALTER TABLE run_log RENAME TO run_log_away")
         runlog.log(kept := record())
-        assert wait_until(lambda: runlog.health()["status"] == "degraded")
+        assert poll(lambda: runlog.health()["status"] == "degraded")
         health = runlog.health()
         assert health["last_error"] == "OperationalError"
         assert health["retrying_for_s"] is not None and health["alive"]
@@ -856,7 +847,7 @@ def test_wal_checkpoints_run_beside_the_writer_not_in_its_commits(
         runlog.log(record(response="x" * 2000))
     assert runlog.flush()
     # The rows reach the database file itself, not only the WAL: the checkpointer copied them.
-    assert wait_until(lambda: db_path.stat().st_size > size_before + 2000 * 2000)
+    assert poll(lambda: db_path.stat().st_size > size_before + 2000 * 2000)
     runlog.close()
     assert auto_checkpoint_pages() == 1000
 

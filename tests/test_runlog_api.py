@@ -16,15 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api_fixtures import ApiEnv, MakeApi, make_api, running_api  # noqa: F401
-from tests.exec_fixtures import (  # noqa: F401
-    ExecApi,
-    build_exec_repo,
-    exec_api,
-    fake,
-    module_exec_api,
-    module_fake,
-)
+from tests.api_fixtures import ApiEnv, MakeApi, running_api
+from tests.exec_fixtures import ExecApi, build_exec_repo
 from tests.fake_upstream import FakeUpstream
 
 LATER_CALLS = 5

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.exec_fixtures import (  # noqa: F401
-    ServerProcess,
-    build_exec_repo,
-    fake,
-    module_fake,
-    read_run_log,
-    server_env,
-    start_server,
-)
+from tests.exec_fixtures import build_exec_repo, read_run_log, server_env
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import ServerProcess, poll, start_server
 
 WAIT_S = 30.0
 WORKERS = 16
@@ -37,14 +29,6 @@ KILLS = 2
 # a writer that falls behind its window, as a row-at-a-time one did under c=32 load in
 # bench/runlog_kill.py (hundreds of rows per kill), goes over it.
 DEFAULT_LOSS_BOUND = 100
-
-
-def wait_for(condition: Any, what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -62,7 +46,7 @@ def call(client: httpx.Client, server: ServerProcess, body: dict[str, Any]) -> h
 def test_after_a_lone_surrogate_every_call_is_logged_and_sigterm_flushes_them(
     repo: Path, tmp_path: Path
 ) -> None:
-    server = start_server(repo, tmp_path)
+    server = start_server(repo, tmp_path, server_env())
     try:
         with httpx.Client() as client:
             bad = call(client, server, {
@@ -135,7 +119,11 @@ def load_until_killed(server: ServerProcess, stream_every: int) -> list[str]:
     try:
         for thread in threads:
             thread.start()
-        wait_for(lambda: len(acknowledged) >= ACKNOWLEDGED_BEFORE_KILL, "calls answered")
+        poll(
+            lambda: len(acknowledged) >= ACKNOWLEDGED_BEFORE_KILL,
+            "calls answered",
+            timeout_s=WAIT_S,
+        )
         server.proc.kill()
         server.proc.wait(WAIT_S)
     finally:

@@ -30,7 +30,7 @@ from llmkit.store import (
     write_atomic,
 )
 from llmkit.workspace import Workspace
-from tests.conftest import HELLO_PROMPT, Repo
+from tests.helpers import HELLO_PROMPT, Repo
 
 NEW_TEXT = "---\nmodel: default\n---\n<!-- role:system -->\nA new text.\n"
 

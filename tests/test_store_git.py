@@ -14,7 +14,7 @@ import pytest
 
 from llmkit.store import PERSISTENT_READ_MAX, GitError, GitStore, blob_id
 from llmkit.workspace import Workspace
-from tests.conftest import Repo
+from tests.helpers import Repo
 
 
 @pytest.fixture

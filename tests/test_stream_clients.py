@@ -15,7 +15,6 @@ import re
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +32,13 @@ from tests.api_fixtures import running_api
 from tests.exec_fixtures import (
     FAKE_KEY_ENV,
     FAKE_KEY_VALUE,
-    ServerProcess,
     build_exec_repo,
     read_run_log,
     server_env,
     sse_events,
-    start_server,
 )
 from tests.fake_upstream import FakeUpstream, RecordedRequest
+from tests.helpers import ServerProcess, poll, start_server
 
 WAIT_S = 60.0
 CHUNK_CHARS = 16 * 1024
@@ -55,14 +53,6 @@ BURST_CHUNKS = 2 * 1024 * 1024 // CHUNK_CHARS
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def stream_body(model: str = "static", text: str = "hi", stream: bool = True) -> dict[str, Any]:
@@ -301,8 +291,8 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
         sockets += [silent_client(server, stream_body(text=f"s{i}")) for i in range(stalled_count)]
         resetting = [silent_client(server, stream_body(text=f"r{i}")) for i in range(reset_count)]
         sockets += resetting
-        wait_for(lambda: blocked_connections(server.port) >= len(sockets),
-                 "the gateway's writes to every silent client to block")
+        poll(lambda: blocked_connections(server.port) >= len(sockets),
+                 "the gateway's writes to every silent client to block", timeout_s=WAIT_S)
         held = list(fake.chat_requests)
         assert len(held) == len(sockets)
 
@@ -314,7 +304,11 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
 
         for sock in resetting:
             reset(sock)
-        wait_for(lambda: settled(held), "the gateway to close every upstream call it held")
+        poll(
+            lambda: settled(held),
+            "the gateway to close every upstream call it held",
+            timeout_s=WAIT_S,
+        )
     finally:
         rss_peak = peak.stop()
         for sock in sockets:
@@ -328,7 +322,7 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
     def all_logged() -> bool:
         return len(rows_by_status(server).get("cancelled", [])) >= len(sockets)
 
-    wait_for(all_logged, "a cancelled run log row for every dropped client")
+    poll(all_logged, "a cancelled run log row for every dropped client", timeout_s=WAIT_S)
     cancelled = rows_by_status(server)["cancelled"]
     assert len(cancelled) == len(sockets)
     for row in cancelled:
@@ -353,7 +347,11 @@ def test_full_pool_answers_503_at_once_then_serves_again(gateway: Gateway) -> No
         burst_answer(fake)
     stalled = [silent_client(server, stream_body(text=f"pool-s{i}")) for i in range(POOL_SIZE)]
     try:
-        wait_for(lambda: len(fake.chat_requests) == POOL_SIZE, "the calls to fill the pool")
+        poll(
+            lambda: len(fake.chat_requests) == POOL_SIZE,
+            "the calls to fill the pool",
+            timeout_s=WAIT_S,
+        )
         held = list(fake.chat_requests)
         for body in (stream_body(text="pool-next", stream=False), stream_body(text="pool-next")):
             refused = gateway.post(body)
@@ -369,13 +367,13 @@ def test_full_pool_answers_503_at_once_then_serves_again(gateway: Gateway) -> No
         assert extra.recv(65536).startswith(b"HTTP/1.1 503 ")
         extra.close()
         assert len(fake.chat_requests) == POOL_SIZE  # nothing refused reached the upstream
-        wait_for(lambda: settled(held), "the stalled clients to be dropped")
+        poll(lambda: settled(held), "the stalled clients to be dropped", timeout_s=WAIT_S)
     finally:
         for sock in stalled:
             sock.close()
     assert gateway.stream_text(stream_body(text="pool-again")) == (200, "ok: pool-again")
-    wait_for(lambda: len(rows_asking(server, "pool-s").get("cancelled", [])) == POOL_SIZE,
-             "the dropped clients' run log rows")
+    poll(lambda: len(rows_asking(server, "pool-s").get("cancelled", [])) == POOL_SIZE,
+             "the dropped clients' run log rows", timeout_s=WAIT_S)
     refused_rows = [
         *rows_asking(server, "pool-next")["error"], *rows_asking(server, "pool-extra")["error"]
     ]
@@ -393,12 +391,12 @@ def test_reader_that_stops_after_a_little_is_logged_with_what_it_was_sent(
         data = sock.recv(65536)
         assert data, "the gateway closed the stream early"
         received += data
-    wait_for(lambda: bool(fake.chat_requests) and fake.chat_requests[0].done.is_set(),
-             "the gateway to drop the reader that stopped")
+    poll(lambda: bool(fake.chat_requests) and fake.chat_requests[0].done.is_set(),
+             "the gateway to drop the reader that stopped", timeout_s=WAIT_S)
     [upstream] = fake.chat_requests
     assert upstream.outcome == "disconnected" and upstream.bytes_sent < len(ANSWER)
     sock.close()
-    wait_for(lambda: "cancelled" in rows_asking(server, "stops"), "the run log row")
+    poll(lambda: "cancelled" in rows_asking(server, "stops"), "the run log row", timeout_s=WAIT_S)
     [row] = rows_asking(server, "stops")["cancelled"]
     assert row["error"] == f"the client read nothing for {WRITE_TIMEOUT_S} s"
     kept, total = sent_chars(row["response"])
@@ -415,12 +413,12 @@ def test_client_leaving_while_the_upstream_thinks_cancels_it(
     fake.enqueue(fault="hang")
     text = f"leaves-{stream}"
     sock = silent_client(server, stream_body(text=text, stream=stream))
-    wait_for(lambda: bool(fake.chat_requests), "the call to reach the upstream")
+    poll(lambda: bool(fake.chat_requests), "the call to reach the upstream", timeout_s=WAIT_S)
     reset(sock)
     [upstream] = fake.chat_requests
-    wait_for(upstream.done.is_set, "the gateway to close the upstream call")
+    poll(upstream.done.is_set, "the gateway to close the upstream call", timeout_s=WAIT_S)
     assert upstream.outcome == "disconnected"
-    wait_for(lambda: "cancelled" in rows_asking(server, text), "the run log row")
+    poll(lambda: "cancelled" in rows_asking(server, text), "the run log row", timeout_s=WAIT_S)
     [row] = rows_asking(server, text)["cancelled"]
     assert row["error"] == "the client disconnected"
     assert sent_chars(row["response"]) == ("", 0)

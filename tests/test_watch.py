@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from llmkit.errors import LlmkitError
 from llmkit.watch import Watcher
 from llmkit.workspace import Workspace
-from tests.conftest import HELLO_PROMPT, MakeRepo, Repo
+from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, git, poll
 
 DEADLINE_S = 5.0
 
@@ -29,20 +27,9 @@ def text(body: str) -> str:
     return f"---\nmodel: default\n---\n<!-- role:user -->\n{body}\n"
 
 
-def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    """Poll `check` until it holds; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    for _ in range(10_000):
-        try:
-            if check():
-                return
-        except LlmkitError as exc:  # e.g. NotFound until the index catches up
-            last_error = exc
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    raise AssertionError(f"the index did not reflect {what} within {timeout}s (last error: {last_error})")
+def eventually(check: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> None:
+    """`poll` until the index reflects `what`; NotFound and the like mean "not yet"."""
+    poll(check, f"the index to reflect {what}", timeout_s=timeout, ignore=(LlmkitError,))
 
 
 def served(ws: Workspace, key: str) -> str | None:
@@ -208,12 +195,12 @@ def test_git_rebase(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
 
 def test_git_pull(repo: Repo, workspace: Workspace, watcher: Watcher, tmp_path: Path) -> None:
     origin = tmp_path / "origin.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(repo.root), str(origin)], check=True)
+    git(tmp_path, "clone", "-q", "--bare", str(repo.root), str(origin))
     repo.git("remote", "add", "origin", str(origin))
     repo.git("fetch", "-q", "origin")
     repo.git("branch", "-q", "--set-upstream-to=origin/main")
     colleague = Repo(tmp_path / "colleague")
-    subprocess.run(["git", "clone", "-q", str(origin), str(colleague.root)], check=True)
+    git(tmp_path, "clone", "-q", str(origin), str(colleague.root))
     colleague.git("config", "user.name", "Colleague")
     colleague.git("config", "user.email", "c@example.com")
     colleague.write("prompts/hello.md", text("pulled"))

@@ -20,15 +20,8 @@ import yaml
 from click.testing import CliRunner
 
 from llmkit.cli import main
-from tests.eval_fixtures import (
-    GREET_BOTH_MD,
-    PROJECT_ROOT,
-    EvalRepo,
-    eval_repo,  # noqa: F401
-    feature_files,
-    git,
-    subprocess_env,
-)
+from tests.eval_fixtures import GREET_BOTH_MD, EvalRepo, feature_files
+from tests.helpers import PROJECT_ROOT, clean_env, git
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 HOOKS = PROJECT_ROOT / ".pre-commit-hooks.yaml"
@@ -184,7 +177,7 @@ def run_step(
 def workflow_env(tmp_path: Path, summary: Path) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     console_script(bin_dir)
-    env = subprocess_env({"GITHUB_STEP_SUMMARY": str(summary)})
+    env = clean_env(GITHUB_STEP_SUMMARY=str(summary), NO_COLOR="1", COLUMNS="200")
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
     return env
 
@@ -210,7 +203,7 @@ def summary(tmp_path: Path) -> Path:
 
 
 def test_eval_workflow_steps_pass_on_a_clean_pull_request(
-    eval_repo: EvalRepo, tmp_path: Path, summary: Path  # noqa: F811
+    eval_repo: EvalRepo, tmp_path: Path, summary: Path
 ) -> None:
     eval_repo.branch("fix", {"prompts/greet.md": GREET_BOTH_MD}, "Hello and goodbye")
     clone = pull_request_clone(tmp_path, eval_repo, "fix")
@@ -229,7 +222,7 @@ def test_eval_workflow_steps_pass_on_a_clean_pull_request(
 
 
 def test_eval_workflow_fails_on_a_regression(
-    eval_repo: EvalRepo, tmp_path: Path, summary: Path  # noqa: F811
+    eval_repo: EvalRepo, tmp_path: Path, summary: Path
 ) -> None:
     eval_repo.branch("feature", feature_files(), "Say goodbye instead")
     clone = pull_request_clone(tmp_path, eval_repo, "feature")
@@ -243,7 +236,7 @@ def test_eval_workflow_fails_on_a_regression(
 
 
 def test_lint_step_fails_on_a_broken_eval_file(
-    eval_repo: EvalRepo, tmp_path: Path, summary: Path  # noqa: F811
+    eval_repo: EvalRepo, tmp_path: Path, summary: Path
 ) -> None:
     eval_repo.write("evals/greet/broken.yaml", "name: broken\nassert:\n- type: containz\n")
     env = workflow_env(tmp_path, summary)
@@ -254,7 +247,7 @@ def test_lint_step_fails_on_a_broken_eval_file(
 
 
 def test_lint_step_fails_on_a_broken_llmkit_yaml(
-    eval_repo: EvalRepo, tmp_path: Path, summary: Path  # noqa: F811
+    eval_repo: EvalRepo, tmp_path: Path, summary: Path
 ) -> None:
     [hook] = load(HOOKS)
     assert "llmkit.yaml" in hook["description"]
@@ -265,7 +258,7 @@ def test_lint_step_fails_on_a_broken_llmkit_yaml(
 
 
 def test_job_summary_holds_the_eval_summary_once(
-    eval_repo: EvalRepo, tmp_path: Path, summary: Path  # noqa: F811
+    eval_repo: EvalRepo, tmp_path: Path, summary: Path
 ) -> None:
     eval_repo.branch("fix", {"prompts/greet.md": GREET_BOTH_MD}, "Hello and goodbye")
     clone = pull_request_clone(tmp_path, eval_repo, "fix")

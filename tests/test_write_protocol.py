@@ -25,8 +25,15 @@ import pytest
 from llmkit.gitwrite import RECOVERY_STEPS, WRITE_STEPS
 from llmkit.lint import lint_repo
 from llmkit.promptfile import parse, serialize
-from tests.api_fixtures import clean_env, git, make_repo, running_api
-from tests.exec_fixtures import SERVER_START_TIMEOUT_S, ServerProcess, server_env, start_server
+from tests.api_fixtures import running_api, seeded_repo
+from tests.exec_fixtures import server_env
+from tests.helpers import (
+    SERVER_START_TIMEOUT_S,
+    ServerProcess,
+    clean_env,
+    git,
+    start_server,
+)
 
 LOCK_TIMEOUT_S = "0.5"
 # The steps after which the killed write is in HEAD: from the ref's move on.
@@ -146,7 +153,7 @@ def hold_index_lock(repo: Path) -> tuple[Path, bytes]:
 def test_a_kill_at_each_step_of_a_write_is_recovered_at_restart(
     tmp_path: Path, servers: list[ServerProcess], step: str
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     acknowledged = kill_during_second_write(repo, tmp_path, step, servers)
 
     server = start(repo, tmp_path)
@@ -218,7 +225,7 @@ def test_a_kill_during_recovery_is_recovered_by_the_next_start(
     tmp_path: Path, servers: list[ServerProcess], step: str, drop_lock: bool, recovery_step: str
 ) -> None:
     assert recovery_step in RECOVERY_STEPS
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     acknowledged = kill_during_second_write(repo, tmp_path, step, servers)
     if drop_lock:
         (repo / ".git" / "index.lock").unlink()
@@ -238,7 +245,7 @@ def test_a_kill_during_recovery_is_recovered_by_the_next_start(
 def test_recovery_never_removes_another_process_index_lock(
     tmp_path: Path, servers: list[ServerProcess], step: str
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     acknowledged = kill_during_second_write(repo, tmp_path, step, servers)
     ours = repo / ".git" / "index.lock"
     if ours.exists():
@@ -282,7 +289,7 @@ def test_api_writes_while_git_status_commit_and_checkout_run_in_loops(
     and back, and a `git status` loop. The author's commands run one at a time, as one person
     runs them: git's own commands race each other otherwise (`git commit` reads the index before
     it locks it), whatever llmkit does."""
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     git(repo, "branch", "other")
     # With its watcher, the server's index follows the author's checkouts, so that writes are
     # refused only by the repository's state (or the lock), not by a stale view of it.
@@ -407,7 +414,7 @@ def test_api_writes_while_git_status_commit_and_checkout_run_in_loops(
 def test_writes_while_git_status_runs_in_a_loop_keep_the_index_in_step(tmp_path: Path) -> None:
     """An index.lock taken by `git status` made writes skip the index update: `MM` in
     `git status`, then 409s, then the author's next commit reverted the write."""
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     done = threading.Event()
     runs = [0]
 
@@ -454,7 +461,7 @@ def test_a_long_running_git_command_holding_the_index_gets_a_retryable_refusal(
 ) -> None:
     """`git commit -a` holds index.lock while its editor is open: a write waits a bounded time,
     then answers 503 having changed nothing, and succeeds once the editor is closed."""
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     (repo / "README.md").write_text("an edit the author is committing\n")
     release = tmp_path / "editor-closed"
     editor = (
@@ -505,7 +512,7 @@ def test_a_write_killed_before_its_ref_moved_is_not_served_as_a_draft(
 ) -> None:
     """The file used to be replaced before the ref moved: a kill in between served the
     never-acknowledged text as a draft and refused every later write with 409."""
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     acknowledged = kill_during_second_write(repo, tmp_path, "index-prepared", servers)
     server = start(repo, tmp_path)
     servers.append(server)
@@ -519,7 +526,7 @@ def test_a_write_killed_before_its_ref_moved_is_not_served_as_a_draft(
 def test_a_ref_lock_left_inside_update_ref_does_not_block_writes_forever(
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     kill_during_second_write(repo, tmp_path, "in-update-ref", servers)
     assert (repo / ".git/refs/heads/main.lock").exists() and (repo / ".git/HEAD.lock").exists()
     server = start(repo, tmp_path)
@@ -532,7 +539,7 @@ def test_a_ref_lock_left_inside_update_ref_does_not_block_writes_forever(
 def test_a_kill_while_the_file_is_half_replaced_leaves_no_temp_file(
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     kill_during_second_write(repo, tmp_path, "worktree-temp", servers)
     temps = [p.name for p in (repo / "prompts").iterdir() if p.name.startswith(".")]
     assert len(temps) == 1 and temps[0].endswith(".tmp")
@@ -547,7 +554,7 @@ def test_a_kill_while_the_file_is_half_replaced_leaves_no_temp_file(
 def test_someone_elses_ref_lock_is_left_alone_and_named_in_a_retryable_error(
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     kill_during_second_write(repo, tmp_path, "objects-written", servers)
     foreign = repo / ".git" / "refs" / "heads" / "main.lock"
     foreign.write_text("")  # another git command crashed while locking the branch
@@ -576,7 +583,7 @@ def outside_yaml(tmp_path: Path) -> Path:
 def test_committed_symlinks_neither_stop_the_server_nor_are_followed(
     tmp_path: Path, servers: list[ServerProcess], outside_yaml: Path
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     os.symlink(".", repo / "prompts" / "loop")  # a loop: prompts/loop/loop/...
     os.symlink(outside_yaml, repo / "evals" / "hello" / "leak.yaml")
     git(repo, "add", "prompts/loop", "evals/hello/leak.yaml")
@@ -599,7 +606,7 @@ def test_committed_symlinks_neither_stop_the_server_nor_are_followed(
 def test_links_made_while_serving_do_not_break_writes_or_the_index(
     tmp_path: Path, servers: list[ServerProcess], outside_yaml: Path
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = seeded_repo(tmp_path / "repo")
     server = start(repo, tmp_path)
     servers.append(server)
     os.symlink(
