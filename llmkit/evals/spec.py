@@ -26,7 +26,6 @@ from typing import Any
 
 import yaml
 
-from llmkit.budgets import yaml_problem
 from llmkit.errors import InvalidKey, PromptFormatError
 from llmkit.evals.asserts import (
     Assertion,
@@ -39,6 +38,7 @@ from llmkit.evals.asserts import (
 )
 from llmkit.promptfile import surrogate_in, validate_key
 from llmkit.store import scan_tree
+from llmkit.yamlfile import Lines, YamlProblem, load
 
 EVALS_DIR = "evals"
 PROMPTS_DIR = "prompts"
@@ -137,81 +137,6 @@ def case_path(prompt_key: str, name: str) -> str:
     return f"{EVALS_DIR}/{prompt_key}/{slug}.yaml"
 
 
-# --- YAML with line numbers ----------------------------------------------------------------
-
-
-class _Lines:
-    """Line numbers (1-based) of the keys of every mapping and the items of every list in a
-    loaded document, looked up by the container object."""
-
-    def __init__(self) -> None:
-        self.keys: dict[int, dict[Any, int]] = {}
-        self.starts: dict[int, int] = {}
-
-    def of(self, container: object, key: Any = None) -> int | None:
-        if key is not None:
-            line = self.keys.get(id(container), {}).get(key)
-            if line is not None:
-                return line
-        return self.starts.get(id(container))
-
-
-# libyaml's parser when PyYAML has it: the pure-Python one took most of a large eval run's start.
-_BaseLoader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
-
-
-class _LineLoader(_BaseLoader):  # type: ignore[misc,valid-type]
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.lines = _Lines()
-        self.duplicates: list[tuple[int, Any]] = []
-
-
-def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Any:
-    data: dict[Any, Any] = {}
-    loader.lines.starts[id(data)] = node.start_mark.line + 1
-    yield data
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-            continue
-        key = loader.construct_object(key_node)
-        if key in seen:
-            loader.duplicates.append((key_node.start_mark.line + 1, key))
-        seen.add(key)
-    data.update(loader.construct_mapping(node, deep=True))
-    key_lines: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            key_lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
-    loader.lines.keys[id(data)] = key_lines
-
-
-def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> Any:
-    data: list[Any] = []
-    loader.lines.starts[id(data)] = node.start_mark.line + 1
-    yield data
-    data.extend(loader.construct_sequence(node, deep=True))
-    loader.lines.keys[id(data)] = {i: n.start_mark.line + 1 for i, n in enumerate(node.value)}
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-# Dates stay strings: template variables are JSON values, and `2024-01-01` means the text.
-_LineLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _load_yaml(text: str) -> tuple[Any, _Lines, list[tuple[int, Any]]]:
-    loader = _LineLoader(text)
-    try:
-        return loader.get_single_data(), loader.lines, loader.duplicates
-    finally:
-        loader.dispose()
-
-
 # --- validation ----------------------------------------------------------------------------
 
 
@@ -223,7 +148,7 @@ _INVALID = _Invalid()
 
 
 class _Checker:
-    def __init__(self, path: str, lines: _Lines, default_line: int | None = 1) -> None:
+    def __init__(self, path: str, lines: Lines, default_line: int | None = 1) -> None:
         self.path = path
         self.lines = lines
         # A problem of the whole file is reported at its first line, as editors and GitHub
@@ -469,19 +394,11 @@ def _duplicate_case_problems(cases: list[EvalCase]) -> list[Problem]:
 
 def read_eval_text(text: str, rel_path: str) -> EvalFile:
     """Parse and check one eval file; never raises: problems are returned in the EvalFile."""
-    # Before loading: an alias bomb or deep nesting must never be expanded or composed.
-    refused = yaml_problem(text)
-    if refused is not None:
-        return EvalFile(rel_path, None, [], [Problem(rel_path, refused[0], refused[1])])
     try:
-        data, lines, duplicates = _load_yaml(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        message = f"YAML syntax error: {exc.problem or exc.context}"
-        return EvalFile(rel_path, None, [], [Problem(rel_path, line or 1, message)])
-    except yaml.YAMLError as exc:
-        return EvalFile(rel_path, None, [], [Problem(rel_path, 1, f"YAML error: {exc}")])
+        loaded = load(text)
+    except YamlProblem as problem:
+        return EvalFile(rel_path, None, [], [Problem(rel_path, problem.line, problem.message)])
+    data, lines, duplicates = loaded.data, loaded.lines, loaded.duplicates
     c = _Checker(rel_path, lines)
     for line, key in duplicates:
         c.error(line, f"duplicate key {key!r}")
@@ -566,10 +483,10 @@ def lint_evals(root: Path) -> list[Problem]:
 
 
 def _single_user_text(messages: list[dict[str, Any]]) -> str | None:
-    if len(messages) == 1 and messages[0].keys() == {"role", "content"}:
-        if messages[0]["role"] == "user" and isinstance(messages[0]["content"], str):
-            return messages[0]["content"]
-    return None
+    if len(messages) != 1 or messages[0].keys() != {"role", "content"}:
+        return None
+    role, content = messages[0]["role"], messages[0]["content"]
+    return content if role == "user" and isinstance(content, str) else None
 
 
 def case_to_yaml_dict(case: EvalCase) -> dict[str, Any]:
@@ -688,7 +605,7 @@ def case_from_dict(
 ) -> EvalCase:
     """A case from API JSON (ours or LLMKit's fields). `prompt_key` wins over the body's;
     `file` defaults to case_path(). Raises EvalSpecError naming every bad field."""
-    c = _Checker(file or "", _Lines(), default_line=None)
+    c = _Checker(file or "", Lines(), default_line=None)
     if not isinstance(data, dict):
         message = f"an eval case must be a JSON object, got {type_name(data)}"
         raise EvalSpecError([Problem("", None, message)])
