@@ -14,7 +14,7 @@ from llmkit import providers
 from llmkit.errors import LlmkitError, NotFound
 from llmkit.evals.asserts import Outcome, check_all
 from llmkit.evals.records import EvalRecords, cache_key
-from llmkit.evals.report import CaseResult
+from llmkit.evals.results import CaseResult
 from llmkit.evals.spec import EvalCase
 from llmkit.execute import Execution, Executor
 from llmkit.index import Version
