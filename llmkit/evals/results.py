@@ -13,7 +13,7 @@ from statistics import fmean
 from typing import Any
 
 from llmkit.evals.asserts import AssertionResult, Outcome, meets_threshold, run_passed
-from llmkit.evals.spec import EvalCase
+from llmkit.evals.cases import EvalCase
 
 REGRESSION, FIXED, NEW, PASS, FAIL = "regression", "fixed", "new", "pass", "fail"
 

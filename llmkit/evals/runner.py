@@ -13,9 +13,9 @@ from typing import Any
 from llmkit import providers
 from llmkit.errors import LlmkitError, NotFound
 from llmkit.evals.asserts import Outcome, check_all
+from llmkit.evals.cases import EvalCase
 from llmkit.evals.records import EvalRecords, cache_key
 from llmkit.evals.results import CaseResult
-from llmkit.evals.spec import EvalCase
 from llmkit.execute import Execution, Executor
 from llmkit.index import Version
 
