@@ -17,7 +17,7 @@ from llmkit.evals.cases import EvalCase
 from llmkit.evals.records import EvalRecords, cache_key
 from llmkit.evals.results import CaseResult
 from llmkit.execute import Execution, Executor
-from llmkit.index import Version
+from llmkit.versions import Version
 
 JUDGE_SYSTEM = (
     "You grade an AI assistant's output against a rubric. Reply with a JSON object: "

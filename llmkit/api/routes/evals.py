@@ -20,7 +20,7 @@ from llmkit.evals.case_yaml import serialize_case
 from llmkit.evals.cases import EvalCase, case_path
 from llmkit.evals.records import EvalRecords
 from llmkit.evals.spec import load_evals
-from llmkit.index import Prompt, Version
+from llmkit.versions import Prompt, Version
 from llmkit.workspace import Workspace
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["evals"])
