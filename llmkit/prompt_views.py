@@ -55,7 +55,9 @@ def version_fields(version: Version, previous: Version | None = None) -> dict[st
     if previous is not None:
         try:
             before = previous.prompt()
-            fields["system_version_diff"] = unified_diff(before.system, prompt.system, "system", "system")
+            fields["system_version_diff"] = unified_diff(
+                before.system, prompt.system, "system", "system"
+            )
             fields["user_version_diff"] = unified_diff(before.user, prompt.user, "user", "user")
         except PromptFormatError:
             pass

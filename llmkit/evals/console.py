@@ -125,6 +125,9 @@ def render_table(report: EvalReport, max_rows: int = 50) -> Table:
             table.add_row(*(Text(cell) for cell in cells), style=STYLES[case.status])
         folded = len(prompt.cases) - len(shown)
         if folded:
-            cells = [f"{MARKS[PASS]} {PASS}", prompt.prompt_key, f"{folded} passing cases", *[""] * blanks]
+            cells = [
+                f"{MARKS[PASS]} {PASS}", prompt.prompt_key, f"{folded} passing cases",
+                *[""] * blanks,
+            ]
             table.add_row(*(Text(cell) for cell in cells), style=STYLES[PASS])
     return table

@@ -125,7 +125,8 @@ def _md_prompt(prompt: PromptSummary, compared: bool) -> list[str]:
         cells = [f"{MARKS[case.status]} {case.status}",
                  f"**{name}**" if case.status == REGRESSION else name]
         if compared:
-            cells += [runs_cell(case.before), runs_cell(case.after), _rate_change(case.before, case.after)]
+            rate = _rate_change(case.before, case.after)
+            cells += [runs_cell(case.before), runs_cell(case.after), rate]
         else:
             cells.append(runs_cell(case.after))
         lines.append(_md_row([*cells, *figures(case.before, case.after)]))

@@ -117,7 +117,8 @@ MAX_REPEAT = 100
 
 def _check_repeat(c: Checker, value: Any, line: int | None) -> Any:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_REPEAT:
-        return c.error(line, f"'repeat' must be a whole number from 1 to {MAX_REPEAT}, got {value!r}")
+        message = f"'repeat' must be a whole number from 1 to {MAX_REPEAT}, got {value!r}"
+        return c.error(line, message)
     return value
 
 
