@@ -373,7 +373,8 @@ import llmkit.cli, llmkit.cli_eval
 mark("import llmkit.cli + cli_eval (click)")
 from llmkit import providers
 from llmkit.evals.records import EvalRecords, cache_key
-from llmkit.evals.report import build_report, render_table
+from llmkit.evals.console import render_table
+from llmkit.evals.results import build_report
 from llmkit.evals.runner import EvalRunner, RunOptions
 from llmkit.evals.spec import load_evals
 from llmkit.execute import Executor

@@ -14,10 +14,10 @@ from llmkit.errors import (
     PayloadTooLarge,
     PromptFormatError,
 )
-from llmkit.index import Prompt, label
 from llmkit.promptfile import PromptFile, case_conflict, key_from_path, path_for_key, serialize
 from llmkit.render import check_templates
 from llmkit.store import ALREADY_EXISTS, blob_id
+from llmkit.versions import Prompt, label
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.authoring")

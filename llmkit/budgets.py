@@ -3,9 +3,8 @@
 Everything that a few bytes of input can multiply has a bound:
 - templates render off the event loop within a CPU time, an output size and a `range()` length
   (enforced in `render`);
-- YAML may not use anchors or aliases, nor nest deeper than MAX_YAML_DEPTH: a 435-byte alias
-  bomb otherwise expands to hundreds of megabytes wherever it is serialized, and libyaml's
-  composer overflows the C stack (a crash, not an exception) on deep nesting;
+- YAML may not use anchors or aliases, nor nest deeper than MAX_YAML_DEPTH (enforced in
+  `yamlfile`, before anything is composed);
 - a prompt file is at most `prompt_file_bytes` long: larger files are an error in the index and
   in lint, never parsed or served;
 - a JSON request body nests at most `Settings.max_body_depth` levels.
@@ -28,8 +27,6 @@ import re
 from dataclasses import dataclass, fields
 from itertools import accumulate
 from typing import Any
-
-import yaml
 
 MAX_YAML_DEPTH = 64
 # JSON nesting allowed in a request body (the default of Settings.max_body_depth) and in
@@ -61,7 +58,8 @@ def limits_from(data: Any) -> Limits:
     if data is None:
         return DEFAULT_LIMITS
     if not isinstance(data, dict):
-        raise ValueError("'limits' must map limit names to whole numbers")
+        # ValueError like every other bad limit: the caller reports them all the same way.
+        raise ValueError("'limits' must map limit names to whole numbers")  # noqa: TRY004
     known = [f.name for f in fields(Limits)]
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
@@ -75,53 +73,10 @@ def limits_from(data: Any) -> Limits:
     return Limits(**data)
 
 
-# -- YAML -----------------------------------------------------------------------------------
-
-_YamlLoader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
-_OPENS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
-_CLOSES = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
-
-
-def yaml_problem(text: str, max_depth: int = MAX_YAML_DEPTH) -> tuple[int, str] | None:
-    """The first anchor, alias or too deeply nested collection in YAML `text`, as (1-based line,
-    message), or None. Reads parser events only, and stops at the first problem, so neither a
-    bomb nor deep nesting is ever expanded or composed. A syntax error is left to the loader,
-    which reports it with its own line."""
-    depth = 0
-    try:
-        for event in yaml.parse(text, Loader=_YamlLoader):
-            if isinstance(event, yaml.AliasEvent):
-                return _line(event), (
-                    f"YAML alias *{event.anchor} is not allowed: write the value out in full"
-                    " (anchors and aliases are refused, as they can expand a small file into a"
-                    " huge value)"
-                )
-            anchor = getattr(event, "anchor", None)
-            if anchor is not None:
-                return _line(event), (
-                    f"YAML anchor &{anchor} is not allowed: write the value out in full"
-                    " (anchors and aliases are refused, as they can expand a small file into a"
-                    " huge value)"
-                )
-            if isinstance(event, _OPENS):
-                depth += 1
-                if depth > max_depth:
-                    return _line(event), f"YAML nests deeper than {max_depth} levels"
-            elif isinstance(event, _CLOSES):
-                depth -= 1
-    except yaml.YAMLError:
-        return None
-    return None
-
-
-def _line(event: yaml.Event) -> int:
-    return event.start_mark.line + 1 if event.start_mark is not None else 1
-
-
 # -- JSON -----------------------------------------------------------------------------------
 
 # A JSON string, escapes included; what remains outside strings is structure and scalars.
-_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKETS = b"[]{}"
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
 # Opening brackets become 1 and closing ones 255, which is -1 as a signed byte.

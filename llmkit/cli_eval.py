@@ -58,8 +58,10 @@ def _run(
 ) -> int:
     import asyncio
 
+    from llmkit.evals.console import make_console, print_report
     from llmkit.evals.records import EvalRecords
-    from llmkit.evals.report import build_report, render_markdown, render_table, write_json, write_junit
+    from llmkit.evals.report import render_markdown, write_json, write_junit
+    from llmkit.evals.results import build_report
     from llmkit.evals.runner import EvalRunner, RunOptions
     from llmkit.evals.spec import load_evals
     from llmkit.execute import Executor
@@ -105,16 +107,7 @@ def _run(
         )
     finally:
         ws.close()
-    from rich.console import Console
-
-    console = Console(stderr=False)
-    console.print(render_table(report))
-    counts = report.counts()
-    console.print(
-        f"{counts['passed']}/{counts['cases']} cases passed, {counts['regressions']} regression(s),"
-        f" {counts['cached_runs']}/{counts['runs']} runs from cache (run {run_id[:12]})",
-        highlight=False,
-    )
+    print_report(make_console(), report, run_id)
     if junit:
         write_junit(junit, report)
     if json_path:
@@ -179,9 +172,10 @@ def _progress(total: int) -> tuple[Any, Any]:
     done = [0]
 
     def line(result: Any) -> None:
+        from llmkit.evals.console import run_lines
+
         done[0] += 1
-        mark = "pass" if result.passed else "FAIL"
-        where = f"{result.prompt_key}@{result.version_number or (result.version_sha or 'draft')[:7]}"
-        click.echo(f"[{done[0]}/{total}] {mark} {where} {result.case_name}", err=True)
+        for text in run_lines(result, done[0], total):
+            click.echo(text, err=True)
 
     return line, (lambda: None)

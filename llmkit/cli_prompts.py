@@ -29,7 +29,7 @@ from llmkit.errors import LlmkitError
 @handle_errors
 def history(repo: Path | None, key: str, patch: bool, as_json: bool) -> None:
     """The versions of a prompt, oldest first."""
-    from llmkit.index import iso_time
+    from llmkit.prompt_views import iso_time
 
     ws = synced_workspace(repo)
     rows = []
@@ -66,7 +66,7 @@ def history(repo: Path | None, key: str, patch: bool, as_json: bool) -> None:
 @handle_errors
 def show(repo: Path | None, spec: str, as_json: bool) -> None:
     """Print a prompt file at a version (number, sha, branch or tag); default: what is served."""
-    from llmkit.index import prompt_fields, version_fields
+    from llmkit.prompt_views import prompt_fields, version_fields
 
     ws = synced_workspace(repo)
     key, version_spec = split_ref(spec)

@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 from llmkit import providers
 from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
 from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable, UpstreamError
-from llmkit.index import Version, label
 from llmkit.models import ModelRegistry
 from llmkit.promptfile import PromptFile
 from llmkit.render import render_messages, renders_quickly
 from llmkit.runlog import RunLog, RunRecord, new_trace_id
+from llmkit.versions import Version, label
 from llmkit.workspace import Workspace
 
 logger = logging.getLogger(__name__)

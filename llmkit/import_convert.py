@@ -21,7 +21,9 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import yaml
 
 from llmkit.errors import LlmkitError
-from llmkit.evals.spec import EvalSpecError, case_from_dict, serialize_case
+from llmkit.evals.case_json import case_from_dict
+from llmkit.evals.case_yaml import serialize_case
+from llmkit.evals.cases import EvalSpecError
 from llmkit.import_source import ImportRefused, SourceEval, SourceModel, SourceVersion
 from llmkit.promptfile import (
     PROMPT_TYPES,

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import InvalidKey, LlmkitError
-from llmkit.evals.spec import EVAL_SUFFIXES, case_path, load_eval_text, load_evals
+from llmkit.evals.cases import EVAL_SUFFIXES, case_path
+from llmkit.evals.spec import load_eval_text, load_evals
 from llmkit.import_convert import (
     AliasFile,
     Converted,

@@ -24,7 +24,6 @@ any process is served by every process at its next request.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sqlite3
 import threading
@@ -32,13 +31,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from llmkit.budgets import DEFAULT_LIMITS
 from llmkit.db import Database, Migrations, run_script
-from llmkit.errors import IndexUnavailable, InvalidKey, LlmkitError, NotFound, PromptFormatError
-from llmkit.promptfile import PromptFile, key_from_path, parse, path_for_key, validate_key
+from llmkit.errors import IndexUnavailable, InvalidKey, LlmkitError, NotFound
+from llmkit.promptfile import key_from_path, path_for_key, validate_key
 from llmkit.store import Commit, GitStore, blob_id
+from llmkit.versions import Prompt, Version, label, unified_diff
 
 log = logging.getLogger("llmkit.index")
 
@@ -114,43 +113,6 @@ def m002_generation(conn: sqlite3.Connection) -> None:
 
 
 INDEX_TABLES = ("ix_commits", "ix_blobs", "ix_prompts", "ix_versions", "ix_state")
-
-
-@dataclass
-class Version:
-    key: str
-    number: int | None
-    sha: str | None
-    blob: str
-    content: str | None
-    error: str | None = None
-    commit: Commit | None = None
-    draft: bool = False
-
-    @property
-    def path(self) -> str:
-        return path_for_key(self.key)
-
-    def prompt(self) -> PromptFile:
-        """The parsed file; raises PromptFormatError when this version cannot be read."""
-        if self.content is None:
-            raise PromptFormatError(self.error or "not UTF-8 text", path=self.path, line=1)
-        return _parse_cached(self.content, self.path)
-
-
-@lru_cache(maxsize=2048)
-def _parse_cached(content: str, path: str) -> PromptFile:
-    return parse(content, path)
-
-
-@dataclass
-class Prompt:
-    id: int
-    key: str
-    path: str
-    present: bool
-    version: Version | None  # what is served: the draft if any, else the latest commit
-    latest_committed: int = 0
 
 
 @dataclass
@@ -410,7 +372,10 @@ class Index:
         if first_seen:
             # Prompts known only from the working tree give way to prompts with history.
             conn.execute("UPDATE ix_prompts SET id = -id WHERE first_seq IS NULL")
-            conn.execute("DELETE FROM ix_prompts WHERE first_seq IS NULL AND key IN (%s)" % ",".join("?" * len(first_seen)), list(first_seen))
+            marks = ",".join("?" * len(first_seen))
+            conn.execute(
+                f"DELETE FROM ix_prompts WHERE first_seq IS NULL AND key IN ({marks})", list(first_seen)
+            )
             next_id = (conn.execute("SELECT MAX(id) FROM ix_prompts WHERE first_seq IS NOT NULL").fetchone()[0] or 0) + 1
             ordered = sorted(first_seen.items(), key=lambda kv: (kv[1], kv[0]))
             conn.executemany(
@@ -697,18 +662,6 @@ class Index:
         return self._state("head")
 
 
-def label(version: Version) -> str:
-    if version.draft:
-        return "draft"
-    return str(version.number) if version.number is not None else (version.sha or "")[:12]
-
-
-def unified_diff(old: str, new: str, old_name: str = "a", new_name: str = "b") -> str:
-    return "".join(
-        difflib.unified_diff(old.splitlines(True), new.splitlines(True), old_name, new_name)
-    )
-
-
 def _generation(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT generation FROM ix_generation WHERE id = 1").fetchone()[0])
 
@@ -769,62 +722,3 @@ def _versions_from(
             counts[key] = counts.get(key, 0) + 1
             versions.append((key, counts[key], start_seq + i, change.blob))
     return versions, list(dict.fromkeys(v[3] for v in versions))
-
-
-def prompt_fields(prompt: Prompt, previous: Version | None = None) -> dict[str, object]:
-    """A prompt's served version under LLMKit's field names, plus sha, path and draft."""
-    version = prompt.version
-    fields: dict[str, object] = {
-        "id": prompt.id,
-        "key": prompt.key,
-        "path": prompt.path,
-        "deleted": not prompt.present,
-    }
-    if version is None:
-        return fields
-    fields.update(version_fields(version, previous))
-    return fields
-
-
-def version_fields(version: Version, previous: Version | None = None) -> dict[str, object]:
-    fields: dict[str, object] = {
-        "version_id": version.sha,
-        "version_number": version.number,
-        "sha": version.sha,
-        "draft": version.draft,
-        "error": version.error,
-        "updated_at": iso_time(version.commit.committed_at) if version.commit else None,
-    }
-    try:
-        prompt = version.prompt()
-    except PromptFormatError as exc:
-        fields["error"] = exc.message
-        return fields
-    meta = prompt.meta
-    fields.update(
-        system=prompt.system,
-        user=prompt.user,
-        model=prompt.model,
-        max_tokens=meta.get("max_tokens"),
-        temperature=meta.get("temperature"),
-        json_mode=prompt.json_mode,
-        prompt_type=prompt.prompt_type,
-        is_chat=prompt.is_chat,
-        description=meta.get("description"),
-        messages=[{"role": m.role, "content": m.content} for m in prompt.messages],
-        frontmatter=dict(meta),
-    )
-    if previous is not None:
-        try:
-            before = previous.prompt()
-            fields["system_version_diff"] = unified_diff(before.system, prompt.system, "system", "system")
-            fields["user_version_diff"] = unified_diff(before.user, prompt.user, "user", "user")
-        except PromptFormatError:
-            pass
-    return fields
-
-
-def iso_time(timestamp: int) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from llmkit.budgets import DEFAULT_LIMITS, Limits, limits_from, yaml_problem
+from llmkit.budgets import DEFAULT_LIMITS, Limits, limits_from
 from llmkit.errors import ConfigError
+from llmkit.yamlfile import YamlProblem, load
 
 ALIAS_FIELDS = {"model", "api_base", "api_key_env", "fallbacks", "timeout", "max_retries"}
 
@@ -101,15 +100,10 @@ def _load(path: Path) -> tuple[dict[str, ModelTarget], Limits, str | None]:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return {}, DEFAULT_LIMITS, f"{name}: cannot read: {exc}"
-    problem = yaml_problem(text)
-    if problem is not None:
-        return {}, DEFAULT_LIMITS, f"{name}:{problem[0]}: {problem[1]}"
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        return {}, DEFAULT_LIMITS, f"{name}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"
+        data = load(text).data or {}
+    except YamlProblem as problem:
+        return {}, DEFAULT_LIMITS, problem.located(name)
     if not isinstance(data, dict):
         return {}, DEFAULT_LIMITS, f"{name}: expected a mapping with a 'models' key"
     try:

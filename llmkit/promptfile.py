@@ -12,11 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import frontmatter
 import yaml
 
-from llmkit.budgets import yaml_problem
 from llmkit.errors import InvalidKey, PromptFormatError
+from llmkit.yamlfile import YamlProblem, load
 
 ROLES = ("system", "user", "assistant")
 MARKER_RE = re.compile(r"^<!--\s*role\s*:\s*(\w+)\s*-->$")
@@ -257,8 +256,7 @@ def surrogate_in(value: Any) -> str | None:
     return None
 
 
-_FRONTMATTER_RE = re.compile(r"\A---[ \t]*\n(.*?)^---[ \t]*(?:\n|\Z)", re.S | re.M)
-_yaml_handler = frontmatter.YAMLHandler()
+_FRONTMATTER_RE = re.compile(r"\A---[ \t]*\n(.*?)^---[ \t]*(?:\n|\Z)", re.DOTALL | re.MULTILINE)
 
 
 def parse(text: str, path: str | None = None) -> PromptFile:
@@ -273,26 +271,22 @@ def parse(text: str, path: str | None = None) -> PromptFile:
     match = _FRONTMATTER_RE.match(text)
     if match:
         raw = match.group(1)
-        expands = yaml_problem(raw)
-        if expands is not None:
-            # Line 1 of the frontmatter is line 2 of the file.
-            raise PromptFormatError(f"Frontmatter: {expands[1]}", path=path, line=expands[0] + 1)
+        # Line 1 of the frontmatter is line 2 of the file. Dates load as dates, as the file
+        # is written back with the dumper that reads them so.
         try:
-            loaded = _yaml_handler.load(raw) if raw.strip() else {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 2 if mark is not None else 1
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise PromptFormatError(f"Malformed frontmatter: {problem}", path=path, line=line)
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
+            loaded = load(raw, first_line=2, dates=True)
+        except YamlProblem as problem:
+            prefix = "Malformed frontmatter" if problem.syntax else "Frontmatter"
+            raise PromptFormatError(f"{prefix}: {problem.message}", path=path, line=problem.line)
+        data = {} if loaded.data is None else loaded.data
+        if not isinstance(data, dict):
             raise PromptFormatError("Frontmatter must be a mapping of keys", path=path, line=2)
-        meta = _meta_in_canonical_order(loaded)
+        meta = _meta_in_canonical_order(data)
         try:
             validate_meta(meta)
         except PromptFormatError as exc:
-            raise PromptFormatError(exc.detail, path=path, line=_line_of_key(raw, exc.param))
+            line = loaded.lines.of(data, exc.param) or 2
+            raise PromptFormatError(exc.detail, path=path, line=line) from None
         body_start = text[: match.end()].count("\n") + 1
         body = text[match.end() :]
     elif text.startswith("---\n"):
@@ -315,14 +309,6 @@ def not_text(text: str) -> tuple[int, str] | None:
         f"a lone surrogate (U+{ord(bad.group()):04X}), which is not a character and cannot be"
         " stored as UTF-8"
     )
-
-
-def _line_of_key(raw: str, name: str | None) -> int:
-    """File line of a top-level frontmatter key; line 2 is the first frontmatter line."""
-    for offset, line in enumerate(raw.split("\n")):
-        if name is not None and line.split(":", 1)[0].strip() == name:
-            return offset + 2
-    return 2
 
 
 def _meta_in_canonical_order(meta: dict[str, Any]) -> dict[str, Any]:

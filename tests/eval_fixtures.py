@@ -20,10 +20,11 @@ from fastapi.testclient import TestClient
 
 from llmkit.api.app import create_app
 from llmkit.config import Settings
+from llmkit.evals.cases import EvalCase
 from llmkit.evals.records import EvalRecords
-from llmkit.evals.report import CaseResult
+from llmkit.evals.results import CaseResult
 from llmkit.evals.runner import EvalRunner, RunOptions
-from llmkit.evals.spec import EvalCase, load_evals
+from llmkit.evals.spec import load_evals
 from llmkit.execute import Executor
 from llmkit.workspace import Workspace
 from tests.helpers import Repo, git, init_repo

@@ -1,5 +1,5 @@
-"""Budgets: the limits section of llmkit.yaml, the YAML and JSON checks that run before any
-parser could expand or recurse."""
+"""Budgets: the limits section of llmkit.yaml, the JSON check that runs before any parser
+could recurse (the YAML refusals are tested in test_yamlfile)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.budgets import DEFAULT_LIMITS, Limits, json_too_deep, limits_from, yaml_problem
+from llmkit.budgets import DEFAULT_LIMITS, Limits, json_too_deep, limits_from
 from llmkit.errors import ConfigError
 from llmkit.models import ModelRegistry
 
@@ -36,17 +36,6 @@ def nested(depth: int) -> str:
 def test_json_depth_is_found_without_parsing(text: str, depth: int, too_deep: bool) -> None:
     assert json_too_deep(text, depth) is too_deep
     assert json_too_deep(text.encode(), depth) is too_deep
-
-
-def test_yaml_problems_name_the_line_and_ordinary_yaml_passes() -> None:
-    assert yaml_problem("a: 1\nb: [1, {c: 2}]\nd: 'x & y * z'\n") is None
-    assert yaml_problem("a: [\n") is None  # a syntax error is left to the loader
-    anchored = yaml_problem("a: 1\nb: &x 2\nc: *x\n")
-    assert anchored is not None and anchored[0] == 2 and "anchor &x" in anchored[1]
-    line, message = yaml_problem("a: 1\nb:\n  - c\n  - *x\n")  # type: ignore[misc]
-    assert (line, message.split(" is not")[0]) == (4, "YAML alias *x")
-    line, message = yaml_problem("x: " + nested(70), 64)  # type: ignore[misc]
-    assert (line, message) == (1, "YAML nests deeper than 64 levels")
 
 
 def test_limits_default_and_validate() -> None:

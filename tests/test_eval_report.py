@@ -10,17 +10,11 @@ import yaml
 from rich.console import Console
 
 from llmkit.evals.asserts import Outcome, check_all
-from llmkit.evals.report import (
-    CaseResult,
-    EvalReport,
-    build_report,
-    render_markdown,
-    render_table,
-    report_to_dict,
-    write_json,
-    write_junit,
-)
-from llmkit.evals.spec import EvalCase, load_eval_text
+from llmkit.evals.cases import EvalCase
+from llmkit.evals.console import render_table
+from llmkit.evals.report import render_markdown, report_to_dict, write_json, write_junit
+from llmkit.evals.results import CaseResult, EvalReport, build_report
+from llmkit.evals.spec import load_eval_text
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,19 +9,15 @@ from hypothesis import strategies as st
 
 from llmkit.errors import InvalidKey
 from llmkit.evals.asserts import Assertion
+from llmkit.evals.case_json import case_from_dict, case_to_dict
+from llmkit.evals.case_yaml import serialize_case
+from llmkit.evals.cases import EvalCase, EvalSpecError, case_path, prompt_key_from_path
 from llmkit.evals.spec import (
-    EvalCase,
-    EvalSpecError,
-    case_from_dict,
-    case_path,
-    case_to_dict,
     lint_evals,
     load_eval_file,
     load_eval_text,
     load_evals,
-    prompt_key_from_path,
     read_eval_text,
-    serialize_case,
 )
 from llmkit.promptfile import validate_key
 

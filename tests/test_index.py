@@ -11,8 +11,10 @@ import pytest
 
 from llmkit.db import Database
 from llmkit.errors import InvalidKey, NotFound, PromptFormatError
-from llmkit.index import INDEX_TABLES, Index, prompt_fields, unified_diff, version_fields
+from llmkit.index import INDEX_TABLES, Index
+from llmkit.prompt_views import prompt_fields, version_fields
 from llmkit.store import GitStore
+from llmkit.versions import unified_diff
 from llmkit.workspace import Workspace
 from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, git
 

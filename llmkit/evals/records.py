@@ -15,7 +15,7 @@ from typing import Any
 
 from llmkit.db import Database, Migrations, run_script
 from llmkit.errors import BadRequest, NotFound
-from llmkit.evals.report import CaseResult
+from llmkit.evals.results import CaseResult
 from llmkit.runlog import utc_now
 
 MIGRATIONS = Migrations("evals")

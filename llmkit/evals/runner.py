@@ -13,11 +13,11 @@ from typing import Any
 from llmkit import providers
 from llmkit.errors import LlmkitError, NotFound
 from llmkit.evals.asserts import Outcome, check_all
+from llmkit.evals.cases import EvalCase
 from llmkit.evals.records import EvalRecords, cache_key
-from llmkit.evals.report import CaseResult
-from llmkit.evals.spec import EvalCase
+from llmkit.evals.results import CaseResult
 from llmkit.execute import Execution, Executor
-from llmkit.index import Version
+from llmkit.versions import Version
 
 JUDGE_SYSTEM = (
     "You grade an AI assistant's output against a rubric. Reply with a JSON object: "

@@ -1,4 +1,4 @@
-"""Eval files: the cases under `evals/<prompt key>/*.yaml`, read, checked and written back.
+"""Eval files: the cases under `evals/<prompt key>/*.yaml`, read and checked.
 
 A file holds one case (a mapping with `name`) or several (a `cases:` list) plus file-level
 defaults (`prompt`, `vars`, `user_vars`, `assert`, `threshold`, `model`, `repeat`). A case's
@@ -11,206 +11,43 @@ the fraction of runs that must pass when a case is repeated.
 A case with no assertions is a warning, not an error: it still checks that the prompt renders
 and the provider answers without an error, which makes a useful smoke test.
 
-Assertions (their types, keys and checks) live in `asserts`.
+Assertions (their types, keys and checks) live in `asserts`; the case model in `cases`.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-import yaml
-
-from llmkit.budgets import yaml_problem
-from llmkit.errors import InvalidKey, PromptFormatError
 from llmkit.evals.asserts import (
     Assertion,
-    assertion_to_dict,
     is_number,
     json_problem,
     read_assertion,
     type_name,
     unknown_key_message,
 )
-from llmkit.promptfile import surrogate_in, validate_key
+from llmkit.evals.cases import (
+    CASE_KEYS,
+    EVAL_SUFFIXES,
+    EVALS_DIR,
+    FILE_DEFAULT_KEYS,
+    MESSAGE_KEYS,
+    MESSAGE_ROLES,
+    MULTI_FILE_KEYS,
+    PROMPTS_DIR,
+    SINGLE_FILE_KEYS,
+    EvalCase,
+    EvalFile,
+    EvalSpecError,
+    Problem,
+    prompt_key_from_path,
+    prompt_key_problem,
+)
 from llmkit.store import scan_tree
-
-EVALS_DIR = "evals"
-PROMPTS_DIR = "prompts"
-EVAL_SUFFIXES = (".yaml", ".yml")
-
-CASE_KEYS = (
-    "name", "description", "vars", "user_vars", "messages", "input", "model", "repeat",
-    "threshold", "assert",
-)
-FILE_DEFAULT_KEYS = ("vars", "user_vars", "assert", "threshold", "model", "repeat")
-MULTI_FILE_KEYS = ("prompt", "cases", *FILE_DEFAULT_KEYS)
-SINGLE_FILE_KEYS = ("prompt", *CASE_KEYS)
-
-MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
-
-# Read-only or LLMKit-only fields that case_from_dict accepts and ignores.
-_IGNORED_API_KEYS = (
-    "id", "file", "line", "prompt_id", "evaluation_type", "created_at", "updated_at",
-)
-
-
-@dataclass
-class EvalCase:
-    prompt_key: str
-    name: str
-    file: str = ""
-    line: int | None = field(default=None, compare=False)
-    vars: dict[str, Any] = field(default_factory=dict)
-    user_vars: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    model: str | None = None
-    repeat: int = 1
-    threshold: float = 1.0
-    assertions: list[Assertion] = field(default_factory=list)
-    description: str | None = None
-
-
-@dataclass
-class Problem:
-    path: str
-    line: int | None
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.severity}: {self.message}"
-
-
-@dataclass
-class EvalFile:
-    path: str
-    prompt_key: str | None
-    cases: list[EvalCase]
-    problems: list[Problem]
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-
-class EvalSpecError(PromptFormatError):
-    """An eval file or case that cannot be used; `problems` holds every error found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        first = problems[0]
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        super().__init__(first.message + more, path=first.path or None, line=first.line)
-        self.problems = problems
-
-
-# --- prompt keys and paths ---------------------------------------------------------------
-
-
-def prompt_key_problem(key: Any) -> str | None:
-    """Why `key` is not a valid prompt key, or None."""
-    try:
-        validate_key(key)
-    except InvalidKey as exc:
-        return exc.message
-    return None
-
-
-def prompt_key_from_path(rel_path: str) -> str | None:
-    """`evals/support/triage/basic.yaml` -> `support/triage`; None outside a key folder."""
-    parts = PurePosixPath(rel_path).parts
-    if len(parts) < 3 or parts[0] != EVALS_DIR:
-        return None
-    return "/".join(parts[1:-1])
-
-
-def case_path(prompt_key: str, name: str) -> str:
-    """The repo-relative file the API writes for a case: `evals/<key>/<slug of name>.yaml`."""
-    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower())[:80].strip("-.") or "case"
-    return f"{EVALS_DIR}/{prompt_key}/{slug}.yaml"
-
-
-# --- YAML with line numbers ----------------------------------------------------------------
-
-
-class _Lines:
-    """Line numbers (1-based) of the keys of every mapping and the items of every list in a
-    loaded document, looked up by the container object."""
-
-    def __init__(self) -> None:
-        self.keys: dict[int, dict[Any, int]] = {}
-        self.starts: dict[int, int] = {}
-
-    def of(self, container: object, key: Any = None) -> int | None:
-        if key is not None:
-            line = self.keys.get(id(container), {}).get(key)
-            if line is not None:
-                return line
-        return self.starts.get(id(container))
-
-
-# libyaml's parser when PyYAML has it: the pure-Python one took most of a large eval run's start.
-_BaseLoader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
-
-
-class _LineLoader(_BaseLoader):  # type: ignore[misc,valid-type]
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.lines = _Lines()
-        self.duplicates: list[tuple[int, Any]] = []
-
-
-def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Any:
-    data: dict[Any, Any] = {}
-    loader.lines.starts[id(data)] = node.start_mark.line + 1
-    yield data
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-            continue
-        key = loader.construct_object(key_node)
-        if key in seen:
-            loader.duplicates.append((key_node.start_mark.line + 1, key))
-        seen.add(key)
-    data.update(loader.construct_mapping(node, deep=True))
-    key_lines: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            key_lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
-    loader.lines.keys[id(data)] = key_lines
-
-
-def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> Any:
-    data: list[Any] = []
-    loader.lines.starts[id(data)] = node.start_mark.line + 1
-    yield data
-    data.extend(loader.construct_sequence(node, deep=True))
-    loader.lines.keys[id(data)] = {i: n.start_mark.line + 1 for i, n in enumerate(node.value)}
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-# Dates stay strings: template variables are JSON values, and `2024-01-01` means the text.
-_LineLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _load_yaml(text: str) -> tuple[Any, _Lines, list[tuple[int, Any]]]:
-    loader = _LineLoader(text)
-    try:
-        return loader.get_single_data(), loader.lines, loader.duplicates
-    finally:
-        loader.dispose()
-
+from llmkit.yamlfile import Lines, YamlProblem, load
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -222,8 +59,11 @@ class _Invalid:
 _INVALID = _Invalid()
 
 
-class _Checker:
-    def __init__(self, path: str, lines: _Lines, default_line: int | None = 1) -> None:
+class Checker:
+    """Collects the problems of one file (or API body) with their lines, so that every bad
+    field is reported, not only the first."""
+
+    def __init__(self, path: str, lines: Lines, default_line: int | None = 1) -> None:
         self.path = path
         self.lines = lines
         # A problem of the whole file is reported at its first line, as editors and GitHub
@@ -244,13 +84,13 @@ class _Checker:
                 self.error(self.lines.of(data, key), unknown_key_message(key, allowed, where))
 
 
-def _check_text(c: _Checker, value: Any, line: int | None, what: str) -> Any:
+def _check_text(c: Checker, value: Any, line: int | None, what: str) -> Any:
     if not isinstance(value, str):
         return c.error(line, f"{what} must be a string, got {type_name(value)} {value!r}")
     return value
 
 
-def _check_name(c: _Checker, value: Any, line: int | None) -> Any:
+def _check_name(c: Checker, value: Any, line: int | None) -> Any:
     if not isinstance(value, str) or not value.strip():
         return c.error(line, f"'name' must be a non-empty string, got {value!r}")
     if "\n" in value or "\r" in value:
@@ -258,13 +98,13 @@ def _check_name(c: _Checker, value: Any, line: int | None) -> Any:
     return value
 
 
-def _check_model(c: _Checker, value: Any, line: int | None, what: str = "'model'") -> Any:
+def _check_model(c: Checker, value: Any, line: int | None, what: str = "'model'") -> Any:
     if not isinstance(value, str) or not value.strip():
         return c.error(line, f"{what} must be a non-empty model name, got {value!r}")
     return value
 
 
-def _check_variables(c: _Checker, value: Any, line: int | None, what: str) -> Any:
+def _check_variables(c: Checker, value: Any, line: int | None, what: str) -> Any:
     if not isinstance(value, dict):
         return c.error(line, f"'{what}' must be a mapping of names to values, got {value!r}")
     if problem := json_problem(value, what):
@@ -275,19 +115,20 @@ def _check_variables(c: _Checker, value: Any, line: int | None, what: str) -> An
 MAX_REPEAT = 100
 
 
-def _check_repeat(c: _Checker, value: Any, line: int | None) -> Any:
+def _check_repeat(c: Checker, value: Any, line: int | None) -> Any:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_REPEAT:
-        return c.error(line, f"'repeat' must be a whole number from 1 to {MAX_REPEAT}, got {value!r}")
+        message = f"'repeat' must be a whole number from 1 to {MAX_REPEAT}, got {value!r}"
+        return c.error(line, message)
     return value
 
 
-def _check_threshold(c: _Checker, value: Any, line: int | None) -> Any:
+def _check_threshold(c: Checker, value: Any, line: int | None) -> Any:
     if not is_number(value) or not 0 <= value <= 1:
         return c.error(line, f"'threshold' must be a number from 0 to 1, got {value!r}")
     return float(value)
 
 
-def _check_messages(c: _Checker, value: Any, line: int | None) -> Any:
+def _check_messages(c: Checker, value: Any, line: int | None) -> Any:
     if not isinstance(value, list):
         return c.error(line, f"'messages' must be a list of {{role, content}}, got {value!r}")
     before = len(c.problems)
@@ -314,7 +155,7 @@ def _check_messages(c: _Checker, value: Any, line: int | None) -> Any:
 # --- assertions ----------------------------------------------------------------------------
 
 
-def _read_assertion(c: _Checker, data: Any, line: int | None, where: str) -> Assertion | _Invalid:
+def _read_assertion(c: Checker, data: Any, line: int | None, where: str) -> Assertion | _Invalid:
     if not isinstance(data, dict):
         return c.error(line, f"{where} must be a mapping with a 'type', got {data!r}")
     line = c.lines.of(data) or line
@@ -324,7 +165,7 @@ def _read_assertion(c: _Checker, data: Any, line: int | None, where: str) -> Ass
     return assertion or _INVALID
 
 
-def _read_assertions(c: _Checker, value: Any, line: int | None) -> Any:
+def _read_assertions(c: Checker, value: Any, line: int | None) -> Any:
     if not isinstance(value, list):
         return c.error(line, f"'assert' must be a list of assertions, got {type_name(value)}")
     read = [
@@ -337,7 +178,7 @@ def _read_assertions(c: _Checker, value: Any, line: int | None) -> Any:
 # --- cases and files -----------------------------------------------------------------------
 
 
-_FIELD_CHECKS: dict[str, Callable[[_Checker, Any, int | None], Any]] = {
+_FIELD_CHECKS: dict[str, Callable[[Checker, Any, int | None], Any]] = {
     "name": _check_name,
     "description": partial(_check_text, what="'description'"),
     "vars": partial(_check_variables, what="vars"),
@@ -351,15 +192,15 @@ _FIELD_CHECKS: dict[str, Callable[[_Checker, Any, int | None], Any]] = {
 }
 
 
-def _read_fields(c: _Checker, data: dict[Any, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+def _read_fields(c: Checker, data: dict[Any, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The validated values of `keys` present in `data` (_INVALID where a check failed)."""
     return {
         key: _FIELD_CHECKS[key](c, data[key], c.lines.of(data, key)) for key in keys if key in data
     }
 
 
-def _read_case(
-    c: _Checker,
+def read_case(
+    c: Checker,
     data: dict[Any, Any],
     prompt_key: str | None,
     defaults: dict[str, Any],
@@ -399,7 +240,7 @@ def _read_case(
     return case
 
 
-def _file_prompt_key(c: _Checker, data: dict[Any, Any]) -> str | None:
+def _file_prompt_key(c: Checker, data: dict[Any, Any]) -> str | None:
     if "prompt" in data:
         key = data["prompt"]
         if problem := prompt_key_problem(key):
@@ -417,7 +258,7 @@ def _file_prompt_key(c: _Checker, data: dict[Any, Any]) -> str | None:
     return key
 
 
-def _read_document(c: _Checker, data: Any) -> tuple[str | None, list[EvalCase]]:
+def _read_document(c: Checker, data: Any) -> tuple[str | None, list[EvalCase]]:
     if data is None:
         c.warn(None, "the file holds no cases")
         return None, []
@@ -431,7 +272,7 @@ def _read_document(c: _Checker, data: Any) -> tuple[str | None, list[EvalCase]]:
         if "name" not in data:
             c.error(c.lines.of(data), "an eval file needs a 'name' (one case) or a 'cases' list")
             return prompt_key, []
-        case = _read_case(c, data, prompt_key, {}, SINGLE_FILE_KEYS)
+        case = read_case(c, data, prompt_key, {}, SINGLE_FILE_KEYS)
         return prompt_key, [case] if case else []
     c.unknown_keys(data, MULTI_FILE_KEYS, "an eval file with 'cases'")
     defaults = _read_fields(c, data, FILE_DEFAULT_KEYS)
@@ -450,7 +291,7 @@ def _read_document(c: _Checker, data: Any) -> tuple[str | None, list[EvalCase]]:
             c.error(line, f"duplicate case name {name!r} (first at line {first_lines[name]})")
         elif isinstance(name, str):
             first_lines[name] = line
-        if case := _read_case(c, entry, prompt_key, defaults, CASE_KEYS):
+        if case := read_case(c, entry, prompt_key, defaults, CASE_KEYS):
             cases.append(case)
     return prompt_key, cases
 
@@ -469,20 +310,12 @@ def _duplicate_case_problems(cases: list[EvalCase]) -> list[Problem]:
 
 def read_eval_text(text: str, rel_path: str) -> EvalFile:
     """Parse and check one eval file; never raises: problems are returned in the EvalFile."""
-    # Before loading: an alias bomb or deep nesting must never be expanded or composed.
-    refused = yaml_problem(text)
-    if refused is not None:
-        return EvalFile(rel_path, None, [], [Problem(rel_path, refused[0], refused[1])])
     try:
-        data, lines, duplicates = _load_yaml(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        message = f"YAML syntax error: {exc.problem or exc.context}"
-        return EvalFile(rel_path, None, [], [Problem(rel_path, line or 1, message)])
-    except yaml.YAMLError as exc:
-        return EvalFile(rel_path, None, [], [Problem(rel_path, 1, f"YAML error: {exc}")])
-    c = _Checker(rel_path, lines)
+        loaded = load(text)
+    except YamlProblem as problem:
+        return EvalFile(rel_path, None, [], [Problem(rel_path, problem.line, problem.message)])
+    data, lines, duplicates = loaded.data, loaded.lines, loaded.duplicates
+    c = Checker(rel_path, lines)
     for line, key in duplicates:
         c.error(line, f"duplicate key {key!r}")
     prompt_key, cases = _read_document(c, data)
@@ -560,156 +393,3 @@ def load_evals(root: Path) -> tuple[list[EvalCase], list[Problem]]:
 
 def lint_evals(root: Path) -> list[Problem]:
     return load_evals(root)[1]
-
-
-# --- writing cases -------------------------------------------------------------------------
-
-
-def _single_user_text(messages: list[dict[str, Any]]) -> str | None:
-    if len(messages) == 1 and messages[0].keys() == {"role", "content"}:
-        if messages[0]["role"] == "user" and isinstance(messages[0]["content"], str):
-            return messages[0]["content"]
-    return None
-
-
-def case_to_yaml_dict(case: EvalCase) -> dict[str, Any]:
-    """The keys of a case's own file, in canonical order, defaults left out."""
-    data: dict[str, Any] = {}
-    if prompt_key_from_path(case.file) != case.prompt_key:
-        data["prompt"] = case.prompt_key
-    data["name"] = case.name
-    optional = {
-        "description": (case.description, None),
-        "model": (case.model, None),
-        "repeat": (case.repeat, 1),
-        "threshold": (case.threshold, 1.0),
-        "vars": (case.vars, {}),
-        "user_vars": (case.user_vars, {}),
-    }
-    data.update({key: value for key, (value, default) in optional.items() if value != default})
-    user_text = _single_user_text(case.messages)
-    if user_text is not None:
-        data["input"] = user_text
-    elif case.messages:
-        data["messages"] = case.messages
-    data["assert"] = [assertion_to_dict(a) for a in case.assertions]
-    return data
-
-
-class _CaseDumper(yaml.SafeDumper):
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    # Multi-line text (prompts, rubrics, expected outputs) reads best as a literal block; the
-    # emitter falls back to quoting where a block cannot hold the text exactly. PyYAML's other
-    # styles turn NEL (U+0085) into a line break, so only escaping keeps it.
-    if "\x85" in value:
-        style: str | None = '"'
-    else:
-        style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_CaseDumper.add_representer(str, _represent_str)
-
-
-def to_yaml(data: Any) -> str:
-    return yaml.dump(
-        data, Dumper=_CaseDumper, sort_keys=False, allow_unicode=True,
-        default_flow_style=False, width=4096,
-    )
-
-
-def serialize_case(case: EvalCase) -> str:
-    """The canonical text of `case` in a file of its own (at `case.file`)."""
-    return to_yaml(case_to_yaml_dict(case))
-
-
-# --- the HTTP API's JSON -------------------------------------------------------------------
-
-
-def case_to_dict(case: EvalCase, id: int | str | None = None) -> dict[str, Any]:
-    """LLMKit-style JSON for a case; `system_prompt_input`/`user_prompt_input` are LLMKit's
-    fields, kept so its clients keep working."""
-    data: dict[str, Any] = {} if id is None else {"id": id}
-    user_text = _single_user_text(case.messages)
-    data.update({
-        "prompt_key": case.prompt_key,
-        "name": case.name,
-        "description": case.description,
-        "file": case.file,
-        "line": case.line,
-        "vars": case.vars,
-        "user_vars": case.user_vars,
-        "messages": case.messages,
-        "model": case.model,
-        "repeat": case.repeat,
-        "threshold": case.threshold,
-        "assert": [assertion_to_dict(a) for a in case.assertions],
-        "system_prompt_input": json.dumps(case.vars) if case.vars else None,
-        "user_prompt_input": json.dumps(case.user_vars) if case.user_vars else (user_text or ""),
-    })
-    return data
-
-
-def _from_llmkit_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """Our case fields from LLMKit's, where ours are absent: system_prompt_input is a JSON
-    object of system variables; user_prompt_input is a JSON object of user variables or the
-    user message itself."""
-    llmkit_keys = ("system_prompt_input", "user_prompt_input")
-    fields = {k: v for k, v in data.items() if k not in llmkit_keys}
-    system_input = data.get("system_prompt_input")
-    if system_input not in (None, "") and "vars" not in data:
-        fields["vars"] = _json_object_or_self(system_input)
-    user_input = data.get("user_prompt_input")
-    if user_input not in (None, "") and not {"user_vars", "messages", "input"} & data.keys():
-        parsed = _json_object_or_self(user_input)
-        fields["user_vars" if isinstance(parsed, dict) else "input"] = parsed
-    return fields
-
-
-def _json_object_or_self(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            return value
-        return parsed if isinstance(parsed, dict) else value
-    return value
-
-
-def case_from_dict(
-    data: dict[str, Any], prompt_key: str | None = None, file: str | None = None
-) -> EvalCase:
-    """A case from API JSON (ours or LLMKit's fields). `prompt_key` wins over the body's;
-    `file` defaults to case_path(). Raises EvalSpecError naming every bad field."""
-    c = _Checker(file or "", _Lines(), default_line=None)
-    if not isinstance(data, dict):
-        message = f"an eval case must be a JSON object, got {type_name(data)}"
-        raise EvalSpecError([Problem("", None, message)])
-    fields = {k: v for k, v in _from_llmkit_fields(data).items() if k not in _IGNORED_API_KEYS}
-    body_key = fields.pop("prompt_key", None)
-    given = prompt_key or body_key
-    problem = prompt_key_problem(given)
-    key = None if problem else str(given)
-    if problem:
-        c.error(None, f"'prompt_key': {problem}")
-    c.unknown_keys(fields, CASE_KEYS, "an eval case")
-    fields = {k: v for k, v in fields.items() if k in CASE_KEYS and v is not None}
-    for name, value in fields.items():
-        if surrogate_in(value) is not None:
-            # An eval file is UTF-8 text: a lone surrogate can neither be written nor read back.
-            c.error(None, f"'{name}' holds a lone surrogate, which is not a character and cannot"
-                    " be stored as UTF-8")
-    if file is None and key is not None and isinstance(fields.get("name"), str):
-        c.path = case_path(key, fields["name"])
-    case = _read_case(c, fields, key, {}, CASE_KEYS)
-    errors = [p for p in c.problems if p.severity == "error"]
-    if errors or case is None:
-        raise EvalSpecError(errors or [Problem(c.path, None, "invalid eval case")])
-    return case

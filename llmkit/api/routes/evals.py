@@ -15,16 +15,12 @@ from starlette.concurrency import run_in_threadpool
 
 from llmkit.api.deps import JsonBody, Ws, admin_key
 from llmkit.errors import BadRequest, Conflict, NotFound
+from llmkit.evals.case_json import case_from_dict, case_to_dict
+from llmkit.evals.case_yaml import serialize_case
+from llmkit.evals.cases import EvalCase, case_path
 from llmkit.evals.records import EvalRecords
-from llmkit.evals.spec import (
-    EvalCase,
-    case_from_dict,
-    case_path,
-    case_to_dict,
-    load_evals,
-    serialize_case,
-)
-from llmkit.index import Prompt, Version
+from llmkit.evals.spec import load_evals
+from llmkit.versions import Prompt, Version
 from llmkit.workspace import Workspace
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["evals"])

@@ -15,7 +15,7 @@ from llmkit import authoring
 from llmkit.api.deps import Ws, admin_key
 from llmkit.api.schemas import CommitInfo, PromptWrite
 from llmkit.errors import BadRequest, Conflict, NotFound, PromptFormatError
-from llmkit.index import iso_time, prompt_fields, version_fields
+from llmkit.prompt_views import iso_time, prompt_fields, version_fields
 from llmkit.promptfile import (
     Message,
     PromptFile,
