@@ -9,7 +9,8 @@ import re
 from llmkit.evals.asserts import AssertionResult, Outcome
 from llmkit.evals.console import PLAIN_WIDTH, make_console, print_report
 from llmkit.evals.results import CaseResult, build_report
-from tests.eval_fixtures import EvalRepo, eval_repo, run_llmkit  # noqa: F401
+from tests.eval_fixtures import EvalRepo
+from tests.helpers import invoke
 
 LONG_NAME = (
     "never promises a refund, even when the customer asks three times and mentions a lawyer"
@@ -27,11 +28,11 @@ assert:
 
 
 def test_failures_show_the_assertion_and_what_was_got_in_a_narrow_ci_log(
-    eval_repo: EvalRepo,  # noqa: F811
+    eval_repo: EvalRepo,
 ) -> None:
     eval_repo.write("evals/greet/long.yaml", LONG_CASE)
-    proc = run_llmkit("eval", "--prompt", "greet", cwd=eval_repo.root, env={"COLUMNS": "40"})
-    assert proc.returncode == 1, proc.stderr
+    proc = invoke("eval", "--prompt", "greet", cwd=eval_repo.root, env={"COLUMNS": "40"})
+    assert proc.exit_code == 1, proc.stderr
     out = proc.stdout.splitlines()
 
     # The table keeps the whole name on one row, however narrow $COLUMNS is.
