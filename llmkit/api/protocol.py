@@ -32,7 +32,7 @@ REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
 )
 REQUEST_TIMEOUT_BODY = json.dumps(
-    RequestTimeout("The request head did not arrive in time").to_dict()
+    RequestTimeout("The request head did not arrive in time").to_dict(), separators=(",", ":")
 ).encode()
 
 
