@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from llmkit.config import PROMPTS_DIR
 from llmkit.errors import (
     BadRequest,
     Conflict,
@@ -14,7 +15,14 @@ from llmkit.errors import (
     PayloadTooLarge,
     PromptFormatError,
 )
-from llmkit.promptfile import PromptFile, case_conflict, key_from_path, path_for_key, serialize
+from llmkit.promptfile import (
+    PROMPT_SUFFIX,
+    PromptFile,
+    case_conflict,
+    key_from_path,
+    path_for_key,
+    serialize,
+)
 from llmkit.render import check_templates
 from llmkit.store import ALREADY_EXISTS, blob_id
 from llmkit.versions import Prompt, label
@@ -204,7 +212,7 @@ def _refuse_case_conflict(ws: Workspace, key: str) -> None:
     """A new key may not differ only in case from a prompt (or a folder of prompts) that
     exists: the repository could not be checked out on macOS or Windows."""
     existing = set()
-    for rel in ws.store.working_files("prompts", (".md",)):
+    for rel in ws.store.working_files(PROMPTS_DIR, (PROMPT_SUFFIX,)):
         try:
             existing.add(key_from_path(rel))
         except InvalidKey:

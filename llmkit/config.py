@@ -12,6 +12,10 @@ from llmkit.budgets import MAX_JSON_DEPTH
 from llmkit.errors import ConfigError
 
 ENV_PREFIX = "LLMKIT_"
+# A prompt repository's folders (DESIGN section 1): fixed names, so that any checkout of one is
+# served the same way; every module spells them through these.
+PROMPTS_DIR = "prompts"
+EVALS_DIR = "evals"
 
 
 def find_repo_root(start: Path) -> Path:
@@ -62,14 +66,6 @@ class Settings(BaseModel):
     upstream_acquire_timeout_s: float = Field(default=5.0, gt=0)
     # JSON mode holds a streamed answer whole to check it before sending; a larger one is a 502.
     json_buffer_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
-
-    @property
-    def prompts_dir(self) -> Path:
-        return self.repo / "prompts"
-
-    @property
-    def evals_dir(self) -> Path:
-        return self.repo / "evals"
 
     @property
     def db_path(self) -> Path:

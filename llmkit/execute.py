@@ -22,7 +22,7 @@ from llmkit import providers
 from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
 from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable, UpstreamError
 from llmkit.models import ModelRegistry
-from llmkit.promptfile import PromptFile
+from llmkit.promptfile import PromptFile, path_for_key
 from llmkit.render import render_messages, renders_quickly
 from llmkit.runlog import RunLog, RunRecord, new_trace_id
 from llmkit.versions import Version, label
@@ -44,6 +44,7 @@ PROMPT_PARAMS = (
 # Everything else a client may send; anything outside these is refused by name.
 OTHER_FIELDS = {"model", "messages", "variables", "stream", "stream_options", "metadata", "store"}
 JSON_FORMATS = ("json_object", "json_schema")
+WARNING_HEADER = "x-llmkit-warning"
 # What a stream keeps of its answer for the run log when no cap is given (the rest is only
 # counted): an answer held for a slow client must not cost memory in proportion to its length.
 # The executor passes the run log's own field cap, so a stream keeps what its row can hold.
@@ -70,13 +71,18 @@ class Execution:
     source: str = "api"
     api_key_id: int | None = None
     trace_id: str = field(default_factory=new_trace_id)
+    # Said to the caller in `x-llmkit-warning`: what of its request was not sent as given.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def version_label(self) -> str:
         return label(self.version)
 
     def headers(self) -> dict[str, str]:
-        return {"x-llmkit-prompt-version": self.version_label, "x-llmkit-trace-id": self.trace_id}
+        headers = {"x-llmkit-prompt-version": self.version_label, "x-llmkit-trace-id": self.trace_id}
+        if self.warnings:
+            headers[WARNING_HEADER] = "; ".join(self.warnings)
+        return headers
 
 
 def split_model(model: object) -> tuple[str, str | None]:
@@ -103,27 +109,32 @@ class Executor:
     async def aprepare(self, body: dict[str, Any], **options: Any) -> Execution:
         """prepare() on the executor's own threads, off the event loop: rendering takes up to
         its CPU budget, and a pinned branch or tag is resolved with git the first time. A call
-        of a prompt that only substitutes variables, served without a pin, is prepared inline:
-        it can cost no more than reading its request."""
-        if self._quick(body, options.get("version")):
-            return self.prepare(body, **options)
+        that the index resolves without git, of a prompt that only substitutes variables, is
+        prepared inline: it can cost no more than reading its request."""
+        version = options.pop("version", None)
+        quick = self._quick(body, version)
+        if quick is not None:
+            return self.prepare(body, version=quick, **options)
         if self._threads is None:
             self._threads = Workers(PREPARE_THREADS, "llmkit-prepare")
-        return await self._threads.run(partial(self.prepare, body, **options))
+        return await self._threads.run(partial(self.prepare, body, version=version, **options))
 
-    def _quick(self, body: dict[str, Any], version: Version | None) -> bool:
+    def _quick(self, body: dict[str, Any], version: Version | None) -> Version | None:
+        """The version to prepare inline, or None to prepare on a thread (which also raises
+        whatever error the lookup has to say)."""
         if version is None:
             model = body.get("model") if isinstance(body, dict) else None
-            if not isinstance(model, str) or "@" in model:
-                return False
             try:
-                version = self.ws.index.version(model.strip())
+                key, spec = split_model(model)
+                version = self.ws.index.version_without_git(key, spec)
             except LlmkitError:
-                return False  # prepare() raises it, on a thread like any other call
+                return None
+            if version is None:
+                return None  # only git knows this version: a thread resolves it
         try:
-            return renders_quickly(version.prompt())
+            return version if renders_quickly(version.prompt()) else None
         except LlmkitError:
-            return False
+            return None
 
     def prepare(
         self,
@@ -152,7 +163,7 @@ class Executor:
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise BadRequest("messages must be a list of {role, content} objects", param="messages")
-        rendered = build_messages(
+        rendered, warnings = build_messages(
             key, prompt, messages, body.get("variables"), user_variables,
             limits=self.registry.limits(),
         )
@@ -204,6 +215,7 @@ class Executor:
             include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
             source=source,
             api_key_id=api_key_id,
+            warnings=warnings,
         )
 
     # -- running -------------------------------------------------------------------------
@@ -661,14 +673,15 @@ def build_messages(
     user_variables: dict[str, Any] | None = None,
     *,
     limits: Limits | None = None,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The conversation sent upstream: the prompt's rendered sections (within `limits`), then
-    the caller's turns."""
+    the caller's turns; and warnings for the caller about what was not sent as given."""
     kind = prompt.prompt_type
     rest = list(messages)
     system_index = next((i for i, m in enumerate(rest) if m.get("role") == "system"), None)
     caller_system = rest.pop(system_index) if system_index is not None else None
     user_vars = user_variables
+    warnings: list[str] = []
     if variables is not None:
         if not isinstance(variables, dict):
             raise BadRequest("variables must be a JSON object", param="variables")
@@ -677,20 +690,36 @@ def build_messages(
         system_vars = {}
         if kind in ("dynamic_system", "dynamic_both") and caller_system is not None:
             system_vars = _json_object(caller_system.get("content"), key, kind, "system")
+            caller_system = None  # read as the template's variables
         if kind == "dynamic_both":
             user_index = next((i for i, m in enumerate(rest) if m.get("role") == "user"), None)
             if user_index is not None:
                 user_vars = _json_object(rest.pop(user_index).get("content"), key, kind, "user")
+    if caller_system is not None:
+        warnings.append(_dropped_system_warning(key, prompt))
     # The key was validated when it was looked up; errors name the file.
     rendered: list[dict[str, Any]] = render_messages(
-        prompt, system_vars, user_vars, limits=limits, path=f"prompts/{key}.md"
+        prompt, system_vars, user_vars, limits=limits, path=path_for_key(key)
     )
     if prompt.is_chat:
-        return rendered + rest
+        return rendered + rest, warnings
     if kind == "dynamic_both" or (rendered and rendered[-1]["role"] == "user"):
-        return rendered
+        return rendered, warnings
     last_user = next((m for m in reversed(rest) if m.get("role") == "user"), None)
-    return rendered + ([last_user] if last_user is not None else [])
+    return rendered + ([last_user] if last_user is not None else []), warnings
+
+
+def _dropped_system_warning(key: str, prompt: PromptFile) -> str:
+    """What the caller is told when its system message is not sent: a prompt's system message
+    is the prompt's (its instructions are what is versioned and reviewed), so a caller's never
+    replaces it; answered, with this warning, rather than refused, as OpenAI clients send a
+    system message by habit."""
+    if any(m.role == "system" for m in prompt.messages):
+        return (
+            f"the caller's system message was not sent: prompt {key!r} sends its own"
+            " (to pass template variables in it instead, leave out 'variables')"
+        )
+    return f"the caller's system message was not sent: prompt {key!r} has no system message"
 
 
 def _json_object(content: Any, key: str, kind: str, role: str) -> dict[str, Any]:

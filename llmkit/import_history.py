@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llmkit.config import EVALS_DIR, PROMPTS_DIR
 from llmkit.errors import InvalidKey, LlmkitError
 from llmkit.evals.cases import EVAL_SUFFIXES, case_path
 from llmkit.evals.spec import load_eval_text, load_evals
@@ -41,7 +42,13 @@ from llmkit.import_convert import (
     prompt_text,
 )
 from llmkit.import_source import ImportRefused, LLMKitSource, SourceEval, SourceVersion
-from llmkit.promptfile import path_for_key, validate_key
+from llmkit.promptfile import (
+    PROMPT_SUFFIX,
+    PROMPTS_PREFIX,
+    is_prompt_path,
+    path_for_key,
+    validate_key,
+)
 from llmkit.store import GitStore
 
 TRAILER = "LLMKit-Import"
@@ -162,7 +169,7 @@ def head_tree(store: GitStore) -> dict[str, str]:
     """path -> blob id of every file under prompts/ and evals/, and llmkit.yaml, at HEAD."""
     if store.head() is None:
         return {}
-    raw = store.git("ls-tree", "-r", "-z", "HEAD", "--", "prompts", "evals", CONFIG_PATH).stdout
+    raw = store.git("ls-tree", "-r", "-z", "HEAD", "--", PROMPTS_DIR, EVALS_DIR, CONFIG_PATH).stdout
     tree = {}
     for entry in raw.decode("utf-8", "surrogateescape").split("\0"):
         meta, sep, path = entry.partition("\t")
@@ -195,13 +202,18 @@ def make_plan(store: GitStore, repo: Path, source: LLMKitSource, same_as: dict[i
 
 
 def _blobs(store: GitStore, tree: dict[str, str]) -> dict[str, bytes]:
-    wanted = {p: b for p, b in tree.items() if p.startswith("prompts/") or p == CONFIG_PATH}
+    wanted = {p: b for p, b in tree.items() if p.startswith(PROMPTS_PREFIX) or p == CONFIG_PATH}
     contents = store.read_blobs(wanted.values())
     return {path: contents[blob] for path, blob in wanted.items() if blob in contents}
 
 
 def _keys_in(commit: PlannedCommit) -> list[str]:
-    return [p[len("prompts/") : -len(".md")] for p in commit.files if p.startswith("prompts/")]
+    return [_key_of(p) for p in commit.files if p.startswith(PROMPTS_PREFIX)]
+
+
+def _key_of(path: str) -> str:
+    """The key a prompt path spells, unchecked (an import reports bad keys all at once)."""
+    return path[len(PROMPTS_PREFIX) : -len(PROMPT_SUFFIX)]
 
 
 def _checked_keys(source: LLMKitSource, tree: dict[str, str]) -> dict[int, str]:
@@ -209,9 +221,7 @@ def _checked_keys(source: LLMKitSource, tree: dict[str, str]) -> dict[int, str]:
     cannot use as a file name, all at once, before anything is written."""
     with_versions = {v.prompt_id for v in source.versions}
     existing = {
-        p[len("prompts/") : -len(".md")].lower(): p[len("prompts/") : -len(".md")]
-        for p in tree
-        if p.startswith("prompts/") and p.endswith(".md")
+        _key_of(p).lower(): _key_of(p) for p in tree if is_prompt_path(p)
     }
     keys: dict[int, str] = {}
     problems = []
@@ -417,7 +427,7 @@ def _plan_evals(
         anywhere.setdefault(case.prompt_key, set()).add(case.name)
         if case.file in tree:
             committed.setdefault(case.prompt_key, set()).add(case.name)
-    on_disk = set(store.working_files("evals", EVAL_SUFFIXES))
+    on_disk = set(store.working_files(EVALS_DIR, EVAL_SUFFIXES))
     taken_paths = set(tree)
     files: dict[str, bytes] = {}
     trailers = []

@@ -33,9 +33,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from llmkit.budgets import DEFAULT_LIMITS
+from llmkit.config import PROMPTS_DIR
 from llmkit.db import Database, Migrations, run_script
 from llmkit.errors import IndexUnavailable, InvalidKey, LlmkitError, NotFound
-from llmkit.promptfile import key_from_path, path_for_key, validate_key
+from llmkit.promptfile import (
+    PROMPT_SUFFIX,
+    is_prompt_path,
+    key_from_path,
+    path_for_key,
+    validate_key,
+)
 from llmkit.store import Commit, GitStore, blob_id
 from llmkit.versions import Prompt, Version, label, unified_diff
 
@@ -385,7 +392,7 @@ class Index:
 
     def _scan_working_tree(self, conn: sqlite3.Connection) -> set[str]:
         """Mark which prompts exist on disk and record drafts. Returns the keys that changed."""
-        files = self.store.working_files("prompts", (".md",))
+        files = self.store.working_files(PROMPTS_DIR, (PROMPT_SUFFIX,))
         on_disk: dict[str, str] = {}
         new_blobs: dict[str, tuple[str | None, str | None]] = {}
         # Like git's "racily clean" entries: a file whose mtime is this close to the scan that
@@ -573,6 +580,17 @@ class Index:
 
     def version(self, ident: str | int, spec: str | int | None = None) -> Version:
         """Resolve a version of a prompt: None (served), a number, a sha prefix, or a git ref."""
+        version = self._resolve(ident, spec, git=True)
+        assert version is not None
+        return version
+
+    def version_without_git(self, ident: str | int, spec: str | int | None = None) -> Version | None:
+        """The version when the index resolves it alone: the served one, a number, a sha
+        prefix, or a branch or tag already read since the last change (a few SQLite reads, no
+        git). None when only git can say: then `version()` runs git, off the event loop."""
+        return self._resolve(ident, spec, git=False)
+
+    def _resolve(self, ident: str | int, spec: str | int | None, git: bool) -> Version | None:
         self._check_fresh()
         if spec is None and isinstance(ident, str):
             cached = self._served_cache.get(ident)
@@ -609,6 +627,8 @@ class Index:
             ).fetchall()
             if len(rows) == 1:
                 return self._version(prompt.key, *rows[0])
+        if not git:
+            return self._ref_cache.get((prompt.key, text))
         return self._version_at_ref(prompt.key, text)
 
     def _version_at_ref(self, key: str, ref: str) -> Version:
@@ -697,7 +717,7 @@ def _decode(data: bytes, max_bytes: int) -> tuple[str | None, str | None]:
 def _prompt_keys(changes: list) -> list[str]:
     keys = []
     for change in changes:
-        if change.path.startswith("prompts/"):
+        if is_prompt_path(change.path):
             try:
                 keys.append(key_from_path(change.path))
             except LlmkitError:
@@ -713,7 +733,7 @@ def _versions_from(
     versions: list[tuple[str, int, int, str]] = []
     for i, (_, changes) in enumerate(history):
         for change in sorted(changes, key=lambda c: c.path):
-            if change.blob is None or not change.path.startswith("prompts/"):
+            if change.blob is None or not is_prompt_path(change.path):
                 continue
             try:
                 key = key_from_path(change.path)

@@ -7,8 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.budgets import DEFAULT_LIMITS
+from llmkit.config import PROMPTS_DIR
 from llmkit.errors import InvalidKey, PromptFormatError
-from llmkit.promptfile import case_collisions, key_from_path, parse, path_for_key
+from llmkit.promptfile import (
+    PROMPT_SUFFIX,
+    case_collisions,
+    key_from_path,
+    parse,
+    path_for_key,
+)
 from llmkit.render import check_templates
 from llmkit.store import GitStore
 
@@ -68,7 +75,7 @@ def lint_repo(root: Path) -> list[Problem]:
 
     max_bytes = ModelRegistry(root / "llmkit.yaml").limits().prompt_file_bytes
     with GitStore(root) as store:
-        links, files = store.symlinks(), store.working_files("prompts", (".md",))
+        links, files = store.symlinks(), store.working_files(PROMPTS_DIR, (PROMPT_SUFFIX,))
     problems = [
         Problem(link, 1, "Symbolic link: llmkit never follows links inside prompts/ and evals/;"
                 " put the file itself there")

@@ -14,8 +14,12 @@ from typing import Any
 
 import yaml
 
+from llmkit.config import PROMPTS_DIR
 from llmkit.errors import InvalidKey, PromptFormatError
 from llmkit.yamlfile import YamlProblem, load
+
+PROMPTS_PREFIX = PROMPTS_DIR + "/"
+PROMPT_SUFFIX = ".md"
 
 ROLES = ("system", "user", "assistant")
 MARKER_RE = re.compile(r"^<!--\s*role\s*:\s*(\w+)\s*-->$")
@@ -188,15 +192,20 @@ def _prefixes(key: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+def is_prompt_path(rel_path: str) -> bool:
+    """Whether `rel_path` (relative to the repository) names a prompt file, by its place."""
+    return rel_path.startswith(PROMPTS_PREFIX) and rel_path.endswith(PROMPT_SUFFIX)
+
+
 def key_from_path(rel_path: str) -> str:
     """`prompts/support/triage.md` -> `support/triage`."""
-    if not rel_path.startswith("prompts/") or not rel_path.endswith(".md"):
-        raise InvalidKey(f"{rel_path} is not a prompt file (prompts/<key>.md)")
-    return validate_key(rel_path[len("prompts/") : -len(".md")])
+    if not is_prompt_path(rel_path):
+        raise InvalidKey(f"{rel_path} is not a prompt file ({PROMPTS_DIR}/<key>{PROMPT_SUFFIX})")
+    return validate_key(rel_path[len(PROMPTS_PREFIX) : -len(PROMPT_SUFFIX)])
 
 
 def path_for_key(key: str) -> str:
-    return f"prompts/{validate_key(key)}.md"
+    return f"{PROMPTS_PREFIX}{validate_key(key)}{PROMPT_SUFFIX}"
 
 
 def validate_meta(meta: dict[str, Any]) -> None:

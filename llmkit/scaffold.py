@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from llmkit.config import PROMPTS_DIR
 from llmkit.errors import ConfigError
 from llmkit.store import GitStore
 
@@ -47,8 +48,9 @@ def init_repository(directory: Path) -> list[str]:
     """Create what is missing (never overwrites a file) and commit it. Returns created paths."""
     root = directory.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    if (root / "prompts").exists() and any((root / "prompts").iterdir()):
-        raise ConfigError(f"{root} already has prompts/; it is a prompt repository already")
+    prompts = root / PROMPTS_DIR
+    if prompts.exists() and any(prompts.iterdir()):
+        raise ConfigError(f"{root} already has {PROMPTS_DIR}/; it is a prompt repository already")
     if not (root / ".git").exists():
         _git(root, "init", "-q", "-b", "main")
     created = []

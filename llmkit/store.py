@@ -42,6 +42,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+from llmkit.config import EVALS_DIR, PROMPTS_DIR
 from llmkit.errors import ConfigError, InvalidKey, LlmkitError, NotFound
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
     from llmkit.gitwrite import GitWriter
 
-TRACKED_DIRS = ("prompts", "evals")
+TRACKED_DIRS = (PROMPTS_DIR, EVALS_DIR)
 ZERO_SHA = "0" * 40
 ALREADY_EXISTS = "already_exists"
 DEFAULT_LOCK_TIMEOUT_S = 3.0

@@ -19,12 +19,13 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
+from llmkit.config import EVALS_DIR, PROMPTS_DIR
 from llmkit.index import Index, SyncReport
 
 log = logging.getLogger("llmkit.watch")
 
-WATCHED_DIRS = ("prompts", "evals")
-ROOT_NAMES = {"prompts", "evals", "llmkit.yaml"}
+WATCHED_DIRS = (PROMPTS_DIR, EVALS_DIR)
+ROOT_NAMES = {PROMPTS_DIR, EVALS_DIR, "llmkit.yaml"}
 GIT_NAMES = {"HEAD", "packed-refs", "ORIG_HEAD", "FETCH_HEAD"}
 RETRY_FIRST_S = 1.0  # after a failed sync (each sync already retries a few times itself)
 RETRY_MAX_S = 30.0

@@ -3,6 +3,7 @@ new app, so tests build their own."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,38 +14,56 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmkit import __version__
+from llmkit import __version__, providers
+from llmkit.api.docs import install_docs
 from llmkit.api.limits import BodySizeLimit
 from llmkit.api.routes import completions, evals, keys, logs, meta, prompts
 from llmkit.config import Settings
-from llmkit.errors import LlmkitError
+from llmkit.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    LlmkitError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unprocessable,
+)
+from llmkit.execute import Executor
+from llmkit.providers import pricing
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.api")
 
-STATUS_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
+# The error class each status is answered with when no LlmkitError was raised (FastAPI's own
+# 404, 405 and validation errors): one shape, one OpenAI type per status.
+STATUS_ERRORS: dict[int, type[LlmkitError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: Unprocessable,
+    429: RateLimited,
 }
 
 
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": message,
-            "type": STATUS_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-            "param": param,
-            "code": code,
-        }
-    }
+def error_response(
+    status: int,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The JSON answer of an error with this status (type from STATUS_ERRORS, else an
+    invalid_request_error below 500 and a server_error from it)."""
+    kind = STATUS_ERRORS.get(status, LlmkitError if status >= 500 else BadRequest)
+    error = kind(message, status=status, code=code, param=param)
+    if code is None:
+        error.code = None  # FastAPI's own errors carry no code of ours
+    return JSONResponse(error.to_dict(), status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None, workspace: Workspace | None = None) -> FastAPI:
@@ -54,6 +73,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         workspace = Workspace(settings)
     ws = workspace
     settings = ws.settings
+    executor = Executor(ws, ws.models, ws.runlog)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,14 +86,17 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
             watcher = Watcher(ws.index, settings.repo, debounce_s=settings.debounce_ms / 1000)
             watcher.start()
         app.state.watcher = watcher
-        started = getattr(app.state, "on_startup", None)
-        for hook in started or []:
-            await hook(app)
+        providers.configure_pool(
+            providers.PoolLimits(settings.upstream_pool_size, settings.upstream_acquire_timeout_s)
+        )
+        ws.runlog.start()
+        # Prices are read once, off the loop: the first call's cost needs them, nothing waits.
+        asyncio.get_running_loop().run_in_executor(None, pricing.preload)
         try:
             yield
         finally:
-            for hook in getattr(app.state, "on_shutdown", []):
-                await hook(app)
+            executor.close()
+            await providers.aclose()
             if watcher is not None:
                 watcher.stop()
             ws.close()
@@ -83,11 +106,12 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         version=__version__,
         description="Prompts as code: prompt files in git, executed through an OpenAI-compatible API.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ws = ws
     app.state.settings = settings
-    app.state.on_startup = []
-    app.state.on_shutdown = []
+    app.state.executor = executor
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -95,11 +119,13 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         timeout_s=settings.request_read_timeout_s,
         max_depth=settings.max_body_depth,
     )
+    install_docs(app)
     app.include_router(meta.router)
     app.include_router(meta.run_router)
     # Routes under /v1/ui/prompts/{id}/... go before the prompts router, whose
     # /v1/ui/prompts/{id:path} would otherwise take them.
-    completions.install(app)
+    app.include_router(completions.router)
+    app.include_router(completions.ui_router)
     logs.install(app)
     evals.install(app)
     app.include_router(prompts.router)
@@ -120,8 +146,7 @@ def _bad_parameters(errors: Any) -> JSONResponse:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         parts.append(f"{name}: {err.get('msg')} (got {shown})")
     param = str(errors[0].get("loc", ("", None))[-1])
-    message = "Invalid parameter " + "; ".join(parts)
-    return JSONResponse(error_body(400, message, "invalid_parameter", param), status_code=400)
+    return error_response(400, "Invalid parameter " + "; ".join(parts), "invalid_parameter", param)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -149,20 +174,16 @@ def install_error_handlers(app: FastAPI) -> None:
             param = param or where
             parts.append(f"{where}: {err.get('msg')}")
         message = "Invalid request: " + "; ".join(parts)
-        return JSONResponse(error_body(422, message, "validation_error", param), status_code=422)
+        return error_response(422, message, "validation_error", param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed"
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"No route {request.method} {request.url.path}"
-        return JSONResponse(
-            error_body(exc.status_code, detail, code=None),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(500, f"Internal error: {type(exc).__name__}", "internal_error"), status_code=500)
+        return error_response(500, f"Internal error: {type(exc).__name__}", "internal_error")

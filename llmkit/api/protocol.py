@@ -17,22 +17,23 @@ Falls back to uvicorn's default protocol when httptools is not installed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import struct
 from typing import Any
 
 from llmkit.api.streaming import STALLED_EXTENSION
+from llmkit.errors import RequestTimeout
 
 log = logging.getLogger("llmkit.api")
 
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
 )
-REQUEST_TIMEOUT_BODY = (
-    b'{"error":{"message":"The request head did not arrive in time","type":'
-    b'"invalid_request_error","param":null,"code":"request_timeout"}}'
-)
+REQUEST_TIMEOUT_BODY = json.dumps(
+    RequestTimeout("The request head did not arrive in time").to_dict(), separators=(",", ":")
+).encode()
 
 
 def http_protocol(write_timeout_s: float, read_timeout_s: float) -> type[asyncio.Protocol] | str:

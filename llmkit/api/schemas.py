@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, Required
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
+
+# pydantic reads TypedDicts from typing_extensions before Python 3.12
+from typing_extensions import TypedDict
 
 
 class CommitInfo(BaseModel):
@@ -64,3 +67,92 @@ class ApiKeyPublic(BaseModel):
 
 class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(..., description="The key itself; shown only in this response")
+
+
+
+# -- executing a prompt: OpenAI's chat-completions body, with the prompt key as `model` ---------
+# TypedDicts validated by a TypeAdapter straight from the JSON bytes: the executor takes the body
+# as a dict (so do the CLI and the eval runner), and validating into a dict costs about what
+# json.loads costs, where a BaseModel's model_dump would add as much again on the hot path.
+
+
+@with_config(ConfigDict(extra="allow"))
+class ChatMessage(TypedDict):
+    """One turn of the caller's conversation. Passed upstream as it came, with any field OpenAI
+    defines for it (`name`, `tool_calls`, `tool_call_id`, ...)."""
+
+    role: Annotated[str, Field(description="system, user, assistant, tool, ...")]
+    content: NotRequired[
+        Annotated[
+            str | list[Any] | dict[str, Any] | None,
+            Field(
+                description="Text, content parts, or (LLMKit's convention) a JSON object of"
+                " template variables in the first system or user message"
+            ),
+        ]
+    ]
+
+
+@with_config(ConfigDict(extra="allow"))
+class StreamOptions(TypedDict, total=False):
+    include_usage: Annotated[bool | None, Field(description="Send a usage chunk before [DONE]")]
+
+
+@with_config(ConfigDict(extra="allow"))
+class ResponseFormat(TypedDict):
+    type: Annotated[str, Field(description="text, json_object or json_schema (with json_schema)")]
+
+
+class CompletionParams(TypedDict, total=False):
+    """Everything a call may send besides `model`; the prompt's settings are the defaults."""
+
+    messages: Annotated[
+        list[ChatMessage] | None,
+        Field(description="The caller's conversation (chat prompts pass it through)"),
+    ]
+    variables: Annotated[
+        dict[str, Any] | None, Field(description="Template variables (SDKs send it in extra_body)")
+    ]
+    stream: Annotated[bool | None, Field(description="Answer as server-sent events")]
+    stream_options: StreamOptions | None
+    metadata: dict[str, Any] | None
+    store: bool | None
+    max_tokens: int | None
+    max_completion_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    stop: str | list[str] | None
+    seed: int | None
+    n: int | None
+    user: str | None
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    response_format: ResponseFormat | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    parallel_tool_calls: bool | None
+    logit_bias: dict[str, float] | None
+    logprobs: bool | None
+    top_logprobs: int | None
+    reasoning_effort: str | None
+
+
+@with_config(ConfigDict(extra="forbid", title="ChatCompletionRequest"))
+class ChatCompletionRequest(CompletionParams):
+    """OpenAI's chat-completions body; `model` names the prompt. A field outside these is
+    refused by name (400)."""
+
+    model: Required[
+        Annotated[
+            str,
+            Field(description="Prompt key, optionally pinned: key@7, key@3fa9c1e, key@production"),
+        ]
+    ]
+
+
+@with_config(ConfigDict(extra="forbid", title="PromptExecuteRequest"))
+class PromptExecuteRequest(CompletionParams, total=False):
+    """The body of `/v1/ui/prompts/execute/{id}`: the path names the prompt, so `model` may be
+    left out (it is ignored when given)."""
+
+    model: Annotated[str | None, Field(description="Ignored: the path names the prompt")]

@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from llmkit.config import EVALS_DIR, PROMPTS_DIR
 from llmkit.errors import InvalidKey, PromptFormatError
 from llmkit.evals.asserts import Assertion
 from llmkit.promptfile import validate_key
 
-EVALS_DIR = "evals"
-PROMPTS_DIR = "prompts"
 EVAL_SUFFIXES = (".yaml", ".yml")
 
 CASE_KEYS = (

@@ -5,43 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from pydantic import TypeAdapter
 
-from llmkit.api.deps import admin_key, json_object, run_key
+from llmkit.api.deps import admin_key, parse_body, run_key
+from llmkit.api.schemas import ChatCompletionRequest, PromptExecuteRequest
 from llmkit.api.streaming import ClientWatch, EventStream, JsonAnswer
 from llmkit.errors import LlmkitError
 from llmkit.execute import Execution, Executor
 
 router = APIRouter(dependencies=[Depends(run_key)], tags=["completions"])
 ui_router = APIRouter(prefix="/v1/ui/prompts/execute", dependencies=[Depends(admin_key)], tags=["completions"])
-
-
-def install(app: FastAPI) -> None:
-    ws = app.state.ws
-    app.state.executor = Executor(ws, ws.models, ws.runlog)
-
-    async def start(app: FastAPI) -> None:
-        from llmkit import providers
-        from llmkit.providers import pricing
-
-        settings = ws.settings
-        providers.configure_pool(
-            providers.PoolLimits(settings.upstream_pool_size, settings.upstream_acquire_timeout_s)
-        )
-        ws.runlog.start()
-        asyncio.get_running_loop().run_in_executor(None, pricing.preload)
-
-    async def stop(app: FastAPI) -> None:
-        from llmkit import providers
-
-        app.state.executor.close()
-        await providers.aclose()
-
-    app.state.on_startup.append(start)
-    app.state.on_shutdown.append(stop)
-    app.include_router(router)
-    app.include_router(ui_router)
 
 
 async def execute(request: Request, body: dict[str, Any], stream: bool, source: str) -> Response:
@@ -103,40 +78,63 @@ async def _stream(request: Request, executor: Executor, ex: Execution) -> Respon
     return EventStream(chunks, first, watch, headers)
 
 
-@router.post("/v1/chat/completions")
+CHAT_BODY = TypeAdapter(ChatCompletionRequest)
+PROMPT_BODY = TypeAdapter(PromptExecuteRequest)
+
+
+def _documented(name: str) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that reads its body itself (see `parse_body`): the
+    schema is one of the app's components (`create_app` adds them)."""
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+CHAT_DOC = _documented("ChatCompletionRequest")
+PROMPT_DOC = _documented("PromptExecuteRequest")
+
+
+async def _chat_body(request: Request) -> dict[str, Any]:
+    # Read here rather than as a FastAPI body parameter: a bad body is a 400 naming the field,
+    # as OpenAI answers it (FastAPI's would be a 422), and the JSON is validated as it is parsed.
+    return parse_body(await request.body(), CHAT_BODY)  # type: ignore[arg-type]
+
+
+async def _prompt_body(request: Request, prompt_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = parse_body(await request.body(), PROMPT_BODY)  # type: ignore[arg-type]
+    body["model"] = _model_for(request, prompt_id)
+    return body
+
+
+@router.post("/v1/chat/completions", openapi_extra=CHAT_DOC)
 async def chat_completions(request: Request) -> Response:
     """Execute the prompt named by `model` (key, or key@version); SSE when `stream` is true."""
-    body = await json_object(request)
+    body = await _chat_body(request)
     return await execute(request, body, bool(body.get("stream")), "api")
 
 
-@router.post("/v1/chat/completions/stream")
+@router.post("/v1/chat/completions/stream", openapi_extra=CHAT_DOC)
 async def chat_completions_stream(request: Request) -> Response:
     """Execute the prompt named by `model`, always streaming."""
-    body = await json_object(request)
-    return await execute(request, body, True, "api")
+    return await execute(request, await _chat_body(request), True, "api")
 
 
-@ui_router.post("/chat")
+@ui_router.post("/chat", openapi_extra=CHAT_DOC)
 async def execute_chat(request: Request) -> Response:
     """Execute a prompt in chat mode from the UI (same body as chat completions)."""
-    body = await json_object(request)
+    body = await _chat_body(request)
     return await execute(request, body, bool(body.get("stream")), "ui")
 
 
-@ui_router.post("/{prompt_id:path}/stream")
+@ui_router.post("/{prompt_id:path}/stream", openapi_extra=PROMPT_DOC)
 async def execute_prompt_stream(prompt_id: str, request: Request) -> Response:
     """Execute prompt {id} (id or key, optionally @version), streaming."""
-    body = await json_object(request)
-    body["model"] = _model_for(request, prompt_id)
-    return await execute(request, body, True, "ui")
+    return await execute(request, await _prompt_body(request, prompt_id), True, "ui")
 
 
-@ui_router.post("/{prompt_id:path}")
+@ui_router.post("/{prompt_id:path}", openapi_extra=PROMPT_DOC)
 async def execute_prompt(prompt_id: str, request: Request) -> Response:
     """Execute prompt {id} (id or key, optionally @version)."""
-    body = await json_object(request)
-    body["model"] = _model_for(request, prompt_id)
+    body = await _prompt_body(request, prompt_id)
     return await execute(request, body, bool(body.get("stream")), "ui")
 
 
