@@ -181,7 +181,8 @@ def _progress(total: int) -> tuple[Any, Any]:
     def line(result: Any) -> None:
         done[0] += 1
         mark = "pass" if result.passed else "FAIL"
-        where = f"{result.prompt_key}@{result.version_number or (result.version_sha or 'draft')[:7]}"
+        version = "draft" if result.draft_blob else result.version_number or (result.version_sha or "?")[:7]
+        where = f"{result.prompt_key}@{version}"
         click.echo(f"[{done[0]}/{total}] {mark} {where} {result.case_name}", err=True)
 
     return line, (lambda: None)

@@ -25,7 +25,7 @@ from llmkit.index import Version, label
 from llmkit.models import ModelRegistry
 from llmkit.promptfile import PromptFile
 from llmkit.render import render_messages, renders_quickly
-from llmkit.runlog import RunLog, RunRecord, new_trace_id
+from llmkit.runlog import RunLog, RunRecord, new_trace_id, version_columns
 from llmkit.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -343,8 +343,7 @@ class Executor:
         return RunRecord(
             trace_id=ex.trace_id,
             prompt_key=ex.key,
-            version_number=ex.version.number,
-            version_sha=ex.version.sha,
+            **version_columns(ex.version),
             model=ex.call.model,
             request={"messages": ex.call.messages, "params": ex.call.params},
             response=logged_response,
