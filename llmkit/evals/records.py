@@ -148,9 +148,23 @@ class EvalRecords:
             )
         return run_id
 
-    def results(self, *, run_id: str | None = None, prompt_key: str | None = None, version_sha: str | None = None) -> list[dict[str, Any]]:
+    def results(
+        self,
+        *,
+        run_id: str | None = None,
+        prompt_key: str | None = None,
+        version_sha: str | None = None,
+        draft_blob: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The results of a run, a prompt, a commit or a draft's text (the "after" side)."""
         where, args = ["role = 'after'"], []
-        for column, value in (("run_id", run_id), ("prompt_key", prompt_key), ("version_sha", version_sha)):
+        filters = (
+            ("run_id", run_id),
+            ("prompt_key", prompt_key),
+            ("version_sha", version_sha),
+            ("draft_blob", draft_blob),
+        )
+        for column, value in filters:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
