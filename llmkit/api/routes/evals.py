@@ -16,14 +16,6 @@ from starlette.concurrency import run_in_threadpool
 from llmkit.api.deps import JsonBody, Ws, admin_key
 from llmkit.errors import BadRequest, Conflict, NotFound
 from llmkit.evals.records import EvalRecords
-from llmkit.evals.spec import (
-    EvalCase,
-    case_from_dict,
-    case_path,
-    case_to_dict,
-    load_evals,
-    serialize_case,
-)
 from llmkit.evals.runner import EvalRunner
 from llmkit.evals.session import (
     EvalRequest,
@@ -31,6 +23,14 @@ from llmkit.evals.session import (
     planned_runs,
     run_session,
     select_cases,
+)
+from llmkit.evals.spec import (
+    EvalCase,
+    case_from_dict,
+    case_path,
+    case_to_dict,
+    load_evals,
+    serialize_case,
 )
 from llmkit.execute import Executor
 from llmkit.index import Prompt, Version
