@@ -138,3 +138,42 @@ def test_a_broken_eval_file_stops_the_runs_that_read_it_alike(
         assert response.status_code == 200, response.text
         assert cli.exit_code in (0, 1), cli.output
         assert len(eval_repo.query("SELECT run_id FROM eval_runs")) == 2
+
+
+FORMAL_MD = """\
+---
+model: default
+---
+<!-- role:system -->
+You are formal.
+"""
+FORMAL_CASE = """\
+name: is formal
+assert:
+- type: contains
+  value: formal
+"""
+
+
+def test_a_prompt_selects_its_own_cases_not_those_of_prompts_below_it(
+    eval_repo: EvalRepo,  # noqa: F811
+) -> None:
+    """greet/formal's cases live under evals/greet/formal/: a run of greet neither runs them nor
+    stops on a broken file there, from the CLI or the API."""
+    eval_repo.write("prompts/greet/formal.md", FORMAL_MD)
+    eval_repo.write("evals/greet/formal/basic.yaml", FORMAL_CASE)
+    eval_repo.commit("greet/formal")
+    body = api_run(eval_repo, "1", rounds=1)
+    cli_id = cli_run(eval_repo, "--prompt", "greet", "--no-cache")
+    for run_id in (body["run_id"], cli_id):
+        assert {r["prompt_key"] for r in results(eval_repo, run_id)} == {"greet"}
+    both = cli_run(eval_repo, "--prompt", "greet/formal", "--prompt", "greet")
+    assert {r["prompt_key"] for r in results(eval_repo, both)} == {"greet", "greet/formal"}
+
+    eval_repo.write("evals/greet/formal/bad.yaml", "name: [unclosed\n")
+    assert api_run(eval_repo, "1", rounds=1)["total"] == 2
+    cli_run(eval_repo, "--prompt", "greet")
+    refused = CliRunner().invoke(
+        main, ["eval", "--repo", str(eval_repo.root), "--prompt", "greet/formal"]
+    )
+    assert refused.exit_code == 2 and "evals/greet/formal/bad.yaml" in refused.output

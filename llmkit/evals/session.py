@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from llmkit.errors import BadRequest, NotFound, Unprocessable
 from llmkit.evals.records import EvalRecords
@@ -76,7 +76,10 @@ def select_cases(ws: Workspace, request: EvalRequest) -> list[EvalCase]:
         if not path.exists():
             raise NotFound(f"{_shown_path(path, root)} does not exist", param="paths")
     cases, problems = load_evals(root)
-    errors = [p for p in problems if p.severity == "error" and _covers(request, root, p.path)]
+    errors = [
+        p for p in problems
+        if p.severity == "error" and _covers(request, root, p.path, _file_prompt_key(p.path))
+    ]
     if errors:
         raise Unprocessable(
             f"{len(errors)} problem(s) in eval files; fix them (llmkit lint) and run again:\n"
@@ -89,23 +92,30 @@ def select_cases(ws: Workspace, request: EvalRequest) -> list[EvalCase]:
             raise NotFound(
                 f"No eval cases for prompt(s): {', '.join(sorted(unknown))}", param="prompt"
             )
-    selected = [c for c in cases if _covers(request, root, c.file)]
+    selected = [c for c in cases if _covers(request, root, c.file, c.prompt_key)]
     if not selected:
         raise NotFound("No eval cases to run (evals/<prompt key>/*.yaml)", param="paths")
     return selected
 
 
-def _covers(request: EvalRequest, root: Path, rel_path: str) -> bool:
-    """Whether an eval file (relative to the repository) is among those the request reads."""
-    if request.prompt_keys and not any(
-        rel_path.startswith(f"evals/{key}/") for key in request.prompt_keys
-    ):
+def _covers(request: EvalRequest, root: Path, rel_path: str, prompt_key: str) -> bool:
+    """Whether an eval file (relative to the repository), holding cases of `prompt_key`, is
+    among those the request reads."""
+    if request.prompt_keys and prompt_key not in request.prompt_keys:
         return False
     if not request.paths:
         return True
     file = (root / rel_path).resolve()
     wanted = [p.resolve() for p in request.paths]
     return any(file == w or w in file.parents for w in wanted)
+
+
+def _file_prompt_key(rel_path: str) -> str:
+    """The prompt key an eval file's place names: evals/<key>/<name>.yaml ("" elsewhere)."""
+    try:
+        return PurePosixPath(rel_path).parent.relative_to("evals").as_posix()
+    except ValueError:
+        return ""
 
 
 def _shown_path(path: Path, root: Path) -> str:
