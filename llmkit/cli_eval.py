@@ -6,12 +6,18 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from llmkit.cli_options import repo_option
 from llmkit.errors import LlmkitError
+
+if TYPE_CHECKING:
+    from llmkit.evals.records import EvalRecords
+    from llmkit.evals.runner import EvalRunner
+    from llmkit.evals.session import EvalRequest, EvalSession
+    from llmkit.evals.cases import EvalCase
 
 
 def fail_usage(message: str) -> None:
@@ -61,52 +67,37 @@ def _run(
     from llmkit.evals.console import make_console, print_report
     from llmkit.evals.records import EvalRecords
     from llmkit.evals.report import render_markdown, write_json, write_junit
-    from llmkit.evals.results import build_report
-    from llmkit.evals.runner import EvalRunner, RunOptions
-    from llmkit.evals.spec import load_evals
+    from llmkit.evals.session import EvalRequest, eval_runner, planned_runs, select_cases
     from llmkit.execute import Executor
-    from llmkit.runlog import utc_now
     from llmkit.workspace import Workspace
 
     for name, path in (("--junit", junit), ("--json", json_path), ("--markdown", markdown)):
         if path is not None and not path.resolve().parent.is_dir():
             fail_usage(f"{name} {path}: the folder {path.resolve().parent} does not exist")
+    request = EvalRequest(
+        prompt_keys=prompt_keys,
+        paths=tuple(Path.cwd() / path for path in paths),
+        ref=ref,
+        base=base,
+        concurrency=jobs,
+        repeat=repeat,
+        use_cache=not no_cache,
+        judge_model=judge_model,
+        source="cli",
+        labels={"ref": "--ref", "base": "--base"},
+    )
     ws = Workspace.open(str(repo) if repo else None)
     try:
         ws.index.sync()
-        ws.models.aliases()  # a broken llmkit.yaml is a configuration error, not failing cases
-        for name, given in (("--ref", ref), ("--base", base)):
-            if given and ws.store.resolve_ref(given) is None:
-                fail_usage(f"{name} {given!r} is not a branch, tag or commit in {ws.settings.repo}")
-        cases, problems = load_evals(ws.settings.repo)
-        errors = [p for p in problems if p.severity == "error"]
-        if errors:
-            for p in errors:
-                click.echo(f"{p.path}:{p.line or 1}: {p.message}", err=True)
-            fail_usage(f"{len(errors)} problem(s) in eval files; fix them (llmkit lint) and run again")
-        cases = _select(cases, paths, prompt_keys, ws.settings.repo)
-        if not cases:
-            fail_usage("No eval cases to run (evals/<prompt key>/*.yaml)")
+        cases = select_cases(ws, request)
         records = EvalRecords(ws.db)
-        runner = EvalRunner(
-            Executor(ws, ws.models, ws.runlog),
-            records,
-            RunOptions(concurrency=jobs, repeat=repeat, use_cache=not no_cache, judge_model=judge_model),
-        )
-        if ref:
-            planned = {case.prompt_key for case, _, _ in runner.plan(cases, ref)}
-            missing = sorted({c.prompt_key for c in cases} - planned)
-            if missing:
-                fail_usage(f"No prompt {', '.join(missing)} at --ref {ref}; leave its cases out (--prompt, PATHS)")
+        runner = eval_runner(ws, Executor(ws, ws.models, ws.runlog), records, request)
+        total = planned_runs(runner, cases, request)
         ws.runlog.start()
-        started = utc_now()
-        results, base_results = asyncio.run(_execute(runner, cases, ref, base))
-        report = build_report(results, base_results, base)
-        run_id = records.save_run(
-            results, base_results, ref=ref, base_ref=base, source="cli", summary=report.counts(), started_at=started
-        )
+        session = asyncio.run(_execute(runner, records, cases, request, total))
     finally:
         ws.close()
+    report, run_id = session.report, session.run_id
     print_report(make_console(), report, run_id)
     if junit:
         write_junit(junit, report)
@@ -122,41 +113,19 @@ def _run(
     return 0 if report.ok and not report.regressions else 1
 
 
-def _select(cases: list[Any], paths: tuple[Path, ...], prompt_keys: tuple[str, ...], root: Path) -> list[Any]:
-    if prompt_keys:
-        unknown = set(prompt_keys) - {c.prompt_key for c in cases}
-        if unknown:
-            fail_usage(f"No eval cases for prompt(s): {', '.join(sorted(unknown))}")
-        cases = [c for c in cases if c.prompt_key in prompt_keys]
-    if paths:
-        wanted = []
-        for path in paths:
-            resolved = (Path.cwd() / path).resolve()
-            if not resolved.exists():
-                fail_usage(f"{path} does not exist")
-            wanted.append(resolved)
-
-        def selected(case: Any) -> bool:
-            file = (root / case.file).resolve()
-            return any(file == w or w in file.parents for w in wanted)
-
-        cases = [c for c in cases if selected(c)]
-    return cases
-
-
-async def _execute(runner: Any, cases: list[Any], ref: str | None, base: str | None) -> tuple[list[Any], list[Any] | None]:
+async def _execute(
+    runner: EvalRunner, records: EvalRecords, cases: list[EvalCase], request: EvalRequest,
+    total: int,
+) -> EvalSession:
     from llmkit import providers
+    from llmkit.evals.session import run_session
 
-    # Cases new since the base have no base runs.
-    total = len(runner.plan(cases, ref)) + (len(runner.plan(cases, base)) if base else 0)
     progress, finish = _progress(total)
     try:
-        results = await runner.run(cases, ref, progress)
-        base_results = await runner.run(cases, base, progress) if base else None
+        return await run_session(runner, records, cases, request, progress)
     finally:
         finish()
         await providers.aclose()
-    return results, base_results
 
 
 def _progress(total: int) -> tuple[Any, Any]:

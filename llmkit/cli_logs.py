@@ -18,6 +18,7 @@ from llmkit.cli_options import handle_errors, json_option, print_json, repo_opti
 @handle_errors
 def logs(repo: Path | None, prompt_key: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """The newest provider calls from the run log."""
+    from llmkit.runlog import version_label
     from llmkit.workspace import Workspace
 
     ws = Workspace.open(str(repo) if repo else None)
@@ -38,7 +39,7 @@ def logs(repo: Path | None, prompt_key: str | None, status: str | None, limit: i
             row["created_at"][:19].replace("T", " "),
             row["trace_id"][:8],
             row["prompt_key"],
-            str(row.get("version_number") or (row.get("version_sha") or "draft")[:7]),
+            version_label(row),
             row["model"],
             row["status"] if row["status"] == "ok" else f"[red]{row['status']}[/red]",
             f"{row['latency_ms']:.0f}" if row.get("latency_ms") is not None else "",

@@ -29,23 +29,9 @@ from llmkit.errors import LlmkitError
 @handle_errors
 def history(repo: Path | None, key: str, patch: bool, as_json: bool) -> None:
     """The versions of a prompt, oldest first."""
-    from llmkit.prompt_views import iso_time
+    from llmkit.history import history_rows
 
-    ws = synced_workspace(repo)
-    rows = []
-    for v, diff in ws.index.history(key):
-        rows.append(
-            {
-                "number": v.number,
-                "sha": v.sha,
-                "draft": v.draft,
-                "author": v.commit.author_name if v.commit else None,
-                "email": v.commit.author_email if v.commit else None,
-                "date": iso_time(v.commit.authored_at) if v.commit else None,
-                "message": v.commit.message if v.commit else "uncommitted changes in the working tree",
-                "diff": diff,
-            }
-        )
+    rows = history_rows(synced_workspace(repo).index, key)
     if as_json:
         print_json(rows)
         return

@@ -24,7 +24,7 @@ from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable
 from llmkit.models import ModelRegistry
 from llmkit.promptfile import PromptFile, path_for_key
 from llmkit.render import render_messages, renders_quickly
-from llmkit.runlog import RunLog, RunRecord, new_trace_id
+from llmkit.runlog import RunLog, RunRecord, new_trace_id, version_columns
 from llmkit.versions import Version, label
 from llmkit.workspace import Workspace
 
@@ -355,8 +355,7 @@ class Executor:
         return RunRecord(
             trace_id=ex.trace_id,
             prompt_key=ex.key,
-            version_number=ex.version.number,
-            version_sha=ex.version.sha,
+            **version_columns(ex.version),
             model=ex.call.model,
             request={"messages": ex.call.messages, "params": ex.call.params},
             response=logged_response,

@@ -33,7 +33,7 @@ import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from llmkit.db import Database, Migrations
 from llmkit.errors import BadRequest, RunLogUnavailable
@@ -65,6 +65,10 @@ class RunRecord:
     prompt_key: str
     version_number: int | None = None
     version_sha: str | None = None
+    # A draft (the working tree's uncommitted file) has no number and no sha: it is named by
+    # the git blob id of its text, so it never passes for the version it may later become.
+    draft: bool = False
+    draft_blob: str | None = None
     model: str
     request: Any
     response: Any = None
@@ -98,7 +102,7 @@ _INT_FIELDS = (
     "api_key_id",
 )
 _NUMBER_FIELDS = ("cost", "latency_ms", "ttft_ms")
-_TEXT_FIELDS = ("trace_id", "prompt_key", "version_sha", "model", "error")
+_TEXT_FIELDS = ("trace_id", "prompt_key", "version_sha", "draft_blob", "model", "error")
 
 MIGRATIONS = Migrations("runlog")
 migration = MIGRATIONS.register
@@ -159,6 +163,55 @@ def m002_truncated_notes_and_rejects(conn: sqlite3.Connection) -> None:
         )
         """
     )
+
+
+@migration
+def m003_drafts_marked(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE run_log ADD COLUMN draft INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE run_log ADD COLUMN draft_blob TEXT")
+    # Drafts used to be logged under the number their commit would get, without a sha (a
+    # committed version always has one): marked as drafts, they no longer count for that
+    # number. Their text is unknown, so their blob stays null.
+    conn.execute(
+        "UPDATE run_log SET draft = 1, version_number = NULL"
+        " WHERE version_sha IS NULL AND version_number IS NOT NULL"
+    )
+    # Each draft text is a version of its own in the per-version figures.
+    for column in ("latency_ms", "ttft_ms"):
+        conn.execute(f"DROP INDEX run_log_{column}")
+        conn.execute(
+            f"CREATE INDEX run_log_{column} ON run_log"
+            f" (prompt_key, version_number, version_sha, draft, draft_blob, {column})"
+        )
+
+
+class LoggedVersion(Protocol):
+    """What the run log needs of a version (the index's Version has it)."""
+
+    number: int | None
+    sha: str | None
+    blob: str
+    draft: bool
+
+
+def version_columns(version: LoggedVersion) -> dict[str, Any]:
+    """The version fields of a record for `version`: its number and sha, or for a draft, the
+    draft flag and the blob id of its text."""
+    if version.draft:
+        return {"version_number": None, "version_sha": None, "draft": True,
+                "draft_blob": version.blob}
+    return {"version_number": version.number, "version_sha": version.sha, "draft": False,
+            "draft_blob": None}
+
+
+def version_label(row: dict[str, Any]) -> str:
+    """How a row's version is shown: its number, else its sha, or `draft <blob>`."""
+    if row.get("draft"):
+        blob = row.get("draft_blob")
+        return f"draft {blob[:7]}" if blob else "draft"
+    if row.get("version_number") is not None:
+        return str(row["version_number"])
+    return (row.get("version_sha") or "?")[:7]
 
 
 def _shown(value: object) -> str:
@@ -225,10 +278,19 @@ def _check_record(record: RunRecord) -> None:
         value = getattr(record, name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
             raise BadRequest(f"Run record {name} must be a number or None: {_shown(value)}")
-    for name in ("version_sha", "error"):
+    for name in ("version_sha", "draft_blob", "error"):
         value = getattr(record, name)
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"Run record {name} must be a string or None: {_shown(value)}")
+    if not isinstance(record.draft, bool):
+        raise BadRequest(f"Run record draft must be true or false: {_shown(record.draft)}")
+    if record.draft and (record.version_number is not None or record.version_sha is not None):
+        raise BadRequest(
+            "A draft run record has no version number or sha (it is named by its draft_blob):"
+            f" got {_shown(record.version_number)} and {_shown(record.version_sha)}"
+        )
+    if not record.draft and record.draft_blob is not None:
+        raise BadRequest(f"Run record draft_blob is for drafts only: {_shown(record.draft_blob)}")
 
 
 def _to_row(record: RunRecord, field_max_bytes: int) -> tuple[Any, ...]:
@@ -246,6 +308,7 @@ def _to_row(record: RunRecord, field_max_bytes: int) -> tuple[Any, ...]:
     response = record.response
     values["response"] = None if response is None else shaper.json("response", response)
     values["stream"] = 1 if record.stream else 0
+    values["draft"] = 1 if record.draft else 0
     created = record.created_at
     if not (isinstance(created, str) and _CANONICAL_TIME.match(created)):
         created = canonical_time(created, "created_at")
@@ -261,6 +324,7 @@ def _row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     result["request"] = _json_value(result["request"], "request" in truncated)
     result["response"] = _json_value(result["response"], "response" in truncated)
     result["stream"] = bool(result["stream"])
+    result["draft"] = bool(result["draft"])
     result["truncated"] = truncated
     result["log_notes"] = _json_list(result["log_notes"])
     return result
@@ -452,13 +516,18 @@ class RunLog:
         reader = self._db.reader()
         result = []
         for row in reader.execute(_STATS_TOTALS, (prompt_key,)).fetchall():
-            version = (prompt_key, row["version_number"], row["version_sha"])
+            version = (
+                prompt_key, row["version_number"], row["version_sha"], row["draft"],
+                row["draft_blob"],
+            )
             count = int(row["count"])
             latency_n, ttft_n = int(row["latency_n"]), int(row["ttft_n"])
             result.append(
                 {
                     "version_number": row["version_number"],
                     "version_sha": row["version_sha"],
+                    "draft": bool(row["draft"]),
+                    "draft_blob": row["draft_blob"],
                     "count": count,
                     "error_count": int(row["error_count"]),
                     "error_rate": row["error_count"] / count,
@@ -474,13 +543,15 @@ class RunLog:
                 }
             )
         result.sort(
-            key=lambda s: (s["version_number"] is None, s["version_number"] or 0, s["first_at"])
+            key=lambda s: (
+                s["version_number"] is None, s["version_number"] or 0, s["draft"], s["first_at"]
+            )
         )
         return result
 
 
 _STATS_TOTALS = """
-SELECT version_number, version_sha,
+SELECT version_number, version_sha, draft, draft_blob,
        COUNT(*) AS count,
        SUM(status = 'error') AS error_count,
        COUNT(latency_ms) AS latency_n,
@@ -493,7 +564,7 @@ SELECT version_number, version_sha,
        MAX(created_at) AS last_at
 FROM run_log
 WHERE prompt_key = ?
-GROUP BY version_number, version_sha
+GROUP BY version_number, version_sha, draft, draft_blob
 """
 
 _PERCENTILE_COLUMNS = ("latency_ms", "ttft_ms")
@@ -502,7 +573,7 @@ _PERCENTILE_COLUMNS = ("latency_ms", "ttft_ms")
 def _percentile(
     reader: sqlite3.Connection,
     column: str,
-    version: tuple[str, int | None, str | None],
+    version: tuple[str, int | None, str | None, int, str | None],
     p: int,
     n: int,
 ) -> float | None:
@@ -515,6 +586,7 @@ def _percentile(
     row = reader.execute(
         f"SELECT {column} FROM run_log"
         f" WHERE prompt_key = ? AND version_number IS ? AND version_sha IS ?"
+        f" AND draft = ? AND draft_blob IS ?"
         f" AND {column} IS NOT NULL ORDER BY {column} LIMIT 1 OFFSET ?",
         (*version, rank - 1),
     ).fetchone()
@@ -565,11 +637,13 @@ def _filters(
 
 
 def _version_filter(version: str | int) -> tuple[str, list[Any]]:
-    """A version number, a sha prefix (at least MIN_SHA_PREFIX hex digits), or digits that may
-    be either."""
+    """A version number, a sha prefix (at least MIN_SHA_PREFIX hex digits), digits that may
+    be either, or `draft` (every draft run)."""
     if isinstance(version, int) and not isinstance(version, bool):
         return "version_number = ?", [version]
     text = version.strip().lower() if isinstance(version, str) else ""
+    if text == "draft":
+        return "draft = 1", []
     is_hex = bool(text) and len(text) <= 40 and all(c in "0123456789abcdef" for c in text)
     sha_prefix = is_hex and len(text) >= MIN_SHA_PREFIX
     # Digits too large for a version number can still be a sha prefix.
@@ -580,7 +654,7 @@ def _version_filter(version: str | int) -> tuple[str, list[Any]]:
     if sha_prefix:
         return "version_sha LIKE ?", [text + "%"]
     raise BadRequest(
-        f"version must be a version number or a commit sha prefix of at least"
-        f" {MIN_SHA_PREFIX} hex digits, got {_shown(version)}",
+        f"version must be a version number, a commit sha prefix of at least"
+        f" {MIN_SHA_PREFIX} hex digits or 'draft', got {_shown(version)}",
         param="version",
     )

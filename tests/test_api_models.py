@@ -18,7 +18,7 @@ from llmkit.api.app import create_app
 from llmkit.api.schemas import ChatCompletionRequest, PromptExecuteRequest
 from llmkit.config import Settings
 from llmkit.execute import OTHER_FIELDS, REQUEST_PARAMS, WARNING_HEADER, Execution, Executor
-from llmkit.index import Version
+from llmkit.versions import Version
 from tests.api_fixtures import ApiEnv
 from tests.exec_fixtures import ExecApi
 

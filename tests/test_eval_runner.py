@@ -368,4 +368,5 @@ def test_draft_prompt_is_run_as_it_is_in_the_working_tree(env: RunnerEnv) -> Non
     named = by_name(env.run(env.cases("greet")))
     assert named["mentions goodbye"].passed
     assert named["says hello"].version_sha is None
-    assert named["says hello"].version_number == 2
+    assert named["says hello"].version_number is None
+    assert named["says hello"].draft_blob == env.ws.index.version("greet").blob

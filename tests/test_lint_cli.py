@@ -244,7 +244,7 @@ def test_history_json(history_repo: Repo) -> None:
     assert [(r["number"], r["sha"], r["draft"]) for r in rows] == [(1, shas[0], False), (2, shas[1], False)]
     assert [r["message"] for r in rows] == ["Initial commit", "Ask for one line"]
     assert {r["author"] for r in rows} == {"Test Author"}
-    assert {r["email"] for r in rows} == {"author@example.com"}
+    assert {r["author_email"] for r in rows} == {"author@example.com"}
     assert all(r["date"].endswith("Z") for r in rows)
     assert "+You are a {{ personality }} assistant.\n" in rows[0]["diff"]
     assert "+Answer in one line.\n" in rows[1]["diff"]

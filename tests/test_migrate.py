@@ -142,6 +142,8 @@ EXPECTED: dict[str, Table] = {
             ("created_at", "TEXT", True, None, 0),
             ("truncated", "TEXT", False, None, 0),
             ("log_notes", "TEXT", False, None, 0),
+            ("draft", "INTEGER", True, "0", 0),
+            ("draft_blob", "TEXT", False, None, 0),
         ],
         "indexes": {
             "sqlite_autoindex_run_log_1": ("UNIQUE", ["trace_id"]),
@@ -149,11 +151,11 @@ EXPECTED: dict[str, Table] = {
             "run_log_prompt_created_at": ("CREATE INDEX", ["prompt_key", "created_at"]),
             "run_log_latency_ms": (
                 "CREATE INDEX",
-                ["prompt_key", "version_number", "version_sha", "latency_ms"],
+                ["prompt_key", "version_number", "version_sha", "draft", "draft_blob", "latency_ms"],
             ),
             "run_log_ttft_ms": (
                 "CREATE INDEX",
-                ["prompt_key", "version_number", "version_sha", "ttft_ms"],
+                ["prompt_key", "version_number", "version_sha", "draft", "draft_blob", "ttft_ms"],
             ),
         },
     },
@@ -224,6 +226,8 @@ EXPECTED: dict[str, Table] = {
             ("cached", "INTEGER", True, None, 0),
             ("human_score", "INTEGER", False, None, 0),
             ("created_at", "TEXT", True, None, 0),
+            ("draft", "INTEGER", True, "0", 0),
+            ("draft_blob", "TEXT", False, None, 0),
         ],
         "indexes": {
             "eval_results_version": ("CREATE INDEX", ["prompt_key", "version_sha"]),

@@ -22,6 +22,7 @@ from tests.helpers import poll
 SHA_1 = "1111aaaa" + "0" * 32
 SHA_2 = "2222bbbb" + "0" * 32
 SHA_DIGITS = "12345678" + "0" * 32
+DRAFT_BLOB = "3333cccc" + "0" * 32
 
 
 @pytest.fixture
@@ -300,7 +301,11 @@ def filled(runlog: RunLog) -> RunLog:
                 created_at=at(minute),
             )
         )
-    runlog.log(record(trace_id="draft", prompt_key="a", version_number=3, created_at=at(30)))
+    runlog.log(
+        record(
+            trace_id="draft", prompt_key="a", draft=True, draft_blob=DRAFT_BLOB, created_at=at(30)
+        )
+    )
     assert runlog.flush()
     return runlog
 
@@ -324,7 +329,9 @@ def test_filters_and_count_agree(filled: RunLog) -> None:
         ({"prompt": "nope"}, []),
         ({"status": "error"}, ["t4", "t3"]),
         ({"version": 1}, ["t4", "t3", "t2", "t1", "t0"]),
-        ({"version": "3"}, ["draft"]),
+        ({"version": "3"}, []),
+        ({"version": "draft"}, ["draft"]),
+        ({"version": "3333"}, []),
         ({"version": "1111"}, ["t4", "t3", "t2", "t1", "t0"]),
         ({"version": "1111AAAA"}, ["t4", "t3", "t2", "t1", "t0"]),
         ({"version": "12345678"}, ["t9", "t8", "t7", "t6", "t5"]),
@@ -400,7 +407,11 @@ def test_stats_per_version_with_nearest_rank_percentiles(runlog: RunLog) -> None
                 created_at="2024-05-02T00:00:00.000Z",
             )
         )
-    runlog.log(record(version_number=3, latency_ms=7, status="cancelled", created_at=at(1)))
+    runlog.log(
+        record(
+            draft=True, draft_blob=DRAFT_BLOB, latency_ms=7, status="cancelled", created_at=at(1)
+        )
+    )
     runlog.log(record(prompt_key="other", version_number=1, version_sha=SHA_1, latency_ms=9999))
     assert runlog.flush()
 
@@ -408,6 +419,8 @@ def test_stats_per_version_with_nearest_rank_percentiles(runlog: RunLog) -> None
     assert v1 == {
         "version_number": 1,
         "version_sha": SHA_1,
+        "draft": False,
+        "draft_blob": None,
         "count": 100,
         "error_count": 10,
         "error_rate": 0.1,
@@ -425,7 +438,8 @@ def test_stats_per_version_with_nearest_rank_percentiles(runlog: RunLog) -> None
     assert (v2["latency_p50_ms"], v2["latency_p95_ms"], v2["ttft_p50_ms"]) == (20, 30, None)
     assert (v2["count"], v2["error_rate"], v2["cost"]) == (3, 0.0, None)
     assert (v2["input_tokens"], v2["output_tokens"], v2["reasoning_tokens"]) == (3, 6, 9)
-    assert (draft["version_number"], draft["version_sha"]) == (3, None)
+    assert (draft["version_number"], draft["version_sha"]) == (None, None)
+    assert (draft["draft"], draft["draft_blob"]) == (True, DRAFT_BLOB)
     assert (draft["latency_p50_ms"], draft["latency_p95_ms"], draft["count"]) == (7, 7, 1)
     assert draft["error_count"] == 0
     assert runlog.stats("nothing-here") == []
@@ -625,7 +639,7 @@ def test_a_row_the_driver_refuses_is_stored_scrubbed(runlog: RunLog) -> None:
     values = dict.fromkeys(COLUMNS)
     values.update(
         trace_id="unshaped", prompt_key="p\ud800", model="m", request='"x\udc00"', status="ok",
-        stream=0, source="api", created_at=at(1), input_tokens=2**70,
+        stream=0, draft=0, source="api", created_at=at(1), input_tokens=2**70,
     )
     runlog._writer.put(tuple(values[name] for name in COLUMNS))
     after = record()

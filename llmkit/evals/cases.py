@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from llmkit.config import EVALS_DIR, PROMPTS_DIR
+from llmkit.config import EVALS_DIR
 from llmkit.errors import InvalidKey, PromptFormatError
 from llmkit.evals.asserts import Assertion
 from llmkit.promptfile import validate_key

@@ -53,7 +53,7 @@ def make_console(file: TextIO | None = None) -> Console:
 
 def run_label(result: CaseResult) -> str:
     """`prompt@version case`: which run of which case on which prompt version."""
-    version = result.version_number or (result.version_sha or "draft")[:7]
+    version = "draft" if result.draft_blob else result.version_number or (result.version_sha or "?")[:7]
     return f"{result.prompt_key}@{version} {result.case_name}"
 
 

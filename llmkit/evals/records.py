@@ -72,6 +72,18 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m002_drafts_marked(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE eval_results ADD COLUMN draft INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE eval_results ADD COLUMN draft_blob TEXT")
+    # Results of a draft used to carry the number its commit would get, without a sha (a
+    # committed version always has one): marked as drafts, they no longer count for it.
+    conn.execute(
+        "UPDATE eval_results SET draft = 1, version_number = NULL"
+        " WHERE version_sha IS NULL AND version_number IS NOT NULL"
+    )
+
+
 def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any], api_base: str | None) -> str:
     """Same model, messages and parameters -> same key."""
     payload = json.dumps([model, api_base, messages, params], sort_keys=True, ensure_ascii=False, default=str)
@@ -128,16 +140,31 @@ class EvalRecords:
             )
             conn.executemany(
                 "INSERT INTO eval_results (run_id, role, prompt_key, version_number, version_sha,"
-                " case_name, file, model, repeat_index, passed, output, assertions, error, latency_ms,"
-                " input_tokens, output_tokens, cost, cached, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " draft, draft_blob, case_name, file, model, repeat_index, passed, output,"
+                " assertions, error, latency_ms, input_tokens, output_tokens, cost, cached,"
+                " created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return run_id
 
-    def results(self, *, run_id: str | None = None, prompt_key: str | None = None, version_sha: str | None = None) -> list[dict[str, Any]]:
+    def results(
+        self,
+        *,
+        run_id: str | None = None,
+        prompt_key: str | None = None,
+        version_sha: str | None = None,
+        draft_blob: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The results of a run, a prompt, a commit or a draft's text (the "after" side)."""
         where, args = ["role = 'after'"], []
-        for column, value in (("run_id", run_id), ("prompt_key", prompt_key), ("version_sha", version_sha)):
+        filters = (
+            ("run_id", run_id),
+            ("prompt_key", prompt_key),
+            ("version_sha", version_sha),
+            ("draft_blob", draft_blob),
+        )
+        for column, value in filters:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -168,17 +195,21 @@ class EvalRecords:
     def performance(self, prompt_key: str) -> list[dict[str, Any]]:
         """Per version: runs, pass rate, mean human score (versions with no scores included)."""
         rows = self.db.reader().execute(
-            "SELECT version_number, version_sha, COUNT(*) AS results, COUNT(DISTINCT run_id) AS runs,"
-            " AVG(passed) AS pass_rate, AVG(human_score) AS mean_score, COUNT(human_score) AS scored,"
+            "SELECT version_number, version_sha, draft, draft_blob, COUNT(*) AS results,"
+            " COUNT(DISTINCT run_id) AS runs, AVG(passed) AS pass_rate,"
+            " AVG(human_score) AS mean_score, COUNT(human_score) AS scored,"
             " MAX(created_at) AS last_run_at"
             " FROM eval_results WHERE prompt_key = ? AND role = 'after'"
-            " GROUP BY version_sha, version_number ORDER BY version_number, version_sha",
+            " GROUP BY version_sha, version_number, draft, draft_blob"
+            " ORDER BY draft, version_number, version_sha, draft_blob",
             (prompt_key,),
         ).fetchall()
         return [
             {
                 "version_number": r["version_number"],
                 "version_id": r["version_sha"],
+                "draft": bool(r["draft"]),
+                "draft_blob": r["draft_blob"],
                 "run_count": r["runs"],
                 "result_count": r["results"],
                 "pass_rate": r["pass_rate"],
@@ -252,7 +283,8 @@ def _check_result_id(result_id: int) -> None:
 def _row(run_id: str, role: str, r: CaseResult, now: str) -> tuple[Any, ...]:
     o = r.outcome
     return (
-        run_id, role, r.prompt_key, r.version_number, r.version_sha, r.case_name, r.file, r.model,
+        run_id, role, r.prompt_key, r.version_number, r.version_sha, int(r.draft_blob is not None),
+        r.draft_blob, r.case_name, r.file, r.model,
         r.repeat_index, int(r.passed), o.text, json.dumps([asdict(a) for a in r.assertions]),
         o.error, o.latency_ms, o.input_tokens, o.output_tokens, o.cost, int(r.cached), now,
     )
@@ -263,6 +295,7 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
     data["assertions"] = json.loads(data["assertions"])
     data["passed"] = bool(data["passed"])
     data["cached"] = bool(data["cached"])
+    data["draft"] = bool(data["draft"])
     data["score"] = data["human_score"]
     data["prompt_version_id"] = data["version_sha"]
     return data

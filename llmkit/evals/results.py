@@ -35,6 +35,7 @@ class CaseResult:
     passed: bool
     cached: bool = False
     threshold: float = 1.0
+    draft_blob: str | None = None  # a draft (no number, no sha): the blob id of its text
 
     @classmethod
     def of(
@@ -48,12 +49,13 @@ class CaseResult:
         model: str,
         repeat_index: int = 0,
         cached: bool = False,
+        draft_blob: str | None = None,
     ) -> CaseResult:
         """The result of running `case` once; `passed` follows the case's threshold."""
         return cls(
             case.prompt_key, case.name, case.file, case.line, version_number, version_sha, model,
             repeat_index, outcome, assertions, run_passed(outcome, assertions, case.threshold),
-            cached, case.threshold,
+            cached, case.threshold, draft_blob,
         )
 
     @property
@@ -115,15 +117,18 @@ class RunStats:
     @property
     def version_label(self) -> str:
         first = self.results[0] if self.results else None
+        if first is not None and first.draft_blob is not None:
+            return "draft"
         if first is None or first.version_number is None:
             return "?"
-        return f"v{first.version_number}" + ("" if first.version_sha else " (uncommitted)")
+        return f"v{first.version_number}"
 
     def to_dict(self) -> dict[str, Any]:
         first = self.results[0] if self.results else None
         return {
             "version_number": first.version_number if first else None,
             "version_sha": first.version_sha if first else None,
+            "draft_blob": first.draft_blob if first else None,
             "model": first.model if first else None,
             "runs": self.runs,
             "passed_runs": self.passed_runs,

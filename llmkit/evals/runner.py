@@ -17,6 +17,7 @@ from llmkit.evals.cases import EvalCase
 from llmkit.evals.records import EvalRecords, cache_key
 from llmkit.evals.results import CaseResult
 from llmkit.execute import Execution, Executor
+from llmkit.runlog import version_columns
 from llmkit.versions import Version
 
 JUDGE_SYSTEM = (
@@ -78,7 +79,7 @@ class EvalRunner:
             await asyncio.to_thread(self.records.remember, new)
 
     async def run_case(self, case: EvalCase, version: Version, repeat_index: int = 0) -> CaseResult:
-        number, sha = version.number, version.sha
+        logged = version_columns(version)
         model = case.model or "?"
         try:
             ex = await self._prepare(case, version)
@@ -88,7 +89,8 @@ class EvalRunner:
             outcome, cached = Outcome(text="", error=exc.message), False
         results = await check_all(case.assertions, outcome, self._judge)
         return CaseResult.of(
-            case, outcome, results, version_number=number, version_sha=sha, model=model,
+            case, outcome, results, version_number=logged["version_number"],
+            version_sha=logged["version_sha"], draft_blob=logged["draft_blob"], model=model,
             repeat_index=repeat_index, cached=cached,
         )
 

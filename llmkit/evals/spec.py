@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from llmkit.config import PROMPTS_DIR
 from llmkit.evals.asserts import (
     Assertion,
     is_number,
@@ -37,7 +38,6 @@ from llmkit.evals.cases import (
     MESSAGE_KEYS,
     MESSAGE_ROLES,
     MULTI_FILE_KEYS,
-    PROMPTS_DIR,
     SINGLE_FILE_KEYS,
     EvalCase,
     EvalFile,

@@ -19,7 +19,16 @@ from llmkit.evals.case_json import case_from_dict, case_to_dict
 from llmkit.evals.case_yaml import serialize_case
 from llmkit.evals.cases import EvalCase, case_path
 from llmkit.evals.records import EvalRecords
+from llmkit.evals.runner import EvalRunner
+from llmkit.evals.session import (
+    EvalRequest,
+    eval_runner,
+    planned_runs,
+    run_session,
+    select_cases,
+)
 from llmkit.evals.spec import load_evals
+from llmkit.execute import Executor
 from llmkit.versions import Prompt, Version
 from llmkit.workspace import Workspace
 
@@ -156,24 +165,19 @@ async def run_evals(
     prompt_id: str, version: str, request: Request, ws: Ws, rounds: int = Query(1, ge=1, le=20)
 ) -> dict[str, Any]:
     """Run every case of the prompt against that version; one run_id for the whole run."""
-    from llmkit.evals.runner import EvalRunner, RunOptions
-    from llmkit.runlog import utc_now
-
-    prompt, pinned, cases = await run_in_threadpool(_run_plan, ws, prompt_id, version)
     records: EvalRecords = request.app.state.eval_records
-    runner = EvalRunner(request.app.state.executor, records, RunOptions(repeat=rounds, source="ui"))
-    started = utc_now()
-    results = await runner.run(cases, pinned.sha or version)
-    run_id = await run_in_threadpool(
-        records.save_run, results, ref=version, source="api", started_at=started
+    prompt, pinned, wanted, cases, runner = await run_in_threadpool(
+        _run_plan, ws, request.app.state.executor, records, prompt_id, version, rounds
     )
-    rows = await run_in_threadpool(records.results, run_id=run_id)
+    session = await run_session(runner, records, cases, wanted)
+    rows = await run_in_threadpool(records.results, run_id=session.run_id)
     return {
-        "run_id": run_id,
+        "run_id": session.run_id,
         "prompt_id": prompt.id,
         "key": prompt.key,
         "version_number": pinned.number,
         "version_id": pinned.sha,
+        "draft": pinned.draft,
         "passed": sum(r["passed"] for r in rows),
         "total": len(rows),
         "runs": rows,
@@ -181,15 +185,25 @@ async def run_evals(
 
 
 def _run_plan(
-    ws: Workspace, prompt_id: str, version: str
-) -> tuple[Prompt, Version, list[EvalCase]]:
-    """The prompt, the version a run pins (a branch or tag is resolved with git) and its cases."""
+    ws: Workspace, executor: Executor, records: EvalRecords, prompt_id: str, version: str,
+    rounds: int,
+) -> tuple[Prompt, Version, EvalRequest, list[EvalCase], EvalRunner]:
+    """The prompt, the version a run pins (a branch or tag is resolved with git), and the run
+    of its cases as `llmkit eval --prompt KEY --ref COMMIT --repeat ROUNDS` would make it."""
     prompt = ws.index.get_prompt(prompt_id)
     pinned = ws.index.version(prompt.key, version)
-    cases = [c for c in _cases(ws) if c.prompt_key == prompt.key]
-    if not cases:
-        raise NotFound(f"Prompt {prompt.key!r} has no eval cases", param="prompt_id")
-    return prompt, pinned, cases
+    wanted = EvalRequest(
+        prompt_keys=(prompt.key,),
+        # The commit that made the version; a draft is only ever what is served.
+        ref=pinned.sha,
+        repeat=rounds,
+        source="api",
+        labels={"ref": "version"},
+    )
+    cases = select_cases(ws, wanted)
+    runner = eval_runner(ws, executor, records, wanted)
+    planned_runs(runner, cases, wanted)
+    return prompt, pinned, wanted, cases, runner
 
 
 @router.get("/prompt-eval-runs/{prompt_id:path}/version/{version}")
@@ -198,6 +212,8 @@ def list_runs(prompt_id: str, version: str, request: Request, ws: Ws) -> list[di
     prompt = ws.index.get_prompt(prompt_id)
     pinned = ws.index.version(prompt.key, version)
     records: EvalRecords = request.app.state.eval_records
+    if pinned.draft:
+        return records.results(prompt_key=prompt.key, draft_blob=pinned.blob)
     if pinned.sha is None:
         return []
     return records.results(prompt_key=prompt.key, version_sha=pinned.sha)

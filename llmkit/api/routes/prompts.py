@@ -15,6 +15,7 @@ from llmkit import authoring
 from llmkit.api.deps import Ws, admin_key
 from llmkit.api.schemas import CommitInfo, PromptWrite
 from llmkit.errors import BadRequest, Conflict, NotFound, PromptFormatError
+from llmkit.history import history_rows
 from llmkit.prompt_views import iso_time, prompt_fields, version_fields
 from llmkit.promptfile import (
     Message,
@@ -181,22 +182,7 @@ def create_prompt(body: PromptWrite, ws: Ws, request: Request) -> dict[str, Any]
 @router.get("/{prompt_id:path}/versions")
 def list_versions(prompt_id: str, ws: Ws) -> list[dict[str, Any]]:
     """History: every version with author, date, message and diff against the one before."""
-    result = []
-    previous = None
-    for v, diff in ws.index.history(prompt_id):
-        fields = version_fields(v, previous)
-        commit = v.commit
-        fields.update(
-            number=v.number,
-            author=commit.author_name if commit else None,
-            author_email=commit.author_email if commit else None,
-            date=iso_time(commit.authored_at) if commit else None,
-            message=commit.message if commit else "Uncommitted changes in the working tree",
-            diff=diff,
-        )
-        result.append(fields)
-        previous = v
-    return result
+    return history_rows(ws.index, prompt_id)
 
 
 @router.get("/{prompt_id:path}/versions/{version}")
