@@ -1,5 +1,6 @@
 """`llmkit eval`: run eval cases, compare with a base ref, write reports. Exit codes: 0 all
-pass, 1 failures or regressions, 2 usage or configuration errors."""
+pass, 1 failures or regressions, 2 usage or configuration errors (a provider key that is not
+set among them: one message naming the variable, not every case failed)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from llmkit.cli_options import repo_option
-from llmkit.errors import LlmkitError
+from llmkit.errors import LlmkitError, ProviderNotConfigured
 
 if TYPE_CHECKING:
     from llmkit.evals.records import EvalRecords
@@ -42,6 +43,12 @@ def eval_command(**options: Any) -> None:
     """Run eval cases against the prompts and report; with --base, fail on regressions."""
     try:
         code = _run(**options)
+    except ProviderNotConfigured as exc:
+        fail_usage(
+            f"{exc.message}\nThe eval stopped there: this is a configuration error (exit 2), not"
+            " failing cases, and no results were saved. Set the variable (in CI, from a"
+            " secret) and run again."
+        )
     except LlmkitError as exc:
         fail_usage(exc.message)
     sys.exit(code)

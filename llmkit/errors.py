@@ -151,6 +151,15 @@ class UpstreamError(LlmkitError):
     code = "upstream_error"
 
 
+class UpstreamUnreachable(UpstreamError):
+    """No connection to the upstream at all: refused, an unknown host, a failed TLS handshake,
+    or none made within the connect timeout. Almost always a wrong `api_base` or a server that
+    is down, which a retry a second later does not change: the same model is not retried (its
+    fallbacks are tried), and the message names the URL that was tried."""
+
+    code = "upstream_unreachable"
+
+
 class UpstreamTimeout(LlmkitError):
     status = 504
     type = "timeout_error"
@@ -191,6 +200,21 @@ class ConfigError(LlmkitError):
     status = 500
     type = "server_error"
     code = "config_error"
+
+
+class ProviderNotConfigured(ConfigError):
+    """The server's environment lacks the API key a model's provider needs. The caller's llmkit
+    key is fine, so this is not a 401 (which clients take for their own key's fault): it is a
+    503 naming the variable to set, and the CLI exits 2 on it, as on any configuration error."""
+
+    status = 503
+    type = "server_error"
+    code = "provider_not_configured"
+
+    def __init__(self, message: str, *, provider: str, key_env: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.key_env = key_env
 
 
 class IndexUnavailable(LlmkitError):

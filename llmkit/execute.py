@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from llmkit import providers
 from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
 from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable, UpstreamError
-from llmkit.models import ModelRegistry
+from llmkit.models import ModelRegistry, ModelTarget
 from llmkit.promptfile import PromptFile, path_for_key
 from llmkit.render import render_messages, renders_quickly
 from llmkit.runlog import RunLog, RunRecord, new_trace_id, version_columns
@@ -187,23 +187,13 @@ class Executor:
         if response_format and response_format.get("type") == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema", schema)
         stream_options = body.get("stream_options") or {}
-        fallbacks: list[str | providers.Fallback] = []
-        for name in prompt.meta.get("fallbacks", target.fallbacks):
-            resolved = self.registry.resolve(name)
-            fallbacks.append(
-                providers.Fallback(resolved.model, resolved.api_base, resolved.api_key_env)
-                if resolved.alias and (resolved.api_base or resolved.api_key_env)
-                else resolved.model
-            )
-        call = providers.ProviderCall(
-            model=target.model,
-            messages=rendered,
-            params=params,
-            api_base=prompt.meta.get("api_base") or target.api_base,
-            api_key_env=target.api_key_env,
-            timeout=float(prompt.meta.get("timeout") or target.timeout or self.ws.settings.request_timeout_s),
-            max_retries=target.max_retries if target.max_retries is not None else 2,
-            fallbacks=fallbacks,
+        call = self.provider_call(
+            target,
+            rendered,
+            params,
+            api_base=prompt.meta.get("api_base"),
+            timeout=prompt.meta.get("timeout"),
+            fallbacks=prompt.meta.get("fallbacks"),
         )
         return Execution(
             key=key,
@@ -216,6 +206,66 @@ class Executor:
             source=source,
             api_key_id=api_key_id,
             warnings=warnings,
+        )
+
+    def provider_call(
+        self,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        api_base: str | None = None,
+        timeout: float | None = None,
+        fallbacks: list[str] | None = None,
+    ) -> providers.ProviderCall:
+        """The call to `target` as every path sends it: its api_base, key variable, timeout and
+        retries, and its fallbacks (or `fallbacks`, a prompt's own), each fallback alias with
+        its own api_base and key. `api_base` and `timeout` override the target's."""
+        resolved_fallbacks: list[str | providers.Fallback] = []
+        for name in target.fallbacks if fallbacks is None else fallbacks:
+            resolved = self.registry.resolve(name)
+            own = resolved.api_base or resolved.api_key_env or resolved.keyless
+            resolved_fallbacks.append(
+                providers.Fallback(
+                    resolved.model, resolved.api_base, resolved.api_key_env, resolved.keyless
+                )
+                if resolved.alias and own
+                else resolved.model
+            )
+        return providers.ProviderCall(
+            model=target.model,
+            messages=messages,
+            params=params,
+            api_base=api_base or target.api_base,
+            api_key_env=target.api_key_env,
+            timeout=float(timeout or target.timeout or self.ws.settings.request_timeout_s),
+            max_retries=target.max_retries if target.max_retries is not None else 2,
+            fallbacks=resolved_fallbacks,
+            keyless=target.keyless,
+        )
+
+    def prepare_judge(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        version: Version,
+        source: str = "judge",
+    ) -> Execution:
+        """A call the evals' judge makes about an answer of `version`: model or alias `model`
+        with `params` over the alias's own, run and logged (source "judge", under the version's
+        prompt key) as every other call is."""
+        target = self.registry.resolve(model)
+        call = self.provider_call(target, messages, {**target.params, **params})
+        return Execution(
+            key=version.key,
+            version=version,
+            prompt=version.prompt(),
+            call=call,
+            json_mode=False,  # the judge's own reader says what is wrong with a bad answer
+            schema=None,
+            source=source,
         )
 
     # -- running -------------------------------------------------------------------------

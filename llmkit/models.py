@@ -9,6 +9,10 @@ models:
     api_base: https://example.test/v1   # optional
     api_key_env: MY_OPENAI_KEY          # optional: env var holding the key
     temperature: 0.2                    # any other field: default request parameters
+  local:
+    model: openai/llama3
+    api_base: http://localhost:8000/v1
+    api_key_env: null                   # a server of one's own that needs no key
 limits:                             # optional: budgets (see llmkit.budgets)
   render_cpu_ms: 1000
 ```
@@ -43,6 +47,7 @@ class ModelTarget:
     timeout: float | None = None
     max_retries: int | None = None
     alias: bool = False
+    keyless: bool = False  # `api_key_env: null`: calls send no key at all
 
 
 class ModelRegistry:
@@ -133,6 +138,13 @@ def _load_aliases(name: str, data: dict[Any, Any]) -> tuple[dict[str, ModelTarge
         problem = _field_problem(spec)
         if problem:
             return {}, f"{name}: alias {alias!r}: {problem}"
+        keyless = "api_key_env" in spec and spec["api_key_env"] is None
+        if keyless and not spec.get("api_base"):
+            # Without an api_base the call goes to the provider itself, which wants a key.
+            return {}, (
+                f"{name}: alias {alias!r}: api_key_env: null (no key) needs an api_base,"
+                " the address of a server that takes calls without a key"
+            )
         aliases[str(alias)] = ModelTarget(
             name=str(alias),
             model=spec["model"],
@@ -143,6 +155,7 @@ def _load_aliases(name: str, data: dict[Any, Any]) -> tuple[dict[str, ModelTarge
             timeout=spec.get("timeout"),
             max_retries=spec.get("max_retries"),
             alias=True,
+            keyless=keyless,
         )
     return aliases, None
 
@@ -176,7 +189,7 @@ def describe_models(registry: ModelRegistry, prompt_models: dict[str, list[str]]
             continue
         seen.add(name)
         target = registry.resolve(name)
-        env = target.api_key_env or key_env_of(target.model)
+        env = None if target.keyless else target.api_key_env or key_env_of(target.model)
         rows.append(
             {
                 "name": name,
@@ -185,7 +198,7 @@ def describe_models(registry: ModelRegistry, prompt_models: dict[str, list[str]]
                 "provider": provider_of(target.model),
                 "api_base": target.api_base,
                 "key_env": env,
-                "key_set": key_is_set(target.model, target.api_key_env),
+                "key_set": target.keyless or key_is_set(target.model, target.api_key_env),
                 "prompts": sorted(prompt_models.get(name, [])),
             }
         )

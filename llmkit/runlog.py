@@ -42,7 +42,9 @@ from llmkit.runlog_rows import utc_now as utc_now  # the stored time shape, used
 from llmkit.runlog_writer import LogWriter
 
 STATUSES = ("ok", "error", "cancelled")
-SOURCES = ("api", "ui", "eval", "cli")
+# Where a call came from; "judge" is an eval's judge grading an answer of the prompt it is
+# logged under: such a row is a call about that version, not of it, so stats() leaves it out.
+SOURCES = ("api", "ui", "eval", "cli", "judge")
 MAX_PAGE_SIZE = 500
 MIN_SHA_PREFIX = 4
 DEFAULT_BATCH_MS = 20
@@ -183,6 +185,77 @@ def m003_drafts_marked(conn: sqlite3.Connection) -> None:
             f"CREATE INDEX run_log_{column} ON run_log"
             f" (prompt_key, version_number, version_sha, draft, draft_blob, {column})"
         )
+
+
+@migration
+def m004_judge_source(conn: sqlite3.Connection) -> None:
+    """Rows of the eval judge's calls (source "judge"). SQLite cannot change a CHECK in place,
+    so the table is rebuilt (in the migration's one transaction: a kill leaves it either wholly
+    old or wholly new). The percentile indexes leave judge rows out, as stats() does, so that a
+    percentile is still read from its index alone."""
+    conn.execute("ALTER TABLE run_log RENAME TO run_log_m003")
+    for name in _RUN_LOG_INDEXES:
+        conn.execute(f"DROP INDEX {name}")
+    conn.execute(
+        """
+        CREATE TABLE run_log (
+            id INTEGER PRIMARY KEY,
+            trace_id TEXT NOT NULL UNIQUE,
+            prompt_key TEXT NOT NULL,
+            version_number INTEGER,
+            version_sha TEXT,
+            model TEXT NOT NULL,
+            request TEXT NOT NULL,
+            response TEXT,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'cancelled')),
+            error TEXT,
+            http_status INTEGER,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            cost REAL,
+            latency_ms INTEGER,
+            ttft_ms INTEGER,
+            stream INTEGER NOT NULL DEFAULT 0,
+            api_key_id INTEGER,
+            source TEXT NOT NULL CHECK (source IN ('api', 'ui', 'eval', 'cli', 'judge')),
+            created_at TEXT NOT NULL,
+            truncated TEXT,
+            log_notes TEXT,
+            draft INTEGER NOT NULL DEFAULT 0,
+            draft_blob TEXT
+        )
+        """
+    )
+    # Spelled out: a migration copies the columns as they were when it shipped.
+    columns = (
+        "id, trace_id, prompt_key, version_number, version_sha, model, request, response,"
+        " status, error, http_status, input_tokens, output_tokens, reasoning_tokens, cost,"
+        " latency_ms, ttft_ms, stream, api_key_id, source, created_at, truncated, log_notes,"
+        " draft, draft_blob"
+    )
+    conn.execute(f"INSERT INTO run_log ({columns}) SELECT {columns} FROM run_log_m003")
+    conn.execute("DROP TABLE run_log_m003")
+    conn.execute("CREATE INDEX run_log_created_at ON run_log (created_at)")
+    conn.execute("CREATE INDEX run_log_prompt_created_at ON run_log (prompt_key, created_at)")
+    for column in _PERCENTILE_COLUMNS:
+        # `source` is in the index too: SQLite reads a column of a partial index's condition
+        # from the table unless the index holds it.
+        conn.execute(
+            f"CREATE INDEX run_log_{column} ON run_log"
+            f" (prompt_key, version_number, version_sha, draft, draft_blob, {column}, source)"
+            f" WHERE {_NOT_JUDGE}"
+        )
+
+
+_RUN_LOG_INDEXES = (
+    "run_log_created_at",
+    "run_log_prompt_created_at",
+    "run_log_latency_ms",
+    "run_log_ttft_ms",
+)
+# The condition of the percentile indexes; a query repeats it word for word to use them.
+_NOT_JUDGE = "source != 'judge'"
 
 
 class LoggedVersion(Protocol):
@@ -512,7 +585,8 @@ class RunLog:
         return None if row is None else _row_to_dict(row)
 
     def stats(self, prompt_key: str) -> Rows:
-        """Per-version figures for one prompt, ordered by version number (unnumbered last)."""
+        """Per-version figures for one prompt, ordered by version number (unnumbered last). The
+        eval judge's calls about a version (source "judge") are not calls of it: left out."""
         reader = self._db.reader()
         result = []
         for row in reader.execute(_STATS_TOTALS, (prompt_key,)).fetchall():
@@ -563,7 +637,7 @@ SELECT version_number, version_sha, draft, draft_blob,
        MIN(created_at) AS first_at,
        MAX(created_at) AS last_at
 FROM run_log
-WHERE prompt_key = ?
+WHERE prompt_key = ? AND source != 'judge'
 GROUP BY version_number, version_sha, draft, draft_blob
 """
 
@@ -587,7 +661,7 @@ def _percentile(
         f"SELECT {column} FROM run_log"
         f" WHERE prompt_key = ? AND version_number IS ? AND version_sha IS ?"
         f" AND draft = ? AND draft_blob IS ?"
-        f" AND {column} IS NOT NULL ORDER BY {column} LIMIT 1 OFFSET ?",
+        f" AND {column} IS NOT NULL AND {_NOT_JUDGE} ORDER BY {column} LIMIT 1 OFFSET ?",
         (*version, rank - 1),
     ).fetchone()
     return None if row is None else row[0]

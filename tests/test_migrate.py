@@ -150,12 +150,18 @@ EXPECTED: dict[str, Table] = {
             "run_log_created_at": ("CREATE INDEX", ["created_at"]),
             "run_log_prompt_created_at": ("CREATE INDEX", ["prompt_key", "created_at"]),
             "run_log_latency_ms": (
-                "CREATE INDEX",
-                ["prompt_key", "version_number", "version_sha", "draft", "draft_blob", "latency_ms"],
+                "CREATE INDEX WHERE",  # source != 'judge'
+                [
+                    "prompt_key", "version_number", "version_sha", "draft", "draft_blob",
+                    "latency_ms", "source",
+                ],
             ),
             "run_log_ttft_ms": (
-                "CREATE INDEX",
-                ["prompt_key", "version_number", "version_sha", "draft", "draft_blob", "ttft_ms"],
+                "CREATE INDEX WHERE",  # source != 'judge'
+                [
+                    "prompt_key", "version_number", "version_sha", "draft", "draft_blob",
+                    "ttft_ms", "source",
+                ],
             ),
         },
     },

@@ -23,6 +23,7 @@ from llmkit.errors import (
     BadRequest,
     LlmkitError,
     NotFound,
+    ProviderNotConfigured,
     RateLimited,
     Unauthorized,
     UpstreamError,
@@ -360,11 +361,12 @@ async def test_missing_key_names_the_variable(
 ) -> None:
     monkeypatch.delenv(env, raising=False)
     provider = provider_of(model)
-    with pytest.raises(Unauthorized) as raised:
+    with pytest.raises(ProviderNotConfigured) as raised:
         await complete(ProviderCall(model, user("hi"), {}))
-    assert raised.value.message == f"No API key for {provider}: set {env}"
-    assert raised.value.status == 401
-    with pytest.raises(Unauthorized, match=env):
+    assert raised.value.message.startswith(f"No API key for {provider}: set {env} ")
+    assert (raised.value.status, raised.value.code) == (503, "provider_not_configured")
+    assert raised.value.key_env == env
+    with pytest.raises(ProviderNotConfigured, match=env):
         await collect(ProviderCall(model, user("hi"), {}))
 
 
@@ -372,7 +374,7 @@ async def test_missing_key_names_the_variable(
 async def test_missing_key_from_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-default")
     monkeypatch.delenv("PROJECT_OPENAI_KEY", raising=False)
-    with pytest.raises(Unauthorized, match="No API key for openai: set PROJECT_OPENAI_KEY"):
+    with pytest.raises(ProviderNotConfigured, match="No API key for openai: set PROJECT_OPENAI_KEY"):
         await complete(ProviderCall("gpt-4o", user("hi"), {}, api_key_env="PROJECT_OPENAI_KEY"))
 
 

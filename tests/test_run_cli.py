@@ -108,7 +108,7 @@ def test_run_errors_are_one_line_messages(cli_repo: CliRepo) -> None:
     assert "Missing variables: language" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = llmkit(cli_repo, "run", "nokey", "-m", "hi")
-    assert proc.exit_code == 1
+    assert proc.exit_code == 2  # an unset provider key is a configuration error
     assert MISSING_KEY_ENV in proc.stderr and "Traceback" not in proc.stderr
     proc = llmkit(cli_repo, "run", "pinned@77")
     assert proc.exit_code == 1 and "77" in proc.stderr

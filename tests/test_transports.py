@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmkit import providers
-from llmkit.errors import BadRequest, LlmkitError, Unauthorized, UpstreamError
+from llmkit.errors import BadRequest, LlmkitError, ProviderNotConfigured, UpstreamError
 from llmkit.providers import ProviderCall, key_env_of, key_is_set, provider_of
 from llmkit.providers.echo import chunks_of
 from llmkit.providers.registry import TRANSPORTS, Transports
@@ -131,7 +131,7 @@ async def test_a_missing_key_of_a_registered_provider_is_named(
 ) -> None:
     monkeypatch.delenv(KEY_ENV)
     assert not key_is_set("scripted/model-1")
-    with pytest.raises(Unauthorized, match=f"No API key for scripted: set {KEY_ENV}"):
+    with pytest.raises(ProviderNotConfigured, match=f"No API key for scripted: set {KEY_ENV}"):
         await providers.complete(call())
     assert scripted.attempts == []
 

@@ -15,6 +15,7 @@ from llmkit.errors import (
     Unauthorized,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamUnreachable,
 )
 
 # The name of a registered transport ("echo", "wire", "litellm", ...): see registry.py.
@@ -24,15 +25,20 @@ Via = str
 MALFORMED_CODE = "upstream_malformed_response"
 CONNECTION_CODE = "upstream_connection_error"
 RETRY_AFTER_HEADERS = ("retry-after", "retry-after-ms")
+# How long an upstream may take to accept a connection, whatever the call's timeout: a server
+# that is up accepts within milliseconds, and a wrong api_base must not hold a call for minutes.
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
 class Fallback:
-    """A fallback model with its own api_base and key variable (a model alias's settings)."""
+    """A fallback model with its own api_base and key variable (a model alias's settings);
+    `keyless`: the alias sends no key (`api_key_env: null`)."""
 
     model: str
     api_base: str | None = None
     api_key_env: str | None = None
+    keyless: bool = False
 
 
 @dataclass
@@ -43,6 +49,8 @@ class ProviderCall:
     it to run the contract over litellm against the fake upstream), "wire" sends it over the
     pooled OpenAI wire client (needs a known base URL or `api_base`); None routes by model.
     `backoff_base` is the first retry wait in seconds (doubling per attempt, capped at 8 s).
+    `keyless`: send no key at all, not even the provider's usual variable (an alias with
+    `api_key_env: null`: a server of one's own at `api_base` that needs none).
     """
 
     model: str
@@ -56,6 +64,7 @@ class ProviderCall:
     fallbacks: list[str | Fallback] = field(default_factory=list)
     via: Via | None = None
     backoff_base: float = 0.25
+    keyless: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,10 @@ def error_for_status(
     detail: str,
     key_env: str | None,
     headers: Mapping[str, str] | None = None,
+    url: str | None = None,
 ) -> LlmkitError:
-    """The llmkit error for an upstream HTTP error status."""
+    """The llmkit error for an upstream HTTP error status; `url`, the address that answered, is
+    named for a 404, which most often means a wrong api_base rather than a wrong model."""
     where = f"{provider} ({model})"
     detail = detail.strip() or f"HTTP {status}"
     kept = retry_headers(headers or {})
@@ -125,7 +136,8 @@ def error_for_status(
             f"{provider} rejected the API key for model {model} (HTTP {status}){env}: {detail}"
         )
     if status == 404:
-        return NotFound(f"Model {model} not found at {provider}: {detail}", code="model_not_found")
+        at = f" (POST {url} answered 404; check the model name and api_base)" if url else ""
+        return NotFound(f"Model {model} not found at {provider}{at}: {detail}", code="model_not_found")
     if status == 408:
         return UpstreamTimeout(f"{where} timed out (HTTP 408): {detail}", headers=kept)
     if status == 429:
@@ -149,7 +161,10 @@ def error_detail(payload: Any, fallback: str) -> str:
 
 
 def is_transient(error: LlmkitError) -> bool:
-    """Worth retrying, or moving on to a fallback model: 429, 5xx, lost connections, timeouts."""
+    """Worth retrying, or moving on to a fallback model: 429, 5xx, lost connections, timeouts.
+    An upstream that cannot be reached at all is not (see `UpstreamUnreachable`)."""
     if isinstance(error, (RateLimited, UpstreamTimeout)):
         return True
+    if isinstance(error, UpstreamUnreachable):
+        return False
     return isinstance(error, UpstreamError) and error.code != MALFORMED_CODE

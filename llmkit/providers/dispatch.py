@@ -2,6 +2,9 @@
 with backoff, then move on to the fallback models. The same policy holds on every transport.
 
 - Retried: 429, 5xx, lost connections, timeouts; never 400/401/404 or malformed answers.
+- An upstream that cannot be reached at all (`UpstreamUnreachable`: refused, unknown host, no
+  connection within `base.CONNECT_TIMEOUT_S`) is not retried: it fails at once, naming the URL
+  tried. Its fallback models, which may sit elsewhere, are tried.
 - A full upstream pool (`UpstreamPoolFull`, after the pool's own short wait) is not retried on
   the same model: the places are held by calls that may run for minutes. A fallback model,
   which may sit on another upstream, is tried.
@@ -25,7 +28,13 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
-from llmkit.errors import LlmkitError, UpstreamError, UpstreamPoolFull, UpstreamTimeout
+from llmkit.errors import (
+    LlmkitError,
+    UpstreamError,
+    UpstreamPoolFull,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from llmkit.providers.base import CONNECTION_CODE, Fallback, ProviderCall, is_transient
 from llmkit.providers.registry import TRANSPORTS
 from llmkit.providers.routing import provider_of, resolve_target
@@ -35,6 +44,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 30.0
+# Not retried on the same model, but a fallback (maybe on another upstream) is tried.
+MOVE_ON = (UpstreamPoolFull, UpstreamUnreachable)
 
 T = TypeVar("T")
 
@@ -49,7 +60,13 @@ def _targets(call: ProviderCall) -> list[tuple[str, Callable[[], Target]]]:
     ]
     for fallback in call.fallbacks:
         if isinstance(fallback, Fallback):
-            own = replace(call, api_base=fallback.api_base, api_key=None, api_key_env=fallback.api_key_env)
+            own = replace(
+                call,
+                api_base=fallback.api_base,
+                api_key=None,
+                api_key_env=fallback.api_key_env,
+                keyless=fallback.keyless,
+            )
             targets.append((fallback.model, partial(resolve_target, own, fallback.model, inherit=True)))
         else:
             inherit = provider_of(fallback) == primary_provider
@@ -146,7 +163,7 @@ async def _first_answering(call: ProviderCall, attempt: Attempt[T]) -> T:
         try:
             return await _with_retries(attempt, target(), call)
         except LlmkitError as error:
-            if not (is_transient(error) or isinstance(error, UpstreamPoolFull)):
+            if not (is_transient(error) or isinstance(error, MOVE_ON)):
                 raise
             log.warning("%s failed (%s); trying fallback", model, error.message)
     return await _with_retries(attempt, last(), call)

@@ -24,8 +24,15 @@ from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 
-from llmkit.errors import BadRequest, LlmkitError, UpstreamError, UpstreamTimeout
+from llmkit.errors import (
+    BadRequest,
+    LlmkitError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from llmkit.providers.base import (
+    CONNECT_TIMEOUT_S,
     CONNECTION_CODE,
     MALFORMED_CODE,
     ProviderCall,
@@ -155,6 +162,7 @@ def _status_error(target: Target, status: int, text: str, headers: Mapping[str, 
         detail=error_detail(payload, text),
         key_env=target.key_env,
         headers=headers,
+        url=_url(target),
     )
 
 
@@ -169,15 +177,36 @@ def _body_error(target: Target, payload: dict[str, Any]) -> LlmkitError:
     )
 
 
+def _url(target: Target) -> str:
+    return f"{target.base_url}/chat/completions"
+
+
 def _transport_error(target: Target, exc: BaseException) -> LlmkitError:
     where = f"{target.provider} ({target.model}) at {target.base_url}"
     reason = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Refused, unknown host, TLS: os_error holds the reason without aiohttp's decoration.
+        reason = str(exc.os_error) or reason
+        return UpstreamUnreachable(
+            f"Cannot connect to {target.provider} ({target.model}) at {_url(target)}: {reason};"
+            " check api_base and that the server is up"
+        )
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamUnreachable(
+            f"Cannot connect to {target.provider} ({target.model}) at {_url(target)}: no"
+            f" connection within {CONNECT_TIMEOUT_S:g} s; check api_base and that the"
+            " server is up"
+        )
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout(f"{where} timed out: {reason}")
     return UpstreamError(f"{where}: connection failed: {reason}", code=CONNECTION_CODE)
 
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+def _connect_timeout(timeout: float) -> float:
+    return min(timeout, CONNECT_TIMEOUT_S)
 
 
 def _where(target: Target) -> str:
@@ -217,10 +246,10 @@ async def complete(target: Target, call: ProviderCall, timeout: float) -> dict[s
     place = await acquire(target.base_url, _where(target))
     try:
         async with session.post(
-            target.base_url + "/chat/completions",
+            _url(target),
             data=_payload(target, call, streaming=False),
             headers=_headers(target, streaming=False),
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=_connect_timeout(timeout)),
             proxy=_proxy_for(target.base_url),
         ) as response:
             body = await _read_capped(target, response)
@@ -255,10 +284,12 @@ async def stream(
     done = False
     try:
         async with session.post(
-            target.base_url + "/chat/completions",
+            _url(target),
             data=_payload(target, call, streaming=True),
             headers=_headers(target, streaming=True),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=_connect_timeout(timeout), sock_read=timeout
+            ),
             proxy=_proxy_for(target.base_url),
         ) as response:
             if response.status >= 400:

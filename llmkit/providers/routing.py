@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from llmkit.errors import Unauthorized
+from llmkit.errors import ProviderNotConfigured
 from llmkit.providers.base import ProviderCall
 from llmkit.providers.pricing import provider_in_price_table
 from llmkit.providers.registry import TRANSPORTS
@@ -59,19 +59,40 @@ def key_is_set(model: str, api_key_env: str | None = None) -> bool:
     return env is None or bool(os.environ.get(env))
 
 
+def missing_key(
+    provider: str, key_env: str, model: str, api_base: str | None
+) -> ProviderNotConfigured:
+    """The error for a key the environment lacks: the variable to set, and for a server of
+    one's own (an api_base) how to send no key at all."""
+    keyless = (
+        f"; if the server at {api_base} needs no key, give its alias `api_key_env: null`"
+        " in llmkit.yaml" if api_base else ""
+    )
+    return ProviderNotConfigured(
+        f"No API key for {provider}: set {key_env} in the environment llmkit runs in"
+        f" (model {model}){keyless}",
+        provider=provider,
+        key_env=key_env,
+    )
+
+
 def resolve_target(call: ProviderCall, model: str, *, inherit: bool) -> Target:
     """Resolve one model of a call. `inherit`: the call's api_base and key apply to this model
-    (the primary, and fallbacks of the same provider)."""
+    (the primary, and fallbacks of the same provider). A key the environment lacks is the
+    server's configuration problem (ProviderNotConfigured), never the caller's."""
     provider = provider_of(model)
     local = TRANSPORTS.local.get(provider)
     if local is not None:
         return Target(model, provider, local, model, None, None, None, None)
     api_base = call.api_base if inherit else None
-    key_env = (call.api_key_env if inherit else None) or TRANSPORTS.key_envs.get(provider)
-    explicit_key = call.api_key if inherit else None
-    api_key = explicit_key or (os.environ.get(key_env) if key_env else None)
+    if inherit and call.keyless:
+        key_env, api_key = None, None
+    else:
+        key_env = (call.api_key_env if inherit else None) or TRANSPORTS.key_envs.get(provider)
+        explicit_key = call.api_key if inherit else None
+        api_key = explicit_key or (os.environ.get(key_env) if key_env else None)
     if key_env and not api_key:
-        raise Unauthorized(f"No API key for {provider}: set {key_env}")
+        raise missing_key(provider, key_env, model, api_base)
     transport = TRANSPORTS.route(provider, api_base, call.via)
     _, rest = split_model(model)
     base_url = transport.base_url(provider, api_base)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncGenerator, Awaitable
 from types import ModuleType
 from typing import Any
 
-from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout
+from llmkit.errors import LlmkitError, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from llmkit.providers.base import (
+    CONNECT_TIMEOUT_S,
     CONNECTION_CODE,
     MALFORMED_CODE,
     ProviderCall,
@@ -25,6 +27,8 @@ from llmkit.providers.pool import acquire
 from llmkit.providers.transport import Chunks, Provider, Target
 
 RESERVED_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
+# What litellm says when the upstream's answer held nothing to quote: "AnthropicException - ".
+EMPTY_DETAIL = re.compile(r"\w*Exception -\s*\Z")
 MESSAGE_KEYS = ("role", "content", "tool_calls", "refusal", "reasoning_content")
 
 # litellm serves any provider it knows; these are the ones whose key variable llmkit names
@@ -81,10 +85,13 @@ def _kwargs(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any
         for key, value in call.params.items()
         if value is not None and key not in RESERVED_KEYS
     }
+    import httpx  # litellm's own HTTP client, loaded with it
+
     kwargs.update(
         model=target.model,
         messages=call.messages,
-        timeout=timeout,
+        # The connect phase is bounded on its own: a wrong api_base fails in seconds at most.
+        timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S)),
         num_retries=0,
         max_retries=0,
     )
@@ -95,15 +102,55 @@ def _kwargs(target: Target, call: ProviderCall, timeout: float) -> dict[str, Any
     return kwargs
 
 
-def _caused_by_bad_json(exc: BaseException) -> bool:
-    seen = 0
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it, outermost first (at most 10: litellm nests a few)."""
+    chain: list[BaseException] = []
     cause: BaseException | None = exc
-    while cause is not None and seen < 10:
-        if isinstance(cause, json.JSONDecodeError):
-            return True
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-        seen += 1
-    return False
+    return chain
+
+
+def _caused_by_bad_json(exc: BaseException) -> bool:
+    return any(isinstance(cause, json.JSONDecodeError) for cause in _chain(exc))
+
+
+def _request_url(exc: BaseException) -> str | None:
+    """The URL litellm sent the request to, from the httpx error under its own exception (whose
+    `request` is a placeholder)."""
+    import httpx
+
+    for cause in _chain(exc):
+        if isinstance(cause, httpx.HTTPError):
+            try:
+                return str(cause.request.url)
+            except RuntimeError:  # an httpx error raised without a request
+                continue
+    return None
+
+
+def _unreachable(target: Target, exc: BaseException) -> UpstreamUnreachable | None:
+    """The error for a request that never reached the upstream (refused, unknown host, TLS, no
+    connection within the connect timeout), else None. litellm reports these as a 500 or a
+    connection error; the httpx error under it says which."""
+    import httpx
+
+    chain = _chain(exc)
+    connect = next(
+        (c for c in chain if isinstance(c, (httpx.ConnectError, httpx.ConnectTimeout))), None
+    )
+    if connect is None:
+        return None
+    if isinstance(connect, httpx.ConnectTimeout):
+        reason = f"no connection within {CONNECT_TIMEOUT_S:g} s"
+    else:
+        reason = str(chain[-1]) or str(connect) or type(connect).__name__
+    url = _request_url(exc) or target.api_base or f"{target.provider}'s default address"
+    return UpstreamUnreachable(
+        f"Cannot connect to {target.provider} ({target.model}) at {url}: {reason};"
+        " check api_base and that the server is up"
+    )
 
 
 def _detail(exc: BaseException) -> str:
@@ -111,6 +158,8 @@ def _detail(exc: BaseException) -> str:
     # "litellm.BadRequestError: OpenAIException - boom" -> "OpenAIException - boom"
     if message.startswith("litellm.") and ": " in message:
         message = message.split(": ", 1)[1]
+    if EMPTY_DETAIL.match(message):
+        message += "(no details in the answer)"
     return message
 
 
@@ -120,6 +169,9 @@ def translate_error(target: Target, exc: Exception) -> LlmkitError:
     where = f"{target.provider} ({target.model})"
     if isinstance(exc, LlmkitError):
         return exc
+    unreachable = _unreachable(target, exc)
+    if unreachable is not None:
+        return unreachable
     if isinstance(exc, litellm.Timeout):
         return UpstreamTimeout(f"{where} timed out: {_detail(exc)}")
     if isinstance(exc, litellm.APIConnectionError):
@@ -138,6 +190,7 @@ def translate_error(target: Target, exc: Exception) -> LlmkitError:
         detail=_detail(exc),
         key_env=target.key_env,
         headers=dict(headers) if headers is not None else None,
+        url=_request_url(exc),
     )
 
 
