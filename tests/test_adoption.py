@@ -99,7 +99,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 def test_the_wheel_carries_the_one_version(installed: Installed) -> None:
     assert installed.wheel.name.startswith(f"llmkit-{__version__}-")
     init_text = (PROJECT_ROOT / "llmkit" / "__init__.py").read_text("utf-8")
-    assert re.findall(r"^__version__ = \"([^\"]+)\"$", init_text, re.M) == [__version__]
+    assert re.findall(r"^__version__ = \"([^\"]+)\"$", init_text, re.MULTILINE) == [__version__]
     pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text("utf-8"))
     assert "version" not in pyproject["project"]  # no second copy to forget
     assert "version" in pyproject["project"]["dynamic"]
@@ -361,7 +361,7 @@ def test_a_regression_fails_the_pull_request_and_the_fix_passes_it(
     # (b) A clean change on another branch: a warmer greeting, both cases still pass. Its
     # run updates the same comment (the fake serves one pull request, number 42).
     team_repo.branch("warmer-greeting", {
-        "prompts/support/reply.md": REPLY_MD.replace("Greet the customer", "Warmly greet the customer"),
+        "prompts/support/reply.md": REPLY_MD.replace("Greet the", "Warmly greet the"),
     })
     clean = run_action(team_repo, tmp_path, "warmer-greeting", runner_env)
     assert clean.exit_code == 0, clean.log()  # type: ignore[attr-defined]
@@ -371,3 +371,15 @@ def test_a_regression_fails_the_pull_request_and_the_fix_passes_it(
     body = fake_github.ours(42)[0]["body"]
     assert "Regressions" not in body and "signs off politely" in body
     assert [m for m in fake_github.methods() if m != "GET"] == ["POST", "PATCH"]
+
+
+def test_the_readme_installs_and_pins_the_current_release() -> None:
+    """The README's lines for teams name this version's tag, so a release that bumps the
+    version and forgets the README fails here."""
+    readme = (PROJECT_ROOT / "README.md").read_text("utf-8")
+    assert f'pip install "llmkit @ git+https://github.com/{SOURCE_REPOSITORY}@{TAG}"' in readme
+    assert f"uses: {SOURCE_REPOSITORY}@{TAG}" in readme
+    assert "### Releasing" in readme and "vX.Y.Z" in readme
+    inputs = load_action()["inputs"]
+    for name in inputs:
+        assert f"`{name}`" in readme, f"the action's input {name} is not in the README"

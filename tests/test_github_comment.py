@@ -92,7 +92,8 @@ def handler_for(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
                 return self.answer(200, chunk, headers)
             if (found := issue.fullmatch(parts.path)) and method == "POST":
                 new_id = fake.add(int(found.group(1)), payload["body"], "github-actions[bot]")
-                return self.answer(201, {"id": new_id, "html_url": f"https://github.test/c{new_id}"})
+                url = f"https://github.test/c{new_id}"
+                return self.answer(201, {"id": new_id, "html_url": url})
             if (found := one.fullmatch(parts.path)) and method == "PATCH":
                 wanted = int(found.group(1))
                 for comment in (c for cs in fake.comments.values() for c in cs):
@@ -200,7 +201,8 @@ def test_comment_found_past_the_first_page_is_updated_not_duplicated(
 def test_api_refusal_is_a_clear_error_and_a_failing_exit(
     fake_github: FakeGitHub, tmp_path: Path
 ) -> None:
-    fake_github.fail["POST"] = (403, json.dumps({"message": "Resource not accessible by integration"}))
+    refusal = {"message": "Resource not accessible by integration"}
+    fake_github.fail["POST"] = (403, json.dumps(refusal))
     summary = tmp_path / "s.md"
     summary.write_text("summary\n", "utf-8")
     result = post(summary, comment_env(fake_github, event_file(tmp_path, 5)))
