@@ -25,7 +25,7 @@ from llmkit import (
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="llmkit")
+@click.version_option(__version__, "--version", "-V", prog_name="llmkit")
 def main() -> None:
     """Prompts as code: prompt files in git, an index in SQLite, an OpenAI-compatible API."""
 

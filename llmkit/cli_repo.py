@@ -25,15 +25,30 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--llmkit-repo", "llmkit_repo", default=None, metavar="OWNER/NAME",
+              help="GitHub repository of llmkit that the workflow and the hook are pinned to.")
 @handle_errors
-def init(directory: Path) -> None:
-    """Scaffold a prompt repository in DIRECTORY (prompts/, evals/, llmkit.yaml, a first commit)."""
-    from llmkit.scaffold import init_repository
+def init(directory: Path, llmkit_repo: str | None) -> None:
+    """Set up a prompt repository in DIRECTORY, new or existing: llmkit.yaml, a first prompt,
+    the eval workflow, the pre-commit hook and a page on the workflow. Existing files are kept."""
+    from llmkit.scaffold import SOURCE_REPOSITORY, init_repository, release_tag
 
-    created = init_repository(directory)
-    for path in created:
+    report = init_repository(directory, llmkit_repo or SOURCE_REPOSITORY)
+    for path in report.created:
         click.echo(f"created {path}")
-    click.echo(f"Initialized a prompt repository in {directory.resolve()}")
+    for path, reason in report.skipped:
+        click.echo(f"skipped {path} ({reason})")
+    for path in report.appended:
+        click.echo(f"appended .llmkit/ to {path} (not committed)")
+    where = directory.resolve()
+    if report.committed:
+        click.echo(f"Committed {len(report.created)} file(s) in {where}; llmkit pinned to "
+                   f"{release_tag()}.")
+    else:
+        click.echo(f"Nothing to create in {where}.")
+    if report.placeholder:
+        click.echo(f"Replace {SOURCE_REPOSITORY} in the created files with the GitHub repository "
+                   "of llmkit (or run init with --llmkit-repo OWNER/NAME on a new repository).")
 
 
 @click.command()

@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.api_fixtures",
     "tests.exec_fixtures",
     "tests.eval_fixtures",
+    "tests.fake_github",
 ]
 
 DEFAULT_FILES: dict[str, str] = {

@@ -313,30 +313,34 @@ def test_ci_workflow_installs_and_runs_the_tests() -> None:
 
 
 def test_evals_workflow_lints_evals_and_publishes_reports() -> None:
+    """The eval workflow uses the action at the repository's root, which lints, evaluates
+    against the base and publishes the reports."""
     workflow = _load(".github/workflows/evals.yml")
     triggers = _triggers(workflow)
     assert list(triggers) == ["pull_request"]
-    assert triggers["pull_request"]["paths"] == ["prompts/**", "evals/**", "llmkit.yaml"]
+    assert triggers["pull_request"]["paths"] == ["prompts/**", "evals/**", "llmkit.yaml",
+                                                 "action.yml"]
     [job] = workflow["jobs"].values()
     assert job["env"] == {"OPENAI_API_KEY": "${{ secrets.OPENAI_API_KEY }}",
                           "ANTHROPIC_API_KEY": "${{ secrets.ANTHROPIC_API_KEY }}"}
-    steps = _steps(workflow)
-    checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout@"))
+    workflow_steps = _steps(workflow)
+    checkout = next(s for s in workflow_steps if s.get("uses", "").startswith("actions/checkout@"))
     assert checkout["with"]["fetch-depth"] == 0
-    commands = _runs(steps)
-    assert commands.index("llmkit lint --format github") < commands.index(
-        next(c for c in commands if c.startswith("llmkit eval")))
-    eval_step = next(s for s in steps if s.get("run", "").startswith("llmkit eval"))
-    argv = shlex.split(eval_step["run"].replace("$BASE_REF", eval_step["env"]["BASE_REF"]))
-    assert argv == ["llmkit", "eval", "--base", "origin/${{ github.base_ref }}",
-                    "--junit", "eval-results.xml", "--markdown", "eval-summary.md",
-                    "--json", "eval-results.json"]
+    assert workflow_steps[-1]["uses"] == "./"
+    steps = _load("action.yml")["runs"]["steps"]
+    commands = [s.get("run", "") for s in steps]
+    lint = commands.index("llmkit lint --format github")
+    eval_step = next(s for s in steps if "llmkit eval" in s.get("run", ""))
+    assert lint < steps.index(eval_step)
+    command = eval_step["run"].split("\nllmkit eval ", 1)[1].split("code=$?")[0]
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[:2] == ["${base[@]}", "${extra[@]}"]
+    assert argv[2::2] == ["--junit", "--json", "--markdown"]
+    assert eval_step["env"]["BASE_REF"] == "${{ inputs.base-ref }}"
     # llmkit eval itself appends the summary to $GITHUB_STEP_SUMMARY; no step repeats it.
     assert not any("GITHUB_STEP_SUMMARY" in s.get("run", "") for s in steps)
     upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
-    assert upload["if"] == "always()"
-    assert upload["with"]["path"].split() == ["eval-results.xml", "eval-results.json",
-                                              "eval-summary.md"]
+    assert upload["with"]["path"] == "${{ steps.eval.outputs.report-dir }}"
     assert steps.index(eval_step) < steps.index(upload)
 
 

@@ -157,7 +157,7 @@ def test_lint_outside_a_repository_is_a_usage_error(tmp_path: Path) -> None:
 # -- init ----------------------------------------------------------------------------------------------
 
 
-def test_init_scaffolds_and_commits_then_refuses_to_run_again(tmp_path: Path) -> None:
+def test_init_scaffolds_and_commits_then_keeps_everything_on_a_second_run(tmp_path: Path) -> None:
     target = tmp_path / "new-prompts"
     result = invoke("init", target)
     assert result.exit_code == 0, result.output
@@ -173,8 +173,10 @@ def test_init_scaffolds_and_commits_then_refuses_to_run_again(tmp_path: Path) ->
 
     head = repo.head()
     again = invoke("init", target)
-    assert again.exit_code == 2
-    assert "already" in again.stderr and "prompts/" in again.stderr
+    assert again.exit_code == 0, again.output
+    assert "created" not in again.stdout
+    assert "skipped prompts/hello.md (prompts/ already holds prompts)" in again.stdout
+    assert "skipped llmkit.yaml (exists" in again.stdout
     assert repo.head() == head
     assert repo.status() == ""
 
@@ -188,7 +190,10 @@ def test_init_in_an_existing_repository_commits_only_what_it_created(make_repo: 
     result = invoke("init", repo.root)
     assert result.exit_code == 0, result.output
     committed = repo.git("show", "--name-only", "--format=", "HEAD").splitlines()
-    assert sorted(committed) == ["evals/hello/basic.yaml", "llmkit.yaml", "prompts/hello.md"]
+    assert sorted(committed) == [
+        ".github/workflows/llmkit.yml", ".pre-commit-config.yaml", "LLMKIT.md", "README.md",
+        "evals/hello/basic.yaml", "llmkit.yaml", "prompts/hello.md",
+    ]
     assert repo.status() == "A  staged.py"
     assert repo.read(".gitignore") == ".llmkit/\n*.pyc\n"
 

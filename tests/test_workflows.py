@@ -1,6 +1,6 @@
-"""The GitHub workflows and the pre-commit hook: they parse, every `llmkit` command they run
-exists with the flags they give it, and the eval workflow's steps, run as written in a clone
-of a prompt repository, do what the workflow expects."""
+"""The GitHub workflows, the action and the pre-commit hook: they parse, every `llmkit` command
+they run exists with the flags they give it, and the action's steps (which the eval workflow
+uses), run as written in a clone of a prompt repository, do what the workflow expects."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from llmkit.cli import main
+from tests.action_steps import ACTION, ActionRun, load_action
 from tests.eval_fixtures import GREET_BOTH_MD, EvalRepo, feature_files
 from tests.helpers import PROJECT_ROOT, clean_env, git
 
@@ -48,9 +49,11 @@ def llmkit_commands(script: str) -> list[list[str]]:
 
 def all_llmkit_commands() -> list[list[str]]:
     commands = []
-    for name in ("ci.yml", "evals.yml"):
-        for step in steps(load(WORKFLOWS / name)):
-            commands += llmkit_commands(step.get("run", ""))
+    scripts = [step.get("run", "") for name in ("ci.yml", "evals.yml")
+               for step in steps(load(WORKFLOWS / name))]
+    scripts += [step.get("run", "") for step in load_action()["runs"]["steps"]]
+    for script in scripts:
+        commands += llmkit_commands(script.replace("\\\n", " "))
     for hook in load(HOOKS):
         commands += llmkit_commands(hook["entry"])
     return commands
@@ -73,13 +76,17 @@ def test_workflows_and_hooks_parse() -> None:
     ci = load(WORKFLOWS / "ci.yml")
     evals = load(WORKFLOWS / "evals.yml")
     assert set(ci["on"]) >= {"push", "pull_request"}
-    assert set(evals["on"]["pull_request"]["paths"]) == {"prompts/**", "evals/**", "llmkit.yaml"}
+    assert set(evals["on"]["pull_request"]["paths"]) == {
+        "prompts/**", "evals/**", "llmkit.yaml", "action.yml"}
     for workflow in (ci, evals):
         assert workflow["jobs"] and all(job["steps"] for job in workflow["jobs"].values())
         for step in steps(workflow):
             assert ("run" in step) != ("uses" in step), step
     checkout = next(s for s in steps(evals) if s.get("uses", "").startswith("actions/checkout"))
     assert checkout["with"]["fetch-depth"] == 0, "--base needs the base branch's history"
+    [action] = [s for s in steps(evals) if s.get("uses") == "./"]
+    assert action["with"]["token"] == "${{ secrets.GITHUB_TOKEN }}"
+    assert evals["permissions"] == {"contents": "read", "pull-requests": "write"}
     hooks = load(HOOKS)
     assert [h["id"] for h in hooks] == ["llmkit-lint"]
     assert all({"id", "name", "entry", "language"} <= set(h) for h in hooks)
@@ -91,7 +98,8 @@ def test_every_llmkit_command_exists_with_its_flags() -> None:
     runner = CliRunner()
     for args in commands:
         path, flags = split_command(args)
-        assert path, f"llmkit {' '.join(args)}: no such command"
+        top_level = all(a.startswith("-") for a in args)  # llmkit --version
+        assert path or top_level, f"llmkit {' '.join(args)}: no such command"
         result = runner.invoke(main, [*path, "--help"])
         assert result.exit_code == 0, f"llmkit {' '.join(path)}: {result.output}"
         for flag in flags:
@@ -111,9 +119,12 @@ def test_install_and_test_commands_match_the_project() -> None:
     # The hook (language: python) and the workflows run the `llmkit` console script.
     assert project["project"]["scripts"]["llmkit"] == "llmkit.cli:main"
     minimum = project["project"]["requires-python"].removeprefix(">=")
-    for name in ("ci.yml", "evals.yml"):
-        [setup] = [s for s in steps(load(WORKFLOWS / name)) if "setup-python" in s.get("uses", "")]
-        assert version_tuple(setup["with"]["python-version"]) >= version_tuple(minimum)
+    [setup] = [s for s in steps(load(WORKFLOWS / "ci.yml")) if "setup-python" in s.get("uses", "")]
+    assert version_tuple(setup["with"]["python-version"]) >= version_tuple(minimum)
+    action = load_action()
+    [setup] = [s for s in action["runs"]["steps"] if "setup-python" in s.get("uses", "")]
+    assert setup["with"]["python-version"] == "${{ inputs.python-version }}"
+    assert version_tuple(action["inputs"]["python-version"]["default"]) >= version_tuple(minimum)
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -130,7 +141,7 @@ def test_pre_commit_hook_files_pattern() -> None:
     assert hook["pass_filenames"] is False  # lint checks the whole repository
 
 
-# -- the eval workflow, run as written -------------------------------------------------------
+# -- the action's steps, run as written ------------------------------------------------------
 
 
 def console_script(bin_dir: Path) -> Path:
@@ -182,17 +193,12 @@ def workflow_env(tmp_path: Path, summary: Path) -> dict[str, str]:
     return env
 
 
-def eval_steps() -> list[dict[str, Any]]:
-    """The evals.yml steps that run commands, after installing (pip is not run in tests)."""
-    return [s for s in steps(load(WORKFLOWS / "evals.yml"))
-            if "run" in s and not s["run"].lstrip().startswith("pip install")]
-
-
-def github_expression_free(step: dict[str, Any]) -> dict[str, Any]:
-    """The step with `${{ github.base_ref }}` as the runner would give it for a PR to main."""
-    given = step.get("env") or {}
-    env = {k: str(v).replace("${{ github.base_ref }}", "main") for k, v in given.items()}
-    return {**step, "env": env}
+def action_run(tmp_path: Path, clone: EvalRepo, summary: Path, **inputs: str) -> ActionRun:
+    """The action on a pull request into main, without a token (no comment)."""
+    temp = tmp_path / "runner-temp"
+    temp.mkdir(exist_ok=True)
+    return ActionRun(clone.root, temp, workflow_env(tmp_path, summary), inputs=inputs,
+                     github={"base_ref": "main"})
 
 
 @pytest.fixture
@@ -202,48 +208,87 @@ def summary(tmp_path: Path) -> Path:
     return path
 
 
-def test_eval_workflow_steps_pass_on_a_clean_pull_request(
+def test_no_expression_is_spliced_into_a_script() -> None:
+    """Inputs are data: they reach the shell only through environment variables."""
+    action = load_action()
+    scripts = [s["run"] for s in action["runs"]["steps"] if "run" in s]
+    assert len(scripts) >= 4
+    assert all("${{" not in script for script in scripts)
+    for workflow in WORKFLOWS.glob("*.yml"):
+        assert all("${{" not in s.get("run", "") for s in steps(load(workflow))), workflow
+    assert ACTION.is_file()
+
+
+def test_action_steps_pass_on_a_clean_pull_request(
     eval_repo: EvalRepo, tmp_path: Path, summary: Path
 ) -> None:
     eval_repo.branch("fix", {"prompts/greet.md": GREET_BOTH_MD}, "Hello and goodbye")
     clone = pull_request_clone(tmp_path, eval_repo, "fix")
-    env = workflow_env(tmp_path, summary)
-    ran = []
-    for step in eval_steps():
-        proc = run_step(github_expression_free(step), clone.root, env)
-        assert proc.returncode == 0, f"{step['name']}: {proc.stdout}\n{proc.stderr}"
-        ran.append(step["name"])
-    assert any("llmkit eval" in s["run"] for s in eval_steps())
-    assert ran == ["Lint prompts and evals", "Run evals against the base branch"]
+    run = action_run(tmp_path, clone, summary)
+    assert run.run() == 0, run.log()
+    assert run.names() == ["Lint prompts and evals", "Run evals against the base branch"]
+    reports = Path(run.outputs["eval"]["report-dir"])
     for report in ("eval-results.xml", "eval-results.json", "eval-summary.md"):
-        assert (clone.root / report).is_file(), report
-    markdown = (clone.root / "eval-summary.md").read_text("utf-8")
+        assert (reports / report).is_file(), report
+    assert run.outputs["eval"]["exit-code"] == "0"
+    markdown = (reports / "eval-summary.md").read_text("utf-8")
     assert "Before: prompt versions on origin/main" in markdown
+    assert clone.git("status", "--porcelain") == ""  # reports stay out of the checkout
 
 
-def test_eval_workflow_fails_on_a_regression(
+def test_action_fails_on_a_regression_after_writing_its_reports(
     eval_repo: EvalRepo, tmp_path: Path, summary: Path
 ) -> None:
     eval_repo.branch("feature", feature_files(), "Say goodbye instead")
     clone = pull_request_clone(tmp_path, eval_repo, "feature")
-    env = workflow_env(tmp_path, summary)
-    [lint] = [s for s in eval_steps() if "llmkit lint" in s["run"]]
-    assert run_step(lint, clone.root, env).returncode == 0
-    [evals] = [s for s in eval_steps() if "llmkit eval" in s["run"]]
-    proc = run_step(github_expression_free(evals), clone.root, env)
-    assert proc.returncode == 1, proc.stderr
-    assert "regression" in (clone.root / "eval-summary.md").read_text("utf-8")
+    run = action_run(tmp_path, clone, summary, **{"eval-args": "-j 2 --no-cache"})
+    assert run.run() == 1, run.log()
+    assert run.names() == ["Lint prompts and evals", "Run evals against the base branch",
+                           "Fail on failing cases or regressions"]
+    assert run.outputs["eval"]["exit-code"] == "1"
+    assert "::error::llmkit eval" in run.step("Fail on failing cases or regressions").stdout
+    reports = Path(run.outputs["eval"]["report-dir"])
+    assert "regression" in (reports / "eval-summary.md").read_text("utf-8")
+
+
+def test_a_base_ref_missing_from_the_checkout_is_a_clear_error(
+    eval_repo: EvalRepo, tmp_path: Path, summary: Path
+) -> None:
+    clone = pull_request_clone(tmp_path, eval_repo, "main")
+    for base in ("release-9", "--output=/tmp/x"):
+        run = action_run(tmp_path, clone, summary, **{"base-ref": base})
+        assert run.run() == 2, run.log()
+        step = run.step("Run evals against the base branch")
+        assert f"base-ref '{base}'" in step.stdout
+    # Not a pull request: no base, evals run without a comparison.
+    run = action_run(tmp_path, clone, summary, **{"base-ref": ""})
+    assert run.run() == 1, run.log()  # main's greet fails its goodbye case
+    markdown = (Path(run.outputs["eval"]["report-dir"]) / "eval-summary.md").read_text("utf-8")
+    assert "Before:" not in markdown
+
+
+def test_eval_args_are_flags_not_shell(
+    eval_repo: EvalRepo, tmp_path: Path, summary: Path
+) -> None:
+    clone = pull_request_clone(tmp_path, eval_repo, "main")
+    canary = tmp_path / "canary"
+    run = action_run(tmp_path, clone, summary,
+                     **{"eval-args": f"--prompt chat; touch {canary} $(touch {canary})"})
+    assert run.run() == 2, run.log()
+    assert not canary.exists()
+    # `touch` arrived as a word of llmkit's own arguments (a path to evals), never as a command.
+    assert "touch does not exist" in run.step("Run evals against the base branch").stderr
 
 
 def test_lint_step_fails_on_a_broken_eval_file(
     eval_repo: EvalRepo, tmp_path: Path, summary: Path
 ) -> None:
     eval_repo.write("evals/greet/broken.yaml", "name: broken\nassert:\n- type: containz\n")
-    env = workflow_env(tmp_path, summary)
-    [lint] = [s for s in eval_steps() if "llmkit lint" in s["run"]]
-    proc = run_step(lint, eval_repo.root, env)
-    assert proc.returncode == 1
-    assert "::error file=evals/greet/broken.yaml,line=3" in proc.stdout
+    run = action_run(tmp_path, eval_repo, summary)
+    assert run.run() == 1
+    assert run.names() == ["Lint prompts and evals"]
+    lint = run.step("Lint prompts and evals")
+    assert "::error file=evals/greet/broken.yaml,line=3" in lint.stdout
 
 
 def test_lint_step_fails_on_a_broken_llmkit_yaml(
@@ -262,8 +307,8 @@ def test_job_summary_holds_the_eval_summary_once(
 ) -> None:
     eval_repo.branch("fix", {"prompts/greet.md": GREET_BOTH_MD}, "Hello and goodbye")
     clone = pull_request_clone(tmp_path, eval_repo, "fix")
-    env = workflow_env(tmp_path, summary)
-    for step in eval_steps():
-        run_step(github_expression_free(step), clone.root, env)
-    markdown = (clone.root / "eval-summary.md").read_text("utf-8")
+    run = action_run(tmp_path, clone, summary)
+    assert run.run() == 0, run.log()
+    reports = Path(run.outputs["eval"]["report-dir"])
+    markdown = (reports / "eval-summary.md").read_text("utf-8")
     assert summary.read_text("utf-8").count(markdown) == 1
