@@ -79,3 +79,96 @@ def test_a_misspelt_key_is_still_refused_when_served(repo: Repo) -> None:
         )
     else:
         raise AssertionError("a misspelt key was accepted")
+
+
+# -- one location for a template error, everywhere ---------------------------------------------
+
+# Line 7 of the file is line 3 of its system section.
+UNCLOSED_IF = "---\nmodel: echo\n---\n<!-- role:system -->\nHello\nthere\n{% if x %}\nnever\n"
+READS_ATTRIBUTES = (
+    "---\nmodel: echo\n---\n<!-- role:system -->\nHello.\n"
+    "Hi {{ user.profile.name }}, formal={{ formal }}\n{% if formal %}FORMAL{% endif %}\n"
+)
+
+
+def test_a_template_error_has_one_location_in_render_lint_run_and_the_api(
+    make_repo: MakeRepo,
+) -> None:
+    from tests.api_fixtures import running_api
+
+    repo = make_repo("loc", {"prompts/undef.md": UNCLOSED_IF})
+    where = "prompts/undef.md:7: Template syntax error: Unexpected end of template."
+    lint = run("lint", "--repo", repo.root)
+    assert lint.stdout.startswith(where)
+    for command in ("render", "run"):
+        result = run(command, "undef", "--repo", repo.root)
+        assert result.exit_code == 1
+        assert result.stderr.startswith("Error: " + where), (command, result.stderr)
+    with running_api(repo.root) as api:
+        response = api.client.post(
+            "/v1/chat/completions", headers=api.run, json={"model": "undef", "messages": []}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(where)
+
+
+def test_a_missing_attribute_is_named_by_its_path_with_the_file_line(make_repo: MakeRepo) -> None:
+    from tests.api_fixtures import running_api
+
+    repo = make_repo("attr", {"prompts/attr.md": READS_ATTRIBUTES})
+    result = run("render", "attr", "--repo", repo.root, "--var", 'user:={"profile": {}}',
+                 "--var", "formal:=false")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: prompts/attr.md:6: Missing variables: user.profile.name\n"
+    result = run("render", "attr", "--repo", repo.root, "--var", 'user:={"a": 1}')
+    assert result.stderr == "Error: prompts/attr.md:6: Missing variables: formal, user.profile\n"
+    with running_api(repo.root) as api:
+        response = api.client.post(
+            "/v1/chat/completions", headers=api.run,
+            json={"model": "attr", "messages": [], "variables": {"user": {"a": 1}, "formal": 0}},
+        )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"] == "prompts/attr.md:6: Missing variables: user.profile"
+    assert error["code"] == "missing_variables"
+
+
+def test_a_missing_item_in_a_loop_is_named_by_the_expression_that_read_it() -> None:
+    from llmkit.errors import MissingVariables
+    from llmkit.render import render
+
+    source = "{% for u in users %}{{ u.name }} {{ u['e-mail'] }}{% endfor %}{{ rows[0].id }}"
+    try:
+        render(source, {"users": [{"name": "a"}], "rows": [{}]})
+    except MissingVariables as exc:
+        assert exc.names == ["rows[0].id", "u['e-mail']"]
+        assert exc.message == "Missing variables: rows[0].id, u['e-mail']"
+    else:
+        raise AssertionError("missing items were not reported")
+
+
+# -- --var takes JSON values -------------------------------------------------------------------
+
+
+def test_var_takes_text_with_equals_and_json_with_colon_equals(make_repo: MakeRepo) -> None:
+    repo = make_repo("vars", {"prompts/attr.md": READS_ATTRIBUTES})
+    user = ["--var", 'user:={"profile": {"name": "Ada"}}']
+    as_json = run("render", "attr", "--repo", repo.root, *user, "--var", "formal:=false", "--json")
+    assert as_json.exit_code == 0, as_json.stderr
+    content = json.loads(as_json.stdout)[0]["content"]
+    assert content == "Hello.\nHi Ada, formal=false\n"
+    as_text = run("render", "attr", "--repo", repo.root, *user, "--var", "formal=false", "--json")
+    assert json.loads(as_text.stdout)[0]["content"] == "Hello.\nHi Ada, formal=false\nFORMAL"
+
+
+def test_var_with_bad_json_is_a_usage_error_naming_it(make_repo: MakeRepo) -> None:
+    repo = make_repo("badvars", {"prompts/attr.md": READS_ATTRIBUTES})
+    for bad, needle in (
+        ("formal:=nope", "--var formal:= takes a JSON value"),
+        (":=1", "--var takes NAME=VALUE or NAME:=JSON, got ':=1'"),
+        ("formal:=" + "[" * 100, "nests more than 64 levels"),
+        ("novalue", "--var takes NAME=VALUE or NAME:=JSON, got 'novalue'"),
+    ):
+        result = run("render", "attr", "--repo", repo.root, "--var", bad)
+        assert result.exit_code == 2, bad
+        assert needle in result.stderr, (bad, result.stderr)
