@@ -172,3 +172,64 @@ def test_var_with_bad_json_is_a_usage_error_naming_it(make_repo: MakeRepo) -> No
         result = run("render", "attr", "--repo", repo.root, "--var", bad)
         assert result.exit_code == 2, bad
         assert needle in result.stderr, (bad, result.stderr)
+
+
+# -- keys list, diff with no changes -----------------------------------------------------------
+
+
+def test_keys_list_has_a_header_row(repo: Repo) -> None:
+    empty = run("keys", "list", "--repo", repo.root)
+    assert empty.exit_code == 0
+    assert empty.stdout == ""
+    assert "No API keys yet" in empty.stderr
+    run("keys", "create", "app", "--repo", repo.root)
+    run("keys", "create", "ops team", "--admin", "--repo", repo.root)
+    run("keys", "revoke", "1", "--repo", repo.root)
+    lines = run("keys", "list", "--repo", repo.root).stdout.splitlines()
+    assert lines[0].split() == ["ID", "SCOPE", "PREFIX", "NAME", "STATE", "LAST", "USED"]
+    assert len(lines) == 3
+    # Every row's columns start where the header's do.
+    for column in ("SCOPE", "PREFIX", "NAME", "STATE", "LAST USED"):
+        start = lines[0].index(column)
+        assert all(line[start - 2 : start] == "  " and line[start] != " " for line in lines[1:])
+    assert lines[1].split()[:2] == ["1", "run"] and lines[2].split()[:2] == ["2", "admin"]
+    assert "revoked" in lines[1] and "active" in lines[2] and "ops team" in lines[2]
+
+
+def test_diff_without_changes_says_so(repo: Repo) -> None:
+    result = run("diff", "hello", "1", "1", "--repo", repo.root)
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert result.stderr == "No changes between hello@1 and hello@1\n"
+    served = run("diff", "hello", "1", "--repo", repo.root)
+    assert served.stderr == "No changes between hello@1 and what is served\n"
+    repo.write("prompts/hello.md", repo.read("prompts/hello.md") + "More.\n")
+    changed = run("diff", "hello", "1", "--repo", repo.root)
+    assert "+More." in changed.stdout and changed.stderr == ""
+
+
+# -- the first admin key -----------------------------------------------------------------------
+
+
+def test_serve_creates_the_admin_key_when_keys_were_made_before_it(repo: Repo) -> None:
+    """`keys create` before the first `serve` (the README's order) still gets an admin key;
+    a second start with an active admin key makes none."""
+    from llmkit.config import Settings
+    from llmkit.workspace import Workspace
+
+    run("keys", "create", "my-app", "--repo", repo.root)
+    ws = Workspace(Settings.resolve(repo.root))
+    try:
+        first = ws.keys.ensure_admin_key(ws.settings.admin_key_path)
+        assert first is not None
+        assert ws.settings.admin_key_path.read_text() == first + "\n"
+        assert ws.keys.ensure_admin_key(ws.settings.admin_key_path) is None
+        admin = [k for k in ws.keys.list() if k.scope == "admin"]
+        assert len(admin) == 1
+        ws.keys.revoke(admin[0].id)
+        # With every admin key revoked, the next start makes a new way in.
+        again = ws.keys.ensure_admin_key(ws.settings.admin_key_path)
+        assert again is not None and again != first
+        assert ws.keys.verify(again) is not None
+    finally:
+        ws.close()
