@@ -5,8 +5,17 @@ the first admin key, trace ids by prefix, and how fast `llmkit serve` stops."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 
 from llmkit.cli import main
@@ -233,3 +242,87 @@ def test_serve_creates_the_admin_key_when_keys_were_made_before_it(repo: Repo) -
         assert ws.keys.verify(again) is not None
     finally:
         ws.close()
+
+
+# -- llmkit serve stops on SIGINT and SIGTERM, with exit code 0 and its run log written ---------
+
+KEY_LINE = re.compile(r"^llmkit_[0-9A-Za-z]{32}$")
+ECHO_PROMPT = "---\nmodel: echo\n---\n<!-- role:system -->\nYou are {{ mood }}.\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_serve(repo: Path, port: int) -> tuple[subprocess.Popen[str], list[str], list[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmkit", "serve", "--repo", str(repo), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
+    out: list[str] = []
+    err: list[str] = []
+    for stream, into in ((process.stdout, out), (process.stderr, err)):
+        threading.Thread(
+            target=lambda s=stream, i=into: i.extend(line.rstrip("\n") for line in s), daemon=True
+        ).start()
+    return process, out, err
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_stops_with_code_0_and_keeps_the_row_logged_just_before(
+    make_repo: MakeRepo, stop_signal: signal.Signals
+) -> None:
+    """A real `python -m llmkit serve`: `keys create` before its first start still leaves it to
+    create the admin key; a call answered just before the signal is in the run log after."""
+    import httpx
+
+    repo = make_repo("served", {"prompts/hello.md": ECHO_PROMPT})
+    assert run("keys", "create", "my-app", "--repo", repo.root).exit_code == 0
+    for _ in range(3):  # another process may take the free port first
+        port = _free_port()
+        process, out, err = _start_serve(repo.root, port)
+        deadline = time.monotonic() + 60
+        ready = False
+        while not ready and process.poll() is None and time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
+            except httpx.TransportError:
+                time.sleep(0.05)
+        if ready:
+            break
+        process.kill()
+        process.wait()
+        assert "address already in use" in "\n".join(err).lower(), "\n".join(err)
+    try:
+        keys = [line for line in out if KEY_LINE.match(line)]
+        assert len(keys) == 1, out
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {keys[0]}"},
+            json={"model": "hello", "variables": {"mood": "calm"}, "messages": []},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        trace = response.headers["x-llmkit-trace-id"]
+        process.send_signal(stop_signal)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    time.sleep(0.1)  # the reader threads take the last lines
+    output = "\n".join(out + err)
+    assert code == 0, output
+    assert "Traceback" not in output and "Aborted" not in output, output
+    from llmkit.config import Settings
+    from llmkit.workspace import Workspace
+
+    ws = Workspace(Settings.resolve(repo.root))
+    try:
+        row = ws.runlog.get(trace)
+    finally:
+        ws.close()
+    assert row is not None and row["prompt_key"] == "hello" and row["status"] == "ok"
