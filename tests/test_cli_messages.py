@@ -326,3 +326,90 @@ def test_serve_stops_with_code_0_and_keeps_the_row_logged_just_before(
     finally:
         ws.close()
     assert row is not None and row["prompt_key"] == "hello" and row["status"] == "ok"
+
+
+# -- trace ids by unique prefix ----------------------------------------------------------------
+
+TRACES = (
+    "abcdef0011111111111111111111aaaa",
+    "abcdef0022222222222222222222bbbb",
+    "abcdef9933333333333333333333cccc",
+    "abcdef99",  # a whole trace id that also starts a longer one
+    "abcdef993",
+)
+
+
+def _log_rows(repo: Repo) -> None:
+    from llmkit.config import Settings
+    from llmkit.runlog import RunRecord
+    from llmkit.workspace import Workspace
+
+    ws = Workspace(Settings.resolve(repo.root))
+    try:
+        for n, trace in enumerate(TRACES):
+            ws.runlog.log(RunRecord(
+                trace_id=trace, prompt_key="hello", model="echo", version_number=1,
+                request={"messages": [{"role": "user", "content": f"question {n}"}]},
+                response=f"answer {n}",
+            ))
+        assert ws.runlog.flush()
+    finally:
+        ws.close()
+
+
+def test_logs_show_finds_a_call_by_unique_prefix_and_prints_it_in_full(repo: Repo) -> None:
+    _log_rows(repo)
+    shown = run("logs", "show", "abcdef001", "--repo", repo.root)
+    assert shown.exit_code == 0, shown.stderr
+    assert "trace_id:         abcdef0011111111111111111111aaaa" in shown.stdout
+    assert '"content": "question 0"' in shown.stdout and "answer 0" in shown.stdout
+    as_json = json.loads(run("logs", "show", "abcdef002", "--json", "--repo", repo.root).stdout)
+    assert as_json["trace_id"] == TRACES[1] and as_json["response"] == "answer 1"
+    # A whole trace id wins over the longer ids it starts.
+    exact = json.loads(run("logs", "show", "abcdef99", "--json", "--repo", repo.root).stdout)
+    assert exact["trace_id"] == "abcdef99"
+    listing = run("logs", "--repo", repo.root, "-n", "2")
+    assert listing.exit_code == 0 and "hello" in listing.stdout
+
+
+def test_logs_show_refuses_ambiguous_short_and_unknown_prefixes(repo: Repo) -> None:
+    _log_rows(repo)
+    ambiguous = run("logs", "show", "abcdef0", "--repo", repo.root)
+    assert ambiguous.exit_code == 1
+    assert ambiguous.stderr == (
+        "Error: Trace id prefix 'abcdef0' is ambiguous: it starts"
+        f" {TRACES[0]}, {TRACES[1]}; give more characters\n"
+    )
+    short = run("logs", "show", "abc", "--repo", repo.root)
+    assert short.exit_code == 1 and "at least 6 characters" in short.stderr
+    unknown = run("logs", "show", "ffffff", "--repo", repo.root)
+    assert unknown.stderr == "Error: No log entry with trace id 'ffffff'\n"
+
+
+def test_the_api_finds_a_log_entry_by_unique_prefix(make_repo: MakeRepo) -> None:
+    from tests.api_fixtures import running_api
+
+    repo = make_repo("logs", {"prompts/hello.md": ECHO_PROMPT})
+    _log_rows(repo)
+    with running_api(repo.root) as api:
+        found = api.get("/v1/ui/logs/abcdef002")
+        assert found.status_code == 200 and found.json()["trace_id"] == TRACES[1]
+        exact = api.get("/v1/ui/logs/abcdef99")
+        assert exact.status_code == 200 and exact.json()["trace_id"] == "abcdef99"
+        cases = {
+            "abcdef": (400, "ambiguous_trace_id"),
+            "abc": (400, "trace_prefix_too_short"),
+            "ffffffff": (404, "not_found"),
+            "abcdef\ud7ff": (404, "not_found"),  # the range's end skips the surrogates
+            "xxxxx%F4%8F%BF%BF": (404, "not_found"),  # U+10FFFF has nothing above it
+        }
+        for prefix, (status, code) in cases.items():
+            response = api.get(f"/v1/ui/logs/{prefix}")
+            assert response.status_code == status, (prefix, response.text)
+            error = response.json()["error"]
+            assert error["code"] == code and error["param"] == "trace_id", error
+        message = api.get("/v1/ui/logs/abcdef9").json()["error"]["message"]
+        assert message == (
+            f"Trace id prefix 'abcdef9' is ambiguous: it starts {TRACES[3]}, {TRACES[4]},"
+            f" {TRACES[2]}; give more characters"
+        )
