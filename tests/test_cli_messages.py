@@ -413,3 +413,21 @@ def test_the_api_finds_a_log_entry_by_unique_prefix(make_repo: MakeRepo) -> None
             f"Trace id prefix 'abcdef9' is ambiguous: it starts {TRACES[3]}, {TRACES[4]},"
             f" {TRACES[2]}; give more characters"
         )
+
+
+# -- shell completion, as the README enables it ------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_the_readme_enables_shell_completion_that_works(shell: str) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    assert f"_LLMKIT_COMPLETE={shell}_source llmkit" in readme
+    script = CliRunner().invoke(main, [], prog_name="llmkit",
+                                env={"_LLMKIT_COMPLETE": f"{shell}_source"})
+    assert script.exit_code == 0
+    assert "_llmkit_completion" in script.stdout and "_LLMKIT_COMPLETE" in script.stdout
+    answer = CliRunner().invoke(
+        main, [], prog_name="llmkit",
+        env={"_LLMKIT_COMPLETE": "bash_complete", "COMP_WORDS": "llmkit logs s", "COMP_CWORD": "2"},
+    )
+    assert answer.stdout.splitlines() == ["plain,show"]
