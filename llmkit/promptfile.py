@@ -339,7 +339,9 @@ def _read_frontmatter(
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        problems.append(PromptFormatError(f"Malformed frontmatter: {problem}", path=path, line=line))
+        problems.append(
+            PromptFormatError(f"Malformed frontmatter: {problem}", path=path, line=line)
+        )
         return {}
     if loaded is None:
         return {}

@@ -34,7 +34,6 @@ from llmkit.errors import MissingVariables, RenderBudgetExceeded, TemplateError
 from llmkit.promptfile import TEMPLATE_RE, PromptFile
 from llmkit.sandbox import BudgetedEnvironment, OverBudget, RenderState, current_render, guarded
 
-
 # Distinct missing attributes kept for naming; a loop over many items each lacking one would
 # otherwise keep every item.
 _MAX_MISSING_ATTRIBUTES = 100
@@ -311,6 +310,8 @@ def _attribute_path(
     candidates = []
     for tree, variables, first_line in trees:
         for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+            if not isinstance(node, (nodes.Getattr, nodes.Getitem)):
+                continue  # find_all yields only these; this tells the type checker
             if _step_name(node) != attribute:
                 continue
             dotted = _dotted(node)
@@ -349,17 +350,15 @@ def _resolve(node: nodes.Node, variables: Mapping[str, Any]) -> Any:
     a marker when it reads anything else (a loop variable, a call, a computed index)."""
     if isinstance(node, nodes.Name):
         return variables.get(node.name, _UNRESOLVED)
-    if isinstance(node, (nodes.Getattr, nodes.Getitem)):
+    if isinstance(node, nodes.Getattr):
         base = _resolve(node.node, variables)
-        step = _step_name(node)
-        if base is _UNRESOLVED or step is None:
-            return _UNRESOLVED
-        if isinstance(node, nodes.Getattr):
-            found = _env.getattr(base, step)
-        else:
-            found = _env.getitem(base, node.arg.value)  # type: ignore[attr-defined]
-        return _UNRESOLVED if isinstance(found, Undefined) else found
-    return _UNRESOLVED
+        found = _UNRESOLVED if base is _UNRESOLVED else _env.getattr(base, node.attr)
+    elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        base = _resolve(node.node, variables)
+        found = _UNRESOLVED if base is _UNRESOLVED else _env.getitem(base, node.arg.value)
+    else:
+        return _UNRESOLVED
+    return _UNRESOLVED if isinstance(found, Undefined) else found
 
 
 def _render_sections(

@@ -52,7 +52,8 @@ def test_lint_reports_every_problem_of_one_file_in_one_run(make_repo: MakeRepo) 
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     expected = [
-        ("prompts/many.md:3: ", "Unknown frontmatter key 'temprature'; did you mean 'temperature'?"),
+        ("prompts/many.md:3: ",
+         "Unknown frontmatter key 'temprature'; did you mean 'temperature'?"),
         ("prompts/many.md:4: ", "max_tokens must be at least 1, got -1"),
         ("prompts/many.md:5: ", "Unknown frontmatter key 'colour' (known keys: model,"),
         ("prompts/many.md:6: ", "type must be one of static, dynamic_system, dynamic_both"),
