@@ -42,9 +42,26 @@ def keys_list(repo: Path | None, as_json: bool) -> None:
     if as_json:
         print_json([asdict(r) for r in records])
         return
-    for r in records:
-        state = f"revoked {r.revoked_at}" if r.revoked_at else f"last used {r.last_used_at or 'never'}"
-        click.echo(f"{r.id:>4}  {r.scope:<5}  {r.prefix}…  {r.name}  ({state})")
+    if not records:
+        click.echo("No API keys yet: `llmkit keys create NAME`, or start `llmkit serve`.", err=True)
+        return
+    rows = [
+        (
+            str(r.id),
+            r.scope,
+            f"{r.prefix}…",
+            r.name,
+            f"revoked {r.revoked_at}" if r.revoked_at else "active",
+            r.last_used_at or "never",
+        )
+        for r in records
+    ]
+    header = ("ID", "SCOPE", "PREFIX", "NAME", "STATE", "LAST USED")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [row[0].rjust(widths[0])]
+        cells += [cell.ljust(width) for cell, width in zip(row[1:-1], widths[1:])]
+        click.echo("  ".join([*cells, row[-1]]))
 
 
 @keys.command("revoke")

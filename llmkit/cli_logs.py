@@ -1,23 +1,34 @@
-"""`llmkit logs`: the newest provider calls from the run log."""
+"""`llmkit logs`: the newest provider calls from the run log; `llmkit logs show TRACE`: one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from llmkit.cli_options import handle_errors, json_option, print_json, repo_option
+from llmkit.cli_options import handle_errors, json_option, open_workspace, print_json, repo_option
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @repo_option
 @click.option("--prompt", "prompt_key", help="Only calls of this prompt key.")
 @click.option("--status", type=click.Choice(["ok", "error", "cancelled"]), help="Only calls with this status.")
 @click.option("-n", "limit", type=int, default=20, show_default=True, help="How many, newest first.")
 @json_option
 @handle_errors
-def logs(repo: Path | None, prompt_key: str | None, status: str | None, limit: int, as_json: bool) -> None:
-    """The newest provider calls from the run log."""
+@click.pass_context
+def logs(
+    ctx: click.Context,
+    repo: Path | None,
+    prompt_key: str | None,
+    status: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The newest provider calls from the run log; `logs show TRACE` prints one in full."""
+    if ctx.invoked_subcommand is not None:
+        return
     from llmkit.runlog import version_label
     from llmkit.workspace import Workspace
 
@@ -47,3 +58,31 @@ def logs(repo: Path | None, prompt_key: str | None, status: str | None, limit: i
             f"${cost:.6f}" if cost else "",
         )
     Console().print(table)
+
+
+@logs.command("show")
+@repo_option
+@click.argument("trace")
+@json_option
+@handle_errors
+def logs_show(repo: Path | None, trace: str, as_json: bool) -> None:
+    """One provider call in full, by trace id or a unique prefix of it (as `logs` shows)."""
+    ws = open_workspace(repo)
+    try:
+        row = ws.runlog.find(trace)
+    finally:
+        ws.close()
+    if as_json:
+        print_json(row)
+        return
+    for name, value in row.items():
+        if name in ("request", "response"):
+            continue
+        if value in (None, [], ""):
+            continue
+        click.echo(f"{name + ':':<18}{value}")
+    for name in ("request", "response"):
+        click.echo(f"{name}:")
+        value = row.get(name)
+        text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+        click.echo("\n".join("  " + line for line in text.splitlines()))

@@ -80,28 +80,56 @@ def split_ref(spec: str) -> tuple[str, str | None]:
 
 
 def parse_vars(pairs: tuple[str, ...], vars_json: Path | None) -> dict[str, Any]:
+    """Variables from `--vars-json FILE`, then each `--var`: `NAME=VALUE` is the string VALUE,
+    `NAME:=JSON` the JSON value (`formal:=false`, `n:=3`, `tags:='["a", "b"]'`)."""
     variables: dict[str, Any] = {}
     if vars_json is not None:
-        try:
-            loaded = json.loads(vars_json.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"Cannot read variables from {vars_json}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{vars_json} must hold a JSON object of variables")
-        variables.update(loaded)
+        variables.update(_load_vars_file(vars_json))
     for pair in pairs:
         name, sep, value = pair.partition("=")
+        is_json = name.endswith(":")
+        name = name.removesuffix(":")
         if not sep or not name:
-            raise ConfigError(f"--var takes NAME=VALUE, got {pair!r}")
-        variables[name] = value
+            raise ConfigError(f"--var takes NAME=VALUE or NAME:=JSON, got {pair!r}")
+        variables[name] = _json_value(name, value) if is_json else value
     return variables
 
 
+def _load_vars_file(path: Path) -> dict[str, Any]:
+    from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
+
+    try:
+        text = path.read_text("utf-8")
+        if json_too_deep(text, MAX_JSON_DEPTH):
+            raise ValueError(f"JSON nests more than {MAX_JSON_DEPTH} levels")
+        loaded = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot read variables from {path}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a JSON object of variables")
+    return loaded
+
+
+def _json_value(name: str, text: str) -> Any:
+    from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
+
+    try:
+        if json_too_deep(text, MAX_JSON_DEPTH):
+            raise ValueError(f"it nests more than {MAX_JSON_DEPTH} levels")
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--var {name}:= takes a JSON value ({exc}); got {text[:80]!r}."
+            f" For the text itself, use --var {name}=..."
+        ) from None
+
+
 var_options = [
-    click.option("--var", "var_pairs", multiple=True, metavar="NAME=VALUE",
-                 help="A template variable (repeatable)."),
+    click.option("--var", "var_pairs", multiple=True, metavar="NAME=TEXT|NAME:=JSON",
+                 help="A template variable (repeatable): NAME=text is a string,"
+                 " NAME:=JSON a JSON value (true, 3, [1, 2], {\"a\": 1})."),
     click.option("--vars-json", type=click.Path(dir_okay=False, path_type=Path),
-                 help="A JSON file of variables."),
+                 help="A JSON file holding an object of variables (--var adds to it)."),
 ]
 
 

@@ -76,6 +76,11 @@ def diff(repo: Path | None, key: str, old: str, new: str | None) -> None:
     """Unified diff of a prompt between two versions (NEW defaults to what is served)."""
     ws = synced_workspace(repo)
     text = ws.index.diff(key, old, new)
+    if not text:
+        # An empty diff is an answer too; on stderr, so `llmkit diff ... | git apply` still works.
+        served = f"{key}@{new}" if new is not None else "what is served"
+        click.echo(f"No changes between {key}@{old} and {served}", err=True)
+        return
     click.echo(text, nl=False)
 
 

@@ -305,11 +305,17 @@ class KeyStore:
         self._write_last_used(pending)
 
     def ensure_admin_key(self, path: Path) -> str | None:
-        """On an empty key table, create an admin key, write it to `path` (mode 0600) and return
-        it. Otherwise None. Safe when several processes start at once: the check and the insert
-        share one write transaction, and the file is written before it commits."""
+        """When no admin key is active (a new repository, or only `run` keys made with
+        `llmkit keys create` before the first start, or every admin key revoked), create one,
+        write it to `path` (mode 0600) and return it. Otherwise None: a server always has a way
+        in, and never makes a second admin key beside a working one. Safe when several
+        processes start at once: the check and the insert share one write transaction, and the
+        file is written before it commits."""
         with self._db.write() as conn:
-            if conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0] > 0:
+            active_admin = conn.execute(
+                "SELECT 1 FROM api_keys WHERE scope = 'admin' AND revoked_at IS NULL LIMIT 1"
+            ).fetchone()
+            if active_admin is not None:
                 return None
             _, clear = self._insert(conn, ADMIN_KEY_NAME, "admin")
             write_secret_file(path, clear + "\n")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from llmkit.budgets import DEFAULT_LIMITS
 from llmkit.config import PROMPTS_DIR
-from llmkit.errors import InvalidKey, PromptFormatError
+from llmkit.errors import InvalidKey
 from llmkit.promptfile import (
     PROMPT_SUFFIX,
     case_collisions,
+    diagnose,
     key_from_path,
-    parse,
     path_for_key,
 )
 from llmkit.render import check_templates
@@ -42,6 +42,8 @@ class Problem:
 def lint_prompt_text(
     rel_path: str, data: bytes, max_bytes: int = DEFAULT_LIMITS.prompt_file_bytes
 ) -> list[Problem]:
+    """Every problem of one prompt file, in line order: its name, its size, its encoding, its
+    frontmatter (each key), its role markers and the template of each section."""
     problems = []
     try:
         key_from_path(rel_path)
@@ -57,16 +59,18 @@ def lint_prompt_text(
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        return problems + [Problem(rel_path, line, f"File is not UTF-8 text (invalid byte at offset {exc.start})")]
-    try:
-        prompt = parse(text, rel_path)
-    except PromptFormatError as exc:
-        return problems + [Problem(rel_path, exc.line or 1, exc.detail)]
+        problems.append(
+            Problem(rel_path, line, f"File is not UTF-8 text (invalid byte at offset {exc.start})")
+        )
+        # The rest of the file is still checked, with the bad bytes replaced.
+        text = data.decode("utf-8", errors="replace")
+    prompt, found = diagnose(text, rel_path)
+    problems.extend(Problem(rel_path, exc.line or 1, exc.detail) for exc in found)
     for line, message in check_templates(prompt):
         problems.append(Problem(rel_path, line, message))
-    if not prompt.messages:
+    if not prompt.messages and not found:
         problems.append(Problem(rel_path, 1, "Prompt has no messages", "warning"))
-    return problems
+    return sorted(problems, key=lambda problem: problem.line)
 
 
 def lint_repo(root: Path) -> list[Problem]:

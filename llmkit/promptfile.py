@@ -7,6 +7,7 @@ variable's value can never open a new message.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -209,43 +210,64 @@ def path_for_key(key: str) -> str:
 
 
 def validate_meta(meta: dict[str, Any]) -> None:
-    """Known keys with the right types and ranges. The error's `param` names the key."""
+    """Known keys with the right types and ranges. The error (the first of `meta_problems`)
+    has `param` naming the key."""
+    problems = meta_problems(meta)
+    if problems:
+        name, message = problems[0]
+        err = PromptFormatError(message)
+        err.param = name
+        raise err
 
-    def fail(name: str, msg: str) -> PromptFormatError:
-        err = PromptFormatError(msg)
-        err.param = str(name)
-        return err
 
+def meta_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every problem of a frontmatter mapping, as (key, message): unknown keys (with the known
+    key each most looks like) and wrong types, then values out of range."""
+    problems: list[tuple[str, str]] = []
+    typed: dict[str, Any] = {}
     for name, value in meta.items():
         if name not in FIELDS:
-            raise fail(name, f"Unknown frontmatter key {name!r} (known keys: {', '.join(FIELDS)})")
+            problems.append((str(name), unknown_key_message(name)))
+            continue
         types = FIELDS[name]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join(t.__name__ for t in types)
-            raise fail(name, f"Frontmatter key {name!r} must be {names}, got {value!r}")
+            problems.append((name, f"Frontmatter key {name!r} must be {names}, got {value!r}"))
+            continue
+        typed[name] = value
     ranges = {"temperature": (0, 2), "top_p": (0, 1), "max_tokens": (1, None), "timeout": (0, None)}
     for name, (low, high) in ranges.items():
         # Written so that NaN, which compares false with everything, is out of range.
-        if name in meta and not (meta[name] >= low and (high is None or meta[name] <= high)):
+        if name in typed and not (typed[name] >= low and (high is None or typed[name] <= high)):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise fail(name, f"{name} must be {bounds}, got {meta[name]}")
+            problems.append((name, f"{name} must be {bounds}, got {typed[name]}"))
     choices = {"type": PROMPT_TYPES, "reasoning_effort": REASONING_EFFORTS}
     for name, allowed in choices.items():
-        if name in meta and meta[name] not in allowed:
-            raise fail(name, f"{name} must be one of {', '.join(allowed)}, got {meta[name]!r}")
-    if "model" in meta and not meta["model"].strip():
-        raise fail("model", "model must not be empty")
+        if name in typed and typed[name] not in allowed:
+            problems.append(
+                (name, f"{name} must be one of {', '.join(allowed)}, got {typed[name]!r}")
+            )
+    if "model" in typed and not typed["model"].strip():
+        problems.append(("model", "model must not be empty"))
     for name in ("fallbacks", "tags"):
-        if name in meta and not all(isinstance(v, str) for v in meta[name]):
-            raise fail(name, f"{name} must be a list of strings")
+        if name in typed and not all(isinstance(v, str) for v in typed[name]):
+            problems.append((name, f"{name} must be a list of strings"))
     for name, value in meta.items():
         bad = surrogate_in(value)
         if bad is not None:
-            raise fail(
-                name,
+            problems.append((
+                str(name),
                 f"Frontmatter key {name!r} holds a lone surrogate (U+{ord(bad):04X}), which is"
                 " not a character and cannot be stored as UTF-8",
-            )
+            ))
+    return problems
+
+
+def unknown_key_message(name: Any) -> str:
+    """`Unknown frontmatter key 'temprature'; did you mean 'temperature'? (known keys: ...)`."""
+    close = difflib.get_close_matches(str(name), tuple(FIELDS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"Unknown frontmatter key {name!r}{hint} (known keys: {', '.join(FIELDS)})"
 
 
 def surrogate_in(value: Any) -> str | None:
@@ -269,41 +291,73 @@ _FRONTMATTER_RE = re.compile(r"\A---[ \t]*\n(.*?)^---[ \t]*(?:\n|\Z)", re.DOTALL
 
 
 def parse(text: str, path: str | None = None) -> PromptFile:
-    """Parse a prompt file. Errors name the file and line."""
+    """Parse a prompt file. Errors name the file and line; the first one found is raised."""
+    prompt, problems = diagnose(text, path)
+    if problems:
+        raise problems[0]
+    return prompt
+
+
+def diagnose(text: str, path: str | None = None) -> tuple[PromptFile, list[PromptFormatError]]:
+    """Parse a prompt file and find every problem in it, not only the first (what lint reports),
+    each naming the file and line. The PromptFile holds what could be read: the frontmatter
+    keys that are valid, and the sections around any unknown role marker."""
+    problems: list[PromptFormatError] = []
     # Some editors start UTF-8 files with a byte order mark, which would hide the frontmatter.
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")
     refused = not_text(text)
     if refused is not None:
-        raise PromptFormatError(f"Prompt text holds {refused[1]}", path=path, line=refused[0])
+        problems.append(
+            PromptFormatError(f"Prompt text holds {refused[1]}", path=path, line=refused[0])
+        )
     meta: dict[str, Any] = {}
     body_start = 1
     match = _FRONTMATTER_RE.match(text)
     if match:
-        raw = match.group(1)
-        # Line 1 of the frontmatter is line 2 of the file. Dates load as dates, as the file
-        # is written back with the dumper that reads them so.
-        try:
-            loaded = load(raw, first_line=2, dates=True)
-        except YamlProblem as problem:
-            prefix = "Malformed frontmatter" if problem.syntax else "Frontmatter"
-            raise PromptFormatError(f"{prefix}: {problem.message}", path=path, line=problem.line)
-        data = {} if loaded.data is None else loaded.data
-        if not isinstance(data, dict):
-            raise PromptFormatError("Frontmatter must be a mapping of keys", path=path, line=2)
-        meta = _meta_in_canonical_order(data)
-        try:
-            validate_meta(meta)
-        except PromptFormatError as exc:
-            line = loaded.lines.of(data, exc.param) or 2
-            raise PromptFormatError(exc.detail, path=path, line=line) from None
+        meta = _read_frontmatter(match.group(1), path, problems)
         body_start = text[: match.end()].count("\n") + 1
         body = text[match.end() :]
     elif text.startswith("---\n"):
-        raise PromptFormatError("Frontmatter is not closed by a '---' line", path=path, line=1)
+        problems.append(
+            PromptFormatError("Frontmatter is not closed by a '---' line", path=path, line=1)
+        )
+        return PromptFile(), problems
     else:
         body = text
-    messages, lines = _split_sections(body, body_start, path)
-    return PromptFile(meta=meta, messages=messages, lines=lines)
+    messages, lines = _split_sections(body, body_start, path, problems)
+    return PromptFile(meta=meta, messages=messages, lines=lines), problems
+
+
+def _read_frontmatter(
+    raw: str, path: str | None, problems: list[PromptFormatError]
+) -> dict[str, Any]:
+    """The valid keys of the frontmatter `raw`; a problem for each one that is not, or one for
+    frontmatter that cannot be read at all."""
+    # Line 1 of the frontmatter is line 2 of the file. Dates load as dates, as the file is
+    # written back with the dumper that reads them so.
+    try:
+        loaded = load(raw, first_line=2, dates=True)
+    except YamlProblem as problem:
+        prefix = "Malformed frontmatter" if problem.syntax else "Frontmatter"
+        problems.append(
+            PromptFormatError(f"{prefix}: {problem.message}", path=path, line=problem.line)
+        )
+        return {}
+    if loaded.data is None:
+        return {}
+    if not isinstance(loaded.data, dict):
+        problems.append(
+            PromptFormatError("Frontmatter must be a mapping of keys", path=path, line=2)
+        )
+        return {}
+    meta = _meta_in_canonical_order(loaded.data)
+    found = meta_problems(meta)
+    for name, message in found:
+        err = PromptFormatError(message, path=path, line=loaded.lines.of(loaded.data, name) or 2)
+        err.param = name
+        problems.append(err)
+    bad = {name for name, _ in found}
+    return {name: value for name, value in meta.items() if str(name) not in bad}
 
 
 def not_text(text: str) -> tuple[int, str] | None:
@@ -325,8 +379,11 @@ def _meta_in_canonical_order(meta: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(meta.items(), key=lambda kv: (order.get(str(kv[0]), len(order)), 0)))
 
 
-def _split_sections(body: str, first_line: int, path: str | None) -> tuple[list[Message], list[int]]:
-    """Sections and the 1-based file line of each one's first content line."""
+def _split_sections(
+    body: str, first_line: int, path: str | None, problems: list[PromptFormatError]
+) -> tuple[list[Message], list[int]]:
+    """Sections and the 1-based file line of each one's first content line. An unknown role
+    marker is a problem, and its line stays in its section as text."""
     sections: list[tuple[str, list[str], int]] = []
     role, lines, start, explicit = "system", [], first_line, False
     for offset, line in enumerate(body.split("\n")):
@@ -336,12 +393,14 @@ def _split_sections(body: str, first_line: int, path: str | None) -> tuple[list[
         marker = MARKER_RE.match(line.strip())
         if marker is None or marker.group(1) not in ROLES:
             found = marker.group(1) if marker else line.strip()
-            raise PromptFormatError(
+            problems.append(PromptFormatError(
                 f"Unknown role marker {found!r}; use one of: "
                 + ", ".join(f"<!-- role:{r} -->" for r in ROLES),
                 path=path,
                 line=first_line + offset,
-            )
+            ))
+            lines.append(line)  # kept as text, so the lines after it keep their numbers
+            continue
         if explicit or _strip_blank(lines):
             sections.append((role, lines, start))
         role, lines, start, explicit = marker.group(1), [], first_line + offset + 1, True

@@ -27,11 +27,16 @@ from typing import Any
 
 from jinja2 import Template, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.utils import missing
 
 from llmkit.budgets import DEFAULT_LIMITS, Limits
 from llmkit.errors import MissingVariables, RenderBudgetExceeded, TemplateError
 from llmkit.promptfile import TEMPLATE_RE, PromptFile
 from llmkit.sandbox import BudgetedEnvironment, OverBudget, RenderState, current_render, guarded
+
+# Distinct missing attributes kept for naming; a loop over many items each lacking one would
+# otherwise keep every item.
+_MAX_MISSING_ATTRIBUTES = 100
 
 
 class _RecordingUndefined(Undefined):
@@ -43,9 +48,15 @@ class _RecordingUndefined(Undefined):
         if self._undefined_exception is SecurityError:
             self._fail_with_undefined_error()
         render = current_render.get()
-        if render is not None:
-            name = self._undefined_name
+        if render is None:
+            return
+        name = self._undefined_name
+        if self._undefined_obj is missing or name is None:
             render.missing.add(str(name if name is not None else self._undefined_obj))
+        elif len(render.missing_attributes) < _MAX_MISSING_ATTRIBUTES:
+            # An attribute or item of a value the caller gave: named by its path afterwards.
+            key = (id(self._undefined_obj), str(name))
+            render.missing_attributes.setdefault(key, (self._undefined_obj, str(name)))
 
     def __str__(self) -> str:
         self._record()
@@ -222,8 +233,8 @@ def render(source: str, variables: Mapping[str, Any], limits: Limits | None = No
         return source
     render_ = RenderState(limits or DEFAULT_LIMITS)
     text = _render_sections([(source, variables, 1)], render_, None)[0]
-    if render_.missing:
-        raise MissingVariables(sorted(render_.missing))
+    if render_.missing or render_.missing_attributes:
+        raise _missing_error(render_, [(source, variables, 1)], None)
     return text
 
 
@@ -256,9 +267,98 @@ def render_messages(
         {"role": m.role, "content": next(texts) if TEMPLATE_RE.search(m.content) else m.content}
         for m in prompt.messages
     ]
-    if render_.missing:
-        raise MissingVariables(sorted(render_.missing))
+    if render_.missing or render_.missing_attributes:
+        raise _missing_error(render_, jobs, path)
     return rendered
+
+
+def _missing_error(
+    render_: RenderState, jobs: list[tuple[str, Mapping[str, Any], int]], path: str | None
+) -> MissingVariables:
+    """Every missing name, an attribute or item by its dotted path (`user.profile`), in one
+    error; with `path`, it starts at the file line where the first of them is read."""
+    trees = [(_env.parse(source), variables, first_line) for source, variables, first_line in jobs]
+    lines: dict[str, int | None] = {}
+    for name in render_.missing:
+        lines[name] = next(
+            (
+                first_line + node.lineno - 1
+                for tree, _, first_line in trees
+                for node in tree.find_all(nodes.Name)
+                if node.name == name and node.ctx == "load"
+            ),
+            None,
+        )
+    for value, attribute in render_.missing_attributes.values():
+        dotted, line = _attribute_path(trees, value, attribute)
+        lines.setdefault(dotted, line)
+    err = MissingVariables(sorted(lines))
+    known = [line for line in lines.values() if line is not None]
+    if path is not None:
+        where = f"{path}:{min(known)}: " if known else f"{path}: "
+        err.message = where + err.message
+        err.args = (err.message,)
+    return err
+
+
+def _attribute_path(
+    trees: list[tuple[nodes.Template, Mapping[str, Any], int]], value: object, attribute: str
+) -> tuple[str, int | None]:
+    """The path (`user.profile`) and file line of the expression that read `attribute` of
+    `value` and found nothing: among the expressions reading that attribute, the one whose
+    path leads to `value` in the variables, else the first; the bare name if there is none."""
+    candidates = []
+    for tree, variables, first_line in trees:
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+            if not isinstance(node, (nodes.Getattr, nodes.Getitem)):
+                continue  # find_all yields only these; this tells the type checker
+            if _step_name(node) != attribute:
+                continue
+            dotted = _dotted(node)
+            line = first_line + node.lineno - 1
+            if _resolve(node.node, variables) is value:
+                return dotted, line
+            candidates.append((dotted, line))
+    return candidates[0] if candidates else (attribute, None)
+
+
+def _step_name(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return str(node.arg.value) if isinstance(node.arg, nodes.Const) else None
+
+
+def _dotted(node: nodes.Node) -> str:
+    """`user.profile`, `items[0].name`, `row["a b"]`, `users[...]` for a computed index."""
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr):
+        return f"{_dotted(node.node)}.{node.attr}"
+    if isinstance(node, nodes.Getitem):
+        key = node.arg.value if isinstance(node.arg, nodes.Const) else ...
+        if isinstance(key, str) and key.isidentifier():
+            return f"{_dotted(node.node)}.{key}"
+        return f"{_dotted(node.node)}[{'...' if key is ... else repr(key)}]"
+    return "(...)"
+
+
+_UNRESOLVED = object()
+
+
+def _resolve(node: nodes.Node, variables: Mapping[str, Any]) -> Any:
+    """The value a chain of names, attributes and constant items reads from `variables`, or
+    a marker when it reads anything else (a loop variable, a call, a computed index)."""
+    if isinstance(node, nodes.Name):
+        return variables.get(node.name, _UNRESOLVED)
+    if isinstance(node, nodes.Getattr):
+        base = _resolve(node.node, variables)
+        found = _UNRESOLVED if base is _UNRESOLVED else _env.getattr(base, node.attr)
+    elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        base = _resolve(node.node, variables)
+        found = _UNRESOLVED if base is _UNRESOLVED else _env.getitem(base, node.arg.value)
+    else:
+        return _UNRESOLVED
+    return _UNRESOLVED if isinstance(found, Undefined) else found
 
 
 def _render_sections(

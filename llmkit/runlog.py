@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from llmkit.db import Database, Migrations
-from llmkit.errors import BadRequest, RunLogUnavailable
+from llmkit.errors import BadRequest, NotFound, RunLogUnavailable
 from llmkit.runlog_rows import Shaper, format_time
 from llmkit.runlog_rows import utc_now as utc_now  # the stored time shape, used beside rows
 from llmkit.runlog_writer import LogWriter
@@ -52,6 +52,10 @@ DEFAULT_FIELD_MAX_BYTES = 1024 * 1024
 DEFAULT_DURABLE_WAIT_S = 10.0
 
 Rows = list[dict[str, Any]]
+# `llmkit logs` shows trace ids cut to 8 characters; a prefix this long finds one among
+# millions of random ids, and a shorter one would rarely name a single call.
+MIN_TRACE_PREFIX = 6
+AMBIGUOUS_SHOWN = 5
 
 
 def new_trace_id() -> str:
@@ -583,6 +587,52 @@ class RunLog:
             .fetchone()
         )
         return None if row is None else _row_to_dict(row)
+
+    def find(self, trace: str) -> dict[str, Any]:
+        """The row whose trace id is `trace`, or else the one it starts (as `llmkit logs` shows
+        them, cut short). A prefix shorter than MIN_TRACE_PREFIX, or one that starts several
+        trace ids, is a 400 naming them; none is a 404. Read through the trace id's index."""
+        try:
+            trace.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (from a terminal's stray bytes)
+            raise NotFound(f"No log entry with trace id {trace!r}", param="trace_id") from None
+        row = self.get(trace)
+        if row is not None:
+            return row
+        if len(trace) < MIN_TRACE_PREFIX:
+            raise BadRequest(
+                f"No log entry with trace id {trace!r}, and a trace id prefix needs at least"
+                f" {MIN_TRACE_PREFIX} characters",
+                param="trace_id",
+                code="trace_prefix_too_short",
+            )
+        # Every id that starts with `trace` sorts in [trace, trace with its last character
+        # incremented): a range on the unique index, not a scan of the log.
+        step = ord(trace[-1]) + 1
+        step = 0xE000 if 0xD800 <= step < 0xE000 else step  # surrogates are not characters
+        above = trace[:-1] + chr(step) if step <= 0x10FFFF else None
+        rows = []
+        if above is not None:
+            rows = (
+                self._db.reader()
+                .execute(
+                    f"{_SELECT} WHERE trace_id >= ? AND trace_id < ? ORDER BY trace_id LIMIT ?",
+                    (trace, above, AMBIGUOUS_SHOWN + 1),
+                )
+                .fetchall()
+            )
+        if not rows:
+            raise NotFound(f"No log entry with trace id {trace!r}", param="trace_id")
+        if len(rows) > 1:
+            shown = ", ".join(r["trace_id"] for r in rows[:AMBIGUOUS_SHOWN])
+            more = " and more" if len(rows) > AMBIGUOUS_SHOWN else ""
+            raise BadRequest(
+                f"Trace id prefix {trace!r} is ambiguous: it starts {shown}{more};"
+                " give more characters",
+                param="trace_id",
+                code="ambiguous_trace_id",
+            )
+        return _row_to_dict(rows[0])
 
     def stats(self, prompt_key: str) -> Rows:
         """Per-version figures for one prompt, ordered by version number (unnumbered last). The

@@ -88,7 +88,8 @@ class RenderState:
     missing, and its state as the watchdog sees it (changed under the watchdog's lock)."""
 
     __slots__ = (
-        "limits", "chars", "macro_depth", "missing", "running", "thread_id", "clock",
+        "limits", "chars", "macro_depth", "missing", "missing_attributes", "running",
+        "thread_id", "clock",
         "started_cpu", "started_wall", "fired_at",
     )
 
@@ -97,6 +98,8 @@ class RenderState:
         self.chars = 0
         self.macro_depth = 0
         self.missing: set[str] = set()
+        # (object, attribute) read but absent, named by their dotted path once the render ends.
+        self.missing_attributes: dict[tuple[int, str], tuple[object, str]] = {}
         self.running = False
         self.thread_id = 0
         self.clock: int | None = None  # the rendering thread's CPU clock, for the watchdog

@@ -259,9 +259,11 @@ def test_ensure_admin_key_replaces_a_stale_file(store: KeyStore, tmp_path: Path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_ensure_admin_key_does_nothing_when_any_key_exists(store: KeyStore, tmp_path: Path) -> None:
-    key, _ = store.create("app")
-    store.revoke(key.id)
+def test_ensure_admin_key_does_nothing_when_an_admin_key_is_active(
+    store: KeyStore, tmp_path: Path
+) -> None:
+    store.create("app")
+    store.create("ops", "admin")
     path = tmp_path / "admin.key"
     assert store.ensure_admin_key(path) is None
     assert not path.exists()

@@ -309,7 +309,7 @@ def test_render_with_vars_and_a_json_file(history_repo: Repo, tmp_path: Path) ->
 def test_render_names_every_missing_variable(history_repo: Repo) -> None:
     result = invoke("render", "hello", "--repo", history_repo.root, "--json")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "Error: Missing variables: personality, question"
+    assert result.stderr.strip() == "Error: prompts/hello.md:6: Missing variables: personality, question"
     assert result.stdout == ""
 
 

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from llmkit.api.deps import Ws, admin_key
-from llmkit.errors import NotFound
 from llmkit.models import describe_models
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
@@ -60,12 +59,9 @@ def count_logs(
 
 @router.get("/logs/{trace_id}")
 def get_log(trace_id: str, ws: Ws) -> dict[str, Any]:
-    """One provider call by trace id."""
+    """One provider call by trace id, or by a unique prefix of it (6 characters or more)."""
     ws.runlog.flush()
-    row = ws.runlog.get(trace_id)
-    if row is None:
-        raise NotFound(f"No log entry with trace id {trace_id!r}", param="trace_id")
-    return row
+    return ws.runlog.find(trace_id)
 
 
 @router.get("/prompts/{prompt_id:path}/stats")
