@@ -36,8 +36,8 @@ EVAL_SPEC_MODULES = (
     "llmkit.evals.spec", "llmkit.evals.keys", "llmkit.evals.schema", "llmkit.evals.fields",
     "llmkit.evals.files", "llmkit.evals.cases", "llmkit.evals",
 )
-FENCE_RE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
-ROW_RE = re.compile(r"^\|([^|\n]*)\|(.*)$", re.M)
+FENCE_RE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+ROW_RE = re.compile(r"^\|([^|\n]*)\|(.*)$", re.MULTILINE)
 CODE_RE = re.compile(r"`([^`]+)`")
 
 
@@ -57,7 +57,7 @@ def masked(text: str) -> str:
 
 def headings(text: str, level: int) -> list[tuple[str, str]]:
     """(heading text, body up to the next heading of `level` or above) in order."""
-    pattern = re.compile(rf"^{'#' * level} ([^\n]+)\n(?:.*?)(?=^#{{1,{level}}} |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^{'#' * level} ([^\n]+)\n(?:.*?)(?=^#{{1,{level}}} |\Z)", re.MULTILINE | re.DOTALL)
     return [(m.group(1).strip(), text[m.end(1) + 1 : m.end()])
             for m in pattern.finditer(masked(text))]
 
@@ -211,16 +211,19 @@ def error_codes() -> dict[str, set[int]]:
         for call in ast.walk(tree):
             if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
                 continue
-            cls = getattr(errors, call.func.id, None)
+            raised = getattr(errors, call.func.id, None)
             keywords = {k.arg: k.value for k in call.keywords}
-            if isinstance(cls, type) and issubclass(cls, errors.LlmkitError):
+            statuses: set[int] = set()
+            if isinstance(raised, type) and issubclass(raised, errors.LlmkitError):
                 code = text_of(keywords["code"]) if "code" in keywords else None
-                status = keywords.get("status")
-                statuses = {status.value} if isinstance(status, ast.Constant) else {cls.status}
+                given = keywords.get("status")
+                status = given.value if isinstance(given, ast.Constant) else raised.status
+                statuses = {status} if isinstance(status, int) else set()
             elif call.func.id == "error_body" and len(call.args) >= 3:
                 code = text_of(call.args[2])
                 first = call.args[0]
-                statuses = {first.value} if isinstance(first, ast.Constant) else set()
+                if isinstance(first, ast.Constant) and isinstance(first.value, int):
+                    statuses = {first.value}
             else:
                 continue
             if code is not None:
@@ -228,10 +231,10 @@ def error_codes() -> dict[str, set[int]]:
     return codes
 
 
-def documented_routes(api: ApiEnv) -> list[str]:
+def documented_routes(env: ApiEnv) -> list[str]:
     """`METHOD /path` of every route the API documents (FastAPI's own /docs pages aside)."""
     found = []
-    for route in app_routes(api):
+    for route in app_routes(env):
         if not getattr(route, "include_in_schema", False):
             continue
         path = getattr(route, "path_format", None) or route.path
