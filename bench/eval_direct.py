@@ -23,7 +23,11 @@ import httpx
 TIMEOUT_S = 60.0
 
 
-HEADERS = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": "Bearer x"}
+HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "Authorization": "Bearer x",
+}
 
 
 async def replay_aiohttp(url: str, bodies: list[bytes], jobs: int) -> dict[str, float | int]:
@@ -32,13 +36,17 @@ async def replay_aiohttp(url: str, bodies: list[bytes], jobs: int) -> dict[str, 
     limit = asyncio.Semaphore(jobs)
     ok = failed = 0
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512), timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=512), timeout=timeout
+    ) as session:
 
         async def one(body: bytes) -> None:
             nonlocal ok, failed
-            async with limit:
-                async with session.post(url + "/chat/completions", data=body, headers=HEADERS) as response:
-                    data = json.loads(await response.read())
+            async with (
+                limit,
+                session.post(url + "/chat/completions", data=body, headers=HEADERS) as response,
+            ):
+                data = json.loads(await response.read())
             if response.status == 200 and isinstance(data.get("choices"), list):
                 ok += 1
             else:
@@ -60,7 +68,9 @@ async def replay(url: str, bodies: list[bytes], jobs: int) -> dict[str, float | 
         async def one(body: bytes) -> None:
             nonlocal ok, failed
             async with limit:
-                response = await client.post(url + "/chat/completions", content=body, headers=headers)
+                response = await client.post(
+                    url + "/chat/completions", content=body, headers=headers
+                )
                 data = json.loads(response.content)
             if response.status_code == 200 and isinstance(data.get("choices"), list):
                 ok += 1

@@ -61,14 +61,18 @@ class Counter:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"chat": self.chat, "first": self.first, "last": self.last, "cpu": time.process_time()}
+            return {
+                "chat": self.chat,
+                "first": self.first,
+                "last": self.last,
+                "cpu": time.process_time(),
+            }
 
     def write_bodies(self, path: str) -> dict[str, Any]:
         with self._lock:
             bodies = list(self.bodies)
         with open(path, "wb") as fh:
-            for body in bodies:
-                fh.write(body.replace(b"\n", b" ") + b"\n")
+            fh.writelines(body.replace(b"\n", b" ") + b"\n" for body in bodies)
         return {"bodies": len(bodies)}
 
 
@@ -83,19 +87,31 @@ def last_user_content(body: dict[str, Any]) -> str:
 def completion_bytes(body: dict[str, Any]) -> bytes:
     answer = f"ok: {last_user_content(body)}"
     prompt_words = sum(
-        len(m["content"].split()) for m in body.get("messages") or []
+        len(m["content"].split())
+        for m in body.get("messages") or []
         if isinstance(m, dict) and isinstance(m.get("content"), str)
     )
     answer_words = len(answer.split())
-    return json.dumps({
-        "id": f"chatcmpl-fake-{uuid.uuid4().hex[:16]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": str(body.get("model", "fake")),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_words, "completion_tokens": answer_words,
-                  "total_tokens": prompt_words + answer_words},
-    }).encode()
+    return json.dumps(
+        {
+            "id": f"chatcmpl-fake-{uuid.uuid4().hex[:16]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(body.get("model", "fake")),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": answer_words,
+                "total_tokens": prompt_words + answer_words,
+            },
+        }
+    ).encode()
 
 
 def http_response(status: int, payload: bytes, keep_alive: bool = True) -> bytes:
@@ -152,16 +168,22 @@ class FastProtocol(asyncio.Protocol):
     def _answer(self, method: str, path: str, body: bytes) -> bytes:
         route = path.rstrip("/")
         if method == "GET" and route == "/v1/models":
-            return http_response(200, b'{"object": "list", "data": [{"id": "fake", "object": "model"}]}')
+            return http_response(
+                200, b'{"object": "list", "data": [{"id": "fake", "object": "model"}]}'
+            )
         if method != "POST" or route != "/v1/chat/completions":
-            return http_response(404, b'{"error": {"message": "no such route", "code": "not_found"}}')
+            return http_response(
+                404, b'{"error": {"message": "no such route", "code": "not_found"}}'
+            )
         self.counter.seen(body)
         try:
             parsed = json.loads(body)
         except ValueError:
             parsed = None
         if not isinstance(parsed, dict):
-            return http_response(400, b'{"error": {"message": "body is not a JSON object", "code": "invalid_json"}}')
+            return http_response(
+                400, b'{"error": {"message": "body is not a JSON object", "code": "invalid_json"}}'
+            )
         return http_response(200, completion_bytes(parsed))
 
 

@@ -58,7 +58,16 @@ EVAL_TIMEOUT_S = 300.0  # one `llmkit eval` run; far above any expected figure
 QUICK_TIMEOUT_S = 60.0
 TONES = ("friendly", "formal", "terse", "patient", "precise")
 COMPANIES = ("Acme", "Globex", "Initech", "Umbrella", "Hooli")
-TOPICS = ("billing", "shipping", "returns", "onboarding", "security", "pricing", "outages", "accounts")
+TOPICS = (
+    "billing",
+    "shipping",
+    "returns",
+    "onboarding",
+    "security",
+    "pricing",
+    "outages",
+    "accounts",
+)
 
 
 # -- the prompt repository -------------------------------------------------------------------
@@ -155,7 +164,10 @@ class Upstream:
     def __init__(self, kind: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH_DIR / "eval_upstream.py"), "--kind", kind],
-            cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(),
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(),
         )
         hello = self._read_line(UPSTREAM_START_TIMEOUT_S)
         self.url: str = hello["url"]
@@ -196,12 +208,18 @@ class Upstream:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMKIT_") and k != "GITHUB_STEP_SUMMARY"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LLMKIT_") and k != "GITHUB_STEP_SUMMARY"
+    }
     env.update({"PYTHONPATH": str(PROJECT_ROOT), "FAKE_KEY": "x", **extra})
     return env
 
 
-SUMMARY = re.compile(r"(\d+)/(\d+) cases passed, (\d+) regression\(s\), (\d+)/(\d+) runs from cache")
+SUMMARY = re.compile(
+    r"(\d+)/(\d+) cases passed, (\d+) regression\(s\), (\d+)/(\d+) runs from cache"
+)
 
 
 @dataclass
@@ -223,36 +241,65 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_eval(repo: Path, upstream: Upstream, jobs: int, *extra: str, prefix: tuple[str, ...] = ()) -> EvalRun:
+def run_eval(
+    repo: Path, upstream: Upstream, jobs: int, *extra: str, prefix: tuple[str, ...] = ()
+) -> EvalRun:
     """One `llmkit eval` in a fresh process, its output in files (as CI logs would take it)."""
     upstream.reset()
-    cmd = [sys.executable, *prefix, "-m", "llmkit", "eval", "--repo", str(repo), "-j", str(jobs), *extra]
+    cmd = [
+        sys.executable,
+        *prefix,
+        "-m",
+        "llmkit",
+        "eval",
+        "--repo",
+        str(repo),
+        "-j",
+        str(jobs),
+        *extra,
+    ]
     out_path, err_path = repo.parent / "eval.stdout", repo.parent / "eval.stderr"
     upstream_cpu = upstream.stats()["cpu"]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         cpu = children_cpu()
         started = time.monotonic()
-        proc = subprocess.run(cmd, cwd=repo, stdout=out, stderr=err, env=child_env(), timeout=EVAL_TIMEOUT_S)
+        proc = subprocess.run(
+            cmd, cwd=repo, stdout=out, stderr=err, env=child_env(), timeout=EVAL_TIMEOUT_S
+        )
         wall = time.monotonic() - started
         cpu = children_cpu() - cpu
     stats = upstream.stats()
     # rich wraps the closing line at the console width, so search the whole output.
     text = " ".join(out_path.read_text("utf-8", errors="replace").split())
     found = SUMMARY.search(text)
-    summary = found.group(0) if found else err_path.read_text("utf-8", errors="replace")[-500:].strip()
+    summary = (
+        found.group(0) if found else err_path.read_text("utf-8", errors="replace")[-500:].strip()
+    )
     passed, cases, cached = (int(found.group(n)) for n in (1, 2, 4)) if found else (0, 0, 0)
     startup = stats["first"] - started if stats["first"] is not None else None
     return EvalRun(
-        wall, cpu, stats["cpu"] - upstream_cpu, startup, stats["chat"], proc.returncode,
-        passed, cases, cached, summary,
+        wall,
+        cpu,
+        stats["cpu"] - upstream_cpu,
+        startup,
+        stats["chat"],
+        proc.returncode,
+        passed,
+        cases,
+        cached,
+        summary,
     )
 
 
-def run_quiet(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
+def run_quiet(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
     """(wall, CPU, stdout) of a subprocess that must succeed."""
     cpu = children_cpu()
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, env=env or child_env(), timeout=QUICK_TIMEOUT_S)
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, env=env or child_env(), timeout=QUICK_TIMEOUT_S
+    )
     elapsed = time.monotonic() - started
     cpu = children_cpu() - cpu
     if proc.returncode != 0:
@@ -275,8 +322,14 @@ def direct_baseline(upstream: Upstream, bodies: Path, jobs: int, client: str = "
     upstream.reset()
     upstream_cpu = upstream.stats()["cpu"]
     cmd = [
-        sys.executable, str(BENCH_DIR / "eval_direct.py"), upstream.url, str(bodies),
-        "--jobs", str(jobs), "--client", client,
+        sys.executable,
+        str(BENCH_DIR / "eval_direct.py"),
+        upstream.url,
+        str(bodies),
+        "--jobs",
+        str(jobs),
+        "--client",
+        client,
     ]
     wall, cpu, out = run_quiet(cmd, PROJECT_ROOT)
     stats = upstream.stats()
@@ -330,30 +383,54 @@ def one_round(repo: Path, upstream: Upstream, jobs: int, bodies: Path) -> Round:
     floor, floor_cpu, rows = cache_floor(repo / ".llmkit" / "llmkit.db")
     python_pass, python_pass_cpu, _ = run_quiet([sys.executable, "-c", "pass"], PROJECT_ROOT)
     warm = run_eval(repo, upstream, jobs, "--no-cache")
-    llmkit_help, llmkit_help_cpu, _ = run_quiet([sys.executable, "-m", "llmkit", "--help"], PROJECT_ROOT)
+    llmkit_help, llmkit_help_cpu, _ = run_quiet(
+        [sys.executable, "-m", "llmkit", "--help"], PROJECT_ROOT
+    )
     return Round(
-        fresh, cached, warm, direct, direct_aiohttp, floor, floor_cpu, rows,
-        python_pass, python_pass_cpu, llmkit_help, llmkit_help_cpu,
+        fresh,
+        cached,
+        warm,
+        direct,
+        direct_aiohttp,
+        floor,
+        floor_cpu,
+        rows,
+        python_pass,
+        python_pass_cpu,
+        llmkit_help,
+        llmkit_help_cpu,
     )
 
 
 def check_round(r: Round, cases: int) -> list[str]:
     problems = []
-    expected = (("fresh", r.fresh, cases), ("cached", r.cached, 0), ("--no-cache", r.warm_no_cache, cases))
+    expected = (
+        ("fresh", r.fresh, cases),
+        ("cached", r.cached, 0),
+        ("--no-cache", r.warm_no_cache, cases),
+    )
     for name, run, want in expected:
         if run.exit_code != 0:
             problems.append(f"{name} run exited {run.exit_code}: {run.summary}")
         if run.requests != want:
-            problems.append(f"{name} run: the fake saw {run.requests} chat requests, expected {want}")
+            problems.append(
+                f"{name} run: the fake saw {run.requests} chat requests, expected {want}"
+            )
         if run.passed != cases or run.cases != cases:
-            problems.append(f"{name} run: {run.passed}/{run.cases} cases passed, expected {cases}/{cases}: {run.summary!r}")
+            problems.append(
+                f"{name} run: {run.passed}/{run.cases} cases passed, expected {cases}/{cases}: {run.summary!r}"
+            )
     if r.cached.cached_runs != cases:
         problems.append(f"cached run: {r.cached.cached_runs}/{cases} runs came from the cache")
     if r.fresh.cached_runs or r.warm_no_cache.cached_runs:
-        problems.append(f"uncached runs read the cache: fresh {r.fresh.cached_runs}, --no-cache {r.warm_no_cache.cached_runs}")
+        problems.append(
+            f"uncached runs read the cache: fresh {r.fresh.cached_runs}, --no-cache {r.warm_no_cache.cached_runs}"
+        )
     for name, direct in (("httpx", r.direct), ("aiohttp", r.direct_aiohttp)):
         if direct.requests != cases:
-            problems.append(f"{name} baseline: the fake saw {direct.requests} requests, expected {cases}")
+            problems.append(
+                f"{name} baseline: the fake saw {direct.requests} requests, expected {cases}"
+            )
     if r.cache_rows != cases:
         problems.append(f"response cache holds {r.cache_rows} rows, expected {cases}")
     return problems
@@ -433,11 +510,17 @@ STARTUP_PHASES = 8  # the first PHASES steps happen before the first request
 def wire_client() -> str:
     """Which HTTP client llmkit's wire path uses in this working tree."""
     source = (PROJECT_ROOT / "llmkit" / "providers" / "openai_wire.py").read_text("utf-8")
-    found = [name for name in ("aiohttp", "httpx") if re.search(rf"^import {name}\b", source, re.M)]
+    found = [
+        name
+        for name in ("aiohttp", "httpx")
+        if re.search(rf"^import {name}\b", source, re.MULTILINE)
+    ]
     return "+".join(found) or "unknown"
 
 
-def phases(repo: Path, data_dir: Path | None, cases: int, problems: list[str]) -> list[tuple[str, float]]:
+def phases(
+    repo: Path, data_dir: Path | None, cases: int, problems: list[str]
+) -> list[tuple[str, float]]:
     """PHASES in a fresh process: with `data_dir`, a new (empty) one; else the repository's."""
     env = child_env(**({"LLMKIT_DATA_DIR": str(data_dir)} if data_dir else {}))
     _, _, out = run_quiet([sys.executable, "-c", PHASES, str(repo)], repo, env)
@@ -452,14 +535,20 @@ def phases(repo: Path, data_dir: Path | None, cases: int, problems: list[str]) -
 
 
 def median_phases(runs: list[list[tuple[str, float]]]) -> list[tuple[str, float]]:
-    return [(name, statistics.median(run[i][1] for run in runs)) for i, (name, _) in enumerate(runs[0])]
+    return [
+        (name, statistics.median(run[i][1] for run in runs)) for i, (name, _) in enumerate(runs[0])
+    ]
 
 
 def slowest_imports(repo: Path, top: int = 10) -> list[str]:
     """The slowest imports of the eval path, by cumulative time (python -X importtime)."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", PHASES, str(repo)],
-        cwd=repo, capture_output=True, env=child_env(), text=True, timeout=QUICK_TIMEOUT_S,
+        cwd=repo,
+        capture_output=True,
+        env=child_env(),
+        text=True,
+        timeout=QUICK_TIMEOUT_S,
     )
     rows = []
     for line in proc.stderr.splitlines():
@@ -467,7 +556,10 @@ def slowest_imports(repo: Path, top: int = 10) -> list[str]:
         if line.startswith("import time:") and len(fields) == 3 and fields[0].strip().isdigit():
             rows.append((int(fields[1]), int(fields[0]), fields[2].rstrip()))
     rows.sort(reverse=True)
-    return [f"{cum / 1000:7.1f} ms cumulative {own / 1000:6.1f} ms self {name}" for cum, own, name in rows[:top]]
+    return [
+        f"{cum / 1000:7.1f} ms cumulative {own / 1000:6.1f} ms self {name}"
+        for cum, own, name in rows[:top]
+    ]
 
 
 # -- profile -----------------------------------------------------------------------------------
@@ -496,8 +588,10 @@ def hot_spots(prof: Path, cases: int, top: int) -> tuple[list[str], list[str], s
         return f"{tt / cases * 1e6:7.0f}us {ct / cases * 1e6:7.0f}us {calls:7d}  {where}"
 
     by_own = [header] + [fmt(r) for r in sorted(rows, reverse=True)[:top]]
-    by_own.append(f"(all of the profile: {total:.2f} s = {total / cases * 1e3:.2f} ms per case;"
-                  f" llmkit's own code: {sum(r[0] for r in rows):.2f} s)")
+    by_own.append(
+        f"(all of the profile: {total:.2f} s = {total / cases * 1e3:.2f} ms per case;"
+        f" llmkit's own code: {sum(r[0] for r in rows):.2f} s)"
+    )
     by_cum = [header] + [fmt(r) for r in sorted(rows, key=lambda r: r[1], reverse=True)[:top]]
     stats.sort_stats("cumulative").print_stats(50)
     stats.sort_stats("tottime").print_stats(40)
@@ -548,11 +642,18 @@ def build_rows(rounds: list[Round], cases: int) -> list[Row]:
     def med(get: Any) -> float | None:
         return median(col(get))
 
-    fresh, warm, cached = med(lambda r: r.fresh.wall), med(lambda r: r.warm_no_cache.wall), med(lambda r: r.cached.wall)
+    fresh, warm, cached = (
+        med(lambda r: r.fresh.wall),
+        med(lambda r: r.warm_no_cache.wall),
+        med(lambda r: r.cached.wall),
+    )
     httpx_wall, httpx_send = med(lambda r: r.direct.wall), med(lambda r: r.direct.send)
     aiohttp_wall = med(lambda r: r.direct_aiohttp.wall)
     help_, bare = med(lambda r: r.llmkit_help), med(lambda r: r.python_pass)
-    startup_fresh, startup_warm = med(lambda r: r.fresh.startup), med(lambda r: r.warm_no_cache.startup)
+    startup_fresh, startup_warm = (
+        med(lambda r: r.fresh.startup),
+        med(lambda r: r.warm_no_cache.startup),
+    )
     fake_cpu = f"fake upstream CPU {fmt_seconds(med(lambda r: r.fresh.upstream_cpu))}"
     httpx_note = (
         f"httpx send only {fmt_seconds(httpx_send)}, fake upstream CPU"
@@ -565,35 +666,108 @@ def build_rows(rounds: list[Round], cases: int) -> list[Row]:
     max_cached_requests = max(col(lambda r: r.cached.requests))
     spawn = "spawn -> first request at the fake"
     rows = [
-        Row("1. eval -j16, fresh .llmkit", fresh, httpx_wall, 10.0, "httpx replay, fresh process",
-            f"{fake_cpu}; {httpx_note}", col(lambda r: r.fresh.wall)),
-        Row("1b. eval -j16 --no-cache, warm", warm, httpx_wall, 10.0, "httpx replay, fresh process",
-            "", col(lambda r: r.warm_no_cache.wall)),
-        Row("1c. eval -j16, fresh, vs aiohttp", fresh, aiohttp_wall, None, "aiohttp replay, fresh process",
-            aiohttp_note, col(lambda r: r.direct_aiohttp.wall)),
-        Row("2. eval -j16 from cache", cached, med(lambda r: r.cache_floor), 2.0,
+        Row(
+            "1. eval -j16, fresh .llmkit",
+            fresh,
+            httpx_wall,
+            10.0,
+            "httpx replay, fresh process",
+            f"{fake_cpu}; {httpx_note}",
+            col(lambda r: r.fresh.wall),
+        ),
+        Row(
+            "1b. eval -j16 --no-cache, warm",
+            warm,
+            httpx_wall,
+            10.0,
+            "httpx replay, fresh process",
+            "",
+            col(lambda r: r.warm_no_cache.wall),
+        ),
+        Row(
+            "1c. eval -j16, fresh, vs aiohttp",
+            fresh,
+            aiohttp_wall,
+            None,
+            "aiohttp replay, fresh process",
+            aiohttp_note,
+            col(lambda r: r.direct_aiohttp.wall),
+        ),
+        Row(
+            "2. eval -j16 from cache",
+            cached,
+            med(lambda r: r.cache_floor),
+            2.0,
             "python reading+decoding the cache rows",
-            f"the fake saw {max_cached_requests} requests (max over rounds)", col(lambda r: r.cached.wall)),
-        Row("3. start-up, fresh .llmkit", startup_fresh, help_, 1.0, "llmkit --help", spawn,
-            col(lambda r: r.fresh.startup)),
-        Row("3b. start-up, warm .llmkit", startup_warm, help_, 1.0, "llmkit --help", spawn,
-            col(lambda r: r.warm_no_cache.startup)),
+            f"the fake saw {max_cached_requests} requests (max over rounds)",
+            col(lambda r: r.cached.wall),
+        ),
+        Row(
+            "3. start-up, fresh .llmkit",
+            startup_fresh,
+            help_,
+            1.0,
+            "llmkit --help",
+            spawn,
+            col(lambda r: r.fresh.startup),
+        ),
+        Row(
+            "3b. start-up, warm .llmkit",
+            startup_warm,
+            help_,
+            1.0,
+            "llmkit --help",
+            spawn,
+            col(lambda r: r.warm_no_cache.startup),
+        ),
         Row("3c. start-up, warm, vs python", startup_warm, bare, None, "python -c pass"),
         Row("llmkit --help", help_, bare, None, "python -c pass", "", col(lambda r: r.llmkit_help)),
-        Row("CPU 1. fresh run", med(lambda r: r.fresh.cpu), med(lambda r: r.direct.cpu), None,
-            "httpx replay process"),
-        Row("CPU 1. fresh run, vs aiohttp", med(lambda r: r.fresh.cpu), med(lambda r: r.direct_aiohttp.cpu), None,
-            "aiohttp replay process"),
-        Row("CPU 1b. --no-cache, warm", med(lambda r: r.warm_no_cache.cpu), med(lambda r: r.direct.cpu), None,
-            "httpx replay process"),
-        Row("CPU 2. from cache", med(lambda r: r.cached.cpu), med(lambda r: r.cache_floor_cpu), None,
-            "python reading+decoding the cache rows"),
-        Row("CPU llmkit --help", med(lambda r: r.llmkit_help_cpu), med(lambda r: r.python_pass_cpu), None,
-            "python -c pass"),
+        Row(
+            "CPU 1. fresh run",
+            med(lambda r: r.fresh.cpu),
+            med(lambda r: r.direct.cpu),
+            None,
+            "httpx replay process",
+        ),
+        Row(
+            "CPU 1. fresh run, vs aiohttp",
+            med(lambda r: r.fresh.cpu),
+            med(lambda r: r.direct_aiohttp.cpu),
+            None,
+            "aiohttp replay process",
+        ),
+        Row(
+            "CPU 1b. --no-cache, warm",
+            med(lambda r: r.warm_no_cache.cpu),
+            med(lambda r: r.direct.cpu),
+            None,
+            "httpx replay process",
+        ),
+        Row(
+            "CPU 2. from cache",
+            med(lambda r: r.cached.cpu),
+            med(lambda r: r.cache_floor_cpu),
+            None,
+            "python reading+decoding the cache rows",
+        ),
+        Row(
+            "CPU llmkit --help",
+            med(lambda r: r.llmkit_help_cpu),
+            med(lambda r: r.python_pass_cpu),
+            None,
+            "python -c pass",
+        ),
     ]
     if fresh is not None and httpx_send:
-        rows.append(Row("per case, fresh run (wall)", fresh / cases, httpx_send / cases, None,
-                        "httpx send per request"))
+        rows.append(
+            Row(
+                "per case, fresh run (wall)",
+                fresh / cases,
+                httpx_send / cases,
+                None,
+                "httpx send per request",
+            )
+        )
     return rows
 
 
@@ -604,10 +778,16 @@ def print_table(rows: list[Row]) -> None:
         ratio = f"{row.ratio:.1f}x" if row.ratio is not None else "-"
         target = f"<= {fmt_seconds(row.target)}" if row.target is not None else "-"
         result = "-" if row.passed is None else ("pass" if row.passed else "FAIL")
-        lines.append((row.figure, fmt_seconds(row.value), fmt_seconds(row.baseline), ratio, target, result))
+        lines.append(
+            (row.figure, fmt_seconds(row.value), fmt_seconds(row.baseline), ratio, target, result)
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for n, line in enumerate(lines):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+            )
+        )
         if n == 0:
             print("  ".join("-" * w for w in widths))
     for row in rows:
@@ -627,8 +807,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=16, help="llmkit eval -j (default 16)")
     parser.add_argument("--prompts", type=int, default=5, help="prompts (default 5)")
     parser.add_argument("--files", type=int, default=10, help="eval files (default 10)")
-    parser.add_argument("--cases-per-file", type=int, default=100, help="cases per eval file (default 100)")
-    parser.add_argument("--upstream", choices=("fast", "tests"), default="fast", help="fake upstream (default fast)")
+    parser.add_argument(
+        "--cases-per-file", type=int, default=100, help="cases per eval file (default 100)"
+    )
+    parser.add_argument(
+        "--upstream", choices=("fast", "tests"), default="fast", help="fake upstream (default fast)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
     parser.add_argument("--top", type=int, default=20, help="hot spots to list (default 20)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="results folder")
@@ -654,20 +838,28 @@ def main(argv: list[str] | None = None) -> int:
         upstream = Upstream(args.upstream)
         repo = work / "repo"
         cases = make_repo(repo, upstream.url, args.prompts, args.files, args.cases_per_file)
-        print(f"{cases} cases in {args.files} files over {args.prompts} prompts; upstream {args.upstream} at {upstream.url};"
-              f" llmkit's wire path on {client}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"{cases} cases in {args.files} files over {args.prompts} prompts; upstream {args.upstream} at {upstream.url};"
+            f" llmkit's wire path on {client}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         bodies = work / "bodies.jsonl"
         run_quiet([sys.executable, "-m", "llmkit", "--help"], PROJECT_ROOT)  # warm the page cache
         for n in range(args.rounds):
             r = one_round(repo, upstream, args.jobs, bodies)
             rounds.append(r)
             problems += [f"round {n + 1}: {p}" for p in check_round(r, cases)]
-            print(f"round {n + 1}/{args.rounds}: fresh {r.fresh.wall:.2f} s, cached {r.cached.wall:.2f} s,"
-                  f" --no-cache {r.warm_no_cache.wall:.2f} s, httpx {r.direct.wall:.2f} s (send {r.direct.send:.2f} s),"
-                  f" start-up {fmt_seconds(r.fresh.startup)} / {fmt_seconds(r.warm_no_cache.startup)};"
-                  f" load {os.getloadavg()[0]:.2f}", flush=True)
+            print(
+                f"round {n + 1}/{args.rounds}: fresh {r.fresh.wall:.2f} s, cached {r.cached.wall:.2f} s,"
+                f" --no-cache {r.warm_no_cache.wall:.2f} s, httpx {r.direct.wall:.2f} s (send {r.direct.send:.2f} s),"
+                f" start-up {fmt_seconds(r.fresh.startup)} / {fmt_seconds(r.warm_no_cache.startup)};"
+                f" load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
         print("start-up phases ...", flush=True)
-        fresh_phases = [phases(repo, work / f"phases-{n}", cases, problems) for n in range(args.rounds)]
+        fresh_phases = [
+            phases(repo, work / f"phases-{n}", cases, problems) for n in range(args.rounds)
+        ]
         warm_phases = [phases(repo, None, cases, problems) for _ in range(args.rounds)]
         imports = slowest_imports(repo)
         if not args.no_profile:
@@ -675,12 +867,16 @@ def main(argv: list[str] | None = None) -> int:
             prof = work / "eval.prof"
             run = profile_run(repo, upstream, args.jobs, prof, "--no-cache")
             if run.exit_code != 0 or run.requests != cases:
-                problems.append(f"profiled run: exit {run.exit_code}, {run.requests} requests: {run.summary}")
+                problems.append(
+                    f"profiled run: exit {run.exit_code}, {run.requests} requests: {run.summary}"
+                )
             hot, hot_cum, profile_text = hot_spots(prof, cases, args.top)
             prof_cached = work / "eval-cached.prof"
             run_cached = profile_run(repo, upstream, args.jobs, prof_cached)
             if run_cached.exit_code != 0 or run_cached.requests != 0:
-                problems.append(f"profiled cached run: exit {run_cached.exit_code}, {run_cached.requests} requests")
+                problems.append(
+                    f"profiled cached run: exit {run_cached.exit_code}, {run_cached.requests} requests"
+                )
             hot_cached, hot_cached_cum, cached_text = hot_spots(prof_cached, cases, args.top)
             profile_text = (
                 f"llmkit eval -j {args.jobs} --no-cache over {cases} cases (wall under cProfile {run.wall:.2f} s)\n"
@@ -699,12 +895,18 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(rows)
     if fresh_phases and warm_phases:
-        print(f"\nphases of an eval in one process (perf_counter, median of {len(warm_phases)}; the first {STARTUP_PHASES}"
-              " come before the first request; fresh: no index, no cache; warm: cache filled):")
+        print(
+            f"\nphases of an eval in one process (perf_counter, median of {len(warm_phases)}; the first {STARTUP_PHASES}"
+            " come before the first request; fresh: no index, no cache; warm: cache filled):"
+        )
         print(f"  {'fresh .llmkit':>13} {'warm .llmkit':>13}  step")
-        for n, ((name, fresh_s), (_, warm_s)) in enumerate(zip(median_phases(fresh_phases), median_phases(warm_phases))):
+        for n, ((name, fresh_s), (_, warm_s)) in enumerate(
+            zip(median_phases(fresh_phases), median_phases(warm_phases))
+        ):
             if n == STARTUP_PHASES:
-                print(f"  {'-' * 13} {'-' * 13}  (the run, then per-case steps timed apart, all {cases} cases)")
+                print(
+                    f"  {'-' * 13} {'-' * 13}  (the run, then per-case steps timed apart, all {cases} cases)"
+                )
             print(f"  {fmt_seconds(fresh_s):>13} {fmt_seconds(warm_s):>13}  {name}")
     if imports:
         print("\nslowest imports on the eval path (python -X importtime):")
@@ -718,7 +920,9 @@ def main(argv: list[str] | None = None) -> int:
         if lines:
             print(f"\n{title}, per case (profile: {args.out / 'evals_profile.txt'}):")
             print("\n".join(f"  {line}" for line in lines))
-    print("\ncorrectness checks: " + ("all passed" if not problems else f"{len(problems)} problem(s)"))
+    print(
+        "\ncorrectness checks: " + ("all passed" if not problems else f"{len(problems)} problem(s)")
+    )
     for problem in problems:
         print(f"  - {problem}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -734,7 +938,12 @@ def main(argv: list[str] | None = None) -> int:
         "startup_phases_fresh": fresh_phases,
         "startup_phases_warm": warm_phases,
         "imports": imports,
-        "hot_spots": {"own": hot, "cumulative": hot_cum, "cached_own": hot_cached, "cached_cumulative": hot_cached_cum},
+        "hot_spots": {
+            "own": hot,
+            "cumulative": hot_cum,
+            "cached_own": hot_cached,
+            "cached_cumulative": hot_cached_cum,
+        },
     }
     (args.out / "evals.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     failed = any(row.passed is False for row in rows) or bool(problems)

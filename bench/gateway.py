@@ -78,14 +78,16 @@ USAGE = {"prompt_tokens": 21, "completion_tokens": 6, "total_tokens": 27}
 
 def completion_body() -> bytes:
     message = {"role": "assistant", "content": "Hello from the fake upstream."}
-    return json.dumps({
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "fake",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": USAGE,
-    }).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "fake",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": USAGE,
+        }
+    ).encode()
 
 
 def _sse_chunk(delta: dict[str, Any] | None, finish: str | None = None) -> bytes:
@@ -110,8 +112,12 @@ def stream_events() -> list[bytes]:
 
 def _with_length(body: bytes, content_type: bytes) -> bytes:
     return (
-        b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type + b"\r\ncontent-length: "
-        + str(len(body)).encode() + b"\r\n\r\n" + body
+        b"HTTP/1.1 200 OK\r\ncontent-type: "
+        + content_type
+        + b"\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
     )
 
 
@@ -119,9 +125,11 @@ def _chunked(events: list[bytes], content_type: bytes) -> bytes:
     # One HTTP chunk per SSE event, as streaming servers send them.
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
     return (
-        b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type
+        b"HTTP/1.1 200 OK\r\ncontent-type: "
+        + content_type
         + b"\r\ntransfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
-        + chunks + b"0\r\n\r\n"
+        + chunks
+        + b"0\r\n\r\n"
     )
 
 
@@ -395,8 +403,11 @@ def floor_app(upstream: str, client: str) -> Callable[..., Any]:
             answer["model"] = model
             await send_json(send, json.dumps(answer).encode())
             return
-        start = {"type": "http.response.start", "status": 200,
-                 "headers": [(b"content-type", b"text/event-stream")]}
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
         await send(start)
         async for line in forwarder.lines(payload, headers):
             if line.startswith(b"data:"):
@@ -466,8 +477,16 @@ def profiled_serve_main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
-    argv = ["serve", "--repo", args.repo, "--port", str(args.port), "--no-watch",
-            "--log-level", "warning"]
+    argv = [
+        "serve",
+        "--repo",
+        args.repo,
+        "--port",
+        str(args.port),
+        "--no-watch",
+        "--log-level",
+        "warning",
+    ]
     try:
         main(argv, standalone_mode=False)
     except SystemExit:
@@ -501,7 +520,8 @@ class Processes:
         self.children: list[subprocess.Popen[Any]] = []
 
     def spawn(self, argv: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent, **kwargs)
+        # prctl(PR_SET_PDEATHSIG) must run in the child; the bench starts its children first.
+        proc = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent, **kwargs)  # noqa: PLW1509
         self.children.append(proc)
         return proc
 
@@ -682,10 +702,20 @@ def gateway_body(stream: bool) -> dict[str, Any]:
 
 def subject_for(name: str, port: int, pid: int, gateway_key: str | None) -> Subject:
     if gateway_key is None:
-        return Subject(name, port, pid, raw_request(port, direct_body(False), "x"),
-                       raw_request(port, direct_body(True), "x"))
-    return Subject(name, port, pid, raw_request(port, gateway_body(False), gateway_key),
-                   raw_request(port, gateway_body(True), gateway_key))
+        return Subject(
+            name,
+            port,
+            pid,
+            raw_request(port, direct_body(False), "x"),
+            raw_request(port, direct_body(True), "x"),
+        )
+    return Subject(
+        name,
+        port,
+        pid,
+        raw_request(port, gateway_body(False), gateway_key),
+        raw_request(port, gateway_body(True), gateway_key),
+    )
 
 
 @dataclass
@@ -724,8 +754,16 @@ class Bench:
         self.client = client
         self.fake_pid = fake_pid
 
-    def measure(self, subject: Subject, kind: str, *, stream: bool, concurrency: int,
-                requests: int, duration_s: float | None = None) -> Sample:
+    def measure(
+        self,
+        subject: Subject,
+        kind: str,
+        *,
+        stream: bool,
+        concurrency: int,
+        requests: int,
+        duration_s: float | None = None,
+    ) -> Sample:
         record = concurrency == 1
         job = {
             "port": subject.port,
@@ -875,13 +913,32 @@ def start_fake(procs: Processes, env: dict[str, str]) -> tuple[subprocess.Popen[
 def gateway_argv(repo: Path, port: int, launcher: Path | None) -> list[str]:
     """`python -m llmkit serve ...`, or `python LAUNCHER serve ...` to compare another build."""
     program = [str(launcher)] if launcher else ["-m", "llmkit"]
-    return [sys.executable, *program, "serve", "--repo", str(repo), "--port", str(port),
-            "--no-watch", "--log-level", "warning"]
+    return [
+        sys.executable,
+        *program,
+        "serve",
+        "--repo",
+        str(repo),
+        "--port",
+        str(port),
+        "--no-watch",
+        "--log-level",
+        "warning",
+    ]
 
 
 def floor_argv(fake_port: int, port: int, client: str) -> list[str]:
-    return [sys.executable, __file__, "floor", "--port", str(port), "--client", client,
-            "--upstream", f"http://{HOST}:{fake_port}/v1"]
+    return [
+        sys.executable,
+        __file__,
+        "floor",
+        "--port",
+        str(port),
+        "--client",
+        client,
+        "--upstream",
+        f"http://{HOST}:{fake_port}/v1",
+    ]
 
 
 @dataclass
@@ -892,8 +949,9 @@ class Start:
     litellm_files: list[str]
 
 
-def start_server(procs: Processes, name: str, argv: list[str], port: int,
-                 env: dict[str, str]) -> tuple[subprocess.Popen[Any], Start]:
+def start_server(
+    procs: Processes, name: str, argv: list[str], port: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[Any], Start]:
     started = time.perf_counter()
     proc = procs.spawn(argv, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ready = wait_ready(proc, port, started)
@@ -913,10 +971,19 @@ def run_log_rows(repo: Path) -> int:
 # -- the profile ------------------------------------------------------------------------------
 
 PACKAGE_GROUPS = (
-    ("llmkit", "/llmkit/"), ("fastapi", "/fastapi/"), ("starlette", "/starlette/"),
-    ("uvicorn", "/uvicorn/"), ("httpx", "/httpx/"), ("httpcore", "/httpcore/"),
-    ("anyio", "/anyio/"), ("h11", "/h11/"), ("pydantic", "/pydantic"), ("asyncio", "/asyncio/"),
-    ("json", "/json/"), ("sqlite3", "/sqlite3/"), ("logging", "/logging/"),
+    ("llmkit", "/llmkit/"),
+    ("fastapi", "/fastapi/"),
+    ("starlette", "/starlette/"),
+    ("uvicorn", "/uvicorn/"),
+    ("httpx", "/httpx/"),
+    ("httpcore", "/httpcore/"),
+    ("anyio", "/anyio/"),
+    ("h11", "/h11/"),
+    ("pydantic", "/pydantic"),
+    ("asyncio", "/asyncio/"),
+    ("json", "/json/"),
+    ("sqlite3", "/sqlite3/"),
+    ("logging", "/logging/"),
     ("stdlib (other)", "/lib/python3"),
 )
 
@@ -950,8 +1017,10 @@ def profile_report(
     own = [(k, v) for k, v in entries.items() if "/llmkit/" in k[0]]
     own.sort(key=lambda kv: -kv[1][3])
     lines = [
-        f"== {title}: {requests} requests,"
-        f" {total * per:.0f} us/request of profiled event-loop time",
+        (
+            f"== {title}: {requests} requests,"
+            f" {total * per:.0f} us/request of profiled event-loop time"
+        ),
         "   (cProfile inflates it 2-3x: compare shares, not absolute figures)",
         "",
         "Own time by package:",
@@ -960,20 +1029,28 @@ def profile_report(
         lines.append(f"  {group:<46} {tt * per:8.1f} us/req  {tt / total:6.1%}")
     lines += ["", f"llmkit functions by cumulative time (top {top}):"]
     for key, (_, nc, tt, ct, _) in own[:top]:
-        lines.append(f"  {ct * per:8.1f} cum {tt * per:7.1f} own us/req"
-                     f" {nc / requests:6.1f} calls/req  {where(key)}")
+        lines.append(
+            f"  {ct * per:8.1f} cum {tt * per:7.1f} own us/req"
+            f" {nc / requests:6.1f} calls/req  {where(key)}"
+        )
     lines += ["", f"All functions by own time (top {top}):"]
     for key, (_, nc, tt, ct, _) in sorted(entries.items(), key=lambda kv: -kv[1][2])[:top]:
-        lines.append(f"  {tt * per:8.1f} own {ct * per:8.1f} cum us/req"
-                     f" {nc / requests:6.1f} calls/req  {where(key)}")
+        lines.append(
+            f"  {tt * per:8.1f} own {ct * per:8.1f} cum us/req"
+            f" {nc / requests:6.1f} calls/req  {where(key)}"
+        )
     summary = {
         "title": title,
         "requests": requests,
         "profiled_us_per_request": total * per,
         "packages_us_per_request": {g: tt * per for g, tt in groups.items()},
         "llmkit_by_cumulative": [
-            {"where": where(k), "cum_us": v[3] * per, "own_us": v[2] * per,
-             "calls": v[1] / requests}
+            {
+                "where": where(k),
+                "cum_us": v[3] * per,
+                "own_us": v[2] * per,
+                "calls": v[1] / requests,
+            }
             for k, v in own[:top]
         ],
     }
@@ -987,13 +1064,32 @@ class Profile:
     litellm_imported: bool | None = None
 
 
-def run_profile(procs: Processes, env: dict[str, str], repo: Path, key: str, bench: Bench,
-                work: Path, requests: int, concurrency: int) -> Profile:
+def run_profile(
+    procs: Processes,
+    env: dict[str, str],
+    repo: Path,
+    key: str,
+    bench: Bench,
+    work: Path,
+    requests: int,
+    concurrency: int,
+) -> Profile:
     port = free_port()
     dumps = [work / "profile_nonstream.prof", work / "profile_stream.prof"]
     modules_out = work / "profile_modules.json"
-    argv = [sys.executable, __file__, "profiled-serve", "--repo", str(repo), "--port", str(port),
-            "--modules-out", str(modules_out), "--out", *map(str, dumps)]
+    argv = [
+        sys.executable,
+        __file__,
+        "profiled-serve",
+        "--repo",
+        str(repo),
+        "--port",
+        str(port),
+        "--modules-out",
+        str(modules_out),
+        "--out",
+        *map(str, dumps),
+    ]
     started = time.perf_counter()
     proc = procs.spawn(argv, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     profile = Profile()
@@ -1005,8 +1101,9 @@ def run_profile(procs: Processes, env: dict[str, str], repo: Path, key: str, ben
             bench.measure(subject, "warm-up", stream=stream, concurrency=8, requests=300)
             os.kill(proc.pid, signal.SIGUSR1)
             time.sleep(0.2)
-            sample = bench.measure(subject, "profile", stream=stream, concurrency=concurrency,
-                                   requests=requests)
+            sample = bench.measure(
+                subject, "profile", stream=stream, concurrency=concurrency, requests=requests
+            )
             os.kill(proc.pid, signal.SIGUSR2)
             deadline = time.perf_counter() + 30
             while not dump.exists() and time.perf_counter() < deadline:
@@ -1062,10 +1159,18 @@ def step_timings(repo: Path, key: str, loops: int = 2000) -> dict[str, float]:
         usage = providers.usage_of(answer)
         target = resolve_target(ex.call, ex.call.model, inherit=True)
         record = RunRecord(
-            trace_id=ex.trace_id, prompt_key=ex.key, version_number=ex.version.number,
-            version_sha=ex.version.sha, model=ex.call.model,
-            request={"messages": ex.call.messages, "params": ex.call.params}, response=answer,
-            http_status=200, input_tokens=21, output_tokens=6, latency_ms=1.0, source="api",
+            trace_id=ex.trace_id,
+            prompt_key=ex.key,
+            version_number=ex.version.number,
+            version_sha=ex.version.sha,
+            model=ex.call.model,
+            request={"messages": ex.call.messages, "params": ex.call.params},
+            response=answer,
+            http_status=200,
+            input_tokens=21,
+            output_tokens=6,
+            latency_ms=1.0,
+            source="api",
         )
         timed("keys.verify (cached)", lambda: ws.keys.verify(key))
         timed("json.loads(request body)", lambda: json.loads(json.dumps(body)))
@@ -1075,14 +1180,17 @@ def step_timings(repo: Path, key: str, loops: int = 2000) -> dict[str, float]:
         timed("  PromptFile.prompt_type", lambda: ex.prompt.prompt_type)
         timed("  runlog.new_trace_id", new_trace_id)
         timed("routing.resolve_target", lambda: resolve_target(ex.call, target.model, inherit=True))
-        timed("openai_wire._payload",
-              lambda: openai_wire._payload(target, ex.call, streaming=False))
+        timed(
+            "openai_wire._payload", lambda: openai_wire._payload(target, ex.call, streaming=False)
+        )
         timed("json.loads(upstream answer)", lambda: json.loads(completion_body()))
         timed("providers.cost_of", lambda: providers.cost_of(ex.call.model, usage))
         timed("runlog._to_row", lambda: _to_row(record))
         ws.runlog.start()
-        timed("RunLog.log, writer running",
-              lambda: ws.runlog.log(replace(record, trace_id=new_trace_id())))
+        timed(
+            "RunLog.log, writer running",
+            lambda: ws.runlog.log(replace(record, trace_id=new_trace_id())),
+        )
         ws.runlog.flush()
         timed("Execution.headers", ex.headers)
         timed("json.dumps(answer)", lambda: json.dumps(answer).encode())
@@ -1123,8 +1231,17 @@ def print_columns(table: list[tuple[str, ...]]) -> None:
 def print_rows(rows: list[Row]) -> None:
     verdict = {None: "-", True: "PASS", False: "FAIL"}
     table = [("figure", "value", "baseline", "delta/ratio", "target", "pass")]
-    table += [(r.figure, shown(r.value, r.unit), shown(r.baseline, r.unit), r.delta, r.target,
-               verdict[r.passed]) for r in rows]
+    table += [
+        (
+            r.figure,
+            shown(r.value, r.unit),
+            shown(r.baseline, r.unit),
+            r.delta,
+            r.target,
+            verdict[r.passed],
+        )
+        for r in rows
+    ]
     print_columns(table)
     for r in rows:
         if r.note:
@@ -1133,32 +1250,59 @@ def print_rows(rows: list[Row]) -> None:
 
 def print_subjects(samples: list[Sample], names: list[str], concurrency: int) -> None:
     """Every subject side by side, medians over rounds; `added` is paired with direct."""
-    table = [("subject", "cpu/req c=1", f"cpu/req c={concurrency}", "cpu/req stream", "p50 c=1",
-              "added", "1st chunk", "added", f"req/s c={concurrency}", "busy", "no CPU", "client")]
+    table = [
+        (
+            "subject",
+            "cpu/req c=1",
+            f"cpu/req c={concurrency}",
+            "cpu/req stream",
+            "p50 c=1",
+            "added",
+            "1st chunk",
+            "added",
+            f"req/s c={concurrency}",
+            "busy",
+            "no CPU",
+            "client",
+        )
+    ]
     for name in names:
 
-        def med(kind: str, metric: Metric) -> float:
+        def med(kind: str, metric: Metric, name: str = name) -> float:
             return median_of(samples, name, kind, metric)
 
-        def added(kind: str, metric: Metric) -> str:
+        def added(kind: str, metric: Metric, name: str = name) -> str:
             return "-" if name == "direct" else f"+{paired_delta(samples, name, kind, metric):.3f}"
 
-        table.append((
-            name, f"{med('c1', cpu_ms):.3f} ms", f"{med('cN', cpu_ms):.3f} ms",
-            f"{med('c1-stream', cpu_ms):.3f} ms", f"{med('c1', p50_ms):.3f} ms",
-            added("c1", p50_ms), f"{med('c1-stream', first_chunk_ms):.3f} ms",
-            added("c1-stream", first_chunk_ms), f"{med('cN', rps):.0f}", f"{med('cN', busy):.0%}",
-            f"{med('cN', waited):.0%}", f"{med('cN', client_busy):.0%}",
-        ))
+        table.append(
+            (
+                name,
+                f"{med('c1', cpu_ms):.3f} ms",
+                f"{med('cN', cpu_ms):.3f} ms",
+                f"{med('c1-stream', cpu_ms):.3f} ms",
+                f"{med('c1', p50_ms):.3f} ms",
+                added("c1", p50_ms),
+                f"{med('c1-stream', first_chunk_ms):.3f} ms",
+                added("c1-stream", first_chunk_ms),
+                f"{med('cN', rps):.0f}",
+                f"{med('cN', busy):.0%}",
+                f"{med('cN', waited):.0%}",
+                f"{med('cN', client_busy):.0%}",
+            )
+        )
     print_columns(table)
-    print(f"  direct: the fake upstream's CPU. At c={concurrency}: busy = the server's CPU seconds"
-          " per wall second (100% = one core); no CPU = time its threads were ready to run but"
-          " waited for a core (other load on the machine); client = the load generator's CPU.")
+    print(
+        f"  direct: the fake upstream's CPU. At c={concurrency}: busy = the server's CPU seconds"
+        " per wall second (100% = one core); no CPU = time its threads were ready to run but"
+        " waited for a core (other load on the machine); client = the load generator's CPU."
+    )
 
 
 def print_threads(samples: list[Sample], subject: str) -> None:
-    print(f"{subject} CPU by thread, ms/request (threads named 'python' are the run-log writer "
-          "and the AnyIO threadpool that runs sync FastAPI dependencies):")
+    print(
+        f"{subject} CPU by thread, ms/request (threads named 'python' are the run-log writer "
+        "and the AnyIO threadpool that runs sync FastAPI dependencies):"
+    )
     for kind in KINDS:
         mine = [s for s in samples if s.subject == subject and s.kind == kind and s.requests]
         names = sorted({name for s in mine for name in s.server_threads_s})
@@ -1169,9 +1313,16 @@ def print_threads(samples: list[Sample], subject: str) -> None:
         print(f"  {kind:<10} " + ", ".join(parts))
 
 
-def build_rows(samples: list[Sample], starts: list[Start], after: dict[str, float],
-               floor_after: dict[str, float], mapped_after: list[str],
-               profile: Profile, rows_logged: int, gateway_requests: int) -> list[Row]:
+def build_rows(
+    samples: list[Sample],
+    starts: list[Start],
+    after: dict[str, float],
+    floor_after: dict[str, float],
+    mapped_after: list[str],
+    profile: Profile,
+    rows_logged: int,
+    gateway_requests: int,
+) -> list[Row]:
     def med(subject: str, kind: str, metric: Metric) -> float:
         return median_of(samples, subject, kind, metric)
 
@@ -1180,70 +1331,132 @@ def build_rows(samples: list[Sample], starts: list[Start], after: dict[str, floa
         return "rounds " + ", ".join(f"{v:.{digits}f}" for v in values)
 
     rows: list[Row] = []
-    for kind, label, targeted in (("c1", "c=1", True), ("cN", "c=N", True),
-                                  ("c1-stream", "c=1, stream", False)):
+    for kind, label, targeted in (
+        ("c1", "c=1", True),
+        ("cN", "c=N", True),
+        ("c1-stream", "c=1, stream", False),
+    ):
         value, baseline = med("gateway", kind, cpu_ms), med("direct", kind, cpu_ms)
-        rows.append(Row(
-            f"1. gateway CPU/request ({label})", value, baseline,
-            f"x{value / baseline:.0f} of the fake" if baseline else "-",
-            f"<= {CPU_TARGET_MS} ms" if targeted else "-",
-            value <= CPU_TARGET_MS if targeted else None, "ms",
-            per_round(kind, cpu_ms) + "; baseline: the fake's CPU/request, hit directly",
-        ))
+        rows.append(
+            Row(
+                f"1. gateway CPU/request ({label})",
+                value,
+                baseline,
+                f"x{value / baseline:.0f} of the fake" if baseline else "-",
+                f"<= {CPU_TARGET_MS} ms" if targeted else "-",
+                value <= CPU_TARGET_MS if targeted else None,
+                "ms",
+                per_round(kind, cpu_ms) + "; baseline: the fake's CPU/request, hit directly",
+            )
+        )
     added = paired_delta(samples, "gateway", "c1", p50_ms)
-    rows.append(Row(
-        "2. p50 latency c=1", med("gateway", "c1", p50_ms), med("direct", "c1", p50_ms),
-        f"+{added:.2f} ms", f"added <= {ADDED_P50_TARGET_MS} ms", added <= ADDED_P50_TARGET_MS,
-        "ms", per_round("c1", p50_ms),
-    ))
+    rows.append(
+        Row(
+            "2. p50 latency c=1",
+            med("gateway", "c1", p50_ms),
+            med("direct", "c1", p50_ms),
+            f"+{added:.2f} ms",
+            f"added <= {ADDED_P50_TARGET_MS} ms",
+            added <= ADDED_P50_TARGET_MS,
+            "ms",
+            per_round("c1", p50_ms),
+        )
+    )
     added = paired_delta(samples, "gateway", "c1-stream", first_chunk_ms)
-    rows.append(Row(
-        "2. first streamed chunk p50 c=1", med("gateway", "c1-stream", first_chunk_ms),
-        med("direct", "c1-stream", first_chunk_ms), f"+{added:.2f} ms",
-        f"added <= {ADDED_FIRST_CHUNK_TARGET_MS} ms", added <= ADDED_FIRST_CHUNK_TARGET_MS, "ms",
-        per_round("c1-stream", first_chunk_ms),
-    ))
+    rows.append(
+        Row(
+            "2. first streamed chunk p50 c=1",
+            med("gateway", "c1-stream", first_chunk_ms),
+            med("direct", "c1-stream", first_chunk_ms),
+            f"+{added:.2f} ms",
+            f"added <= {ADDED_FIRST_CHUNK_TARGET_MS} ms",
+            added <= ADDED_FIRST_CHUNK_TARGET_MS,
+            "ms",
+            per_round("c1-stream", first_chunk_ms),
+        )
+    )
     throughput = med("gateway", "cN", rps)
     low, high = throughput / LITELLM_PROXY_RPS[1], throughput / LITELLM_PROXY_RPS[0]
-    rows.append(Row(
-        "3. throughput c=N", throughput, med("direct", "cN", rps),
-        f"x{low:.1f}-{high:.1f} of LiteLLM",
-        f">= {THROUGHPUT_TARGET_RPS:.0f} req/s", throughput >= THROUGHPUT_TARGET_RPS, "req/s",
-        per_round("cN", rps, 0) + "; baseline: direct to the fake with the same client",
-    ))
+    rows.append(
+        Row(
+            "3. throughput c=N",
+            throughput,
+            med("direct", "cN", rps),
+            f"x{low:.1f}-{high:.1f} of LiteLLM",
+            f">= {THROUGHPUT_TARGET_RPS:.0f} req/s",
+            throughput >= THROUGHPUT_TARGET_RPS,
+            "req/s",
+            per_round("cN", rps, 0) + "; baseline: direct to the fake with the same client",
+        )
+    )
     gateway_starts = [s for s in starts if s.name == "gateway"]
     floor_starts = [s for s in starts if s.name == "floor"]
     ready = statistics.median(s.ready_s for s in gateway_starts)
     floor_ready = statistics.median(s.ready_s for s in floor_starts)
-    rows.append(Row(
-        "4. start to ready", ready, floor_ready, f"+{ready - floor_ready:.2f} s",
-        f"<= {START_TARGET_S} s", ready <= START_TARGET_S, "s",
-        "runs " + ", ".join(f"{s.ready_s:.2f}" for s in gateway_starts)
-        + " (the first creates the database); baseline: the httpx floor proxy",
-    ))
+    rows.append(
+        Row(
+            "4. start to ready",
+            ready,
+            floor_ready,
+            f"+{ready - floor_ready:.2f} s",
+            f"<= {START_TARGET_S} s",
+            ready <= START_TARGET_S,
+            "s",
+            "runs "
+            + ", ".join(f"{s.ready_s:.2f}" for s in gateway_starts)
+            + " (the first creates the database); baseline: the httpx floor proxy",
+        )
+    )
     idle = statistics.median(s.idle_rss_mib for s in gateway_starts)
     floor_idle = statistics.median(s.idle_rss_mib for s in floor_starts)
-    rows.append(Row(
-        "4. RSS idle after start", idle, floor_idle, f"+{idle - floor_idle:.1f} MiB",
-        f"<= {RSS_TARGET_MIB:.0f} MiB", idle <= RSS_TARGET_MIB, "MiB",
-    ))
-    rows.append(Row(
-        "4. RSS after load", after["VmRSS"], floor_after["VmRSS"],
-        f"+{after['VmRSS'] - floor_after['VmRSS']:.1f} MiB", f"<= {RSS_TARGET_MIB:.0f} MiB",
-        after["VmRSS"] <= RSS_TARGET_MIB, "MiB", f"peak (VmHWM) {after['VmHWM']:.1f} MiB",
-    ))
+    rows.append(
+        Row(
+            "4. RSS idle after start",
+            idle,
+            floor_idle,
+            f"+{idle - floor_idle:.1f} MiB",
+            f"<= {RSS_TARGET_MIB:.0f} MiB",
+            idle <= RSS_TARGET_MIB,
+            "MiB",
+        )
+    )
+    rows.append(
+        Row(
+            "4. RSS after load",
+            after["VmRSS"],
+            floor_after["VmRSS"],
+            f"+{after['VmRSS'] - floor_after['VmRSS']:.1f} MiB",
+            f"<= {RSS_TARGET_MIB:.0f} MiB",
+            after["VmRSS"] <= RSS_TARGET_MIB,
+            "MiB",
+            f"peak (VmHWM) {after['VmHWM']:.1f} MiB",
+        )
+    )
     mapped = sorted({p for s in gateway_starts for p in s.litellm_files} | set(mapped_after))
     loaded = bool(mapped) or bool(profile.litellm_imported)
     modules = {True: "litellm present", False: "no litellm", None: "not checked"}
-    rows.append(Row(
-        "4. litellm loaded in the gateway", None, None, "yes" if loaded else "no", "no", not loaded,
-        note=f"/proc/<pid>/maps: {mapped or 'no litellm, tiktoken or tokenizers file'}; "
-        f"sys.modules of the profiled server at exit: {modules[profile.litellm_imported]}",
-    ))
-    rows.append(Row(
-        "run log rows = gateway requests", float(rows_logged), float(gateway_requests),
-        f"{rows_logged - gateway_requests:+.0f}", "equal", rows_logged == gateway_requests,
-    ))
+    rows.append(
+        Row(
+            "4. litellm loaded in the gateway",
+            None,
+            None,
+            "yes" if loaded else "no",
+            "no",
+            not loaded,
+            note=f"/proc/<pid>/maps: {mapped or 'no litellm, tiktoken or tokenizers file'}; "
+            f"sys.modules of the profiled server at exit: {modules[profile.litellm_imported]}",
+        )
+    )
+    rows.append(
+        Row(
+            "run log rows = gateway requests",
+            float(rows_logged),
+            float(gateway_requests),
+            f"{rows_logged - gateway_requests:+.0f}",
+            "equal",
+            rows_logged == gateway_requests,
+        )
+    )
     return rows
 
 
@@ -1283,8 +1496,9 @@ def run_main(args: argparse.Namespace) -> int:
 Running = dict[str, tuple[subprocess.Popen[Any], int]]
 
 
-def measure_starts(args: argparse.Namespace, procs: Processes, env: dict[str, str], repo: Path,
-                   fake_port: int) -> tuple[list[Start], Running]:
+def measure_starts(
+    args: argparse.Namespace, procs: Processes, env: dict[str, str], repo: Path, fake_port: int
+) -> tuple[list[Start], Running]:
     """Figure 4: start to ready and idle memory, the gateway and the floor alternating. The
     last server of each kind stays up for the load."""
     starts: list[Start] = []
@@ -1292,12 +1506,18 @@ def measure_starts(args: argparse.Namespace, procs: Processes, env: dict[str, st
     for index in range(args.start_rounds):
         for name in ("gateway", "floor") if index % 2 == 0 else ("floor", "gateway"):
             port = free_port()
-            argv = (gateway_argv(repo, port, args.serve_launcher) if name == "gateway"
-                    else floor_argv(fake_port, port, "httpx"))
+            argv = (
+                gateway_argv(repo, port, args.serve_launcher)
+                if name == "gateway"
+                else floor_argv(fake_port, port, "httpx")
+            )
             proc, start = start_server(procs, name, argv, port, env)
             starts.append(start)
-            print(f"  start {name}: {start.ready_s:.2f} s to ready,"
-                  f" {start.idle_rss_mib:.1f} MiB idle", flush=True)
+            print(
+                f"  start {name}: {start.ready_s:.2f} s to ready,"
+                f" {start.idle_rss_mib:.1f} MiB idle",
+                flush=True,
+            )
             if index == args.start_rounds - 1:
                 kept[name] = (proc, port)
             else:
@@ -1329,8 +1549,9 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> int:
     gateway_requests = 0
     for subject in subjects:
         for stream in (False, True):
-            sample = bench.measure(subject, "warm-up", stream=stream, concurrency=4,
-                                   requests=args.warmup)
+            sample = bench.measure(
+                subject, "warm-up", stream=stream, concurrency=4, requests=args.warmup
+            )
             gateway_requests += sample.requests if subject.name == "gateway" else 0
 
     samples: list[Sample] = []
@@ -1342,17 +1563,26 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> int:
     for index in range(args.rounds):
         for subject in rotated(subjects, index):
             for kind, stream, concurrency, requests, seconds in jobs:
-                sample = bench.measure(subject, kind, stream=stream, concurrency=concurrency,
-                                       requests=requests, duration_s=seconds)
+                sample = bench.measure(
+                    subject,
+                    kind,
+                    stream=stream,
+                    concurrency=concurrency,
+                    requests=requests,
+                    duration_s=seconds,
+                )
                 samples.append(sample)
                 gateway_requests += sample.requests if subject.name == "gateway" else 0
         print(f"  round {index + 1}:", flush=True)
         for subject in subjects:
-            latest = samples[-len(jobs) * len(subjects):]
+            latest = samples[-len(jobs) * len(subjects) :]
             mine = {s.kind: s for s in latest if s.subject == subject.name}
-            print(f"    {subject.name:<14} p50 {mine['c1'].p50_ms:.3f} ms, first chunk "
-                  f"{mine['c1-stream'].first_chunk_p50_ms:.3f} ms, {mine['cN'].rps:.0f} req/s "
-                  f"at c={args.concurrency}, {mine['c1'].cpu_ms:.3f} ms CPU/req", flush=True)
+            print(
+                f"    {subject.name:<14} p50 {mine['c1'].p50_ms:.3f} ms, first chunk "
+                f"{mine['c1-stream'].first_chunk_p50_ms:.3f} ms, {mine['cN'].rps:.0f} req/s "
+                f"at c={args.concurrency}, {mine['c1'].cpu_ms:.3f} ms CPU/req",
+                flush=True,
+            )
 
     time.sleep(1.0)  # the run log writes in batches
     rows_logged = run_log_rows(repo)
@@ -1362,16 +1592,18 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> int:
     profile = Profile()
     if not args.no_profile:
         print("profiling the gateway under load ...", flush=True)
-        profile = run_profile(procs, env, repo, key, bench, work, args.profile_requests,
-                              args.profile_concurrency)
+        profile = run_profile(
+            procs, env, repo, key, bench, work, args.profile_requests, args.profile_concurrency
+        )
     try:
         steps = step_timings(repo, key)
     except Exception as exc:  # llmkit moved on; the figures above still stand
         print(f"step timings failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         steps = {}
 
-    rows = build_rows(samples, starts, after, floor_after, mapped_after, profile, rows_logged,
-                      gateway_requests)
+    rows = build_rows(
+        samples, starts, after, floor_after, mapped_after, profile, rows_logged, gateway_requests
+    )
     print(f"\nc=N is c={args.concurrency}\n")
     print_rows(rows)
     print("\nAll subjects (medians over rounds):")
@@ -1424,31 +1656,71 @@ def run_cpu_only(args: argparse.Namespace, procs: Processes, work: Path) -> int:
     samples: list[Sample] = []
     for index in range(args.rounds):
         for subject in rotated(subjects, index):
-            samples.append(bench.measure(subject, "c1", stream=False, concurrency=1,
-                                         requests=args.latency_requests))
-            samples.append(bench.measure(subject, "cN", stream=False,
-                                         concurrency=args.concurrency,
-                                         requests=args.throughput_cap,
-                                         duration_s=args.throughput_s))
+            samples.append(
+                bench.measure(
+                    subject, "c1", stream=False, concurrency=1, requests=args.latency_requests
+                )
+            )
+            samples.append(
+                bench.measure(
+                    subject,
+                    "cN",
+                    stream=False,
+                    concurrency=args.concurrency,
+                    requests=args.throughput_cap,
+                    duration_s=args.throughput_s,
+                )
+            )
         print(f"  round {index + 1} done", flush=True)
-    table = [("subject", "cpu/req c=1", f"cpu/req c={args.concurrency}", "rounds c=1",
-              f"rounds c={args.concurrency}")]
+    table = [
+        (
+            "subject",
+            "cpu/req c=1",
+            f"cpu/req c={args.concurrency}",
+            "rounds c=1",
+            f"rounds c={args.concurrency}",
+        )
+    ]
     for subject in subjects:
-        def rounds(kind: str) -> str:
+
+        def rounds(kind: str, subject: Any = subject) -> str:
             return ", ".join(f"{v:.3f}" for v in values_of(samples, subject.name, kind, cpu_ms))
 
-        table.append((subject.name, f"{median_of(samples, subject.name, 'c1', cpu_ms):.3f} ms",
-                      f"{median_of(samples, subject.name, 'cN', cpu_ms):.3f} ms",
-                      rounds("c1"), rounds("cN")))
+        table.append(
+            (
+                subject.name,
+                f"{median_of(samples, subject.name, 'c1', cpu_ms):.3f} ms",
+                f"{median_of(samples, subject.name, 'cN', cpu_ms):.3f} ms",
+                rounds("c1"),
+                rounds("cN"),
+            )
+        )
     print_columns(table)
-    figures = {s.name: {kind: median_of(samples, s.name, kind, cpu_ms) for kind in ("c1", "cN")}
-               for s in subjects}
-    (args.out / "gateway_cpu.json").write_text(json.dumps(
-        {"cpu_ms_per_request": figures, "samples": [asdict(s) for s in samples],
-         "settings": {k: str(v) for k, v in vars(args).items()}}, indent=2), encoding="utf-8")
+    figures = {
+        s.name: {kind: median_of(samples, s.name, kind, cpu_ms) for kind in ("c1", "cN")}
+        for s in subjects
+    }
+    (args.out / "gateway_cpu.json").write_text(
+        json.dumps(
+            {
+                "cpu_ms_per_request": figures,
+                "samples": [asdict(s) for s in samples],
+                "settings": {k: str(v) for k, v in vars(args).items()},
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     print(f"results in {args.out / 'gateway_cpu.json'}")
-    return 0 if all(f["c1"] <= CPU_TARGET_MS and f["cN"] <= CPU_TARGET_MS
-                    for name, f in figures.items() if name == "gateway") else 1
+    return (
+        0
+        if all(
+            f["c1"] <= CPU_TARGET_MS and f["cN"] <= CPU_TARGET_MS
+            for name, f in figures.items()
+            if name == "gateway"
+        )
+        else 1
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -1465,14 +1737,23 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     option("--profile-concurrency", type=int, default=32, help="concurrency while profiling")
     option("--no-profile", action="store_true", help="skip the cProfile run")
     option("--no-aiohttp-floor", action="store_true", help="skip the aiohttp floor proxy")
-    option("--serve-launcher", type=Path,
-           help="run `python SCRIPT serve ...` as the gateway, not `python -m llmkit serve ...`")
+    option(
+        "--serve-launcher",
+        type=Path,
+        help="run `python SCRIPT serve ...` as the gateway, not `python -m llmkit serve ...`",
+    )
     option("--out", type=Path, default=BENCH_DIR / "results", help="results folder")
     option("--keep", action="store_true", help="keep the temporary folder")
-    option("--cpu-only", action="store_true",
-           help="only the gateway's CPU per request, non-streamed, at c=1 and c=N")
-    option("--baseline-launcher", type=Path,
-           help="with --cpu-only: also measure `python SCRIPT serve ...` in the same rounds")
+    option(
+        "--cpu-only",
+        action="store_true",
+        help="only the gateway's CPU per request, non-streamed, at c=1 and c=N",
+    )
+    option(
+        "--baseline-launcher",
+        type=Path,
+        help="with --cpu-only: also measure `python SCRIPT serve ...` in the same rounds",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1493,8 +1774,12 @@ def main(argv: list[str] | None = None) -> int:
     profiled.add_argument("--modules-out", required=True)
     profiled.add_argument("--out", nargs="+", required=True)
     args = parser.parse_args(argv)
-    commands = {"fake": fake_main, "load": load_main, "floor": floor_main,
-                "profiled-serve": profiled_serve_main}
+    commands = {
+        "fake": fake_main,
+        "load": load_main,
+        "floor": floor_main,
+        "profiled-serve": profiled_serve_main,
+    }
     return commands.get(args.command, run_main)(args)
 
 

@@ -28,7 +28,16 @@ AUTHORS = (
 )
 MODELS = ("openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-3-5-haiku-latest", "default")
 TONES = ("friendly", "formal", "terse", "playful", "patient", "precise")
-TOPICS = ("billing", "shipping", "returns", "onboarding", "security", "pricing", "outages", "accounts")
+TOPICS = (
+    "billing",
+    "shipping",
+    "returns",
+    "onboarding",
+    "security",
+    "pricing",
+    "outages",
+    "accounts",
+)
 VARIABLES = ("personality", "company", "product", "language", "audience")
 # Keys live at the top level and in folders of one and two levels, as real repositories do.
 FOLDERS = ("", "support", "sales/emails", "internal", "", "marketing/social", "support/triage", "")
@@ -116,11 +125,15 @@ def fast_import_stream(prompts: int, versions: int, seed: int, branch: str) -> I
 def _git(root: Path, *args: str, input: bytes | None = None) -> str:
     proc = subprocess.run(["git", *args], cwd=root, input=input, capture_output=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"git {args[0]} failed in {root}: {proc.stderr.decode(errors='replace').strip()}")
+        raise RuntimeError(
+            f"git {args[0]} failed in {root}: {proc.stderr.decode(errors='replace').strip()}"
+        )
     return proc.stdout.decode().strip()
 
 
-def generate(root: Path, prompts: int = 1000, versions: int = 20, seed: int = 7, branch: str = "main") -> Generated:
+def generate(
+    root: Path, prompts: int = 1000, versions: int = 20, seed: int = 7, branch: str = "main"
+) -> Generated:
     """Create a git repository at `root` (absent or empty) holding prompts x versions commits."""
     if prompts < 1 or versions < 1:
         raise ValueError(f"need at least one prompt and one version, got {prompts} x {versions}")
@@ -151,10 +164,16 @@ def generate(root: Path, prompts: int = 1000, versions: int = 20, seed: int = 7,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path, help="where to create the repository (absent or empty)")
-    parser.add_argument("--prompts", type=int, default=1000, help="number of prompt files (default 1000)")
+    parser.add_argument(
+        "directory", type=Path, help="where to create the repository (absent or empty)"
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=1000, help="number of prompt files (default 1000)"
+    )
     parser.add_argument("--versions", type=int, default=20, help="commits per prompt (default 20)")
-    parser.add_argument("--seed", type=int, default=7, help="seed for contents and commit order (default 7)")
+    parser.add_argument(
+        "--seed", type=int, default=7, help="seed for contents and commit order (default 7)"
+    )
     parser.add_argument("--branch", default="main", help="branch name (default main)")
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -29,11 +29,11 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from llmkit.config import Settings  # noqa: E402
-from llmkit.import_source import open_source  # noqa: E402
-from llmkit.importer import import_llmkit  # noqa: E402
-from llmkit.promptfile import Message, PromptFile, serialize  # noqa: E402
-from llmkit.store import GitStore  # noqa: E402
+from llmkit.config import Settings
+from llmkit.import_source import open_source
+from llmkit.importer import import_llmkit
+from llmkit.promptfile import Message, PromptFile, serialize
+from llmkit.store import GitStore
 
 REFERENCE = Path(os.environ.get("LLMKIT_REFERENCE_DIR", "/work/shared/reference"))
 

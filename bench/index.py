@@ -36,12 +36,12 @@ for folder in (PROJECT_ROOT, BENCH_DIR):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from gen_repo import generate, prompt_text  # noqa: E402
+from gen_repo import generate, prompt_text
 
-from llmkit.db import Database  # noqa: E402
-from llmkit.index import Index  # noqa: E402
-from llmkit.store import GitStore, blob_id  # noqa: E402
-from llmkit.watch import Watcher  # noqa: E402
+from llmkit.db import Database
+from llmkit.index import Index
+from llmkit.store import GitStore, blob_id
+from llmkit.watch import Watcher
 
 GIT_IDENTITY = ("-c", "user.name=Bench", "-c", "user.email=bench@example.com")
 POLL_S = 0.002
@@ -85,7 +85,9 @@ def run_quiet(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> f
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, env=env)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
+        )
     return elapsed
 
 
@@ -126,8 +128,12 @@ def bench_rebuild(repo: Path, work: Path, runs: int) -> tuple[list[Row], list[st
         baselines.append(run_quiet(["git", "log", "--name-only"], repo))
     checks = check_index(repo, work / f"rebuild-{runs - 1}")
     row = Row(
-        "rebuild (fresh db)", statistics.median(rebuilds), statistics.median(baselines), 10.0,
-        "git log --name-only", f"runs {', '.join(f'{v:.2f}' for v in rebuilds)} s",
+        "rebuild (fresh db)",
+        statistics.median(rebuilds),
+        statistics.median(baselines),
+        10.0,
+        "git log --name-only",
+        f"runs {', '.join(f'{v:.2f}' for v in rebuilds)} s",
     )
     return [row], checks
 
@@ -145,16 +151,33 @@ def check_index(repo: Path, data_dir: Path) -> list[str]:
         served = {p.key: p for p in index.list_prompts()}
         if set(served) != on_disk:
             problems.append(f"prompts: index has {len(served)}, git ls-files has {len(on_disk)}")
-        changes = git(repo, "log", "--format=", "--name-only", "--no-renames", "--diff-filter=AMT", "--", "prompts")
+        changes = git(
+            repo,
+            "log",
+            "--format=",
+            "--name-only",
+            "--no-renames",
+            "--diff-filter=AMT",
+            "--",
+            "prompts",
+        )
         expected_versions = sum(1 for line in changes.splitlines() if line.endswith(".md"))
-        indexed_versions = db.reader().execute("SELECT COUNT(*) FROM ix_versions WHERE seq IS NOT NULL").fetchone()[0]
+        indexed_versions = (
+            db.reader()
+            .execute("SELECT COUNT(*) FROM ix_versions WHERE seq IS NOT NULL")
+            .fetchone()[0]
+        )
         if indexed_versions != expected_versions:
-            problems.append(f"versions: index has {indexed_versions}, git log has {expected_versions}")
+            problems.append(
+                f"versions: index has {indexed_versions}, git log has {expected_versions}"
+            )
         for key in sorted(on_disk)[:: max(1, len(on_disk) // 20)]:
             version = served[key].version if key in served else None
             head_blob = git(repo, "rev-parse", f"HEAD:prompts/{key}.md")
             if version is None or version.blob != head_blob:
-                problems.append(f"{key}: served blob {version.blob if version else None}, HEAD has {head_blob}")
+                problems.append(
+                    f"{key}: served blob {version.blob if version else None}, HEAD has {head_blob}"
+                )
     finally:
         db.close()
     return problems
@@ -184,7 +207,12 @@ def bench_sync(repo: Path, index: Index, keys: list[str], runs: int) -> tuple[li
         report = index.sync()
         syncs.append(time.perf_counter() - started)
         served = index.get_prompt(key).version
-        if report.new_commits != 1 or key not in report.changed or served is None or served.sha != sha:
+        if (
+            report.new_commits != 1
+            or key not in report.changed
+            or served is None
+            or served.sha != sha
+        ):
             problems.append(
                 f"sync after committing {key}: new_commits={report.new_commits},"
                 f" changed={sorted(report.changed)[:3]}, served sha={served.sha if served else None}, want {sha}"
@@ -193,8 +221,14 @@ def bench_sync(repo: Path, index: Index, keys: list[str], runs: int) -> tuple[li
         baselines.append(run_quiet(["git", "rev-parse", "HEAD"], repo))
     baseline = statistics.median(baselines)
     rows = [
-        Row("sync after 1 commit", statistics.median(syncs), baseline, 0.100, "git rev-parse HEAD",
-            f"p95 {percentile(syncs, 95) * 1000:.0f} ms"),
+        Row(
+            "sync after 1 commit",
+            statistics.median(syncs),
+            baseline,
+            0.100,
+            "git rev-parse HEAD",
+            f"p95 {percentile(syncs, 95) * 1000:.0f} ms",
+        ),
         Row("sync, nothing changed", statistics.median(idle), baseline, None, "git rev-parse HEAD"),
     ]
     return rows, problems
@@ -202,10 +236,17 @@ def bench_sync(repo: Path, index: Index, keys: list[str], runs: int) -> tuple[li
 
 def bench_reads(index: Index, keys: list[str], runs: int) -> list[Row]:
     """Per-request reads the API does, on an index of this size (informational)."""
-    gets = [timed(lambda k=keys[(n * 13) % len(keys)]: index.get_prompt(k)) for n in range(runs)]
+    picked = [keys[(n * 13) % len(keys)] for n in range(runs)]
+    gets = [timed(lambda k=k: index.get_prompt(k)) for k in picked]
     lists = [timed(index.list_prompts) for _ in range(max(3, runs // 20))]
     return [
-        Row("get_prompt(key)", statistics.median(gets), None, None, note=f"p95 {percentile(gets, 95) * 1000:.1f} ms"),
+        Row(
+            "get_prompt(key)",
+            statistics.median(gets),
+            None,
+            None,
+            note=f"p95 {percentile(gets, 95) * 1000:.1f} ms",
+        ),
         Row("list_prompts()", statistics.median(lists), None, None),
     ]
 
@@ -250,18 +291,34 @@ def bench_watcher(repo: Path, index: Index, key: str, saves: int) -> tuple[list[
     finally:
         watcher.stop()
     if not latencies:
-        return [Row("watcher save->served p95", None, None, 0.250, note="no save was served")], problems
+        return [
+            Row("watcher save->served p95", None, None, 0.250, note="no save was served")
+        ], problems
     baseline = statistics.median(direct)
     rows = [
-        Row("watcher save->served p50", percentile(latencies, 50), baseline, None, "save + direct sync()",
-            f"debounce {watcher.debounce_s * 1000:.0f} ms"),
-        Row("watcher save->served p95", percentile(latencies, 95), baseline, 0.250, "save + direct sync()",
-            f"max {max(latencies) * 1000:.0f} ms, {len(latencies)}/{saves} served, {watcher.syncs} syncs"),
+        Row(
+            "watcher save->served p50",
+            percentile(latencies, 50),
+            baseline,
+            None,
+            "save + direct sync()",
+            f"debounce {watcher.debounce_s * 1000:.0f} ms",
+        ),
+        Row(
+            "watcher save->served p95",
+            percentile(latencies, 95),
+            baseline,
+            0.250,
+            "save + direct sync()",
+            f"max {max(latencies) * 1000:.0f} ms, {len(latencies)}/{saves} served, {watcher.syncs} syncs",
+        ),
     ]
     return rows, problems
 
 
-def probe_same_size_saves(repo: Path, index: Index, key: str, rounds: int = 20, keep_mtime: bool = False) -> list[str]:
+def probe_same_size_saves(
+    repo: Path, index: Index, key: str, rounds: int = 20, keep_mtime: bool = False
+) -> list[str]:
     """Two saves of equal size in quick succession, each followed by sync(): the second must be
     served. A stat cache keyed on (mtime, size, inode) misses it when the file system's clock is
     coarser than the gap between the saves (git calls such files "racily clean"); `keep_mtime`
@@ -288,7 +345,9 @@ def probe_same_size_saves(repo: Path, index: Index, key: str, rounds: int = 20, 
     return [f"same-size saves {how}: {missed}/{rounds} second saves not served after sync()"]
 
 
-def profile_syncs(repo: Path, index: Index, keys: list[str], out_path: Path, runs: int = 10) -> None:
+def profile_syncs(
+    repo: Path, index: Index, keys: list[str], out_path: Path, runs: int = 10
+) -> None:
     """cProfile of `runs` syncs, each after one new commit."""
     profiler = cProfile.Profile()
     for n in range(runs):
@@ -311,7 +370,13 @@ def bench_help(runs: int) -> tuple[list[Row], str]:
     for _ in range(runs):
         helps.append(run_quiet([sys.executable, "-m", "llmkit", "--help"], PROJECT_ROOT, env))
         baselines.append(run_quiet([sys.executable, "-c", "pass"], PROJECT_ROOT, env))
-    row = Row("llmkit --help (wall)", statistics.median(helps), statistics.median(baselines), 0.4, "python -c pass")
+    row = Row(
+        "llmkit --help (wall)",
+        statistics.median(helps),
+        statistics.median(baselines),
+        0.4,
+        "python -c pass",
+    )
     return [row], import_profile(env)
 
 
@@ -319,16 +384,26 @@ def import_profile(env: dict[str, str], top: int = 12) -> str:
     """The slowest imports of `llmkit --help`, by cumulative time (python -X importtime)."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "llmkit", "--help"],
-        cwd=PROJECT_ROOT, capture_output=True, env=env, text=True,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        env=env,
+        text=True,
     )
     rows = []
     for line in proc.stderr.splitlines():
         fields = line.removeprefix("import time:").split("|")
-        if not line.startswith("import time:") or len(fields) != 3 or not fields[0].strip().isdigit():
+        if (
+            not line.startswith("import time:")
+            or len(fields) != 3
+            or not fields[0].strip().isdigit()
+        ):
             continue
         rows.append((int(fields[1]), int(fields[0]), fields[2].strip()))
     rows.sort(reverse=True)
-    lines = [f"{cum / 1000:8.1f} ms cumulative {own / 1000:7.1f} ms self  {name}" for cum, own, name in rows[:top]]
+    lines = [
+        f"{cum / 1000:8.1f} ms cumulative {own / 1000:7.1f} ms self  {name}"
+        for cum, own, name in rows[:top]
+    ]
     return "\n".join(lines)
 
 
@@ -347,7 +422,10 @@ def profile_rebuild(repo: Path, work: Path, out_path: Path) -> list[str]:
         db.close()
     stats = write_profile(profiler, out_path, "Index.rebuild() on a fresh database")
     hot = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:8]  # type: ignore[attr-defined]
-    return [f"{tt:7.3f} s own {ct:7.3f} s cum  {fn}:{line}({name})" for (fn, line, name), (_, _, tt, ct, _) in hot]
+    return [
+        f"{tt:7.3f} s own {ct:7.3f} s cum  {fn}:{line}({name})"
+        for (fn, line, name), (_, _, tt, ct, _) in hot
+    ]
 
 
 def write_profile(profiler: cProfile.Profile, out_path: Path, title: str) -> pstats.Stats:
@@ -380,10 +458,17 @@ def print_table(rows: list[Row]) -> None:
         ratio = f"{row.ratio:.1f}x" if row.ratio is not None else "-"
         target = f"<= {fmt_seconds(row.target)}" if row.target is not None else "-"
         result = "-" if row.passed is None else ("pass" if row.passed else "FAIL")
-        lines.append((row.figure, fmt_seconds(row.value), fmt_seconds(row.baseline), ratio, target, result))
+        lines.append(
+            (row.figure, fmt_seconds(row.value), fmt_seconds(row.baseline), ratio, target, result)
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for n, line in enumerate(lines):
-        print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(line, widths))))
+        print(
+            "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(line, widths))
+            )
+        )
         if n == 0:
             print("  ".join("-" * width for width in widths))
     for row in rows:
@@ -396,7 +481,10 @@ def prepare_repo(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
     if args.repo is None:
         started = time.perf_counter()
         made = generate(repo, args.prompts, args.versions)
-        return repo, f"generated {len(made.keys)} x {args.versions} ({made.commits} commits) in {time.perf_counter() - started:.1f} s"
+        return (
+            repo,
+            f"generated {len(made.keys)} x {args.versions} ({made.commits} commits) in {time.perf_counter() - started:.1f} s",
+        )
     source = Path(args.repo).resolve()
     subprocess.run(["git", "clone", "-q", str(source), str(repo)], check=True, capture_output=True)
     commits = git(repo, "rev-list", "--count", "HEAD")
@@ -405,11 +493,17 @@ def prepare_repo(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, help="a prompt repository to clone (default: generate one)")
-    parser.add_argument("--prompts", type=int, default=1000, help="prompts to generate (default 1000)")
+    parser.add_argument(
+        "--repo", type=Path, help="a prompt repository to clone (default: generate one)"
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=1000, help="prompts to generate (default 1000)"
+    )
     parser.add_argument("--versions", type=int, default=20, help="versions per prompt (default 20)")
     parser.add_argument("--runs", type=int, default=5, help="rebuild runs (default 5)")
-    parser.add_argument("--sync-runs", type=int, default=20, help="incremental sync runs (default 20)")
+    parser.add_argument(
+        "--sync-runs", type=int, default=20, help="incremental sync runs (default 20)"
+    )
     parser.add_argument("--saves", type=int, default=50, help="watched saves (default 50)")
     parser.add_argument("--help-runs", type=int, default=10, help="llmkit --help runs (default 10)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="results folder")
@@ -423,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     findings: list[str] = []
     try:
         repo, how = prepare_repo(args, work)
-        print(f"repository: {how}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"repository: {how}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}", flush=True
+        )
 
         print("(a) rebuild ...", flush=True)
         found, checks = bench_rebuild(repo, work, args.runs)
@@ -464,11 +560,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print_table(rows)
-    print(f"\nrebuild hot spots by own time (profiles: {profile_path}, {profile_path.with_name('index_sync_profile.txt')}):")
+    print(
+        f"\nrebuild hot spots by own time (profiles: {profile_path}, {profile_path.with_name('index_sync_profile.txt')}):"
+    )
     print("\n".join(f"  {line}" for line in hot))
     print("\nslowest imports of llmkit --help:")
     print("\n".join(f"  {line}" for line in imports.splitlines()[:8]))
-    print("\ncorrectness checks: " + ("all passed" if not problems else f"{len(problems)} problem(s)"))
+    print(
+        "\ncorrectness checks: " + ("all passed" if not problems else f"{len(problems)} problem(s)")
+    )
     for problem in problems:
         print(f"  - {problem}")
     if findings:

@@ -74,7 +74,7 @@ def main() -> None:
     samples: dict[str, list[float]] = {name: [] for name in ways}
     for index in range(args.rounds):
         names = list(ways)
-        names = names[index % len(names):] + names[: index % len(names)]
+        names = names[index % len(names) :] + names[: index % len(names)]
         for name in names:
             samples[name].append(timed(ways[name], args.count))
     base = statistics.median(samples["json.loads (baseline)"])

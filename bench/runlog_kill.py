@@ -141,8 +141,9 @@ class Load:
     latencies_ms: list[float]
 
 
-async def load_and_kill(server: subprocess.Popen[Any], port: int, raw: bytes, concurrency: int,
-                        load_s: float) -> Load:
+async def load_and_kill(
+    server: subprocess.Popen[Any], port: int, raw: bytes, concurrency: int, load_s: float
+) -> Load:
     """Load the server, SIGKILL it after `load_s`, and collect every answer it sent in full."""
     loop = asyncio.get_running_loop()
     connections = []
@@ -178,8 +179,14 @@ async def load_and_kill(server: subprocess.Popen[Any], port: int, raw: bytes, co
     # Answers already in the socket buffers were sent before the kill: read them all.
     await asyncio.wait_for(asyncio.gather(*(c.closed for c in connections)), 10)
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
-    return Load(acknowledged, killed_at, errors[0], cpu_after.since(cpu_before),
-                counted_after - counted_before, latencies)
+    return Load(
+        acknowledged,
+        killed_at,
+        errors[0],
+        cpu_after.since(cpu_before),
+        counted_after - counted_before,
+        latencies,
+    )
 
 
 def stored_trace_ids(db_path: Path) -> set[str]:
@@ -198,8 +205,15 @@ def integrity(db_path: Path) -> str:
         conn.close()
 
 
-def one_kill(procs: gateway.Processes, repo: Path, key: str, mode: str, env: dict[str, str],
-             concurrency: int, load_s: float) -> Kill:
+def one_kill(
+    procs: gateway.Processes,
+    repo: Path,
+    key: str,
+    mode: str,
+    env: dict[str, str],
+    concurrency: int,
+    load_s: float,
+) -> Kill:
     port = gateway.free_port()
     server_env = {**env, **mode_env(mode)}
     argv = gateway.gateway_argv(repo, port, None)
@@ -226,8 +240,14 @@ def one_kill(procs: gateway.Processes, repo: Path, key: str, mode: str, env: dic
         acknowledged=len(load.acknowledged),
         lost=len(lost),
         rate_rps=len(load.acknowledged) / load_s,
-        recent_rps=len([t for t in load.acknowledged.values()
-                        if load.killed_at - RECENT_S <= t <= load.killed_at]) / RECENT_S,
+        recent_rps=len(
+            [
+                t
+                for t in load.acknowledged.values()
+                if load.killed_at - RECENT_S <= t <= load.killed_at
+            ]
+        )
+        / RECENT_S,
         reach_ms=(load.killed_at - oldest) * 1000,
         cpu_ms_per_request=load.cpu_s / load.measured * 1000 if load.measured else 0.0,
         p50_ms=statistics.median(load.latencies_ms) if load.latencies_ms else 0.0,
@@ -236,8 +256,9 @@ def one_kill(procs: gateway.Processes, repo: Path, key: str, mode: str, env: dic
     )
 
 
-def make_repository(root: Path, fake_port: int, env: dict[str, str],
-                    model: str) -> tuple[Path, str]:
+def make_repository(
+    root: Path, fake_port: int, env: dict[str, str], model: str
+) -> tuple[Path, str]:
     repo, key = gateway.make_repository(root, fake_port, env)
     if model == "echo":
         # The bench prompt runs on the alias `fast`; the registry reads llmkit.yaml from disk.
@@ -247,8 +268,22 @@ def make_repository(root: Path, fake_port: int, env: dict[str, str],
 
 def report(kills: list[Kill], modes: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    table = [("mode", "kills", "lost/kill median", "max", "as ms of traffic median", "max",
-              "oldest lost ack median", "max", "lost/acked", "req/s", "cpu/req", "p50")]
+    table = [
+        (
+            "mode",
+            "kills",
+            "lost/kill median",
+            "max",
+            "as ms of traffic median",
+            "max",
+            "oldest lost ack median",
+            "max",
+            "lost/acked",
+            "req/s",
+            "cpu/req",
+            "p50",
+        )
+    ]
     for mode in modes:
         mine = [k for k in kills if k.mode == mode]
 
@@ -272,20 +307,33 @@ def report(kills: list[Kill], modes: list[str]) -> dict[str, Any]:
             "errors": sum(k.errors for k in mine),
         }
         summary[mode] = figures
-        table.append((
-            mode, str(len(mine)), f"{figures['lost_median']:g}", str(figures["lost_max"]),
-            f"{figures['lost_ms_median']:.1f} ms", f"{figures['lost_ms_max']:.1f} ms",
-            f"{figures['reach_ms_median']:.1f} ms", f"{figures['reach_ms_max']:.1f} ms",
-            f"{figures['lost']}/{figures['acknowledged']}", f"{figures['rate_rps_median']:.0f}",
-            f"{figures['cpu_ms_per_request_median']:.3f} ms", f"{figures['p50_ms_median']:.1f} ms",
-        ))
+        table.append(
+            (
+                mode,
+                str(len(mine)),
+                f"{figures['lost_median']:g}",
+                str(figures["lost_max"]),
+                f"{figures['lost_ms_median']:.1f} ms",
+                f"{figures['lost_ms_max']:.1f} ms",
+                f"{figures['reach_ms_median']:.1f} ms",
+                f"{figures['reach_ms_max']:.1f} ms",
+                f"{figures['lost']}/{figures['acknowledged']}",
+                f"{figures['rate_rps_median']:.0f}",
+                f"{figures['cpu_ms_per_request_median']:.3f} ms",
+                f"{figures['p50_ms_median']:.1f} ms",
+            )
+        )
     gateway.print_columns(table)
-    print(f"  as ms of traffic: rows lost / the request rate of the last {RECENT_S:g} s before"
-          " the kill; oldest lost ack: how long before the kill the oldest lost row's answer"
-          " was read (0 when all were read after it).")
+    print(
+        f"  as ms of traffic: rows lost / the request rate of the last {RECENT_S:g} s before"
+        " the kill; oldest lost ack: how long before the kill the oldest lost row's answer"
+        " was read (0 when all were read after it)."
+    )
     if "default" in summary and "durable" in summary:
-        ratio = (summary["durable"]["cpu_ms_per_request_median"]
-                 / summary["default"]["cpu_ms_per_request_median"])
+        ratio = (
+            summary["durable"]["cpu_ms_per_request_median"]
+            / summary["default"]["cpu_ms_per_request_median"]
+        )
         summary["durable_cpu_ratio"] = ratio
         print(f"durable CPU/request = x{ratio:.2f} of default (medians over the kills of this run)")
     return summary
@@ -296,8 +344,11 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=10, help="kills per mode (default 10)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", choices=("fake", "echo"), default="fake")
-    parser.add_argument("--modes", default="default,durable",
-                        help="comma-separated: default, durable, batchN (an N ms window)")
+    parser.add_argument(
+        "--modes",
+        default="default,durable",
+        help="comma-separated: default, durable, batchN (an N ms window)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -320,26 +371,39 @@ def main() -> int:
             _, fake_port = gateway.start_fake(procs, env)
             repo, key = make_repository(Path(tmp), fake_port, env, args.model)
             for n in range(args.kills):
-                for mode in modes[n % len(modes):] + modes[:n % len(modes)]:
-                    kill = one_kill(procs, repo, key, mode, env, args.concurrency,
-                                    rng.uniform(1.0, 2.0))
+                for mode in modes[n % len(modes) :] + modes[: n % len(modes)]:
+                    kill = one_kill(
+                        procs, repo, key, mode, env, args.concurrency, rng.uniform(1.0, 2.0)
+                    )
                     kills.append(kill)
-                    print(f"kill {n + 1:>2} {mode:<8} acknowledged {kill.acknowledged:>5}"
-                          f" lost {kill.lost:>4} ({kill.lost_ms:6.1f} ms at"
-                          f" {kill.recent_rps:.0f} req/s; oldest {kill.reach_ms:5.1f} ms before"
-                          f" the kill) cpu/req {kill.cpu_ms_per_request:.3f} ms"
-                          f" errors {kill.errors}", flush=True)
+                    print(
+                        f"kill {n + 1:>2} {mode:<8} acknowledged {kill.acknowledged:>5}"
+                        f" lost {kill.lost:>4} ({kill.lost_ms:6.1f} ms at"
+                        f" {kill.recent_rps:.0f} req/s; oldest {kill.reach_ms:5.1f} ms before"
+                        f" the kill) cpu/req {kill.cpu_ms_per_request:.3f} ms"
+                        f" errors {kill.errors}",
+                        flush=True,
+                    )
             check = integrity(repo / ".llmkit" / "llmkit.db")
-            print(f"\nc={args.concurrency}, model {args.model}, {args.kills} kills per mode;"
-                  f" database integrity after every kill: {check}")
+            print(
+                f"\nc={args.concurrency}, model {args.model}, {args.kills} kills per mode;"
+                f" database integrity after every kill: {check}"
+            )
             summary = report(kills, modes)
     finally:
         procs.end_all()
     if args.out:
-        args.out.write_text(json.dumps({
-            "concurrency": args.concurrency, "model": args.model, "summary": summary,
-            "kills": [asdict(k) | {"lost_ms": k.lost_ms} for k in kills],
-        }, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "concurrency": args.concurrency,
+                    "model": args.model,
+                    "summary": summary,
+                    "kills": [asdict(k) | {"lost_ms": k.lost_ms} for k in kills],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

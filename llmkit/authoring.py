@@ -79,7 +79,9 @@ def save_prompt(
         )
     except Conflict as exc:
         if exc.code == ALREADY_EXISTS:
-            raise Conflict(f"Prompt {key!r} already exists", param="key", code=ALREADY_EXISTS) from None
+            raise Conflict(
+                f"Prompt {key!r} already exists", param="key", code=ALREADY_EXISTS
+            ) from None
         raise
     _catch_up(ws, sha, path)
     return ws.index.get_prompt(key)
@@ -131,7 +133,8 @@ def restore_version(
         ws,
         path_for_key(key),
         version.content.encode("utf-8"),
-        message=message or f"Restore {key} to version {label(version)} ({(version.sha or 'draft')[:12]})",
+        message=message
+        or f"Restore {key} to version {label(version)} ({(version.sha or 'draft')[:12]})",
         author_name=author_name,
         author_email=author_email,
         base=base,

@@ -92,4 +92,3 @@ def json_too_deep(data: bytes | str, max_depth: int) -> bool:
         return False
     steps = _JSON_STRING_RE.sub(b"", raw).translate(_DEPTH_STEPS, _NOT_BRACKETS)
     return max(accumulate(memoryview(steps).cast("b")), default=0) > max_depth
-

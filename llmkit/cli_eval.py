@@ -15,10 +15,10 @@ from llmkit.cli_options import repo_option
 from llmkit.errors import LlmkitError, ProviderNotConfigured
 
 if TYPE_CHECKING:
+    from llmkit.evals.cases import EvalCase
     from llmkit.evals.records import EvalRecords
     from llmkit.evals.runner import EvalRunner
     from llmkit.evals.session import EvalRequest, EvalSession
-    from llmkit.evals.cases import EvalCase
 
 
 def fail_usage(message: str) -> None:
@@ -29,16 +29,46 @@ def fail_usage(message: str) -> None:
 @click.command("eval")
 @repo_option
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--prompt", "prompt_keys", multiple=True, help="Only cases of this prompt key (repeatable).")
-@click.option("--ref", default=None, help="Run the prompt versions at this git ref (default: the working tree).")
-@click.option("--base", default=None, help="Also run at this ref (e.g. origin/main) and report regressions.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Calls in flight at once.")
+@click.option(
+    "--prompt", "prompt_keys", multiple=True, help="Only cases of this prompt key (repeatable)."
+)
+@click.option(
+    "--ref",
+    default=None,
+    help="Run the prompt versions at this git ref (default: the working tree).",
+)
+@click.option(
+    "--base", default=None, help="Also run at this ref (e.g. origin/main) and report regressions."
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Calls in flight at once.",
+)
 @click.option("--repeat", type=click.IntRange(1, 100), default=None, help="Run every case N times.")
-@click.option("--no-cache", is_flag=True, help="Always call the provider; do not read the response cache.")
-@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML here.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON results here.")
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Write a markdown summary here.")
-@click.option("--judge-model", default="judge", show_default=True, help="Model or alias for judge assertions.")
+@click.option(
+    "--no-cache", is_flag=True, help="Always call the provider; do not read the response cache."
+)
+@click.option(
+    "--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML here."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write JSON results here.",
+)
+@click.option(
+    "--markdown",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a markdown summary here.",
+)
+@click.option(
+    "--judge-model", default="judge", show_default=True, help="Model or alias for judge assertions."
+)
 def eval_command(**options: Any) -> None:
     """Run eval cases against the prompts and report; with --base, fail on regressions."""
     try:
@@ -121,7 +151,10 @@ def _run(
 
 
 async def _execute(
-    runner: EvalRunner, records: EvalRecords, cases: list[EvalCase], request: EvalRequest,
+    runner: EvalRunner,
+    records: EvalRecords,
+    cases: list[EvalCase],
+    request: EvalRequest,
     total: int,
 ) -> EvalSession:
     from llmkit import providers
@@ -141,7 +174,13 @@ def _progress(total: int) -> tuple[Any, Any]:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
         task = bar.add_task("eval", total=total)
         bar.start()
         return (lambda result: bar.advance(task)), bar.stop

@@ -69,7 +69,7 @@ def _progress(quiet: bool) -> tuple[Callable[[str, int, int], None], Callable[[]
     return line, (lambda: None)
 
 
-def print_summary(summary: "Summary") -> None:
+def print_summary(summary: Summary) -> None:
     where = f"{summary.source} (LLMKit schema {summary.schema})"
     if summary.dry_run:
         click.echo(f"Dry run: nothing was changed. Importing {where} would add:")

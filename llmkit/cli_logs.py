@@ -13,8 +13,12 @@ from llmkit.cli_options import handle_errors, json_option, open_workspace, print
 @click.group(invoke_without_command=True)
 @repo_option
 @click.option("--prompt", "prompt_key", help="Only calls of this prompt key.")
-@click.option("--status", type=click.Choice(["ok", "error", "cancelled"]), help="Only calls with this status.")
-@click.option("-n", "limit", type=int, default=20, show_default=True, help="How many, newest first.")
+@click.option(
+    "--status", type=click.Choice(["ok", "error", "cancelled"]), help="Only calls with this status."
+)
+@click.option(
+    "-n", "limit", type=int, default=20, show_default=True, help="How many, newest first."
+)
 @json_option
 @handle_errors
 @click.pass_context
@@ -34,7 +38,9 @@ def logs(
 
     ws = Workspace.open(str(repo) if repo else None)
     try:
-        rows = ws.runlog.list(page=1, page_size=max(1, min(limit, 500)), prompt=prompt_key, status=status)
+        rows = ws.runlog.list(
+            page=1, page_size=max(1, min(limit, 500)), prompt=prompt_key, status=status
+        )
     finally:
         ws.close()
     if as_json:
@@ -43,7 +49,9 @@ def logs(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("time", "trace", "prompt", "ver", "model", "status", "ms", "tokens in/out", "cost")
+    table = Table(
+        "time", "trace", "prompt", "ver", "model", "status", "ms", "tokens in/out", "cost"
+    )
     for row in rows:
         cost = row.get("cost")
         table.add_row(

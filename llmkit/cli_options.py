@@ -125,11 +125,19 @@ def _json_value(name: str, text: str) -> Any:
 
 
 var_options = [
-    click.option("--var", "var_pairs", multiple=True, metavar="NAME=TEXT|NAME:=JSON",
-                 help="A template variable (repeatable): NAME=text is a string,"
-                 " NAME:=JSON a JSON value (true, 3, [1, 2], {\"a\": 1})."),
-    click.option("--vars-json", type=click.Path(dir_okay=False, path_type=Path),
-                 help="A JSON file holding an object of variables (--var adds to it)."),
+    click.option(
+        "--var",
+        "var_pairs",
+        multiple=True,
+        metavar="NAME=TEXT|NAME:=JSON",
+        help="A template variable (repeatable): NAME=text is a string,"
+        ' NAME:=JSON a JSON value (true, 3, [1, 2], {"a": 1}).',
+    ),
+    click.option(
+        "--vars-json",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A JSON file holding an object of variables (--var adds to it).",
+    ),
 ]
 
 

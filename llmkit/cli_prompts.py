@@ -90,7 +90,9 @@ def diff(repo: Path | None, key: str, old: str, new: str | None) -> None:
 @with_vars
 @json_option
 @handle_errors
-def render(repo: Path | None, spec: str, var_pairs: tuple[str, ...], vars_json: Path | None, as_json: bool) -> None:
+def render(
+    repo: Path | None, spec: str, var_pairs: tuple[str, ...], vars_json: Path | None, as_json: bool
+) -> None:
     """Print the messages a prompt renders to with the given variables."""
     from llmkit.render import render_messages
 
@@ -98,7 +100,9 @@ def render(repo: Path | None, spec: str, var_pairs: tuple[str, ...], vars_json: 
     key, version_spec = split_ref(spec)
     version = ws.index.version(key, version_spec)
     messages = render_messages(
-        version.prompt(), parse_vars(var_pairs, vars_json), limits=ws.models.limits(),
+        version.prompt(),
+        parse_vars(var_pairs, vars_json),
+        limits=ws.models.limits(),
         path=version.path,
     )
     if as_json:

@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
-@click.option("--llmkit-repo", "llmkit_repo", default=None, metavar="OWNER/NAME",
-              help="GitHub repository of llmkit that the workflow and the hook are pinned to.")
+@click.option(
+    "--llmkit-repo",
+    "llmkit_repo",
+    default=None,
+    metavar="OWNER/NAME",
+    help="GitHub repository of llmkit that the workflow and the hook are pinned to.",
+)
 @handle_errors
 def init(directory: Path, llmkit_repo: str | None) -> None:
     """Set up a prompt repository in DIRECTORY, new or existing: llmkit.yaml, a first prompt,
@@ -42,13 +47,16 @@ def init(directory: Path, llmkit_repo: str | None) -> None:
         click.echo(f"appended .llmkit/ to {path} (not committed)")
     where = directory.resolve()
     if report.committed:
-        click.echo(f"Committed {len(report.created)} file(s) in {where}; llmkit pinned to "
-                   f"{release_tag()}.")
+        click.echo(
+            f"Committed {len(report.created)} file(s) in {where}; llmkit pinned to {release_tag()}."
+        )
     else:
         click.echo(f"Nothing to create in {where}.")
     if report.placeholder:
-        click.echo(f"Replace {SOURCE_REPOSITORY} in the created files with the GitHub repository "
-                   "of llmkit (or run init with --llmkit-repo OWNER/NAME on a new repository).")
+        click.echo(
+            f"Replace {SOURCE_REPOSITORY} in the created files with the GitHub repository "
+            "of llmkit (or run init with --llmkit-repo OWNER/NAME on a new repository)."
+        )
 
 
 @click.command()
@@ -70,7 +78,15 @@ def index(repo: Path | None, rebuild: bool, as_json: bool) -> None:
                 "rebuilt": report.rebuilt,
                 "commits": report.new_commits,
                 "changed": sorted(report.changed),
-                "prompts": [{"id": p.id, "key": p.key, "version": p.version.number if p.version else None, "draft": bool(p.version and p.version.draft)} for p in prompts],
+                "prompts": [
+                    {
+                        "id": p.id,
+                        "key": p.key,
+                        "version": p.version.number if p.version else None,
+                        "draft": bool(p.version and p.version.draft),
+                    }
+                    for p in prompts
+                ],
             }
         )
         return
@@ -100,14 +116,22 @@ def _rebuild_with_progress(ws: Workspace, quiet: bool) -> SyncReport:
         task = progress.add_task("Rebuilding index", total=None)
 
         def step(phase: str, done: int, total: int) -> None:
-            progress.update(task, description=f"Rebuilding index: {phase}", completed=done, total=total or None)
+            progress.update(
+                task, description=f"Rebuilding index: {phase}", completed=done, total=total or None
+            )
 
         return ws.index.rebuild(progress=step)
 
 
 @click.command()
 @repo_option
-@click.option("--format", "fmt", type=click.Choice(["text", "github"]), default="text", help="github: workflow annotations.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "github"]),
+    default="text",
+    help="github: workflow annotations.",
+)
 @json_option
 @handle_errors
 def lint(repo: Path | None, fmt: str, as_json: bool) -> None:

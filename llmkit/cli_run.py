@@ -23,7 +23,13 @@ from llmkit.cli_options import (
 @repo_option
 @click.argument("spec", metavar="KEY[@VERSION]")
 @with_vars
-@click.option("-m", "--message", "messages", multiple=True, help="A user message (repeatable: a conversation).")
+@click.option(
+    "-m",
+    "--message",
+    "messages",
+    multiple=True,
+    help="A user message (repeatable: a conversation).",
+)
 @click.option("--no-stream", is_flag=True, help="Wait for the whole answer.")
 @json_option
 @handle_errors
@@ -68,7 +74,7 @@ async def _complete(executor: Any, ex: Any) -> dict[str, Any]:
     from llmkit import providers
 
     try:
-        return await executor.complete(ex)  # type: ignore[no-any-return]
+        return await executor.complete(ex)
     finally:
         await providers.aclose()
 
@@ -85,7 +91,9 @@ async def _stream(executor: Any, ex: Any) -> None:
                     sys.stdout.flush()
                 for call in delta.get("tool_calls") or ():
                     function = call.get("function") or {}
-                    sys.stdout.write(f"{function.get('name') or ''}{function.get('arguments') or ''}")
+                    sys.stdout.write(
+                        f"{function.get('name') or ''}{function.get('arguments') or ''}"
+                    )
         sys.stdout.write("\n")
         sys.stdout.flush()
     finally:

@@ -14,12 +14,20 @@ from llmkit.cli_options import handle_errors, open_workspace, repo_option
 
 @click.command()
 @repo_option
-@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1, or $LLMKIT_HOST).")
+@click.option(
+    "--host", default=None, help="Interface to bind (default 127.0.0.1, or $LLMKIT_HOST)."
+)
 @click.option("--port", type=int, default=None, help="Port (default 8000, or $LLMKIT_PORT).")
 @click.option("--no-watch", is_flag=True, help="Do not watch files and refs for changes.")
-@click.option("--log-level", default="info", type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @handle_errors
-def serve(repo: Path | None, host: str | None, port: int | None, no_watch: bool, log_level: str) -> None:
+def serve(
+    repo: Path | None, host: str | None, port: int | None, no_watch: bool, log_level: str
+) -> None:
     """Serve the HTTP API (and the watcher, so saved edits and git pulls are live)."""
     import uvicorn
 
@@ -30,7 +38,10 @@ def serve(repo: Path | None, host: str | None, port: int | None, no_watch: bool,
     settings = ws.settings
     admin = ws.keys.ensure_admin_key(settings.admin_key_path)
     if admin:
-        click.echo(f"Created an admin API key (shown once; also saved to {settings.admin_key_path}):", err=True)
+        click.echo(
+            f"Created an admin API key (shown once; also saved to {settings.admin_key_path}):",
+            err=True,
+        )
         click.echo(admin)
     app = create_app(workspace=ws)
     click.echo(f"Serving {settings.repo} on http://{settings.host}:{settings.port}/v1", err=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -84,14 +85,14 @@ class Settings(BaseModel):
         return self.repo / "llmkit.yaml"
 
     @classmethod
-    def resolve(cls, repo: str | Path | None = None, **overrides: object) -> "Settings":
+    def resolve(cls, repo: str | Path | None = None, **overrides: object) -> Settings:
         """Flags (non-None overrides) win over LLMKIT_* variables, which win over defaults."""
         env = os.environ
         repo = repo or env.get(ENV_PREFIX + "REPO")
         root = Path(repo).resolve() if repo else find_repo_root(Path.cwd())
         if not root.is_dir():
             raise ConfigError(f"Repository directory not found: {root}")
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
             if name in ("repo", "data_dir"):
                 continue
@@ -124,5 +125,7 @@ def _coerce(name: str, raw: str, annotation: object) -> object:
         if annotation is float:
             return float(raw)
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {annotation}") from None
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {annotation}"
+        ) from None
     return raw

@@ -32,14 +32,37 @@ logger = logging.getLogger(__name__)
 
 # Request fields that override or extend the prompt's settings.
 REQUEST_PARAMS = (
-    "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n", "user",
-    "tools", "tool_choice", "response_format", "presence_penalty", "frequency_penalty",
-    "parallel_tool_calls", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+    "user",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "presence_penalty",
+    "frequency_penalty",
+    "parallel_tool_calls",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
 )
 # Frontmatter fields sent to the provider.
 PROMPT_PARAMS = (
-    "temperature", "max_tokens", "top_p", "presence_penalty", "frequency_penalty", "stop",
-    "seed", "tools", "tool_choice", "reasoning_effort",
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "reasoning_effort",
 )
 # Everything else a client may send; anything outside these is refused by name.
 OTHER_FIELDS = {"model", "messages", "variables", "stream", "stream_options", "metadata", "store"}
@@ -79,7 +102,10 @@ class Execution:
         return label(self.version)
 
     def headers(self) -> dict[str, str]:
-        headers = {"x-llmkit-prompt-version": self.version_label, "x-llmkit-trace-id": self.trace_id}
+        headers = {
+            "x-llmkit-prompt-version": self.version_label,
+            "x-llmkit-trace-id": self.trace_id,
+        }
         if self.warnings:
             headers[WARNING_HEADER] = "; ".join(self.warnings)
         return headers
@@ -87,7 +113,9 @@ class Execution:
 
 def split_model(model: object) -> tuple[str, str | None]:
     if not isinstance(model, str) or not model.strip():
-        raise BadRequest("model must be a prompt key, optionally pinned as key@version", param="model")
+        raise BadRequest(
+            "model must be a prompt key, optionally pinned as key@version", param="model"
+        )
     key, _, version = model.strip().partition("@")
     return key, (version or None)
 
@@ -153,7 +181,9 @@ class Executor:
             raise BadRequest("The request body must be a JSON object")
         unknown = set(body) - OTHER_FIELDS - set(REQUEST_PARAMS)
         if unknown:
-            raise BadRequest(f"Unknown request field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+            raise BadRequest(
+                f"Unknown request field(s): {', '.join(sorted(unknown))}", param=min(unknown)
+            )
         if version is None:
             key, spec = split_model(body.get("model"))
             version = self.ws.index.version(key, spec)
@@ -161,10 +191,16 @@ class Executor:
             key = version.key
         prompt = version.prompt()
         messages = body.get("messages") or []
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and "role" in m for m in messages
+        ):
             raise BadRequest("messages must be a list of {role, content} objects", param="messages")
         rendered, warnings = build_messages(
-            key, prompt, messages, body.get("variables"), user_variables,
+            key,
+            prompt,
+            messages,
+            body.get("variables"),
+            user_variables,
             limits=self.registry.limits(),
         )
         target = self.registry.resolve(model_override or prompt.model)
@@ -175,11 +211,19 @@ class Executor:
         for name in REQUEST_PARAMS:
             if body.get(name) is not None:
                 params[name] = body[name]
-        if "max_completion_tokens" in params and "max_tokens" in params and "max_completion_tokens" in body:
+        if (
+            "max_completion_tokens" in params
+            and "max_tokens" in params
+            and "max_completion_tokens" in body
+        ):
             params.pop("max_tokens")
         response_format = params.get("response_format")
-        if response_format is not None and not (isinstance(response_format, dict) and "type" in response_format):
-            raise BadRequest("response_format must be an object with a type", param="response_format")
+        if response_format is not None and not (
+            isinstance(response_format, dict) and "type" in response_format
+        ):
+            raise BadRequest(
+                "response_format must be an object with a type", param="response_format"
+            )
         json_mode = prompt.json_mode or (response_format or {}).get("type") in JSON_FORMATS
         if prompt.json_mode and response_format is None:
             params["response_format"] = {"type": "json_object"}
@@ -202,7 +246,9 @@ class Executor:
             call=call,
             json_mode=json_mode,
             schema=schema if json_mode else None,
-            include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+            include_usage=bool(
+                isinstance(stream_options, dict) and stream_options.get("include_usage")
+            ),
             source=source,
             api_key_id=api_key_id,
             warnings=warnings,
@@ -337,7 +383,9 @@ class Executor:
             raise
         await self._log_answered(ex, started, state=state)
 
-    async def _buffered_json(self, ex: Execution, state: "_StreamState", started: float) -> list[dict[str, Any]]:
+    async def _buffered_json(
+        self, ex: Execution, state: _StreamState, started: float
+    ) -> list[dict[str, Any]]:
         limit = self.ws.settings.json_buffer_max_bytes
         for attempt in (1, 2):
             state.reset()
@@ -360,6 +408,7 @@ class Executor:
                 return chunks
         for chunk in chunks:  # the run log shows the answer that was refused
             state.answer.add(chunk)
+        assert problem is not None  # every attempt returned unless its answer had a problem
         raise _invalid_json(ex, problem)
 
     def _log(self, ex: Execution, started: float, **details: Any) -> None:
@@ -390,14 +439,18 @@ class Executor:
         *,
         answers: list[dict[str, Any]] | None = None,
         error: LlmkitError | None = None,
-        state: "_StreamState | None" = None,
+        state: _StreamState | None = None,
         status: str | None = None,
     ) -> RunRecord:
         logged_response: Any = answers[-1] if answers else None
         with_usage = [a for a in answers or () if isinstance(a.get("usage"), dict)]
         ttft = None
         if state is not None:
-            logged_response = state.text() if not state.tool_calls else {"content": state.text(), "tool_calls": state.tool_calls}
+            logged_response = (
+                state.text()
+                if not state.tool_calls
+                else {"content": state.text(), "tool_calls": state.tool_calls}
+            )
             with_usage = state.usage_chunks()
             ttft = state.ttft_ms
         usage = _total_usage(with_usage)
@@ -525,7 +578,9 @@ class _Answer:
         if not isinstance(index, int) or not 0 <= index < 128:
             return
         while len(self.tool_calls) <= index:
-            self.tool_calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+            self.tool_calls.append(
+                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
         call = self.tool_calls[index]
         if delta.get("id"):
             call["id"] = delta["id"]
@@ -640,8 +695,12 @@ def _text_slot(chunk: dict[str, Any]) -> tuple[tuple[Any, ...] | None, str]:
     if fields == {"tool_calls"} and isinstance(calls, list) and len(calls) == 1:
         call = calls[0]
         function = call.get("function") if isinstance(call, dict) else None
-        if (isinstance(function, dict) and set(call) == {"index", "function"}
-                and set(function) == {"arguments"} and isinstance(function["arguments"], str)):
+        if (
+            isinstance(function, dict)
+            and set(call) == {"index", "function"}
+            and set(function) == {"arguments"}
+            and isinstance(function["arguments"], str)
+        ):
             return (index, "tool", call["index"]), function["arguments"]
     return None, ""
 
@@ -711,7 +770,10 @@ def _gone(exc: BaseException) -> ClientGone | None:
 
 def _unexpected(ex: Execution, exc: Exception) -> LlmkitError:
     """What the run log records for a failure that is not an LlmkitError (the API answers 500)."""
-    return LlmkitError(f"Internal error calling {ex.call.model}: {type(exc).__name__}: {exc}", code="internal_error")
+    return LlmkitError(
+        f"Internal error calling {ex.call.model}: {type(exc).__name__}: {exc}",
+        code="internal_error",
+    )
 
 
 def build_messages(
@@ -809,9 +871,10 @@ def json_problem(response: dict[str, Any], schema: dict[str, Any] | None) -> str
 def json_text_problem(text: str, schema: dict[str, Any] | None) -> str | None:
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except ValueError as exc:  # also an integer past Python's digit limit
         shown = text if len(text) <= 80 else text[:77] + "..."
-        return f"output is not JSON ({exc.msg} at position {exc.pos}): {shown!r}"
+        why = f"{exc.msg} at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else exc
+        return f"output is not JSON ({why}): {shown!r}"
     except RecursionError:
         return "output is JSON nested too deeply to read"
     if schema:

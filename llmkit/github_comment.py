@@ -87,13 +87,18 @@ class GitHubApi:
             # A Link header pointing elsewhere must not receive the token.
             raise CommentError(f"GitHub sent a link outside {self.api_url}: {url}")
         data = None if payload is None else json.dumps(payload).encode("utf-8")
-        req = urllib.request.Request(url, data=data, method=method, headers={
-            "Accept": "application/vnd.github+json",
-            "Authorization": f"Bearer {self._token}",
-            "X-GitHub-Api-Version": "2022-11-28",
-            "User-Agent": f"llmkit/{__version__}",
-            **({"Content-Type": "application/json"} if data is not None else {}),
-        })
+        req = urllib.request.Request(
+            url,
+            data=data,
+            method=method,
+            headers={
+                "Accept": "application/vnd.github+json",
+                "Authorization": f"Bearer {self._token}",
+                "X-GitHub-Api-Version": "2022-11-28",
+                "User-Agent": f"llmkit/{__version__}",
+                **({"Content-Type": "application/json"} if data is not None else {}),
+            },
+        )
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as response:
                 raw = response.read()
@@ -146,13 +151,15 @@ def upsert_comment(
     """Update the pull request's comment that starts with the marker, or create it."""
     body = comment_body(markdown, key)
     ours = [
-        c for c in api.issue_comments(repository, number)
+        c
+        for c in api.issue_comments(repository, number)
         if isinstance(c.get("body"), str) and c["body"].startswith(marker(key))
     ]
     if ours:
         comment_id = int(ours[0]["id"])
         answer, _ = api.request(
-            "PATCH", f"{api.api_url}/repos/{repository}/issues/comments/{comment_id}",
+            "PATCH",
+            f"{api.api_url}/repos/{repository}/issues/comments/{comment_id}",
             {"body": body},
         )
         action = "updated"
@@ -184,14 +191,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m llmkit.github_comment",
         description="Create or update the pull request's llmkit eval comment.",
     )
-    parser.add_argument("--markdown", type=Path, required=True,
-                        help="The summary to post (llmkit eval --markdown FILE).")
-    parser.add_argument("--pr", type=int, default=None,
-                        help="Pull request number (default: from GITHUB_EVENT_PATH).")
-    parser.add_argument("--repository", default=None,
-                        help="OWNER/NAME (default: GITHUB_REPOSITORY).")
-    parser.add_argument("--key", default=DEFAULT_KEY,
-                        help="Name in the hidden marker; one comment per key.")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        required=True,
+        help="The summary to post (llmkit eval --markdown FILE).",
+    )
+    parser.add_argument(
+        "--pr",
+        type=int,
+        default=None,
+        help="Pull request number (default: from GITHUB_EVENT_PATH).",
+    )
+    parser.add_argument(
+        "--repository", default=None, help="OWNER/NAME (default: GITHUB_REPOSITORY)."
+    )
+    parser.add_argument(
+        "--key", default=DEFAULT_KEY, help="Name in the hidden marker; one comment per key."
+    )
     return parser.parse_args(argv)
 
 

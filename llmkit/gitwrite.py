@@ -175,7 +175,7 @@ class GitWriter:
             _fault("ref-moved")
             try:
                 self._finish(journal, content)
-            except Exception as exc:  # noqa: BLE001 - past the commit point, recovery decides
+            except Exception as exc:
                 self._finish_by_recovery(journal, exc)
             assert journal.new_commit is not None
             return journal.new_commit
@@ -323,9 +323,15 @@ class GitWriter:
             self._simulate_kill_in_update_ref(journal)
         no_deref = ["--no-deref"] if journal.ref == "HEAD" else []
         proc = self.store.git(
-            "update-ref", "-m", f"llmkit: {journal.path}", *no_deref,
-            journal.ref, journal.new_commit, journal.old_head or ZERO_SHA,
-            env=self.store.identity_env(), check=False,
+            "update-ref",
+            "-m",
+            f"llmkit: {journal.path}",
+            *no_deref,
+            journal.ref,
+            journal.new_commit,
+            journal.old_head or ZERO_SHA,
+            env=self.store.identity_env(),
+            check=False,
         )
         if proc.returncode == 0:
             return
@@ -376,7 +382,7 @@ class GitWriter:
         cannot either, say what state the repository is in."""
         try:
             self.recover()
-        except Exception as again:  # noqa: BLE001 - whatever it is, the caller must hear both
+        except Exception as again:
             raise GitError(
                 f"{journal.path} was committed as {(journal.new_commit or '')[:12]}, but the"
                 f" working tree or .git/index could not be brought along ({error}; {again});"
@@ -477,7 +483,7 @@ class GitWriter:
         return blob_id(data) if data is not None else None
 
     def _index_lock_state(self, journal: Journal) -> str | None:
-        """"marker" or "prepared" when index.lock is ours (its bytes prove it), "foreign" when
+        """ "marker" or "prepared" when index.lock is ours (its bytes prove it), "foreign" when
         it is someone else's, None when there is none."""
         data = read_or_none(self.index_lock)
         if data is None:
@@ -581,9 +587,5 @@ def _entries(mode: str | None, blob: str | None) -> list[tuple[str, str]]:
     return [(mode or "100644", blob)] if blob else []
 
 
-
 def _worktree_temp(target: Path, nonce: str) -> Path:
     return target.parent / f".{target.name}.llmkit-{nonce}.tmp"
-
-
-

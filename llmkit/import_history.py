@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from llmkit.store import GitStore
 TRAILER = "LLMKit-Import"
 CONFIG_PATH = "llmkit.yaml"
 _TRAILER_RE = re.compile(rf"^{TRAILER}: ([0-9a-f]+) (\w+)(?: (\S+))?(?: (\S+))?$")
-LATEST = datetime.max.replace(tzinfo=timezone.utc)
+LATEST = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -192,7 +192,7 @@ def make_plan(store: GitStore, repo: Path, source: LLMKitSource, same_as: dict[i
     plan = Plan(summary, _checked_keys(source, tree), {})
     plan.targets = {model_id: model_target(model) for model_id, model in source.models.items()}
     aliases = AliasFile(texts.get(CONFIG_PATH))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     _plan_versions(plan, store, source, history, same_as, texts, aliases, now)
     _plan_evals(plan, store, repo, source, history, tree, now)
     _plan_aliases(plan, aliases, now)
@@ -220,9 +220,7 @@ def _checked_keys(source: LLMKitSource, tree: dict[str, str]) -> dict[int, str]:
     """LLMKit prompt id -> key, for the prompts that have versions. Refuses every key llmkit
     cannot use as a file name, all at once, before anything is written."""
     with_versions = {v.prompt_id for v in source.versions}
-    existing = {
-        _key_of(p).lower(): _key_of(p) for p in tree if is_prompt_path(p)
-    }
+    existing = {_key_of(p).lower(): _key_of(p) for p in tree if is_prompt_path(p)}
     keys: dict[int, str] = {}
     problems = []
     for prompt in sorted(source.prompts.values(), key=lambda p: p.id):

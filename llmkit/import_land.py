@@ -221,7 +221,6 @@ def _lock_index(store: GitStore, journal: Journal) -> None:
         staged.unlink(missing_ok=True)
 
 
-
 def _prepare_index(store: GitStore, journal: Journal) -> None:
     """Move the author's index, with only the imported files' entries changed, into the lock
     (journalling its hash first, so that recovery knows it is ours)."""
@@ -349,8 +348,6 @@ def _remove_ref_locks(store: GitStore, journal: Journal, now: str | None) -> Non
             head_lock.unlink(missing_ok=True)
 
 
-
-
 def _bring_index_along(store: GitStore, journal: Journal) -> None:
     """With no lock of ours left (it was installed, or removed by hand): give the entries still
     at their old blob the new one, as git itself would (it takes its own lock for that)."""
@@ -403,7 +400,6 @@ def _write_file(target: Path, data: bytes, nonce: str) -> None:
     os.replace(temp, target)
 
 
-
 # --- the journal file -------------------------------------------------------------------------
 
 
@@ -444,7 +440,6 @@ def _remove_journal(store: GitStore) -> None:
     path = _journal_path(store)
     path.unlink(missing_ok=True)
     fsync_dir(path.parent)
-
 
 
 # --- writing the commits ----------------------------------------------------------------------

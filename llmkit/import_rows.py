@@ -16,7 +16,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from llmkit.db import Migrations
@@ -88,7 +88,7 @@ def read_recorded(conn: sqlite3.Connection | None, identity: str) -> Recorded:
 
 def _record(conn: sqlite3.Connection, identity: str, rows: list[tuple[str, str, str]]) -> None:
     """Record what LLMKit rows became; a row already recorded as the same is left as it was."""
-    now = canonical_time(datetime.now(timezone.utc), "imported_at")
+    now = canonical_time(datetime.now(UTC), "imported_at")
     conn.executemany(
         "INSERT INTO import_llmkit (source, kind, llmkit_id, target, imported_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, kind, llmkit_id) DO UPDATE"
@@ -240,7 +240,7 @@ def _new_run_id(conn: sqlite3.Connection, llmkit_run: str) -> str:
 
 
 def _time(moment: datetime | None) -> str:
-    return canonical_time(moment or datetime.now(timezone.utc), "created_at")
+    return canonical_time(moment or datetime.now(UTC), "created_at")
 
 
 def write_logs(

@@ -18,9 +18,9 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from llmkit.errors import ConfigError
 
@@ -33,19 +33,42 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "model": ("id", "provider_id", "name"),
     "prompt": ("id", "key", "current_prompt_version_id"),
     "prompt_version": (
-        "id", "prompt_id", "version_number", "system", "user", "model_id", "max_tokens",
-        "temperature", "json_mode", "prompt_type", "is_chat", "created_at",
+        "id",
+        "prompt_id",
+        "version_number",
+        "system",
+        "user",
+        "model_id",
+        "max_tokens",
+        "temperature",
+        "json_mode",
+        "prompt_type",
+        "is_chat",
+        "created_at",
     ),
 }
 # Optional tables, and the columns they need when present.
 OPTIONAL: dict[str, tuple[str, ...]] = {
     "prompt_eval": ("id", "prompt_id", "name", "created_at"),
     "prompt_eval_run": (
-        "id", "run_id", "prompt_version_id", "prompt_eval_id", "score", "output", "created_at",
+        "id",
+        "run_id",
+        "prompt_version_id",
+        "prompt_eval_id",
+        "score",
+        "output",
+        "created_at",
     ),
     "log": (
-        "id", "prompt_id", "model_id", "input_tokens", "output_tokens", "status_code",
-        "request_body", "response_data", "created_at",
+        "id",
+        "prompt_id",
+        "model_id",
+        "input_tokens",
+        "output_tokens",
+        "status_code",
+        "request_body",
+        "response_data",
+        "created_at",
     ),
     "api_key": ("id", "name", "created_at"),
 }
@@ -166,9 +189,7 @@ class LLMKitSource:
         """Every log row not in `skip`, oldest id first, read a few hundred at a time."""
         if not self.log_columns:
             return
-        cursor = self.conn.execute(
-            f"SELECT {', '.join(self.log_columns)} FROM log ORDER BY id"
-        )
+        cursor = self.conn.execute(f"SELECT {', '.join(self.log_columns)} FROM log ORDER BY id")
         while rows := cursor.fetchmany(500):
             for row in rows:
                 if int(row["id"]) in skip:
@@ -190,7 +211,7 @@ class LLMKitSource:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "LLMKitSource":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -204,17 +225,17 @@ def parse_time(value: Any) -> datetime | None:
         return None
     if isinstance(value, int | float):
         try:
-            return datetime.fromtimestamp(value, timezone.utc)
+            return datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
             return None
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def open_source(path: Path) -> LLMKitSource:
@@ -234,9 +255,7 @@ def open_source(path: Path) -> LLMKitSource:
     try:
         # One snapshot for the whole import, even while LLMKit keeps writing.
         conn.execute("BEGIN")
-        tables = {
-            r[0]: r[1] for r in conn.execute("SELECT name, type FROM sqlite_master")
-        }
+        tables = {r[0]: r[1] for r in conn.execute("SELECT name, type FROM sqlite_master")}
         source = _read(conn, path, _columns(conn, tables))
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -327,9 +346,7 @@ def _read(conn: sqlite3.Connection, path: Path, columns: dict[str, set[str]]) ->
     has_base = "base_url" in columns["provider"]
     providers = {
         int(r["id"]): (_text(r["name"]), _text_or_none(r["base_url"]) if has_base else None)
-        for r in conn.execute(
-            f"SELECT id, name{', base_url' if has_base else ''} FROM provider"
-        )
+        for r in conn.execute(f"SELECT id, name{', base_url' if has_base else ''} FROM provider")
     }
     for r in conn.execute("SELECT id, provider_id, name FROM model"):
         provider, base_url = providers.get(int(r["provider_id"]), ("unknown", None))
@@ -445,7 +462,7 @@ def _read_evals(conn: sqlite3.Connection, present: set[str]) -> list[SourceEval]
 
 
 def _get(row: sqlite3.Row, name: str) -> Any:
-    return row[name] if name in row.keys() else None
+    return row[name] if name in row.keys() else None  # noqa: SIM118 (`in row` reads values)
 
 
 def _text(value: Any, errors: str = "replace") -> str:

@@ -99,7 +99,7 @@ def m001_initial(conn: sqlite3.Connection) -> None:
             name TEXT PRIMARY KEY,
             value TEXT
         );
-        """
+        """,
     )
 
 
@@ -187,7 +187,7 @@ class Index:
         for number in range(1, self.sync_attempts + 1):
             try:
                 return attempt()
-            except Exception as exc:  # noqa: BLE001 - a scan or git read fails on a changing tree
+            except Exception as exc:
                 failure = exc
             # Whatever this attempt read from the files may not have reached the database.
             self._stat_cache.clear()
@@ -308,7 +308,8 @@ class Index:
             # A blob skipped as already stored may have been a draft's that another process
             # has dropped since; such a blob is read again here.
             missing = _missing_blobs(conn, [b for b in wanted if b not in contents])
-            contents.update({b: _decode(d) for b, d in self.store.read_blobs(missing).items()})
+            again = self.store.read_blobs(missing)
+            contents.update({b: _decode(d, self._max_bytes) for b, d in again.items()})
             self._insert_history(conn, history, start, versions, contents)
             self._set_state(conn, head, branch)
             return SyncReport(new_commits=len(history), changed={k for k, _, _, _ in versions})
@@ -340,7 +341,9 @@ class Index:
         for chunk_start in range(0, len(ids) if skip_known else 0, 500):
             chunk = ids[chunk_start : chunk_start + 500]
             marks = ",".join("?" * len(chunk))
-            known.update(r[0] for r in conn.execute(f"SELECT id FROM ix_blobs WHERE id IN ({marks})", chunk))
+            known.update(
+                r[0] for r in conn.execute(f"SELECT id FROM ix_blobs WHERE id IN ({marks})", chunk)
+            )
         raw = self.store.read_blobs(i for i in ids if i not in known)
         if progress:
             progress("blobs", len(raw), len(raw))
@@ -360,7 +363,15 @@ class Index:
             "INSERT INTO ix_commits (seq, sha, author_name, author_email, authored_at, committed_at, message)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (start + i, c.sha, c.author_name, c.author_email, c.authored_at, c.committed_at, c.message)
+                (
+                    start + i,
+                    c.sha,
+                    c.author_name,
+                    c.author_email,
+                    c.authored_at,
+                    c.committed_at,
+                    c.message,
+                )
                 for i, (c, _) in enumerate(history)
             ],
         )
@@ -371,7 +382,9 @@ class Index:
         conn.executemany(
             "INSERT INTO ix_versions (key, number, seq, blob) VALUES (?, ?, ?, ?)", versions
         )
-        existing = {r[0] for r in conn.execute("SELECT key FROM ix_prompts WHERE first_seq IS NOT NULL")}
+        existing = {
+            r[0] for r in conn.execute("SELECT key FROM ix_prompts WHERE first_seq IS NOT NULL")
+        }
         first_seen: dict[str, int] = {}
         for key, _, seq, _ in versions:
             if key not in existing:
@@ -381,13 +394,22 @@ class Index:
             conn.execute("UPDATE ix_prompts SET id = -id WHERE first_seq IS NULL")
             marks = ",".join("?" * len(first_seen))
             conn.execute(
-                f"DELETE FROM ix_prompts WHERE first_seq IS NULL AND key IN ({marks})", list(first_seen)
+                f"DELETE FROM ix_prompts WHERE first_seq IS NULL AND key IN ({marks})",
+                list(first_seen),
             )
-            next_id = (conn.execute("SELECT MAX(id) FROM ix_prompts WHERE first_seq IS NOT NULL").fetchone()[0] or 0) + 1
+            next_id = (
+                conn.execute(
+                    "SELECT MAX(id) FROM ix_prompts WHERE first_seq IS NOT NULL"
+                ).fetchone()[0]
+                or 0
+            ) + 1
             ordered = sorted(first_seen.items(), key=lambda kv: (kv[1], kv[0]))
             conn.executemany(
                 "INSERT INTO ix_prompts (key, id, path, first_seq, present) VALUES (?, ?, ?, ?, 0)",
-                [(key, next_id + i, path_for_key(key), seq) for i, (key, seq) in enumerate(ordered)],
+                [
+                    (key, next_id + i, path_for_key(key), seq)
+                    for i, (key, seq) in enumerate(ordered)
+                ],
             )
 
     def _scan_working_tree(self, conn: sqlite3.Connection) -> set[str]:
@@ -431,14 +453,20 @@ class Index:
                 " ON v.key = m.key AND v.number = m.n"
             )
         }
-        drafts = {r[0]: r[1] for r in conn.execute("SELECT key, blob FROM ix_versions WHERE seq IS NULL")}
+        drafts = {
+            r[0]: r[1] for r in conn.execute("SELECT key, blob FROM ix_versions WHERE seq IS NULL")
+        }
         present = {r[0]: bool(r[1]) for r in conn.execute("SELECT key, present FROM ix_prompts")}
         spare_id = min(0, conn.execute("SELECT MIN(id) FROM ix_prompts").fetchone()[0] or 0)
         changed: set[str] = set()
         for key in set(present) | set(on_disk):
-            blob = on_disk.get(key)
+            on_disk_blob = on_disk.get(key)
             committed_number, committed_blob = latest.get(key, (0, None))
-            want_draft = blob if blob is not None and blob != committed_blob else None
+            want_draft = (
+                on_disk_blob
+                if on_disk_blob is not None and on_disk_blob != committed_blob
+                else None
+            )
             if drafts.get(key) != want_draft:
                 conn.execute("DELETE FROM ix_versions WHERE key = ? AND seq IS NULL", (key,))
                 if want_draft is not None:
@@ -454,26 +482,36 @@ class Index:
                     (key, spare_id, path_for_key(key)),
                 )
                 changed.add(key)
-            elif present[key] != (blob is not None):
-                conn.execute("UPDATE ix_prompts SET present = ? WHERE key = ?", (int(blob is not None), key))
+            elif present[key] != (on_disk_blob is not None):
+                conn.execute(
+                    "UPDATE ix_prompts SET present = ? WHERE key = ?",
+                    (int(on_disk_blob is not None), key),
+                )
                 changed.add(key)
         # A prompt with no history that left the working tree is gone entirely.
-        conn.execute(
-            "DELETE FROM ix_prompts WHERE first_seq IS NULL AND present = 0"
-        )
+        conn.execute("DELETE FROM ix_prompts WHERE first_seq IS NULL AND present = 0")
         return changed
 
     def _number_drafts(self, conn: sqlite3.Connection) -> None:
         """Ids of working-tree-only prompts follow every prompt with history, in key order."""
-        rows = conn.execute("SELECT key, id FROM ix_prompts WHERE first_seq IS NULL ORDER BY key").fetchall()
-        base = conn.execute("SELECT MAX(id) FROM ix_prompts WHERE first_seq IS NOT NULL").fetchone()[0] or 0
+        rows = conn.execute(
+            "SELECT key, id FROM ix_prompts WHERE first_seq IS NULL ORDER BY key"
+        ).fetchall()
+        base = (
+            conn.execute("SELECT MAX(id) FROM ix_prompts WHERE first_seq IS NOT NULL").fetchone()[0]
+            or 0
+        )
         wanted = [(base + 1 + i, key) for i, (key, _) in enumerate(rows)]
         if [r[1] for r in rows] != [w[0] for w in wanted]:
             conn.execute("UPDATE ix_prompts SET id = -id - 1000000 WHERE first_seq IS NULL")
             conn.executemany("UPDATE ix_prompts SET id = ? WHERE key = ?", wanted)
 
     def _state(self, name: str) -> str | None:
-        row = self.db.reader().execute("SELECT value FROM ix_state WHERE name = ?", (name,)).fetchone()
+        row = (
+            self.db.reader()
+            .execute("SELECT value FROM ix_state WHERE name = ?", (name,))
+            .fetchone()
+        )
         return row[0] if row else None
 
     def _indexed(self, conn: sqlite3.Connection) -> tuple[str | None, str]:
@@ -524,16 +562,24 @@ class Index:
         if text.isdigit():
             row = None
             if int(text) <= MAX_SQLITE_INT:
-                row = conn.execute("SELECT id, key, path, present FROM ix_prompts WHERE id = ?", (int(text),)).fetchone()
+                row = conn.execute(
+                    "SELECT id, key, path, present FROM ix_prompts WHERE id = ?", (int(text),)
+                ).fetchone()
         else:
             validate_key(text)
-            row = conn.execute("SELECT id, key, path, present FROM ix_prompts WHERE key = ?", (text,)).fetchone()
+            row = conn.execute(
+                "SELECT id, key, path, present FROM ix_prompts WHERE key = ?", (text,)
+            ).fetchone()
         if row is None or (not include_deleted and not row[3]):
-            raise NotFound(f"No prompt found with {'id' if text.isdigit() else 'key'} {text!r}", param="model")
+            raise NotFound(
+                f"No prompt found with {'id' if text.isdigit() else 'key'} {text!r}", param="model"
+            )
         served = self._served_versions(conn, row[1])
         return self._prompt_from(row, served.get(row[1]))
 
-    def _served_versions(self, conn: sqlite3.Connection, key: str | None = None) -> dict[str, tuple]:
+    def _served_versions(
+        self, conn: sqlite3.Connection, key: str | None = None
+    ) -> dict[str, tuple]:
         where, args = ("WHERE v.key = ?", (key,)) if key else ("", ())
         rows = conn.execute(
             "SELECT v.key, v.number, v.seq, v.blob, c.sha, m.committed FROM ix_versions v"
@@ -555,27 +601,39 @@ class Index:
                 version = self._version(key, number, seq, blob, sha)
         return Prompt(pid, key, path, present, version, latest_committed)
 
-    def _version(self, key: str, number: int | None, seq: int | None, blob: str, sha: str | None) -> Version:
+    def _version(
+        self, key: str, number: int | None, seq: int | None, blob: str, sha: str | None
+    ) -> Version:
         conn = self.db.reader()
-        content, error = conn.execute("SELECT content, error FROM ix_blobs WHERE id = ?", (blob,)).fetchone() or (None, "missing")
+        content, error = conn.execute(
+            "SELECT content, error FROM ix_blobs WHERE id = ?", (blob,)
+        ).fetchone() or (None, "missing")
         commit = self._commit(seq) if seq is not None else None
         return Version(key, number, sha, blob, content, error, commit, draft=seq is None)
 
     def _commit(self, seq: int) -> Commit | None:
-        row = self.db.reader().execute(
-            "SELECT sha, author_name, author_email, authored_at, committed_at, message FROM ix_commits WHERE seq = ?",
-            (seq,),
-        ).fetchone()
+        row = (
+            self.db.reader()
+            .execute(
+                "SELECT sha, author_name, author_email, authored_at, committed_at, message FROM ix_commits WHERE seq = ?",
+                (seq,),
+            )
+            .fetchone()
+        )
         return Commit(*row) if row else None
 
     def versions(self, ident: str | int) -> list[Version]:
         """Every version of a prompt, oldest first, the draft (if any) last."""
         prompt = self.get_prompt(ident)
-        rows = self.db.reader().execute(
-            "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
-            " WHERE v.key = ? ORDER BY v.number",
-            (prompt.key,),
-        ).fetchall()
+        rows = (
+            self.db.reader()
+            .execute(
+                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
+                " WHERE v.key = ? ORDER BY v.number",
+                (prompt.key,),
+            )
+            .fetchall()
+        )
         return [self._version(prompt.key, r[0], r[1], r[2], r[3]) for r in rows]
 
     def version(self, ident: str | int, spec: str | int | None = None) -> Version:
@@ -584,7 +642,9 @@ class Index:
         assert version is not None
         return version
 
-    def version_without_git(self, ident: str | int, spec: str | int | None = None) -> Version | None:
+    def version_without_git(
+        self, ident: str | int, spec: str | int | None = None
+    ) -> Version | None:
         """The version when the index resolves it alone: the served one, a number, a sha
         prefix, or a branch or tag already read since the last change (a few SQLite reads, no
         git). None when only git can say: then `version()` runs git, off the event loop."""
@@ -600,7 +660,10 @@ class Index:
         prompt = self.get_prompt(ident)
         if spec is None or spec == "":
             if prompt.version is None:
-                raise NotFound(f"Prompt {prompt.key!r} has been deleted; its history is still readable", param="model")
+                raise NotFound(
+                    f"Prompt {prompt.key!r} has been deleted; its history is still readable",
+                    param="model",
+                )
             if isinstance(ident, str) and ident == prompt.key:
                 with self._cache_lock:
                     if epoch == self._epoch:
@@ -642,7 +705,10 @@ class Index:
                 if epoch == self._epoch:
                     self._ref_cache[cache_key] = found
         if found is None:
-            raise NotFound(f"Prompt {key!r} has no version {ref!r} (not a version number, sha or git ref)", param="model")
+            raise NotFound(
+                f"Prompt {key!r} has no version {ref!r} (not a version number, sha or git ref)",
+                param="model",
+            )
         return found
 
     def _read_ref(self, key: str, ref: str) -> Version | None:
@@ -654,10 +720,14 @@ class Index:
         if data is None:
             return None
         last = self.store.last_commit_touching(path, commit) or commit
-        row = self.db.reader().execute(
-            "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key = ? AND c.sha = ?",
-            (key, last),
-        ).fetchone()
+        row = (
+            self.db.reader()
+            .execute(
+                "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key = ? AND c.sha = ?",
+                (key, last),
+            )
+            .fetchone()
+        )
         content, error = _decode(data, self._max_bytes)
         info = self.store.commit_info(last)
         return Version(key, row[0] if row else None, last, blob_id(data), content, error, info)
@@ -669,14 +739,18 @@ class Index:
         for version in self.versions(ident):
             before = previous.content or "" if previous else ""
             old_name = f"{version.path}@{label(previous) if previous else 0}"
-            diff = unified_diff(before, version.content or "", old_name, f"{version.path}@{label(version)}")
+            diff = unified_diff(
+                before, version.content or "", old_name, f"{version.path}@{label(version)}"
+            )
             result.append((version, diff))
             previous = version
         return result
 
-    def diff(self, ident: str | int, old: str | int, new: str | int) -> str:
+    def diff(self, ident: str | int, old: str | int, new: str | int | None) -> str:
         a, b = self.version(ident, old), self.version(ident, new)
-        return unified_diff(a.content or "", b.content or "", f"{a.path}@{label(a)}", f"{b.path}@{label(b)}")
+        return unified_diff(
+            a.content or "", b.content or "", f"{a.path}@{label(a)}", f"{b.path}@{label(b)}"
+        )
 
     def head(self) -> str | None:
         return self._state("head")

@@ -81,8 +81,12 @@ def lint_repo(root: Path) -> list[Problem]:
     with GitStore(root) as store:
         links, files = store.symlinks(), store.working_files(PROMPTS_DIR, (PROMPT_SUFFIX,))
     problems = [
-        Problem(link, 1, "Symbolic link: llmkit never follows links inside prompts/ and evals/;"
-                " put the file itself there")
+        Problem(
+            link,
+            1,
+            "Symbolic link: llmkit never follows links inside prompts/ and evals/;"
+            " put the file itself there",
+        )
         for link in links
     ]
     for rel, path in sorted(files.items()):
@@ -109,7 +113,8 @@ def _case_collisions(files: dict[str, Path]) -> list[Problem]:
             continue
     return [
         Problem(
-            path_for_key(key), 1,
+            path_for_key(key),
+            1,
             f"Prompt key {key!r} differs only in case from {other!r}; on macOS and Windows"
             " both are one file, so the repository cannot be checked out there",
         )
@@ -124,7 +129,7 @@ def _lint_config(root: Path) -> list[Problem]:
     try:
         ModelRegistry(root / "llmkit.yaml").aliases()
     except ConfigError as exc:
-        match = re.match(r"llmkit\.yaml(?::(\d+))?: (.*)", exc.message, re.S)
+        match = re.match(r"llmkit\.yaml(?::(\d+))?: (.*)", exc.message, re.DOTALL)
         line, message = (int(match.group(1) or 1), match.group(2)) if match else (1, exc.message)
         return [Problem("llmkit.yaml", line, message)]
     return []

@@ -130,7 +130,11 @@ def _load_aliases(name: str, data: dict[Any, Any]) -> tuple[dict[str, ModelTarge
     for alias, spec in models.items():
         if isinstance(spec, str):
             spec = {"model": spec}
-        if not isinstance(spec, dict) or not isinstance(spec.get("model"), str) or not spec["model"]:
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("model"), str)
+            or not spec["model"]
+        ):
             return {}, f"{name}: alias {alias!r} needs a 'model' string"
         fallbacks = spec.get("fallbacks") or []
         if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
@@ -168,15 +172,21 @@ def _field_problem(spec: dict[str, Any]) -> str | None:
         if value is not None and (not isinstance(value, str) or not value):
             return f"{key} must be a non-empty string, got {value!r}"
     timeout = spec.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
         return f"timeout must be a positive number of seconds, got {timeout!r}"
     retries = spec.get("max_retries")
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
+    ):
         return f"max_retries must be a whole number of at least 0, got {retries!r}"
     return None
 
 
-def describe_models(registry: ModelRegistry, prompt_models: dict[str, list[str]]) -> list[dict[str, Any]]:
+def describe_models(
+    registry: ModelRegistry, prompt_models: dict[str, list[str]]
+) -> list[dict[str, Any]]:
     """Aliases and the models prompts use, with provider and whether the key is set."""
     from llmkit.providers import key_env_of, key_is_set, provider_of
 

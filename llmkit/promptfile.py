@@ -133,7 +133,9 @@ def validate_key(key: str) -> str:
             param="key",
         )
     if key.isdigit():
-        raise InvalidKey(f"Invalid prompt key {key!r}: a key of digits only would read as an id", param="key")
+        raise InvalidKey(
+            f"Invalid prompt key {key!r}: a key of digits only would read as an id", param="key"
+        )
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidKey(f"Invalid prompt key {key!r}: empty, '.' or '..' segment", param="key")
@@ -255,11 +257,15 @@ def meta_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
     for name, value in meta.items():
         bad = surrogate_in(value)
         if bad is not None:
-            problems.append((
-                str(name),
-                f"Frontmatter key {name!r} holds a lone surrogate (U+{ord(bad):04X}), which is"
-                " not a character and cannot be stored as UTF-8",
-            ))
+            problems.append(
+                (
+                    str(name),
+                    (
+                        f"Frontmatter key {name!r} holds a lone surrogate (U+{ord(bad):04X}), which is"
+                        " not a character and cannot be stored as UTF-8"
+                    ),
+                )
+            )
     return problems
 
 
@@ -393,12 +399,14 @@ def _split_sections(
         marker = MARKER_RE.match(line.strip())
         if marker is None or marker.group(1) not in ROLES:
             found = marker.group(1) if marker else line.strip()
-            problems.append(PromptFormatError(
-                f"Unknown role marker {found!r}; use one of: "
-                + ", ".join(f"<!-- role:{r} -->" for r in ROLES),
-                path=path,
-                line=first_line + offset,
-            ))
+            problems.append(
+                PromptFormatError(
+                    f"Unknown role marker {found!r}; use one of: "
+                    + ", ".join(f"<!-- role:{r} -->" for r in ROLES),
+                    path=path,
+                    line=first_line + offset,
+                )
+            )
             lines.append(line)  # kept as text, so the lines after it keep their numbers
             continue
         if explicit or _strip_blank(lines):

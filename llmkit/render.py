@@ -62,7 +62,7 @@ class _RecordingUndefined(Undefined):
         self._record()
         return ""
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         self._record()
         return iter(())
 
@@ -182,9 +182,23 @@ def _hardest_line(source: str) -> int:
 # Nodes of a template that only substitutes variables: each costs time linear in the values it
 # reads and writes, and none can loop, call, recurse or multiply.
 _QUICK_NODES = (
-    nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const, nodes.Getattr,
-    nodes.Getitem, nodes.If, nodes.Not, nodes.And, nodes.Or, nodes.CondExpr, nodes.Concat,
-    nodes.Compare, nodes.Operand, nodes.Filter, nodes.Test,
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Const,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.If,
+    nodes.Not,
+    nodes.And,
+    nodes.Or,
+    nodes.CondExpr,
+    nodes.Concat,
+    nodes.Compare,
+    nodes.Operand,
+    nodes.Filter,
+    nodes.Test,
 )
 _QUICK_FILTERS = frozenset({"default", "d", "trim", "upper", "lower", "string"})
 _QUICK_TESTS = frozenset({"defined", "undefined", "none", "true", "false", "string", "number"})

@@ -32,13 +32,16 @@ import re
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from llmkit.db import Database, Migrations
 from llmkit.errors import BadRequest, NotFound, RunLogUnavailable
-from llmkit.runlog_rows import Shaper, format_time
-from llmkit.runlog_rows import utc_now as utc_now  # the stored time shape, used beside rows
+from llmkit.runlog_rows import (
+    Shaper,
+    format_time,
+    utc_now,  # the stored time shape, used beside rows
+)
 from llmkit.runlog_writer import LogWriter
 
 STATUSES = ("ok", "error", "cancelled")
@@ -275,10 +278,18 @@ def version_columns(version: LoggedVersion) -> dict[str, Any]:
     """The version fields of a record for `version`: its number and sha, or for a draft, the
     draft flag and the blob id of its text."""
     if version.draft:
-        return {"version_number": None, "version_sha": None, "draft": True,
-                "draft_blob": version.blob}
-    return {"version_number": version.number, "version_sha": version.sha, "draft": False,
-            "draft_blob": None}
+        return {
+            "version_number": None,
+            "version_sha": None,
+            "draft": True,
+            "draft_blob": version.blob,
+        }
+    return {
+        "version_number": version.number,
+        "version_sha": version.sha,
+        "draft": False,
+        "draft_blob": None,
+    }
 
 
 def version_label(row: dict[str, Any]) -> str:
@@ -310,8 +321,8 @@ def canonical_time(value: str | datetime, param: str) -> str:
     else:
         raise BadRequest(f"{param} is not an ISO-8601 time: {_shown(value)}", param=param)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return format_time(moment.astimezone(timezone.utc))
+        moment = moment.replace(tzinfo=UTC)
+    return format_time(moment.astimezone(UTC))
 
 
 def _json_value(text: str | None, truncated: bool = False) -> Any:
@@ -581,11 +592,7 @@ class RunLog:
         return int(row[0])
 
     def get(self, trace_id: str) -> dict[str, Any] | None:
-        row = (
-            self._db.reader()
-            .execute(f"{_SELECT} WHERE trace_id = ?", (trace_id,))
-            .fetchone()
-        )
+        row = self._db.reader().execute(f"{_SELECT} WHERE trace_id = ?", (trace_id,)).fetchone()
         return None if row is None else _row_to_dict(row)
 
     def find(self, trace: str) -> dict[str, Any]:
@@ -641,7 +648,10 @@ class RunLog:
         result = []
         for row in reader.execute(_STATS_TOTALS, (prompt_key,)).fetchall():
             version = (
-                prompt_key, row["version_number"], row["version_sha"], row["draft"],
+                prompt_key,
+                row["version_number"],
+                row["version_sha"],
+                row["draft"],
                 row["draft_blob"],
             )
             count = int(row["count"])
@@ -668,7 +678,10 @@ class RunLog:
             )
         result.sort(
             key=lambda s: (
-                s["version_number"] is None, s["version_number"] or 0, s["draft"], s["first_at"]
+                s["version_number"] is None,
+                s["version_number"] or 0,
+                s["draft"],
+                s["first_at"],
             )
         )
         return result

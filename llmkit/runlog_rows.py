@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 REPLACEMENT = "\ufffd"
@@ -31,7 +31,7 @@ MAX_INT_BITS = 10_000
 
 def utc_now() -> str:
     """Now as ISO-8601 UTC with milliseconds; this fixed shape sorts as text."""
-    return format_time(datetime.now(timezone.utc))
+    return format_time(datetime.now(UTC))
 
 
 def format_time(moment: datetime) -> str:

@@ -183,9 +183,7 @@ class LogWriter:
         with self._state_lock:
             # Under the lock so that nothing can be queued behind close()'s stop marker.
             if self._closed:
-                raise RuntimeError(
-                    f"RunLog is closed; run {values[self._trace_index]} not logged"
-                )
+                raise RuntimeError(f"RunLog is closed; run {values[self._trace_index]} not logged")
             self._queue.put(QueuedRow(values, waiter))
             if waiter is not None:
                 # A caller waits for this row: cut the batch window short.

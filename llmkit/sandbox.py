@@ -88,9 +88,17 @@ class RenderState:
     missing, and its state as the watchdog sees it (changed under the watchdog's lock)."""
 
     __slots__ = (
-        "limits", "chars", "macro_depth", "missing", "missing_attributes", "running",
-        "thread_id", "clock",
-        "started_cpu", "started_wall", "fired_at",
+        "chars",
+        "clock",
+        "fired_at",
+        "limits",
+        "macro_depth",
+        "missing",
+        "missing_attributes",
+        "running",
+        "started_cpu",
+        "started_wall",
+        "thread_id",
     )
 
     def __init__(self, limits: Limits) -> None:
@@ -154,7 +162,8 @@ def guarded(render: RenderState, work: Callable[[], T]) -> T:
         # the interruption may have cut the stop above short.
         _watchdog.stop(render)
         raise OverBudget(
-            "render_cpu_ms", f"more than {render.limits.render_cpu_ms} ms of CPU time",
+            "render_cpu_ms",
+            f"more than {render.limits.render_cpu_ms} ms of CPU time",
             exc.__traceback__,
         ) from None
 
@@ -403,8 +412,14 @@ def _before_indent(s: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None:
         _refuse_size(len(str(s)) + per_line * (str(s).count("\n") + 1), "the indented text")
 
 
-def _before_wordwrap(s: Any, width: Any = 79, break_long_words: Any = True,
-                     wrapstring: Any = None, *args: Any, **kwargs: Any) -> None:
+def _before_wordwrap(
+    s: Any,
+    width: Any = 79,
+    break_long_words: Any = True,
+    wrapstring: Any = None,
+    *args: Any,
+    **kwargs: Any,
+) -> None:
     wrapstring = kwargs.get("wrapstring", wrapstring)
     if isinstance(width, int) and isinstance(wrapstring, str):
         lines = len(str(s)) // max(width, 1) + 1
@@ -428,7 +443,7 @@ def _before_slice(value: Any, slices: Any, fill_with: Any = None) -> None:
 def _before_sum(iterable: Any, attribute: Any = None, start: Any = 0) -> None:
     if not isinstance(start, (int, float)):
         # Adding up lists or strings copies every partial sum: quadratic, in one C call.
-        raise ValueError("in templates, sum adds numbers only")
+        raise ValueError("in templates, sum adds numbers only")  # noqa: TRY004 (as jinja raises)
 
 
 _FILTER_CHECKS: dict[str, Callable[..., None]] = {
@@ -495,7 +510,7 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
 
     code_generator_class = _CheckedCodeGenerator
     intercepted_binops = frozenset({"*", "**", "+", "%"})
-    concat = staticmethod(_checked_concat)  # type: ignore[assignment]
+    concat = staticmethod(_checked_concat)
     checked = staticmethod(_checked)
 
     def __init__(self, **options: Any) -> None:
@@ -508,7 +523,7 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
         _check_binop(operator, left, right)
         return _checked(super().call_binop(context, operator, left, right))
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: PYI063 (jinja's own signature)
         _check_method(__obj, args, kwargs)
         if not isinstance(__obj, Macro):
             return _checked(super().call(__context, __obj, *args, **kwargs))

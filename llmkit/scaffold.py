@@ -205,11 +205,20 @@ def init_repository(directory: Path, repository: str = SOURCE_REPOSITORY) -> Ini
         with GitStore(root) as store:
             identity = store.identity_env()
         _git(root, "add", "--", *report.created)
-        _git(root, "commit", "-q", "-m", "Set up the prompt repository for llmkit",
-             "--", *report.created, env=identity)
+        _git(
+            root,
+            "commit",
+            "-q",
+            "-m",
+            "Set up the prompt repository for llmkit",
+            "--",
+            *report.created,
+            env=identity,
+        )
         report.committed = True
     report.placeholder = repository == SOURCE_REPOSITORY and any(
-        rel in PINNED_FILES for rel in report.created)
+        rel in PINNED_FILES for rel in report.created
+    )
     return report
 
 
@@ -243,7 +252,13 @@ def _ignore_llmkit_folder(root: Path, report: InitReport) -> None:
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, check=False)
+    proc = subprocess.run(
+        ["git", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
     if proc.returncode != 0:
         raise ConfigError(f"git {args[0]} failed in {root}: {proc.stderr.strip()}")

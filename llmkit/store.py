@@ -185,8 +185,12 @@ class GitStore:
         try:
             if input is None:
                 status, out, err = cmd.execute(
-                    command, with_extended_output=True, with_exceptions=False,
-                    stdout_as_string=False, strip_newline_in_stdout=False, env=env,
+                    command,
+                    with_extended_output=True,
+                    with_exceptions=False,
+                    stdout_as_string=False,
+                    strip_newline_in_stdout=False,
+                    env=env,
                 )
             else:
                 # execute() takes stdin only as a file; a pipe fed by communicate() cannot
@@ -249,9 +253,16 @@ class GitStore:
     def resolve_ref(self, ref: str) -> str | None:
         """A commit sha for a branch, tag, or sha prefix; None when there is no such ref. git
         resolves it (GitPython's rev_parse orders refs and sha prefixes differently)."""
-        if not ref or ref.startswith("-") or any(c in ref for c in " \t\n\x00:?*[\\") or ".." in ref:
+        if (
+            not ref
+            or ref.startswith("-")
+            or any(c in ref for c in " \t\n\x00:?*[\\")
+            or ".." in ref
+        ):
             return None
-        proc = self.git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False)
+        proc = self.git(
+            "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False
+        )
         return proc.stdout.decode().strip() or None
 
     def is_ancestor(self, older: str, newer: str) -> bool:
@@ -272,8 +283,18 @@ class GitStore:
             return []
         rev = f"{since}..{until}" if since else until
         raw = self.git(
-            "log", "-z", "--reverse", "--topo-order", "--no-renames", "--raw", "--no-abbrev", "-c",
-            f"--format={_LOG_FORMAT}", rev, "--", *TRACKED_DIRS,
+            "log",
+            "-z",
+            "--reverse",
+            "--topo-order",
+            "--no-renames",
+            "--raw",
+            "--no-abbrev",
+            "-c",
+            f"--format={_LOG_FORMAT}",
+            rev,
+            "--",
+            *TRACKED_DIRS,
         ).stdout.decode("utf-8", "surrogateescape")
         return list(_parse_log(raw))
 
@@ -330,7 +351,8 @@ class GitStore:
         cmd = self.repo.git
         auto = cmd.execute(
             [cmd.GIT_PYTHON_GIT_EXECUTABLE, "cat-file", "--batch"],
-            istream=subprocess.PIPE, as_process=True,
+            istream=subprocess.PIPE,
+            as_process=True,
         )
         proc = auto.proc  # the Popen; `auto` stops it if this is left early
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
@@ -350,7 +372,9 @@ class GitStore:
             for sha in wanted:
                 header = out.readline().split()
                 if not header:
-                    raise GitError(f"git cat-file stopped after {len(result)} of {len(wanted)} blobs")
+                    raise GitError(
+                        f"git cat-file stopped after {len(result)} of {len(wanted)} blobs"
+                    )
                 if len(header) < 3 or header[1] != b"blob":
                     continue  # missing object
                 size = int(header[2])
@@ -373,7 +397,9 @@ class GitStore:
         return proc.stdout.decode().strip() or None
 
     def commit_info(self, sha: str) -> Commit:
-        raw = self.git("log", "-1", f"--format={_LOG_FORMAT}", sha).stdout.decode("utf-8", "replace")
+        raw = self.git("log", "-1", f"--format={_LOG_FORMAT}", sha).stdout.decode(
+            "utf-8", "replace"
+        )
         for commit, _ in _parse_log(raw):
             return commit
         raise NotFound(f"No commit {sha}")
@@ -513,8 +539,14 @@ class GitStore:
         """
         self.confine(rel_path)
         return self.writer.commit_file(
-            rel_path, content, message=message, author_name=author_name,
-            author_email=author_email, base=base, create=create, precheck=precheck,
+            rel_path,
+            content,
+            message=message,
+            author_name=author_name,
+            author_email=author_email,
+            base=base,
+            create=create,
+            precheck=precheck,
         )
 
     def recover(self) -> str | None:
@@ -533,7 +565,9 @@ class GitStore:
             if not self.out("config", "user.name", check=False):
                 env.update(GIT_AUTHOR_NAME="llmkit", GIT_COMMITTER_NAME="llmkit")
             if not self.out("config", "user.email", check=False):
-                env.update(GIT_AUTHOR_EMAIL="llmkit@localhost", GIT_COMMITTER_EMAIL="llmkit@localhost")
+                env.update(
+                    GIT_AUTHOR_EMAIL="llmkit@localhost", GIT_COMMITTER_EMAIL="llmkit@localhost"
+                )
             self._identity_env = env
         return dict(self._identity_env)
 
@@ -621,7 +655,9 @@ def _parse_log(raw: str) -> Iterator[tuple[Commit, list[Change]]]:
                 if new_blob == ZERO_SHA:
                     changes.append(Change(tokens[i + 1], "D", None))
                 else:
-                    changes.append(Change(tokens[i + 1], status[0] if parents == 1 else "M", new_blob))
+                    changes.append(
+                        Change(tokens[i + 1], status[0] if parents == 1 else "M", new_blob)
+                    )
                 i += 2
             else:
                 i += 1

@@ -32,7 +32,7 @@ RETRY_MAX_S = 30.0
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: "Watcher") -> None:
+    def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -82,7 +82,11 @@ class Watcher:
         if not parts:
             return False
         if parts[0] == ".git":
-            return len(parts) >= 2 and (parts[1] in GIT_NAMES or parts[1] == "refs") and not rel.name.endswith(".lock")
+            return (
+                len(parts) >= 2
+                and (parts[1] in GIT_NAMES or parts[1] == "refs")
+                and not rel.name.endswith(".lock")
+            )
         if len(parts) == 1:
             return parts[0] in ROOT_NAMES
         return parts[0] in WATCHED_DIRS
@@ -146,7 +150,9 @@ class Watcher:
                 waited = time.monotonic() - first
                 if quiet_for >= self.debounce_s or waited >= self.max_delay_s:
                     break
-                time.sleep(min(self.debounce_s - quiet_for, self.max_delay_s - waited, 0.01) or 0.001)
+                time.sleep(
+                    min(self.debounce_s - quiet_for, self.max_delay_s - waited, 0.01) or 0.001
+                )
             self._pending.clear()
             if self._stop.is_set():
                 break

@@ -34,23 +34,23 @@ class Workspace:
         )
 
     @classmethod
-    def open(cls, repo: str | None = None, **overrides: object) -> "Workspace":
+    def open(cls, repo: str | None = None, **overrides: object) -> Workspace:
         return cls(Settings.resolve(repo, **overrides))
 
     @cached_property
-    def keys(self) -> "KeyStore":
+    def keys(self) -> KeyStore:
         from llmkit.keys import KeyStore
 
         return KeyStore(self.db)
 
     @cached_property
-    def models(self) -> "ModelRegistry":
+    def models(self) -> ModelRegistry:
         from llmkit.models import ModelRegistry
 
         return ModelRegistry(self.settings.config_file)
 
     @cached_property
-    def runlog(self) -> "RunLog":
+    def runlog(self) -> RunLog:
         from llmkit.runlog import RunLog
 
         return RunLog(

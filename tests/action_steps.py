@@ -107,13 +107,17 @@ class ActionRun:
             assert "${{" not in step[key], f"{step.get('name')}: an expression in its script"
         output = self.temp / f"github-output-{len(self.ran)}"
         output.write_text("", "utf-8")
-        env = {**self.env, "GITHUB_OUTPUT": str(output),
-               "GITHUB_ACTION_PATH": str(PROJECT_ROOT)}
+        env = {**self.env, "GITHUB_OUTPUT": str(output), "GITHUB_ACTION_PATH": str(PROJECT_ROOT)}
         env.update({k: self.fill(str(v)) for k, v in (step.get("env") or {}).items()})
         cwd = self.workspace / self.fill(str(step.get("working-directory", ".")))
         proc = subprocess.run(
             ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-            cwd=cwd, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT_S,
+            check=False,
         )
         if "id" in step:
             lines = output.read_text("utf-8").splitlines()

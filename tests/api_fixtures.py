@@ -58,6 +58,7 @@ SEED_FILES = {
     ".gitignore": ".llmkit/\n",
 }
 
+
 def seeded_repo(root: Path) -> Path:
     """A prompt repository holding the seed files, committed."""
     return init_repo(root, SEED_FILES).root

@@ -44,7 +44,9 @@ models:
 def llmkit_yaml(upstream_url: str | None = None) -> str:
     if upstream_url is None:
         return LLMKIT_YAML
-    return LLMKIT_YAML + f"""\
+    return (
+        LLMKIT_YAML
+        + f"""\
   judge:
     model: openai/judge-model
     api_base: {upstream_url}
@@ -58,6 +60,7 @@ def llmkit_yaml(upstream_url: str | None = None) -> str:
     max_retries: 0
     timeout: 10
 """
+    )
 
 
 # A template in both sections; echo answers "system: ...\nuser: ...".

@@ -270,7 +270,9 @@ class ExecApi:
     fake: FakeUpstream
     shas: PinnedShas
 
-    def complete(self, body: dict[str, Any], *, key: str | None = None, path: str = "/v1/chat/completions") -> httpx.Response:
+    def complete(
+        self, body: dict[str, Any], *, key: str | None = None, path: str = "/v1/chat/completions"
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key or self.env.run_key}"}
         return self.env.client.post(path, json=body, headers=headers)
 
@@ -301,13 +303,15 @@ def sse_events(text: str) -> list[Any]:
         if not block:
             continue
         assert block.startswith("data: "), f"not an SSE data event: {block!r}"
-        data = block[len("data: "):]
+        data = block[len("data: ") :]
         events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
 
 @pytest.fixture(scope="module")
-def module_exec_api(module_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecApi]:
+def module_exec_api(
+    module_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ExecApi]:
     """The app over the execution repository, with FAKE_KEY set, for the whole module."""
     repo = tmp_path_factory.mktemp("exec") / "repo"
     shas = build_exec_repo(repo, module_fake.url)
@@ -332,7 +336,9 @@ class ExecServer:
 
 
 @pytest.fixture(scope="module")
-def module_exec_server(module_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecServer]:
+def module_exec_server(
+    module_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ExecServer]:
     """A real `llmkit serve` subprocess over the execution repository, for the whole module."""
     base = tmp_path_factory.mktemp("serve")
     repo = base / "repo"

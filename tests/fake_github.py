@@ -35,15 +35,22 @@ class FakeGitHub:
     def add(self, number: int, body: str, user: str = "someone") -> int:
         with self.lock:
             self.next_id += 1
-            self.comments.setdefault(number, []).append({
-                "id": self.next_id, "body": body, "user": {"login": user},
-                "html_url": f"https://github.test/{REPOSITORY}/pull/{number}#c{self.next_id}",
-            })
+            self.comments.setdefault(number, []).append(
+                {
+                    "id": self.next_id,
+                    "body": body,
+                    "user": {"login": user},
+                    "html_url": f"https://github.test/{REPOSITORY}/pull/{number}#c{self.next_id}",
+                }
+            )
             return self.next_id
 
     def ours(self, number: int) -> list[dict[str, Any]]:
-        return [c for c in self.comments.get(number, [])
-                if c["body"].startswith(github_comment.marker())]
+        return [
+            c
+            for c in self.comments.get(number, [])
+            if c["body"].startswith(github_comment.marker())
+        ]
 
     def methods(self) -> list[str]:
         return [method for method, _, _ in self.requests]
@@ -80,7 +87,7 @@ def handler_for(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
             if (found := issue.fullmatch(parts.path)) and method == "GET":
                 page = int(parse_qs(parts.query).get("page", ["1"])[0])
                 items = fake.comments.get(int(found.group(1)), [])
-                chunk = items[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+                chunk = items[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
                 headers = {}
                 if page * PAGE_SIZE < len(items):
                     nxt = f"{fake.url}{parts.path}?per_page=100&page={page + 1}"

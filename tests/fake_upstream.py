@@ -107,7 +107,7 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self.url = ""
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.fake = self
         self._server = server
@@ -298,7 +298,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self._stream(record, body, completion, reply)
 
     def _stream(
-        self, record: RecordedRequest, body: dict[str, Any], completion: dict[str, Any],
+        self,
+        record: RecordedRequest,
+        body: dict[str, Any],
+        completion: dict[str, Any],
         reply: Reply,
     ) -> str:
         chunks: Iterator[dict[str, Any]] = _chunks(completion, reply.chunk_chars)
@@ -365,8 +368,11 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, data: bytes, content_type: str, headers: dict[str, str]
     ) -> None:
         # Status line, headers and body in one write: split writes meet Nagle/delayed-ACK stalls.
-        lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Content-Type: {content_type}",
-                 f"Content-Length: {len(data)}"]
+        lines = [
+            f"HTTP/1.1 {status} {_reason(status)}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(data)}",
+        ]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
 
@@ -398,7 +404,7 @@ def _default_answer(body: dict[str, Any]) -> tuple[str | None, list[dict[str, An
     messages = body.get("messages") or []
     last = _last_user_content(messages)
     wants_json = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
-    call = re.match(r"call:([\w.-]+)\s*(.*)", last.strip(), re.S)
+    call = re.match(r"call:([\w.-]+)\s*(.*)", last.strip(), re.DOTALL)
     if body.get("tools") and messages and messages[-1].get("role") == "user" and call:
         return None, [{"name": call.group(1), "arguments": call.group(2).strip() or "{}"}]
     if wants_json:
@@ -412,8 +418,11 @@ def _default_answer(body: dict[str, Any]) -> tuple[str | None, list[dict[str, An
 
 def _tool_call(index: int, spec: dict[str, Any]) -> dict[str, Any]:
     if "function" in spec:
-        return {"id": spec.get("id") or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                "function": dict(spec["function"])}
+        return {
+            "id": spec.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": dict(spec["function"]),
+        }
     args = spec.get("arguments", {})
     return {
         "id": spec.get("id") or f"call_fake_{index}",
@@ -440,11 +449,13 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": str(body.get("model", "fake-model")),
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": reply.finish_reason or ("tool_calls" if tool_calls else "stop"),
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": reply.finish_reason or ("tool_calls" if tool_calls else "stop"),
+            }
+        ],
         "usage": usage,
     }
 
@@ -476,9 +487,7 @@ def _chunk(
     }
 
 
-def _chunks(
-    completion: dict[str, Any], chunk_chars: int | None = None
-) -> Iterator[dict[str, Any]]:
+def _chunks(completion: dict[str, Any], chunk_chars: int | None = None) -> Iterator[dict[str, Any]]:
     """The completion as stream chunks: role first, content in pieces (three, or of
     `chunk_chars` characters each), finish_reason last. Made as they are sent, so that a
     large answer is not held twice."""
@@ -492,10 +501,14 @@ def _chunks(
     content = message.get("content") or ""
     step = chunk_chars or max(1, len(content) // 3 + 1)
     for i in range(0, len(content), step):
-        yield delta_chunk({"content": content[i:i + step]})
+        yield delta_chunk({"content": content[i : i + step]})
     for index, call in enumerate(message.get("tool_calls") or []):
-        head = {"index": index, "id": call["id"], "type": "function",
-                "function": {"name": call["function"]["name"], "arguments": ""}}
+        head = {
+            "index": index,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""},
+        }
         yield delta_chunk({"tool_calls": [head]})
         args = call["function"]["arguments"]
         half = len(args) // 2

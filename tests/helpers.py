@@ -76,8 +76,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 def git(cwd: Path, *args: str, check: bool = True, input: str | None = None) -> str:
     """Run git in `cwd`; stdout without its trailing newline (fails the test on an error)."""
     proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, input=input, env=clean_env(),
-        timeout=CLI_TIMEOUT_S, check=False,
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        input=input,
+        env=clean_env(),
+        timeout=CLI_TIMEOUT_S,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
@@ -87,7 +93,11 @@ def git(cwd: Path, *args: str, check: bool = True, input: str | None = None) -> 
 def git_bytes(cwd: Path, *args: str) -> bytes:
     """Run git in `cwd`; its stdout as bytes, untouched."""
     proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, env=clean_env(), timeout=CLI_TIMEOUT_S,
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        env=clean_env(),
+        timeout=CLI_TIMEOUT_S,
         check=False,
     )
     if proc.returncode != 0:
@@ -334,9 +344,22 @@ def start_server(
         out_path, err_path = log.with_suffix(".stdout"), log.with_suffix(".stderr")
         with out_path.open("wb") as out, err_path.open("wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "llmkit", "serve", "--repo", str(repo), "--port", str(port),
-                 *([] if watch else ["--no-watch"]), *flags],
-                stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "llmkit",
+                    "serve",
+                    "--repo",
+                    str(repo),
+                    "--port",
+                    str(port),
+                    *([] if watch else ["--no-watch"]),
+                    *flags,
+                ],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=PROJECT_ROOT,
                 env=dict(env) if env is not None else clean_env(),
             )
         server = ServerProcess(repo, port, proc, log)
@@ -350,9 +373,7 @@ def start_server(
                 f"llmkit serve did not answer within {SERVER_START_TIMEOUT_S} s:\n{server.output()}"
             )
         if "address already in use" not in server.stderr().lower():
-            raise AssertionError(
-                f"llmkit serve exited with {proc.returncode}:\n{server.output()}"
-            )
+            raise AssertionError(f"llmkit serve exited with {proc.returncode}:\n{server.output()}")
     raise AssertionError("llmkit serve found no free port in three tries")
 
 

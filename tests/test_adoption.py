@@ -49,8 +49,13 @@ class Installed:
 
     def llmkit(self, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(self.venv / "bin" / "llmkit"), *args], cwd=cwd, env=self.env,
-            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL,
+            [str(self.venv / "bin" / "llmkit"), *args],
+            cwd=cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
             check=False,
         )
 
@@ -65,8 +70,9 @@ def venv_env(venv: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _checked(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=BUILD_TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
+    )
     assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -80,20 +86,39 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(PROJECT_ROOT / name, source / name)
-    shutil.copytree(PROJECT_ROOT / "llmkit", source / "llmkit",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        PROJECT_ROOT / "llmkit",
+        source / "llmkit",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     env = clean_env(NO_COLOR="1", COLUMNS="200")
     env.pop("PYTHONPATH", None)
     wheels = base / "wheels"
-    _checked([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
-              str(source)], base, env)
+    _checked(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
+        base,
+        env,
+    )
     [wheel] = wheels.glob("llmkit-*.whl")
     venv = base / "venv"
     _checked([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], base, env)
     # --force-reinstall: the system may hold an llmkit of the same version (an editable one);
     # the venv gets its own copy from the wheel, and leaves the system's alone.
-    _checked([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
-              "--no-index", "--force-reinstall", str(wheel)], base, env)
+    _checked(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--force-reinstall",
+            str(wheel),
+        ],
+        base,
+        env,
+    )
     return Installed(venv, wheel, venv_env(venv))
 
 
@@ -110,17 +135,24 @@ def test_the_wheel_carries_the_one_version(installed: Installed) -> None:
 def test_installed_llmkit_runs_in_a_prompt_repository_outside_the_checkout(
     installed: Installed, tmp_path: Path
 ) -> None:
-    repo = EvalRepo.create(tmp_path / "prompts-repo", {
-        "llmkit.yaml": "models:\n  default:\n    model: echo\n",
-        "prompts/greet.md": "---\nmodel: default\n---\n<!-- role:system -->\nSay hello.\n",
-    })
+    repo = EvalRepo.create(
+        tmp_path / "prompts-repo",
+        {
+            "llmkit.yaml": "models:\n  default:\n    model: echo\n",
+            "prompts/greet.md": "---\nmodel: default\n---\n<!-- role:system -->\nSay hello.\n",
+        },
+    )
     for flag in ("--version", "-V"):
         version = installed.llmkit(flag, cwd=repo.root)
         assert version.returncode == 0, version.stderr
         assert version.stdout.strip() == f"llmkit, version {__version__}"
     where = subprocess.run(
         [str(installed.venv / "bin" / "python"), "-c", "import llmkit; print(llmkit.__file__)"],
-        cwd=repo.root, env=installed.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        cwd=repo.root,
+        env=installed.env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
         check=False,
     )
     assert Path(where.stdout.strip()).is_relative_to(installed.venv), where.stdout + where.stderr
@@ -153,8 +185,15 @@ def init(*args: str) -> str:
 def test_init_a_new_repository_pins_the_action_and_the_hook(tmp_path: Path) -> None:
     target = tmp_path / "team-prompts"
     out = init(str(target), "--llmkit-repo", "acme/llmkit")
-    for rel in (".github/workflows/llmkit.yml", ".pre-commit-config.yaml", "LLMKIT.md",
-                "README.md", "llmkit.yaml", "prompts/hello.md", "evals/hello/basic.yaml"):
+    for rel in (
+        ".github/workflows/llmkit.yml",
+        ".pre-commit-config.yaml",
+        "LLMKIT.md",
+        "README.md",
+        "llmkit.yaml",
+        "prompts/hello.md",
+        "evals/hello/basic.yaml",
+    ):
         assert f"created {rel}" in out
     assert SOURCE_REPOSITORY not in out  # no placeholder to replace
     workflow = load_yaml(target / ".github/workflows/llmkit.yml")
@@ -184,7 +223,7 @@ def test_init_an_existing_prompt_repository_keeps_every_file(tmp_path: Path) -> 
         "llmkit.yaml": "models:\n  default:\n    model: echo\n  fast:\n    model: echo\n",
         "prompts/support/reply.md": "---\nmodel: default\n---\n<!-- role:system -->\nHelp.\n",
         "evals/support/reply/basic.yaml": "name: helps\ninput: hi\nassert:\n- type: contains\n"
-                                          "  value: Help.\n",
+        "  value: Help.\n",
         ".pre-commit-config.yaml": "repos: []\n",
         ".gitignore": "*.pyc",  # no final newline
     }
@@ -315,8 +354,13 @@ def runner_env(
     event.write_text(json.dumps({"pull_request": {"number": 42}}), "utf-8")
     summary = tmp_path / "summary.md"
     summary.write_text("", "utf-8")
-    yield {**installed.env, "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_EVENT_PATH": str(event),
-           "GITHUB_API_URL": fake_github.url, "GITHUB_REPOSITORY": REPOSITORY}
+    yield {
+        **installed.env,
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_EVENT_PATH": str(event),
+        "GITHUB_API_URL": fake_github.url,
+        "GITHUB_REPOSITORY": REPOSITORY,
+    }
 
 
 def run_action(team: TeamRepo, tmp_path: Path, branch: str, env: dict[str, str]) -> ActionRun:
@@ -324,25 +368,37 @@ def run_action(team: TeamRepo, tmp_path: Path, branch: str, env: dict[str, str])
     temp = tmp_path / "runner-temp"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
-    run = ActionRun(checkout, temp, env, inputs=scaffolded_action_inputs(checkout),
-                    github={"base_ref": "main", "action_repository": "acme/llmkit"})
+    run = ActionRun(
+        checkout,
+        temp,
+        env,
+        inputs=scaffolded_action_inputs(checkout),
+        github={"base_ref": "main", "action_repository": "acme/llmkit"},
+    )
     run.exit_code = run.run()  # type: ignore[attr-defined]
     return run
 
 
 def test_a_regression_fails_the_pull_request_and_the_fix_passes_it(
-    team_repo: TeamRepo, tmp_path: Path, runner_env: dict[str, str],
+    team_repo: TeamRepo,
+    tmp_path: Path,
+    runner_env: dict[str, str],
     fake_github: FakeGitHub,
 ) -> None:
     # (a) The sign-off is dropped: "signs off politely" passed on main and fails now.
-    team_repo.branch("shorter-reply", {
-        "prompts/support/reply.md": REPLY_MD.replace("Always end with: Have a good day.\n", ""),
-    })
+    team_repo.branch(
+        "shorter-reply",
+        {
+            "prompts/support/reply.md": REPLY_MD.replace("Always end with: Have a good day.\n", ""),
+        },
+    )
     regressed = run_action(team_repo, tmp_path, "shorter-reply", runner_env)
     assert regressed.exit_code == 1, regressed.log()  # type: ignore[attr-defined]
     assert regressed.names() == [
-        "Lint prompts and evals", "Run evals against the base branch",
-        "Comment on the pull request", "Fail on failing cases or regressions",
+        "Lint prompts and evals",
+        "Run evals against the base branch",
+        "Comment on the pull request",
+        "Fail on failing cases or regressions",
     ]
     evals = regressed.step("Run evals against the base branch")
     assert "signs off politely" in evals.stdout and "1 regression" in evals.stdout
@@ -351,8 +407,11 @@ def test_a_regression_fails_the_pull_request_and_the_fix_passes_it(
     assert "Regressions" in markdown and "signs off politely" in markdown
     assert "Before: prompt versions on origin/main" in markdown
     junit = ET.parse(reports / "eval-results.xml").getroot()
-    failing = [c.get("name") for c in junit.iter("testcase")
-               if c.find("failure") is not None or c.find("error") is not None]
+    failing = [
+        c.get("name")
+        for c in junit.iter("testcase")
+        if c.find("failure") is not None or c.find("error") is not None
+    ]
     assert failing == ["signs off politely"]
     assert json.loads((reports / "eval-results.json").read_text("utf-8"))
     assert markdown in Path(runner_env["GITHUB_STEP_SUMMARY"]).read_text("utf-8")
@@ -361,9 +420,12 @@ def test_a_regression_fails_the_pull_request_and_the_fix_passes_it(
 
     # (b) A clean change on another branch: a warmer greeting, both cases still pass. Its
     # run updates the same comment (the fake serves one pull request, number 42).
-    team_repo.branch("warmer-greeting", {
-        "prompts/support/reply.md": REPLY_MD.replace("Greet the", "Warmly greet the"),
-    })
+    team_repo.branch(
+        "warmer-greeting",
+        {
+            "prompts/support/reply.md": REPLY_MD.replace("Greet the", "Warmly greet the"),
+        },
+    )
     clean = run_action(team_repo, tmp_path, "warmer-greeting", runner_env)
     assert clean.exit_code == 0, clean.log()  # type: ignore[attr-defined]
     assert "Fail on failing cases or regressions" not in clean.names()

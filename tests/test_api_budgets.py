@@ -384,7 +384,12 @@ def test_creates_differing_only_in_case_race_and_exactly_one_wins(api: ApiEnv) -
             outcomes: list[str] = []
             start = threading.Barrier(2)
 
-            def create(ws: Workspace, key: str) -> None:
+            def create(
+                ws: Workspace,
+                key: str,
+                start: threading.Barrier = start,
+                outcomes: list[str] = outcomes,
+            ) -> None:
                 start.wait(timeout=10)
                 try:
                     save_prompt(ws, key, parse("hi\n"), create=True)

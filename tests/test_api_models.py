@@ -58,7 +58,11 @@ BAD_BODIES = [
     (b'{"model": "static", "temperature": "hot"}', "temperature", ["temperature", "'hot'"]),
     (b'{"model": "static", "messages": "hi"}', "messages", ["messages must be a list"]),
     (b'{"model": "static", "messages": [{"content": "no role"}]}', "messages", ["messages.0.role"]),
-    (b'{"model": "both", "variables": ["persona"]}', "variables", ["variables must be a JSON object"]),
+    (
+        b'{"model": "both", "variables": ["persona"]}',
+        "variables",
+        ["variables must be a JSON object"],
+    ),
     (b'{"model": "static", "response_format": "json"}', "response_format", ["with a type"]),
     (b'{"model": "static", "stream": "maybe"}', "stream", ["stream"]),
     (b"[1, 2]", None, ["must be a JSON object"]),
@@ -191,7 +195,11 @@ def test_docs_load_swagger_ui_from_llmkit_itself(api: ApiEnv) -> None:
         assert asset.content, url
         kinds[url.rsplit(".", 1)[-1]] = asset
     assert b"SwaggerUIBundle" in kinds["js"].content
-    assert kinds["js"].headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    assert (
+        kinds["js"]
+        .headers["content-type"]
+        .startswith(("text/javascript", "application/javascript"))
+    )
     assert kinds["css"].headers["content-type"].startswith("text/css")
     assert api.client.get("/redoc").status_code == 404  # ReDoc would load from a CDN
     assert api.client.get("/docs/assets/../../pyproject.toml").status_code == 404
@@ -270,8 +278,14 @@ def test_a_system_message_replaced_by_the_prompts_own_is_named_in_a_warning(
 @pytest.mark.parametrize(
     ("body", "warned"),
     [
-        ({"model": "chat", "messages": [{"role": "system", "content": json.dumps(PERSONA)}]}, False),
-        ({"model": "chat", "variables": PERSONA, "messages": [{"role": "user", "content": "x"}]}, False),
+        (
+            {"model": "chat", "messages": [{"role": "system", "content": json.dumps(PERSONA)}]},
+            False,
+        ),
+        (
+            {"model": "chat", "variables": PERSONA, "messages": [{"role": "user", "content": "x"}]},
+            False,
+        ),
         ({"model": "static", "messages": [{"role": "system", "content": "Be loud."}]}, True),
     ],
 )

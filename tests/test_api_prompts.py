@@ -11,9 +11,24 @@ from tests.api_fixtures import HELLO_MD, TRIAGE_MD, ApiEnv, MakeApi, app_routes,
 from tests.helpers import git, git_bytes
 
 LLMKIT_FIELDS = {
-    "id", "key", "system", "user", "model", "max_tokens", "temperature", "json_mode",
-    "prompt_type", "is_chat", "version_id", "version_number", "system_version_diff",
-    "user_version_diff", "updated_at", "sha", "path", "draft",
+    "id",
+    "key",
+    "system",
+    "user",
+    "model",
+    "max_tokens",
+    "temperature",
+    "json_mode",
+    "prompt_type",
+    "is_chat",
+    "version_id",
+    "version_number",
+    "system_version_diff",
+    "user_version_diff",
+    "updated_at",
+    "sha",
+    "path",
+    "draft",
 }
 
 STRUCTURED = {
@@ -58,7 +73,11 @@ def test_list_uses_llmkit_field_names_and_git_versions(api: ApiEnv) -> None:
         assert prompt["version_number"] == 1
         assert prompt["draft"] is False
         parsed = parse(text)
-        assert (prompt["system"], prompt["user"], prompt["model"]) == (parsed.system, parsed.user, "default")
+        assert (prompt["system"], prompt["user"], prompt["model"]) == (
+            parsed.system,
+            parsed.user,
+            "default",
+        )
         assert prompt["prompt_type"] == "dynamic_both"
         assert prompt["updated_at"].endswith("Z")
     assert by_key["hello"]["temperature"] == 0.7
@@ -68,7 +87,9 @@ def test_list_uses_llmkit_field_names_and_git_versions(api: ApiEnv) -> None:
 def test_create_from_fields_and_from_markdown_write_the_same_canonical_file(api: ApiEnv) -> None:
     from_fields = api.post("/v1/ui/prompts", json=STRUCTURED)
     assert from_fields.status_code == 201, from_fields.text
-    from_markdown = api.post("/v1/ui/prompts", json={"key": "team/writer-md", "content": RAW_MARKDOWN})
+    from_markdown = api.post(
+        "/v1/ui/prompts", json={"key": "team/writer-md", "content": RAW_MARKDOWN}
+    )
     assert from_markdown.status_code == 201, from_markdown.text
 
     on_disk = (api.repo / "prompts/team/writer.md").read_bytes()
@@ -110,7 +131,16 @@ def test_update_changes_only_the_fields_given(api: ApiEnv) -> None:
     assert response.status_code == 200, response.text
     after = response.json()
     assert after["temperature"] == 0.1
-    for name in ("system", "user", "model", "description", "max_tokens", "json_mode", "is_chat", "id"):
+    for name in (
+        "system",
+        "user",
+        "model",
+        "description",
+        "max_tokens",
+        "json_mode",
+        "is_chat",
+        "id",
+    ):
         assert after[name] == before[name], name
     assert after["version_number"] == 2
     assert after["sha"] == api.head() != before["sha"]
@@ -130,7 +160,9 @@ def test_update_changes_only_the_fields_given(api: ApiEnv) -> None:
 
 
 def test_update_with_frontmatter_removes_a_field_and_rejects_a_rename(api: ApiEnv) -> None:
-    response = api.put("/v1/ui/prompts/hello", json={"frontmatter": {"temperature": None, "seed": 7}})
+    response = api.put(
+        "/v1/ui/prompts/hello", json={"frontmatter": {"temperature": None, "seed": 7}}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["temperature"] is None
     assert response.json()["frontmatter"]["seed"] == 7
@@ -229,7 +261,9 @@ def test_diff_between_versions(api: ApiEnv) -> None:
     assert "+Second." in diff
     served = api.get("/v1/ui/prompts/hello/diff", params={"from": "1"})
     assert served.json()["diff"] == diff
-    assert api.get("/v1/ui/prompts/hello/diff", params={"from": "2", "to": "2"}).json()["diff"] == ""
+    assert (
+        api.get("/v1/ui/prompts/hello/diff", params={"from": "2", "to": "2"}).json()["diff"] == ""
+    )
     missing = api.get("/v1/ui/prompts/hello/diff")
     assert (missing.status_code, missing.json()["error"]["param"]) == (400, "from")
     assert api.get("/v1/ui/prompts/hello/diff", params={"from": "nope"}).status_code == 404
@@ -243,7 +277,10 @@ def test_delete_commits_the_removal_and_history_stays_readable(api: ApiEnv) -> N
     assert response.json()["deleted"] is True and response.json()["sha"] == api.head()
     assert api.commit_count() == count + 1
     assert not (api.repo / "prompts/hello.md").exists()
-    assert git(api.repo, "ls-tree", "-r", "--name-only", "HEAD", "prompts/") == "prompts/support/triage.md"
+    assert (
+        git(api.repo, "ls-tree", "-r", "--name-only", "HEAD", "prompts/")
+        == "prompts/support/triage.md"
+    )
     assert git(api.repo, "status", "--porcelain") == ""
 
     for ident in ("hello", str(prompt_id)):
@@ -272,10 +309,20 @@ def test_commit_message_and_author_of_each_write_reach_git_log(api: ApiEnv) -> N
         name, email, message = git(api.repo, "log", "-1", "--format=%an%x00%ae%x00%B").split("\x00")
         return name, email, message.strip()
 
-    created = api.post("/v1/ui/prompts", json={"key": "notes", "system": "Take notes.", "message": "Add notes\n\nFor meetings.", **who})
+    created = api.post(
+        "/v1/ui/prompts",
+        json={
+            "key": "notes",
+            "system": "Take notes.",
+            "message": "Add notes\n\nFor meetings.",
+            **who,
+        },
+    )
     assert created.status_code == 201
     assert last_commit() == ("Ada Lovelace", "ada@example.com", "Add notes\n\nFor meetings.")
-    api.put("/v1/ui/prompts/notes", json={"system": "Take short notes.", "message": "Shorter", **who})
+    api.put(
+        "/v1/ui/prompts/notes", json={"system": "Take short notes.", "message": "Shorter", **who}
+    )
     assert last_commit() == ("Ada Lovelace", "ada@example.com", "Shorter")
     api.put("/v1/ui/prompts/notes/set-version/1", json={"message": "Back to long notes", **who})
     assert last_commit() == ("Ada Lovelace", "ada@example.com", "Back to long notes")
@@ -287,14 +334,20 @@ def test_commit_message_and_author_of_each_write_reach_git_log(api: ApiEnv) -> N
     name, email, message = last_commit()
     assert "hello" in message and name == "Test Author" and email == "author@example.com"
     versions = api.get("/v1/ui/prompts/notes/versions").json()
-    assert [v["message"] for v in versions] == ["Add notes\n\nFor meetings.", "Shorter", "Back to long notes"]
+    assert [v["message"] for v in versions] == [
+        "Add notes\n\nFor meetings.",
+        "Shorter",
+        "Back to long notes",
+    ]
     assert {v["author"] for v in versions} == {"Ada Lovelace"}
 
 
 @pytest.mark.parametrize("how", ["if-match", "weak-etag", "base_version"])
 def test_a_write_from_a_stale_base_is_refused_with_409(api: ApiEnv, how: str) -> None:
     base = api.get("/v1/ui/prompts/hello").json()["sha"]
-    assert api.put("/v1/ui/prompts/hello", json={"system": "Someone else's edit."}).status_code == 200
+    assert (
+        api.put("/v1/ui/prompts/hello", json={"system": "Someone else's edit."}).status_code == 200
+    )
     state = repo_state(api.repo)
 
     def stale(body: dict) -> dict:
@@ -314,7 +367,11 @@ def test_a_write_from_a_stale_base_is_refused_with_409(api: ApiEnv, how: str) ->
     assert repo_state(api.repo) == state
 
     current = api.head()
-    fresh = api.put("/v1/ui/prompts/hello", json={"system": "My edit."}, headers={**api.admin, "If-Match": current[:10]})
+    fresh = api.put(
+        "/v1/ui/prompts/hello",
+        json={"system": "My edit."},
+        headers={**api.admin, "If-Match": current[:10]},
+    )
     assert fresh.status_code == 200, fresh.text
     assert fresh.json()["system"] == "My edit."
 
@@ -363,14 +420,20 @@ def test_an_api_commit_holds_only_its_own_file_and_leaves_staged_work_alone(api:
     response = api.put("/v1/ui/prompts/support/triage", json={"system": "Sort it."})
     assert response.status_code == 200, response.text
     assert git(api.repo, "show", "--name-only", "--format=", "HEAD") == "prompts/support/triage.md"
-    assert git(api.repo, "diff", "--cached", "--name-only").split() == ["notes.txt", "prompts/hello.md"]
+    assert git(api.repo, "diff", "--cached", "--name-only").split() == [
+        "notes.txt",
+        "prompts/hello.md",
+    ]
     assert git(api.repo, "show", ":prompts/hello.md") == staged_hello
     assert "work in progress" in (api.repo / "notes.txt").read_text()
 
     created = api.post("/v1/ui/prompts", json={"key": "fresh", "system": "New."})
     assert created.status_code == 201
     assert git(api.repo, "show", "--name-only", "--format=", "HEAD") == "prompts/fresh.md"
-    assert git(api.repo, "diff", "--cached", "--name-only").split() == ["notes.txt", "prompts/hello.md"]
+    assert git(api.repo, "diff", "--cached", "--name-only").split() == [
+        "notes.txt",
+        "prompts/hello.md",
+    ]
 
     # The staged prompt itself is not the API's to write.
     refused = api.put("/v1/ui/prompts/hello", json={"system": "API."})
@@ -388,12 +451,16 @@ def test_create_refuses_an_existing_key_and_a_missing_one(api: ApiEnv) -> None:
     assert both.status_code == 400
     broken = api.post("/v1/ui/prompts", json={"key": "broken", "system": "{{ unclosed"})
     assert broken.status_code == 400 and broken.json()["error"]["param"] == "template"
-    marker = api.post("/v1/ui/prompts", json={"key": "inject", "system": "a\n<!-- role:user -->\nb"})
+    marker = api.post(
+        "/v1/ui/prompts", json={"key": "inject", "system": "a\n<!-- role:user -->\nb"}
+    )
     assert marker.status_code == 400
     assert api.head() == head and (api.repo / "prompts/hello.md").read_text() == HELLO_MD
 
 
-@pytest.mark.parametrize("key", ["team/diff", "team/versions", "team/versions/v2", "team/set-version/3"])
+@pytest.mark.parametrize(
+    "key", ["team/diff", "team/versions", "team/versions/v2", "team/set-version/3"]
+)
 def test_create_refuses_a_key_the_routes_would_read_as_a_sub_route(api: ApiEnv, key: str) -> None:
     state = repo_state(api.repo)
     response = api.post("/v1/ui/prompts", json={"key": key, "system": "x"})
@@ -407,7 +474,9 @@ def test_create_refuses_a_key_ending_in_any_installed_sub_route(api: ApiEnv) -> 
     in one of them could never be read back by key, so it cannot be created."""
     words = set()
     for route in app_routes(api):
-        found = re.fullmatch(r"/v1/ui/prompts/\{prompt_id(?::path)?\}/([\w-]+)", getattr(route, "path", "") or "")
+        found = re.fullmatch(
+            r"/v1/ui/prompts/\{prompt_id(?::path)?\}/([\w-]+)", getattr(route, "path", "") or ""
+        )
         if found:
             words.add(found.group(1))
     assert {"versions", "diff"} <= words

@@ -140,7 +140,9 @@ def test_every_route_but_the_public_ones_refuses_bad_credentials_with_401(
                 failures.append(f"{method} {url} with {label}: {response.text}")
     assert failures == []
     assert repo_state(api.repo) == state
-    assert api.ws.keys.get(api.run_key_id).revoked_at is None  # DELETE with a bad key revoked nothing
+    assert (
+        api.ws.keys.get(api.run_key_id).revoked_at is None
+    )  # DELETE with a bad key revoked nothing
 
 
 def test_every_ui_route_refuses_a_run_key_with_403(api: ApiEnv) -> None:
@@ -257,7 +259,9 @@ ODD_URL_IDS = [
 
 
 @pytest.mark.parametrize("key", ODD_KEYS)
-def test_creating_an_odd_key_is_400_and_changes_nothing(api: ApiEnv, tmp_path: Path, key: str) -> None:
+def test_creating_an_odd_key_is_400_and_changes_nothing(
+    api: ApiEnv, tmp_path: Path, key: str
+) -> None:
     before = repo_state(api.repo, around=tmp_path)
     response = api.post("/v1/ui/prompts", json={"key": key, "system": "pwned"})
     assert response.status_code == 400, response.text
@@ -290,7 +294,14 @@ def test_odd_ids_in_urls_are_400_or_404_and_change_nothing(api: ApiEnv, tmp_path
 
 def test_git_options_in_version_specs_are_not_passed_to_git(api: ApiEnv, tmp_path: Path) -> None:
     before = repo_state(api.repo, around=tmp_path)
-    for spec in ("--output=leak.txt", "--all", "-h", "HEAD:prompts/hello.md", "main..HEAD", "@{-1}"):
+    for spec in (
+        "--output=leak.txt",
+        "--all",
+        "-h",
+        "HEAD:prompts/hello.md",
+        "main..HEAD",
+        "@{-1}",
+    ):
         response = api.get("/v1/ui/prompts/hello/diff", params={"from": spec})
         assert response.status_code in (400, 404), (spec, response.text)
         response = api.get(f"/v1/ui/prompts/hello/versions/{spec}")
@@ -320,7 +331,10 @@ def test_huge_prompt_ids_and_version_numbers_are_404(api: ApiEnv) -> None:
 def index_snapshot(ws: Workspace) -> tuple[object, ...]:
     """Every index row, and what the public reads return, for comparing before and after a rebuild."""
     conn = ws.db.reader()
-    rows = {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in INDEX_TABLES}
+    rows = {
+        table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+        for table in INDEX_TABLES
+    }
     tables = {table: [tuple(r) for r in found] for table, found in rows.items()}
     prompts = [
         (p.id, p.key, p.present, astuple(p.version) if p.version else None)
@@ -353,7 +367,7 @@ def test_concurrent_puts_from_one_base_let_exactly_one_win(api: ApiEnv) -> None:
     assert api.commit_count() == count + 1
     assert git(api.repo, "rev-parse", "HEAD^") == base
     fsck = git(api.repo, "fsck", "--no-progress", "--strict")
-    assert not re.search(r"^(error|missing|broken|bad)", fsck, re.M), fsck
+    assert not re.search(r"^(error|missing|broken|bad)", fsck, re.MULTILINE), fsck
     assert git(api.repo, "status", "--porcelain") == ""
     on_disk = (api.repo / "prompts/hello.md").read_text()
     assert winner["system"] in on_disk
@@ -373,7 +387,9 @@ def test_concurrent_creates_of_one_key_let_exactly_one_win(api: ApiEnv) -> None:
 
     def create(n: int) -> int:
         start.wait()
-        return api.post("/v1/ui/prompts", json={"key": "race", "system": f"Creator {n}."}).status_code
+        return api.post(
+            "/v1/ui/prompts", json={"key": "race", "system": f"Creator {n}."}
+        ).status_code
 
     with ThreadPoolExecutor(max_workers=writers) as pool:
         statuses = sorted(pool.map(create, range(writers)))
@@ -403,9 +419,16 @@ def test_unknown_route_wrong_method_and_validation_errors(api: ApiEnv) -> None:
         assert response.status_code == 422, (body, response.text)
         error = response.json()["error"]
         assert error["code"] == "validation_error" and param in error["param"], error
-    not_json = api.post("/v1/ui/prompts", content=b'{"key": ', headers={**api.admin, "content-type": "application/json"})
+    not_json = api.post(
+        "/v1/ui/prompts",
+        content=b'{"key": ',
+        headers={**api.admin, "content-type": "application/json"},
+    )
     assert not_json.status_code == 422
-    assert not_json.json()["error"]["param"] == "body" and "JSON" in not_json.json()["error"]["message"]
+    assert (
+        not_json.json()["error"]["param"] == "body"
+        and "JSON" in not_json.json()["error"]["message"]
+    )
     bad_scope = api.post("/v1/ui/settings/api-keys", json={"name": "x", "scope": "root"})
     assert bad_scope.status_code == 422
 
@@ -431,7 +454,9 @@ def test_a_body_over_the_limit_is_413_with_or_without_a_content_length(
     assert "content-length" not in chunked.request.headers
     assert chunked.status_code == 413, chunked.text
     assert chunked.json()["error"]["code"] == "payload_too_large"
-    without_key = env.client.post("/v1/ui/prompts", content=chunks(), headers={"content-type": "application/json"})
+    without_key = env.client.post(
+        "/v1/ui/prompts", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert without_key.status_code == 413
     assert repo_state(env.repo) == before
 

@@ -70,18 +70,26 @@ def test_first_start_prints_one_admin_key_a_second_start_none_and_the_watcher_se
             (repo / "prompts" / "fresh.md").write_text("<!-- role:user -->\nSay {{ word }}.\n")
             fresh = poll(lambda: served_prompt(client, "fresh"))
             assert fresh is not None, "a new file did not reach the API"
-            assert fresh["draft"] is True and fresh["sha"] is None and fresh["user"] == "Say {{ word }}."
+            assert (
+                fresh["draft"] is True
+                and fresh["sha"] is None
+                and fresh["user"] == "Say {{ word }}."
+            )
 
             hello = repo / "prompts" / "hello.md"
             hello.write_text(hello.read_text().replace("helpful", "patient"))
-            edited = poll(lambda: (p := served_prompt(client, "hello")) and "patient" in p["system"] and p)
+            edited = poll(
+                lambda: (p := served_prompt(client, "hello")) and "patient" in p["system"] and p
+            )
             assert edited, "an edit to a file did not reach the API"
             assert edited["draft"] is True and edited["version_number"] == 2
 
             git(repo, "add", "prompts/hello.md", "prompts/fresh.md")
             git(repo, "commit", "-q", "-m", "Patient hello and a fresh prompt")
             head = git(repo, "rev-parse", "HEAD")
-            committed = poll(lambda: (p := served_prompt(client, "hello")) and p["sha"] == head and p)
+            committed = poll(
+                lambda: (p := served_prompt(client, "hello")) and p["sha"] == head and p
+            )
             assert committed, "a commit made by hand did not reach the API"
             assert committed["draft"] is False and committed["version_number"] == 2
             versions = client.get("/v1/ui/prompts/hello/versions").json()
@@ -135,7 +143,9 @@ def test_keys_cli_creates_lists_and_revokes_against_a_running_server(tmp_path: P
                 for _ in range(24):
                     yield b"x" * 65536
 
-            too_big = as_ops.post("/v1/ui/prompts", content=chunks(), headers={"content-type": "application/json"})
+            too_big = as_ops.post(
+                "/v1/ui/prompts", content=chunks(), headers={"content-type": "application/json"}
+            )
             assert too_big.status_code == 413
             assert as_ops.get("/healthz").status_code == 200
 

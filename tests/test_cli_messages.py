@@ -46,8 +46,10 @@ def test_lint_reports_every_problem_of_one_file_in_one_run(make_repo: MakeRepo) 
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     expected = [
-        ("prompts/many.md:3: ",
-         "Unknown frontmatter key 'temprature'; did you mean 'temperature'?"),
+        (
+            "prompts/many.md:3: ",
+            "Unknown frontmatter key 'temprature'; did you mean 'temperature'?",
+        ),
         ("prompts/many.md:4: ", "max_tokens must be at least 1, got -1"),
         ("prompts/many.md:5: ", "Unknown frontmatter key 'colour' (known keys: model,"),
         ("prompts/many.md:6: ", "type must be one of static, dynamic_system, dynamic_both"),
@@ -120,15 +122,24 @@ def test_a_missing_attribute_is_named_by_its_path_with_the_file_line(make_repo: 
     from tests.api_fixtures import running_api
 
     repo = make_repo("attr", {"prompts/attr.md": READS_ATTRIBUTES})
-    result = run("render", "attr", "--repo", repo.root, "--var", 'user:={"profile": {}}',
-                 "--var", "formal:=false")
+    result = run(
+        "render",
+        "attr",
+        "--repo",
+        repo.root,
+        "--var",
+        'user:={"profile": {}}',
+        "--var",
+        "formal:=false",
+    )
     assert result.exit_code == 1
     assert result.stderr == "Error: prompts/attr.md:6: Missing variables: user.profile.name\n"
     result = run("render", "attr", "--repo", repo.root, "--var", 'user:={"a": 1}')
     assert result.stderr == "Error: prompts/attr.md:6: Missing variables: formal, user.profile\n"
     with running_api(repo.root) as api:
         response = api.client.post(
-            "/v1/chat/completions", headers=api.run,
+            "/v1/chat/completions",
+            headers=api.run,
             json={"model": "attr", "messages": [], "variables": {"user": {"a": 1}, "formal": 0}},
         )
     assert response.status_code == 400
@@ -301,11 +312,16 @@ def _log_rows(repo: Repo) -> None:
     ws = Workspace(Settings.resolve(repo.root))
     try:
         for n, trace in enumerate(TRACES):
-            ws.runlog.log(RunRecord(
-                trace_id=trace, prompt_key="hello", model="echo", version_number=1,
-                request={"messages": [{"role": "user", "content": f"question {n}"}]},
-                response=f"answer {n}",
-            ))
+            ws.runlog.log(
+                RunRecord(
+                    trace_id=trace,
+                    prompt_key="hello",
+                    model="echo",
+                    version_number=1,
+                    request={"messages": [{"role": "user", "content": f"question {n}"}]},
+                    response=f"answer {n}",
+                )
+            )
         assert ws.runlog.flush()
     finally:
         ws.close()
@@ -376,12 +392,15 @@ def test_the_api_finds_a_log_entry_by_unique_prefix(make_repo: MakeRepo) -> None
 def test_the_readme_enables_shell_completion_that_works(shell: str) -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
     assert f"_LLMKIT_COMPLETE={shell}_source llmkit" in readme
-    script = CliRunner().invoke(main, [], prog_name="llmkit",
-                                env={"_LLMKIT_COMPLETE": f"{shell}_source"})
+    script = CliRunner().invoke(
+        main, [], prog_name="llmkit", env={"_LLMKIT_COMPLETE": f"{shell}_source"}
+    )
     assert script.exit_code == 0
     assert "_llmkit_completion" in script.stdout and "_LLMKIT_COMPLETE" in script.stdout
     answer = CliRunner().invoke(
-        main, [], prog_name="llmkit",
+        main,
+        [],
+        prog_name="llmkit",
         env={"_LLMKIT_COMPLETE": "bash_complete", "COMP_WORDS": "llmkit logs s", "COMP_CWORD": "2"},
     )
     assert answer.stdout.splitlines() == ["plain,show"]

@@ -153,7 +153,7 @@ def test_a_write_waiting_for_the_store_lock_leaves_completions_and_health_answer
         def send() -> None:
             try:
                 outcome["response"] = WRITES_THAT_WAIT[write](http)
-            except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            except Exception as exc:
                 outcome["error"] = exc
 
         with store_lock_held(server.repo) as lock_path:
@@ -398,7 +398,7 @@ def test_syncs_from_two_processes_interleave_into_the_rows_of_a_rebuild(tmp_path
         while not done.is_set():
             try:
                 ws.index.sync()
-            except Exception as exc:  # noqa: BLE001 - reported below
+            except Exception as exc:
                 errors.append(exc)
                 return
 

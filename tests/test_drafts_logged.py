@@ -63,13 +63,14 @@ def test_a_draft_call_is_logged_as_a_draft_and_never_as_the_version_it_becomes(
         assert (row["version_number"], row["version_sha"]) == (None, None)
         v2 = api.get(f"/v1/ui/logs/{v2_trace}").json()
         assert (v2["draft"], v2["draft_blob"], v2["version_number"], v2["version_sha"]) == (
-            False, None, 2, sha,
+            False,
+            None,
+            2,
+            sha,
         )
         # Asked for version 2 (by number or sha), only the committed call answers.
         for version in ("2", sha[:8]):
-            assert [r["trace_id"] for r in logs(api, prompt="hello", version=version)] == [
-                v2_trace
-            ]
+            assert [r["trace_id"] for r in logs(api, prompt="hello", version=version)] == [v2_trace]
             count = api.get("/v1/ui/logs/count", params={"prompt": "hello", "version": version})
             assert count.json() == {"count": 1}
         assert [r["trace_id"] for r in logs(api, version="draft")] == [draft_trace]
@@ -77,9 +78,10 @@ def test_a_draft_call_is_logged_as_a_draft_and_never_as_the_version_it_becomes(
         assert bad.status_code == 400 and "'draft'" in bad.json()["error"]["message"]
 
         stats = api.get("/v1/ui/prompts/hello/stats").json()["versions"]
-        assert [(s["version_number"], s["version_sha"], s["draft"], s["draft_blob"],
-                 s["count"]) for s in stats] == [(2, sha, False, None, 1),
-                                                  (None, None, True, draft_blob, 1)]
+        assert [
+            (s["version_number"], s["version_sha"], s["draft"], s["draft_blob"], s["count"])
+            for s in stats
+        ] == [(2, sha, False, None, 1), (None, None, True, draft_blob, 1)]
 
     result = CliRunner().invoke(main, ["logs", "--repo", str(repo.root), "--json"])
     assert result.exit_code == 0, result.output
@@ -117,7 +119,11 @@ def test_rows_logged_before_the_migration_read_back_as_drafts(tmp_path: Path) ->
     db.migrate(MIGRATIONS, stop_before="m003_drafts_marked")
     db.migrate(records.MIGRATIONS, stop_before="m002_drafts_marked")
     with db.write() as conn:
-        for trace, number, sha in (("old-draft", 3, None), ("old-v2", 2, SHA), ("none", None, None)):
+        for trace, number, sha in (
+            ("old-draft", 3, None),
+            ("old-v2", 2, SHA),
+            ("none", None, None),
+        ):
             conn.execute(
                 "INSERT INTO run_log (trace_id, prompt_key, version_number, version_sha, model,"
                 " request, status, source, created_at, latency_ms)"
@@ -151,11 +157,14 @@ def test_rows_logged_before_the_migration_read_back_as_drafts(tmp_path: Path) ->
         assert [r["trace_id"] for r in runlog.list(version="draft")] == ["old-draft"]
         stats = runlog.stats("p")
         assert [(s["version_number"], s["draft"], s["count"]) for s in stats] == [
-            (2, False, 1), (None, False, 1), (None, True, 1),
+            (2, False, 1),
+            (None, False, 1),
+            (None, True, 1),
         ]
         results = EvalRecords(db).results(run_id="r")
         assert [(r["version_number"], r["version_sha"], r["draft"]) for r in results] == [
-            (None, None, True), (2, SHA, False),
+            (None, None, True),
+            (2, SHA, False),
         ]
     finally:
         runlog.close()

@@ -46,12 +46,15 @@ GOODBYE_CASE = {
 @pytest.fixture
 def repo(tmp_path: Path) -> EvalRepo:
     """greet has two versions whose outputs differ; chat has one and no eval cases."""
-    repo = EvalRepo.create(tmp_path / "repo", {
-        ".gitignore": ".llmkit/\n",
-        "llmkit.yaml": LLMKIT_YAML,
-        "prompts/greet.md": GREET_MD,
-        "prompts/chat.md": CHAT_MD,
-    })
+    repo = EvalRepo.create(
+        tmp_path / "repo",
+        {
+            ".gitignore": ".llmkit/\n",
+            "llmkit.yaml": LLMKIT_YAML,
+            "prompts/greet.md": GREET_MD,
+            "prompts/chat.md": CHAT_MD,
+        },
+    )
     repo.write("prompts/greet.md", GREET_BOTH_MD.replace(V1_TEXT + " ", ""))
     repo.commit("greet v2: goodbye only")
     return repo
@@ -107,13 +110,16 @@ def test_create_writes_a_case_file_as_a_commit(api: EvalApi) -> None:
 
 def test_create_accepts_llmkit_fields(api: EvalApi) -> None:
     prompt_id = ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
-    with_vars = create(api, {
-        "prompt_id": prompt_id,
-        "name": "llmkit style",
-        "system_prompt_input": '{"personality": "calm"}',
-        "user_prompt_input": '{"question": "Hi?"}',
-        "evaluation_type": "human",
-    })
+    with_vars = create(
+        api,
+        {
+            "prompt_id": prompt_id,
+            "name": "llmkit style",
+            "system_prompt_input": '{"personality": "calm"}',
+            "user_prompt_input": '{"question": "Hi?"}',
+            "evaluation_type": "human",
+        },
+    )
     assert with_vars["prompt_key"] == "greet"
     assert with_vars["vars"] == {"personality": "calm"}
     assert with_vars["user_vars"] == {"question": "Hi?"}
@@ -128,14 +134,20 @@ def test_create_accepts_llmkit_fields(api: EvalApi) -> None:
 def test_create_refusals(api: EvalApi) -> None:
     create(api, HELLO_CASE)
     head = api.commits()
-    assert "already has an eval case" in refused(
-        api.request("POST", "/v1/ui/prompt-evals", json=HELLO_CASE), 409)["message"]
+    assert (
+        "already has an eval case"
+        in refused(api.request("POST", "/v1/ui/prompt-evals", json=HELLO_CASE), 409)["message"]
+    )
     bad_type = {**GOODBYE_CASE, "assert": [{"type": "containz", "value": "x"}]}
     error = refused(api.request("POST", "/v1/ui/prompt-evals", json=bad_type), 400)
     assert "containz" in error["message"]
-    assert "nope" in refused(
-        api.request("POST", "/v1/ui/prompt-evals", json={**GOODBYE_CASE, "prompt_key": "nope"}), 404
-    )["message"]
+    assert (
+        "nope"
+        in refused(
+            api.request("POST", "/v1/ui/prompt-evals", json={**GOODBYE_CASE, "prompt_key": "nope"}),
+            404,
+        )["message"]
+    )
     no_prompt = {k: v for k, v in GOODBYE_CASE.items() if k != "prompt_key"}
     refused(api.request("POST", "/v1/ui/prompt-evals", json=no_prompt), 400)
     refused(api.request("POST", "/v1/ui/prompt-evals", json={"prompt_key": "greet"}), 400)
@@ -185,18 +197,27 @@ def test_put_replaces_the_user_message(api: EvalApi) -> None:
     assert ok(api.request("PUT", url, json={"user_prompt_input": "third"}))["messages"] == [
         {"role": "user", "content": "third"}
     ]
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                {"role": "user", "content": "c"}]
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
     assert ok(api.request("PUT", url, json={"messages": messages}))["messages"] == messages
 
 
 def test_put_accepts_llmkit_variable_fields(api: EvalApi) -> None:
     case = create(api, HELLO_CASE)
     url = f"/v1/ui/prompt-evals/{case['id']}"
-    updated = ok(api.request("PUT", url, json={
-        "system_prompt_input": '{"personality": "stern"}',
-        "user_prompt_input": '{"question": "Why?"}',
-    }))
+    updated = ok(
+        api.request(
+            "PUT",
+            url,
+            json={
+                "system_prompt_input": '{"personality": "stern"}',
+                "user_prompt_input": '{"question": "Why?"}',
+            },
+        )
+    )
     assert updated["vars"] == {"personality": "stern"}
     assert updated["user_vars"] == {"question": "Why?"}
 
@@ -263,7 +284,10 @@ def test_run_every_case_against_that_version(api: EvalApi, repo: EvalRepo) -> No
     assert (first["total"], first["passed"]) == (4, 2)
     runs = first["runs"]
     assert sorted((r["case_name"], r["repeat_index"]) for r in runs) == [
-        ("Says Hello!", 0), ("Says Hello!", 1), ("says goodbye", 0), ("says goodbye", 1),
+        ("Says Hello!", 0),
+        ("Says Hello!", 1),
+        ("says goodbye", 0),
+        ("says goodbye", 1),
     ]
     assert {r["run_id"] for r in runs} == {first["run_id"]}
     assert all(V1_TEXT in r["output"] and V2_TEXT not in r["output"] for r in runs)
@@ -391,10 +415,12 @@ def test_performance_per_version(api: EvalApi) -> None:
 
 def test_eval_routes_need_an_admin_key(api: EvalApi) -> None:
     _, run_key = api.app.state.ws.keys.create("runner", "run")
-    for method, url in (("GET", "/v1/ui/prompts/greet/prompt-evals"),
-                        ("POST", "/v1/ui/prompt-evals"),
-                        ("POST", run_url("greet", 1)),
-                        ("GET", "/v1/ui/prompts/greet/performance")):
+    for method, url in (
+        ("GET", "/v1/ui/prompts/greet/prompt-evals"),
+        ("POST", "/v1/ui/prompt-evals"),
+        ("POST", run_url("greet", 1)),
+        ("GET", "/v1/ui/prompts/greet/performance"),
+    ):
         refused(api.request(method, url, headers={}), 401)
         refused(api.request(method, url, headers={"Authorization": f"Bearer {run_key}"}), 403)
 

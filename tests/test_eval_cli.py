@@ -69,8 +69,14 @@ def test_regression_against_base_branch(feature: EvalRepo) -> None:
     farewell = cases["says farewell"]
     assert farewell["before"] is None and farewell["after"]["passed"] is True
     assert report["summary"] == {
-        "cases": 5, "passed": 4, "failed": 1, "regressions": 1, "fixed": 1, "new": 1,
-        "runs": 5, "cached_runs": 0,
+        "cases": 5,
+        "passed": 4,
+        "failed": 1,
+        "regressions": 1,
+        "fixed": 1,
+        "new": 1,
+        "runs": 5,
+        "cached_runs": 0,
     }
     failed_run = hello["runs"][0]
     assert "Always say hello." in failed_run["assertions"][0]["reason"]
@@ -79,9 +85,11 @@ def test_regression_against_base_branch(feature: EvalRepo) -> None:
     assert "Before: prompt versions on main" in markdown
     assert "### greet · v1 → v2" in markdown
     regression_row = r"^\| 🔻 regression \| \*\*says hello\*\* \| ✅ 1/1 \| ❌ 0/1 \|"
-    assert re.search(regression_row, markdown, re.M)
-    assert re.search(r"^\| ✨ fixed \| mentions goodbye \| ❌ 0/1 \| ✅ 1/1 \|", markdown, re.M)
-    assert re.search(r"^\| 🆕 new \| says farewell \| — \| ✅ 1/1 \|", markdown, re.M)
+    assert re.search(regression_row, markdown, re.MULTILINE)
+    assert re.search(
+        r"^\| ✨ fixed \| mentions goodbye \| ❌ 0/1 \| ✅ 1/1 \|", markdown, re.MULTILINE
+    )
+    assert re.search(r"^\| 🆕 new \| says farewell \| — \| ✅ 1/1 \|", markdown, re.MULTILINE)
     assert "**Regressions** (passed before, fail now)" in markdown
 
     suites = ET.parse(root / "j.xml").getroot()
@@ -99,8 +107,9 @@ def test_regression_against_base_branch(feature: EvalRepo) -> None:
     lines = progress_lines(proc.stderr)
     assert [int(m.group(1)) for m in lines] == list(range(1, 10))
     assert {m.group(2) for m in lines} == {"9"}
-    assert any(m.group(3) == "FAIL" and m.group(4) == "greet" and m.group(6) == "says hello"
-               for m in lines)
+    assert any(
+        m.group(3) == "FAIL" and m.group(4) == "greet" and m.group(6) == "says hello" for m in lines
+    )
     assert "\x1b[" not in proc.stderr
     assert "1 regression(s)" in proc.stdout
 
@@ -120,7 +129,9 @@ def test_failure_without_base_exits_one(eval_repo: EvalRepo) -> None:
     report = json.loads((eval_repo.root / "k.json").read_text("utf-8"))
     assert report["compared"] is False
     assert {n: c["status"] for n, c in cases_of(report).items()} == {
-        "says hello": "pass", "mentions goodbye": "fail", "passes the history through": "pass",
+        "says hello": "pass",
+        "mentions goodbye": "fail",
+        "passes the history through": "pass",
     }
 
 
@@ -188,12 +199,15 @@ def test_base_origin_main_in_a_clone(feature: EvalRepo, tmp_path: Path) -> None:
 
 
 def test_ref_runs_that_refs_prompt_versions(feature: EvalRepo) -> None:
-    proc = invoke("eval", "--ref", "main", "--prompt", "greet", "--json", "k.json",
-                      cwd=feature.root)
+    proc = invoke(
+        "eval", "--ref", "main", "--prompt", "greet", "--json", "k.json", cwd=feature.root
+    )
     assert proc.exit_code == 1
     cases = cases_of(json.loads((feature.root / "k.json").read_text("utf-8")))
     assert {n: (c["after"]["version_number"], c["passed"]) for n, c in cases.items()} == {
-        "says hello": (1, True), "mentions goodbye": (1, False), "asks who": (1, True),
+        "says hello": (1, True),
+        "mentions goodbye": (1, False),
+        "asks who": (1, True),
     }
 
     # A prompt that does not exist at --ref is named, not silently left out.
@@ -203,8 +217,9 @@ def test_ref_runs_that_refs_prompt_versions(feature: EvalRepo) -> None:
 
 def test_repeat_jobs_and_the_cache(feature: EvalRepo) -> None:
     root = feature.root
-    proc = invoke("eval", "-j", "1", "--repeat", "3", "--prompt", "chat", "--json", "k.json",
-                      cwd=root)
+    proc = invoke(
+        "eval", "-j", "1", "--repeat", "3", "--prompt", "chat", "--json", "k.json", cwd=root
+    )
     assert proc.exit_code == 0, proc.stderr
     report = json.loads((root / "k.json").read_text("utf-8"))
     [case] = report["cases"]
@@ -213,14 +228,16 @@ def test_repeat_jobs_and_the_cache(feature: EvalRepo) -> None:
     assert report["summary"]["cached_runs"] == 0
     assert [int(m.group(1)) for m in progress_lines(proc.stderr)] == [1, 2, 3]
 
-    proc = invoke("eval", "-j", "4", "--repeat", "3", "--prompt", "chat", "--json", "k.json",
-                      cwd=root)
+    proc = invoke(
+        "eval", "-j", "4", "--repeat", "3", "--prompt", "chat", "--json", "k.json", cwd=root
+    )
     report = json.loads((root / "k.json").read_text("utf-8"))
     assert report["summary"]["cached_runs"] == 3
     assert "3/3 runs from cache" in proc.stdout
 
-    proc = invoke("eval", "--repeat", "3", "--prompt", "chat", "--no-cache", "--json",
-                      "k.json", cwd=root)
+    proc = invoke(
+        "eval", "--repeat", "3", "--prompt", "chat", "--no-cache", "--json", "k.json", cwd=root
+    )
     report = json.loads((root / "k.json").read_text("utf-8"))
     assert report["summary"]["cached_runs"] == 0
 
@@ -239,14 +256,19 @@ def test_paths_and_prompt_filter_the_cases(feature: EvalRepo) -> None:
     assert names("evals/chat") == {"passes the history through"}
     assert names("evals/greet/new.yaml") == {"asks who"}
     assert names("evals/greet/new.yaml", "evals/chat/history.yaml") == {
-        "asks who", "passes the history through",
+        "asks who",
+        "passes the history through",
     }
     assert names("--prompt", "greet") == {"says hello", "mentions goodbye", "asks who"}
     assert names("--prompt", "greet", "--prompt", "farewell") == {
-        "says hello", "mentions goodbye", "asks who", "says farewell",
+        "says hello",
+        "mentions goodbye",
+        "asks who",
+        "says farewell",
     }
     assert names("--prompt", "greet", "evals/greet/cases.yaml") == {
-        "says hello", "mentions goodbye",
+        "says hello",
+        "mentions goodbye",
     }
     proc = invoke("eval", "--prompt", "chat", "evals/greet", cwd=root)
     assert proc.exit_code == 2 and "No eval cases to run" in proc.stderr
@@ -255,8 +277,15 @@ def test_paths_and_prompt_filter_the_cases(feature: EvalRepo) -> None:
 def test_github_step_summary(feature: EvalRepo, tmp_path: Path) -> None:
     summary = tmp_path / "step-summary.md"
     summary.write_text("# Earlier step\n", "utf-8")
-    proc = invoke("eval", "--base", "main", "--markdown", "m.md", cwd=feature.root,
-                      env={"GITHUB_STEP_SUMMARY": str(summary)})
+    proc = invoke(
+        "eval",
+        "--base",
+        "main",
+        "--markdown",
+        "m.md",
+        cwd=feature.root,
+        env={"GITHUB_STEP_SUMMARY": str(summary)},
+    )
     assert proc.exit_code == 1
     markdown = (feature.root / "m.md").read_text("utf-8")
     text = summary.read_text("utf-8")
@@ -265,8 +294,13 @@ def test_github_step_summary(feature: EvalRepo, tmp_path: Path) -> None:
 
     # --markdown pointed at the step summary itself is written there once.
     summary.write_text("", "utf-8")
-    invoke("eval", "--markdown", str(summary), cwd=feature.root,
-               env={"GITHUB_STEP_SUMMARY": str(summary)})
+    invoke(
+        "eval",
+        "--markdown",
+        str(summary),
+        cwd=feature.root,
+        env={"GITHUB_STEP_SUMMARY": str(summary)},
+    )
     assert summary.read_text("utf-8").count("## ❌ llmkit eval") == 1
 
 
@@ -283,7 +317,11 @@ def test_runs_land_in_durable_tables_that_a_rebuild_keeps(feature: EvalRepo) -> 
     after = {r["case_name"]: r for r in rows if r["role"] == "after"}
     before = {r["case_name"]: r for r in rows if r["role"] == "before"}
     assert set(after) == {
-        "says hello", "mentions goodbye", "asks who", "says farewell", "passes the history through",
+        "says hello",
+        "mentions goodbye",
+        "asks who",
+        "says farewell",
+        "passes the history through",
     }
     assert set(before) == set(after) - {"says farewell"}
 
@@ -291,7 +329,8 @@ def test_runs_land_in_durable_tables_that_a_rebuild_keeps(feature: EvalRepo) -> 
     assert hello["prompt_key"] == "greet"
     assert (hello["version_number"], hello["version_sha"]) == (2, feature.head())
     assert (before["says hello"]["version_number"], before["says hello"]["version_sha"]) == (
-        1, feature.git("rev-parse", "main"),
+        1,
+        feature.git("rev-parse", "main"),
     )
     assert hello["model"] == "echo" and hello["passed"] == 0 and before["says hello"]["passed"] == 1
     assert hello["output"].startswith("system: You are a cheerful assistant. Say goodbye")

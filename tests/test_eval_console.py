@@ -12,9 +12,7 @@ from llmkit.evals.results import CaseResult, build_report
 from tests.eval_fixtures import EvalRepo
 from tests.helpers import invoke
 
-LONG_NAME = (
-    "never promises a refund, even when the customer asks three times and mentions a lawyer"
-)
+LONG_NAME = "never promises a refund, even when the customer asks three times and mentions a lawyer"
 LONG_CASE = f"""\
 name: {LONG_NAME}
 vars:
@@ -63,8 +61,17 @@ def result(name: str, reason: str, *, error: str | None = None) -> CaseResult:
     outcome = Outcome(text="", error=error)
     assertions = [] if error else [AssertionResult("contains", False, 0.0, reason)]
     return CaseResult(
-        "support-chat", name, "evals/support-chat/cases.yaml", 7, 3, "abc1234", "default", 0,
-        outcome, assertions, False,
+        "support-chat",
+        name,
+        "evals/support-chat/cases.yaml",
+        7,
+        3,
+        "abc1234",
+        "default",
+        0,
+        outcome,
+        assertions,
+        False,
     )
 
 

@@ -63,12 +63,15 @@ def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
 
 
 def judged_repo(root: Path, config: str) -> EvalRepo:
-    return EvalRepo.create(root, {
-        ".gitignore": ".llmkit/\n",
-        "llmkit.yaml": config,
-        "prompts/joke.md": ECHO_MD,
-        "evals/joke/judged.yaml": JUDGED_EVALS,
-    })
+    return EvalRepo.create(
+        root,
+        {
+            ".gitignore": ".llmkit/\n",
+            "llmkit.yaml": config,
+            "prompts/joke.md": ECHO_MD,
+            "evals/joke/judged.yaml": JUDGED_EVALS,
+        },
+    )
 
 
 def test_judge_fallback_alias_calls_its_own_upstream_with_its_own_key(
@@ -164,12 +167,15 @@ cases:
 
 
 def test_eval_with_an_unset_model_key_exits_2_with_one_message(tmp_path: Path) -> None:
-    repo = EvalRepo.create(tmp_path / "repo", {
-        ".gitignore": ".llmkit/\n",
-        "llmkit.yaml": UNSET_KEY_YAML,
-        "prompts/remote.md": REMOTE_MD,
-        "evals/remote/cases.yaml": REMOTE_EVALS,
-    })
+    repo = EvalRepo.create(
+        tmp_path / "repo",
+        {
+            ".gitignore": ".llmkit/\n",
+            "llmkit.yaml": UNSET_KEY_YAML,
+            "prompts/remote.md": REMOTE_MD,
+            "evals/remote/cases.yaml": REMOTE_EVALS,
+        },
+    )
     proc = run_llmkit("eval", "--json", str(tmp_path / "out.json"), cwd=repo.root)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     [line] = [text for text in proc.stderr.splitlines() if "EVAL_UNSET_KEY" in text]
@@ -181,12 +187,15 @@ def test_eval_with_an_unset_model_key_exits_2_with_one_message(tmp_path: Path) -
 
 
 def test_eval_api_with_an_unset_model_key_answers_503(tmp_path: Path) -> None:
-    repo = EvalRepo.create(tmp_path / "repo", {
-        ".gitignore": ".llmkit/\n",
-        "llmkit.yaml": UNSET_KEY_YAML,
-        "prompts/remote.md": REMOTE_MD,
-        "evals/remote/cases.yaml": REMOTE_EVALS,
-    })
+    repo = EvalRepo.create(
+        tmp_path / "repo",
+        {
+            ".gitignore": ".llmkit/\n",
+            "llmkit.yaml": UNSET_KEY_YAML,
+            "prompts/remote.md": REMOTE_MD,
+            "evals/remote/cases.yaml": REMOTE_EVALS,
+        },
+    )
     with eval_api(repo.root) as api:
         response = api.request("POST", "/v1/ui/prompt-eval-runs/remote/version/1")
     assert response.status_code == 503, response.text

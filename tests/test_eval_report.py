@@ -18,7 +18,8 @@ from llmkit.evals.spec import load_eval_text
 
 REPO = Path(__file__).resolve().parents[1]
 
-TRIAGE = load_eval_text("""\
+TRIAGE = load_eval_text(
+    """\
 cases:
   - name: refund request
     input: I want my money back
@@ -36,37 +37,64 @@ cases:
   - name: brand new
     assert:
       - {type: contains, value: new}
-""", "evals/support/triage/basic.yaml").cases
-GREET = load_eval_text("name: hi\nassert: [{type: starts-with, value: Hi}]\n",
-                       "evals/greet/hi.yaml").cases
+""",
+    "evals/support/triage/basic.yaml",
+).cases
+GREET = load_eval_text(
+    "name: hi\nassert: [{type: starts-with, value: Hi}]\n", "evals/greet/hi.yaml"
+).cases
 
 
 def case(cases: list[EvalCase], name: str) -> EvalCase:
     return next(c for c in cases if c.name == name)
 
 
-def run(eval_case: EvalCase, text: str, *, version: int, repeat_index: int = 0,
-        **outcome: Any) -> CaseResult:
+def run(
+    eval_case: EvalCase, text: str, *, version: int, repeat_index: int = 0, **outcome: Any
+) -> CaseResult:
     """One run as the runner would record it: a real check of the case's assertions."""
-    result = Outcome(text, latency_ms=outcome.pop("latency_ms", 100.0),
-                     output_tokens=outcome.pop("output_tokens", 10), **outcome)
+    result = Outcome(
+        text,
+        latency_ms=outcome.pop("latency_ms", 100.0),
+        output_tokens=outcome.pop("output_tokens", 10),
+        **outcome,
+    )
     checked = asyncio.run(check_all(eval_case.assertions, result))
-    return CaseResult.of(eval_case, result, checked, version_number=version,
-                         version_sha=f"sha{version}", model="openai/gpt-4o-mini",
-                         repeat_index=repeat_index, cached=outcome.get("cost") == 0)
+    return CaseResult.of(
+        eval_case,
+        result,
+        checked,
+        version_number=version,
+        version_sha=f"sha{version}",
+        model="openai/gpt-4o-mini",
+        repeat_index=repeat_index,
+        cached=outcome.get("cost") == 0,
+    )
 
 
 def base_and_current() -> tuple[list[CaseResult], list[CaseResult]]:
     base = [
-        run(case(TRIAGE, "refund request"), "Your refund is on its way", version=3,
-            latency_ms=800, output_tokens=20, cost=0.002),
+        run(
+            case(TRIAGE, "refund request"),
+            "Your refund is on its way",
+            version=3,
+            latency_ms=800,
+            output_tokens=20,
+            cost=0.002,
+        ),
         run(case(TRIAGE, "json | ticket"), "Sure! here it is", version=3),
         *[run(case(TRIAGE, "flaky"), "Hello", version=3, repeat_index=i) for i in range(3)],
         run(GREET[0], "Hi there", version=1),
     ]
     current = [
-        run(case(TRIAGE, "refund request"), "We cannot help\u0007 with that | sorry", version=4,
-            latency_ms=950, output_tokens=25, cost=0.003),
+        run(
+            case(TRIAGE, "refund request"),
+            "We cannot help\u0007 with that | sorry",
+            version=4,
+            latency_ms=950,
+            output_tokens=25,
+            cost=0.003,
+        ),
         run(case(TRIAGE, "json | ticket"), '{"ticket": 1}', version=4),
         run(case(TRIAGE, "flaky"), "hello", version=4, repeat_index=0),
         run(case(TRIAGE, "flaky"), "bye", version=4, repeat_index=1),
@@ -92,8 +120,16 @@ def test_build_report_tells_regressions_fixed_and_new_cases() -> None:
         ("support/triage", "brand new"): "new",
         ("greet", "hi"): "pass",
     }
-    assert report.counts() == {"cases": 5, "passed": 3, "failed": 2, "regressions": 1,
-                               "fixed": 1, "new": 1, "runs": 7, "cached_runs": 1}
+    assert report.counts() == {
+        "cases": 5,
+        "passed": 3,
+        "failed": 2,
+        "regressions": 1,
+        "fixed": 1,
+        "new": 1,
+        "runs": 7,
+        "cached_runs": 1,
+    }
     assert report.ok is False
     assert [c.case_name for c in report.regressions] == ["refund request"]
 
@@ -103,8 +139,10 @@ def test_repeats_pass_by_the_case_threshold() -> None:
     flaky = next(c for c in report.cases if c.case_name == "flaky")
     assert (flaky.after.passed_runs, flaky.after.runs) == (2, 3)
     assert flaky.passed is True  # 2/3 >= 0.6
-    failing = [run(case(TRIAGE, "flaky"), text, version=4, repeat_index=i)
-               for i, text in enumerate(["hello", "bye", "nope"])]
+    failing = [
+        run(case(TRIAGE, "flaky"), text, version=4, repeat_index=i)
+        for i, text in enumerate(["hello", "bye", "nope"])
+    ]
     assert build_report(failing).cases[0].passed is False  # 1/3 < 0.6
 
 
@@ -138,19 +176,24 @@ def _html_tags(markdown: str) -> set[str]:
 def test_markdown_summary_leads_with_the_headline_and_regressions() -> None:
     markdown = render_markdown(report_with_base())
     lines = markdown.splitlines()
-    assert lines[0] == ("## ❌ llmkit eval: 3/5 cases passed · 1 regression · 1 fixed · 1 new · "
-                        "1 of 7 runs from cache")
+    assert lines[0] == (
+        "## ❌ llmkit eval: 3/5 cases passed · 1 regression · 1 fixed · 1 new · "
+        "1 of 7 runs from cache"
+    )
     assert "Before: prompt versions on origin/main. After: this change." in markdown
     regression_line = lines.index("**Regressions** (passed before, fail now):") + 2
     assert lines[regression_line] == (
         "- 🔻 **support/triage › refund request** (evals/support/triage/basic.yaml:2)"
     )
     assert markdown.index("**Regressions**") < markdown.index("### support/triage")
-    table = lines[lines.index("### support/triage · v3 → v4") + 2:]
-    assert table[0] == ("|  | Case | Before | After | Δ pass rate | Latency (ms) | "
-                        "Output tokens | Cost (USD) |")
-    assert table[2] == ("| 🔻 regression | **refund request** | ✅ 1/1 | ❌ 0/1 | −100 pp | "
-                        "800 → 950 (+150) | 20 → 25 (+5) | 0.002 → 0.003 (+0.001) |")
+    table = lines[lines.index("### support/triage · v3 → v4") + 2 :]
+    assert table[0] == (
+        "|  | Case | Before | After | Δ pass rate | Latency (ms) | Output tokens | Cost (USD) |"
+    )
+    assert table[2] == (
+        "| 🔻 regression | **refund request** | ✅ 1/1 | ❌ 0/1 | −100 pp | "
+        "800 → 950 (+150) | 20 → 25 (+5) | 0.002 → 0.003 (+0.001) |"
+    )
     assert table[4].startswith("| ✨ fixed | json \\| ticket | ❌ 0/1 | ✅ 1/1 | +100 pp |")
     assert "|  | **all cases** | 2/3 cases | 2/4 cases |  | 240 → 242 (+2) |" in markdown
     assert "### greet · v1 (unchanged)" in markdown
@@ -159,12 +202,15 @@ def test_markdown_summary_leads_with_the_headline_and_regressions() -> None:
 
 def test_markdown_details_give_failure_reasons_as_plain_text() -> None:
     markdown = render_markdown(report_with_base())
-    details = markdown[markdown.index("<details>"):markdown.index("</details>")]
+    details = markdown[markdown.index("<details>") : markdown.index("</details>")]
     assert "<summary>Failures (2)</summary>" in details
-    assert ("**support/triage › refund request** (evals/support/triage/basic.yaml:2) — "
-            "**regression**") in details
-    assert ("  - contains: expected output to contain 'refund', got 'We cannot help\\\\x07 "
-            "with that \\| sorry'") in details
+    assert (
+        "**support/triage › refund request** (evals/support/triage/basic.yaml:2) — **regression**"
+    ) in details
+    assert (
+        "  - contains: expected output to contain 'refund', got 'We cannot help\\\\x07 "
+        "with that \\| sorry'"
+    ) in details
     assert "  - contains: UpstreamError: 502 from provider" in details
     assert details.index("refund request") < details.index("brand new")
 
@@ -180,10 +226,13 @@ def test_markdown_without_a_base_has_no_before_column() -> None:
 
 
 def test_markdown_escapes_markup_in_names_and_output() -> None:
-    tricky = load_eval_text("name: <script>alert(1)</script> *bold*\n"
-                            "assert: [{type: equals, value: x}]\n", "evals/greet/x.yaml").cases[0]
-    markdown = render_markdown(build_report([run(tricky, "<img src=x> [link](http://a)",
-                                                 version=1)]))
+    tricky = load_eval_text(
+        "name: <script>alert(1)</script> *bold*\nassert: [{type: equals, value: x}]\n",
+        "evals/greet/x.yaml",
+    ).cases[0]
+    markdown = render_markdown(
+        build_report([run(tricky, "<img src=x> [link](http://a)", version=1)])
+    )
     assert _html_tags(markdown) == {"details", "summary"}
     assert "\\<script\\>alert\\(1\\)\\</script\\> \\*bold\\*" in markdown
     assert "\\[link\\]\\(http://a\\)" in markdown
@@ -203,14 +252,19 @@ def test_junit_has_a_suite_per_prompt_and_a_case_per_eval_case(tmp_path: Path) -
     assert set(cases) == {"refund request", "json | ticket", "flaky", "brand new"}
     refund = cases["refund request"]
     assert (refund.get("file"), refund.get("line"), refund.get("time")) == (
-        "evals/support/triage/basic.yaml", "2", "0.950")
+        "evals/support/triage/basic.yaml",
+        "2",
+        "0.950",
+    )
     failure = refund.find("failure")
     assert failure is not None
     assert failure.get("type") == "regression"
     assert failure.get("message", "").startswith(
-        "regression (passed on origin/main): 0/1 runs passed; contains: expected output")
+        "regression (passed on origin/main): 0/1 runs passed; contains: expected output"
+    )
     assert "run 1 (openai/gpt-4o-mini): contains: expected output to contain 'refund'" in (
-        failure.text or "")
+        failure.text or ""
+    )
     error = cases["brand new"].find("error")
     assert error is not None and "UpstreamError: 502" in error.get("message", "")
     assert cases["flaky"].find("failure") is None and cases["flaky"].find("error") is None
@@ -219,8 +273,9 @@ def test_junit_has_a_suite_per_prompt_and_a_case_per_eval_case(tmp_path: Path) -
 
 
 def test_junit_survives_control_characters_in_output(tmp_path: Path) -> None:
-    broken = run(case(TRIAGE, "json | ticket"), "", version=1,
-                 error="provider sent \x00\x1b[31mred\ud800")
+    broken = run(
+        case(TRIAGE, "json | ticket"), "", version=1, error="provider sent \x00\x1b[31mred\ud800"
+    )
     path = tmp_path / "junit.xml"
     write_junit(path, build_report([broken]))
     error = ET.parse(path).getroot().find(".//error")
@@ -247,16 +302,22 @@ def test_json_report_holds_summary_cases_and_every_run(tmp_path: Path) -> None:
 
 
 def test_render_table_lists_every_case_regressions_first_as_plain_text() -> None:
-    tricky = load_eval_text("name: '[bold]not markup[/bold]'\nassert: [{type: is-json}]\n",
-                            "evals/greet/t.yaml").cases[0]
+    tricky = load_eval_text(
+        "name: '[bold]not markup[/bold]'\nassert: [{type: is-json}]\n", "evals/greet/t.yaml"
+    ).cases[0]
     base, current = base_and_current()
     table = render_table(build_report([*current, run(tricky, "{}", version=1)], base))
     console = Console(record=True, width=200, color_system=None)
     console.print(table)
     text = console.export_text()
     assert table.row_count == 6
-    assert [col.header for col in table.columns][:5] == ["", "Prompt", "Case", "Before",
-                                                         "Runs passed"]
+    assert [col.header for col in table.columns][:5] == [
+        "",
+        "Prompt",
+        "Case",
+        "Before",
+        "Runs passed",
+    ]
     assert "[bold]not markup[/bold]" in text
     rows = [line for line in text.splitlines() if "support/triage" in line]
     assert "regression" in rows[0] and "refund request" in rows[0]
@@ -318,11 +379,17 @@ def test_evals_workflow_lints_evals_and_publishes_reports() -> None:
     workflow = _load(".github/workflows/evals.yml")
     triggers = _triggers(workflow)
     assert list(triggers) == ["pull_request"]
-    assert triggers["pull_request"]["paths"] == ["prompts/**", "evals/**", "llmkit.yaml",
-                                                 "action.yml"]
+    assert triggers["pull_request"]["paths"] == [
+        "prompts/**",
+        "evals/**",
+        "llmkit.yaml",
+        "action.yml",
+    ]
     [job] = workflow["jobs"].values()
-    assert job["env"] == {"OPENAI_API_KEY": "${{ secrets.OPENAI_API_KEY }}",
-                          "ANTHROPIC_API_KEY": "${{ secrets.ANTHROPIC_API_KEY }}"}
+    assert job["env"] == {
+        "OPENAI_API_KEY": "${{ secrets.OPENAI_API_KEY }}",
+        "ANTHROPIC_API_KEY": "${{ secrets.ANTHROPIC_API_KEY }}",
+    }
     workflow_steps = _steps(workflow)
     checkout = next(s for s in workflow_steps if s.get("uses", "").startswith("actions/checkout@"))
     assert checkout["with"]["fetch-depth"] == 0
@@ -346,10 +413,8 @@ def test_evals_workflow_lints_evals_and_publishes_reports() -> None:
 
 def test_pre_commit_hook_lints_prompt_and_eval_changes() -> None:
     [hook] = _load(".pre-commit-hooks.yaml")
-    assert (hook["id"], hook["entry"], hook["language"]) == ("llmkit-lint", "llmkit lint",
-                                                             "python")
+    assert (hook["id"], hook["entry"], hook["language"]) == ("llmkit-lint", "llmkit lint", "python")
     assert hook["pass_filenames"] is False
     files = re.compile(hook["files"])
-    assert all(files.search(p) for p in ("prompts/greet.md", "evals/greet/hi.yaml",
-                                         "llmkit.yaml"))
+    assert all(files.search(p) for p in ("prompts/greet.md", "evals/greet/hi.yaml", "llmkit.yaml"))
     assert not any(files.search(p) for p in ("llmkit/cli.py", "README.md", "llmkit.yaml.bak"))

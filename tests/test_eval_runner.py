@@ -182,13 +182,15 @@ def test_input_thresholds_and_repeats(env: RunnerEnv) -> None:
 def test_repeat_option_overrides_every_case(env: RunnerEnv) -> None:
     results = env.run(env.cases("greet"), repeat=2)
     runs = sorted((r.case_name, r.repeat_index) for r in results)
-    assert runs == [("mentions goodbye", 0), ("mentions goodbye", 1),
-                    ("says hello", 0), ("says hello", 1)]
+    assert runs == [
+        ("mentions goodbye", 0),
+        ("mentions goodbye", 1),
+        ("says hello", 0),
+        ("says hello", 1),
+    ]
 
 
-def test_model_override_per_case(
-    env: RunnerEnv, fake_upstream: FakeUpstream
-) -> None:
+def test_model_override_per_case(env: RunnerEnv, fake_upstream: FakeUpstream) -> None:
     named = by_name(env.run(env.cases("brief")))
     routed = named["on another model"]
     assert routed.passed, routed.assertions
@@ -211,9 +213,7 @@ def test_provider_error_is_a_failed_result_with_the_error_as_reason(
     assert len(fake_upstream.chat_requests) == 1
 
 
-def test_render_error_is_a_failed_result(
-    env: RunnerEnv, fake_upstream: FakeUpstream
-) -> None:
+def test_render_error_is_a_failed_result(env: RunnerEnv, fake_upstream: FakeUpstream) -> None:
     env.ws.settings.repo.joinpath("evals/greet/missing.yaml").write_text(MISSING_VAR_EVALS, "utf-8")
     [result] = env.run(env.cases("greet")[2:])
     assert result.case_name == "forgets a variable"
@@ -222,9 +222,7 @@ def test_render_error_is_a_failed_result(
     assert "question" in result.assertions[0].reason
 
 
-def test_upstream_answer_is_checked(
-    env: RunnerEnv, fake_upstream: FakeUpstream
-) -> None:
+def test_upstream_answer_is_checked(env: RunnerEnv, fake_upstream: FakeUpstream) -> None:
     fake_upstream.enqueue(content="pong!")
     [result] = env.run(env.cases("upstream"), use_cache=False)
     assert result.passed and result.outcome.text == "pong!"
@@ -264,9 +262,7 @@ def test_judge_assertion(
     assert "The answer is funny." in judged and "user: tell me a joke" in judged
 
 
-def test_judge_error_fails_the_assertion(
-    env: RunnerEnv, fake_upstream: FakeUpstream
-) -> None:
+def test_judge_error_fails_the_assertion(env: RunnerEnv, fake_upstream: FakeUpstream) -> None:
     # The judge alias has max_retries: 0, so one error answer is the only call.
     fake_upstream.enqueue(status=503, error="judge overloaded")
     [result] = env.run(env.cases("judged"), use_cache=False)
@@ -275,9 +271,7 @@ def test_judge_error_fails_the_assertion(
     assert len(fake_upstream.chat_requests) == 1
 
 
-def test_second_run_comes_from_the_cache(
-    env: RunnerEnv, fake_upstream: FakeUpstream
-) -> None:
+def test_second_run_comes_from_the_cache(env: RunnerEnv, fake_upstream: FakeUpstream) -> None:
     cases = env.cases("upstream") + env.cases("judged")
     fake_upstream.enqueue(content="pong")
     fake_upstream.enqueue(content=json.dumps({"pass": True, "reason": "funny"}))
@@ -293,9 +287,7 @@ def test_second_run_comes_from_the_cache(
     assert reasons[0] == reasons[1] and "funny" in reasons[0]
 
 
-def test_no_cache_calls_again(
-    env: RunnerEnv, fake_upstream: FakeUpstream
-) -> None:
+def test_no_cache_calls_again(env: RunnerEnv, fake_upstream: FakeUpstream) -> None:
     cases = env.cases("upstream")
     env.run(cases)
     assert len(fake_upstream.chat_requests) == 1
@@ -305,9 +297,7 @@ def test_no_cache_calls_again(
     assert len(fake_upstream.chat_requests) == 2 and cached.cached
 
 
-def test_repeats_have_separate_cache_entries(
-    env: RunnerEnv, fake_upstream: FakeUpstream
-) -> None:
+def test_repeats_have_separate_cache_entries(env: RunnerEnv, fake_upstream: FakeUpstream) -> None:
     cases = env.cases("upstream")
     for answer in ("pong 1", "pong 2", "pong 3"):
         fake_upstream.enqueue(content=answer)
@@ -324,9 +314,7 @@ def test_repeats_have_separate_cache_entries(
     assert row[0] == 3
 
 
-def test_errors_are_not_cached(
-    env: RunnerEnv, fake_upstream: FakeUpstream
-) -> None:
+def test_errors_are_not_cached(env: RunnerEnv, fake_upstream: FakeUpstream) -> None:
     cases = env.cases("upstream")
     fake_upstream.enqueue(status=400, error="broken once")
     [failed] = env.run(cases)

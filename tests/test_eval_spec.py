@@ -106,8 +106,10 @@ cases:
     first, second = load_eval_text(text, PATH).cases
     assert first.prompt_key == second.prompt_key == "support/other"
     assert first.vars == {"company": "Acme", "tone": "angry"}
-    assert first.messages == [{"role": "system", "content": "be brief"},
-                              {"role": "user", "content": "hi"}]
+    assert first.messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
     assert [a.type for a in first.assertions] == ["contains", "max-latency-ms"]
     assert (first.model, first.repeat, first.threshold) == ("openai/gpt-4o-mini", 2, 0.5)
     assert second.vars == {"company": "Acme", "tone": "calm"}
@@ -166,61 +168,112 @@ BAD_FILES = [
     ("name: a\n---\nname: b\n", 2, "YAML syntax error"),
     ("- name: x\n", 1, "put the cases under a top-level 'cases:' key"),
     ("description: no name\n", 1, "needs a 'name' (one case) or a 'cases' list"),
-    ("name: x\nnmae: y\nassert: []\n", 2,
-     "unknown key 'nmae' in an eval case (did you mean 'name'?)"),
-    ("cases: []\nvar: {}\n", 2,
-     "unknown key 'var' in an eval file with 'cases' (did you mean 'vars'?)"),
-    ("name: x\nassert:\n  - type: contains\n    valeu: a\n", 4,
-     "unknown key 'valeu' in a contains"),
+    (
+        "name: x\nnmae: y\nassert: []\n",
+        2,
+        "unknown key 'nmae' in an eval case (did you mean 'name'?)",
+    ),
+    (
+        "cases: []\nvar: {}\n",
+        2,
+        "unknown key 'var' in an eval file with 'cases' (did you mean 'vars'?)",
+    ),
+    (
+        "name: x\nassert:\n  - type: contains\n    valeu: a\n",
+        4,
+        "unknown key 'valeu' in a contains",
+    ),
     ("name: x\nassert:\n  - type: contains\n", 3, "a contains assertion needs 'value'"),
-    ("name: x\nassert:\n  - type: contain\n    value: a\n", 3,
-     "unknown assertion type 'contain' (did you mean 'contains'?)"),
+    (
+        "name: x\nassert:\n  - type: contain\n    value: a\n",
+        3,
+        "unknown assertion type 'contain' (did you mean 'contains'?)",
+    ),
     ("name: x\nassert:\n  - contains: refund\n", 3, "write 'type: contains'"),
     ("name: x\nassert:\n  - type: [contains]\n", 3, "unknown assertion type ['contains']"),
     ("name: x\nassert:\n  - just text\n", 3, "assert[0] must be a mapping"),
     ("name: x\nassert:\n  - type: regex\n    value: '(unclosed'\n", 4, "invalid regex '(unclosed'"),
-    ("name: x\nassert:\n  - type: json-schema\n    value: {type: thing}\n", 4,
-     "invalid JSON schema at $.type"),
-    ("name: x\nassert:\n  - type: json-schema\n    value: [1]\n", 4,
-     "a JSON schema must be a mapping"),
-    ("name: x\nassert:\n  - type: json-path\n    path: a.b\n    value: 1\n", 4,
-     "must start with '$'"),
-    ("name: x\nassert:\n  - type: json-path\n    path: $.a[x]\n    value: 1\n", 4,
-     "not understood"),
+    (
+        "name: x\nassert:\n  - type: json-schema\n    value: {type: thing}\n",
+        4,
+        "invalid JSON schema at $.type",
+    ),
+    (
+        "name: x\nassert:\n  - type: json-schema\n    value: [1]\n",
+        4,
+        "a JSON schema must be a mapping",
+    ),
+    (
+        "name: x\nassert:\n  - type: json-path\n    path: a.b\n    value: 1\n",
+        4,
+        "must start with '$'",
+    ),
+    (
+        "name: x\nassert:\n  - type: json-path\n    path: $.a[x]\n    value: 1\n",
+        4,
+        "not understood",
+    ),
     ("name: x\nassert:\n  - type: tool-call\n", 3, "a tool-call assertion needs 'name'"),
-    ("name: x\nassert:\n  - type: judge\n    rubric: ''\n", 4,
-     "judge 'rubric' must be a non-empty"),
-    ("name: x\nassert:\n  - type: contains\n    value: a\n    not: yes please\n", 5,
-     "'not' must be true or false"),
-    ("name: x\nassert:\n  - type: contains\n    value: a\n    weight: 0\n", 5,
-     "'weight' must be a number above 0"),
-    ("name: x\nassert:\n  - type: max-tokens\n    value: 1.5\n", 4,
-     "max-tokens needs a whole number"),
+    (
+        "name: x\nassert:\n  - type: judge\n    rubric: ''\n",
+        4,
+        "judge 'rubric' must be a non-empty",
+    ),
+    (
+        "name: x\nassert:\n  - type: contains\n    value: a\n    not: yes please\n",
+        5,
+        "'not' must be true or false",
+    ),
+    (
+        "name: x\nassert:\n  - type: contains\n    value: a\n    weight: 0\n",
+        5,
+        "'weight' must be a number above 0",
+    ),
+    (
+        "name: x\nassert:\n  - type: max-tokens\n    value: 1.5\n",
+        4,
+        "max-tokens needs a whole number",
+    ),
     ("name: x\nassert:\n  - type: max-cost\n    value: cheap\n", 4, "max-cost needs a number"),
     ("name: x\nassert:\n  - type: contains\n    value: [a]\n", 4, "contains needs a string value"),
     ("name: x\nassert: {type: is-json}\n", 2, "'assert' must be a list"),
     ("name: x\nrepeat: 0\nassert: []\n", 2, "'repeat' must be a whole number from 1 to 100, got 0"),
     ("name: x\nrepeat: true\nassert: []\n", 2, "'repeat' must be a whole number"),
-    ("name: x\nthreshold: 1.5\nassert: []\n", 2,
-     "'threshold' must be a number from 0 to 1, got 1.5"),
+    (
+        "name: x\nthreshold: 1.5\nassert: []\n",
+        2,
+        "'threshold' must be a number from 0 to 1, got 1.5",
+    ),
     ("name: 42\nassert: []\n", 1, "'name' must be a non-empty string, got 42"),
     ("name: x\nvars: [a, b]\nassert: []\n", 2, "'vars' must be a mapping"),
     ("name: x\nvars: {1: a}\nassert: []\n", 2, "keys must be strings"),
     ("name: x\nuser_vars: {a: !!binary aGk=}\nassert: []\n", 2, "JSON cannot hold"),
     ("name: x\nmodel: ''\nassert: []\n", 2, "'model' must be a non-empty model name"),
-    ("name: x\ninput: hi\nmessages: [{role: user, content: hi}]\nassert: []\n", 2,
-     "give either 'messages' or 'input', not both"),
-    ("name: x\nmessages:\n  - {role: robot, content: hi}\nassert: []\n", 3,
-     "messages[0].role must be one of system, user, assistant, tool, got 'robot'"),
+    (
+        "name: x\ninput: hi\nmessages: [{role: user, content: hi}]\nassert: []\n",
+        2,
+        "give either 'messages' or 'input', not both",
+    ),
+    (
+        "name: x\nmessages:\n  - {role: robot, content: hi}\nassert: []\n",
+        3,
+        "messages[0].role must be one of system, user, assistant, tool, got 'robot'",
+    ),
     ("name: x\nmessages:\n  - {role: user}\nassert: []\n", 3, "messages[0] needs 'content'"),
     ("name: x\nname: y\nassert: []\n", 2, "duplicate key 'name'"),
-    ("cases:\n  - name: a\n    assert: []\n  - name: a\n    assert: []\n", 4,
-     "duplicate case name 'a' (first at line 2)"),
+    (
+        "cases:\n  - name: a\n    assert: []\n  - name: a\n    assert: []\n",
+        4,
+        "duplicate case name 'a' (first at line 2)",
+    ),
     ("cases:\n  - name: a\n  - 7\n", 3, "cases[1] must be a mapping"),
     ("cases: {name: a}\n", 1, "'cases' must be a list"),
     ("prompt: ../etc\nname: x\nassert: []\n", 1, "'prompt': Invalid prompt key '../etc'"),
-    ("name: x\nassert:\n  - type: contains\n    value: a\n    value: b\n", 5,
-     "duplicate key 'value'"),
+    (
+        "name: x\nassert:\n  - type: contains\n    value: a\n    value: b\n",
+        5,
+        "duplicate key 'value'",
+    ),
 ]
 
 
@@ -247,7 +300,10 @@ cases:
 """
     problems = read_eval_text(text, PATH).problems
     assert [(p.line, p.severity) for p in problems] == [
-        (3, "error"), (5, "error"), (7, "error"), (9, "error"),
+        (3, "error"),
+        (5, "error"),
+        (7, "error"),
+        (9, "error"),
     ]
 
 
@@ -263,11 +319,13 @@ def test_a_case_without_assertions_is_kept_with_a_warning() -> None:
 def test_a_file_outside_a_prompt_folder_needs_a_prompt_key() -> None:
     problems = read_eval_text("name: x\nassert: [{type: is-json}]\n", "evals/loose.yaml").errors
     assert "cannot tell which prompt" in problems[0].message
-    eval_file = load_eval_text("prompt: greet\nname: x\nassert: [{type: is-json}]\n",
-                               "evals/loose.yaml")
+    eval_file = load_eval_text(
+        "prompt: greet\nname: x\nassert: [{type: is-json}]\n", "evals/loose.yaml"
+    )
     assert eval_file.cases[0].prompt_key == "greet"
-    [bad_folder] = read_eval_text("name: x\nassert: [{type: is-json}]\n",
-                                  "evals/my prompt/x.yaml").errors
+    [bad_folder] = read_eval_text(
+        "name: x\nassert: [{type: is-json}]\n", "evals/my prompt/x.yaml"
+    ).errors
     assert bad_folder.line == 1
     assert bad_folder.message.startswith("the folder does not give a prompt key (Invalid prompt")
 
@@ -297,8 +355,7 @@ def test_lint_evals_reports_every_file_and_one_bad_file_stops_none(tmp_path: Pat
     _write(tmp_path, "evals/greet/a.yaml", "name: hi\nassert: [{type: contains, value: Hi}]\n")
     _write(tmp_path, "evals/greet/b.yml", "name: hi\nassert: [{type: is-json}]\n")
     _write(tmp_path, "evals/greet/c.yaml", "name: [broken\n")
-    _write(tmp_path, "evals/support/triage/d.yaml",
-           b"name: caf\xe9\nassert: [{type: is-json}]\n")
+    _write(tmp_path, "evals/support/triage/d.yaml", b"name: caf\xe9\nassert: [{type: is-json}]\n")
     _write(tmp_path, "evals/support/triage/e.yaml", "name: ok\nassert: [{type: is-json}]\n")
     _write(tmp_path, "evals/missing/f.yaml", "name: x\nassert: [{type: is-json}]\n")
     _write(tmp_path, "evals/greet/README.md", "not an eval file\n")
@@ -320,7 +377,10 @@ def test_lint_evals_reports_every_file_and_one_bad_file_stops_none(tmp_path: Pat
     )
     cases, _ = load_evals(tmp_path)
     assert sorted((c.prompt_key, c.name) for c in cases) == [
-        ("greet", "hi"), ("greet", "hi"), ("missing", "x"), ("support/triage", "ok"),
+        ("greet", "hi"),
+        ("greet", "hi"),
+        ("missing", "x"),
+        ("support/triage", "ok"),
     ]
 
 
@@ -351,7 +411,9 @@ def test_serialize_case_writes_the_canonical_file() -> None:
             Assertion("judge", None, {"rubric": "Polite.\nShort."}, weight=2.0),
         ],
     )
-    assert serialize_case(case) == """\
+    assert (
+        serialize_case(case)
+        == """\
 name: refund request
 threshold: 0.5
 vars:
@@ -374,6 +436,7 @@ assert:
       Short.
     weight: 2.0
 """
+    )
     assert load_eval_text(serialize_case(case), PATH).cases == [case]
 
 
@@ -392,25 +455,34 @@ def test_case_path_slugs_the_name() -> None:
 
 
 def test_case_from_dict_reads_llmkit_fields() -> None:
-    case = case_from_dict({
-        "id": 7,
-        "prompt_id": 3,
-        "name": "legacy",
-        "system_prompt_input": '{"personality": "cheerful"}',
-        "user_prompt_input": "How are you?",
-    }, prompt_key="greet")
+    case = case_from_dict(
+        {
+            "id": 7,
+            "prompt_id": 3,
+            "name": "legacy",
+            "system_prompt_input": '{"personality": "cheerful"}',
+            "user_prompt_input": "How are you?",
+        },
+        prompt_key="greet",
+    )
     assert case.vars == {"personality": "cheerful"}
     assert case.messages == [{"role": "user", "content": "How are you?"}]
     assert case.file == "evals/greet/legacy.yaml"
-    both = case_from_dict({"prompt_key": "greet", "name": "b",
-                           "user_prompt_input": {"question": "why"}})
+    both = case_from_dict(
+        {"prompt_key": "greet", "name": "b", "user_prompt_input": {"question": "why"}}
+    )
     assert both.user_vars == {"question": "why"}
     assert both.messages == []
 
 
 def test_case_to_dict_carries_llmkit_fields() -> None:
-    case = EvalCase("greet", "hi", file="evals/greet/hi.yaml", vars={"p": 1},
-                    messages=[{"role": "user", "content": "yo"}])
+    case = EvalCase(
+        "greet",
+        "hi",
+        file="evals/greet/hi.yaml",
+        vars={"p": 1},
+        messages=[{"role": "user", "content": "yo"}],
+    )
     data = case_to_dict(case, id=5)
     assert data["id"] == 5
     assert json.loads(data["system_prompt_input"]) == {"p": 1}
@@ -420,8 +492,15 @@ def test_case_to_dict_carries_llmkit_fields() -> None:
 
 def test_case_from_dict_names_every_bad_field() -> None:
     with pytest.raises(EvalSpecError) as caught:
-        case_from_dict({"prompt_key": "a/../b", "name": "", "repeat": "many", "colour": 1,
-                        "assert": [{"type": "regex", "value": "("}]})
+        case_from_dict(
+            {
+                "prompt_key": "a/../b",
+                "name": "",
+                "repeat": "many",
+                "colour": 1,
+                "assert": [{"type": "regex", "value": "("}],
+            }
+        )
     messages = [p.message for p in caught.value.problems]
     assert any(m.startswith("'prompt_key': Invalid prompt key 'a/../b'") for m in messages)
     assert any("unknown key 'colour'" in m for m in messages)
@@ -435,7 +514,8 @@ def test_case_from_dict_names_every_bad_field() -> None:
 # --- round trips -------------------------------------------------------------------------
 
 _segment = st.builds(
-    str.__add__, st.sampled_from(string.ascii_letters),
+    str.__add__,
+    st.sampled_from(string.ascii_letters),
     st.text(string.ascii_letters + string.digits + "._-", max_size=7),
 )
 
@@ -454,42 +534,67 @@ _names = st.text(min_size=1, max_size=30).filter(
     lambda s: s.strip() != "" and "\n" not in s and "\r" not in s
 )
 _json_scalars = (
-    st.none() | st.booleans() | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
 )
 _json_values = st.recursive(
     _json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 _variables = st.dictionaries(st.text(max_size=12), _json_values, max_size=4)
 _texts = st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "")
 _messages = st.lists(
-    st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
-                           "content": st.text(max_size=60)}),
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=60)}
+    ),
     max_size=3,
 )
-_schemas = st.sampled_from([
-    {"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}},
-    {"type": "array", "items": {"enum": [1, 2]}},
-])
+_schemas = st.sampled_from(
+    [
+        {"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}},
+        {"type": "array", "items": {"enum": [1, 2]}},
+    ]
+)
 _assertions = st.one_of(
-    st.builds(Assertion, st.sampled_from(["contains", "icontains", "not-contains", "starts-with"]),
-              _texts | st.integers()),
+    st.builds(
+        Assertion,
+        st.sampled_from(["contains", "icontains", "not-contains", "starts-with"]),
+        _texts | st.integers(),
+    ),
     st.builds(Assertion, st.just("equals"), _json_values),
     st.builds(Assertion, st.just("regex"), st.sampled_from(["^a", r"\d+", "(?i)yes|no"])),
     st.builds(Assertion, st.just("is-json")),
     st.builds(Assertion, st.just("json-schema"), _schemas),
-    st.builds(Assertion, st.just("json-path"), _json_values,
-              st.sampled_from([{"path": "$.a"}, {"path": "$.a[0]['b c']"}])),
-    st.builds(Assertion, st.sampled_from(["max-latency-ms", "max-tokens"]),
-              st.integers(min_value=0, max_value=10**6)),
+    st.builds(
+        Assertion,
+        st.just("json-path"),
+        _json_values,
+        st.sampled_from([{"path": "$.a"}, {"path": "$.a[0]['b c']"}]),
+    ),
+    st.builds(
+        Assertion,
+        st.sampled_from(["max-latency-ms", "max-tokens"]),
+        st.integers(min_value=0, max_value=10**6),
+    ),
     st.builds(Assertion, st.just("max-cost"), st.floats(min_value=0, max_value=10)),
-    st.builds(Assertion, st.just("tool-call"), st.none(),
-              st.fixed_dictionaries({"name": _texts}, optional={"arguments": _variables})),
-    st.builds(Assertion, st.just("judge"), st.none(),
-              st.fixed_dictionaries({"rubric": _texts}, optional={"model": _texts})),
+    st.builds(
+        Assertion,
+        st.just("tool-call"),
+        st.none(),
+        st.fixed_dictionaries({"name": _texts}, optional={"arguments": _variables}),
+    ),
+    st.builds(
+        Assertion,
+        st.just("judge"),
+        st.none(),
+        st.fixed_dictionaries({"rubric": _texts}, optional={"model": _texts}),
+    ),
 )
 
 
@@ -533,10 +638,24 @@ def test_case_dict_round_trips_through_json(case: EvalCase) -> None:
     assert case_from_dict(data, file=case.file) == case
 
 
-_case_like = st.fixed_dictionaries({}, optional={
-    key: _json_values for key in ("name", "vars", "messages", "input", "assert", "repeat",
-                                  "threshold", "cases", "prompt", "model")
-})
+_case_like = st.fixed_dictionaries(
+    {},
+    optional={
+        key: _json_values
+        for key in (
+            "name",
+            "vars",
+            "messages",
+            "input",
+            "assert",
+            "repeat",
+            "threshold",
+            "cases",
+            "prompt",
+            "model",
+        )
+    },
+)
 
 
 @_fast

@@ -23,15 +23,23 @@ def event_file(tmp_path: Path, number: int | None) -> Path:
 
 
 def comment_env(fake: FakeGitHub, event: Path) -> dict[str, str]:
-    return {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": fake.url, "GITHUB_REPOSITORY": REPOSITORY,
-            "GITHUB_EVENT_PATH": str(event)}
+    return {
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_API_URL": fake.url,
+        "GITHUB_REPOSITORY": REPOSITORY,
+        "GITHUB_EVENT_PATH": str(event),
+    }
 
 
 def post(markdown: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`python -m llmkit.github_comment`, as the action runs it."""
     return subprocess.run(
         [sys.executable, "-m", "llmkit.github_comment", "--markdown", str(markdown)],
-        cwd=PROJECT_ROOT, env=clean_env(NO_COLOR="1", COLUMNS="200", **env), capture_output=True, text=True, timeout=60,
+        cwd=PROJECT_ROOT,
+        env=clean_env(NO_COLOR="1", COLUMNS="200", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
 
@@ -100,9 +108,7 @@ def test_api_refusal_is_a_clear_error_and_a_failing_exit(
     assert fake_github.ours(5) == []
 
 
-def test_bad_token_and_unreachable_api_fail_loudly(
-    fake_github: FakeGitHub, tmp_path: Path
-) -> None:
+def test_bad_token_and_unreachable_api_fail_loudly(fake_github: FakeGitHub, tmp_path: Path) -> None:
     summary = tmp_path / "s.md"
     summary.write_text("summary\n", "utf-8")
     env = {**comment_env(fake_github, event_file(tmp_path, 5)), "GITHUB_TOKEN": "ghs_wrong"}
@@ -118,8 +124,9 @@ def test_bad_token_and_unreachable_api_fail_loudly(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    gone = post(summary, {**comment_env(fake_github, event_file(tmp_path, 5)),
-                          "GITHUB_API_URL": closed})
+    gone = post(
+        summary, {**comment_env(fake_github, event_file(tmp_path, 5)), "GITHUB_API_URL": closed}
+    )
     assert gone.returncode == 1
     assert "cannot reach GitHub" in gone.stderr
 

@@ -471,7 +471,7 @@ def test_prompt_files_carry_the_rows_settings(imported: Any) -> None:
 
 
 def test_api_versions_and_diffs_match_the_rows(imported: Any) -> None:
-    scenario, repo, _ = imported
+    _scenario, repo, _ = imported
     with running_api(repo) as api:
         versions = api.get("/v1/ui/prompts/support-bot/versions").json()
         assert [v["system"] for v in versions] == [*SUPPORT, SUPPORT[1]]
@@ -512,7 +512,7 @@ def test_eval_cases_become_files(imported: Any) -> None:
 
 
 def test_eval_runs_and_scores_are_durable_records(imported: Any) -> None:
-    scenario, repo, summary = imported
+    _scenario, repo, summary = imported
     assert (summary["eval_runs"], summary["eval_results"], summary["scores"]) == (3, 5, 4)
     shas = {r["number"]: r["sha"] for r in history(repo, "support-bot")}
     ws = Workspace(Settings.resolve(repo))
@@ -548,7 +548,7 @@ def test_eval_runs_and_scores_are_durable_records(imported: Any) -> None:
 
 
 def test_logs_go_into_the_run_log(imported: Any) -> None:
-    scenario, repo, summary = imported
+    _scenario, repo, summary = imported
     assert summary["logs"] == 3
     shas = {r["number"]: r["sha"] for r in history(repo, "support-bot")}
     ws = Workspace(Settings.resolve(repo))

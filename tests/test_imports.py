@@ -97,8 +97,8 @@ def import_cycles(package_dir: Path) -> list[list[str]]:
             elif imported in stack:
                 low[name] = min(low[name], order[imported])
         if low[name] == order[name]:
-            group = stack[stack.index(name):]
-            del stack[stack.index(name):]
+            group = stack[stack.index(name) :]
+            del stack[stack.index(name) :]
             if len(group) > 1:
                 cycles.append(sorted(group))
 
@@ -121,32 +121,38 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_check_finds_a_cycle_through_a_package_namespace(tmp_path: Path) -> None:
-    package = write(tmp_path, {
-        "pkg/__init__.py": "from pkg.front import run\n",
-        "pkg/front.py": "from pkg import sub\nfrom pkg.sub.low import helper\n",
-        "pkg/sub/__init__.py": "",
-        "pkg/sub/low.py": "import pkg.sub\n",
-        "pkg/back.py": "from . import front\n",
-        "pkg/top.py": "from pkg import back\n",
-    })
+    package = write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from pkg.front import run\n",
+            "pkg/front.py": "from pkg import sub\nfrom pkg.sub.low import helper\n",
+            "pkg/sub/__init__.py": "",
+            "pkg/sub/low.py": "import pkg.sub\n",
+            "pkg/back.py": "from . import front\n",
+            "pkg/top.py": "from pkg import back\n",
+        },
+    )
     # pkg -> front -> pkg (front reads the namespace of pkg, whose __init__ imports front)
     assert import_cycles(package) == [["pkg", "pkg.front"]]
 
 
 def test_the_check_ignores_deferred_and_type_checking_imports(tmp_path: Path) -> None:
-    package = write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": (
-            "from typing import TYPE_CHECKING\nimport pkg.b\n"
-            "if TYPE_CHECKING:\n    from pkg.b import B\n"
-        ),
-        "pkg/b.py": (
-            "import typing\n"
-            "if typing.TYPE_CHECKING:\n    from pkg import a\nelse:\n    import json\n"
-            "def later():\n    from pkg.a import x\n"
-            "class C:\n    def method(self):\n        import pkg.a\n"
-        ),
-    })
+    package = write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": (
+                "from typing import TYPE_CHECKING\nimport pkg.b\n"
+                "if TYPE_CHECKING:\n    from pkg.b import B\n"
+            ),
+            "pkg/b.py": (
+                "import typing\n"
+                "if typing.TYPE_CHECKING:\n    from pkg import a\nelse:\n    import json\n"
+                "def later():\n    from pkg.a import x\n"
+                "class C:\n    def method(self):\n        import pkg.a\n"
+            ),
+        },
+    )
     assert import_cycles(package) == []
     guarded = "try:\n    from pkg.a import x\nexcept ImportError:\n    x = None\n"
     (package / "b.py").write_text(guarded)

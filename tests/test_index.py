@@ -78,7 +78,12 @@ def test_sync_equals_rebuild_across_commits_drafts_deletes_and_renames(
     repo.write("prompts/hello.md", HELLO_PROMPT + "\nv2\n")
     repo.commit("hello v2")
     assert_sync_equals_rebuild(ws, tmp_path)
-    assert listing(ws) == [(1, "hello", 2, False), (2, "static", 1, False), (3, "a", 1, False), (4, "b", 1, False)]
+    assert listing(ws) == [
+        (1, "hello", 2, False),
+        (2, "static", 1, False),
+        (3, "a", 1, False),
+        (4, "b", 1, False),
+    ]
 
     # a working-tree edit is a draft: number last + 1, no sha
     repo.write("prompts/hello.md", HELLO_PROMPT + "\nv3 draft\n")
@@ -105,7 +110,11 @@ def test_sync_equals_rebuild_across_commits_drafts_deletes_and_renames(
     assert_sync_equals_rebuild(ws, tmp_path)
     hello = ws.index.version("hello")
     assert (hello.number, hello.draft, hello.sha) == (3, False, repo.head())
-    assert listing(ws)[4:] == [(5, "zeta", 1, False), (6, "0first", 1, True), (7, "sub/alpha", 1, True)]
+    assert listing(ws)[4:] == [
+        (5, "zeta", 1, False),
+        (6, "0first", 1, True),
+        (7, "sub/alpha", 1, True),
+    ]
 
     # a draft that is thrown away disappears
     repo.remove("prompts/0first.md")
@@ -142,7 +151,9 @@ def test_sync_equals_rebuild_across_commits_drafts_deletes_and_renames(
     assert "static" in [key for _, key, _, _ in listing(ws)]
 
 
-def test_sync_equals_rebuild_across_branches_amend_and_rebase(repo: Repo, workspace: Workspace, tmp_path: Path) -> None:
+def test_sync_equals_rebuild_across_branches_amend_and_rebase(
+    repo: Repo, workspace: Workspace, tmp_path: Path
+) -> None:
     ws = workspace
     start = repo.head()
     repo.write("prompts/hello.md", HELLO_PROMPT + "\nmain 2\n")
@@ -186,7 +197,13 @@ def test_sync_equals_rebuild_across_branches_amend_and_rebase(repo: Repo, worksp
     repo.commit("feature 1")
     repo.git("rebase", "-q", "other")
     assert_sync_equals_rebuild(ws, tmp_path)
-    assert sorted(key for _, key, _, _ in listing(ws)) == ["feature", "hello", "main-only", "other-only", "static"]
+    assert sorted(key for _, key, _, _ in listing(ws)) == [
+        "feature",
+        "hello",
+        "main-only",
+        "other-only",
+        "static",
+    ]
     assert ws.index.head() == repo.head()
 
 
@@ -219,7 +236,9 @@ def test_sync_equals_rebuild_across_pulls_from_a_second_clone(
     assert ws.index.version("pulled").number == 1
 
     # a pull that merges: both sides changed the same file in different places
-    colleague.write("prompts/hello.md", "colleague's first line\n" + HELLO_PROMPT + "\nfrom the colleague\n")
+    colleague.write(
+        "prompts/hello.md", "colleague's first line\n" + HELLO_PROMPT + "\nfrom the colleague\n"
+    )
     colleague.commit("colleague edits the top")
     colleague.git("push", "-q", "origin", "main")
     repo.write("prompts/hello.md", HELLO_PROMPT + "\nfrom the colleague\nmine at the bottom\n")
@@ -238,7 +257,9 @@ def test_sync_equals_rebuild_across_pulls_from_a_second_clone(
 # -- drafts and the working tree -------------------------------------------------------------------
 
 
-def test_a_rewrite_within_one_timestamp_tick_is_still_seen(repo: Repo, workspace: Workspace) -> None:
+def test_a_rewrite_within_one_timestamp_tick_is_still_seen(
+    repo: Repo, workspace: Workspace
+) -> None:
     path = repo.path("prompts/hello.md")
     path.write_text(HELLO_PROMPT.replace("assistant", "assistent"))
     workspace.index.sync()
@@ -252,7 +273,9 @@ def test_a_rewrite_within_one_timestamp_tick_is_still_seen(repo: Repo, workspace
     assert workspace.index.version("hello").content == path.read_text()
 
 
-def test_files_that_cannot_be_read_keep_the_rest_indexing(repo: Repo, workspace: Workspace, tmp_path: Path) -> None:
+def test_files_that_cannot_be_read_keep_the_rest_indexing(
+    repo: Repo, workspace: Workspace, tmp_path: Path
+) -> None:
     repo.write("prompts/latin1.md", b"---\nmodel: m\n---\ncaf\xe9\n")
     repo.write("prompts/unknown-key.md", "---\nmodel: m\ncolour: red\n---\nhi\n")
     repo.write("prompts/bad name.md", "a key with a space is skipped\n")
@@ -307,7 +330,7 @@ def test_prompt_files_over_the_size_limit_are_errors_never_read_into_the_index(
     assert workspace.index.version("hello").prompt().system
 
 
-# -- versions ---------------------------------------------------------------------------------------
+# -- versions --------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -332,7 +355,12 @@ def test_versions_are_numbered_from_one_per_file(workspace: Workspace, history: 
     versions = workspace.index.versions("hello")
     assert [v.number for v in versions] == [1, 2, 3, 4]
     assert [v.sha for v in versions] == history
-    assert [v.commit.message for v in versions if v.commit] == ["Initial commit", "hello v2", "hello v3", "hello v4"]
+    assert [v.commit.message for v in versions if v.commit] == [
+        "Initial commit",
+        "hello v2",
+        "hello v3",
+        "hello v4",
+    ]
     assert all(v.commit and v.commit.author_name == "Test Author" for v in versions)
     assert [v.number for v in workspace.index.versions("static")] == [1, 2, 3, 4]
     assert [v.number for v in workspace.index.versions(1)] == [1, 2, 3, 4]  # by integer id
@@ -340,13 +368,27 @@ def test_versions_are_numbered_from_one_per_file(workspace: Workspace, history: 
 
 @pytest.mark.parametrize(
     ("spec", "number"),
-    [("2", 2), (2, 2), ("v2", 2), ("stable", 3), ("main", 4), ("HEAD", 4), ("HEAD~1", 4), ("HEAD~2", 3), (None, 4)],
+    [
+        ("2", 2),
+        (2, 2),
+        ("v2", 2),
+        ("stable", 3),
+        ("main", 4),
+        ("HEAD", 4),
+        ("HEAD~1", 4),
+        ("HEAD~2", 3),
+        (None, 4),
+    ],
 )
-def test_versions_by_number_ref_and_default(workspace: Workspace, history: list[str], spec: object, number: int) -> None:
+def test_versions_by_number_ref_and_default(
+    workspace: Workspace, history: list[str], spec: object, number: int
+) -> None:
     version = workspace.index.version("hello", spec)  # type: ignore[arg-type]
     assert version.number == number
     assert version.sha == history[number - 1]
-    assert version.content == (HELLO_PROMPT if number == 1 else HELLO_PROMPT + f"\nversion {number}\n")
+    assert version.content == (
+        HELLO_PROMPT if number == 1 else HELLO_PROMPT + f"\nversion {number}\n"
+    )
 
 
 def test_versions_by_sha_prefix(workspace: Workspace, history: list[str]) -> None:
@@ -355,7 +397,9 @@ def test_versions_by_sha_prefix(workspace: Workspace, history: list[str]) -> Non
             assert workspace.index.version("hello", prefix).number == n
 
 
-def test_a_sha_prefix_of_digits_only_is_not_taken_for_a_missing_number(repo: Repo, workspace: Workspace) -> None:
+def test_a_sha_prefix_of_digits_only_is_not_taken_for_a_missing_number(
+    repo: Repo, workspace: Workspace
+) -> None:
     repo.write("prompts/digits.md", text("digits"))
     repo.git("add", "prompts/digits.md")
     tree, parent = repo.git("write-tree"), repo.head()
@@ -379,8 +423,12 @@ def test_a_ref_at_a_commit_that_did_not_touch_the_file_gives_the_version_in_forc
     assert (version.number, version.sha) == (4, history[3])
 
 
-@pytest.mark.parametrize("spec", ["99", "0", "deadbeef", "no-such-branch", "--all", "HEAD~50", "v2..main"])
-def test_unknown_versions_are_not_found(workspace: Workspace, history: list[str], spec: str) -> None:
+@pytest.mark.parametrize(
+    "spec", ["99", "0", "deadbeef", "no-such-branch", "--all", "HEAD~50", "v2..main"]
+)
+def test_unknown_versions_are_not_found(
+    workspace: Workspace, history: list[str], spec: str
+) -> None:
     with pytest.raises(NotFound) as info:
         workspace.index.version("hello", spec)
     assert info.value.status == 404
@@ -396,7 +444,9 @@ def test_unknown_prompts_are_not_found_and_bad_keys_invalid(workspace: Workspace
         workspace.index.get_prompt("../etc/passwd")
 
 
-def test_a_version_at_a_ref_where_the_file_is_absent_is_not_found(workspace: Workspace, repo: Repo) -> None:
+def test_a_version_at_a_ref_where_the_file_is_absent_is_not_found(
+    workspace: Workspace, repo: Repo
+) -> None:
     first = repo.head()
     repo.write("prompts/later.md", text("later"))
     repo.commit("later")
@@ -439,7 +489,13 @@ def test_ids_follow_first_appearance_then_key(make_repo: MakeRepo, tmp_path: Pat
     ws = Workspace.open(str(repo.root))
     try:
         ws.index.rebuild()
-        assert [(p.id, p.key) for p in ws.index.list_prompts()] == [(1, "c"), (2, "m"), (3, "a"), (4, "z"), (5, "b")]
+        assert [(p.id, p.key) for p in ws.index.list_prompts()] == [
+            (1, "c"),
+            (2, "m"),
+            (3, "a"),
+            (4, "z"),
+            (5, "b"),
+        ]
         assert ws.index.get_prompt(3).key == "a"
     finally:
         ws.close()
@@ -455,7 +511,9 @@ def test_a_rebuild_reads_history_with_a_few_git_processes(
     calls: list[str] = []
     real_popen = subprocess.Popen
 
-    def popen(args: list[str], *a: object, **kw: object) -> object:  # subprocess.run goes through here too
+    def popen(
+        args: list[str], *a: object, **kw: object
+    ) -> object:  # subprocess.run goes through here too
         calls.append(" ".join(args[3:5]))
         return real_popen(args, *a, **kw)  # type: ignore[call-overload]
 
@@ -478,7 +536,9 @@ def test_an_empty_repository_indexes_to_nothing(make_repo: MakeRepo) -> None:
         ws.close()
 
 
-def test_a_reader_never_sees_a_new_commit_without_its_files(repo: Repo, workspace: Workspace) -> None:
+def test_a_reader_never_sees_a_new_commit_without_its_files(
+    repo: Repo, workspace: Workspace
+) -> None:
     import threading
 
     problems: list[str] = []
@@ -487,11 +547,15 @@ def test_a_reader_never_sees_a_new_commit_without_its_files(repo: Repo, workspac
         sha = repo.commit(f"add n{i}")
         done = threading.Event()
 
-        def read(expected_sha: str = sha, key: str = f"n{i:02d}") -> None:
+        def read(
+            expected_sha: str = sha, key: str = f"n{i:02d}", done: threading.Event = done
+        ) -> None:
             for _ in range(100_000):
                 if done.is_set():
                     return
-                if workspace.index.head() == expected_sha and key not in {p.key for p in workspace.index.list_prompts()}:
+                if workspace.index.head() == expected_sha and key not in {
+                    p.key for p in workspace.index.list_prompts()
+                }:
                     problems.append(f"head {expected_sha[:8]} indexed without {key}")
                     return
 
@@ -501,3 +565,30 @@ def test_a_reader_never_sees_a_new_commit_without_its_files(repo: Repo, workspac
         done.set()
         reader.join(timeout=30)
     assert problems == []
+
+
+def test_a_draft_blob_dropped_while_a_commit_is_read_is_read_again(
+    repo: Repo, workspace: Workspace
+) -> None:
+    """A sync skips reading a committed blob the index already holds as a draft's; if another
+    process drops that draft's blob before this sync writes, the blob is read from git again."""
+    draft = HELLO_PROMPT + "\nA draft that gets committed.\n"
+    repo.write("prompts/hello.md", draft)
+    workspace.index.sync()
+    assert workspace.index.version("hello").draft
+    before = workspace.index.head()
+    after = repo.commit("Commit the draft")
+    index = workspace.index
+    apply = index._append(before, after, "main")  # reads git; skips the draft's blob it holds
+    with index._write() as conn:
+        # What another process's sync does once it saw the draft go: the blob is unused.
+        conn.execute(
+            "DELETE FROM ix_blobs WHERE id NOT IN (SELECT blob FROM ix_versions"
+            " WHERE seq IS NOT NULL)"
+        )
+        report = apply(conn)
+    assert report.changed == {"hello"}
+    workspace.index.sync()
+    version = workspace.index.version("hello")
+    assert not version.draft and version.sha == after
+    assert version.content == draft and version.error is None

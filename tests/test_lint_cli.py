@@ -43,7 +43,7 @@ def history_repo(repo: Repo) -> Repo:
     return repo
 
 
-# -- lint ----------------------------------------------------------------------------------------------
+# -- lint ------------------------------------------------------------------------------------------
 
 
 def test_lint_reports_each_problem_once_with_file_and_line(make_repo: MakeRepo) -> None:
@@ -65,7 +65,10 @@ def test_lint_command_prints_path_line_message_and_exits_1(make_repo: MakeRepo) 
     lines = result.stdout.splitlines()
     assert len(lines) == len(EXPECTED_ERRORS)
     for path, line, needle in EXPECTED_ERRORS:
-        assert any(out.startswith(f"{path}:{line}: ") and needle in out for out in lines), (path, lines)
+        assert any(out.startswith(f"{path}:{line}: ") and needle in out for out in lines), (
+            path,
+            lines,
+        )
     assert "6 error(s), 0 warning(s)" in result.stderr
 
 
@@ -74,7 +77,10 @@ def test_lint_github_format_writes_annotations(make_repo: MakeRepo) -> None:
     result = invoke("lint", "--repo", repo.root, "--format", "github")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert "::error file=prompts/unknown-key.md,line=3::Unknown frontmatter key 'colour'" in "\n".join(lines)
+    assert (
+        "::error file=prompts/unknown-key.md,line=3::Unknown frontmatter key 'colour'"
+        in "\n".join(lines)
+    )
     assert all(line.startswith("::error file=prompts/") for line in lines)
     assert len(lines) == len(EXPECTED_ERRORS)
 
@@ -103,33 +109,49 @@ def test_lint_reports_unportable_keys_oversized_files_bombs_and_deep_templates(
     make_repo: MakeRepo,
 ) -> None:
     ok = "---\nmodel: m\n---\nhi\n"
-    repo = make_repo("unportable", {
-        "llmkit.yaml": "models:\n  default: echo\nlimits:\n  prompt_file_bytes: 10000\n",
-        "prompts/hello.md": ok,
-        "prompts/Hello.md": ok,
-        "prompts/support/a.md": ok,
-        "prompts/Support/b.md": ok,
-        "prompts/con.md": ok,
-        "prompts/dir./x.md": ok,
-        "prompts/big.md": ok + "x" * 10_000 + "\n",
-        "prompts/bomb.md": "---\nmodel: m\ntags: &a [x, x]\ndescription: [*a, *a]\n---\nhi\n",
-        "prompts/deep.md": "---\nmodel: m\n---\nfine\n{{ " + "(" * 3000 + ")" * 3000 + " }}\n",
-        "prompts/withnul.md": "---\nmodel: m\n---\nfine\nnot \x00 fine\n",
-    })
+    repo = make_repo(
+        "unportable",
+        {
+            "llmkit.yaml": "models:\n  default: echo\nlimits:\n  prompt_file_bytes: 10000\n",
+            "prompts/hello.md": ok,
+            "prompts/Hello.md": ok,
+            "prompts/support/a.md": ok,
+            "prompts/Support/b.md": ok,
+            "prompts/con.md": ok,
+            "prompts/dir./x.md": ok,
+            "prompts/big.md": ok + "x" * 10_000 + "\n",
+            "prompts/bomb.md": "---\nmodel: m\ntags: &a [x, x]\ndescription: [*a, *a]\n---\nhi\n",
+            "prompts/deep.md": "---\nmodel: m\n---\nfine\n{{ " + "(" * 3000 + ")" * 3000 + " }}\n",
+            "prompts/withnul.md": "---\nmodel: m\n---\nfine\nnot \x00 fine\n",
+        },
+    )
     found = {(p.path, p.line, p.message.split(";")[0].split(" (")[0]) for p in lint_repo(repo.root)}
     assert found == {
         ("prompts/hello.md", 1, "Prompt key 'hello' differs only in case from 'Hello'"),
         ("prompts/support/a.md", 1, "Prompt key 'support/a' differs only in case from 'Support/b'"),
         ("prompts/con.md", 1, "Invalid prompt key 'con': 'con' is a device name on Windows"),
-        ("prompts/dir./x.md", 1,
-         "Invalid prompt key 'dir./x': segment 'dir.' ends with '.', which Windows drops from"
-         " file names"),
+        (
+            "prompts/dir./x.md",
+            1,
+            (
+                "Invalid prompt key 'dir./x': segment 'dir.' ends with '.', which Windows drops from"
+                " file names"
+            ),
+        ),
         ("prompts/big.md", 1, "File is 10,021 bytes, over the limit of 10,000 for a prompt file"),
-        ("prompts/bomb.md", 3,
-         "Frontmatter: YAML anchor &a is not allowed: write the value out in full"),
-        ("prompts/deep.md", 5,
-         "Template syntax error: the template nests too deeply, or an expression is too long,"
-         " to compile"),
+        (
+            "prompts/bomb.md",
+            3,
+            "Frontmatter: YAML anchor &a is not allowed: write the value out in full",
+        ),
+        (
+            "prompts/deep.md",
+            5,
+            (
+                "Template syntax error: the template nests too deeply, or an expression is too long,"
+                " to compile"
+            ),
+        ),
         ("prompts/withnul.md", 5, "Prompt text holds a NUL character"),
     }
 
@@ -154,7 +176,7 @@ def test_lint_outside_a_repository_is_a_usage_error(tmp_path: Path) -> None:
     assert "not a git repository" in result.stderr
 
 
-# -- init ----------------------------------------------------------------------------------------------
+# -- init ------------------------------------------------------------------------------------------
 
 
 def test_init_scaffolds_and_commits_then_keeps_everything_on_a_second_run(tmp_path: Path) -> None:
@@ -191,14 +213,19 @@ def test_init_in_an_existing_repository_commits_only_what_it_created(make_repo: 
     assert result.exit_code == 0, result.output
     committed = repo.git("show", "--name-only", "--format=", "HEAD").splitlines()
     assert sorted(committed) == [
-        ".github/workflows/llmkit.yml", ".pre-commit-config.yaml", "LLMKIT.md", "README.md",
-        "evals/hello/basic.yaml", "llmkit.yaml", "prompts/hello.md",
+        ".github/workflows/llmkit.yml",
+        ".pre-commit-config.yaml",
+        "LLMKIT.md",
+        "README.md",
+        "evals/hello/basic.yaml",
+        "llmkit.yaml",
+        "prompts/hello.md",
     ]
     assert repo.status() == "A  staged.py"
     assert repo.read(".gitignore") == ".llmkit/\n*.pyc\n"
 
 
-# -- index ----------------------------------------------------------------------------------------------
+# -- index -----------------------------------------------------------------------------------------
 
 
 def test_index_and_rebuild(history_repo: Repo) -> None:
@@ -223,14 +250,18 @@ def test_index_and_rebuild(history_repo: Repo) -> None:
         assert key in table.stdout
 
 
-def test_the_repository_defaults_to_the_current_directory(history_repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_repository_defaults_to_the_current_directory(
+    history_repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(history_repo.root / "prompts")
     result = invoke("history", "hello", "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)) == 2
 
 
-def test_outside_any_repository_without_repo_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outside_any_repository_without_repo_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LLMKIT_REPO", raising=False)
     result = invoke("index")
@@ -238,7 +269,7 @@ def test_outside_any_repository_without_repo_is_a_usage_error(tmp_path: Path, mo
     assert "not inside a git repository" in result.stderr
 
 
-# -- history, show, diff ---------------------------------------------------------------------------------
+# -- history, show, diff ---------------------------------------------------------------------------
 
 
 def test_history_json(history_repo: Repo) -> None:
@@ -246,7 +277,10 @@ def test_history_json(history_repo: Repo) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     shas = list(reversed(history_repo.log("--", "prompts/hello.md")))
-    assert [(r["number"], r["sha"], r["draft"]) for r in rows] == [(1, shas[0], False), (2, shas[1], False)]
+    assert [(r["number"], r["sha"], r["draft"]) for r in rows] == [
+        (1, shas[0], False),
+        (2, shas[1], False),
+    ]
     assert [r["message"] for r in rows] == ["Initial commit", "Ask for one line"]
     assert {r["author"] for r in rows} == {"Test Author"}
     assert {r["author_email"] for r in rows} == {"author@example.com"}
@@ -274,7 +308,12 @@ def test_show_by_number_sha_and_served(history_repo: Repo) -> None:
     result = invoke("show", f"hello@{first[:8]}", "--repo", root, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert (data["key"], data["version_number"], data["sha"], data["content"]) == ("hello", 1, first, HELLO_PROMPT)
+    assert (data["key"], data["version_number"], data["sha"], data["content"]) == (
+        "hello",
+        1,
+        first,
+        HELLO_PROMPT,
+    )
     assert data["prompt_type"] == "dynamic_both"
     assert data["user"] == "{{ question }}"
 
@@ -287,21 +326,38 @@ def test_diff_between_two_versions(history_repo: Repo) -> None:
     assert invoke("diff", "hello", "2", "--repo", history_repo.root).stdout == ""
 
 
-# -- render -----------------------------------------------------------------------------------------------
+# -- render ----------------------------------------------------------------------------------------
 
 
 def test_render_with_vars_and_a_json_file(history_repo: Repo, tmp_path: Path) -> None:
     variables = tmp_path / "vars.json"
     variables.write_text(json.dumps({"personality": "calm", "question": "from the file"}))
     result = invoke(
-        "render", "hello@1", "--repo", history_repo.root, "--vars-json", variables, "--var", "question=What? a=b", "--json"
+        "render",
+        "hello@1",
+        "--repo",
+        history_repo.root,
+        "--vars-json",
+        variables,
+        "--var",
+        "question=What? a=b",
+        "--json",
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [
         {"role": "system", "content": "You are a calm assistant."},
         {"role": "user", "content": "What? a=b"},
     ]
-    pretty = invoke("render", "hello", "--repo", history_repo.root, "--var", "personality=<b>&", "--var", "question=q")
+    pretty = invoke(
+        "render",
+        "hello",
+        "--repo",
+        history_repo.root,
+        "--var",
+        "personality=<b>&",
+        "--var",
+        "question=q",
+    )
     assert pretty.exit_code == 0
     assert "You are a <b>& assistant." in pretty.stdout
 
@@ -309,7 +365,10 @@ def test_render_with_vars_and_a_json_file(history_repo: Repo, tmp_path: Path) ->
 def test_render_names_every_missing_variable(history_repo: Repo) -> None:
     result = invoke("render", "hello", "--repo", history_repo.root, "--json")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "Error: prompts/hello.md:6: Missing variables: personality, question"
+    assert (
+        result.stderr.strip()
+        == "Error: prompts/hello.md:6: Missing variables: personality, question"
+    )
     assert result.stdout == ""
 
 
@@ -327,7 +386,9 @@ def test_render_names_every_missing_variable(history_repo: Repo) -> None:
         (["render", "hello", "--vars-json", "/nonexistent/vars.json"], 2, "Cannot read variables"),
     ],
 )
-def test_errors_exit_with_a_message_naming_the_value(history_repo: Repo, args: list[str], code: int, needle: str) -> None:
+def test_errors_exit_with_a_message_naming_the_value(
+    history_repo: Repo, args: list[str], code: int, needle: str
+) -> None:
     result = invoke(*args, "--repo", history_repo.root)
     assert result.exit_code == code, result.output
     assert result.stderr.startswith("Error: ")
@@ -335,7 +396,7 @@ def test_errors_exit_with_a_message_naming_the_value(history_repo: Repo, args: l
     assert "Traceback" not in result.output
 
 
-# -- real processes ---------------------------------------------------------------------------------------
+# -- real processes --------------------------------------------------------------------------------
 
 
 def test_a_real_process_shows_a_version_and_exits_1_on_unknown_keys(history_repo: Repo) -> None:
@@ -370,7 +431,12 @@ def modules_after(tmp_path: Path, *args: str | Path) -> tuple[object, list[str]]
     script.write_text(MODULES_AFTER)
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(script), str(out), *map(str, args)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, str(script), str(out), *map(str, args)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.exists(), proc.stderr
     data = json.loads(out.read_text())
@@ -380,11 +446,19 @@ def modules_after(tmp_path: Path, *args: str | Path) -> tuple[object, list[str]]
 def test_help_does_not_import_litellm_fastapi_or_gitpython(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "llmkit", "--help"],
-        cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True, timeout=60,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0
     assert "lint" in proc.stdout
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "llmkit.cli" in imported
     assert not {m for m in imported if m.split(".")[0] in HEAVY_FOR_HELP}
     code, modules = modules_after(tmp_path, "--help")
@@ -393,8 +467,12 @@ def test_help_does_not_import_litellm_fastapi_or_gitpython(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("broken", [False, True])
-def test_lint_does_not_import_litellm_or_fastapi(make_repo: MakeRepo, tmp_path: Path, broken: bool) -> None:
-    repo = make_repo("lintme", BROKEN_FILES if broken else {"prompts/a.md": "<!-- role:user -->\nhi\n"})
+def test_lint_does_not_import_litellm_or_fastapi(
+    make_repo: MakeRepo, tmp_path: Path, broken: bool
+) -> None:
+    repo = make_repo(
+        "lintme", BROKEN_FILES if broken else {"prompts/a.md": "<!-- role:user -->\nhi\n"}
+    )
     repo.write("evals/a/basic.yaml", "name: basic\nassert:\n- type: contains\n  value: hi\n")
     code, modules = modules_after(tmp_path, "lint", "--repo", repo.root)
     assert code == (1 if broken else 0)

@@ -152,15 +152,25 @@ EXPECTED: dict[str, Table] = {
             "run_log_latency_ms": (
                 "CREATE INDEX WHERE",  # source != 'judge'
                 [
-                    "prompt_key", "version_number", "version_sha", "draft", "draft_blob",
-                    "latency_ms", "source",
+                    "prompt_key",
+                    "version_number",
+                    "version_sha",
+                    "draft",
+                    "draft_blob",
+                    "latency_ms",
+                    "source",
                 ],
             ),
             "run_log_ttft_ms": (
                 "CREATE INDEX WHERE",  # source != 'judge'
                 [
-                    "prompt_key", "version_number", "version_sha", "draft", "draft_blob",
-                    "ttft_ms", "source",
+                    "prompt_key",
+                    "version_number",
+                    "version_sha",
+                    "draft",
+                    "draft_blob",
+                    "ttft_ms",
+                    "source",
                 ],
             ),
         },
@@ -448,7 +458,7 @@ def test_two_connections_migrating_at_once_run_each_migration_once(tmp_path: Pat
     def open_and_migrate(name: str, conn: sqlite3.Connection) -> None:
         try:
             applied[name] = migrations.apply(conn)
-        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+        except Exception as exc:
             errors.append(exc)
         finally:
             conn.close()

@@ -42,8 +42,9 @@ def results(repo: EvalRepo, run_id: str) -> list[dict[str, Any]]:
 
 
 def run_row(repo: EvalRepo, run_id: str) -> dict[str, Any]:
-    [row] = repo.query("SELECT ref, base_ref, source, summary FROM eval_runs WHERE run_id = ?",
-                       (run_id,))
+    [row] = repo.query(
+        "SELECT ref, base_ref, source, summary FROM eval_runs WHERE run_id = ?", (run_id,)
+    )
     return row
 
 
@@ -68,12 +69,12 @@ def test_a_committed_version_gives_the_same_records_from_the_cli_and_the_api(
     from_api, from_cli = results(eval_repo, body["run_id"]), results(eval_repo, cli_id)
     assert from_api == from_cli
     assert [(r["case_name"], r["repeat_index"], r["passed"]) for r in from_api] == [
-        ("mentions goodbye", 0, 0), ("mentions goodbye", 1, 0),
-        ("says hello", 0, 1), ("says hello", 1, 1),
+        ("mentions goodbye", 0, 0),
+        ("mentions goodbye", 1, 0),
+        ("says hello", 0, 1),
+        ("says hello", 1, 1),
     ]
-    assert {(r["version_number"], r["version_sha"], r["draft"]) for r in from_api} == {
-        (1, sha, 0)
-    }
+    assert {(r["version_number"], r["version_sha"], r["draft"]) for r in from_api} == {(1, sha, 0)}
     api_row, cli_row = run_row(eval_repo, body["run_id"]), run_row(eval_repo, cli_id)
     assert (api_row["source"], cli_row["source"]) == ("api", "cli")
     assert api_row["ref"] == cli_row["ref"] == sha
@@ -96,10 +97,12 @@ def test_a_draft_gives_the_same_draft_records_from_the_cli_and_the_api(
     from_api, from_cli = results(eval_repo, body["run_id"]), results(eval_repo, cli_id)
     assert from_api == from_cli
     assert [(r["case_name"], r["passed"]) for r in from_api] == [
-        ("mentions goodbye", 1), ("says hello", 1),
+        ("mentions goodbye", 1),
+        ("says hello", 1),
     ]
-    assert {(r["version_number"], r["version_sha"], r["draft"], r["draft_blob"])
-            for r in from_api} == {(None, None, 1, blob)}
+    assert {
+        (r["version_number"], r["version_sha"], r["draft"], r["draft_blob"]) for r in from_api
+    } == {(None, None, 1, blob)}
     assert {call[2:6] for call in eval_calls(eval_repo)} == {(None, None, 1, blob)}
 
     # Committed with other text as version 2, the draft's results are not version 2's.
@@ -109,8 +112,9 @@ def test_a_draft_gives_the_same_draft_records_from_the_cli_and_the_api(
         listed = api.request("GET", "/v1/ui/prompt-eval-runs/greet/version/2")
         assert listed.status_code == 200 and listed.json() == []
         performance = api.request("GET", "/v1/ui/prompts/greet/performance").json()["versions"]
-    assert [(v["version_number"], v["draft"], v["draft_blob"], v["result_count"])
-            for v in performance] == [(None, True, blob, 4)]
+    assert [
+        (v["version_number"], v["draft"], v["draft_blob"], v["result_count"]) for v in performance
+    ] == [(None, True, blob, 4)]
 
 
 @pytest.mark.parametrize("broken_in", ["evals/chat/bad.yaml", "evals/greet/bad.yaml"])

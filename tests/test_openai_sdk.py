@@ -30,15 +30,21 @@ WAIT_S = 15.0
 
 
 def client_for(server: ExecServer, key: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.server.v1, api_key=key or server.server.admin_key, max_retries=0, timeout=30)
+    return openai.OpenAI(
+        base_url=server.server.v1, api_key=key or server.server.admin_key, max_retries=0, timeout=30
+    )
 
 
 def async_client_for(server: ExecServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.server.v1, api_key=server.server.admin_key, max_retries=0, timeout=30)
+    return openai.AsyncOpenAI(
+        base_url=server.server.v1, api_key=server.server.admin_key, max_retries=0, timeout=30
+    )
 
 
 def log_row(server: ExecServer, trace_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{server.server.v1}/ui/logs/{trace_id}", headers=server.server.headers(), timeout=10)
+    response = httpx.get(
+        f"{server.server.v1}/ui/logs/{trace_id}", headers=server.server.headers(), timeout=10
+    )
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 
@@ -90,11 +96,15 @@ def test_sync_llmkit_convention(exec_server: ExecServer) -> None:
         ],
     )
     assert completion.choices[0].message.content == "ok: Question: Why?"
-    assert exec_server.fake.chat_requests[0].body["messages"][0]["content"] == "You answer as a poet."
+    assert (
+        exec_server.fake.chat_requests[0].body["messages"][0]["content"] == "You answer as a poet."
+    )
 
 
 def test_sync_streaming(exec_server: ExecServer) -> None:
-    exec_server.fake.enqueue("one two three", usage={"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6})
+    exec_server.fake.enqueue(
+        "one two three", usage={"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    )
     stream = client_for(exec_server).chat.completions.create(
         model="static",
         messages=[{"role": "user", "content": "count"}],
@@ -132,7 +142,7 @@ def test_sync_stream_failing_mid_way_raises_api_error(exec_server: ExecServer) -
     received = []
     with pytest.raises(openai.APIError) as caught:
         for chunk in stream:
-            received.append(chunk)
+            received.append(chunk)  # noqa: PERF402 (the chunks before the error are kept)
     assert received, "the error came before any chunk"
     assert "fake-model" in caught.value.message
     assert "closed" in caught.value.message or "connection" in caught.value.message
@@ -147,7 +157,9 @@ def test_sync_json_mode(exec_server: ExecServer) -> None:
     assert json.loads(completion.choices[0].message.content or "") == {"answer": "yes"}
     assert len(exec_server.fake.chat_requests) == 2
     completion = client_for(exec_server).chat.completions.create(
-        model="static", messages=[{"role": "user", "content": '{"k": 1}'}], response_format={"type": "json_object"}
+        model="static",
+        messages=[{"role": "user", "content": '{"k": 1}'}],
+        response_format={"type": "json_object"},
     )
     assert json.loads(completion.choices[0].message.content or "") == {"k": 1}
 
@@ -156,16 +168,23 @@ def test_sync_json_mode_invalid_twice_raises_502(exec_server: ExecServer) -> Non
     exec_server.fake.enqueue("no")
     exec_server.fake.enqueue("no again")
     with pytest.raises(openai.InternalServerError) as caught:
-        client_for(exec_server).chat.completions.create(model="json", messages=[{"role": "user", "content": "?"}])
+        client_for(exec_server).chat.completions.create(
+            model="json", messages=[{"role": "user", "content": "?"}]
+        )
     assert caught.value.status_code == 502
     assert "valid JSON" in caught.value.message
 
 
 def test_sync_tools_plain_and_streamed(exec_server: ExecServer) -> None:
     client = client_for(exec_server)
-    exec_server.fake.enqueue(tool_calls=[{"id": "call_a", "name": "get_weather", "arguments": {"city": "Rome"}}])
+    exec_server.fake.enqueue(
+        tool_calls=[{"id": "call_a", "name": "get_weather", "arguments": {"city": "Rome"}}]
+    )
     completion = client.chat.completions.create(
-        model="static", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER_TOOL], tool_choice="auto"
+        model="static",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="auto",
     )
     [call] = completion.choices[0].message.tool_calls or []
     assert (call.id, call.type, call.function.name) == ("call_a", "function", "get_weather")
@@ -173,13 +192,21 @@ def test_sync_tools_plain_and_streamed(exec_server: ExecServer) -> None:
     assert completion.choices[0].finish_reason == "tool_calls"
     assert exec_server.fake.chat_requests[0].body["tools"] == [WEATHER_TOOL]
 
-    exec_server.fake.enqueue(tool_calls=[{"id": "call_b", "name": "get_weather", "arguments": {"city": "Lima"}}])
-    chunks = list(client.chat.completions.create(
-        model="tools", messages=[{"role": "user", "content": "weather?"}], stream=True
-    ))
+    exec_server.fake.enqueue(
+        tool_calls=[{"id": "call_b", "name": "get_weather", "arguments": {"city": "Lima"}}]
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="tools", messages=[{"role": "user", "content": "weather?"}], stream=True
+        )
+    )
     pieces = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
-    assert pieces[0].id == "call_b" and pieces[0].function and pieces[0].function.name == "get_weather"
-    assert json.loads("".join(p.function.arguments or "" for p in pieces if p.function)) == {"city": "Lima"}
+    assert (
+        pieces[0].id == "call_b" and pieces[0].function and pieces[0].function.name == "get_weather"
+    )
+    assert json.loads("".join(p.function.arguments or "" for p in pieces if p.function)) == {
+        "city": "Lima"
+    }
 
 
 def test_sync_multi_turn_chat(exec_server: ExecServer) -> None:
@@ -198,8 +225,13 @@ def test_sync_multi_turn_chat(exec_server: ExecServer) -> None:
 
 def test_sync_pinned_versions(exec_server: ExecServer) -> None:
     client = client_for(exec_server)
-    for spec, number in (("pinned@1", 1), ("pinned@stable", 2), (f"pinned@{exec_server.shas.v2[:8]}", 2),
-                         ("pinned@v1.0", 1), ("pinned", 3)):
+    for spec, number in (
+        ("pinned@1", 1),
+        ("pinned@stable", 2),
+        (f"pinned@{exec_server.shas.v2[:8]}", 2),
+        ("pinned@v1.0", 1),
+        ("pinned", 3),
+    ):
         raw = client.chat.completions.with_raw_response.create(model=spec, messages=[])
         assert raw.parse().choices[0].message.content == f"system: Version {number} speaking.", spec
         assert raw.headers["x-llmkit-prompt-version"] == str(number)
@@ -216,11 +248,17 @@ def test_sync_exception_classes(exec_server: ExecServer) -> None:
     assert "persona" in bad.value.message and "question" in bad.value.message
     with pytest.raises(openai.BadRequestError) as not_json:
         client.chat.completions.create(
-            model="system", messages=[{"role": "system", "content": "plain words"}, {"role": "user", "content": "x"}]
+            model="system",
+            messages=[
+                {"role": "system", "content": "plain words"},
+                {"role": "user", "content": "x"},
+            ],
         )
     assert "JSON object" in not_json.value.message
     with pytest.raises(openai.AuthenticationError):
-        client_for(exec_server, "llmkit_" + "x" * 32).chat.completions.create(model="static", messages=[])
+        client_for(exec_server, "llmkit_" + "x" * 32).chat.completions.create(
+            model="static", messages=[]
+        )
     exec_server.fake.enqueue(status=401, error="bad upstream key")
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="static", messages=[{"role": "user", "content": "x"}])
@@ -239,7 +277,9 @@ def test_sync_exception_classes(exec_server: ExecServer) -> None:
 
 def test_sync_missing_provider_key_names_the_variable(exec_server: ExecServer) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
-        client_for(exec_server).chat.completions.create(model="nokey", messages=[{"role": "user", "content": "x"}])
+        client_for(exec_server).chat.completions.create(
+            model="nokey", messages=[{"role": "user", "content": "x"}]
+        )
     assert "FAKE_KEY_NOT_SET" in caught.value.message
 
 
@@ -271,22 +311,34 @@ def test_async_plain_streaming_and_errors(exec_server: ExecServer) -> None:
             text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
             assert text == "ok: async hi"
             exec_server.fake.enqueue('{"answer": "a"}')
-            completion = await client.chat.completions.create(model="json", messages=[{"role": "user", "content": "?"}])
+            completion = await client.chat.completions.create(
+                model="json", messages=[{"role": "user", "content": "?"}]
+            )
             assert json.loads(completion.choices[0].message.content or "") == {"answer": "a"}
             completion = await client.chat.completions.create(model="pinned@2", messages=[])
             assert completion.choices[0].message.content == "system: Version 2 speaking."
             with pytest.raises(openai.NotFoundError):
                 await client.chat.completions.create(model="missing-prompt", messages=[])
             with pytest.raises(openai.BadRequestError):
-                await client.chat.completions.create(model="both", messages=[], extra_body={"variables": {}})
+                await client.chat.completions.create(
+                    model="both", messages=[], extra_body={"variables": {}}
+                )
             exec_server.fake.enqueue(status=429, headers={"retry-after": "0"})
             with pytest.raises(openai.RateLimitError):
-                await client.chat.completions.create(model="static", messages=[{"role": "user", "content": "x"}])
-            results = await asyncio.gather(*[
-                client.chat.completions.create(model="static", messages=[{"role": "user", "content": f"n{i}"}])
-                for i in range(10)
-            ])
-            assert sorted(r.choices[0].message.content or "" for r in results) == sorted(f"ok: n{i}" for i in range(10))
+                await client.chat.completions.create(
+                    model="static", messages=[{"role": "user", "content": "x"}]
+                )
+            results = await asyncio.gather(
+                *[
+                    client.chat.completions.create(
+                        model="static", messages=[{"role": "user", "content": f"n{i}"}]
+                    )
+                    for i in range(10)
+                ]
+            )
+            assert sorted(r.choices[0].message.content or "" for r in results) == sorted(
+                f"ok: n{i}" for i in range(10)
+            )
         finally:
             await client.close()
 
@@ -296,25 +348,35 @@ def test_async_plain_streaming_and_errors(exec_server: ExecServer) -> None:
 # -- what only a real server shows ---------------------------------------------------------------
 
 
-def test_client_leaving_mid_stream_cancels_upstream_and_logs_the_partial_call(exec_server: ExecServer) -> None:
+def test_client_leaving_mid_stream_cancels_upstream_and_logs_the_partial_call(
+    exec_server: ExecServer,
+) -> None:
     exec_server.fake.enqueue("many words " * 20, fault="slow", delay=1.0)
-    with httpx.Client(timeout=10) as client:
-        with client.stream(
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
             "POST",
             f"{exec_server.server.v1}/chat/completions",
-            json={"model": "static", "stream": True, "messages": [{"role": "user", "content": "talk"}]},
+            json={
+                "model": "static",
+                "stream": True,
+                "messages": [{"role": "user", "content": "talk"}],
+            },
             headers=exec_server.server.headers(),
-        ) as response:
-            assert response.status_code == 200
-            trace_id = response.headers["x-llmkit-trace-id"]
-            first = next(response.iter_lines())
-            assert first.startswith("data: ")
+        ) as response,
+    ):
+        assert response.status_code == 200
+        trace_id = response.headers["x-llmkit-trace-id"]
+        first = next(response.iter_lines())
+        assert first.startswith("data: ")
     [upstream] = exec_server.fake.chat_requests
     assert upstream.done.wait(WAIT_S), "the upstream call was never ended"
     assert upstream.outcome == "disconnected"
 
     def logged() -> bool:
-        response = httpx.get(f"{exec_server.server.v1}/ui/logs/{trace_id}", headers=exec_server.server.headers())
+        response = httpx.get(
+            f"{exec_server.server.v1}/ui/logs/{trace_id}", headers=exec_server.server.headers()
+        )
         return response.status_code == 200
 
     poll(logged, "the cancelled call's run log row", timeout_s=WAIT_S)
@@ -378,7 +440,10 @@ def test_sigterm_under_load_loses_no_row(fake: FakeUpstream, tmp_path: Path) -> 
     restarted = start_server(repo, tmp_path, server_env())
     try:
         count = httpx.get(
-            f"{restarted.v1}/ui/logs/count", params={"prompt": "static"}, headers=restarted.headers(), timeout=10
+            f"{restarted.v1}/ui/logs/count",
+            params={"prompt": "static"},
+            headers=restarted.headers(),
+            timeout=10,
         ).json()["count"]
         assert count == len(rows) >= len(ok)
     finally:

@@ -34,8 +34,12 @@ PATH = "prompts/demo.md"
 # Any text a YAML scalar can carry; surrogates cannot be encoded as UTF-8 at all.
 yaml_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 short_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
-json_scalar = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | yaml_text | st.floats(
-    allow_nan=False, allow_infinity=False
+json_scalar = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | yaml_text
+    | st.floats(allow_nan=False, allow_infinity=False)
 )
 json_value = st.recursive(
     json_scalar,
@@ -84,9 +88,7 @@ def metas(draw: st.DrawFn) -> dict[str, Any]:
 # files as \n files).
 line_text = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"), max_size=40
-).filter(
-    lambda line: not line.endswith("\r")
-)
+).filter(lambda line: not line.endswith("\r"))
 marker_ish = st.sampled_from(
     ["<!-- role:user -->", "  <!-- role:system -->", "<!--role:assistant-->", "<!-- role:tool -->"]
 )
@@ -106,9 +108,7 @@ def contents(draw: st.DrawFn) -> str:
 
 @st.composite
 def prompts(draw: st.DrawFn) -> PromptFile:
-    messages = draw(
-        st.lists(st.builds(Message, st.sampled_from(ROLES), contents()), max_size=5)
-    )
+    messages = draw(st.lists(st.builds(Message, st.sampled_from(ROLES), contents()), max_size=5))
     return PromptFile(meta=draw(metas()), messages=messages)
 
 
@@ -215,7 +215,12 @@ def test_few_shot_sections_keep_their_order() -> None:
     )
     prompt = parse(text, PATH)
     assert [m.role for m in prompt.messages] == [
-        "system", "user", "assistant", "user", "assistant", "user",
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
     ]
     assert prompt.user == "{{ text }}"
     assert prompt.prompt_type == "dynamic_both"
@@ -266,7 +271,9 @@ def test_a_marker_like_line_inside_text_is_never_content() -> None:
 
 
 def test_section_lines_point_at_the_first_content_line() -> None:
-    prompt = parse("---\nmodel: m\n---\n<!-- role:system -->\n\n\nfirst\n<!-- role:user -->\nq\n", PATH)
+    prompt = parse(
+        "---\nmodel: m\n---\n<!-- role:system -->\n\n\nfirst\n<!-- role:user -->\nq\n", PATH
+    )
     assert prompt.lines == [7, 9]
 
 
@@ -309,7 +316,10 @@ def test_serialize_refuses_invalid_meta() -> None:
         ("<!-- role:system -->\n{{ s }}\n<!-- role:user -->\nplain\n", "dynamic_both"),
         ("<!-- role:user -->\n{{ q }}\n", "dynamic_both"),
         # few-shot turns that end with an assistant turn: no user template to fill in
-        ("<!-- role:system -->\n{{ s }}\n<!-- role:user -->\nex\n<!-- role:assistant -->\nans\n", "dynamic_system"),
+        (
+            "<!-- role:system -->\n{{ s }}\n<!-- role:user -->\nex\n<!-- role:assistant -->\nans\n",
+            "dynamic_system",
+        ),
         ("---\ntype: dynamic_both\n---\n<!-- role:system -->\nplain\n", "dynamic_both"),
     ],
 )
@@ -320,7 +330,11 @@ def test_prompt_type_is_derived_unless_given(text: str, expected: str) -> None:
 def test_defaults_of_the_convenience_properties() -> None:
     prompt = parse("<!-- role:assistant -->\nhello\n", PATH)
     assert (prompt.system, prompt.user, prompt.model, prompt.is_chat, prompt.json_mode) == (
-        "", "", "default", False, False,
+        "",
+        "",
+        "default",
+        False,
+        False,
     )
 
 
@@ -351,7 +365,9 @@ def test_unknown_frontmatter_key_is_an_error_naming_the_file_and_line() -> None:
         ("- just\n- a list\n", 2, "Frontmatter must be a mapping"),
     ],
 )
-def test_invalid_frontmatter_values_name_file_line_and_key(frontmatter: str, line: int, needle: str) -> None:
+def test_invalid_frontmatter_values_name_file_line_and_key(
+    frontmatter: str, line: int, needle: str
+) -> None:
     with pytest.raises(PromptFormatError) as info:
         parse(f"---\n{frontmatter}---\nhi\n", PATH)
     assert info.value.line == line
@@ -383,7 +399,11 @@ def test_unclosed_frontmatter_is_an_error_on_line_one() -> None:
 
 @pytest.mark.parametrize(
     ("marker", "found"),
-    [("<!-- role:tool -->", "'tool'"), ("<!-- role:User -->", "'User'"), ("<!-- role: -->", "<!-- role: -->")],
+    [
+        ("<!-- role:tool -->", "'tool'"),
+        ("<!-- role:User -->", "'User'"),
+        ("<!-- role: -->", "<!-- role: -->"),
+    ],
 )
 def test_unknown_role_marker_names_file_line_and_marker(marker: str, found: str) -> None:
     text = f"---\nmodel: m\n---\n<!-- role:system -->\nsys\n{marker}\nhi\n"
@@ -402,11 +422,26 @@ def test_errors_without_a_path_still_name_the_line() -> None:
 
 def test_validate_meta_accepts_every_known_key() -> None:
     meta = {
-        "model": "m", "description": "d", "type": "static", "chat": True, "temperature": 1,
-        "max_tokens": 5, "top_p": 0.5, "presence_penalty": -1, "frequency_penalty": 1.5,
-        "stop": ["\n"], "seed": 7, "json_mode": True, "json_schema": {"type": "object"},
-        "tools": [{"type": "function"}], "tool_choice": "auto", "reasoning_effort": "low",
-        "fallbacks": ["m2"], "api_base": "http://127.0.0.1:1", "timeout": 3.5, "tags": ["t"],
+        "model": "m",
+        "description": "d",
+        "type": "static",
+        "chat": True,
+        "temperature": 1,
+        "max_tokens": 5,
+        "top_p": 0.5,
+        "presence_penalty": -1,
+        "frequency_penalty": 1.5,
+        "stop": ["\n"],
+        "seed": 7,
+        "json_mode": True,
+        "json_schema": {"type": "object"},
+        "tools": [{"type": "function"}],
+        "tool_choice": "auto",
+        "reasoning_effort": "low",
+        "fallbacks": ["m2"],
+        "api_base": "http://127.0.0.1:1",
+        "timeout": 3.5,
+        "tags": ["t"],
     }
     assert set(meta) == set(FIELDS)
     validate_meta(meta)
@@ -416,7 +451,9 @@ def test_validate_meta_accepts_every_known_key() -> None:
 # -- keys from paths -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["a", "support/triage", "A-b_c.d/e.f", "v1.2/x", "_private", "0abc"])
+@pytest.mark.parametrize(
+    "key", ["a", "support/triage", "A-b_c.d/e.f", "v1.2/x", "_private", "0abc"]
+)
 def test_valid_keys(key: str) -> None:
     assert validate_key(key) == key
     assert path_for_key(key) == f"prompts/{key}.md"
@@ -426,8 +463,24 @@ def test_valid_keys(key: str) -> None:
 @pytest.mark.parametrize(
     "key",
     [
-        "", "..", "../x", "a/../b", "/abs", "a//b", "a/", "./a", "a@b", "a b", ".git", "a/.git/b",
-        ".hidden", "a\x00b", "a\\b", "é", "x" * 201, "123",
+        "",
+        "..",
+        "../x",
+        "a/../b",
+        "/abs",
+        "a//b",
+        "a/",
+        "./a",
+        "a@b",
+        "a b",
+        ".git",
+        "a/.git/b",
+        ".hidden",
+        "a\x00b",
+        "a\\b",
+        "é",
+        "x" * 201,
+        "123",
     ],
 )
 def test_invalid_keys_are_refused_naming_the_key(key: str) -> None:
@@ -438,7 +491,9 @@ def test_invalid_keys_are_refused_naming_the_key(key: str) -> None:
         assert repr(key) in info.value.message
 
 
-@pytest.mark.parametrize("path", ["prompts/a.txt", "evals/a.md", "a.md", "prompts/../a.md", "prompts/.md"])
+@pytest.mark.parametrize(
+    "path", ["prompts/a.txt", "evals/a.md", "a.md", "prompts/../a.md", "prompts/.md"]
+)
 def test_key_from_path_refuses_non_prompt_paths(path: str) -> None:
     with pytest.raises(InvalidKey):
         key_from_path(path)
@@ -449,8 +504,23 @@ def test_key_from_path_refuses_non_prompt_paths(path: str) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["CON", "con", "Aux", "nul", "PRN", "com1", "COM9", "lpt1", "Lpt9", "com0", "con.txt",
-     "aux.tar.gz", "support/con", "con/x", "a/b/LPT3.v2"],
+    [
+        "CON",
+        "con",
+        "Aux",
+        "nul",
+        "PRN",
+        "com1",
+        "COM9",
+        "lpt1",
+        "Lpt9",
+        "com0",
+        "con.txt",
+        "aux.tar.gz",
+        "support/con",
+        "con/x",
+        "a/b/LPT3.v2",
+    ],
 )
 def test_windows_device_names_are_refused_in_any_case_and_with_any_extension(key: str) -> None:
     with pytest.raises(InvalidKey, match="device name on Windows") as info:
@@ -533,10 +603,16 @@ Hi.
     [
         (ALIAS_BOMB, 3, "YAML anchor &a is not allowed"),
         ("---\nmodel: x\njson_schema:\n  a: !!str &s one\n---\nhi\n", 4, "anchor &s"),
-        ("---\nmodel: x\njson_schema:\n  type: object\n  properties:\n    p: *q\n---\nhi\n", 6,
-         "YAML alias \\*q is not allowed"),
-        ("---\nmodel: x\njson_schema: " + "[" * 100_000 + "]" * 100_000 + "\n---\nhi\n", 3,
-         "YAML nests deeper than 64 levels"),
+        (
+            "---\nmodel: x\njson_schema:\n  type: object\n  properties:\n    p: *q\n---\nhi\n",
+            6,
+            "YAML alias \\*q is not allowed",
+        ),
+        (
+            "---\nmodel: x\njson_schema: " + "[" * 100_000 + "]" * 100_000 + "\n---\nhi\n",
+            3,
+            "YAML nests deeper than 64 levels",
+        ),
         (
             "---\nmodel: x\njson_schema:\n"
             + "".join(" " * (2 * i + 2) + f"k{i}:\n" for i in range(100))
@@ -545,8 +621,13 @@ Hi.
             "YAML nests deeper than 64 levels",
         ),
     ],
-    ids=["alias bomb", "anchor in json_schema", "alias in json_schema", "flow nesting",
-         "block nesting"],
+    ids=[
+        "alias bomb",
+        "anchor in json_schema",
+        "alias in json_schema",
+        "flow nesting",
+        "block nesting",
+    ],
 )
 def test_yaml_anchors_aliases_and_deep_nesting_are_refused_before_loading(
     text: str, line: int, needle: str

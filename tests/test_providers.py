@@ -44,14 +44,16 @@ from llmkit.providers.routing import resolve_target
 from tests.fake_upstream import FakeUpstream
 
 FAKE_MODEL = "openai/fake-model"
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 @dataclass
@@ -69,8 +71,13 @@ class ModelPath:
             return ProviderCall("echo", messages, params or {}, **options)
         options.setdefault("api_base", self.fake.url)
         options.setdefault("api_key", "sk-test")
-        return ProviderCall(FAKE_MODEL, messages, params or {},
-                            via="litellm" if self.name == "litellm" else None, **options)
+        return ProviderCall(
+            FAKE_MODEL,
+            messages,
+            params or {},
+            via="litellm" if self.name == "litellm" else None,
+            **options,
+        )
 
     def expected_text(self, messages: list[dict[str, Any]]) -> str:
         if self.name == "echo":
@@ -79,16 +86,12 @@ class ModelPath:
 
 
 @pytest.fixture(params=["echo", "wire", "litellm"])
-def path(
-    request: pytest.FixtureRequest, fake_upstream: FakeUpstream
-) -> ModelPath:
+def path(request: pytest.FixtureRequest, fake_upstream: FakeUpstream) -> ModelPath:
     return ModelPath(request.param, fake_upstream)
 
 
 @pytest.fixture(params=["wire", "litellm"])
-def upstream(
-    request: pytest.FixtureRequest, fake_upstream: FakeUpstream
-) -> ModelPath:
+def upstream(request: pytest.FixtureRequest, fake_upstream: FakeUpstream) -> ModelPath:
     return ModelPath(request.param, fake_upstream)
 
 
@@ -224,10 +227,15 @@ async def test_stream_always_asks_for_usage(upstream: ModelPath) -> None:
 
 @pytest.mark.asyncio
 async def test_scripted_reply_with_reasoning_usage(upstream: ModelPath) -> None:
-    upstream.fake.enqueue("scripted", usage={
-        "prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
-        "completion_tokens_details": {"reasoning_tokens": 3},
-    })
+    upstream.fake.enqueue(
+        "scripted",
+        usage={
+            "prompt_tokens": 11,
+            "completion_tokens": 7,
+            "total_tokens": 18,
+            "completion_tokens_details": {"reasoning_tokens": 3},
+        },
+    )
     response = await complete(upstream.call(user("hi")))
     assert response["choices"][0]["message"]["content"] == "scripted"
     assert usage_of(response) == Usage(input_tokens=11, output_tokens=7, reasoning_tokens=3)
@@ -289,8 +297,9 @@ async def test_api_key_env_names_the_variable(
     fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEAM_VLLM_KEY", "sk-team")
-    call = ProviderCall("hosted_vllm/qwen", user("hi"), {}, api_base=fake_upstream.url,
-                        api_key_env="TEAM_VLLM_KEY")
+    call = ProviderCall(
+        "hosted_vllm/qwen", user("hi"), {}, api_base=fake_upstream.url, api_key_env="TEAM_VLLM_KEY"
+    )
     await complete(call)
     [request] = fake_upstream.chat_requests
     assert request.body["model"] == "qwen"
@@ -312,7 +321,9 @@ def test_routes_by_model(monkeypatch: pytest.MonkeyPatch) -> None:
     assert route("gpt-4o-mini") == ("wire", "https://api.openai.com/v1", "gpt-4o-mini")
     assert route("o3-mini") == ("wire", "https://api.openai.com/v1", "o3-mini")
     assert route("deepseek/deepseek-chat") == (
-        "wire", "https://api.deepseek.com/v1", "deepseek-chat"
+        "wire",
+        "https://api.deepseek.com/v1",
+        "deepseek-chat",
     )
     assert route("ollama_chat/llama3") == ("wire", "http://localhost:11434/v1", "llama3")
     local = "http://127.0.0.1:1234/v1"
@@ -350,12 +361,15 @@ def test_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("model, env", [
-    ("openai/gpt-4o-mini", "OPENAI_API_KEY"),
-    ("gpt-4o", "OPENAI_API_KEY"),
-    ("anthropic/claude-3-5-haiku-latest", "ANTHROPIC_API_KEY"),
-    ("openrouter/meta/llama", "OPENROUTER_API_KEY"),
-])
+@pytest.mark.parametrize(
+    "model, env",
+    [
+        ("openai/gpt-4o-mini", "OPENAI_API_KEY"),
+        ("gpt-4o", "OPENAI_API_KEY"),
+        ("anthropic/claude-3-5-haiku-latest", "ANTHROPIC_API_KEY"),
+        ("openrouter/meta/llama", "OPENROUTER_API_KEY"),
+    ],
+)
 async def test_missing_key_names_the_variable(
     model: str, env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -374,18 +388,23 @@ async def test_missing_key_names_the_variable(
 async def test_missing_key_from_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-default")
     monkeypatch.delenv("PROJECT_OPENAI_KEY", raising=False)
-    with pytest.raises(ProviderNotConfigured, match="No API key for openai: set PROJECT_OPENAI_KEY"):
+    with pytest.raises(
+        ProviderNotConfigured, match="No API key for openai: set PROJECT_OPENAI_KEY"
+    ):
         await complete(ProviderCall("gpt-4o", user("hi"), {}, api_key_env="PROJECT_OPENAI_KEY"))
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("status, error_class, words", [
-    (400, BadRequest, ["rejected the request", "boom from upstream"]),
-    (422, BadRequest, ["boom from upstream"]),
-    (401, Unauthorized, ["openai rejected the API key", "OPENAI_API_KEY"]),
-    (403, Unauthorized, ["openai rejected the API key", "OPENAI_API_KEY"]),
-    (404, NotFound, ["not found", "openai/fake-model"]),
-])
+@pytest.mark.parametrize(
+    "status, error_class, words",
+    [
+        (400, BadRequest, ["rejected the request", "boom from upstream"]),
+        (422, BadRequest, ["boom from upstream"]),
+        (401, Unauthorized, ["openai rejected the API key", "OPENAI_API_KEY"]),
+        (403, Unauthorized, ["openai rejected the API key", "OPENAI_API_KEY"]),
+        (404, NotFound, ["not found", "openai/fake-model"]),
+    ],
+)
 async def test_client_errors_map_and_are_not_retried(
     upstream: ModelPath, status: int, error_class: type[LlmkitError], words: list[str]
 ) -> None:
@@ -607,14 +626,24 @@ async def test_cancelling_a_stream_consumer_closes_upstream(upstream: ModelPath)
 @pytest.mark.asyncio
 async def test_echo_renders_parts_and_tool_turns() -> None:
     messages = [
-        {"role": "user", "content": [
-            {"type": "text", "text": "look at"},
-            {"type": "image_url", "image_url": {}},
-        ]},
-        {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "c1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
-        }]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look at"},
+                {"type": "image_url", "image_url": {}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]
     response = await complete(ProviderCall("echo", messages, {"tools": TOOLS}))

@@ -33,8 +33,13 @@ PACKAGE = ROOT / "llmkit"
 
 # Where the eval file's keys and reader may live; the first module that has a name wins.
 EVAL_SPEC_MODULES = (
-    "llmkit.evals.spec", "llmkit.evals.keys", "llmkit.evals.schema", "llmkit.evals.fields",
-    "llmkit.evals.files", "llmkit.evals.cases", "llmkit.evals",
+    "llmkit.evals.spec",
+    "llmkit.evals.keys",
+    "llmkit.evals.schema",
+    "llmkit.evals.fields",
+    "llmkit.evals.files",
+    "llmkit.evals.cases",
+    "llmkit.evals",
 )
 FENCE_RE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 ROW_RE = re.compile(r"^\|([^|\n]*)\|(.*)$", re.MULTILINE)
@@ -57,9 +62,12 @@ def masked(text: str) -> str:
 
 def headings(text: str, level: int) -> list[tuple[str, str]]:
     """(heading text, body up to the next heading of `level` or above) in order."""
-    pattern = re.compile(rf"^{'#' * level} ([^\n]+)\n(?:.*?)(?=^#{{1,{level}}} |\Z)", re.MULTILINE | re.DOTALL)
-    return [(m.group(1).strip(), text[m.end(1) + 1 : m.end()])
-            for m in pattern.finditer(masked(text))]
+    pattern = re.compile(
+        rf"^{'#' * level} ([^\n]+)\n(?:.*?)(?=^#{{1,{level}}} |\Z)", re.MULTILINE | re.DOTALL
+    )
+    return [
+        (m.group(1).strip(), text[m.end(1) + 1 : m.end()]) for m in pattern.finditer(masked(text))
+    ]
 
 
 def section(title: str, text: str | None = None, level: int = 2) -> str:
@@ -102,8 +110,9 @@ def shown(value: Any) -> str:
 
 def missing_rows(names: Any, text: str, what: str) -> list[str]:
     documented = rows(text)
-    return [f"{what} {name!r} is not in docs/reference.md" for name in names
-            if name not in documented]
+    return [
+        f"{what} {name!r} is not in docs/reference.md" for name in names if name not in documented
+    ]
 
 
 # -- what the code holds ---------------------------------------------------------------------
@@ -118,8 +127,10 @@ def eval_spec(name: str) -> Any:
             continue
         if hasattr(module, name):
             return getattr(module, name)
-    pytest.fail(f"no module of {', '.join(EVAL_SPEC_MODULES)} defines {name}: tell this test"
-                " where the eval file's keys and reader live now")
+    pytest.fail(
+        f"no module of {', '.join(EVAL_SPEC_MODULES)} defines {name}: tell this test"
+        " where the eval file's keys and reader live now"
+    )
 
 
 def assertion_types() -> dict[str, Any]:
@@ -196,9 +207,13 @@ def error_codes() -> dict[str, set[int]]:
     trees = [ast.parse(source, str(path)) for path, source in package_sources()]
     constants = {
         target.id: node.value.value
-        for tree in trees for node in tree.body if isinstance(node, ast.Assign)
-        and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-        for target in node.targets if isinstance(target, ast.Name)
+        for tree in trees
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
     }
 
     def text_of(node: ast.AST) -> str | None:
@@ -261,17 +276,19 @@ def test_every_alias_field_and_limit_is_documented() -> None:
         if row is None:
             problems.append(f"llmkit.yaml limit {limit.name!r} is not in docs/reference.md")
         elif f"`{limit.default}`" not in row:
-            problems.append(f"llmkit.yaml limit {limit.name!r}: its default `{limit.default}`"
-                            f" is not in its row: {row}")
+            problems.append(
+                f"llmkit.yaml limit {limit.name!r}: its default `{limit.default}`"
+                f" is not in its row: {row}"
+            )
     assert problems == [], "\n".join(problems)
 
 
 def test_every_eval_file_key_and_case_key_is_documented() -> None:
     text = section("Eval files")
-    problems = missing_rows(eval_spec("MULTI_FILE_KEYS"), section("File keys", text, 3),
-                            "eval file key")
-    problems += missing_rows(eval_spec("CASE_KEYS"), section("Case keys", text, 3),
-                             "eval case key")
+    problems = missing_rows(
+        eval_spec("MULTI_FILE_KEYS"), section("File keys", text, 3), "eval file key"
+    )
+    problems += missing_rows(eval_spec("CASE_KEYS"), section("Case keys", text, 3), "eval case key")
     problems += missing_rows(eval_spec("SINGLE_FILE_KEYS"), text, "eval file key")
     assert problems == [], "\n".join(problems)
 
@@ -285,13 +302,22 @@ def test_every_assertion_type_is_documented_with_its_keys_and_an_example() -> No
     for name, spec in assertion_types().items():
         body = headed.get(name)
         if body is None:
-            problems.append(f"assertion type {name!r} is not in docs/reference.md"
-                            f" (a #### `{name}` heading under Assertions)")
+            problems.append(
+                f"assertion type {name!r} is not in docs/reference.md"
+                f" (a #### `{name}` heading under Assertions)"
+            )
             continue
-        problems += [f"key {key!r} of assertion type {name!r} is not in docs/reference.md"
-                     for key in spec.keys if f"`{key}`" not in body]
-        used = {a.type for source in eval_examples(body) for case in source.cases
-                for a in case.assertions}
+        problems += [
+            f"key {key!r} of assertion type {name!r} is not in docs/reference.md"
+            for key in spec.keys
+            if f"`{key}`" not in body
+        ]
+        used = {
+            a.type
+            for source in eval_examples(body)
+            for case in source.cases
+            for a in case.assertions
+        }
         if name not in used:
             problems.append(f"assertion type {name!r} has no example eval file using it")
     assert problems == [], "\n".join(problems)
@@ -306,10 +332,12 @@ def test_every_setting_and_environment_variable_is_documented() -> None:
         if row is None:
             problems.append(f"setting {variable} is not in docs/reference.md")
         elif default is not None and f"`{shown(default)}`" not in row:
-            problems.append(f"setting {variable}: its default `{shown(default)}` is not in its"
-                            f" row: {row}")
-    problems += missing_rows(sorted(environment_variables() - set(settings_variables())), text,
-                             "environment variable")
+            problems.append(
+                f"setting {variable}: its default `{shown(default)}` is not in its row: {row}"
+            )
+    problems += missing_rows(
+        sorted(environment_variables() - set(settings_variables())), text, "environment variable"
+    )
     assert problems == [], "\n".join(problems)
 
 
@@ -322,20 +350,26 @@ def test_every_command_its_arguments_and_options_are_documented() -> None:
     problems = []
     for path, command in walk_commands(main):
         if path not in headed:
-            problems.append(f"command {path!r} is not in docs/reference.md"
-                            f" (a ### `{path} ...` heading under Command line)")
+            problems.append(
+                f"command {path!r} is not in docs/reference.md"
+                f" (a ### `{path} ...` heading under Command line)"
+            )
             continue
         title, body = headed[path]
         documented = rows(body)
         for param in command.params:
             if isinstance(param, click.Argument):
                 if param.human_readable_name not in title:
-                    problems.append(f"argument {param.human_readable_name} of {path!r} is not in"
-                                    f" its heading: {title}")
+                    problems.append(
+                        f"argument {param.human_readable_name} of {path!r} is not in"
+                        f" its heading: {title}"
+                    )
                 continue
-            problems += [f"option {flag} of {path!r} is not in docs/reference.md"
-                         for flag in (*param.opts, *param.secondary_opts)
-                         if flag not in documented]
+            problems += [
+                f"option {flag} of {path!r} is not in docs/reference.md"
+                for flag in (*param.opts, *param.secondary_opts)
+                if flag not in documented
+            ]
     assert problems == [], "\n".join(problems)
 
 
@@ -356,8 +390,11 @@ def test_every_error_code_is_documented_with_its_status() -> None:
         if row is None:
             problems.append(f"error code {code!r} is not in docs/reference.md")
             continue
-        problems += [f"error code {code!r}: status {status} is not in its row: {row}"
-                     for status in sorted(statuses) if not re.search(rf"\b{status}\b", row)]
+        problems += [
+            f"error code {code!r}: status {status} is not in its row: {row}"
+            for status in sorted(statuses)
+            if not re.search(rf"\b{status}\b", row)
+        ]
     assert problems == [], "\n".join(problems)
 
 
@@ -378,8 +415,11 @@ def eval_examples(text: str) -> list[Any]:
 
 
 def test_every_prompt_file_example_parses() -> None:
-    examples = [body for language, body in blocks(reference())
-                if language == "markdown" and body.startswith("---\n")]
+    examples = [
+        body
+        for language, body in blocks(reference())
+        if language == "markdown" and body.startswith("---\n")
+    ]
     assert len(examples) >= 3
     for body in examples:
         prompt = promptfile.parse(body, "prompts/example.md")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import tracemalloc
@@ -47,10 +48,14 @@ def test_undefined_is_false_but_defined_values_are_used() -> None:
 
 
 def test_is_defined_and_default_do_not_count_as_missing() -> None:
-    assert render("{{ x | default('fallback') }}{% if y is defined %}!{% endif %}", {}) == "fallback"
+    assert (
+        render("{{ x | default('fallback') }}{% if y is defined %}!{% endif %}", {}) == "fallback"
+    )
 
 
-@pytest.mark.parametrize(("value", "expected"), [(True, "true"), (False, "false"), (None, ""), (0, "0")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(True, "true"), (False, "false"), (None, ""), (0, "0")]
+)
 def test_booleans_render_like_tera(value: object, expected: str) -> None:
     assert render("[{{ v }}]", {"v": value}) == f"[{expected}]"
 
@@ -104,7 +109,9 @@ def test_the_sandbox_refuses_private_attributes(source: str) -> None:
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("source", ["{{ d.clear() }}", "{{ items.append(4) }}", "{{ d.update(b=2) }}"])
+@pytest.mark.parametrize(
+    "source", ["{{ d.clear() }}", "{{ items.append(4) }}", "{{ d.update(b=2) }}"]
+)
 def test_templates_cannot_change_the_callers_values(source: str) -> None:
     variables = {"d": {"a": 1}, "items": [1, 2, 3]}
     with pytest.raises(TemplateError, match="refused by the sandbox"):
@@ -126,7 +133,7 @@ def test_syntax_errors_name_the_template_line() -> None:
     with pytest.raises(TemplateError) as info:
         render("line one\n{% if x %}\nunterminated", {})
     assert "line" in info.value.message
-    assert getattr(info.value, "template_line") >= 2
+    assert info.value.template_line >= 2
 
 
 # -- messages: roles are split before rendering ----------------------------------------------------
@@ -170,16 +177,27 @@ def test_missing_variables_across_all_messages_are_named_together() -> None:
 def test_user_variables_apply_to_user_and_assistant_sections() -> None:
     prompt = PromptFile(
         meta={},
-        messages=[Message("system", "S {{ a }}"), Message("user", "U {{ b }}"), Message("assistant", "A {{ b }}")],
+        messages=[
+            Message("system", "S {{ a }}"),
+            Message("user", "U {{ b }}"),
+            Message("assistant", "A {{ b }}"),
+        ],
     )
-    assert [m["content"] for m in render_messages(prompt, {"a": 1}, {"b": 2})] == ["S 1", "U 2", "A 2"]
+    assert [m["content"] for m in render_messages(prompt, {"a": 1}, {"b": 2})] == [
+        "S 1",
+        "U 2",
+        "A 2",
+    ]
     with pytest.raises(MissingVariables) as info:
         render_messages(prompt, {"a": 1, "b": 2}, {})
     assert info.value.names == ["b"]
 
 
 def test_variables_of_lists_what_a_template_reads() -> None:
-    assert variables_of("{% set y = 1 %}{{ x }}{{ y }}{% for i in items %}{{ i }}{% endfor %}") == {"x", "items"}
+    assert variables_of("{% set y = 1 %}{{ x }}{{ y }}{% for i in items %}{{ i }}{% endfor %}") == {
+        "x",
+        "items",
+    }
     assert variables_of("plain") == set()
 
 
@@ -196,7 +214,7 @@ def test_check_templates_reports_file_lines() -> None:
     assert message.startswith("Template syntax error: ")  # no template-relative line number
 
 
-# -- concurrency -------------------------------------------------------------------------------------
+# -- concurrency -----------------------------------------------------------------------------------
 
 
 def test_renders_in_many_threads_do_not_share_missing_names() -> None:
@@ -209,7 +227,9 @@ def test_renders_in_many_threads_do_not_share_missing_names() -> None:
             name = f"v{i}_{round_ % 3}"
             source = f"{{{{ {name} }}}} and {{{{ shared }}}}"
             try:
-                results.append(render(source, {"shared": i} if round_ % 2 else {name: i, "shared": i}))
+                results.append(
+                    render(source, {"shared": i} if round_ % 2 else {name: i, "shared": i})
+                )
             except MissingVariables as exc:
                 results.append(tuple(exc.names))
         return i, results
@@ -262,13 +282,17 @@ WIDENING = [
     ("{{ big ~ big ~ big }}", {"big": "x" * 400_000}),
     ("{{ big + big + big }}", {"big": "x" * 400_000}),
     (
-        "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
-        "{% endfor %}{{ ns.s | length }}",
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+            "{% endfor %}{{ ns.s | length }}"
+        ),
         {},
     ),
     (
-        "{% macro twice(s) %}{{ s }}{{ s }}{% endmacro %}{% set ns = namespace(s='ab') %}"
-        "{% for i in range(60) %}{% set ns.s = twice(ns.s) %}{% endfor %}",
+        (
+            "{% macro twice(s) %}{{ s }}{{ s }}{% endmacro %}{% set ns = namespace(s='ab') %}"
+            "{% for i in range(60) %}{% set ns.s = twice(ns.s) %}{% endfor %}"
+        ),
         {},
     ),
     ("{% set s %}{% for i in range(9000) %}{{ big }}{% endfor %}{% endset %}", {"big": "x" * 200}),
@@ -309,16 +333,22 @@ def test_nested_ranges_stop_at_the_range_budget() -> None:
 # Loops that call no hook at all: only the CPU budget stops them.
 HOOK_FREE = [
     ("{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}", {"xs": list(range(10_000))}),
-    ("{% for a in xs %}{% for b in xs %}{% for c in xs %}{% endfor %}{% endfor %}{% endfor %}",
-     {"xs": list(range(1000))}),
+    (
+        "{% for a in xs %}{% for b in xs %}{% for c in xs %}{% endfor %}{% endfor %}{% endfor %}",
+        {"xs": list(range(1000))},
+    ),
     ("{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}", {}),
     (
-        "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}"
-        "{{ m(40) }}",
+        (
+            "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}"
+            "{{ m(40) }}"
+        ),
         {},
     ),
-    ("{{ xs | sort | unique | list | length }}{% for a in xs %}{{ xs | sort | first }}{% endfor %}",
-     {"xs": list(range(20_000, 0, -1))}),
+    (
+        "{{ xs | sort | unique | list | length }}{% for a in xs %}{{ xs | sort | first }}{% endfor %}",
+        {"xs": list(range(20_000, 0, -1))},
+    ),
 ]
 FAST = Limits(render_cpu_ms=200)
 
@@ -337,7 +367,10 @@ def test_a_cpu_budget_error_names_the_file_and_the_line_of_the_loop() -> None:
     )
     with pytest.raises(RenderBudgetExceeded) as raised:
         render_messages(prompt, {"xs": list(range(10_000))}, limits=FAST, path="prompts/p.md")
-    assert raised.value.message.startswith("prompts/p.md:8: ")
+    # The line is where the budget's interrupt landed: almost always the inner loop (8), but
+    # on a loaded machine it can land on any line the render was running.
+    found = re.match(r"prompts/p\.md:(\d+): ", raised.value.message)
+    assert found and 5 <= int(found.group(1)) <= 9, raised.value.message
     needle = "more than 200 ms of CPU time (limits.render_cpu_ms in llmkit.yaml)"
     assert needle in raised.value.message
 
@@ -390,7 +423,7 @@ class Swallowing:
         self.deadline = time.monotonic() + 30
         self.swallowed = 0
 
-    def __iter__(self) -> "Swallowing":
+    def __iter__(self) -> Swallowing:
         return self
 
     def __next__(self) -> int:
@@ -478,8 +511,13 @@ def test_templates_nesting_too_deeply_are_syntax_errors_with_a_line(deep: str) -
     ("source", "quick"),
     [
         ("Hi {{ name }}.", True),
-        ("{% if a == 'x' and not b %}{{ c.d | default('e') | upper }}{% else %}{{ f[0] ~ g }}"
-         "{% endif %}", True),
+        (
+            (
+                "{% if a == 'x' and not b %}{{ c.d | default('e') | upper }}{% else %}{{ f[0] ~ g }}"
+                "{% endif %}"
+            ),
+            True,
+        ),
         ("{{ a if b is defined else c }}", True),
         ("{% for x in xs %}{{ x }}{% endfor %}", False),
         ("{{ a * 3 }}", False),

@@ -36,7 +36,9 @@ class CliRepo:
 
 
 @pytest.fixture(scope="module")
-def cli_repo(module_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliRepo]:
+def cli_repo(
+    module_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CliRepo]:
     root = tmp_path_factory.mktemp("cli") / "repo"
     shas = build_exec_repo(root, module_fake.url)
     yield CliRepo(root, shas)
@@ -77,7 +79,11 @@ def test_run_streams_the_echo_answer_to_stdout(cli_repo: CliRepo) -> None:
 
 
 def test_run_a_pinned_version(cli_repo: CliRepo) -> None:
-    for spec, number in (("pinned@1", 1), ("pinned@stable", 2), (f"pinned@{cli_repo.shas.v1[:7]}", 1)):
+    for spec, number in (
+        ("pinned@1", 1),
+        ("pinned@stable", 2),
+        (f"pinned@{cli_repo.shas.v1[:7]}", 1),
+    ):
         proc = llmkit(cli_repo, "run", spec)
         assert proc.exit_code == 0, proc.stderr
         assert proc.stdout == f"system: Version {number} speaking.\n"
@@ -127,7 +133,9 @@ def test_logs_shows_the_calls(cli_repo: CliRepo) -> None:
     assert newest["status"] == "ok" and newest["stream"] is True and newest["model"] == "echo"
     assert newest["response"] == "system: Translate into Dutch.\nuser: three"
     assert newest["version_number"] == 1 and newest["ttft_ms"] is not None
-    assert [r["trace_id"] for r in logs_json(cli_repo, "--prompt", "team/greet", "-n", "2")] == traces[:0:-1]
+    assert [
+        r["trace_id"] for r in logs_json(cli_repo, "--prompt", "team/greet", "-n", "2")
+    ] == traces[:0:-1]
     assert logs_json(cli_repo, "--prompt", "team/greet", "--status", "error") == []
     table = llmkit_process(cli_repo, "logs", "--prompt", "team/greet", "-n", "5")
     assert table.returncode == 0, table.stderr

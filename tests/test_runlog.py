@@ -8,7 +8,7 @@ import random
 import sqlite3
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -477,7 +477,7 @@ def circular() -> dict[str, Any]:
             lambda row: row["request"]["params"]["temperature"] == "nan",
         ),
         (
-            {"request": {"params": {(1, 2): "tuple key", "when": datetime.now(timezone.utc)}}},
+            {"request": {"params": {(1, 2): "tuple key", "when": datetime.now(UTC)}}},
             lambda row: row["request"]["params"]["(1, 2)"] == "tuple key",
         ),
         ({"request": circular()}, lambda row: row["request"]["self"] == "<circular reference>"),
@@ -499,9 +499,20 @@ def circular() -> dict[str, Any]:
         ({"cost": 10**400}, lambda row: row["cost"] is None),
     ],
     ids=[
-        "surrogate-in-request", "surrogate-in-response", "nul-in-error", "surrogate-in-error",
-        "nan-in-request", "tuple-key-and-datetime", "circular", "unprintable", "bytes",
-        "int-over-4300-digits", "infinite-cost", "nan-latency", "int-over-64-bits", "huge-int-cost",
+        "surrogate-in-request",
+        "surrogate-in-response",
+        "nul-in-error",
+        "surrogate-in-error",
+        "nan-in-request",
+        "tuple-key-and-datetime",
+        "circular",
+        "unprintable",
+        "bytes",
+        "int-over-4300-digits",
+        "infinite-cost",
+        "nan-latency",
+        "int-over-64-bits",
+        "huge-int-cost",
     ],
 )
 def test_a_row_that_sqlite_utf8_or_json_would_refuse_is_stored_sanitized_with_a_note(
@@ -528,7 +539,7 @@ def test_a_clean_row_is_stored_unchanged_without_notes(runlog: RunLog) -> None:
     clean = record(
         request={"messages": [{"role": "user", "content": "héllo wörld ✓ 🎉"}]},
         response="ok: héllo 🎉",
-        error="quoted \"text\" and a tab\t",
+        error='quoted "text" and a tab\t',
     )
     runlog.log(clean)
     assert runlog.flush()
@@ -560,9 +571,14 @@ def test_a_giant_field_is_cut_to_the_cap_and_marked_truncated(db: Database) -> N
     assert row["error"] == "e" * 4096
     assert row["response"] == "small"
     assert any("request: cut from" in note for note in row["log_notes"])
-    stored = db.reader().execute(
-        "SELECT length(CAST(request AS BLOB)) FROM run_log WHERE trace_id = ?", (giant.trace_id,)
-    ).fetchone()[0]
+    stored = (
+        db.reader()
+        .execute(
+            "SELECT length(CAST(request AS BLOB)) FROM run_log WHERE trace_id = ?",
+            (giant.trace_id,),
+        )
+        .fetchone()[0]
+    )
     assert stored <= 4096
 
 
@@ -638,8 +654,16 @@ def test_a_row_the_driver_refuses_is_stored_scrubbed(runlog: RunLog) -> None:
 
     values = dict.fromkeys(COLUMNS)
     values.update(
-        trace_id="unshaped", prompt_key="p\ud800", model="m", request='"x\udc00"', status="ok",
-        stream=0, draft=0, source="api", created_at=at(1), input_tokens=2**70,
+        trace_id="unshaped",
+        prompt_key="p\ud800",
+        model="m",
+        request='"x\udc00"',
+        status="ok",
+        stream=0,
+        draft=0,
+        source="api",
+        created_at=at(1),
+        input_tokens=2**70,
     )
     runlog._writer.put(tuple(values[name] for name in COLUMNS))
     after = record()
@@ -876,7 +900,9 @@ def test_a_cut_json_string_stays_a_string_that_reads_back_as_its_beginning(db: D
     assert row["truncated"] == ["response"]
     kept = row["response"]
     assert isinstance(kept, str) and kept and ("é\n" * 2000).startswith(kept)
-    stored = db.reader().execute(
-        "SELECT response FROM run_log WHERE trace_id = ?", (long_text.trace_id,)
-    ).fetchone()[0]
+    stored = (
+        db.reader()
+        .execute("SELECT response FROM run_log WHERE trace_id = ?", (long_text.trace_id,))
+        .fetchone()[0]
+    )
     assert len(stored.encode("utf-8")) <= 1024 and json.loads(stored) == kept

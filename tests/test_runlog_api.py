@@ -208,8 +208,15 @@ def test_healthz_says_degraded_while_the_run_log_cannot_write(make_api: MakeApi)
     status, health = runlog_health(api, strict="true")
     assert (status, health["status"]) == (200, "ok")
     assert set(health["runlog"]) >= {
-        "alive", "queued", "rows_written", "rows_rejected", "rows_lost", "write_failures",
-        "restarts", "last_error", "durable",
+        "alive",
+        "queued",
+        "rows_written",
+        "rows_rejected",
+        "rows_lost",
+        "write_failures",
+        "restarts",
+        "last_error",
+        "durable",
     }
     other = sqlite3.connect(api.ws.settings.db_path, isolation_level=None)
     try:
@@ -250,7 +257,6 @@ def test_the_writer_survives_a_non_sqlite_error_from_every_insert(
     assert set(later) <= logged_trace_ids(exec_api.env)
     _, health = runlog_health(exec_api.env)
     assert health["runlog"]["alive"] and health["runlog"]["last_error"] == "RuntimeError"
-
 
 
 # -- durable ---------------------------------------------------------------------------------

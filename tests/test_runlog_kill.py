@@ -39,8 +39,12 @@ def repo(fake: FakeUpstream, tmp_path: Path) -> Path:
 
 
 def call(client: httpx.Client, server: ServerProcess, body: dict[str, Any]) -> httpx.Response:
-    return client.post(f"{server.v1}/chat/completions", content=json.dumps(body),
-                       headers={**server.headers(), "content-type": "application/json"}, timeout=30)
+    return client.post(
+        f"{server.v1}/chat/completions",
+        content=json.dumps(body),
+        headers={**server.headers(), "content-type": "application/json"},
+        timeout=30,
+    )
 
 
 def test_after_a_lone_surrogate_every_call_is_logged_and_sigterm_flushes_them(
@@ -49,22 +53,36 @@ def test_after_a_lone_surrogate_every_call_is_logged_and_sigterm_flushes_them(
     server = start_server(repo, tmp_path, server_env())
     try:
         with httpx.Client() as client:
-            bad = call(client, server, {
-                "model": "both", "messages": [],
-                "variables": {"persona": "x\ud800", "question": "first"},
-            })
+            bad = call(
+                client,
+                server,
+                {
+                    "model": "both",
+                    "messages": [],
+                    "variables": {"persona": "x\ud800", "question": "first"},
+                },
+            )
             assert bad.status_code == 200, bad.text
             later = []
             for i in range(20):
-                response = call(client, server, {
-                    "model": "both", "messages": [],
-                    "variables": {"persona": "a sailor", "question": f"later {i}"},
-                })
+                response = call(
+                    client,
+                    server,
+                    {
+                        "model": "both",
+                        "messages": [],
+                        "variables": {"persona": "a sailor", "question": f"later {i}"},
+                    },
+                )
                 assert response.status_code == 200, response.text
                 later.append(response.headers["x-llmkit-trace-id"])
             # The writer is alive: the list (which flushes first) already holds every call.
-            listed = client.get(f"{server.v1}/ui/logs", params={"page_size": 100},
-                                headers=server.headers(), timeout=30).json()
+            listed = client.get(
+                f"{server.v1}/ui/logs",
+                params={"page_size": 100},
+                headers=server.headers(),
+                timeout=30,
+            ).json()
             expected = {*later, bad.headers["x-llmkit-trace-id"]}
             assert expected <= {r["trace_id"] for r in listed}
             health = client.get(f"{server.url}/healthz", timeout=10).json()
@@ -72,10 +90,15 @@ def test_after_a_lone_surrogate_every_call_is_logged_and_sigterm_flushes_them(
             # More calls, then SIGTERM at once: the graceful stop writes them.
             last = []
             for i in range(20):
-                response = call(client, server, {
-                    "model": "both", "messages": [],
-                    "variables": {"persona": "a sailor", "question": f"last {i}"},
-                })
+                response = call(
+                    client,
+                    server,
+                    {
+                        "model": "both",
+                        "messages": [],
+                        "variables": {"persona": "a sailor", "question": f"last {i}"},
+                    },
+                )
                 last.append(response.headers["x-llmkit-trace-id"])
         assert server.terminate() == 0, server.stderr()
     finally:
@@ -102,11 +125,19 @@ def load_until_killed(server: ServerProcess, stream_every: int) -> list[str]:
         while not stopping.is_set():
             n += 1
             stream = stream_every > 0 and n % stream_every == 0
-            body = {"model": "logged", "stream": stream,
-                    "messages": [{"role": "user", "content": f"w{worker} n{n}"}]}
+            body = {
+                "model": "logged",
+                "stream": stream,
+                "messages": [{"role": "user", "content": f"w{worker} n{n}"}],
+            }
             try:
-                with client.stream("POST", f"{server.v1}/chat/completions", json=body,
-                                   headers=server.headers(), timeout=30) as response:
+                with client.stream(
+                    "POST",
+                    f"{server.v1}/chat/completions",
+                    json=body,
+                    headers=server.headers(),
+                    timeout=30,
+                ) as response:
                     text = response.read().decode()
             except httpx.HTTPError:
                 return

@@ -66,7 +66,9 @@ def changed_files(repo: Repo, sha: str = "HEAD") -> list[str]:
 
 
 def fsck_clean(repo: Repo) -> None:
-    proc = subprocess.run(["git", "fsck", "--strict", "--no-dangling"], cwd=repo.root, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "fsck", "--strict", "--no-dangling"], cwd=repo.root, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "error" not in proc.stderr.lower()
 
@@ -75,14 +77,18 @@ def refuse_ref_updates(repo: Repo) -> None:
     """A real git failure: a reference-transaction hook that aborts every ref update."""
     hook = repo.root / ".git" / "hooks" / "reference-transaction"
     hook.parent.mkdir(exist_ok=True)
-    hook.write_text('#!/bin/sh\nif [ "$1" = prepared ]; then echo "refused by hook" >&2; exit 1; fi\nexit 0\n')
+    hook.write_text(
+        '#!/bin/sh\nif [ "$1" = prepared ]; then echo "refused by hook" >&2; exit 1; fi\nexit 0\n'
+    )
     hook.chmod(0o755)
 
 
 # -- bulk reads --------------------------------------------------------------------------------
 
 
-def test_log_changes_lists_commits_oldest_first_with_their_changes(repo: Repo, store: GitStore) -> None:
+def test_log_changes_lists_commits_oldest_first_with_their_changes(
+    repo: Repo, store: GitStore
+) -> None:
     first = repo.head()
     repo.write("prompts/hello.md", HELLO_PROMPT + "\nmore\n")
     repo.write("evals/hello/a.yaml", "name: a\n")
@@ -96,9 +102,16 @@ def test_log_changes_lists_commits_oldest_first_with_their_changes(repo: Repo, s
     history = store.log_changes()
     assert [c.sha for c, _ in history] == [first, second, third]
     commit, changes = history[1]
-    assert (commit.message, commit.author_name, commit.author_email) == ("second", "Test Author", "author@example.com")
+    assert (commit.message, commit.author_name, commit.author_email) == (
+        "second",
+        "Test Author",
+        "author@example.com",
+    )
     assert commit.authored_at > 0 and commit.committed_at > 0
-    assert sorted((c.path, c.status) for c in changes) == [("evals/hello/a.yaml", "A"), ("prompts/hello.md", "M")]
+    assert sorted((c.path, c.status) for c in changes) == [
+        ("evals/hello/a.yaml", "A"),
+        ("prompts/hello.md", "M"),
+    ]
     deleted = history[2][1]
     assert [(c.path, c.status, c.blob) for c in deleted] == [("prompts/static.md", "D", None)]
     assert [c.sha for c, _ in store.log_changes(since=first)] == [second, third]
@@ -142,7 +155,9 @@ def test_read_blobs_reads_many_contents_in_one_process(
     assert [args[1:] for args in spawned] == [["cat-file", "--batch"]] * (2 if streamed else 1)
 
 
-def test_resolve_ref_accepts_refs_and_refuses_option_like_or_odd_input(repo: Repo, store: GitStore) -> None:
+def test_resolve_ref_accepts_refs_and_refuses_option_like_or_odd_input(
+    repo: Repo, store: GitStore
+) -> None:
     head = repo.head()
     repo.git("tag", "v1")
     assert store.resolve_ref("main") == head
@@ -160,7 +175,9 @@ def test_a_folder_that_is_not_a_repository_is_a_config_error(tmp_path: Path) -> 
 # -- writes: one file, one commit --------------------------------------------------------------
 
 
-def test_write_commits_exactly_one_file_and_leaves_the_authors_work_alone(repo: Repo, store: GitStore) -> None:
+def test_write_commits_exactly_one_file_and_leaves_the_authors_work_alone(
+    repo: Repo, store: GitStore
+) -> None:
     repo.write("prompts/staged.md", "<!-- role:user -->\nstaged by the author\n")
     repo.git("add", "prompts/staged.md")
     repo.write("prompts/static.md", "an unstaged edit\n")
@@ -187,7 +204,15 @@ def test_write_commits_exactly_one_file_and_leaves_the_authors_work_alone(repo: 
 
 def test_create_delete_and_restore_are_commits(repo: Repo, workspace: Workspace) -> None:
     v1 = parse(NEW_TEXT)
-    save_prompt(workspace, "team/new", v1, create=True, message="create it", author_name="Ann", author_email="ann@example.com")
+    save_prompt(
+        workspace,
+        "team/new",
+        v1,
+        create=True,
+        message="create it",
+        author_name="Ann",
+        author_email="ann@example.com",
+    )
     assert repo.git("log", "-1", "--format=%an <%ae> %s") == "Ann <ann@example.com> create it"
     assert changed_files(repo) == ["prompts/team/new.md"]
 
@@ -208,7 +233,9 @@ def test_create_delete_and_restore_are_commits(repo: Repo, workspace: Workspace)
     assert len(repo.log("--", "prompts/team/new.md")) == 4
 
 
-def test_creating_an_existing_prompt_or_updating_a_missing_one_is_refused(workspace: Workspace, repo: Repo) -> None:
+def test_creating_an_existing_prompt_or_updating_a_missing_one_is_refused(
+    workspace: Workspace, repo: Repo
+) -> None:
     head = repo.head()
     with pytest.raises(Conflict):
         save_prompt(workspace, "hello", parse(NEW_TEXT), create=True)
@@ -217,7 +244,12 @@ def test_creating_an_existing_prompt_or_updating_a_missing_one_is_refused(worksp
     with pytest.raises(NotFound):
         delete_prompt(workspace, "nope")
     with pytest.raises(BadRequest, match=r"prompts/bad\.md:5: Template syntax error"):
-        save_prompt(workspace, "bad", parse("---\nmodel: m\n---\n<!-- role:user -->\n{% if x %}\n"), create=True)
+        save_prompt(
+            workspace,
+            "bad",
+            parse("---\nmodel: m\n---\n<!-- role:user -->\n{% if x %}\n"),
+            create=True,
+        )
     assert repo.head() == head
     assert not repo.path("prompts/bad.md").exists()
 
@@ -357,7 +389,9 @@ def test_paths_outside_prompts_and_evals_are_refused_and_nothing_changes(
     assert (repo.root / ".git" / "config").read_bytes() == config
 
 
-def test_a_prompts_folder_that_is_a_link_out_of_the_repository_is_refused(make_repo, outside: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_prompts_folder_that_is_a_link_out_of_the_repository_is_refused(
+    make_repo, outside: Path
+) -> None:  # type: ignore[no-untyped-def]
     repo = make_repo("linked")
     os.symlink(outside, repo.root / "prompts")
     store = GitStore(repo.root)
@@ -370,14 +404,18 @@ def test_a_prompts_folder_that_is_a_link_out_of_the_repository_is_refused(make_r
 
 
 @pytest.mark.parametrize("key", ["../x", "/abs", ".git/config", "a/../../b", "a@b", "a\x00b"])
-def test_keys_that_escape_are_refused_by_the_authoring_layer(workspace: Workspace, repo: Repo, key: str) -> None:
+def test_keys_that_escape_are_refused_by_the_authoring_layer(
+    workspace: Workspace, repo: Repo, key: str
+) -> None:
     snap = Snapshot(repo)
     with pytest.raises(InvalidKey):
         save_prompt(workspace, key, parse(NEW_TEXT), create=True)
     assert Snapshot(repo) == snap
 
 
-def test_working_files_skip_hidden_entries_and_never_follow_links(repo: Repo, store: GitStore, outside: Path) -> None:
+def test_working_files_skip_hidden_entries_and_never_follow_links(
+    repo: Repo, store: GitStore, outside: Path
+) -> None:
     repo.write("prompts/.hello.md.swp", "swap")
     repo.write("prompts/.cache/x.md", "hidden folder")
     repo.write("prompts/sub/deep.md", "deep")
@@ -409,14 +447,21 @@ def test_author_and_message_are_sanitized(repo: Repo, store: GitStore) -> None:
 
 
 def test_an_empty_message_and_identity_fall_back_to_defaults(repo: Repo, store: GitStore) -> None:
-    sha = store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message=" \x00 ", author_name="<>")
-    assert repo.git("log", "-1", "--format=%an|%ae|%s", sha) == "Test Author|author@example.com|Update prompts/hello.md"
+    sha = store.commit_file(
+        "prompts/hello.md", NEW_TEXT.encode(), message=" \x00 ", author_name="<>"
+    )
+    assert (
+        repo.git("log", "-1", "--format=%an|%ae|%s", sha)
+        == "Test Author|author@example.com|Update prompts/hello.md"
+    )
 
 
 def test_an_author_email_alone_is_kept_and_a_name_alone_gets_no_borrowed_address(
     repo: Repo, store: GitStore
 ) -> None:
-    sha = store.commit_file("prompts/hello.md", NEW_TEXT.encode(), message="m", author_email="ann@example.com")
+    sha = store.commit_file(
+        "prompts/hello.md", NEW_TEXT.encode(), message="m", author_email="ann@example.com"
+    )
     assert repo.git("log", "-1", "--format=%an|%ae", sha) == "Test Author|ann@example.com"
     sha = store.commit_file("prompts/hello.md", b"other\n", message="m", author_name="Bob")
     assert repo.git("log", "-1", "--format=%an|%ae", sha) == "Bob|unknown@llmkit.invalid"
@@ -436,7 +481,9 @@ def test_sanitizers() -> None:
     assert sanitize_identity("y" * 500) == "y" * 200
 
 
-def test_a_repository_without_identity_commits_as_llmkit(make_repo, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_repository_without_identity_commits_as_llmkit(
+    make_repo, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     repo = make_repo("anon")
     repo.git("config", "--unset", "user.name")
     repo.git("config", "--unset", "user.email")
@@ -446,7 +493,10 @@ def test_a_repository_without_identity_commits_as_llmkit(make_repo, monkeypatch:
     monkeypatch.setenv("HOME", str(repo.root))  # no global identity either
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
     sha = GitStore(repo.root).commit_file("prompts/a.md", b"x\n", message="m")
-    assert repo.git("log", "-1", "--format=%an <%ae> / %cn <%ce>", sha) == "llmkit <llmkit@localhost> / llmkit <llmkit@localhost>"
+    assert (
+        repo.git("log", "-1", "--format=%an <%ae> / %cn <%ce>", sha)
+        == "llmkit <llmkit@localhost> / llmkit <llmkit@localhost>"
+    )
 
 
 # -- concurrency -----------------------------------------------------------------------------------
@@ -463,7 +513,9 @@ def test_sixteen_threads_with_the_same_base_one_wins(repo: Repo, store: GitStore
         target = store if i % 2 else GitStore(repo.root, repo.root / ".llmkit" / "write.lock")
         barrier.wait(timeout=30)
         try:
-            target.commit_file("prompts/hello.md", f"writer {i}\n".encode(), message=f"writer {i}", base=base)
+            target.commit_file(
+                "prompts/hello.md", f"writer {i}\n".encode(), message=f"writer {i}", base=base
+            )
             result = "ok"
         except Conflict:
             result = "conflict"
@@ -483,7 +535,9 @@ def test_sixteen_threads_with_the_same_base_one_wins(repo: Repo, store: GitStore
     fsck_clean(repo)
 
 
-def write_many(root: str, name: str, count: int, barrier: "multiprocessing.synchronize.Barrier") -> None:
+def write_many(
+    root: str, name: str, count: int, barrier: multiprocessing.synchronize.Barrier
+) -> None:
     """Run in a separate process: `count` writes to the same file, no base."""
     store = GitStore(Path(root), Path(root) / ".llmkit" / "write.lock")
     barrier.wait(timeout=60)
@@ -505,7 +559,9 @@ def test_another_process_is_serialized_by_the_file_lock(repo: Repo, store: GitSt
     assert int(repo.git("rev-list", "--count", f"{base}..HEAD")) == 12
     assert repo.git("rev-list", "--merges", "HEAD") == ""
     messages = repo.git("log", "--format=%s", f"{base}..HEAD").splitlines()
-    assert sorted(messages) == sorted([f"child {i}" for i in range(6)] + [f"parent {i}" for i in range(6)])
+    assert sorted(messages) == sorted(
+        [f"child {i}" for i in range(6)] + [f"parent {i}" for i in range(6)]
+    )
     # each writer's own commits are in order
     for name in ("child", "parent"):
         mine = [m for m in reversed(messages) if m.startswith(name)]
@@ -540,7 +596,9 @@ def test_creates_of_one_file_from_separate_stores_let_exactly_one_win(repo: Repo
     def create(store: GitStore, n: int) -> None:
         barrier.wait(timeout=10)
         try:
-            store.commit_file("prompts/race.md", f"writer {n}\n".encode(), message=f"create {n}", create=True)
+            store.commit_file(
+                "prompts/race.md", f"writer {n}\n".encode(), message=f"create {n}", create=True
+            )
             outcomes.append("created")
         except Conflict as exc:
             assert exc.code == "already_exists"

@@ -57,7 +57,9 @@ def history_of(repo: Repo, versions: int) -> list[tuple[str, str, bytes]]:
 # -- errors -------------------------------------------------------------------------------------
 
 
-def test_a_failing_git_command_raises_git_error_with_gits_stderr(repo: Repo, store: GitStore) -> None:
+def test_a_failing_git_command_raises_git_error_with_gits_stderr(
+    repo: Repo, store: GitStore
+) -> None:
     with pytest.raises(GitError) as info:
         store.log_changes(since="0123456789" * 4)
     assert info.value.message.startswith("git log failed: ")
@@ -219,7 +221,11 @@ def test_refs_read_as_git_reads_them(repo: Repo, declared_storage: str | None) -
         assert (store.branch(), store.head_ref()) == (None, "HEAD")
         repo.git("checkout", "-q", "--orphan", "unborn")
         same()
-        assert (store.head(), store.branch(), store.head_ref()) == (None, "unborn", "refs/heads/unborn")
+        assert (store.head(), store.branch(), store.head_ref()) == (
+            None,
+            "unborn",
+            "refs/heads/unborn",
+        )
         assert store.ref_value("refs/heads/no-such-branch") is None
 
 

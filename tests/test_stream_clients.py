@@ -157,8 +157,14 @@ def blocked_connections(port: int) -> int:
 def burst_answer(fake: FakeUpstream) -> None:
     """An answer the gateway cannot hand to a client that reads nothing (a burst), then a
     trickle that would go on for minutes: the upstream is still sending when it is let go."""
-    fake.enqueue(ANSWER, chunk_chars=CHUNK_CHARS, fault="slow", delay=0.5, slow_after=BURST_CHUNKS,
-                 usage=ANSWER_USAGE)
+    fake.enqueue(
+        ANSWER,
+        chunk_chars=CHUNK_CHARS,
+        fault="slow",
+        delay=0.5,
+        slow_after=BURST_CHUNKS,
+        usage=ANSWER_USAGE,
+    )
 
 
 def asked(row: dict[str, Any]) -> str:
@@ -172,14 +178,19 @@ class Gateway:
 
     def post(self, body: dict[str, Any], timeout: float = 30) -> httpx.Response:
         return httpx.post(
-            f"{self.server.v1}/chat/completions", json=body, headers=self.server.headers(),
+            f"{self.server.v1}/chat/completions",
+            json=body,
+            headers=self.server.headers(),
             timeout=timeout,
         )
 
     def stream_text(self, body: dict[str, Any]) -> tuple[int, str]:
         with httpx.stream(
-            "POST", f"{self.server.v1}/chat/completions", json=body,
-            headers=self.server.headers(), timeout=30,
+            "POST",
+            f"{self.server.v1}/chat/completions",
+            json=body,
+            headers=self.server.headers(),
+            timeout=30,
         ) as response:
             response.read()
         if response.status_code != 200:
@@ -187,8 +198,7 @@ class Gateway:
         events = sse_events(response.text)
         assert events[-1] == "[DONE]"
         text = "".join(
-            e["choices"][0]["delta"].get("content") or ""
-            for e in events[:-1] if e.get("choices")
+            e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e.get("choices")
         )
         return 200, text
 
@@ -240,12 +250,16 @@ def module_gateway(
     Each test asks with texts of its own, and finds its run log rows by them."""
     base = tmp_path_factory.mktemp("gateway")
     build_exec_repo(base / "repo", shared_upstream.url)
-    server = start_server(base / "repo", base, server_env(
-        LLMKIT_UPSTREAM_POOL_SIZE=str(POOL_SIZE),
-        LLMKIT_UPSTREAM_ACQUIRE_TIMEOUT_S="0.5",
-        LLMKIT_STREAM_WRITE_TIMEOUT_S=str(WRITE_TIMEOUT_S),
-        LLMKIT_REQUEST_READ_TIMEOUT_S="1",
-    ))
+    server = start_server(
+        base / "repo",
+        base,
+        server_env(
+            LLMKIT_UPSTREAM_POOL_SIZE=str(POOL_SIZE),
+            LLMKIT_UPSTREAM_ACQUIRE_TIMEOUT_S="0.5",
+            LLMKIT_STREAM_WRITE_TIMEOUT_S=str(WRITE_TIMEOUT_S),
+            LLMKIT_REQUEST_READ_TIMEOUT_S="1",
+        ),
+    )
     try:
         yield Gateway(server, shared_upstream)
     finally:
@@ -291,8 +305,11 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
         sockets += [silent_client(server, stream_body(text=f"s{i}")) for i in range(stalled_count)]
         resetting = [silent_client(server, stream_body(text=f"r{i}")) for i in range(reset_count)]
         sockets += resetting
-        poll(lambda: blocked_connections(server.port) >= len(sockets),
-                 "the gateway's writes to every silent client to block", timeout_s=WAIT_S)
+        poll(
+            lambda: blocked_connections(server.port) >= len(sockets),
+            "the gateway's writes to every silent client to block",
+            timeout_s=WAIT_S,
+        )
         held = list(fake.chat_requests)
         assert len(held) == len(sockets)
 
@@ -331,7 +348,8 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
         assert ANSWER.startswith(kept) and 0 < total < len(ANSWER)
         assert row["http_status"] == 499 and row["stream"]
         expected = (
-            f"the client read nothing for {write_timeout} s" if asked(row).startswith("s")
+            f"the client read nothing for {write_timeout} s"
+            if asked(row).startswith("s")
             else "the client disconnected"
         )
         assert row["error"] == expected, asked(row)
@@ -372,10 +390,14 @@ def test_full_pool_answers_503_at_once_then_serves_again(gateway: Gateway) -> No
         for sock in stalled:
             sock.close()
     assert gateway.stream_text(stream_body(text="pool-again")) == (200, "ok: pool-again")
-    poll(lambda: len(rows_asking(server, "pool-s").get("cancelled", [])) == POOL_SIZE,
-             "the dropped clients' run log rows", timeout_s=WAIT_S)
+    poll(
+        lambda: len(rows_asking(server, "pool-s").get("cancelled", [])) == POOL_SIZE,
+        "the dropped clients' run log rows",
+        timeout_s=WAIT_S,
+    )
     refused_rows = [
-        *rows_asking(server, "pool-next")["error"], *rows_asking(server, "pool-extra")["error"]
+        *rows_asking(server, "pool-next")["error"],
+        *rows_asking(server, "pool-extra")["error"],
     ]
     assert [r["http_status"] for r in refused_rows] == [503, 503, 503]
 
@@ -391,8 +413,11 @@ def test_reader_that_stops_after_a_little_is_logged_with_what_it_was_sent(
         data = sock.recv(65536)
         assert data, "the gateway closed the stream early"
         received += data
-    poll(lambda: bool(fake.chat_requests) and fake.chat_requests[0].done.is_set(),
-             "the gateway to drop the reader that stopped", timeout_s=WAIT_S)
+    poll(
+        lambda: bool(fake.chat_requests) and fake.chat_requests[0].done.is_set(),
+        "the gateway to drop the reader that stopped",
+        timeout_s=WAIT_S,
+    )
     [upstream] = fake.chat_requests
     assert upstream.outcome == "disconnected" and upstream.bytes_sent < len(ANSWER)
     sock.close()
@@ -462,9 +487,14 @@ def receive_until(sock: socket.socket, marker: bytes) -> bytes:
     return answer
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("UPSTREAM_POOL_SIZE", "0"), ("STREAM_WRITE_TIMEOUT_S", "-1"), ("REQUEST_READ_TIMEOUT_S", "0"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("UPSTREAM_POOL_SIZE", "0"),
+        ("STREAM_WRITE_TIMEOUT_S", "-1"),
+        ("REQUEST_READ_TIMEOUT_S", "0"),
+    ],
+)
 def test_limits_that_make_no_sense_are_refused_by_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
@@ -494,8 +524,9 @@ def test_json_mode_buffer_is_capped_and_merges_chunks(
             r.read()
         assert r.status_code == 200
         events = sse_events(r.text)
-        text = "".join(e["choices"][0]["delta"].get("content") or ""
-                       for e in events[:-1] if e["choices"])
+        text = "".join(
+            e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
+        )
         assert text == answer
         assert len(events) < 10 < len(answer) // 7
         # One over the cap is a 502 before the stream starts, and is not retried.
@@ -526,8 +557,12 @@ async def small_pool(pools: Any) -> None:
 
 def call_to(fake: FakeUpstream, via: str, **options: Any) -> ProviderCall:
     return ProviderCall(
-        "openai/fake-model", [{"role": "user", "content": "hi"}], api_base=fake.url,
-        api_key="sk-test", via="litellm" if via == "litellm" else None, backoff_base=0.01,
+        "openai/fake-model",
+        [{"role": "user", "content": "hi"}],
+        api_base=fake.url,
+        api_key="sk-test",
+        via="litellm" if via == "litellm" else None,
+        backoff_base=0.01,
         **options,
     )
 

@@ -46,10 +46,17 @@ class ScriptedTransport:
         if isinstance(step, LlmkitError):
             raise step
         return {
-            "id": "chatcmpl-scripted", "object": "chat.completion", "created": 0,
+            "id": "chatcmpl-scripted",
+            "object": "chat.completion",
+            "created": 0,
             "model": target.upstream_model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": step},
-                         "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": step},
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 
@@ -94,7 +101,10 @@ def test_a_registered_transport_is_routed_to_with_its_key(scripted: ScriptedTran
     assert key_env_of("scripted/anything") == KEY_ENV
     target = resolve_target(call(), "scripted/model-1", inherit=True)
     assert (target.route, target.upstream_model, target.base_url, target.api_key) == (
-        "scripted", "model-1", "https://scripted.invalid/v1", "sk-scripted"
+        "scripted",
+        "model-1",
+        "https://scripted.invalid/v1",
+        "sk-scripted",
     )
     assert target.transport is scripted
 
@@ -119,8 +129,10 @@ async def test_a_registered_transport_streams_and_falls_back(scripted: ScriptedT
     assert text == "user: hi"
     scripted.script = ["streamed"]
     chunks = [c async for c in providers.stream(call())]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
-                   if c["choices"]) == "streamed"
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        == "streamed"
+    )
     await providers.aclose()
     assert scripted.closed == 1
 
@@ -161,13 +173,16 @@ def test_a_clashing_registration_is_refused_and_changes_nothing() -> None:
 
 def test_via_must_name_a_transport_that_can_serve_the_model() -> None:
     with pytest.raises(BadRequest, match="Unknown transport via='nope'; known transports: echo"):
-        resolve_target(call("openai/gpt-4o", api_key="k", via="nope"), "openai/gpt-4o",
-                       inherit=True)
+        resolve_target(
+            call("openai/gpt-4o", api_key="k", via="nope"), "openai/gpt-4o", inherit=True
+        )
     with pytest.raises(BadRequest, match="serves only the echo model"):
-        resolve_target(call("openai/gpt-4o", api_key="k", via="echo"), "openai/gpt-4o",
-                       inherit=True)
+        resolve_target(
+            call("openai/gpt-4o", api_key="k", via="echo"), "openai/gpt-4o", inherit=True
+        )
     with pytest.raises(BadRequest, match="has no OpenAI-compatible base URL"):
-        resolve_target(call("anthropic/claude-3", api_key="k", via="wire"), "anthropic/claude-3",
-                       inherit=True)
+        resolve_target(
+            call("anthropic/claude-3", api_key="k", via="wire"), "anthropic/claude-3", inherit=True
+        )
     # echo is the echo model whatever `via` says
     assert resolve_target(call("echo", via="litellm"), "echo", inherit=True).route == "echo"

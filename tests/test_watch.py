@@ -55,7 +55,7 @@ def watcher(workspace: Workspace) -> Iterator[Watcher]:
         w.stop()
 
 
-# -- editor save patterns ----------------------------------------------------------------------------
+# -- editor save patterns --------------------------------------------------------------------------
 
 
 def test_an_in_place_save(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
@@ -83,7 +83,9 @@ def test_delete_and_recreate(repo: Repo, workspace: Workspace, watcher: Watcher)
     eventually(lambda: served(workspace, "hello") == new, "a delete and recreate")
 
 
-def test_vim_style_swap_and_backup_files(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
+def test_vim_style_swap_and_backup_files(
+    repo: Repo, workspace: Workspace, watcher: Watcher
+) -> None:
     swap = repo.write("prompts/.hello.md.swp", b"\x00swap\xff")
     os.rename(repo.path("prompts/hello.md"), repo.path("prompts/hello.md~"))
     new = text("saved by vim")
@@ -100,7 +102,10 @@ def test_a_new_subfolder_with_a_file(repo: Repo, workspace: Workspace, watcher: 
     (folder / "triage.md").write_text(text("triage"))
     eventually(lambda: "team/support/triage" in keys(workspace), "a file in a new subfolder")
     (folder / "triage.md").write_text(text("triage v2"))
-    eventually(lambda: served(workspace, "team/support/triage") == text("triage v2"), "an edit in the new subfolder")
+    eventually(
+        lambda: served(workspace, "team/support/triage") == text("triage v2"),
+        "an edit in the new subfolder",
+    )
 
 
 def test_a_deleted_file(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
@@ -114,14 +119,20 @@ def test_a_renamed_file(repo: Repo, workspace: Workspace, watcher: Watcher) -> N
     assert served(workspace, "terse") == repo.read("prompts/terse.md")
 
 
-def test_a_broken_file_does_not_stop_the_watcher(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
+def test_a_broken_file_does_not_stop_the_watcher(
+    repo: Repo, workspace: Workspace, watcher: Watcher
+) -> None:
     repo.write("prompts/hello.md", b"---\nmodel: m\n---\n\xff\xfe broken\n")
-    eventually(lambda: workspace.index.version("hello").error is not None, "a file that is not UTF-8")
+    eventually(
+        lambda: workspace.index.version("hello").error is not None, "a file that is not UTF-8"
+    )
     repo.write("prompts/hello.md", text("fixed"))
     eventually(lambda: served(workspace, "hello") == text("fixed"), "the fixed file")
 
 
-def test_a_burst_of_writes_is_debounced_and_the_last_content_served(repo: Repo, workspace: Workspace) -> None:
+def test_a_burst_of_writes_is_debounced_and_the_last_content_served(
+    repo: Repo, workspace: Workspace
+) -> None:
     # A long quiet interval, so the burst stays one burst even on a busy machine.
     watcher = start_watcher(workspace, debounce_s=0.5, max_delay_s=3.0)
     pokes = 0
@@ -138,7 +149,9 @@ def test_a_burst_of_writes_is_debounced_and_the_last_content_served(repo: Repo, 
         path = repo.path("prompts/hello.md")
         for i in range(50):
             path.write_text(text(f"burst {i:02d}"))
-        eventually(lambda: served(workspace, "hello") == text("burst 49"), "the last write of a burst")
+        eventually(
+            lambda: served(workspace, "hello") == text("burst 49"), "the last write of a burst"
+        )
         syncs = watcher.syncs - syncs_before
         assert pokes >= 50, f"{pokes} events for 50 writes"
         assert 1 <= syncs <= 5, f"{syncs} syncs for {pokes} events"
@@ -146,7 +159,7 @@ def test_a_burst_of_writes_is_debounced_and_the_last_content_served(repo: Repo, 
         watcher.stop()
 
 
-# -- git operations -------------------------------------------------------------------------------------
+# -- git operations --------------------------------------------------------------------------------
 
 
 def test_git_commit(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
@@ -164,11 +177,19 @@ def test_branches_checkout_and_switch(repo: Repo, workspace: Workspace, watcher:
     repo.write("prompts/hello.md", text("on other"))
     repo.write("prompts/other-only.md", text("only here"))
     other_sha = repo.commit("work on other")
-    eventually(lambda: workspace.index.head() == other_sha and served(workspace, "hello") == text("on other"), "a commit on the branch")
+    eventually(
+        lambda: (
+            workspace.index.head() == other_sha and served(workspace, "hello") == text("on other")
+        ),
+        "a commit on the branch",
+    )
     assert "other-only" in keys(workspace)
 
     repo.git("checkout", "-q", "main")
-    eventually(lambda: served(workspace, "hello") == HELLO_PROMPT and "other-only" not in keys(workspace), "git checkout main")
+    eventually(
+        lambda: served(workspace, "hello") == HELLO_PROMPT and "other-only" not in keys(workspace),
+        "git checkout main",
+    )
     assert workspace.index.version("hello").number == 1
 
     repo.git("switch", "-q", "other")
@@ -187,7 +208,10 @@ def test_git_rebase(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
     repo.git("rebase", "-q", "main")
     rebased = repo.head()
     eventually(
-        lambda: workspace.index.head() == rebased and served(workspace, "hello") == text("main moved on"),
+        lambda: (
+            workspace.index.head() == rebased
+            and served(workspace, "hello") == text("main moved on")
+        ),
         "git rebase",
     )
     assert "feature" in keys(workspace)
@@ -209,7 +233,10 @@ def test_git_pull(repo: Repo, workspace: Workspace, watcher: Watcher, tmp_path: 
     colleague.git("push", "-q", "origin", "main")
 
     repo.git("pull", "-q", "--ff-only")
-    eventually(lambda: workspace.index.head() == pushed and "new/from-colleague" in keys(workspace), "git pull")
+    eventually(
+        lambda: workspace.index.head() == pushed and "new/from-colleague" in keys(workspace),
+        "git pull",
+    )
     assert served(workspace, "hello") == text("pulled")
     assert not workspace.index.version("hello").draft
 
@@ -222,19 +249,27 @@ def test_prompts_folder_created_after_start(make_repo: MakeRepo) -> None:
         repo.write("prompts/first.md", text("first"))
         eventually(lambda: keys(ws) == ["first"], "a prompts/ folder created after start")
         repo.write("prompts/first.md", text("first, edited"))
-        eventually(lambda: served(ws, "first") == text("first, edited"), "an edit in the new prompts/ folder")
+        eventually(
+            lambda: served(ws, "first") == text("first, edited"),
+            "an edit in the new prompts/ folder",
+        )
     finally:
         watcher.stop()
         ws.close()
 
 
-def test_prompts_folder_removed_and_recreated(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
+def test_prompts_folder_removed_and_recreated(
+    repo: Repo, workspace: Workspace, watcher: Watcher
+) -> None:
     shutil.rmtree(repo.path("prompts"))
     eventually(lambda: keys(workspace) == [], "prompts/ removed")
     repo.write("prompts/hello.md", text("back"))
     eventually(lambda: served(workspace, "hello") == text("back"), "prompts/ recreated")
     repo.write("prompts/hello.md", text("back, edited"))
-    eventually(lambda: served(workspace, "hello") == text("back, edited"), "an edit in the recreated prompts/")
+    eventually(
+        lambda: served(workspace, "hello") == text("back, edited"),
+        "an edit in the recreated prompts/",
+    )
 
 
 def test_stop_ends_the_thread(workspace: Workspace) -> None:
@@ -246,8 +281,24 @@ def test_stop_ends_the_thread(workspace: Workspace) -> None:
 def test_relevant_paths(workspace: Workspace) -> None:
     watcher = Watcher(workspace.index, workspace.settings.repo)
     root = workspace.settings.repo
-    for rel in ["prompts/a.md", "prompts/x/.a.swp", "evals/a/b.yaml", "llmkit.yaml", ".git/HEAD", ".git/refs/heads/main", ".git/packed-refs", "prompts"]:
+    for rel in [
+        "prompts/a.md",
+        "prompts/x/.a.swp",
+        "evals/a/b.yaml",
+        "llmkit.yaml",
+        ".git/HEAD",
+        ".git/refs/heads/main",
+        ".git/packed-refs",
+        "prompts",
+    ]:
         assert watcher.relevant(root / rel), rel
-    for rel in [".git/objects/ab/cdef", ".git/index", ".git/refs/heads/main.lock", "README.md", "src/x.md", ".llmkit/llmkit.db"]:
+    for rel in [
+        ".git/objects/ab/cdef",
+        ".git/index",
+        ".git/refs/heads/main.lock",
+        "README.md",
+        "src/x.md",
+        ".llmkit/llmkit.db",
+    ]:
         assert not watcher.relevant(root / rel), rel
     assert not watcher.relevant(Path("/somewhere/else/prompts/a.md"))

@@ -49,8 +49,11 @@ def llmkit_commands(script: str) -> list[list[str]]:
 
 def all_llmkit_commands() -> list[list[str]]:
     commands = []
-    scripts = [step.get("run", "") for name in ("ci.yml", "evals.yml")
-               for step in steps(load(WORKFLOWS / name))]
+    scripts = [
+        step.get("run", "")
+        for name in ("ci.yml", "evals.yml")
+        for step in steps(load(WORKFLOWS / name))
+    ]
     scripts += [step.get("run", "") for step in load_action()["runs"]["steps"]]
     for script in scripts:
         commands += llmkit_commands(script.replace("\\\n", " "))
@@ -77,7 +80,11 @@ def test_workflows_and_hooks_parse() -> None:
     evals = load(WORKFLOWS / "evals.yml")
     assert set(ci["on"]) >= {"push", "pull_request"}
     assert set(evals["on"]["pull_request"]["paths"]) == {
-        "prompts/**", "evals/**", "llmkit.yaml", "action.yml"}
+        "prompts/**",
+        "evals/**",
+        "llmkit.yaml",
+        "action.yml",
+    }
     for workflow in (ci, evals):
         assert workflow["jobs"] and all(job["steps"] for job in workflow["jobs"].values())
         for step in steps(workflow):
@@ -152,8 +159,8 @@ def console_script(bin_dir: Path) -> Path:
     script = bin_dir / "llmkit"
     script.write_text(
         f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "
-        f"'import sys; sys.argv[0] = \"llmkit\"; from {module} import {function}; "
-        f"sys.exit({function}())' \"$@\"\n",
+        f'\'import sys; sys.argv[0] = "llmkit"; from {module} import {function}; '
+        f'sys.exit({function}())\' "$@"\n',
         "utf-8",
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -181,7 +188,11 @@ def run_step(
     step_env = {k: str(v) for k, v in (step.get("env") or {}).items()}
     return subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-        cwd=cwd, env={**env, **step_env}, capture_output=True, text=True, timeout=STEP_TIMEOUT_S,
+        cwd=cwd,
+        env={**env, **step_env},
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT_S,
     )
 
 
@@ -197,8 +208,13 @@ def action_run(tmp_path: Path, clone: EvalRepo, summary: Path, **inputs: str) ->
     """The action on a pull request into main, without a token (no comment)."""
     temp = tmp_path / "runner-temp"
     temp.mkdir(exist_ok=True)
-    return ActionRun(clone.root, temp, workflow_env(tmp_path, summary), inputs=inputs,
-                     github={"base_ref": "main"})
+    return ActionRun(
+        clone.root,
+        temp,
+        workflow_env(tmp_path, summary),
+        inputs=inputs,
+        github={"base_ref": "main"},
+    )
 
 
 @pytest.fixture
@@ -243,8 +259,11 @@ def test_action_fails_on_a_regression_after_writing_its_reports(
     clone = pull_request_clone(tmp_path, eval_repo, "feature")
     run = action_run(tmp_path, clone, summary, **{"eval-args": "-j 2 --no-cache"})
     assert run.run() == 1, run.log()
-    assert run.names() == ["Lint prompts and evals", "Run evals against the base branch",
-                           "Fail on failing cases or regressions"]
+    assert run.names() == [
+        "Lint prompts and evals",
+        "Run evals against the base branch",
+        "Fail on failing cases or regressions",
+    ]
     assert run.outputs["eval"]["exit-code"] == "1"
     assert "::error::llmkit eval" in run.step("Fail on failing cases or regressions").stdout
     reports = Path(run.outputs["eval"]["report-dir"])
@@ -267,13 +286,15 @@ def test_a_base_ref_missing_from_the_checkout_is_a_clear_error(
     assert "Before:" not in markdown
 
 
-def test_eval_args_are_flags_not_shell(
-    eval_repo: EvalRepo, tmp_path: Path, summary: Path
-) -> None:
+def test_eval_args_are_flags_not_shell(eval_repo: EvalRepo, tmp_path: Path, summary: Path) -> None:
     clone = pull_request_clone(tmp_path, eval_repo, "main")
     canary = tmp_path / "canary"
-    run = action_run(tmp_path, clone, summary,
-                     **{"eval-args": f"--prompt chat; touch {canary} $(touch {canary})"})
+    run = action_run(
+        tmp_path,
+        clone,
+        summary,
+        **{"eval-args": f"--prompt chat; touch {canary} $(touch {canary})"},
+    )
     assert run.run() == 2, run.log()
     assert not canary.exists()
     # `touch` arrived as a word of llmkit's own arguments (a path to evals), never as a command.

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 
 def workspace(request: Request) -> Workspace:
-    return request.app.state.ws  # type: ignore[no-any-return]
+    return request.app.state.ws
 
 
 async def json_object(request: Request) -> dict[str, Any]:
@@ -62,11 +62,10 @@ def parse_body(raw: bytes, adapter: TypeAdapter[T]) -> T:
     # allows and json.loads reads: such a call is served (its run-log row sanitized), as ever.
     try:
         return adapter.validate_python(json.loads(raw))
-    except ValueError as exc:  # ValidationError included
-        errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else None
-        if errors is None:
-            raise BadRequest(f"Request body is not valid JSON: {exc}") from None
-    raise _bad_body(errors)
+    except ValidationError as exc:
+        raise _bad_body(exc.errors(include_url=False)) from None
+    except ValueError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
 
 
 def _lone_surrogate(errors: list[Any]) -> bool:

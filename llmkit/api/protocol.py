@@ -43,11 +43,11 @@ def http_protocol(write_timeout_s: float, read_timeout_s: float) -> type[asyncio
     except ImportError:
         return "auto"
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _stall_timer: asyncio.TimerHandle | None = None
         _head_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._await_head()
 

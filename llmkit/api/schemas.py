@@ -69,7 +69,6 @@ class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(..., description="The key itself; shown only in this response")
 
 
-
 # -- executing a prompt: OpenAI's chat-completions body, with the prompt key as `model` ---------
 # TypedDicts validated by a TypeAdapter straight from the JSON bytes: the executor takes the body
 # as a dict (so do the CLI and the eval runner), and validating into a dict costs about what

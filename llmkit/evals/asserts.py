@@ -134,8 +134,12 @@ def assertion(
 
 def type_name(value: Any) -> str:
     names = {
-        dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-        int: "a number", float: "a number",
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
     }
     return "null" if value is None else names.get(type(value), f"a {type(value).__name__}")
 
@@ -298,10 +302,12 @@ def read_assertion(
     allowed = (*COMMON_KEYS, *spec.keys)
     problems: list[tuple[Any, str]] = [
         (key, unknown_key_message(key, allowed, f"a {kind} assertion"))
-        for key in data if key not in allowed
+        for key in data
+        if key not in allowed
     ]
-    problems += [(None, f"a {kind} assertion needs '{key}'")
-                 for key in spec.required if key not in data]
+    problems += [
+        (None, f"a {kind} assertion needs '{key}'") for key in spec.required if key not in data
+    ]
     negate = data.get("not", False)
     if not isinstance(negate, bool):
         problems.append(("not", f"'not' must be true or false, got {negate!r}"))
@@ -377,7 +383,7 @@ def _output_json(outcome: Outcome) -> Any:
 
 
 def _tool_call_parts(call: dict[str, Any]) -> tuple[str, Any]:
-    function = call.get("function") if isinstance(call.get("function"), dict) else call
+    function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else call
     arguments = function.get("arguments")
     if isinstance(arguments, str):
         ok, parsed, _ = _parse_json(arguments)
@@ -395,8 +401,9 @@ def check_equals(a: Assertion, o: Outcome) -> Verdict:
         return Verdict(ok, "output", f"equal {preview(a.value)}", preview(o.text))
     parsed, data, _ = _parse_json(o.text)
     expected = json.dumps(a.value, ensure_ascii=False)
-    return Verdict(parsed and json_equal(data, a.value), "output", f"equal JSON {expected}",
-                   preview(o.text))
+    return Verdict(
+        parsed and json_equal(data, a.value), "output", f"equal JSON {expected}", preview(o.text)
+    )
 
 
 @assertion("contains", value=text)
@@ -408,8 +415,12 @@ def check_contains(a: Assertion, o: Outcome) -> Verdict:
 @assertion("icontains", value=text)
 def check_icontains(a: Assertion, o: Outcome) -> Verdict:
     needle = str(a.value)
-    return Verdict(needle.casefold() in o.text.casefold(), "output",
-                   f"contain {preview(needle)} (ignoring case)", preview(o.text))
+    return Verdict(
+        needle.casefold() in o.text.casefold(),
+        "output",
+        f"contain {preview(needle)} (ignoring case)",
+        preview(o.text),
+    )
 
 
 @assertion("not-contains", value=text, negates=True)
@@ -421,8 +432,12 @@ def check_not_contains(a: Assertion, o: Outcome) -> Verdict:
 @assertion("starts-with", value=text)
 def check_starts_with(a: Assertion, o: Outcome) -> Verdict:
     prefix = str(a.value)
-    return Verdict(o.text.lstrip().startswith(prefix), "output", f"start with {preview(prefix)}",
-                   preview(o.text))
+    return Verdict(
+        o.text.lstrip().startswith(prefix),
+        "output",
+        f"start with {preview(prefix)}",
+        preview(o.text),
+    )
 
 
 @assertion("regex", value=regex_pattern)
@@ -431,8 +446,9 @@ def check_regex(a: Assertion, o: Outcome) -> Verdict:
         pattern = compile_regex(a.value)
     except (re.error, TypeError) as exc:
         raise CannotCheck(f"invalid regex {a.value!r}: {exc}") from None
-    return Verdict(pattern.search(o.text) is not None, "output", f"match /{a.value}/",
-                   preview(o.text))
+    return Verdict(
+        pattern.search(o.text) is not None, "output", f"match /{a.value}/", preview(o.text)
+    )
 
 
 @assertion("is-json")
@@ -451,8 +467,11 @@ def check_json_schema(a: Assertion, o: Outcome) -> Verdict:
         raise CannotCheck(problem)
     validator_class = validators.validator_for(a.value, default=validators.Draft202012Validator)
     error = exceptions.best_match(validator_class(a.value).iter_errors(data))
-    observed = (preview(o.text) if error is None
-                else f"{_json_path_text(error.absolute_path)}: {error.message}")
+    observed = (
+        preview(o.text)
+        if error is None
+        else f"{_json_path_text(error.absolute_path)}: {error.message}"
+    )
     return Verdict(error is None, "output", "match the JSON schema", observed)
 
 
@@ -472,21 +491,23 @@ def check_json_path(a: Assertion, o: Outcome) -> Verdict:
             found = isinstance(node, dict) and step in node
         if not found:
             return Verdict(False, path, f"equal {expected}", "no value there")
-        node = node[step]  # type: ignore[index]
+        node = node[step]
     observed = preview(json.dumps(node, ensure_ascii=False))
     return Verdict(json_equal(node, a.value), path, f"equal {expected}", observed)
 
 
 @assertion("max-latency-ms", value=non_negative_number)
 def check_max_latency(a: Assertion, o: Outcome) -> Verdict:
-    return Verdict(o.latency_ms <= a.value, "latency", f"be at most {a.value:g} ms",
-                   f"{o.latency_ms:.0f} ms")
+    return Verdict(
+        o.latency_ms <= a.value, "latency", f"be at most {a.value:g} ms", f"{o.latency_ms:.0f} ms"
+    )
 
 
 @assertion("max-tokens", value=whole_number)
 def check_max_tokens(a: Assertion, o: Outcome) -> Verdict:
-    return Verdict(o.output_tokens <= a.value, "output tokens", f"be at most {a.value}",
-                   str(o.output_tokens))
+    return Verdict(
+        o.output_tokens <= a.value, "output tokens", f"be at most {a.value}", str(o.output_tokens)
+    )
 
 
 @assertion("max-cost", value=non_negative_number)
@@ -522,8 +543,12 @@ async def check_judge(a: Assertion, o: Outcome, judge: Judge | None) -> Verdict:
     except Exception as exc:  # a failing judge call fails this assertion, not the whole run
         raise CannotCheck(f"the judge call failed: {type(exc).__name__}: {exc}") from None
     verdict = "pass" if ok else "fail"
-    return Verdict(bool(ok), "output", f"meet the rubric {preview(rubric)}",
-                   f"{verdict}: {preview(explanation, 300)}")
+    return Verdict(
+        bool(ok),
+        "output",
+        f"meet the rubric {preview(rubric)}",
+        f"{verdict}: {preview(explanation, 300)}",
+    )
 
 
 # --- checking ------------------------------------------------------------------------------

@@ -22,7 +22,13 @@ from llmkit.yamlfile import Lines
 
 # Read-only or LLMKit-only fields that case_from_dict accepts and ignores.
 _IGNORED_API_KEYS = (
-    "id", "file", "line", "prompt_id", "evaluation_type", "created_at", "updated_at",
+    "id",
+    "file",
+    "line",
+    "prompt_id",
+    "evaluation_type",
+    "created_at",
+    "updated_at",
 )
 
 
@@ -31,22 +37,26 @@ def case_to_dict(case: EvalCase, id: int | str | None = None) -> dict[str, Any]:
     fields, kept so its clients keep working."""
     data: dict[str, Any] = {} if id is None else {"id": id}
     user_text = case.user_text
-    data.update({
-        "prompt_key": case.prompt_key,
-        "name": case.name,
-        "description": case.description,
-        "file": case.file,
-        "line": case.line,
-        "vars": case.vars,
-        "user_vars": case.user_vars,
-        "messages": case.messages,
-        "model": case.model,
-        "repeat": case.repeat,
-        "threshold": case.threshold,
-        "assert": [assertion_to_dict(a) for a in case.assertions],
-        "system_prompt_input": json.dumps(case.vars) if case.vars else None,
-        "user_prompt_input": json.dumps(case.user_vars) if case.user_vars else (user_text or ""),
-    })
+    data.update(
+        {
+            "prompt_key": case.prompt_key,
+            "name": case.name,
+            "description": case.description,
+            "file": case.file,
+            "line": case.line,
+            "vars": case.vars,
+            "user_vars": case.user_vars,
+            "messages": case.messages,
+            "model": case.model,
+            "repeat": case.repeat,
+            "threshold": case.threshold,
+            "assert": [assertion_to_dict(a) for a in case.assertions],
+            "system_prompt_input": json.dumps(case.vars) if case.vars else None,
+            "user_prompt_input": json.dumps(case.user_vars)
+            if case.user_vars
+            else (user_text or ""),
+        }
+    )
     return data
 
 
@@ -97,8 +107,11 @@ def case_from_dict(
     for name, value in fields.items():
         if surrogate_in(value) is not None:
             # An eval file is UTF-8 text: a lone surrogate can neither be written nor read back.
-            c.error(None, f"'{name}' holds a lone surrogate, which is not a character and cannot"
-                    " be stored as UTF-8")
+            c.error(
+                None,
+                f"'{name}' holds a lone surrogate, which is not a character and cannot"
+                " be stored as UTF-8",
+            )
     if file is None and key is not None and isinstance(fields.get("name"), str):
         c.path = case_path(key, fields["name"])
     case = read_case(c, fields, key, {}, CASE_KEYS)

@@ -17,7 +17,7 @@ def case_to_yaml_dict(case: EvalCase) -> dict[str, Any]:
     if prompt_key_from_path(case.file) != case.prompt_key:
         data["prompt"] = case.prompt_key
     data["name"] = case.name
-    optional = {
+    optional: dict[str, tuple[Any, Any]] = {
         "description": (case.description, None),
         "model": (case.model, None),
         "repeat": (case.repeat, 1),
@@ -59,8 +59,12 @@ _CaseDumper.add_representer(str, _represent_str)
 
 def to_yaml(data: Any) -> str:
     return yaml.dump(
-        data, Dumper=_CaseDumper, sort_keys=False, allow_unicode=True,
-        default_flow_style=False, width=4096,
+        data,
+        Dumper=_CaseDumper,
+        sort_keys=False,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=4096,
     )
 
 

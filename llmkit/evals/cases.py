@@ -19,8 +19,16 @@ from llmkit.promptfile import validate_key
 EVAL_SUFFIXES = (".yaml", ".yml")
 
 CASE_KEYS = (
-    "name", "description", "vars", "user_vars", "messages", "input", "model", "repeat",
-    "threshold", "assert",
+    "name",
+    "description",
+    "vars",
+    "user_vars",
+    "messages",
+    "input",
+    "model",
+    "repeat",
+    "threshold",
+    "assert",
 )
 FILE_DEFAULT_KEYS = ("vars", "user_vars", "assert", "threshold", "model", "repeat")
 MULTI_FILE_KEYS = ("prompt", "cases", *FILE_DEFAULT_KEYS)

@@ -53,7 +53,9 @@ def make_console(file: TextIO | None = None) -> Console:
 
 def run_label(result: CaseResult) -> str:
     """`prompt@version case`: which run of which case on which prompt version."""
-    version = "draft" if result.draft_blob else result.version_number or (result.version_sha or "?")[:7]
+    version = (
+        "draft" if result.draft_blob else result.version_number or (result.version_sha or "?")[:7]
+    )
     return f"{result.prompt_key}@{version} {result.case_name}"
 
 
@@ -97,7 +99,6 @@ def print_report(console: Console, report: EvalReport, run_id: str) -> None:
     )
 
 
-
 def render_table(report: EvalReport, max_rows: int = 50) -> Table:
     """A rich Table of the cases, regressions first; cells are plain text, never markup.
     Past `max_rows` cases, passing ones are folded into one row per prompt (the reports
@@ -118,15 +119,20 @@ def render_table(report: EvalReport, max_rows: int = 50) -> Table:
         shown = [c for c in prompt.cases if not (fold and c.status == PASS)]
         for case in shown:
             cells = [
-                f"{MARKS[case.status]} {case.status}", case.prompt_key, case.case_name,
-                *([runs_cell(case.before)] if report.compared else []), runs_cell(case.after),
+                f"{MARKS[case.status]} {case.status}",
+                case.prompt_key,
+                case.case_name,
+                *([runs_cell(case.before)] if report.compared else []),
+                runs_cell(case.after),
                 *figures(case.before, case.after),
             ]
             table.add_row(*(Text(cell) for cell in cells), style=STYLES[case.status])
         folded = len(prompt.cases) - len(shown)
         if folded:
             cells = [
-                f"{MARKS[PASS]} {PASS}", prompt.prompt_key, f"{folded} passing cases",
+                f"{MARKS[PASS]} {PASS}",
+                prompt.prompt_key,
+                f"{folded} passing cases",
                 *[""] * blanks,
             ]
             table.add_row(*(Text(cell) for cell in cells), style=STYLES[PASS])

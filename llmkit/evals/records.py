@@ -84,9 +84,13 @@ def m002_drafts_marked(conn: sqlite3.Connection) -> None:
     )
 
 
-def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any], api_base: str | None) -> str:
+def cache_key(
+    model: str, messages: list[dict[str, Any]], params: dict[str, Any], api_base: str | None
+) -> str:
     """Same model, messages and parameters -> same key."""
-    payload = json.dumps([model, api_base, messages, params], sort_keys=True, ensure_ascii=False, default=str)
+    payload = json.dumps(
+        [model, api_base, messages, params], sort_keys=True, ensure_ascii=False, default=str
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -98,9 +102,11 @@ class EvalRecords:
     # -- cache ---------------------------------------------------------------------------
 
     def cached(self, key: str) -> tuple[dict[str, Any], float | None] | None:
-        row = self.db.reader().execute(
-            "SELECT response, latency_ms FROM response_cache WHERE key = ?", (key,)
-        ).fetchone()
+        row = (
+            self.db.reader()
+            .execute("SELECT response, latency_ms FROM response_cache WHERE key = ?", (key,))
+            .fetchone()
+        )
         return (json.loads(row[0]), row[1]) if row else None
 
     def remember(self, entries: list[tuple[str, str, dict[str, Any], float | None]]) -> None:
@@ -136,7 +142,15 @@ class EvalRecords:
             conn.execute(
                 "INSERT INTO eval_runs (run_id, started_at, finished_at, ref, base_ref, source, summary)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, started_at or now, now, ref, base_ref, source, json.dumps(summary) if summary else None),
+                (
+                    run_id,
+                    started_at or now,
+                    now,
+                    ref,
+                    base_ref,
+                    source,
+                    json.dumps(summary) if summary else None,
+                ),
             )
             conn.executemany(
                 "INSERT INTO eval_results (run_id, role, prompt_key, version_number, version_sha,"
@@ -168,21 +182,29 @@ class EvalRecords:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        rows = self.db.reader().execute(
-            f"SELECT * FROM eval_results WHERE {' AND '.join(where)} ORDER BY id", args
-        ).fetchall()
+        rows = (
+            self.db.reader()
+            .execute(f"SELECT * FROM eval_results WHERE {' AND '.join(where)} ORDER BY id", args)
+            .fetchall()
+        )
         return [_public(row) for row in rows]
 
     def result(self, result_id: int) -> dict[str, Any]:
         _check_result_id(result_id)
-        row = self.db.reader().execute("SELECT * FROM eval_results WHERE id = ?", (result_id,)).fetchone()
+        row = (
+            self.db.reader()
+            .execute("SELECT * FROM eval_results WHERE id = ?", (result_id,))
+            .fetchone()
+        )
         if row is None:
             raise NotFound(f"No eval run result with id {result_id}", param="id")
         return _public(row)
 
     def set_score(self, result_id: int, score: Any) -> dict[str, Any]:
         if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
-            raise BadRequest(f"score must be a whole number from 1 to 5, got {score!r}", param="score")
+            raise BadRequest(
+                f"score must be a whole number from 1 to 5, got {score!r}", param="score"
+            )
         _check_result_id(result_id)
         with self.db.write() as conn:
             changed = conn.execute(
@@ -194,16 +216,20 @@ class EvalRecords:
 
     def performance(self, prompt_key: str) -> list[dict[str, Any]]:
         """Per version: runs, pass rate, mean human score (versions with no scores included)."""
-        rows = self.db.reader().execute(
-            "SELECT version_number, version_sha, draft, draft_blob, COUNT(*) AS results,"
-            " COUNT(DISTINCT run_id) AS runs, AVG(passed) AS pass_rate,"
-            " AVG(human_score) AS mean_score, COUNT(human_score) AS scored,"
-            " MAX(created_at) AS last_run_at"
-            " FROM eval_results WHERE prompt_key = ? AND role = 'after'"
-            " GROUP BY version_sha, version_number, draft, draft_blob"
-            " ORDER BY draft, version_number, version_sha, draft_blob",
-            (prompt_key,),
-        ).fetchall()
+        rows = (
+            self.db.reader()
+            .execute(
+                "SELECT version_number, version_sha, draft, draft_blob, COUNT(*) AS results,"
+                " COUNT(DISTINCT run_id) AS runs, AVG(passed) AS pass_rate,"
+                " AVG(human_score) AS mean_score, COUNT(human_score) AS scored,"
+                " MAX(created_at) AS last_run_at"
+                " FROM eval_results WHERE prompt_key = ? AND role = 'after'"
+                " GROUP BY version_sha, version_number, draft, draft_blob"
+                " ORDER BY draft, version_number, version_sha, draft_blob",
+                (prompt_key,),
+            )
+            .fetchall()
+        )
         return [
             {
                 "version_number": r["version_number"],
@@ -266,8 +292,18 @@ def insert_results(conn: sqlite3.Connection, run_id: str, results: list[StoredRe
             " case_name, file, model, repeat_index, passed, output, assertions, cached,"
             " human_score, created_at) VALUES (?, 'after', ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?)",
             (
-                run_id, r.prompt_key, r.version_number, r.version_sha, r.case_name, r.file,
-                r.model, r.repeat_index, int(r.passed), r.output, r.human_score, r.created_at,
+                run_id,
+                r.prompt_key,
+                r.version_number,
+                r.version_sha,
+                r.case_name,
+                r.file,
+                r.model,
+                r.repeat_index,
+                int(r.passed),
+                r.output,
+                r.human_score,
+                r.created_at,
             ),
         )
         ids.append(int(cursor.lastrowid or 0))
@@ -283,10 +319,27 @@ def _check_result_id(result_id: int) -> None:
 def _row(run_id: str, role: str, r: CaseResult, now: str) -> tuple[Any, ...]:
     o = r.outcome
     return (
-        run_id, role, r.prompt_key, r.version_number, r.version_sha, int(r.draft_blob is not None),
-        r.draft_blob, r.case_name, r.file, r.model,
-        r.repeat_index, int(r.passed), o.text, json.dumps([asdict(a) for a in r.assertions]),
-        o.error, o.latency_ms, o.input_tokens, o.output_tokens, o.cost, int(r.cached), now,
+        run_id,
+        role,
+        r.prompt_key,
+        r.version_number,
+        r.version_sha,
+        int(r.draft_blob is not None),
+        r.draft_blob,
+        r.case_name,
+        r.file,
+        r.model,
+        r.repeat_index,
+        int(r.passed),
+        o.text,
+        json.dumps([asdict(a) for a in r.assertions]),
+        o.error,
+        o.latency_ms,
+        o.input_tokens,
+        o.output_tokens,
+        o.cost,
+        int(r.cached),
+        now,
     )
 
 

@@ -40,9 +40,7 @@ def _cost(value: float | None) -> str:
     return "—" if value is None else (f"{value:.6f}".rstrip("0").rstrip(".") or "0")
 
 
-def _change(
-    before: float | None, after: float | None, fmt: Callable[[float | None], str]
-) -> str:
+def _change(before: float | None, after: float | None, fmt: Callable[[float | None], str]) -> str:
     if before is None:
         return fmt(after)
     if after is None:
@@ -122,8 +120,10 @@ def _md_prompt(prompt: PromptSummary, compared: bool) -> list[str]:
     lines += [_md_row(header), "|" + "---|" * len(header)]
     for case in prompt.cases:
         name = _md(case.case_name)
-        cells = [f"{MARKS[case.status]} {case.status}",
-                 f"**{name}**" if case.status == REGRESSION else name]
+        cells = [
+            f"{MARKS[case.status]} {case.status}",
+            f"**{name}**" if case.status == REGRESSION else name,
+        ]
         if compared:
             rate = _rate_change(case.before, case.after)
             cells += [runs_cell(case.before), runs_cell(case.after), rate]
@@ -148,8 +148,9 @@ def _md_failures(report: EvalReport) -> list[str]:
     lines = ["<details>", f"<summary>Failures ({len(failed)})</summary>", ""]
     for case in failed[:MAX_DETAILED_FAILURES]:
         status = " — **regression**" if case.status == REGRESSION else ""
-        lines.append(f"**{_md(case.prompt_key)} › {_md(case.case_name)}** "
-                     f"({_md(case.where)}){status}")
+        lines.append(
+            f"**{_md(case.prompt_key)} › {_md(case.case_name)}** ({_md(case.where)}){status}"
+        )
         lines.append("")
         for result in case.after.results:
             if result.passed:
@@ -176,8 +177,10 @@ def render_markdown(report: EvalReport, title: str = "llmkit eval") -> str:
         lines += [f"Before: prompt versions on {base}. After: this change.", ""]
     if report.regressions:
         lines += ["**Regressions** (passed before, fail now):", ""]
-        lines += [f"- {MARKS[REGRESSION]} **{_md(c.prompt_key)} › {_md(c.case_name)}** "
-                  f"({_md(c.where)})" for c in report.regressions]
+        lines += [
+            f"- {MARKS[REGRESSION]} **{_md(c.prompt_key)} › {_md(c.case_name)}** ({_md(c.where)})"
+            for c in report.regressions
+        ]
         lines.append("")
     for prompt in report.prompts():
         lines += _md_prompt(prompt, report.compared)
@@ -201,9 +204,14 @@ def _seconds(stats: RunStats) -> str:
 
 
 def _junit_case(suite: ET.Element, case: CaseComparison, base_ref: str | None) -> None:
-    element = ET.SubElement(suite, "testcase", name=_xml(case.case_name),
-                            classname=_xml(case.prompt_key), file=_xml(case.file),
-                            time=_seconds(case.after))
+    element = ET.SubElement(
+        suite,
+        "testcase",
+        name=_xml(case.case_name),
+        classname=_xml(case.prompt_key),
+        file=_xml(case.file),
+        time=_seconds(case.after),
+    )
     if case.line:
         element.set("line", str(case.line))
     if case.passed:
@@ -216,8 +224,9 @@ def _junit_case(suite: ET.Element, case: CaseComparison, base_ref: str | None) -
     if reasons:
         summary += f"; {reasons[0][1]}"
     details = "\n".join(f"run {r.repeat_index + 1} ({r.model}): {line}" for r, line in reasons)
-    failure = ET.SubElement(element, "error" if stats.errored else "failure",
-                            message=_xml(summary), type=case.status)
+    failure = ET.SubElement(
+        element, "error" if stats.errored else "failure", message=_xml(summary), type=case.status
+    )
     failure.text = _xml(details)
 
 
@@ -225,20 +234,32 @@ def write_junit(path: Path | str, report: EvalReport) -> None:
     """JUnit XML: a testsuite per prompt and a testcase per case (its repeats together)."""
     counts = report.counts()
     errors = sum(1 for c in report.failed if c.after.errored)
-    root = ET.Element("testsuites", name="llmkit eval", tests=str(counts["cases"]),
-                      failures=str(counts["failed"] - errors), errors=str(errors))
+    root = ET.Element(
+        "testsuites",
+        name="llmkit eval",
+        tests=str(counts["cases"]),
+        failures=str(counts["failed"] - errors),
+        errors=str(errors),
+    )
     for prompt in report.prompts():
         failed = [c for c in prompt.cases if not c.passed]
         prompt_errors = sum(1 for c in failed if c.after.errored)
-        suite = ET.SubElement(root, "testsuite", name=_xml(prompt.prompt_key),
-                              tests=str(len(prompt.cases)),
-                              failures=str(len(failed) - prompt_errors),
-                              errors=str(prompt_errors), skipped="0", time=_seconds(prompt.after))
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=_xml(prompt.prompt_key),
+            tests=str(len(prompt.cases)),
+            failures=str(len(failed) - prompt_errors),
+            errors=str(prompt_errors),
+            skipped="0",
+            time=_seconds(prompt.after),
+        )
         properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", name="version", value=prompt.after.version_label)
         if prompt.before is not None:
-            ET.SubElement(properties, "property", name="base_version",
-                          value=prompt.before.version_label)
+            ET.SubElement(
+                properties, "property", name="base_version", value=prompt.before.version_label
+            )
         for case in prompt.cases:
             _junit_case(suite, case, report.base_ref)
     ET.indent(root)
@@ -252,19 +273,22 @@ def report_to_dict(report: EvalReport) -> dict[str, Any]:
     """Everything in the report as JSON-ready data, every run included."""
     cases = []
     for case in report.cases:
-        cases.append({
-            "prompt_key": case.prompt_key,
-            "case_name": case.case_name,
-            "file": case.file,
-            "line": case.line,
-            "status": case.status,
-            "passed": case.passed,
-            "after": case.after.to_dict(),
-            "before": case.before.to_dict() if case.before else None,
-            "runs": [dataclasses.asdict(r) for r in case.after.results],
-            "base_runs": [dataclasses.asdict(r) for r in case.before.results]
-            if case.before else [],
-        })
+        cases.append(
+            {
+                "prompt_key": case.prompt_key,
+                "case_name": case.case_name,
+                "file": case.file,
+                "line": case.line,
+                "status": case.status,
+                "passed": case.passed,
+                "after": case.after.to_dict(),
+                "before": case.before.to_dict() if case.before else None,
+                "runs": [dataclasses.asdict(r) for r in case.after.results],
+                "base_runs": [dataclasses.asdict(r) for r in case.before.results]
+                if case.before
+                else [],
+            }
+        )
     return {
         "ok": report.ok,
         "base_ref": report.base_ref,

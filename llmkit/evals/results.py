@@ -53,9 +53,20 @@ class CaseResult:
     ) -> CaseResult:
         """The result of running `case` once; `passed` follows the case's threshold."""
         return cls(
-            case.prompt_key, case.name, case.file, case.line, version_number, version_sha, model,
-            repeat_index, outcome, assertions, run_passed(outcome, assertions, case.threshold),
-            cached, case.threshold, draft_blob,
+            case.prompt_key,
+            case.name,
+            case.file,
+            case.line,
+            version_number,
+            version_sha,
+            model,
+            repeat_index,
+            outcome,
+            assertions,
+            run_passed(outcome, assertions, case.threshold),
+            cached,
+            case.threshold,
+            draft_blob,
         )
 
     @property
@@ -265,8 +276,11 @@ def build_report(
         after = RunStats(runs)
         first = runs[0]
         status = _status(after, before, compared)
-        cases.append(CaseComparison(first.prompt_key, first.case_name, first.file, first.line,
-                                    after, before, status))
+        cases.append(
+            CaseComparison(
+                first.prompt_key, first.case_name, first.file, first.line, after, before, status
+            )
+        )
     return EvalReport(cases, base_ref, compared)
 
 

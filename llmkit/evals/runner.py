@@ -42,7 +42,9 @@ class RunOptions:
 
 
 class EvalRunner:
-    def __init__(self, executor: Executor, records: EvalRecords, options: RunOptions | None = None) -> None:
+    def __init__(
+        self, executor: Executor, records: EvalRecords, options: RunOptions | None = None
+    ) -> None:
         self.executor = executor
         self.records = records
         self.options = options or RunOptions()
@@ -50,7 +52,9 @@ class EvalRunner:
         # Keys found missing during the current run(); any at all and run() raises.
         self._not_configured: list[ProviderNotConfigured] = []
 
-    def plan(self, cases: list[EvalCase], ref: str | None = None) -> list[tuple[EvalCase, Version, int]]:
+    def plan(
+        self, cases: list[EvalCase], ref: str | None = None
+    ) -> list[tuple[EvalCase, Version, int]]:
         """The runs `run()` makes: (case, version, repeat index). Cases whose prompt does not
         exist at `ref` are left out (for a base ref, they are new cases)."""
         jobs: list[tuple[EvalCase, Version, int]] = []
@@ -65,7 +69,9 @@ class EvalRunner:
             jobs.extend((case, version, i) for i in range(repeats))
         return jobs
 
-    async def run(self, cases: list[EvalCase], ref: str | None = None, progress: Progress | None = None) -> list[CaseResult]:
+    async def run(
+        self, cases: list[EvalCase], ref: str | None = None, progress: Progress | None = None
+    ) -> list[CaseResult]:
         """Every case at `ref` (None: what is served), as planned by `plan()`. Planning (git, for
         a branch or tag) and storing the cache run in threads, off the caller's event loop.
 
@@ -107,9 +113,15 @@ class EvalRunner:
             outcome, cached = Outcome(text="", error=exc.message), False
         results = await check_all(case.assertions, outcome, self._judge_of(version))
         return CaseResult.of(
-            case, outcome, results, version_number=logged["version_number"],
-            version_sha=logged["version_sha"], draft_blob=logged["draft_blob"], model=model,
-            repeat_index=repeat_index, cached=cached,
+            case,
+            outcome,
+            results,
+            version_number=logged["version_number"],
+            version_sha=logged["version_sha"],
+            draft_blob=logged["draft_blob"],
+            model=model,
+            repeat_index=repeat_index,
+            cached=cached,
         )
 
     async def _prepare(self, case: EvalCase, version: Version) -> Execution:
@@ -127,7 +139,9 @@ class EvalRunner:
     async def _outcome(self, ex: Execution, repeat_index: int) -> tuple[Outcome, bool]:
         call = ex.call
         # Repeats are independent samples, so each repeat has its own cache entry.
-        key = cache_key(call.model, call.messages, {**call.params, "_repeat": repeat_index}, call.api_base)
+        key = cache_key(
+            call.model, call.messages, {**call.params, "_repeat": repeat_index}, call.api_base
+        )
         hit = self._cached(key)
         if hit is not None:
             response, latency = hit

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from llmkit.errors import BadRequest, NotFound, Unprocessable
+from llmkit.evals.cases import EvalCase, Problem
 from llmkit.evals.records import EvalRecords
 from llmkit.evals.results import CaseResult, EvalReport, build_report
 from llmkit.evals.runner import EvalRunner, Progress, RunOptions
-from llmkit.evals.cases import EvalCase, Problem
 from llmkit.evals.spec import load_evals
 from llmkit.execute import Executor
 from llmkit.runlog import utc_now
@@ -78,7 +78,8 @@ def select_cases(ws: Workspace, request: EvalRequest) -> list[EvalCase]:
             raise NotFound(f"{_shown_path(path, root)} does not exist", param="paths")
     cases, problems = load_evals(root)
     errors = [
-        p for p in problems
+        p
+        for p in problems
         if p.severity == "error" and _covers(request, root, p.path, _file_prompt_key(p.path))
     ]
     if errors:
@@ -126,8 +127,9 @@ def _shown_path(path: Path, root: Path) -> str:
         return str(path)
 
 
-def eval_runner(ws: Workspace, executor: Executor, records: EvalRecords,
-                request: EvalRequest) -> EvalRunner:
+def eval_runner(
+    ws: Workspace, executor: Executor, records: EvalRecords, request: EvalRequest
+) -> EvalRunner:
     options = RunOptions(
         concurrency=request.concurrency,
         repeat=request.repeat,

@@ -249,8 +249,11 @@ def _file_prompt_key(c: Checker, data: dict[Any, Any]) -> str | None:
         return str(key)
     key = prompt_key_from_path(c.path)
     if key is None:
-        c.error(None, "cannot tell which prompt these cases test: put the file in "
-                "evals/<prompt key>/ or set 'prompt:'")
+        c.error(
+            None,
+            "cannot tell which prompt these cases test: put the file in "
+            "evals/<prompt key>/ or set 'prompt:'",
+        )
         return None
     if problem := prompt_key_problem(key):
         c.error(None, f"the folder does not give a prompt key ({problem}); set 'prompt:'")

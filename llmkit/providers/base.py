@@ -137,7 +137,9 @@ def error_for_status(
         )
     if status == 404:
         at = f" (POST {url} answered 404; check the model name and api_base)" if url else ""
-        return NotFound(f"Model {model} not found at {provider}{at}: {detail}", code="model_not_found")
+        return NotFound(
+            f"Model {model} not found at {provider}{at}: {detail}", code="model_not_found"
+        )
     if status == 408:
         return UpstreamTimeout(f"{where} timed out (HTTP 408): {detail}", headers=kept)
     if status == 429:

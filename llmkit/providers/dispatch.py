@@ -67,7 +67,9 @@ def _targets(call: ProviderCall) -> list[tuple[str, Callable[[], Target]]]:
                 api_key_env=fallback.api_key_env,
                 keyless=fallback.keyless,
             )
-            targets.append((fallback.model, partial(resolve_target, own, fallback.model, inherit=True)))
+            targets.append(
+                (fallback.model, partial(resolve_target, own, fallback.model, inherit=True))
+            )
         else:
             inherit = provider_of(fallback) == primary_provider
             targets.append((fallback, partial(resolve_target, call, fallback, inherit=inherit)))
@@ -105,9 +107,7 @@ def _retry_delay(error: LlmkitError, attempt: int, base: float, time_left: float
     return delay if delay < time_left else None
 
 
-async def _attempt_complete(
-    target: Target, call: ProviderCall, remaining: float
-) -> dict[str, Any]:
+async def _attempt_complete(target: Target, call: ProviderCall, remaining: float) -> dict[str, Any]:
     try:
         async with asyncio.timeout(remaining):
             return await target.transport.complete(target, call, remaining)

@@ -21,7 +21,7 @@ from llmkit.providers.base import ProviderCall
 from llmkit.providers.transport import Chunks, Provider, Target
 
 CALL_PREFIX = "call:"
-CALL_PATTERN = re.compile(r"call:([\w.-]+)\s*(.*)", re.S)
+CALL_PATTERN = re.compile(r"call:([\w.-]+)\s*(.*)", re.DOTALL)
 JSON_FORMATS = ("json_object", "json_schema")
 STREAM_PIECES = 3
 
@@ -119,11 +119,13 @@ def complete(model: str, messages: list[dict[str, Any]], params: dict[str, Any])
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": "tool_calls" if tool_call else "stop",
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_call else "stop",
+            }
+        ],
         "usage": _usage(messages, answer),
     }
 
@@ -134,7 +136,7 @@ def _pieces(text: str, count: int) -> list[str]:
     if not words:
         return []
     size = -(-len(words) // count)
-    return ["".join(words[i:i + size]) for i in range(0, len(words), size)]
+    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
 
 
 def chunks_of(completion: dict[str, Any]) -> list[dict[str, Any]]:
@@ -161,13 +163,32 @@ def chunks_of(completion: dict[str, Any]) -> list[dict[str, Any]]:
     pieces = _pieces(message.get("content") or "", STREAM_PIECES)
     out += [delta({"content": piece}) for piece in pieces]
     for index, call in enumerate(message.get("tool_calls") or []):
-        out.append(delta({"tool_calls": [{
-            "index": index, "id": call["id"], "type": "function",
-            "function": {"name": call["function"]["name"], "arguments": ""},
-        }]}))
-        out.append(delta({"tool_calls": [{
-            "index": index, "function": {"arguments": call["function"]["arguments"]},
-        }]}))
+        out.append(
+            delta(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
+        out.append(
+            delta(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "function": {"arguments": call["function"]["arguments"]},
+                        }
+                    ]
+                }
+            )
+        )
     out.append(delta({}, choice["finish_reason"]))
     out.append(chunk([], completion["usage"]))
     return out
@@ -197,9 +218,7 @@ class EchoTransport:
     def base_url(self, provider: str, api_base: str | None) -> str | None:
         return None
 
-    async def complete(
-        self, target: Target, call: ProviderCall, timeout: float
-    ) -> dict[str, Any]:
+    async def complete(self, target: Target, call: ProviderCall, timeout: float) -> dict[str, Any]:
         return complete(target.model, call.messages, call.params)
 
     def stream(self, target: Target, call: ProviderCall, timeout: float) -> Chunks:

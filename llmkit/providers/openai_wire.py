@@ -61,10 +61,16 @@ OLLAMA_PROVIDERS = ("ollama", "ollama_chat")
 
 PROVIDERS = (
     # Reached without any configuration.
-    Provider("openai", "OPENAI_API_KEY", "https://api.openai.com/v1",
-             ("OPENAI_BASE_URL", "OPENAI_API_BASE"), bare_prefixes=OPENAI_BARE_PREFIXES),
-    Provider("openrouter", "OPENROUTER_API_KEY", "https://openrouter.ai/api/v1",
-             ("OPENROUTER_API_BASE",)),
+    Provider(
+        "openai",
+        "OPENAI_API_KEY",
+        "https://api.openai.com/v1",
+        ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
+        bare_prefixes=OPENAI_BARE_PREFIXES,
+    ),
+    Provider(
+        "openrouter", "OPENROUTER_API_KEY", "https://openrouter.ai/api/v1", ("OPENROUTER_API_BASE",)
+    ),
     Provider("deepseek", "DEEPSEEK_API_KEY", "https://api.deepseek.com/v1", ("DEEPSEEK_API_BASE",)),
     Provider("ollama", None, OLLAMA, ("OLLAMA_API_BASE",)),
     Provider("ollama_chat", None, OLLAMA, ("OLLAMA_API_BASE",)),
@@ -84,9 +90,9 @@ PROVIDERS = (
     Provider("nvidia_nim", "NVIDIA_NIM_API_KEY"),
 )
 
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = (
-    weakref.WeakKeyDictionary()
-)
+_sessions: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]
+] = weakref.WeakKeyDictionary()
 
 
 def session_for(base_url: str) -> aiohttp.ClientSession:
@@ -150,7 +156,9 @@ def _headers(target: Target, *, streaming: bool) -> dict[str, str]:
     return headers
 
 
-def _status_error(target: Target, status: int, text: str, headers: Mapping[str, str]) -> LlmkitError:
+def _status_error(
+    target: Target, status: int, text: str, headers: Mapping[str, str]
+) -> LlmkitError:
     try:
         payload = json.loads(text)
     except ValueError:
@@ -172,8 +180,11 @@ def _body_error(target: Target, payload: dict[str, Any]) -> LlmkitError:
     code = error.get("code") if isinstance(error, dict) else None
     status = code if isinstance(code, int) and 400 <= code < 600 else 502
     return error_for_status(
-        status, model=target.model, provider=target.provider,
-        detail=error_detail(payload, str(error)), key_env=target.key_env,
+        status,
+        model=target.model,
+        provider=target.provider,
+        detail=error_detail(payload, str(error)),
+        key_env=target.key_env,
     )
 
 

@@ -66,7 +66,9 @@ def missing_key(
     one's own (an api_base) how to send no key at all."""
     keyless = (
         f"; if the server at {api_base} needs no key, give its alias `api_key_env: null`"
-        " in llmkit.yaml" if api_base else ""
+        " in llmkit.yaml"
+        if api_base
+        else ""
     )
     return ProviderNotConfigured(
         f"No API key for {provider}: set {key_env} in the environment llmkit runs in"

@@ -226,11 +226,13 @@ def completion_dict(response: Any) -> dict[str, Any]:
         for key in MESSAGE_KEYS[2:]:
             if message.get(key):
                 clean[key] = _drop_none(message[key])
-        choices.append({
-            "index": choice.get("index", 0),
-            "message": clean,
-            "finish_reason": choice.get("finish_reason"),
-        })
+        choices.append(
+            {
+                "index": choice.get("index", 0),
+                "message": clean,
+                "finish_reason": choice.get("finish_reason"),
+            }
+        )
     out: dict[str, Any] = {
         "id": raw.get("id"),
         "object": "chat.completion",
@@ -251,11 +253,13 @@ def chunk_dict(chunk: Any) -> dict[str, Any]:
     for choice in raw.get("choices") or []:
         delta = choice.get("delta") or {}
         clean = {k: _drop_none(delta[k]) for k in MESSAGE_KEYS if delta.get(k) is not None}
-        choices.append({
-            "index": choice.get("index", 0),
-            "delta": clean,
-            "finish_reason": choice.get("finish_reason"),
-        })
+        choices.append(
+            {
+                "index": choice.get("index", 0),
+                "delta": clean,
+                "finish_reason": choice.get("finish_reason"),
+            }
+        )
     out: dict[str, Any] = {
         "id": raw.get("id"),
         "object": "chat.completion.chunk",

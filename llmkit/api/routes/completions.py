@@ -16,7 +16,9 @@ from llmkit.errors import LlmkitError
 from llmkit.execute import Execution, Executor
 
 router = APIRouter(dependencies=[Depends(run_key)], tags=["completions"])
-ui_router = APIRouter(prefix="/v1/ui/prompts/execute", dependencies=[Depends(admin_key)], tags=["completions"])
+ui_router = APIRouter(
+    prefix="/v1/ui/prompts/execute", dependencies=[Depends(admin_key)], tags=["completions"]
+)
 
 
 async def execute(request: Request, body: dict[str, Any], stream: bool, source: str) -> Response:

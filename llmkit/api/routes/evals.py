@@ -93,7 +93,10 @@ def create_eval(data: JsonBody, ws: Ws) -> dict[str, Any]:
     if ws.store.confine(path).exists():
         raise Conflict(f"{path} already exists", param="name")
     ws.store.commit_file(
-        path, serialize_case(case).encode(), message=f"Add eval case {case.name!r} for {key}", create=True
+        path,
+        serialize_case(case).encode(),
+        message=f"Add eval case {case.name!r} for {key}",
+        create=True,
     )
     return _public(_find(ws, case_id(case)))
 
@@ -121,11 +124,17 @@ def update_eval(eval_id: int, data: JsonBody, ws: Ws) -> dict[str, Any]:
                 if old not in given:
                     merged.pop(old, None)
     case = case_from_dict(merged, prompt_key=current.prompt_key, file=current.file)
-    if case.name != current.name and any(c.prompt_key == case.prompt_key and c.name == case.name for c in _cases(ws)):
-        raise Conflict(f"Prompt {case.prompt_key!r} already has an eval case named {case.name!r}", param="name")
+    if case.name != current.name and any(
+        c.prompt_key == case.prompt_key and c.name == case.name for c in _cases(ws)
+    ):
+        raise Conflict(
+            f"Prompt {case.prompt_key!r} already has an eval case named {case.name!r}", param="name"
+        )
     text = serialize_case(case).encode()
     if ws.store.confine(current.file).read_bytes() != text:
-        ws.store.commit_file(current.file, text, message=f"Update eval case {case.name!r} for {case.prompt_key}")
+        ws.store.commit_file(
+            current.file, text, message=f"Update eval case {case.name!r} for {case.prompt_key}"
+        )
     return _public(_find(ws, case_id(case)))
 
 
@@ -141,7 +150,9 @@ def delete_eval(eval_id: int, ws: Ws) -> dict[str, Any]:
     """Delete an eval case file, as a commit."""
     case = _find(ws, eval_id)
     _sole_case_in_file(ws, case)
-    ws.store.commit_file(case.file, None, message=f"Delete eval case {case.name!r} for {case.prompt_key}")
+    ws.store.commit_file(
+        case.file, None, message=f"Delete eval case {case.name!r} for {case.prompt_key}"
+    )
     return {"id": eval_id, "deleted": True}
 
 
@@ -185,7 +196,11 @@ async def run_evals(
 
 
 def _run_plan(
-    ws: Workspace, executor: Executor, records: EvalRecords, prompt_id: str, version: str,
+    ws: Workspace,
+    executor: Executor,
+    records: EvalRecords,
+    prompt_id: str,
+    version: str,
     rounds: int,
 ) -> tuple[Prompt, Version, EvalRequest, list[EvalCase], EvalRunner]:
     """The prompt, the version a run pins (a branch or tag is resolved with git), and the run
@@ -222,7 +237,7 @@ def list_runs(prompt_id: str, version: str, request: Request, ws: Ws) -> list[di
 @router.get("/prompt-eval-runs/{result_id}")
 def get_run(result_id: int, request: Request) -> dict[str, Any]:
     """One eval result."""
-    return request.app.state.eval_records.result(result_id)  # type: ignore[no-any-return]
+    return request.app.state.eval_records.result(result_id)
 
 
 @router.put("/prompt-eval-runs/{result_id}")
@@ -230,4 +245,4 @@ def score_run(result_id: int, data: JsonBody, request: Request) -> dict[str, Any
     """Set the human score (1-5) of one eval result."""
     if "score" not in data:
         raise BadRequest("score is required (a whole number from 1 to 5)", param="score")
-    return request.app.state.eval_records.set_score(result_id, data["score"])  # type: ignore[no-any-return]
+    return request.app.state.eval_records.set_score(result_id, data["score"])

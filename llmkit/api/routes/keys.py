@@ -13,7 +13,9 @@ from llmkit.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
 # SQLite integers are 64-bit; a larger id would fail inside sqlite3 instead of reading as unknown.
 KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The key's id")]
 
-router = APIRouter(prefix="/v1/ui/settings/api-keys", dependencies=[Depends(admin_key)], tags=["api keys"])
+router = APIRouter(
+    prefix="/v1/ui/settings/api-keys", dependencies=[Depends(admin_key)], tags=["api keys"]
+)
 
 
 @router.get("", response_model=list[ApiKeyPublic])

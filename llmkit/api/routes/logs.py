@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from llmkit.api.deps import Ws, admin_key
+from llmkit.errors import LlmkitError
 from llmkit.models import describe_models
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
@@ -23,7 +24,13 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
 
 
-def _filters(prompt: str | None, version: str | None, status: str | None, since: str | None, until: str | None) -> dict[str, Any]:
+def _filters(
+    prompt: str | None,
+    version: str | None,
+    status: str | None,
+    since: str | None,
+    until: str | None,
+) -> dict[str, Any]:
     return {"prompt": prompt, "version": version, "status": status, "since": since, "until": until}
 
 
@@ -40,7 +47,9 @@ def list_logs(
 ) -> list[dict[str, Any]]:
     """Provider calls, newest first, filtered by prompt, version, status and time."""
     ws.runlog.flush()
-    return ws.runlog.list(page=page, page_size=page_size, **_filters(prompt, version, status, since, until))
+    return ws.runlog.list(
+        page=page, page_size=page_size, **_filters(prompt, version, status, since, until)
+    )
 
 
 @router.get("/logs/count")
@@ -81,6 +90,6 @@ def models(ws: Ws) -> dict[str, Any]:
             continue
         try:
             used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
-        except Exception:
+        except LlmkitError:  # a prompt that does not parse names no model
             continue
     return {"object": "list", "data": describe_models(ws.models, used)}

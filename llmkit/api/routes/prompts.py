@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.applications import Starlette
@@ -32,7 +32,19 @@ router = APIRouter(prefix="/v1/ui/prompts", dependencies=[Depends(admin_key)], t
 
 MAX_VERSION_SPEC = 256
 
-STRUCTURED = ("system", "user", "messages", "model", "max_tokens", "temperature", "json_mode", "prompt_type", "is_chat", "description", "frontmatter")
+STRUCTURED = (
+    "system",
+    "user",
+    "messages",
+    "model",
+    "max_tokens",
+    "temperature",
+    "json_mode",
+    "prompt_type",
+    "is_chat",
+    "description",
+    "frontmatter",
+)
 
 
 def _base(if_match: str | None, body: CommitInfo | None) -> str | None:
@@ -41,12 +53,20 @@ def _base(if_match: str | None, body: CommitInfo | None) -> str | None:
     return body.base_version if body else None
 
 
+@overload
+def _version_spec(spec: str, param: str) -> str: ...
+@overload
+def _version_spec(spec: str | None, param: str) -> str | None: ...
 def _version_spec(spec: str | None, param: str) -> str | None:
     """A version as callers give it (number, sha prefix, branch or tag); refuses what no git
     ref can hold, before it reaches git."""
-    if spec is not None and (len(spec) > MAX_VERSION_SPEC or any(c < " " or c == "\x7f" for c in spec)):
+    if spec is not None and (
+        len(spec) > MAX_VERSION_SPEC or any(c < " " or c == "\x7f" for c in spec)
+    ):
         shown = repr(spec) if len(spec) <= 60 else f"{spec[:60]!r}... ({len(spec)} characters)"
-        raise BadRequest(f"Invalid version {shown}: expected a version number, sha, branch or tag", param=param)
+        raise BadRequest(
+            f"Invalid version {shown}: expected a version number, sha, branch or tag", param=param
+        )
     return spec
 
 
@@ -76,7 +96,11 @@ def _endpoint_for(app: Starlette, method: str, path: str) -> Callable[..., Any] 
         routes = iter_route_contexts(routes)
     for route in routes:
         pattern = getattr(route, "path_regex", None)
-        if pattern is not None and pattern.match(path) and method in (getattr(route, "methods", None) or ()):
+        if (
+            pattern is not None
+            and pattern.match(path)
+            and method in (getattr(route, "methods", None) or ())
+        ):
             return getattr(route, "endpoint", None)
     return None
 
@@ -100,7 +124,9 @@ def build_prompt(body: PromptWrite, key: str, current: PromptFile | None) -> Pro
     given = {name for name in STRUCTURED if getattr(body, name) is not None}
     if body.content is not None:
         if given:
-            raise BadRequest(f"Give either content or structured fields, not both (got content and {', '.join(sorted(given))})")
+            raise BadRequest(
+                f"Give either content or structured fields, not both (got content and {', '.join(sorted(given))})"
+            )
         try:
             return parse(body.content, path_for_key(key))
         except PromptFormatError as exc:
@@ -112,7 +138,14 @@ def build_prompt(body: PromptWrite, key: str, current: PromptFile | None) -> Pro
             meta.pop(name, None)
         else:
             meta[name] = value
-    for field, meta_key in (("model", "model"), ("max_tokens", "max_tokens"), ("temperature", "temperature"), ("json_mode", "json_mode"), ("is_chat", "chat"), ("description", "description")):
+    for field, meta_key in (
+        ("model", "model"),
+        ("max_tokens", "max_tokens"),
+        ("temperature", "temperature"),
+        ("json_mode", "json_mode"),
+        ("is_chat", "chat"),
+        ("description", "description"),
+    ):
         value = getattr(body, field)
         if value is not None:
             meta[meta_key] = value
@@ -136,7 +169,9 @@ def build_prompt(body: PromptWrite, key: str, current: PromptFile | None) -> Pro
     return prompt
 
 
-def _replace_sections(messages: list[Message], system: str | None, user: str | None) -> list[Message]:
+def _replace_sections(
+    messages: list[Message], system: str | None, user: str | None
+) -> list[Message]:
     result = list(messages)
     if system is not None:
         index = next((i for i, m in enumerate(result) if m.role == "system"), None)
@@ -173,8 +208,13 @@ def create_prompt(body: PromptWrite, ws: Ws, request: Request) -> dict[str, Any]
     key = _routable_key(request.app, validate_key(body.key))
     prompt = build_prompt(body, key, None)
     authoring.save_prompt(
-        ws, key, prompt, create=True, message=body.message,
-        author_name=body.author_name, author_email=body.author_email,
+        ws,
+        key,
+        prompt,
+        create=True,
+        message=body.message,
+        author_name=body.author_name,
+        author_email=body.author_email,
     )
     return _detail(ws, key)
 
@@ -227,7 +267,10 @@ def set_version(
     """Make version n current again, by committing its content as a new version."""
     prompt = ws.index.get_prompt(prompt_id)
     authoring.restore_version(
-        ws, prompt.key, _version_spec(version, "version"), base=_base(if_match, body),
+        ws,
+        prompt.key,
+        _version_spec(version, "version"),
+        base=_base(if_match, body),
         message=body.message if body else None,
         author_name=body.author_name if body else None,
         author_email=body.author_email if body else None,
@@ -242,22 +285,33 @@ def get_prompt(prompt_id: str, ws: Ws) -> dict[str, Any]:
 
 
 @router.put("/{prompt_id:path}")
-def update_prompt(prompt_id: str, body: PromptWrite, ws: Ws, if_match: str | None = Header(None)) -> dict[str, Any]:
+def update_prompt(
+    prompt_id: str, body: PromptWrite, ws: Ws, if_match: str | None = Header(None)
+) -> dict[str, Any]:
     """Update a prompt as a new commit. Fields not given keep their values."""
     prompt = ws.index.get_prompt(prompt_id, include_deleted=False)
     if body.key is not None and body.key != prompt.key:
-        raise BadRequest(f"Renaming is not supported: key {body.key!r} differs from {prompt.key!r}", param="key")
+        raise BadRequest(
+            f"Renaming is not supported: key {body.key!r} differs from {prompt.key!r}", param="key"
+        )
     if prompt.version is not None and prompt.version.draft:
         # Refused before the draft is parsed: a half-edited file must not turn this into a 400.
         raise Conflict(
             f"{prompt.path} has uncommitted changes in the working tree; commit or discard"
             " them before writing through the API"
         )
-    current = prompt.version.prompt() if prompt.version is not None and body.content is None else None
+    current = (
+        prompt.version.prompt() if prompt.version is not None and body.content is None else None
+    )
     new = build_prompt(body, prompt.key, current)
     authoring.save_prompt(
-        ws, prompt.key, new, base=_base(if_match, body), message=body.message,
-        author_name=body.author_name, author_email=body.author_email,
+        ws,
+        prompt.key,
+        new,
+        base=_base(if_match, body),
+        message=body.message,
+        author_name=body.author_name,
+        author_email=body.author_email,
     )
     return _detail(ws, prompt.key)
 
@@ -269,7 +323,9 @@ def delete_prompt(
     """Delete a prompt as a commit; its history stays readable."""
     prompt = ws.index.get_prompt(prompt_id, include_deleted=False)
     sha = authoring.delete_prompt(
-        ws, prompt.key, base=_base(if_match, body),
+        ws,
+        prompt.key,
+        base=_base(if_match, body),
         message=body.message if body else None,
         author_name=body.author_name if body else None,
         author_email=body.author_email if body else None,
