@@ -83,7 +83,8 @@ def prompt_text(index: int) -> str:
         "---\n"
         "<!-- role:system -->\n"
         "You are a {{ tone }} support assistant for {{ company }}.\n"
-        "{% if topic %}The customer asks about {{ topic }}; answer in one short paragraph.{% endif %}\n"
+        "{% if topic %}The customer asks about {{ topic }};"
+        " answer in one short paragraph.{% endif %}\n"
         "\n"
         "<!-- role:user -->\n"
         "{{ question }}\n"
@@ -418,13 +419,15 @@ def check_round(r: Round, cases: int) -> list[str]:
             )
         if run.passed != cases or run.cases != cases:
             problems.append(
-                f"{name} run: {run.passed}/{run.cases} cases passed, expected {cases}/{cases}: {run.summary!r}"
+                f"{name} run: {run.passed}/{run.cases} cases passed,"
+                f" expected {cases}/{cases}: {run.summary!r}"
             )
     if r.cached.cached_runs != cases:
         problems.append(f"cached run: {r.cached.cached_runs}/{cases} runs came from the cache")
     if r.fresh.cached_runs or r.warm_no_cache.cached_runs:
         problems.append(
-            f"uncached runs read the cache: fresh {r.fresh.cached_runs}, --no-cache {r.warm_no_cache.cached_runs}"
+            f"uncached runs read the cache: fresh {r.fresh.cached_runs},"
+            f" --no-cache {r.warm_no_cache.cached_runs}"
         )
     for name, direct in (("httpx", r.direct), ("aiohttp", r.direct_aiohttp)):
         if direct.requests != cases:
@@ -475,7 +478,8 @@ pooled = getattr(openai_wire, "session_for", None) or getattr(openai_wire, "clie
 async def run_all():
     if pooled is not None:
         pooled(base_url)
-    mark(f"first pooled HTTP client (openai_wire.{getattr(pooled, '__name__', '?')}; only on a cache miss)")
+    mark(f"first pooled HTTP client (openai_wire.{getattr(pooled, '__name__', '?')}; \
+only on a cache miss)")
     results = await runner.run(cases)
     mark("EvalRunner.run, all cases")
     await providers.aclose()
@@ -492,7 +496,8 @@ ws.runlog.close()
 mark("runlog.close (flush)")
 executions = [runner._prepare(c, v) for c, v in zip(cases, versions)]
 mark("apart: EvalRunner._prepare per case")
-keys = [cache_key(e.call.model, e.call.messages, {**e.call.params, "_repeat": 0}, e.call.api_base) for e in executions]
+keys = [cache_key(e.call.model, e.call.messages, {**e.call.params, "_repeat": 0}, e.call.api_base) \
+for e in executions]
 mark("apart: cache_key per case")
 hits = [records.cached(k) for k in keys]
 mark(f"apart: records.cached per case ({sum(h is not None for h in hits)} hits)")
@@ -502,7 +507,8 @@ out = []
 for name, at in marks:
     out.append([name, at - previous])
     previous = at
-print(json.dumps({"phases": out, "cached_runs": sum(r.cached for r in results), "passed": sum(r.passed for r in results)}))
+print(json.dumps({"phases": out, "cached_runs": sum(r.cached for r in results), \
+"passed": sum(r.passed for r in results)}))
 """
 STARTUP_PHASES = 8  # the first PHASES steps happen before the first request
 
@@ -839,8 +845,10 @@ def main(argv: list[str] | None = None) -> int:
         repo = work / "repo"
         cases = make_repo(repo, upstream.url, args.prompts, args.files, args.cases_per_file)
         print(
-            f"{cases} cases in {args.files} files over {args.prompts} prompts; upstream {args.upstream} at {upstream.url};"
-            f" llmkit's wire path on {client}; {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}",
+            f"{cases} cases in {args.files} files over {args.prompts} prompts;"
+            f" upstream {args.upstream} at {upstream.url};"
+            f" llmkit's wire path on {client}; {os.cpu_count()} cpus,"
+            f" load {os.getloadavg()[0]:.2f}",
             flush=True,
         )
         bodies = work / "bodies.jsonl"
@@ -850,9 +858,12 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(r)
             problems += [f"round {n + 1}: {p}" for p in check_round(r, cases)]
             print(
-                f"round {n + 1}/{args.rounds}: fresh {r.fresh.wall:.2f} s, cached {r.cached.wall:.2f} s,"
-                f" --no-cache {r.warm_no_cache.wall:.2f} s, httpx {r.direct.wall:.2f} s (send {r.direct.send:.2f} s),"
-                f" start-up {fmt_seconds(r.fresh.startup)} / {fmt_seconds(r.warm_no_cache.startup)};"
+                f"round {n + 1}/{args.rounds}: fresh {r.fresh.wall:.2f} s,"
+                f" cached {r.cached.wall:.2f} s,"
+                f" --no-cache {r.warm_no_cache.wall:.2f} s, httpx {r.direct.wall:.2f} s"
+                f" (send {r.direct.send:.2f} s),"
+                f" start-up {fmt_seconds(r.fresh.startup)}"
+                f" / {fmt_seconds(r.warm_no_cache.startup)};"
                 f" load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
@@ -875,11 +886,13 @@ def main(argv: list[str] | None = None) -> int:
             run_cached = profile_run(repo, upstream, args.jobs, prof_cached)
             if run_cached.exit_code != 0 or run_cached.requests != 0:
                 problems.append(
-                    f"profiled cached run: exit {run_cached.exit_code}, {run_cached.requests} requests"
+                    f"profiled cached run: exit {run_cached.exit_code},"
+                    f" {run_cached.requests} requests"
                 )
             hot_cached, hot_cached_cum, cached_text = hot_spots(prof_cached, cases, args.top)
             profile_text = (
-                f"llmkit eval -j {args.jobs} --no-cache over {cases} cases (wall under cProfile {run.wall:.2f} s)\n"
+                f"llmkit eval -j {args.jobs} --no-cache over {cases} cases"
+                f" (wall under cProfile {run.wall:.2f} s)\n"
                 f"{profile_text}\n\nllmkit eval -j {args.jobs} from the cache (wall under cProfile"
                 f" {run_cached.wall:.2f} s)\n{cached_text}"
             )
@@ -896,7 +909,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     if fresh_phases and warm_phases:
         print(
-            f"\nphases of an eval in one process (perf_counter, median of {len(warm_phases)}; the first {STARTUP_PHASES}"
+            f"\nphases of an eval in one process (perf_counter, median of {len(warm_phases)};"
+            f" the first {STARTUP_PHASES}"
             " come before the first request; fresh: no index, no cache; warm: cache filled):"
         )
         print(f"  {'fresh .llmkit':>13} {'warm .llmkit':>13}  step")
@@ -905,7 +919,8 @@ def main(argv: list[str] | None = None) -> int:
         ):
             if n == STARTUP_PHASES:
                 print(
-                    f"  {'-' * 13} {'-' * 13}  (the run, then per-case steps timed apart, all {cases} cases)"
+                    f"  {'-' * 13} {'-' * 13}"
+                    f"  (the run, then per-case steps timed apart, all {cases} cases)"
                 )
             print(f"  {fmt_seconds(fresh_s):>13} {fmt_seconds(warm_s):>13}  {name}")
     if imports:

@@ -86,7 +86,8 @@ def run_quiet(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> f
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(
-            f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
+            f"{' '.join(cmd)} exited {proc.returncode}:"
+            f" {proc.stderr.decode(errors='replace')[-2000:]}"
         )
     return elapsed
 
@@ -215,7 +216,8 @@ def bench_sync(repo: Path, index: Index, keys: list[str], runs: int) -> tuple[li
         ):
             problems.append(
                 f"sync after committing {key}: new_commits={report.new_commits},"
-                f" changed={sorted(report.changed)[:3]}, served sha={served.sha if served else None}, want {sha}"
+                f" changed={sorted(report.changed)[:3]},"
+                f" served sha={served.sha if served else None}, want {sha}"
             )
         idle.append(timed(index.sync))
         baselines.append(run_quiet(["git", "rev-parse", "HEAD"], repo))
@@ -310,7 +312,10 @@ def bench_watcher(repo: Path, index: Index, key: str, saves: int) -> tuple[list[
             baseline,
             0.250,
             "save + direct sync()",
-            f"max {max(latencies) * 1000:.0f} ms, {len(latencies)}/{saves} served, {watcher.syncs} syncs",
+            (
+                f"max {max(latencies) * 1000:.0f} ms, {len(latencies)}/{saves} served,"
+                f" {watcher.syncs} syncs"
+            ),
         ),
     ]
     return rows, problems
@@ -483,7 +488,10 @@ def prepare_repo(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
         made = generate(repo, args.prompts, args.versions)
         return (
             repo,
-            f"generated {len(made.keys)} x {args.versions} ({made.commits} commits) in {time.perf_counter() - started:.1f} s",
+            (
+                f"generated {len(made.keys)} x {args.versions} ({made.commits} commits)"
+                f" in {time.perf_counter() - started:.1f} s"
+            ),
         )
     source = Path(args.repo).resolve()
     subprocess.run(["git", "clone", "-q", str(source), str(repo)], check=True, capture_output=True)
@@ -561,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(rows)
     print(
-        f"\nrebuild hot spots by own time (profiles: {profile_path}, {profile_path.with_name('index_sync_profile.txt')}):"
+        f"\nrebuild hot spots by own time (profiles: {profile_path},"
+        f" {profile_path.with_name('index_sync_profile.txt')}):"
     )
     print("\n".join(f"  {line}" for line in hot))
     print("\nslowest imports of llmkit --help:")

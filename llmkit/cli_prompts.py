@@ -39,7 +39,10 @@ def history(repo: Path | None, key: str, patch: bool, as_json: bool) -> None:
     for row in rows:
         sha = (row["sha"] or "draft")[:10]
         first_line = str(row["message"]).splitlines()[0] if row["message"] else ""
-        line = f"[bold]{row['number']:>3}[/bold] [yellow]{sha:<10}[/yellow] {row['date'] or '':<20} {row['author'] or '':<20} {first_line}"
+        line = (
+            f"[bold]{row['number']:>3}[/bold] [yellow]{sha:<10}[/yellow]"
+            f" {row['date'] or '':<20} {row['author'] or '':<20} {first_line}"
+        )
         out.print(line, highlight=False, soft_wrap=True)
         if patch:
             out.print(row["diff"], highlight=False, markup=False)

@@ -1,4 +1,5 @@
-"""Settings: every path and default is resolved here, from flags, LLMKIT_* variables and defaults."""
+"""Settings: every path and default is resolved here, from flags, LLMKIT_* variables and
+defaults."""
 
 from __future__ import annotations
 

@@ -360,7 +360,8 @@ class Index:
         # Drafts are recomputed after history moves; a just-committed draft becomes a version.
         conn.execute("DELETE FROM ix_versions WHERE seq IS NULL")
         conn.executemany(
-            "INSERT INTO ix_commits (seq, sha, author_name, author_email, authored_at, committed_at, message)"
+            "INSERT INTO ix_commits (seq, sha, author_name, author_email, authored_at, "
+            "committed_at, message)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (
@@ -449,7 +450,8 @@ class Index:
             r[0]: (r[1], r[2])
             for r in conn.execute(
                 "SELECT v.key, v.number, v.blob FROM ix_versions v JOIN"
-                " (SELECT key, MAX(number) AS n FROM ix_versions WHERE seq IS NOT NULL GROUP BY key) m"
+                " (SELECT key, MAX(number) AS n FROM ix_versions WHERE seq IS NOT NULL GROUP BY "
+                "key) m"
                 " ON v.key = m.key AND v.number = m.n"
             )
         }
@@ -478,7 +480,8 @@ class Index:
             if key not in present:
                 spare_id -= 1  # a placeholder until _number_drafts gives the final id
                 conn.execute(
-                    "INSERT INTO ix_prompts (key, id, path, first_seq, present) VALUES (?, ?, ?, NULL, 1)",
+                    "INSERT INTO ix_prompts (key, id, path, first_seq, present) VALUES (?, ?, ?, "
+                    "NULL, 1)",
                     (key, spare_id, path_for_key(key)),
                 )
                 changed.add(key)
@@ -583,7 +586,8 @@ class Index:
         where, args = ("WHERE v.key = ?", (key,)) if key else ("", ())
         rows = conn.execute(
             "SELECT v.key, v.number, v.seq, v.blob, c.sha, m.committed FROM ix_versions v"
-            " JOIN (SELECT key, MAX(number) AS n, MAX(CASE WHEN seq IS NOT NULL THEN number END) AS committed,"
+            " JOIN (SELECT key, MAX(number) AS n, MAX(CASE WHEN seq IS NOT NULL THEN number END) "
+            "AS committed,"
             " COUNT(*) AS c FROM ix_versions GROUP BY key) m ON v.key = m.key AND v.number = m.n"
             f" LEFT JOIN ix_commits c ON c.seq = v.seq {where}",
             args,
@@ -615,7 +619,8 @@ class Index:
         row = (
             self.db.reader()
             .execute(
-                "SELECT sha, author_name, author_email, authored_at, committed_at, message FROM ix_commits WHERE seq = ?",
+                "SELECT sha, author_name, author_email, authored_at, committed_at, message FROM "
+                "ix_commits WHERE seq = ?",
                 (seq,),
             )
             .fetchone()
@@ -628,7 +633,8 @@ class Index:
         rows = (
             self.db.reader()
             .execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c "
+                "ON c.seq = v.seq"
                 " WHERE v.key = ? ORDER BY v.number",
                 (prompt.key,),
             )
@@ -673,7 +679,8 @@ class Index:
         conn = self.db.reader()
         if text.isdigit() and int(text) <= MAX_SQLITE_INT:
             row = conn.execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c "
+                "ON c.seq = v.seq"
                 " WHERE v.key = ? AND v.number = ?",
                 (prompt.key, int(text)),
             ).fetchone()
@@ -684,7 +691,8 @@ class Index:
                 raise NotFound(f"Prompt {prompt.key!r} has no version {text}", param="model")
         if 4 <= len(text) <= 40 and all(c in "0123456789abcdef" for c in text.lower()):
             rows = conn.execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v JOIN ix_commits c ON "
+                "c.seq = v.seq"
                 " WHERE v.key = ? AND c.sha LIKE ?",
                 (prompt.key, text.lower() + "%"),
             ).fetchall()
@@ -723,7 +731,8 @@ class Index:
         row = (
             self.db.reader()
             .execute(
-                "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key = ? AND c.sha = ?",
+                "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key "
+                "= ? AND c.sha = ?",
                 (key, last),
             )
             .fetchone()

@@ -261,7 +261,8 @@ def meta_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
                 (
                     str(name),
                     (
-                        f"Frontmatter key {name!r} holds a lone surrogate (U+{ord(bad):04X}), which is"
+                        f"Frontmatter key {name!r} holds a lone surrogate (U+{ord(bad):04X}), "
+                        "which is"
                         " not a character and cannot be stored as UTF-8"
                     ),
                 )

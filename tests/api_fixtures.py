@@ -260,7 +260,8 @@ MakeApi = Callable[..., ApiEnv]
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiEnv]:
-    """The app over a fresh repository holding `prompts/hello.md` and `prompts/support/triage.md`."""
+    """The app over a fresh repository holding `prompts/hello.md` and
+    `prompts/support/triage.md`."""
     repo = seeded_repo(tmp_path / "repo")
     with running_api(repo) as env:
         yield env

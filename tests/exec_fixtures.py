@@ -197,7 +197,9 @@ PROMPTS = {
     "prompts/retry.md": RETRY_MD,
     "prompts/nokey.md": NOKEY_MD,
     "prompts/logged.md": LOGGED_MD,
-    "prompts/bare.md": "---\nmodel: anthropic/claude-3-5-haiku-latest\n---\n<!-- role:system -->\nNever run.\n",
+    "prompts/bare.md": (
+        "---\nmodel: anthropic/claude-3-5-haiku-latest\n---\n<!-- role:system -->\nNever run.\n"
+    ),
     "prompts/team/greet.md": ECHO_MD,
     "prompts/pinned.md": pinned_md(1),
     ".gitignore": ".llmkit/\n",

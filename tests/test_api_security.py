@@ -329,7 +329,8 @@ def test_huge_prompt_ids_and_version_numbers_are_404(api: ApiEnv) -> None:
 
 
 def index_snapshot(ws: Workspace) -> tuple[object, ...]:
-    """Every index row, and what the public reads return, for comparing before and after a rebuild."""
+    """Every index row, and what the public reads return, for comparing before and after a
+    rebuild."""
     conn = ws.db.reader()
     rows = {
         table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()

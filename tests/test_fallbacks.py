@@ -40,8 +40,10 @@ def test_fallback_alias_uses_its_own_upstream_and_key(
     monkeypatch.setenv("KEY_B", "secret-b")
     config = (
         "models:\n"
-        f"  primary: {{model: openai/model-a, api_base: '{a.url}', api_key_env: KEY_A, max_retries: 0}}\n"
-        f"  backup: {{model: openai/model-b, api_base: '{b.url}', api_key_env: KEY_B, max_retries: 0}}\n"
+        f"  primary: {{model: openai/model-a, api_base: '{a.url}',"
+        " api_key_env: KEY_A, max_retries: 0}\n"
+        f"  backup: {{model: openai/model-b, api_base: '{b.url}',"
+        " api_key_env: KEY_B, max_retries: 0}\n"
     )
     repo = init_repo(tmp_path / "repo", {"prompts/ask.md": PROMPT, "llmkit.yaml": config}).root
     a.enqueue(status=500)

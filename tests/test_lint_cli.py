@@ -18,8 +18,13 @@ HELLO_V2 = HELLO_PROMPT.replace("{{ question }}", "{{ question }}\nAnswer in one
 BROKEN_FILES: dict[str, str | bytes] = {
     "prompts/unknown-key.md": "---\nmodel: m\ncolour: red\n---\nhi\n",
     "prompts/bad-yaml.md": "---\nmodel: m\n  nested: wrong\n---\nhi\n",
-    "prompts/bad-role.md": "---\nmodel: m\n---\n<!-- role:system -->\nok\n<!-- role:robot -->\nhi\n",
-    "prompts/open-tag.md": "---\nmodel: m\n---\n<!-- role:system -->\nok\n<!-- role:user -->\nline\n{% if x %}\nnever closed\n",
+    "prompts/bad-role.md": (
+        "---\nmodel: m\n---\n<!-- role:system -->\nok\n<!-- role:robot -->\nhi\n"
+    ),
+    "prompts/open-tag.md": (
+        "---\nmodel: m\n---\n<!-- role:system -->\nok\n<!-- role:user -->\nline\n"
+        "{% if x %}\nnever closed\n"
+    ),
     "prompts/open-print.md": "---\nmodel: m\n---\n<!-- role:user -->\n{{ question\n",
     "prompts/latin1.md": b"---\nmodel: m\n---\nline four\ncaf\xe9\n",
     "prompts/fine.md": "---\nmodel: m\n---\n<!-- role:user -->\n{{ q }}\n",
@@ -134,8 +139,8 @@ def test_lint_reports_unportable_keys_oversized_files_bombs_and_deep_templates(
             "prompts/dir./x.md",
             1,
             (
-                "Invalid prompt key 'dir./x': segment 'dir.' ends with '.', which Windows drops from"
-                " file names"
+                "Invalid prompt key 'dir./x': segment 'dir.' ends with '.', which Windows"
+                " drops from file names"
             ),
         ),
         ("prompts/big.md", 1, "File is 10,021 bytes, over the limit of 10,000 for a prompt file"),
@@ -148,8 +153,8 @@ def test_lint_reports_unportable_keys_oversized_files_bombs_and_deep_templates(
             "prompts/deep.md",
             5,
             (
-                "Template syntax error: the template nests too deeply, or an expression is too long,"
-                " to compile"
+                "Template syntax error: the template nests too deeply, or an expression is too"
+                " long, to compile"
             ),
         ),
         ("prompts/withnul.md", 5, "Prompt text holds a NUL character"),

@@ -56,7 +56,8 @@ def test_a_missing_provider_key_is_a_503_naming_the_variable(
     monkeypatch.delenv("UNSET_PROVIDER_KEY", raising=False)
     config = (
         "models:\n"
-        f"  remote: {{model: openai/model-a, api_base: '{a.url}', api_key_env: UNSET_PROVIDER_KEY}}\n"
+        f"  remote: {{model: openai/model-a, api_base: '{a.url}',"
+        " api_key_env: UNSET_PROVIDER_KEY}\n"
     )
     with running_api(repo_with(tmp_path, config, "remote")) as api:
         response = ask(api)

@@ -104,7 +104,9 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app = FastAPI(
         title="llmkit",
         version=__version__,
-        description="Prompts as code: prompt files in git, executed through an OpenAI-compatible API.",
+        description=(
+            "Prompts as code: prompt files in git, executed through an OpenAI-compatible API."
+        ),
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,

@@ -115,7 +115,8 @@ class EvalRecords:
         now = utc_now()
         with self.db.write() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO response_cache (key, model, response, latency_ms, created_at)"
+                "INSERT OR REPLACE INTO response_cache (key, model, response, latency_ms, "
+                "created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 [(k, model, json.dumps(resp), latency, now) for k, model, resp, latency in entries],
             )
@@ -140,7 +141,8 @@ class EvalRecords:
         rows += [_row(run_id, "before", r, now) for r in base_results or []]
         with self.db.write() as conn:
             conn.execute(
-                "INSERT INTO eval_runs (run_id, started_at, finished_at, ref, base_ref, source, summary)"
+                "INSERT INTO eval_runs (run_id, started_at, finished_at, ref, base_ref, source, "
+                "summary)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
@@ -290,7 +292,8 @@ def insert_results(conn: sqlite3.Connection, run_id: str, results: list[StoredRe
         cursor = conn.execute(
             "INSERT INTO eval_results (run_id, role, prompt_key, version_number, version_sha,"
             " case_name, file, model, repeat_index, passed, output, assertions, cached,"
-            " human_score, created_at) VALUES (?, 'after', ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?)",
+            " human_score, created_at) VALUES (?, 'after', ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, "
+            "?)",
             (
                 run_id,
                 r.prompt_key,

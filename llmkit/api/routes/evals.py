@@ -66,7 +66,8 @@ def _sole_case_in_file(ws: Workspace, case: EvalCase) -> None:
     siblings = [c for c in _cases(ws) if c.file == case.file]
     if len(siblings) > 1:
         raise Conflict(
-            f"Eval case {case.name!r} is one of {len(siblings)} cases in {case.file}; edit that file"
+            f"Eval case {case.name!r} is one of {len(siblings)} cases in {case.file}; edit that "
+            "file"
             " in git to change it",
             param="id",
         )

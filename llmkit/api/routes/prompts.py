@@ -125,7 +125,8 @@ def build_prompt(body: PromptWrite, key: str, current: PromptFile | None) -> Pro
     if body.content is not None:
         if given:
             raise BadRequest(
-                f"Give either content or structured fields, not both (got content and {', '.join(sorted(given))})"
+                f"Give either content or structured fields, not both (got content and "
+                f"{', '.join(sorted(given))})"
             )
         try:
             return parse(body.content, path_for_key(key))
