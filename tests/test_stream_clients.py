@@ -305,11 +305,17 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
         sockets += [silent_client(server, stream_body(text=f"s{i}")) for i in range(stalled_count)]
         resetting = [silent_client(server, stream_body(text=f"r{i}")) for i in range(reset_count)]
         sockets += resetting
-        poll(
-            lambda: blocked_connections(server.port) >= len(sockets),
-            "the gateway's writes to every silent client to block",
-            timeout_s=WAIT_S,
-        )
+
+        def all_held() -> bool:
+            # Every call reached the upstream, and each client is blocked on a full send queue,
+            # or was already dropped by its write timeout (on a loaded machine, opening the last
+            # client can take longer than the first one's timeout).
+            requests = list(fake.chat_requests)
+            dropped = sum(1 for r in requests if r.done.is_set())
+            blocked = blocked_connections(server.port)
+            return len(requests) >= len(sockets) and blocked + dropped >= len(sockets)
+
+        poll(all_held, "the gateway's writes to every silent client to block", timeout_s=WAIT_S)
         held = list(fake.chat_requests)
         assert len(held) == len(sockets)
 
