@@ -46,13 +46,12 @@ GAPS: dict[str, str] = {
     " permitted'",
     "get prompt": "model_id and provider absent; version_id is a commit sha, not an integer;"
     " max_tokens null when the file leaves it to the model",
-    "execute": "POST /v1/ui/prompts/execute has no route (405)",
-    "execute stream": "POST /v1/ui/prompts/execute/stream is taken for execute/{id}/stream"
-    " with id 'stream' (404 no prompt 'stream')",
+    "execute": "the completion id is 'chatcmpl-echo-<hex>': its second '-' part is not the"
+    " integer id of a log entry the UI can open",
+    "execute stream": "the chunk ids are 'chatcmpl-echo-<hex>': the second '-' part is not"
+    " the integer id of a log entry the UI can open",
     "execute chat": "the completion id is 'chatcmpl-echo-<hex>': its second '-' part is not"
     " the integer id of a log entry the UI can open",
-    "execute chat stream": "POST /v1/ui/prompts/execute/chat/stream is taken for"
-    " execute/{id}/stream with id 'chat' (404 no prompt 'chat')",
     "execute by id": "the template variables as the body are refused (400 unknown fields),"
     " and the answer is a chat completion, not {content, log}",
     "execute by id stream": "the template variables as the body are refused (400 unknown fields)",
