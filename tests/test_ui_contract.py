@@ -299,3 +299,19 @@ def test_the_ui_call_gets_every_field_it_reads(replay: UiReplay, call: UiCall) -
         wrong = problems(data, call.reads)
     wrong += check_log_refs(replay, call, data)
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_field_check_names_each_way_an_answer_can_differ() -> None:
+    reads = {"id": "int", "when": "timestamp", "body": "json-str?", "items[].n": "number"}
+    good = {"id": 3, "when": "2026-01-02T03:04:05.678Z", "body": None, "items": [{"n": 1.5}]}
+    assert problems(good, reads) == []
+    bad = {"id": "3fa9c1e", "when": "yesterday", "body": "{not json", "items": []}
+    assert problems(bad, reads) == [
+        'id: "3fa9c1e" is not int',
+        'when: "yesterday" is not timestamp',
+        'body: "{not json" is not json-str?',
+        "items[]: absent",
+    ]
+    assert problems({}, {"id": "int?"}) == ["id: absent"]
+    assert log_id_of("chatcmpl-42") == 42
+    assert log_id_of("chatcmpl-echo-32f8") is None
