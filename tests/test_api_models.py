@@ -22,7 +22,14 @@ from llmkit.versions import Version
 from tests.api_fixtures import ApiEnv
 from tests.exec_fixtures import ExecApi
 
-CHAT_ROUTES = ["/v1/chat/completions", "/v1/chat/completions/stream", "/v1/ui/prompts/execute/chat"]
+CHAT_ROUTES = [
+    "/v1/chat/completions",
+    "/v1/chat/completions/stream",
+    "/v1/ui/prompts/execute",
+    "/v1/ui/prompts/execute/stream",
+    "/v1/ui/prompts/execute/chat",
+    "/v1/ui/prompts/execute/chat/stream",
+]
 PERSONA = {"persona": "a pirate"}
 
 

@@ -120,11 +120,33 @@ async def chat_completions_stream(request: Request) -> Response:
     return await execute(request, await _chat_body(request), True, "api")
 
 
+# The prompt-in-the-body routes go before execute/{id}: LLMKit's UI posts to execute/stream
+# and execute/chat/stream, which {id}/stream would otherwise read as prompts named "stream"
+# and "chat".
+@ui_router.post("", openapi_extra=CHAT_DOC)
+async def execute_in_body(request: Request) -> Response:
+    """Execute the prompt named by `model` from the UI (same body as chat completions)."""
+    body = await _chat_body(request)
+    return await execute(request, body, bool(body.get("stream")), "ui")
+
+
+@ui_router.post("/stream", openapi_extra=CHAT_DOC)
+async def execute_in_body_stream(request: Request) -> Response:
+    """Execute the prompt named by `model` from the UI, always streaming."""
+    return await execute(request, await _chat_body(request), True, "ui")
+
+
 @ui_router.post("/chat", openapi_extra=CHAT_DOC)
 async def execute_chat(request: Request) -> Response:
     """Execute a prompt in chat mode from the UI (same body as chat completions)."""
     body = await _chat_body(request)
     return await execute(request, body, bool(body.get("stream")), "ui")
+
+
+@ui_router.post("/chat/stream", openapi_extra=CHAT_DOC)
+async def execute_chat_stream(request: Request) -> Response:
+    """Execute a prompt in chat mode from the UI, always streaming."""
+    return await execute(request, await _chat_body(request), True, "ui")
 
 
 @ui_router.post("/{prompt_id:path}/stream", openapi_extra=PROMPT_DOC)
