@@ -4,6 +4,7 @@ their first instant. The git write protocol and the LLMKit import both stand on 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -67,3 +68,16 @@ def outlives(lock: Path, seconds: float) -> bool:
         if age >= seconds:
             return True
         time.sleep(min(0.05, seconds - age))
+
+
+def lock_state(lock: Path, marker: bytes, prepared_sha256: str | None) -> str | None:
+    """Whose `lock` is: "marker" or "prepared" when ours (its bytes prove it: our marker, or the
+    index we prepared, by its SHA-256), "foreign" when someone else's, None when there is none."""
+    data = read_or_none(lock)
+    if data is None:
+        return None
+    if data == marker:
+        return "marker"
+    if prepared_sha256 and hashlib.sha256(data).hexdigest() == prepared_sha256:
+        return "prepared"
+    return "foreign"

@@ -32,7 +32,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from llmkit.durable import create_lock, fsync_dir, outlives, read_or_none, write_synced
+from llmkit.durable import (
+    create_lock,
+    fsync_dir,
+    lock_state,
+    outlives,
+    read_or_none,
+    write_synced,
+)
 from llmkit.errors import BadRequest, Conflict, InvalidKey, LlmkitError, NotFound, RepositoryBusy
 from llmkit.store import (
     ALREADY_EXISTS,
@@ -485,14 +492,7 @@ class GitWriter:
     def _index_lock_state(self, journal: Journal) -> str | None:
         """ "marker" or "prepared" when index.lock is ours (its bytes prove it), "foreign" when
         it is someone else's, None when there is none."""
-        data = read_or_none(self.index_lock)
-        if data is None:
-            return None
-        if data == journal.marker:
-            return "marker"
-        if journal.index_sha256 and hashlib.sha256(data).hexdigest() == journal.index_sha256:
-            return "prepared"
-        return "foreign"
+        return lock_state(self.index_lock, journal.marker, journal.index_sha256)
 
     def _release_index_lock(self, journal: Journal) -> None:
         if self._index_lock_state(journal) in ("marker", "prepared"):

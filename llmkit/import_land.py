@@ -37,7 +37,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmkit.durable import create_lock, fsync_dir, outlives, read_or_none, write_synced
+from llmkit.durable import (
+    create_lock,
+    fsync_dir,
+    lock_state,
+    outlives,
+    read_or_none,
+    write_synced,
+)
 from llmkit.errors import Conflict, InvalidKey, LlmkitError, RepositoryBusy
 from llmkit.import_history import CONFIG_PATH, Plan, PlannedCommit, head_tree
 from llmkit.import_source import ImportRefused
@@ -368,14 +375,7 @@ def _index_lock(store: GitStore) -> Path:
 def _lock_state(lock: Path, journal: Journal) -> str | None:
     """Whose the lock is: "marker" or "prepared" when ours (its bytes prove it), "foreign"
     when someone else's, None when there is none."""
-    data = read_or_none(lock)
-    if data is None:
-        return None
-    if data == journal.marker:
-        return "marker"
-    if journal.index_sha256 and hashlib.sha256(data).hexdigest() == journal.index_sha256:
-        return "prepared"
-    return "foreign"
+    return lock_state(lock, journal.marker, journal.index_sha256)
 
 
 def _remove_temps(store: GitStore, journal: Journal) -> None:
