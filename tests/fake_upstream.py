@@ -527,3 +527,14 @@ def fake_upstream() -> Iterator[FakeUpstream]:
         yield fake
     finally:
         fake.stop()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
+    """Two started fake upstreams (a primary and a fallback, say), stopped after the test."""
+    a, b = FakeUpstream().start(), FakeUpstream().start()
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()

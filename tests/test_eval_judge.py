@@ -6,7 +6,6 @@ message and exit 2."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,16 +49,6 @@ def judge_yaml(primary: FakeUpstream, backup: FakeUpstream) -> str:
         "    api_key_env: JUDGE_B_KEY\n"
         "    max_retries: 0\n"
     )
-
-
-@pytest.fixture
-def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
-    a, b = FakeUpstream().start(), FakeUpstream().start()
-    try:
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
 
 
 def judged_repo(root: Path, config: str) -> EvalRepo:

@@ -3,7 +3,6 @@ answered by the fallback alias's own upstream, not by the primary's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ fallbacks:
 <!-- role:system -->
 You answer briefly.
 """
-
-
-@pytest.fixture
-def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
-    a, b = FakeUpstream().start(), FakeUpstream().start()
-    try:
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_fallback_alias_uses_its_own_upstream_and_key(

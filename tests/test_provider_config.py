@@ -5,7 +5,6 @@ api_base fails at once naming the URL tried, against real servers on 127.0.0.1."
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,16 +24,6 @@ model: {alias}
 You answer briefly.
 """
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
-    a, b = FakeUpstream().start(), FakeUpstream().start()
-    try:
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
 
 
 def repo_with(tmp_path: Path, config: str, alias: str) -> Path:
