@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from llmkit.cli_options import repo_option
+from llmkit.cli_options import progress_bar, repo_option
 from llmkit.errors import LlmkitError, ProviderNotConfigured
 
 if TYPE_CHECKING:
@@ -171,16 +171,7 @@ async def _execute(
 def _progress(total: int) -> tuple[Any, Any]:
     """A rich progress bar on a terminal; plain lines otherwise (CI logs)."""
     if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
+        bar = progress_bar()
         task = bar.add_task("eval", total=total)
         bar.start()
         return (lambda result: bar.advance(task)), bar.stop

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from llmkit.cli_options import handle_errors, json_option, print_json, repo_option
+from llmkit.cli_options import handle_errors, json_option, print_json, progress_bar, repo_option
 
 if TYPE_CHECKING:
     from llmkit.import_history import Summary
@@ -44,16 +44,7 @@ def _progress(quiet: bool) -> tuple[Callable[[str, int, int], None], Callable[[]
     if quiet:
         return (lambda phase, done, total: None), (lambda: None)
     if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
+        bar = progress_bar()
         task = bar.add_task("Importing", total=None)
         bar.start()
 

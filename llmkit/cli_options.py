@@ -22,6 +22,7 @@ from llmkit.errors import ConfigError, LlmkitError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
 
     from llmkit.workspace import Workspace
 
@@ -145,3 +146,17 @@ def with_vars(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(var_options):
         fn = option(fn)
     return fn
+
+
+def progress_bar() -> Progress:
+    """The commands' progress bar on stderr: what it does, a bar, done of total, time taken."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
