@@ -15,6 +15,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,8 +304,12 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
     sockets: list[socket.socket] = []
     try:
         sockets += [silent_client(server, stream_body(text=f"s{i}")) for i in range(stalled_count)]
-        resetting = [silent_client(server, stream_body(text=f"r{i}")) for i in range(reset_count)]
-        sockets += resetting
+        opened_at: dict[str, float] = {}
+        resetting: list[tuple[str, socket.socket]] = []
+        for i in range(reset_count):
+            opened_at[f"r{i}"] = time.monotonic()
+            resetting.append((f"r{i}", silent_client(server, stream_body(text=f"r{i}"))))
+        sockets += [sock for _, sock in resetting]
 
         def all_held() -> bool:
             # Every call reached the upstream, and each client is blocked on a full send queue,
@@ -325,7 +330,12 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
         assert normal.json()["choices"][0]["message"]["content"] == "ok: normal"
         assert gateway.stream_text(stream_body(text="streamed")) == (200, "ok: streamed")
 
-        for sock in resetting:
+        # A resetting client reset before its write timeout could have run out must be logged
+        # as disconnected; on a loaded machine the timeout can come first for the early ones.
+        timeout_possible: set[str] = set()
+        for text, sock in resetting:
+            if time.monotonic() - opened_at[text] >= write_timeout - 1:
+                timeout_possible.add(text)
             reset(sock)
         poll(
             lambda: settled(held),
@@ -353,12 +363,15 @@ def test_stalled_and_reset_clients_are_dropped_and_memory_stays_bounded(
         # What was sent: a prefix of the answer, never the whole answer read from upstream.
         assert ANSWER.startswith(kept) and 0 < total < len(ANSWER)
         assert row["http_status"] == 499 and row["stream"]
-        expected = (
-            f"the client read nothing for {write_timeout} s"
-            if asked(row).startswith("s")
-            else "the client disconnected"
-        )
-        assert row["error"] == expected, asked(row)
+        timed_out = f"the client read nothing for {write_timeout} s"
+        text = asked(row)
+        if text.startswith("s"):
+            expected = {timed_out}
+        elif text in timeout_possible:
+            expected = {timed_out, "the client disconnected"}
+        else:
+            expected = {"the client disconnected"}
+        assert row["error"] in expected, text
     assert set(rows_by_status(server)) == {"ok", "cancelled"}
 
 
