@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmkit import __version__, providers
 from llmkit.api.docs import install_docs
 from llmkit.api.limits import BodySizeLimit
-from llmkit.api.routes import completions, evals, keys, logs, meta, prompts
+from llmkit.api.routes import auth, completions, evals, keys, logs, meta, prompts
 from llmkit.config import Settings
 from llmkit.errors import (
     BadRequest,
@@ -32,6 +32,7 @@ from llmkit.errors import (
 )
 from llmkit.execute import Executor
 from llmkit.providers import pricing
+from llmkit.sessions import LoginLimiter, SessionStore
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.api")
@@ -114,6 +115,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.ws = ws
     app.state.settings = settings
     app.state.executor = executor
+    app.state.sessions = SessionStore(
+        ws.db, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
+    )
+    app.state.login_limiter = LoginLimiter(settings.login_attempts, settings.login_window_s)
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -132,6 +137,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     evals.install(app)
     app.include_router(prompts.router)
     app.include_router(keys.router)
+    app.include_router(auth.router)
     return app
 
 
