@@ -288,7 +288,8 @@ class KeyStore:
 
     def revoke(self, key_id: int) -> ApiKey:
         """Revoke a key; it stops verifying at once in this process, and the browser sessions
-        signed in with it end. Revoking twice keeps the first revocation time."""
+        signed in with it end (a session's lookup joins its key, so it says why). Revoking
+        twice keeps the first revocation time."""
         with self._db.write() as conn:
             row = conn.execute(
                 f"UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"
@@ -297,8 +298,6 @@ class KeyStore:
             ).fetchone()
             if row is None:
                 raise NotFound(f"No API key with id {key_id!r}", param="id")
-            # Its browser sessions end with it (a lookup would refuse them anyway).
-            conn.execute("DELETE FROM sessions WHERE key_id = ?", (key_id,))
         with self._lock:
             self._cache.pop(row["digest"], None)
             self._epoch += 1
