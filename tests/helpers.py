@@ -191,7 +191,6 @@ class FakeClock:
         self.now += seconds
 
 
-
 def free_port() -> int:
     """A port nothing listens on now (another process may still take it before we bind it)."""
     with socket.socket() as sock:
