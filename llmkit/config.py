@@ -79,14 +79,14 @@ class Settings(BaseModel):
     login_window_s: float = Field(default=300.0, gt=0)
     # Comma-separated addresses or networks of reverse proxies whose X-Forwarded-Proto and
     # X-Forwarded-For are believed; none by default, since anyone can send those headers.
-    trusted_proxies: str = ""
+    trusted_proxies: str | None = None
     # Comma-separated origins (scheme://host[:port]) besides the server's own that may send
     # cookie-authenticated writes and sign in from a browser: a UI served from elsewhere.
-    trusted_origins: str = ""
+    trusted_origins: str | None = None
 
     @field_validator("trusted_proxies")
     @classmethod
-    def _check_proxies(cls, value: str) -> str:
+    def _check_proxies(cls, value: str | None) -> str | None:
         for item in _items(value):
             try:
                 ipaddress.ip_network(item, strict=False)
@@ -96,7 +96,7 @@ class Settings(BaseModel):
 
     @field_validator("trusted_origins")
     @classmethod
-    def _check_origins(cls, value: str) -> str:
+    def _check_origins(cls, value: str | None) -> str | None:
         for item in _items(value):
             if origin_of(item) != item:
                 raise ValueError(f"{item!r} is not an origin like https://ui.example.com:3000")
@@ -154,8 +154,8 @@ class Settings(BaseModel):
             raise ConfigError(f"Invalid settings: {problems}") from None
 
 
-def _items(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
+def _items(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
 def origin_of(url: str) -> str | None:

@@ -121,11 +121,12 @@ def m001_initial(conn: sqlite3.Connection) -> None:
 def m002_sessions(conn: sqlite3.Connection) -> None:
     # Browser sessions (llmkit.sessions), beside the keys they were signed in with: deleting a
     # key deletes its sessions, and a revoked key's sessions stop at once (the lookup joins).
-    # Times are Unix seconds, compared as numbers by the idle and absolute expiry checks.
+    # Times are Unix seconds, compared as numbers by the idle and absolute expiry checks. Ids
+    # are never reused, so ending session 3 can never end a later sign-in.
     conn.execute(
         """
         CREATE TABLE sessions (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             digest TEXT NOT NULL,
             key_id INTEGER NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
             created_at REAL NOT NULL,

@@ -245,3 +245,10 @@ def test_llmkit_sessions_list_and_revoke(repo: Repo) -> None:
     assert empty.exit_code == 0 and "No one is signed in" in empty.stderr
     missing = invoke("sessions", "revoke", "999", "--repo", repo.root)
     assert missing.exit_code != 0 and "No session with id 999" in missing.stderr
+
+
+def test_session_ids_are_never_reused(sessions: SessionStore, admin: ApiKey) -> None:
+    first, token = sessions.create(admin)
+    sessions.sign_out(token)
+    second, _ = sessions.create(admin)
+    assert second.session.id > first.session.id
