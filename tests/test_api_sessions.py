@@ -237,6 +237,7 @@ def test_me_answers_who_is_signed_in_and_401_otherwise(api: ApiEnv) -> None:
     assert body["key_name"] == "test admin" and body["scope"] == "admin"
     assert body["via"] == "session" and body["csrf_token"] == browser.csrf
     assert body["expires_at"] < body["absolute_expires_at"]
+    assert me.headers["cache-control"] == "no-store"
     by_key = api.get(ME).json()
     assert by_key["via"] == "bearer" and by_key["session_id"] is None
     assert by_key["csrf_token"] is None

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -199,6 +201,23 @@ def test_sign_in_attempts_are_bounded_per_client_within_the_window() -> None:
     assert caught.value.headers == {"Retry-After": "1"}
     clock.advance(1)
     limiter.attempt("10.0.0.1")  # the oldest attempt has left the window
+
+
+def test_concurrent_attempts_are_bounded_too() -> None:
+    limiter = LoginLimiter(10, 60.0, clock=FakeClock())
+    barrier = threading.Barrier(40)
+
+    def attempt() -> bool:
+        barrier.wait(timeout=30)
+        try:
+            limiter.attempt("10.0.0.1")
+        except RateLimited:
+            return False
+        return True
+
+    with ThreadPoolExecutor(40) as pool:
+        allowed = list(pool.map(lambda _: attempt(), range(40)))
+    assert allowed.count(True) == 10
 
 
 def test_a_successful_sign_in_forgets_the_address_and_memory_is_bounded() -> None:

@@ -207,8 +207,9 @@ async def login(request: Request) -> Response:
 
 
 @router.get("/me", response_model=Me)
-def me(request: Request, key: AdminKey) -> dict[str, Any]:
+def me(request: Request, response: Response, key: AdminKey) -> dict[str, Any]:
     """Who is signed in: the key, and the session's expiry and CSRF token."""
+    response.headers["cache-control"] = "no-store"  # it holds the CSRF token
     session: Session | None = getattr(request.state, "session", None)
     token = request.cookies.get(SESSION_COOKIE) if session else None
     return _me(key.id, key.name, key.prefix, key.scope, session, token)
