@@ -237,7 +237,7 @@ def check_origin(request: Request, *, required: bool) -> None:
             )
         return
     own = own_origin(request)
-    if sent.lower() != own and sent not in _settings(request).origins:
+    if sent.lower() != own and sent.lower() not in _settings(request).origins:
         raise Forbidden(
             f"Cross-site request refused: {where} {sent[:100]!r} is neither this server's"
             f" ({own}) nor one of LLMKIT_TRUSTED_ORIGINS",

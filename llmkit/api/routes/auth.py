@@ -26,6 +26,7 @@ from llmkit.api.deps import (
     workspace,
 )
 from llmkit.errors import BadRequest, Unauthorized
+from llmkit.keys import ApiKey
 from llmkit.sessions import CSRF_COOKIE, SESSION_COOKIE, Session, csrf_token_for
 
 # SQLite integers are 64-bit; a larger id would fail inside sqlite3 instead of reading as unknown.
@@ -93,14 +94,12 @@ LOGIN_BODY = {
 }
 
 
-def _me(
-    key_id: int, name: str, prefix: str, scope: str, session: Session | None, token: str | None
-) -> dict[str, Any]:
+def _me(key: ApiKey, session: Session | None, token: str | None) -> dict[str, Any]:
     return {
-        "key_id": key_id,
-        "key_name": name,
-        "key_prefix": prefix,
-        "scope": scope,
+        "key_id": key.id,
+        "key_name": key.name,
+        "key_prefix": key.prefix,
+        "scope": key.scope,
         "via": "session" if session else "bearer",
         "session_id": session.id if session else None,
         "signed_in_at": session.created_at if session else None,
@@ -200,7 +199,7 @@ async def login(request: Request) -> Response:
     if from_form:
         response = RedirectResponse(_local_path(fields.get("next")), status_code=303)
     else:
-        body = _me(key.id, key.name, key.prefix, key.scope, signed_in.session, token)
+        body = _me(key, signed_in.session, token)
         response = JSONResponse(body)
     _set_cookies(response, request, token, int(store.absolute_s))
     return response
@@ -212,7 +211,7 @@ def me(request: Request, response: Response, key: AdminKey) -> dict[str, Any]:
     response.headers["cache-control"] = "no-store"  # it holds the CSRF token
     session: Session | None = getattr(request.state, "session", None)
     token = request.cookies.get(SESSION_COOKIE) if session else None
-    return _me(key.id, key.name, key.prefix, key.scope, session, token)
+    return _me(key, session, token)
 
 
 @router.post(
