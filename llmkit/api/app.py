@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,7 @@ from llmkit.errors import (
     Unprocessable,
 )
 from llmkit.execute import Executor
+from llmkit.otlp import TraceparentMiddleware, exporter_from_env
 from llmkit.providers import pricing
 from llmkit.workspace import Workspace
 
@@ -74,6 +76,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     ws = workspace
     settings = ws.settings
     executor = Executor(ws, ws.models, ws.runlog)
+    # Spans of logged calls, when the OTEL_* variables name a collector (llmkit.otlp).
+    spans, spans_off = exporter_from_env(os.environ)
+    if spans is not None:
+        ws.runlog.add_sink(spans)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +95,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         providers.configure_pool(
             providers.PoolLimits(settings.upstream_pool_size, settings.upstream_acquire_timeout_s)
         )
+        if spans is not None:
+            spans.start()
         ws.runlog.start()
         # Prices are read once, off the loop: the first call's cost needs them, nothing waits.
         asyncio.get_running_loop().run_in_executor(None, pricing.preload)
@@ -100,6 +108,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
             if watcher is not None:
                 watcher.stop()
             ws.close()
+            if spans is not None:
+                spans.close()  # after the run log, whose last rows it sends
 
     app = FastAPI(
         title="llmkit",
@@ -114,7 +124,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.ws = ws
     app.state.settings = settings
     app.state.executor = executor
+    app.state.otlp_health = spans.health if spans is not None else lambda: spans_off
     install_error_handlers(app)
+    if spans is not None:
+        app.add_middleware(TraceparentMiddleware)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

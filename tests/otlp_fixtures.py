@@ -1,0 +1,170 @@
+"""Fixtures for the span export tests: a real OTLP/HTTP receiver on 127.0.0.1 (`collector`),
+and the execution app with the OTEL_* variables pointing at it (`traced_api`). Registered by
+`tests/conftest.py`.
+
+The collector decodes each `POST /v1/traces` JSON body, keeps every request (path, headers,
+body) and the spans of each request it accepted, and answers scripted statuses queued with
+`answer(503, ...)` (200 with an empty partialSuccess once the queue is empty). `stall()` makes
+it hold every request unanswered until `release()` (or HOLD_LIMIT_S, or the fixture's end).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api_fixtures import running_api
+from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi, build_exec_repo
+from tests.fake_upstream import FakeUpstream
+
+HOLD_LIMIT_S = 60.0
+
+
+@dataclass
+class ExportRequest:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    status: int
+
+    @property
+    def spans(self) -> list[dict[str, Any]]:
+        return [
+            span
+            for resource in self.body["resourceSpans"]
+            for scope in resource["scopeSpans"]
+            for span in scope["spans"]
+        ]
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.requests: list[ExportRequest] = []
+        self._answers: deque[int] = deque()
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._released.set()
+        self.held = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.collector = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> Collector:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def answer(self, *statuses: int) -> None:
+        """Answer the next requests with these statuses, in order."""
+        with self._lock:
+            self._answers.extend(statuses)
+
+    def stall(self) -> None:
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    @property
+    def spans(self) -> list[dict[str, Any]]:
+        """Every span of every accepted request, in the order they arrived."""
+        with self._lock:
+            accepted = [r for r in self.requests if r.status == 200]
+        return [span for request in accepted for span in request.spans]
+
+    def _record(self, request: ExportRequest) -> int:
+        with self._lock:
+            request.status = self._answers.popleft() if self._answers else 200
+            self.requests.append(request)
+            return request.status
+
+    def _hold(self) -> None:
+        with self._lock:
+            self.held += 1
+        self._released.wait(HOLD_LIMIT_S)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        collector: Collector = self.server.collector  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if not collector._released.is_set():
+            collector._hold()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        body = json.loads(raw) if headers.get("content-type") == "application/json" else raw
+        status = collector._record(ExportRequest(self.path, headers, body, 0))
+        answer = b"{}" if status == 200 else b'{"code": 14, "message": "unavailable"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    """A real OTLP/HTTP JSON receiver on 127.0.0.1, stopped (and released) at the end."""
+    running = Collector().start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+MakeTracedApi = Callable[..., ExecApi]
+
+
+@pytest.fixture
+def traced_api(
+    tmp_path: Path, fake: FakeUpstream, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MakeTracedApi]:
+    """make(**variables) -> the execution app (prompts on the fake upstream and on `echo`),
+    started with OTEL_EXPORTER_OTLP_ENDPOINT at the collector and a 20 ms schedule delay,
+    plus `variables` (None unsets one)."""
+    managers: list[Any] = []
+
+    def make(**variables: str | None) -> ExecApi:
+        defaults: dict[str, str | None] = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "20",
+        }
+        for name, value in {**defaults, **variables}.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv(FAKE_KEY_ENV, FAKE_KEY_VALUE)
+        repo = tmp_path / f"repo{len(managers)}"
+        shas = build_exec_repo(repo, fake.url)
+        manager = running_api(repo)
+        env = manager.__enter__()
+        managers.append(manager)
+        return ExecApi(env, fake, shas)
+
+    yield make
+    for manager in reversed(managers):
+        manager.__exit__(None, None, None)

@@ -1,0 +1,359 @@
+"""Span export over OTLP/HTTP: one span per logged call, sent to a real receiver on 127.0.0.1
+(the `collector` fixture), configured by the standard OTEL_* variables; a collector that fails
+or stalls costs spans (counted), never a call."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from llmkit.otlp import config_from_env, parse_traceparent, span_ids
+from tests.exec_fixtures import ExecApi
+from tests.helpers import poll
+from tests.otlp_fixtures import Collector, MakeTracedApi
+
+ECHO_BODY = {
+    "model": "echo",
+    "variables": {"language": "German"},
+    "messages": [{"role": "user", "content": "Hi"}],
+}
+
+
+def attrs(span: dict[str, Any]) -> dict[str, Any]:
+    """A span's attributes as plain values (int64 strings as ints, arrays as lists)."""
+
+    def plain(value: dict[str, Any]) -> Any:
+        [(kind, inner)] = value.items()
+        if kind == "intValue":
+            return int(inner)
+        if kind == "arrayValue":
+            return [plain(v) for v in inner.get("values", [])]
+        return inner
+
+    return {a["key"]: plain(a["value"]) for a in span["attributes"]}
+
+
+def spans_of(api: ExecApi, collector: Collector, count: int) -> list[dict[str, Any]]:
+    """The collector's spans once `count` have arrived (the run log flushed first)."""
+    assert api.env.ws.runlog.flush(10)
+    spans = poll(lambda: len(collector.spans) >= count and collector.spans, f"{count} spans")
+    assert spans is not None
+    return spans
+
+
+def health(api: ExecApi) -> dict[str, Any]:
+    response = api.env.client.get("/healthz")
+    assert response.status_code == 200
+    return response.json()["otlp"]  # type: ignore[no-any-return]
+
+
+def test_a_completion_is_one_span_with_the_genai_attributes(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    api = traced_api(OTEL_SERVICE_NAME="prompts-svc", OTEL_RESOURCE_ATTRIBUTES="team=ml,env=p%20q")
+    response = api.complete({"model": "chat", "variables": {"persona": "a pirate"}})
+    assert response.status_code == 200, response.text
+    trace = response.headers["x-llmkit-trace-id"]
+    [span] = spans_of(api, collector, 1)
+    [request] = collector.requests
+    assert request.path == "/v1/traces"
+    assert request.headers["content-type"] == "application/json"
+    [resource] = request.body["resourceSpans"]
+    resource_attrs = attrs(resource["resource"])
+    assert resource_attrs["service.name"] == "prompts-svc"
+    assert resource_attrs["team"] == "ml" and resource_attrs["env"] == "p q"
+
+    assert (span["traceId"], span["spanId"]) == (trace, trace[16:])
+    assert "parentSpanId" not in span
+    assert span["kind"] == 3 and span["name"] == "chat openai/fake-model"
+    assert int(span["startTimeUnixNano"]) < int(span["endTimeUnixNano"])
+    assert "status" not in span
+    row = api.log_row(trace)
+    a = attrs(span)
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.system"] == a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.request.model"] == "openai/fake-model"
+    assert a["gen_ai.response.model"] == response.json()["model"]
+    assert a["gen_ai.request.temperature"] == 0.5
+    assert a["gen_ai.request.max_tokens"] == 100
+    assert a["gen_ai.response.finish_reasons"] == ["stop"]
+    assert a["gen_ai.usage.input_tokens"] == row["input_tokens"] > 0
+    assert a["gen_ai.usage.output_tokens"] == row["output_tokens"] > 0
+    assert a["llmkit.prompt.key"] == "chat"
+    assert a["llmkit.prompt.version"] == row["version_number"] == 1
+    assert a["llmkit.prompt.sha"] == row["version_sha"]
+    assert a["llmkit.source"] == "api"
+    assert a["llmkit.trace_id"] == trace
+    assert a["llmkit.stream"] is False
+    assert a["http.response.status_code"] == 200
+    latency_ns = int(span["endTimeUnixNano"]) - int(span["startTimeUnixNano"])
+    assert latency_ns == pytest.approx(row["latency_ms"] * 1e6, abs=1000)
+    assert health(api) | {"last_export_at": None} == health(api) | {
+        "enabled": True,
+        "alive": True,
+        "queued": 0,
+        "sending": 0,
+        "spans_exported": 1,
+        "spans_dropped": 0,
+        "export_failures": 0,
+        "last_error": None,
+        "last_export_at": None,
+    }
+
+
+def test_echo_and_streaming_calls_are_spans_too(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    api = traced_api()
+    plain = api.complete(ECHO_BODY)
+    streamed, events = api.stream_events(
+        {"model": "chat", "stream": True, "variables": {"persona": "a cat"}}
+    )
+    assert plain.status_code == streamed.status_code == 200 and events[-1] == "[DONE]"
+    spans = spans_of(api, collector, 2)
+    by_trace = {attrs(s)["llmkit.trace_id"]: attrs(s) for s in spans}
+    echo = by_trace[plain.headers["x-llmkit-trace-id"]]
+    assert echo["gen_ai.request.model"] == "echo" and echo["gen_ai.system"] == "echo"
+    assert echo["llmkit.prompt.key"] == "echo" and echo["llmkit.stream"] is False
+    stream = by_trace[streamed.headers["x-llmkit-trace-id"]]
+    assert stream["llmkit.stream"] is True
+    assert stream["llmkit.prompt.key"] == "chat"
+    assert stream["gen_ai.request.temperature"] == 0.5
+    assert "llmkit.ttft_ms" in stream
+
+
+def test_a_failed_call_is_an_error_span(traced_api: MakeTracedApi, collector: Collector) -> None:
+    api = traced_api()
+    api.fake.enqueue(status=500, error="upstream exploded")
+    response = api.complete({"model": "static", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502
+    [span] = spans_of(api, collector, 1)
+    assert span["status"]["code"] == 2
+    assert "upstream exploded" in span["status"]["message"]
+    a = attrs(span)
+    assert a["error.type"] == "502" and a["http.response.status_code"] == 502
+    assert a["llmkit.status"] == "error" and "upstream exploded" in a["llmkit.error"]
+    assert a["llmkit.trace_id"] == response.headers["x-llmkit-trace-id"]
+
+
+def test_the_headers_variable_is_sent(traced_api: MakeTracedApi, collector: Collector) -> None:
+    api = traced_api(
+        OTEL_EXPORTER_OTLP_HEADERS="x-general=no",
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS="Authorization=Bearer%20s3cret,x-team=prompts",
+    )
+    assert api.complete(ECHO_BODY).status_code == 200
+    spans_of(api, collector, 1)
+    [request] = collector.requests
+    assert request.headers["authorization"] == "Bearer s3cret"
+    assert request.headers["x-team"] == "prompts"
+    assert "x-general" not in request.headers  # the traces variable replaces the general one
+
+
+def test_the_traces_endpoint_is_used_as_given(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    api = traced_api(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{collector.url}/custom/path")
+    assert api.complete(ECHO_BODY).status_code == 200
+    spans_of(api, collector, 1)
+    assert [r.path for r in collector.requests] == ["/custom/path"]
+
+
+def test_a_collector_answering_503_then_200_gets_the_spans_once(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    collector.answer(503, 503)
+    api = traced_api()
+    trace = api.complete(ECHO_BODY).headers["x-llmkit-trace-id"]
+    [span] = spans_of(api, collector, 1)
+    assert attrs(span)["llmkit.trace_id"] == trace
+    assert [r.status for r in collector.requests] == [503, 503, 200]
+    sent = [s["spanId"] for r in collector.requests for s in r.spans]
+    assert sent == [span["spanId"]] * 3  # the same batch, tried again
+    state = health(api)
+    assert state["spans_exported"] == 1 and state["spans_dropped"] == 0
+    assert state["retries"] == 2 and state["last_error"] == "HTTP 503"
+
+
+def test_a_collector_refusing_the_batch_drops_it_without_retrying(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    collector.answer(400)
+    api = traced_api()
+    assert api.complete(ECHO_BODY).status_code == 200
+    assert api.env.ws.runlog.flush(10)
+    poll(lambda: health(api)["spans_dropped"] == 1, "the refused span counted as dropped")
+    assert [r.status for r in collector.requests] == [400]
+    assert health(api)["last_error"] == "HTTP 400"
+
+
+def test_a_stalled_collector_costs_spans_never_calls(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    collector.stall()
+    api = traced_api(
+        OTEL_BSP_MAX_QUEUE_SIZE="4",
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="2",
+        OTEL_EXPORTER_OTLP_TIMEOUT="60000",
+    )
+    calls = 12
+    for _ in range(calls):
+        assert api.complete(ECHO_BODY).status_code == 200
+        assert api.env.ws.runlog.flush(10)
+    # Every call was answered while the collector held the first batch unanswered.
+    poll(lambda: collector.held == 1, "the exporter's first request to reach the collector")
+    assert collector.requests == []
+    state = health(api)
+    assert state["alive"] and state["queued"] <= 4 and state["sending"] <= 2
+    assert state["spans_dropped"] >= calls - 4 - 2
+    assert state["spans_dropped"] + state["queued"] + state["sending"] == calls
+    collector.release()
+    poll(lambda: health(api)["queued"] == 0, "the queued spans sent once released")
+    assert len(spans_of(api, collector, calls - state["spans_dropped"])) == (
+        calls - state["spans_dropped"]
+    )
+
+
+def test_an_unreachable_collector_drops_and_counts(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    collector.stop()  # nothing listens on its port any more
+    api = traced_api(OTEL_BSP_MAX_QUEUE_SIZE="3", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1")
+    for _ in range(5):
+        assert api.complete(ECHO_BODY).status_code == 200
+    assert api.env.ws.runlog.flush(10)
+    state = poll(lambda: (s := health(api))["export_failures"] > 0 and s, "a failed export")
+    assert state and state["last_error"] in ("ConnectionRefusedError", "URLError")
+    assert state["spans_exported"] == 0
+
+
+def test_a_traceparent_makes_the_span_a_child_of_the_caller(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    api = traced_api()
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {
+        "Authorization": f"Bearer {api.env.run_key}",
+        "traceparent": f"00-{caller_trace}-{caller_span}-01",
+        "tracestate": "vendor=abc",
+    }
+    response = api.env.client.post("/v1/chat/completions", json=ECHO_BODY, headers=headers)
+    plain = api.complete(ECHO_BODY)
+    spans = spans_of(api, collector, 2)
+    by_trace = {attrs(s)["llmkit.trace_id"]: s for s in spans}
+    child = by_trace[response.headers["x-llmkit-trace-id"]]
+    own = response.headers["x-llmkit-trace-id"]
+    assert (child["traceId"], child["parentSpanId"]) == (caller_trace, caller_span)
+    assert child["spanId"] == own[16:] and child["traceState"] == "vendor=abc"
+    root = by_trace[plain.headers["x-llmkit-trace-id"]]
+    assert "parentSpanId" not in root and root["traceId"] == plain.headers["x-llmkit-trace-id"]
+
+
+def test_no_endpoint_means_no_export_and_no_thread(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    api = traced_api(OTEL_EXPORTER_OTLP_ENDPOINT=None, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=None)
+    assert api.complete(ECHO_BODY).status_code == 200
+    assert api.env.ws.runlog.flush(10)
+    assert not [t for t in threading.enumerate() if t.name == "llmkit-otlp-export"]
+    assert health(api) == {"enabled": False, "reason": "no OTEL_EXPORTER_OTLP_ENDPOINT is set"}
+    assert collector.requests == []
+
+
+def test_otel_sdk_disabled_turns_export_off(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
+    api = traced_api(OTEL_SDK_DISABLED="true")
+    assert api.complete(ECHO_BODY).status_code == 200
+    assert api.env.ws.runlog.flush(10)
+    assert health(api) == {"enabled": False, "reason": "OTEL_SDK_DISABLED is true"}
+    assert collector.requests == []
+
+
+# -- the variables, read -------------------------------------------------------------------
+
+
+def test_the_general_endpoint_gets_the_traces_path() -> None:
+    for base in ("http://otel:4318", "http://otel:4318/"):
+        config = config_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": base}).config
+        assert config is not None and config.endpoint == "http://otel:4318/v1/traces"
+    config = config_from_env(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://x.example/api/traces",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
+        }
+    ).config
+    assert config is not None and config.endpoint == "https://x.example/api/traces"
+    assert config.timeout_s == 2.5
+
+
+def test_protobuf_asked_for_is_named_at_start_and_json_is_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from llmkit.otlp import exporter_from_env
+
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
+    with caplog.at_level(logging.WARNING, logger="llmkit.otlp"):
+        exporter, _ = exporter_from_env(env)
+    assert exporter is not None and not exporter.started
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf" in caplog.text
+    assert "only as http/json" in caplog.text
+    result = config_from_env({**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert result.config is None and result.off_because is not None
+    assert "grpc" in result.off_because and "http/json" in result.off_because
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_TIMEOUT='soon'"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "-5"}, "OTEL_EXPORTER_OTLP_TIMEOUT='-5'"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "'novalue' is not key=value"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "bad name=1"}, "'bad name' is not a valid HTTP header"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "x=a%0D%0Ab"}, "'x' is not a valid HTTP header"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "=x"}, "'=x' is not key=value"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "OTEL_BSP_MAX_QUEUE_SIZE='0'"),
+    ],
+)
+def test_a_bad_value_is_named_and_ignored(env: dict[str, str], named: str) -> None:
+    result = config_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318", **env})
+    assert result.config is not None
+    assert any(named in w for w in result.warnings), result.warnings
+
+
+def test_an_endpoint_that_is_not_an_http_url_turns_export_off() -> None:
+    for endpoint in ("otel:4318", "ftp://otel/", "http://", "http://otel:99999"):
+        result = config_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+        assert result.config is None and result.off_because is not None
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in result.off_because
+
+
+def test_traceparent_parsing() -> None:
+    good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    caller = parse_traceparent(good)
+    assert caller is not None and caller.span_id == "00f067aa0ba902b7"
+    assert parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later")
+    for bad in (
+        "",
+        "garbage",
+        good + "-extra",  # version 00 has exactly four fields
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+    ):
+        assert parse_traceparent(bad) is None, bad
+
+
+def test_span_ids_come_from_the_llmkit_trace_id() -> None:
+    trace = "0123456789abcdef0123456789abcdef"
+    assert span_ids(trace) == (trace, "0123456789abcdef")
+    hashed, span = span_ids("imported-run-7")
+    assert len(hashed) == 32 and span == hashed[16:] and hashed != "0" * 32
+    assert span_ids("imported-run-7") == (hashed, span)
