@@ -4,14 +4,18 @@ or stalls costs spans (counted), never a call."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmkit.otlp import config_from_env, parse_traceparent, span_ids
-from tests.exec_fixtures import ExecApi
+from tests.eval_fixtures import EvalRepo, eval_api
+from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi
+from tests.fake_upstream import FakeUpstream
 from tests.helpers import poll
 from tests.otlp_fixtures import Collector, MakeTracedApi
 
@@ -357,3 +361,38 @@ def test_span_ids_come_from_the_llmkit_trace_id() -> None:
     hashed, span = span_ids("imported-run-7")
     assert len(hashed) == 32 and span == hashed[16:] and hashed != "0" * 32
     assert span_ids("imported-run-7") == (hashed, span)
+
+
+JOKE_MD = "---\nmodel: default\n---\n<!-- role:system -->\nTell a joke.\n"
+JUDGED_CASE = """\
+name: judged
+input: about cats
+assert:
+- type: judge
+  rubric: The answer is about cats.
+"""
+
+
+def test_eval_and_judge_calls_are_spans_too(
+    tmp_path: Path, fake: FakeUpstream, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
+    monkeypatch.setenv(FAKE_KEY_ENV, FAKE_KEY_VALUE)
+    config = (
+        "models:\n  default: echo\n  judge:\n    model: openai/judge-model\n"
+        f"    api_base: {fake.url}\n    api_key_env: {FAKE_KEY_ENV}\n    max_retries: 0\n"
+    )
+    files = {"llmkit.yaml": config, "prompts/joke.md": JOKE_MD, "evals/joke/c.yaml": JUDGED_CASE}
+    repo = EvalRepo.create(tmp_path / "repo", {".gitignore": ".llmkit/\n", **files})
+    fake.enqueue(content=json.dumps({"pass": True, "reason": "cats throughout"}))
+    with eval_api(repo.root) as api:
+        response = api.request("POST", "/v1/ui/prompt-eval-runs/joke/version/1")
+        assert response.status_code == 200, response.text
+        assert api.app.state.ws.runlog.flush(10)
+        poll(lambda: len(collector.spans) >= 2, "the eval's two spans")
+    by_source = {attrs(s)["llmkit.source"]: attrs(s) for s in collector.spans}
+    assert sorted(by_source) == ["eval", "judge"]
+    assert by_source["eval"]["gen_ai.request.model"] == "echo"
+    assert by_source["judge"]["gen_ai.request.model"] == "openai/judge-model"
+    assert by_source["judge"]["llmkit.prompt.key"] == "joke"
