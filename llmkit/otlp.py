@@ -1,25 +1,26 @@
-"""OpenTelemetry export: one span per logged call, sent over OTLP/HTTP (JSON) to the collector
-named by the standard OTEL_* variables.
+"""OpenTelemetry spans of logged calls: the OTEL_* variables read, the caller's W3C trace
+context kept, and one OTLP span built and encoded per run-log row (`otlp_export` sends them).
 
 Spans come from the run log, not from the call: the run-log writer hands each committed batch
-to `SpanExporter.committed` (a `RowSink`), which only appends the rows to a bounded queue. An
-exporter thread of its own turns them into spans and posts them in batches, with a timeout and
-retries with backoff on 429/502/503/504 and connection failures. When the collector is
-unreachable or stalled, the queue fills and further spans are dropped and counted: export
-costs a call nothing but a list append, and never grows memory without bound. `health()` says
-what was exported, dropped and why, for /healthz.
+to the exporter (a `RowSink`), so every call the run log records (API and UI completions,
+prompt executions, eval cases and judge calls) is one span, and exporting costs a call nothing
+but a list append. A span says the call in the GenAI semantic conventions (`gen_ai.*`: the
+operation, provider, request and response model, tokens, temperature and max tokens, finish
+reasons) and in llmkit's own terms (`llmkit.prompt.key`, `.version`, `.sha`, `llmkit.source`,
+`llmkit.trace_id`, the HTTP status and error); its times are the row's (`created_at` is the
+end, `latency_ms` before it the start), its status ERROR when the call failed.
 
 Ids: a span's trace id is the llmkit trace id (both are 32 hex digits) and its span id the last
-16 hex digits of it, so `llmkit logs TRACE` and a tracing UI find each other; an id that is not
-32 hex digits (an imported run's) is hashed into one. A request that carries a W3C
-`traceparent` header makes the spans of the calls it causes children of the caller's span:
-they take the caller's trace id and parent span id (and its `tracestate`), keep their own span
-id, and say their llmkit trace id in `llmkit.trace_id`. The header is read by
-`TraceparentMiddleware` into a context variable, and picked up by `queued`, which the writer
-calls in the caller's context as the row is queued.
+16 hex digits of it, so a log row and a tracing UI find each other; an id that is not 32 hex
+digits (an imported run's) is hashed into one. A request that carries a W3C `traceparent`
+header makes the spans of the calls it causes children of the caller's span: they take the
+caller's trace id and parent span id (and its `tracestate`), keep their own span id, and carry
+their llmkit trace id in `llmkit.trace_id`. `TraceparentMiddleware` puts the header in a
+context variable, which the exporter reads as the row is queued, in the caller's context.
 
-This module writes the OTLP JSON encoding itself (the opentelemetry SDK is a heavy dependency
-for one span per call) and never imports litellm.
+Both OTLP/HTTP encodings are written here, JSON and protobuf (the few messages of a trace
+export request, by hand): the opentelemetry SDK would be a heavy dependency for one span per
+call. Nothing here imports litellm.
 """
 
 from __future__ import annotations
@@ -27,15 +28,9 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
-import logging
 import math
-import random
 import re
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections import deque
+import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,10 +41,6 @@ from urllib.parse import unquote, urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmkit import __version__
-from llmkit.runlog import COLUMNS
-from llmkit.runlog_rows import utc_now
-
-logger = logging.getLogger("llmkit.otlp")
 
 # The OpenTelemetry defaults (OTLP exporter and batch span processor).
 DEFAULT_TIMEOUT_MS = 10_000
@@ -57,25 +48,11 @@ DEFAULT_MAX_QUEUE = 2048
 DEFAULT_MAX_BATCH = 512
 DEFAULT_SCHEDULE_DELAY_MS = 5000
 DEFAULT_SERVICE_NAME = "llmkit"
-SUPPORTED_PROTOCOL = "http/json"
-# The rows a queued span waits as hold their request and response text: the queue is bounded
-# in bytes of that text too, so a stalled collector holds at most this much.
-MAX_QUEUED_TEXT_BYTES = 32 * 1024 * 1024
+CONTENT_TYPES = {"http/json": "application/json", "http/protobuf": "application/x-protobuf"}
 # A request or response longer than this is not parsed for the span's parameters, finish
 # reasons and response model: the parse would hold the GIL the event loop needs.
 MAX_PARSED_CHARS = 256 * 1024
 MAX_ATTRIBUTE_CHARS = 4096
-# A batch is tried this many times at most, waiting BACKOFF_S * 2**n (with jitter, capped at
-# MAX_BACKOFF_S, or the collector's Retry-After up to that) between tries.
-MAX_ATTEMPTS = 5
-BACKOFF_S = 0.2
-MAX_BACKOFF_S = 5.0
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-# Calls whose caller's traceparent is remembered until their rows commit; beyond this the
-# oldest are forgotten (their spans become roots of their own traces).
-MAX_PENDING_PARENTS = 10_000
-# At shutdown, what is queued is sent for at most this long (or the export timeout if shorter).
-CLOSE_TIMEOUT_S = 5.0
 
 SPAN_KIND_CLIENT = 3
 STATUS_CODE_ERROR = 2
@@ -92,6 +69,7 @@ class OtlpConfig:
     """Where and how spans go, from the OTEL_* variables. `endpoint` is the full traces URL."""
 
     endpoint: str
+    protocol: str = "http/json"
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = DEFAULT_TIMEOUT_MS / 1000
     resource: dict[str, str] = field(default_factory=dict)
@@ -144,17 +122,16 @@ def config_from_env(environ: Mapping[str, str]) -> ConfigResult:
     if traces_endpoint is None:
         endpoint += "v1/traces" if endpoint.endswith("/") else "/v1/traces"
 
-    protocol = pick("PROTOCOL")
-    if protocol is not None and protocol[1] != SUPPORTED_PROTOCOL:
-        name, value = protocol
-        if value != "http/protobuf":
-            reason = f"{name}={value}: llmkit exports spans only as {SUPPORTED_PROTOCOL}"
+    protocol = "http/json"
+    asked = pick("PROTOCOL")
+    if asked is not None:
+        name, protocol = asked[0], asked[1].lower()
+        if protocol not in CONTENT_TYPES:
+            reason = (
+                f"{name}={asked[1]}: llmkit exports spans over OTLP/HTTP only"
+                f" ({' or '.join(CONTENT_TYPES)})"
+            )
             return ConfigResult(None, reason, [f"export is off: {reason}"])
-        warnings.append(
-            f"{name}={value}: llmkit exports spans only as {SUPPORTED_PROTOCOL}; sending"
-            f" {SUPPORTED_PROTOCOL} (the OpenTelemetry Collector's OTLP/HTTP receiver takes"
-            f" both; set {name}={SUPPORTED_PROTOCOL} to silence this)"
-        )
 
     headers: dict[str, str] = {}
     header_text = pick("HEADERS")
@@ -191,6 +168,7 @@ def config_from_env(environ: Mapping[str, str]) -> ConfigResult:
     delay_ms = bsp("OTEL_BSP_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS)
     config = OtlpConfig(
         endpoint=endpoint,
+        protocol=protocol,
         headers=headers,
         timeout_s=timeout_s,
         resource=resource,
@@ -264,6 +242,11 @@ def parse_traceparent(value: str, state: str = "") -> Caller | None:
     if version == "ff" or trace_id == "0" * 32 or span_id == "0" * 16:
         return None
     return Caller(trace_id, span_id, state.strip()[:512])
+
+
+def current_caller() -> Caller | None:
+    """The caller of the request being served in this context, if it said one."""
+    return _CALLER.get()
 
 
 @contextmanager
@@ -463,259 +446,138 @@ def export_request(resource: Mapping[str, str], spans: list[dict[str, Any]]) -> 
     }
 
 
-# -- the exporter ----------------------------------------------------------------------------
+def encoded_request(
+    protocol: str, resource: Mapping[str, str], spans: list[dict[str, Any]]
+) -> bytes:
+    """The body of an export request in `protocol`'s encoding."""
+    request = export_request(resource, spans)
+    if protocol == "http/protobuf":
+        return _pb_request(request)
+    return json.dumps(request, ensure_ascii=True, allow_nan=False).encode()
 
 
-class ExportFailed(Exception):
-    """An attempt to post a batch failed; `retryable` says whether trying again may work."""
-
-    def __init__(self, reason: str, retryable: bool, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-
-
-_Pending = tuple[tuple[Any, ...], Caller | None]
-
-
-class SpanExporter:
-    """A `RowSink` of the run log that sends one span per committed row (see the module)."""
-
-    def __init__(self, config: OtlpConfig) -> None:
-        self.config = config
-        self._trace_index = COLUMNS.index("trace_id")
-        self._text_indexes = tuple(COLUMNS.index(name) for name in ("request", "response"))
-        self._lock = threading.Lock()
-        self._pending: deque[tuple[_Pending, int]] = deque()
-        self._pending_bytes = 0
-        self._parents: dict[str, Caller] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._deadline: float | None = None
-        self._thread: threading.Thread | None = None
-        self._sending = 0
-        # Health: only the exporter thread updates these (and `committed`, under the lock,
-        # the queue's drop count).
-        self.spans_exported = 0
-        self.spans_dropped = 0
-        self.spans_rejected = 0
-        self.export_failures = 0
-        self.retries = 0
-        self.last_error: str | None = None
-        self.last_error_at: str | None = None
-        self.last_export_at: str | None = None
-
-    # The run log's side: never blocks, never raises
-
-    def queued(self, values: tuple[Any, ...]) -> None:
-        caller = _CALLER.get()
-        if caller is None:
-            return
-        with self._lock:
-            if len(self._parents) >= MAX_PENDING_PARENTS:
-                self._parents.pop(next(iter(self._parents)))
-            self._parents[values[self._trace_index]] = caller
-
-    def committed(self, rows: list[tuple[Any, ...]]) -> None:
-        config = self.config
-        parents = self._parents
-        with self._lock:
-            for values in rows:
-                caller = parents.pop(values[self._trace_index], None) if parents else None
-                size = sum(len(values[i]) for i in self._text_indexes if isinstance(values[i], str))
-                if (
-                    len(self._pending) >= config.max_queue
-                    or self._pending_bytes + size > MAX_QUEUED_TEXT_BYTES
-                ):
-                    self.spans_dropped += 1
-                    continue
-                self._pending.append(((values, caller), size))
-                self._pending_bytes += size
-            full = len(self._pending) >= config.max_batch
-        if full:
-            self._wake.set()
-
-    # Starting and stopping
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="llmkit-otlp-export", daemon=True)
-        self._thread.start()
-
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
-
-    def close(self, timeout: float | None = None) -> None:
-        """Send what is queued, trying until `timeout` (default: the export timeout) runs out,
-        then stop; what is left then is dropped and counted."""
-        thread = self._thread
-        if thread is None or self._stop.is_set():
-            return
-        wait = min(self.config.timeout_s, CLOSE_TIMEOUT_S) if timeout is None else timeout
-        self._deadline = time.monotonic() + wait
-        self._stop.set()
-        self._wake.set()
-        thread.join(wait + 1)
-        if thread.is_alive():
-            logger.warning("OTLP export: still sending after %.1f s at shutdown; left behind", wait)
-
-    def health(self) -> dict[str, Any]:
-        """Counters for /healthz; errors named by kind (an HTTP status, an exception type),
-        never by a message, which could quote the collector's URL or answer."""
-        thread = self._thread
-        return {
-            "enabled": True,
-            "alive": thread is not None and thread.is_alive(),
-            "queued": len(self._pending),
-            "sending": self._sending,
-            "spans_exported": self.spans_exported,
-            "spans_dropped": self.spans_dropped,
-            "spans_rejected": self.spans_rejected,
-            "export_failures": self.export_failures,
-            "retries": self.retries,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "last_export_at": self.last_export_at,
-        }
-
-    # The exporter thread
-
-    def _run(self) -> None:
-        while True:
-            stopping = self._stop.is_set()
-            if not stopping:
-                self._wake.wait(self.config.schedule_delay_s)
-                self._wake.clear()
-            batch = self._take()
-            if batch:
-                try:
-                    self._export(batch)
-                except Exception as exc:  # a bug must cost spans, never the thread
-                    self._failed(f"{type(exc).__name__}", len(batch), dropped=True)
-                    logger.exception("OTLP export: a batch of %d spans failed", len(batch))
-                finally:
-                    self._sending = 0
-                continue
-            if stopping:
-                return
-
-    def _take(self) -> list[_Pending]:
-        with self._lock:
-            count = min(len(self._pending), self.config.max_batch)
-            taken = [self._pending.popleft() for _ in range(count)]
-            self._pending_bytes -= sum(size for _, size in taken)
-            self._sending = len(taken)
-        return [item for item, _ in taken]
-
-    def _export(self, batch: list[_Pending]) -> None:
-        spans = []
-        for values, caller in batch:
-            try:
-                spans.append(span_of(dict(zip(COLUMNS, values)), caller))
-            except Exception as exc:
-                self._failed(f"span: {type(exc).__name__}", 1, dropped=True)
-        if not spans:
-            return
-        body = json.dumps(
-            export_request(self.config.resource, spans), ensure_ascii=True, allow_nan=False
-        ).encode()
-        attempt = 0
-        while True:
-            attempt += 1
-            timeout = self.config.timeout_s
-            if self._deadline is not None:
-                timeout = min(timeout, self._deadline - time.monotonic())
-                if timeout <= 0:
-                    self._failed("shutdown", len(spans), dropped=True)
-                    return
-            try:
-                rejected = self._post(body, timeout)
-            except ExportFailed as exc:
-                if not exc.retryable or attempt >= MAX_ATTEMPTS:
-                    self._failed(exc.reason, len(spans), dropped=True)
-                    logger.warning(
-                        "OTLP export: %d spans dropped after %d attempt(s): %s",
-                        len(spans),
-                        attempt,
-                        exc.reason,
-                    )
-                    return
-                self._failed(exc.reason, len(spans), dropped=False)
-                delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (attempt - 1))
-                delay = delay * (0.5 + random.random() / 2)
-                if exc.retry_after_s is not None:
-                    delay = min(MAX_BACKOFF_S, max(delay, exc.retry_after_s))
-                self.retries += 1
-                self._stop.wait(delay)  # close() cuts the wait short; its deadline bounds the rest
-                continue
-            self.spans_exported += len(spans) - rejected
-            self.spans_rejected += rejected
-            self.last_export_at = utc_now()
-            return
-
-    def _post(self, body: bytes, timeout: float) -> int:
-        """Post one request; the number of spans the collector said it rejected."""
-        headers = {**self.config.headers, "Content-Type": "application/json"}
-        request = urllib.request.Request(
-            self.config.endpoint, data=body, headers=headers, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                answer = response.read(1024 * 1024)
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
-            exc.close()
-            retryable = status in RETRYABLE_STATUSES
-            raise ExportFailed(f"HTTP {status}", retryable, retry_after) from None
-        except (OSError, ValueError) as exc:  # refused, reset, timed out, TLS, bad URL
-            reason = getattr(exc, "reason", None)
-            cause = reason if isinstance(reason, BaseException) else exc
-            raise ExportFailed(type(cause).__name__, True) from None
-        return _rejected_spans(answer)
-
-    def _failed(self, reason: str, count: int, *, dropped: bool) -> None:
-        self.export_failures += 1
-        self.last_error = reason
-        self.last_error_at = utc_now()
-        if dropped:
-            with self._lock:
-                self.spans_dropped += count
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else math.nan
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def _rejected_spans(answer: bytes) -> int:
+def rejected_spans(protocol: str, answer: bytes) -> int:
     """The collector's partialSuccess.rejectedSpans, 0 when it says none (or nothing)."""
     try:
-        data = json.loads(answer) if answer.strip() else {}
-        rejected = int((data.get("partialSuccess") or {}).get("rejectedSpans") or 0)
-    except (ValueError, TypeError, AttributeError):
+        if protocol == "http/protobuf":
+            partial = _pb_fields(answer).get(1)
+            rejected = _pb_fields(partial).get(1, 0) if isinstance(partial, bytes) else 0
+        else:
+            data = json.loads(answer) if answer.strip() else {}
+            rejected = int((data.get("partialSuccess") or {}).get("rejectedSpans") or 0)
+    except (ValueError, TypeError, AttributeError, IndexError):
         return 0
-    return max(rejected, 0)
+    return max(int(rejected), 0) if isinstance(rejected, int) else 0
 
 
-def exporter_from_env(environ: Mapping[str, str]) -> tuple[SpanExporter | None, dict[str, Any]]:
-    """The exporter the variables ask for (not started), or None; and the health shown when
-    it is off. Each ignored value and the reason export is off are logged once, here."""
-    result = config_from_env(environ)
-    for warning in result.warnings:
-        logger.warning("OTLP export: %s", warning)
-    if result.config is None:
-        return None, {"enabled": False, "reason": result.off_because}
-    logger.info("OTLP export: spans go to %s", _shown_endpoint(result.config.endpoint))
-    return SpanExporter(result.config), {"enabled": True}
+# -- the protobuf encoding -------------------------------------------------------------------
+# Written out for the few messages of an ExportTraceServiceRequest (field numbers from
+# opentelemetry/proto/{collector/trace,trace,common,resource}/v1), from their OTLP/JSON form.
 
 
-def _shown_endpoint(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # a negative int64 is its two's complement
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _pb_bytes(number: int, payload: bytes) -> bytes:
+    return _tag(number, 2) + _varint(len(payload)) + payload
+
+
+def _pb_text(number: int, text: str) -> bytes:
+    # Protobuf strings are UTF-8: a lone surrogate becomes U+FFFD's stand-in "?".
+    return _pb_bytes(number, text.encode("utf-8", "replace"))
+
+
+def _pb_value(value: Mapping[str, Any]) -> bytes:
+    """An AnyValue: string 1, bool 2, int 3, double 4, array 5."""
+    [(kind, inner)] = value.items()
+    if kind == "stringValue":
+        return _pb_text(1, inner)
+    if kind == "boolValue":
+        return _tag(2, 0) + _varint(1 if inner else 0)
+    if kind == "intValue":
+        return _tag(3, 0) + _varint(int(inner))
+    if kind == "doubleValue":
+        return _tag(4, 1) + struct.pack("<d", inner)
+    items = b"".join(_pb_bytes(1, _pb_value(item)) for item in inner["values"])
+    return _pb_bytes(5, items)
+
+
+def _pb_attributes(number: int, values: list[dict[str, Any]]) -> bytes:
+    return b"".join(
+        _pb_bytes(number, _pb_text(1, kv["key"]) + _pb_bytes(2, _pb_value(kv["value"])))
+        for kv in values
+    )
+
+
+def _pb_span(span: Mapping[str, Any]) -> bytes:
+    out = _pb_bytes(1, bytes.fromhex(span["traceId"])) + _pb_bytes(2, bytes.fromhex(span["spanId"]))
+    if span.get("traceState"):
+        out += _pb_text(3, span["traceState"])
+    if span.get("parentSpanId"):
+        out += _pb_bytes(4, bytes.fromhex(span["parentSpanId"]))
+    out += _pb_text(5, span["name"]) + _tag(6, 0) + _varint(span["kind"])
+    out += _tag(7, 1) + struct.pack("<Q", int(span["startTimeUnixNano"]))
+    out += _tag(8, 1) + struct.pack("<Q", int(span["endTimeUnixNano"]))
+    out += _pb_attributes(9, span["attributes"])
+    status = span.get("status")
+    if status:
+        out += _pb_bytes(15, _pb_text(2, status["message"]) + _tag(3, 0) + _varint(status["code"]))
+    return out
+
+
+def _pb_request(request: Mapping[str, Any]) -> bytes:
+    out = b""
+    for resource_spans in request["resourceSpans"]:
+        body = _pb_bytes(1, _pb_attributes(1, resource_spans["resource"]["attributes"]))
+        for scope_spans in resource_spans["scopeSpans"]:
+            scope = scope_spans["scope"]
+            inner = _pb_bytes(1, _pb_text(1, scope["name"]) + _pb_text(2, scope["version"]))
+            inner += b"".join(_pb_bytes(2, _pb_span(span)) for span in scope_spans["spans"])
+            body += _pb_bytes(2, inner)
+        out += _pb_bytes(1, body)
+    return out
+
+
+def _pb_fields(data: bytes) -> dict[int, Any]:
+    """The last value of each field of a message: varints as ints, length-delimited as bytes;
+    enough to read a collector's ExportTraceServiceResponse."""
+    fields: dict[int, Any] = {}
+    i = 0
+    while i < len(data):
+        key, i = _read_varint(data, i)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            fields[number], i = _read_varint(data, i)
+        elif wire_type == 2:
+            size, i = _read_varint(data, i)
+            fields[number], i = data[i : i + size], i + size
+        elif wire_type in (1, 5):
+            i += 8 if wire_type == 1 else 4
+        else:
+            raise ValueError(f"protobuf wire type {wire_type} not expected here")
+    return fields
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i

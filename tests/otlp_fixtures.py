@@ -2,7 +2,8 @@
 and the execution app with the OTEL_* variables pointing at it (`traced_api`). Registered by
 `tests/conftest.py`.
 
-The collector decodes each `POST /v1/traces` JSON body, keeps every request (path, headers,
+The collector decodes each `POST /v1/traces` body (JSON, or protobuf read by a wire-format
+reader of its own into the same JSON form), keeps every request (path, headers,
 body) and the spans of each request it accepted, and answers scripted statuses queued with
 `answer(503, ...)` (200 with an empty partialSuccess once the queue is empty). `stall()` makes
 it hold every request unanswered until `release()` (or HOLD_LIMIT_S, or the fixture's end).
@@ -11,6 +12,7 @@ it hold every request unanswered until `release()` (or HOLD_LIMIT_S, or the fixt
 from __future__ import annotations
 
 import json
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -115,7 +117,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not collector._released.is_set():
             collector._hold()
         headers = {k.lower(): v for k, v in self.headers.items()}
-        body = json.loads(raw) if headers.get("content-type") == "application/json" else raw
+        content_type = headers.get("content-type")
+        if content_type == "application/json":
+            body = json.loads(raw)
+        elif content_type == "application/x-protobuf":
+            body = decode_export_request(raw)
+        else:
+            body = raw
         status = collector._record(ExportRequest(self.path, headers, body, 0))
         answer = b"{}" if status == 200 else b'{"code": 14, "message": "unavailable"}'
         self.send_response(status)
@@ -123,6 +131,106 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+
+
+# -- protobuf, read back into the OTLP/JSON form ----------------------------------------------
+
+
+def _fields(data: bytes) -> list[tuple[int, int, Any]]:
+    """(field number, wire type, value) of each field of a message, in order."""
+    out: list[tuple[int, int, Any]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((number, wire, varint()))
+        elif wire == 1:
+            out.append((number, wire, data[i : i + 8]))
+            i += 8
+        elif wire == 2:
+            size = varint()
+            out.append((number, wire, data[i : i + size]))
+            i += size
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+    return out
+
+
+def _any_value(data: bytes) -> dict[str, Any]:
+    [(number, _, value)] = _fields(data)
+    if number == 1:
+        return {"stringValue": value.decode()}
+    if number == 2:
+        return {"boolValue": bool(value)}
+    if number == 3:
+        return {"intValue": str(value - (1 << 64) if value >= 1 << 63 else value)}
+    if number == 4:
+        return {"doubleValue": struct.unpack("<d", value)[0]}
+    assert number == 5, number
+    return {"arrayValue": {"values": [_any_value(v) for _, _, v in _fields(value)]}}
+
+
+def _key_value(data: bytes) -> dict[str, Any]:
+    fields = {n: v for n, _, v in _fields(data)}
+    return {"key": fields[1].decode(), "value": _any_value(fields[2])}
+
+
+SPAN_FIELDS = {1: "traceId", 2: "spanId", 3: "traceState", 4: "parentSpanId", 5: "name"}
+
+
+def _span(data: bytes) -> dict[str, Any]:
+    span: dict[str, Any] = {"attributes": []}
+    for number, _, value in _fields(data):
+        if number in (1, 2, 4):
+            span[SPAN_FIELDS[number]] = value.hex()
+        elif number in (3, 5):
+            span[SPAN_FIELDS[number]] = value.decode()
+        elif number == 6:
+            span["kind"] = value
+        elif number in (7, 8):
+            nanos = str(struct.unpack("<Q", value)[0])
+            span["startTimeUnixNano" if number == 7 else "endTimeUnixNano"] = nanos
+        elif number == 9:
+            span["attributes"].append(_key_value(value))
+        elif number == 15:
+            fields = {n: v for n, _, v in _fields(value)}
+            span["status"] = {"message": fields.get(2, b"").decode(), "code": fields.get(3, 0)}
+    return span
+
+
+def decode_export_request(data: bytes) -> dict[str, Any]:
+    """An ExportTraceServiceRequest in protobuf, as its OTLP/JSON form."""
+    resource_spans = []
+    for _, _, rs in _fields(data):
+        entry: dict[str, Any] = {"resource": {"attributes": []}, "scopeSpans": []}
+        for number, _, value in _fields(rs):
+            if number == 1:
+                attrs = [_key_value(v) for n, _, v in _fields(value) if n == 1]
+                entry["resource"]["attributes"] = attrs
+            elif number == 2:
+                scope: dict[str, Any] = {"scope": {}, "spans": []}
+                for n, _, v in _fields(value):
+                    if n == 1:
+                        names = {k: x.decode() for k, _, x in _fields(v)}
+                        scope["scope"] = {"name": names.get(1), "version": names.get(2)}
+                    elif n == 2:
+                        scope["spans"].append(_span(v))
+                entry["scopeSpans"].append(scope)
+        resource_spans.append(entry)
+    return {"resourceSpans": resource_spans}
 
 
 @pytest.fixture

@@ -12,12 +12,20 @@ from typing import Any
 
 import pytest
 
-from llmkit.otlp import config_from_env, parse_traceparent, span_ids
+from llmkit.otlp import (
+    CONTENT_TYPES,
+    config_from_env,
+    encoded_request,
+    parse_traceparent,
+    span_ids,
+    span_of,
+)
+from llmkit.otlp_export import exporter_from_env
 from tests.eval_fixtures import EvalRepo, eval_api
 from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import poll
-from tests.otlp_fixtures import Collector, MakeTracedApi
+from tests.otlp_fixtures import Collector, MakeTracedApi, decode_export_request
 
 ECHO_BODY = {
     "model": "echo",
@@ -54,17 +62,22 @@ def health(api: ExecApi) -> dict[str, Any]:
     return response.json()["otlp"]  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("protocol", ["http/json", "http/protobuf"])
 def test_a_completion_is_one_span_with_the_genai_attributes(
-    traced_api: MakeTracedApi, collector: Collector
+    traced_api: MakeTracedApi, collector: Collector, protocol: str
 ) -> None:
-    api = traced_api(OTEL_SERVICE_NAME="prompts-svc", OTEL_RESOURCE_ATTRIBUTES="team=ml,env=p%20q")
+    api = traced_api(
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+        OTEL_SERVICE_NAME="prompts-svc",
+        OTEL_RESOURCE_ATTRIBUTES="team=ml,env=p%20q",
+    )
     response = api.complete({"model": "chat", "variables": {"persona": "a pirate"}})
     assert response.status_code == 200, response.text
     trace = response.headers["x-llmkit-trace-id"]
     [span] = spans_of(api, collector, 1)
     [request] = collector.requests
     assert request.path == "/v1/traces"
-    assert request.headers["content-type"] == "application/json"
+    assert request.headers["content-type"] == CONTENT_TYPES[protocol]
     [resource] = request.body["resourceSpans"]
     resource_attrs = attrs(resource["resource"])
     assert resource_attrs["service.name"] == "prompts-svc"
@@ -294,23 +307,21 @@ def test_the_general_endpoint_gets_the_traces_path() -> None:
     assert config.timeout_s == 2.5
 
 
-def test_protobuf_asked_for_is_named_at_start_and_json_is_sent(
+def test_a_protocol_other_than_otlp_http_turns_export_off_and_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from llmkit.otlp import exporter_from_env
-
     env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4317",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
     }
     with caplog.at_level(logging.WARNING, logger="llmkit.otlp"):
-        exporter, _ = exporter_from_env(env)
-    assert exporter is not None and not exporter.started
-    assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf" in caplog.text
-    assert "only as http/json" in caplog.text
-    result = config_from_env({**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
-    assert result.config is None and result.off_because is not None
-    assert "grpc" in result.off_because and "http/json" in result.off_because
+        exporter, shown = exporter_from_env(env)
+    assert exporter is None and shown["enabled"] is False
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in caplog.text
+    assert "http/json or http/protobuf" in caplog.text
+    traces_only = {**env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "HTTP/Protobuf"}
+    config = config_from_env(traces_only).config
+    assert config is not None and config.protocol == "http/protobuf"
 
 
 @pytest.mark.parametrize(
@@ -396,3 +407,31 @@ def test_eval_and_judge_calls_are_spans_too(
     assert by_source["eval"]["gen_ai.request.model"] == "echo"
     assert by_source["judge"]["gen_ai.request.model"] == "openai/judge-model"
     assert by_source["judge"]["llmkit.prompt.key"] == "joke"
+
+
+def test_the_protobuf_encoding_says_what_the_json_one_says() -> None:
+    row = {
+        "trace_id": "0123456789abcdef0123456789abcdef",
+        "created_at": "2026-01-02T03:04:05.678Z",
+        "latency_ms": 12.5,
+        "model": "openai/gpt-x",
+        "prompt_key": "ünïcode/key",
+        "version_number": 3,
+        "status": "error",
+        "error": "boom",
+        "http_status": 502,
+        "input_tokens": -1,  # an int64 below zero takes ten varint bytes
+        "cost": 0.25,
+        "stream": 1,
+        "request": json.dumps({"messages": [], "params": {"temperature": 0.1, "stop": ["x"]}}),
+    }
+    caller = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "a=b")
+    spans = [span_of(row, caller), span_of({**row, "trace_id": "imported-1", "status": "ok"})]
+    resource = {"service.name": "svc"}
+    as_json = json.loads(encoded_request("http/json", resource, spans))
+    as_protobuf = decode_export_request(encoded_request("http/protobuf", resource, spans))
+    assert as_protobuf == as_json
+    [first, second] = as_json["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert attrs(first)["gen_ai.request.stop_sequences"] == ["x"]
+    assert attrs(first)["gen_ai.usage.input_tokens"] == -1
+    assert first["parentSpanId"] == "00f067aa0ba902b7" and "parentSpanId" not in second

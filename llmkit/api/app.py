@@ -32,7 +32,8 @@ from llmkit.errors import (
     Unprocessable,
 )
 from llmkit.execute import Executor
-from llmkit.otlp import TraceparentMiddleware, exporter_from_env
+from llmkit.otlp import TraceparentMiddleware
+from llmkit.otlp_export import exporter_from_env
 from llmkit.providers import pricing
 from llmkit.workspace import Workspace
 
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     ws = workspace
     settings = ws.settings
     executor = Executor(ws, ws.models, ws.runlog)
-    # Spans of logged calls, when the OTEL_* variables name a collector (llmkit.otlp).
+    # Spans of logged calls, when the OTEL_* variables name a collector (llmkit.otlp_export).
     spans, spans_off = exporter_from_env(os.environ)
     if spans is not None:
         ws.runlog.add_sink(spans)
