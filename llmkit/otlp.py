@@ -26,6 +26,7 @@ call. Nothing here imports litellm.
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import json
 import math
@@ -298,8 +299,9 @@ def span_ids(trace_id: str) -> tuple[str, str]:
 
 
 def _unix_ns(created_at: str) -> int:
-    moment = datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000) * 1_000_000
+    """Of the run log's canonical time (`2026-01-02T03:04:05.678Z`), exactly to the ms."""
+    moment = datetime.fromisoformat(created_at.removesuffix("Z")).replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000) * 1_000_000
 
 
 def _parsed(text: Any) -> Any:
@@ -311,6 +313,7 @@ def _parsed(text: Any) -> Any:
         return None
 
 
+@functools.lru_cache(maxsize=256)
 def _provider(model: str) -> str:
     from llmkit.providers.routing import provider_of
 
@@ -404,9 +407,15 @@ def attributes(values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """OTLP KeyValues; None values and empty lists are left out."""
     result = []
     for key, value in values.items():
-        encoded = _any_value(value)
-        if encoded is not None:
-            result.append({"key": key, "value": encoded})
+        if value is None:
+            continue
+        if type(value) is str:  # most of them: skip the type ladder
+            encoded: dict[str, Any] | None = {"stringValue": _cut(value)}
+        else:
+            encoded = _any_value(value)
+            if encoded is None:
+                continue
+        result.append({"key": key, "value": encoded})
     return result
 
 

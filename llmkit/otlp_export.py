@@ -84,8 +84,8 @@ class SpanExporter:
         self._deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._sending = 0
-        # Health: only the exporter thread updates these (and `committed`, under the lock,
-        # the queue's drop count).
+        # Health: only the exporter thread updates these, but for `spans_dropped`, which
+        # `committed` counts too (both under the lock).
         self.spans_exported = 0
         self.spans_dropped = 0
         self.spans_rejected = 0
@@ -175,7 +175,9 @@ class SpanExporter:
     def _run(self) -> None:
         while True:
             stopping = self._stop.is_set()
-            if not stopping:
+            # A full batch goes at once (a backlog drains back to back); a partial one waits
+            # out the schedule delay for company.
+            if not stopping and len(self._pending) < self.config.max_batch:
                 self._wake.wait(self.config.schedule_delay_s)
                 self._wake.clear()
             batch = self._take()
