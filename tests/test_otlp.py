@@ -257,13 +257,22 @@ def test_a_traceparent_makes_the_span_a_child_of_the_caller(
         "tracestate": "vendor=abc",
     }
     response = api.env.client.post("/v1/chat/completions", json=ECHO_BODY, headers=headers)
-    plain = api.complete(ECHO_BODY)
-    spans = spans_of(api, collector, 2)
+    streamed_body = {**ECHO_BODY, "stream": True}
+    with api.env.client.stream(
+        "POST", "/v1/chat/completions", json=streamed_body, headers=headers
+    ) as streamed:
+        assert "[DONE]" in streamed.read().decode()
+    garbled = {"Authorization": headers["Authorization"], "traceparent": "00-not-a-trace"}
+    plain = api.env.client.post("/v1/chat/completions", json=ECHO_BODY, headers=garbled)
+    assert plain.status_code == 200
+    spans = spans_of(api, collector, 3)
     by_trace = {attrs(s)["llmkit.trace_id"]: s for s in spans}
-    child = by_trace[response.headers["x-llmkit-trace-id"]]
-    own = response.headers["x-llmkit-trace-id"]
-    assert (child["traceId"], child["parentSpanId"]) == (caller_trace, caller_span)
-    assert child["spanId"] == own[16:] and child["traceState"] == "vendor=abc"
+    for answered in (response, streamed):
+        own = answered.headers["x-llmkit-trace-id"]
+        child = by_trace[own]
+        assert (child["traceId"], child["parentSpanId"]) == (caller_trace, caller_span)
+        assert child["spanId"] == own[16:] and child["traceState"] == "vendor=abc"
+    assert attrs(by_trace[streamed.headers["x-llmkit-trace-id"]])["llmkit.stream"] is True
     root = by_trace[plain.headers["x-llmkit-trace-id"]]
     assert "parentSpanId" not in root and root["traceId"] == plain.headers["x-llmkit-trace-id"]
 
