@@ -21,8 +21,9 @@ from llmkit.otlp import (
     span_of,
 )
 from llmkit.otlp_export import exporter_from_env
+from tests.api_fixtures import running_api
 from tests.eval_fixtures import EvalRepo, eval_api
-from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi
+from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi, build_exec_repo
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import poll
 from tests.otlp_fixtures import Collector, MakeTracedApi, decode_export_request
@@ -444,3 +445,41 @@ def test_the_protobuf_encoding_says_what_the_json_one_says() -> None:
     assert attrs(first)["gen_ai.request.stop_sequences"] == ["x"]
     assert attrs(first)["gen_ai.usage.input_tokens"] == -1
     assert first["parentSpanId"] == "00f067aa0ba902b7" and "parentSpanId" not in second
+
+
+def test_shutdown_sends_what_is_queued(
+    tmp_path: Path, fake: FakeUpstream, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # only shutdown sends
+    build_exec_repo(tmp_path / "repo", fake.url)
+    with running_api(tmp_path / "repo") as env:
+        run = {"Authorization": f"Bearer {env.run_key}"}
+        response = env.client.post("/v1/chat/completions", json=ECHO_BODY, headers=run)
+        assert response.status_code == 200
+        assert env.ws.runlog.flush(10)
+        assert collector.requests == []
+    [span] = collector.spans
+    assert attrs(span)["llmkit.trace_id"] == response.headers["x-llmkit-trace-id"]
+
+
+def test_shutdown_does_not_wait_on_a_stalled_collector(
+    tmp_path: Path, fake: FakeUpstream, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector.stall()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
+    build_exec_repo(tmp_path / "repo", fake.url)
+    with running_api(tmp_path / "repo") as env:
+        run = {"Authorization": f"Bearer {env.run_key}"}
+        for _ in range(3):
+            response = env.client.post("/v1/chat/completions", json=ECHO_BODY, headers=run)
+            assert response.status_code == 200
+        assert env.ws.runlog.flush(10)
+        app = env.app
+    # The lifespan ended: the batch timed out against the stalled collector and was counted.
+    state = app.state.otlp_health()
+    assert (state["alive"], state["queued"], state["spans_dropped"]) == (False, 0, 3)
+    assert state["spans_exported"] == 0 and collector.held >= 1
+    assert not [t for t in threading.enumerate() if t.name == "llmkit-otlp-export"]
