@@ -77,6 +77,7 @@ class OtlpConfig:
     max_queue: int = DEFAULT_MAX_QUEUE
     max_batch: int = DEFAULT_MAX_BATCH
     schedule_delay_s: float = DEFAULT_SCHEDULE_DELAY_MS / 1000
+    gzip: bool = False
 
 
 @dataclass
@@ -150,6 +151,14 @@ def config_from_env(environ: Mapping[str, str]) -> ConfigResult:
         ms = _positive_number(timeout, warnings, DEFAULT_TIMEOUT_MS)
         timeout_s = ms / 1000
 
+    gzip = False
+    compression = pick("COMPRESSION")
+    if compression is not None:
+        name, value = compression
+        gzip = value.lower() == "gzip"
+        if value.lower() not in ("gzip", "none"):
+            warnings.append(f"{name}={value[:60]!r} is neither gzip nor none; sending uncompressed")
+
     resource = {"service.name": DEFAULT_SERVICE_NAME, "service.version": __version__}
     resource_text = get("OTEL_RESOURCE_ATTRIBUTES")
     if resource_text is not None:
@@ -176,6 +185,7 @@ def config_from_env(environ: Mapping[str, str]) -> ConfigResult:
         max_queue=max_queue,
         max_batch=max_batch,
         schedule_delay_s=delay_ms / 1000,
+        gzip=gzip,
     )
     return ConfigResult(config, warnings=warnings)
 

@@ -12,6 +12,7 @@ overflow is dropped: a stalled collector costs spans, never memory or a call.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import random
@@ -211,6 +212,8 @@ class SpanExporter:
         if not spans:
             return
         body = encoded_request(self.config.protocol, self.config.resource, spans)
+        if self.config.gzip:
+            body = gzip.compress(body, compresslevel=5)
         attempt = 0
         while True:
             attempt += 1
@@ -249,6 +252,8 @@ class SpanExporter:
         """Post one request; the number of spans the collector said it rejected."""
         content_type = CONTENT_TYPES[self.config.protocol]
         headers = {**self.config.headers, "Content-Type": content_type}
+        if self.config.gzip:
+            headers["Content-Encoding"] = "gzip"
         request = urllib.request.Request(
             self.config.endpoint, data=body, headers=headers, method="POST"
         )

@@ -11,6 +11,7 @@ it hold every request unanswered until `release()` (or HOLD_LIMIT_S, or the fixt
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 import threading
@@ -114,6 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
         collector: Collector = self.server.collector  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if self.headers.get("Content-Encoding") == "gzip":
+            raw = gzip.decompress(raw)
         if not collector._released.is_set():
             collector._hold()
         headers = {k.lower(): v for k, v in self.headers.items()}

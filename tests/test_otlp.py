@@ -157,8 +157,11 @@ def test_a_failed_call_is_an_error_span(traced_api: MakeTracedApi, collector: Co
     assert a["llmkit.trace_id"] == response.headers["x-llmkit-trace-id"]
 
 
-def test_the_headers_variable_is_sent(traced_api: MakeTracedApi, collector: Collector) -> None:
+def test_the_headers_and_compression_variables_are_used(
+    traced_api: MakeTracedApi, collector: Collector
+) -> None:
     api = traced_api(
+        OTEL_EXPORTER_OTLP_COMPRESSION="gzip",
         OTEL_EXPORTER_OTLP_HEADERS="x-general=no",
         OTEL_EXPORTER_OTLP_TRACES_HEADERS="Authorization=Bearer%20s3cret,x-team=prompts",
     )
@@ -167,6 +170,7 @@ def test_the_headers_variable_is_sent(traced_api: MakeTracedApi, collector: Coll
     [request] = collector.requests
     assert request.headers["authorization"] == "Bearer s3cret"
     assert request.headers["x-team"] == "prompts"
+    assert request.headers["content-encoding"] == "gzip"  # and the collector read it
     assert "x-general" not in request.headers  # the traces variable replaces the general one
 
 
@@ -344,6 +348,7 @@ def test_a_protocol_other_than_otlp_http_turns_export_off_and_says_so(
         ({"OTEL_EXPORTER_OTLP_HEADERS": "x=a%0D%0Ab"}, "'x' is not a valid HTTP header"),
         ({"OTEL_RESOURCE_ATTRIBUTES": "=x"}, "'=x' is not key=value"),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "OTEL_BSP_MAX_QUEUE_SIZE='0'"),
+        ({"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "'zstd' is neither gzip nor none"),
     ],
 )
 def test_a_bad_value_is_named_and_ignored(env: dict[str, str], named: str) -> None:
