@@ -140,7 +140,7 @@ def config_from_env(environ: Mapping[str, str]) -> ConfigResult:
     if header_text is not None:
         name, text = header_text
         for key, value in _pairs(name, text, warnings).items():
-            if not _HEADER_NAME.match(key) or any(c in value for c in "\r\n\0"):
+            if not _HEADER_NAME.match(key) or not _header_value(value):
                 warnings.append(f"{name}: header {key[:60]!r} is not a valid HTTP header; ignored")
                 continue
             headers[key] = value
@@ -171,7 +171,7 @@ def config_from_env(environ: Mapping[str, str]) -> ConfigResult:
         value = get(name)
         if value is None:
             return default
-        return int(_positive_number((name, value), warnings, default))
+        return max(1, int(_positive_number((name, value), warnings, default)))
 
     max_queue = bsp("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE)
     max_batch = min(bsp("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", DEFAULT_MAX_BATCH), max_queue)
@@ -188,6 +188,11 @@ def config_from_env(environ: Mapping[str, str]) -> ConfigResult:
         gzip=gzip,
     )
     return ConfigResult(config, warnings=warnings)
+
+
+def _header_value(value: str) -> bool:
+    """Whether HTTP/1.1 carries it as is: latin-1, no line breaks or NULs."""
+    return all(" " <= c <= "\xff" and c != "\x7f" or c == "\t" for c in value)
 
 
 def _is_http_url(url: str) -> bool:

@@ -67,8 +67,9 @@ class QueuedRow:
 
 class RowSink(Protocol):
     """Told of each row as it is queued (on the caller's thread, in its context) and of the rows
-    of each batch once committed (on the writer thread), in column order. Both must return at
-    once: whatever they do with the rows (the OTLP span export) happens on a thread of theirs."""
+    of each batch once stored (committed, or set aside as rejects; on the writer thread), in
+    column order. Both must return at once and are never waited on: what they do with the rows
+    (the OTLP span export) happens on a thread of their own."""
 
     def queued(self, values: tuple[Any, ...]) -> None: ...
 

@@ -346,6 +346,7 @@ def test_a_protocol_other_than_otlp_http_turns_export_off_and_says_so(
         ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "'novalue' is not key=value"),
         ({"OTEL_EXPORTER_OTLP_HEADERS": "bad name=1"}, "'bad name' is not a valid HTTP header"),
         ({"OTEL_EXPORTER_OTLP_HEADERS": "x=a%0D%0Ab"}, "'x' is not a valid HTTP header"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "y=%E2%9C%93"}, "'y' is not a valid HTTP header"),
         ({"OTEL_RESOURCE_ATTRIBUTES": "=x"}, "'=x' is not key=value"),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "OTEL_BSP_MAX_QUEUE_SIZE='0'"),
         ({"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "'zstd' is neither gzip nor none"),
