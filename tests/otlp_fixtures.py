@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
 import threading
 from collections import deque
@@ -246,16 +247,37 @@ def collector() -> Iterator[Collector]:
         running.stop()
 
 
+OtelEnv = Callable[..., None]
 MakeTracedApi = Callable[..., ExecApi]
 
 
 @pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> OtelEnv:
+    """set(**variables): these OTEL_* variables set (None unsets one), and none of the shell's
+    own, so a developer's collector settings never reach a test. Undone after the test."""
+
+    def set_variables(**variables: str | None) -> None:
+        for name in list(os.environ):
+            if name.startswith("OTEL_"):
+                monkeypatch.delenv(name)
+        for name, value in variables.items():
+            if value is not None:
+                monkeypatch.setenv(name, value)
+
+    return set_variables
+
+
+@pytest.fixture
 def traced_api(
-    tmp_path: Path, fake: FakeUpstream, collector: Collector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    fake: FakeUpstream,
+    collector: Collector,
+    otel_env: OtelEnv,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[MakeTracedApi]:
     """make(**variables) -> the execution app (prompts on the fake upstream and on `echo`),
     started with OTEL_EXPORTER_OTLP_ENDPOINT at the collector and a 20 ms schedule delay,
-    plus `variables` (None unsets one)."""
+    plus `variables` (None unsets one), and no other OTEL_* variable."""
     managers: list[Any] = []
 
     def make(**variables: str | None) -> ExecApi:
@@ -263,11 +285,7 @@ def traced_api(
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
             "OTEL_BSP_SCHEDULE_DELAY": "20",
         }
-        for name, value in {**defaults, **variables}.items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
+        otel_env(**{**defaults, **variables})
         monkeypatch.setenv(FAKE_KEY_ENV, FAKE_KEY_VALUE)
         repo = tmp_path / f"repo{len(managers)}"
         shas = build_exec_repo(repo, fake.url)

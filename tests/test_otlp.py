@@ -26,7 +26,7 @@ from tests.eval_fixtures import EvalRepo, eval_api
 from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi, build_exec_repo
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import poll
-from tests.otlp_fixtures import Collector, MakeTracedApi, decode_export_request
+from tests.otlp_fixtures import Collector, MakeTracedApi, OtelEnv, decode_export_request
 
 ECHO_BODY = {
     "model": "echo",
@@ -401,10 +401,13 @@ assert:
 
 
 def test_eval_and_judge_calls_are_spans_too(
-    tmp_path: Path, fake: FakeUpstream, collector: Collector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    fake: FakeUpstream,
+    collector: Collector,
+    otel_env: OtelEnv,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
+    otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_BSP_SCHEDULE_DELAY="20")
     monkeypatch.setenv(FAKE_KEY_ENV, FAKE_KEY_VALUE)
     config = (
         "models:\n  default: echo\n  judge:\n    model: openai/judge-model\n"
@@ -454,10 +457,10 @@ def test_the_protobuf_encoding_says_what_the_json_one_says() -> None:
 
 
 def test_shutdown_sends_what_is_queued(
-    tmp_path: Path, fake: FakeUpstream, collector: Collector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake: FakeUpstream, collector: Collector, otel_env: OtelEnv
 ) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # only shutdown sends
+    # Only shutdown sends.
+    otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_BSP_SCHEDULE_DELAY="600000")
     build_exec_repo(tmp_path / "repo", fake.url)
     with running_api(tmp_path / "repo") as env:
         run = {"Authorization": f"Bearer {env.run_key}"}
@@ -470,12 +473,14 @@ def test_shutdown_sends_what_is_queued(
 
 
 def test_shutdown_does_not_wait_on_a_stalled_collector(
-    tmp_path: Path, fake: FakeUpstream, collector: Collector, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake: FakeUpstream, collector: Collector, otel_env: OtelEnv
 ) -> None:
     collector.stall()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
+    otel_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.url,
+        OTEL_BSP_SCHEDULE_DELAY="600000",
+        OTEL_EXPORTER_OTLP_TIMEOUT="300",
+    )
     build_exec_repo(tmp_path / "repo", fake.url)
     with running_api(tmp_path / "repo") as env:
         run = {"Authorization": f"Bearer {env.run_key}"}
