@@ -328,14 +328,31 @@ def _parsed(text: Any) -> Any:
         return None
 
 
+# litellm's provider names that the GenAI conventions spell otherwise (gen_ai.provider.name's
+# well-known values); every other name is sent as litellm says it ("openai", "anthropic", ...).
+SEMCONV_PROVIDERS = {
+    "gemini": "gcp.gemini",
+    "vertex_ai": "gcp.vertex_ai",
+    "vertex_ai_beta": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
+    "azure": "azure.ai.openai",
+    "azure_ai": "azure.ai.inference",
+    "mistral": "mistral_ai",
+    "xai": "x_ai",
+    "watsonx": "ibm.watsonx.ai",
+    "cohere_chat": "cohere",
+}
+
+
 @functools.lru_cache(maxsize=256)
 def _provider(model: str) -> str:
     from llmkit.providers.routing import provider_of
 
     try:
-        return provider_of(model)
+        name = provider_of(model)
     except Exception:
-        return model.split("/", 1)[0] if "/" in model else "unknown"
+        name = model.split("/", 1)[0] if "/" in model else "unknown"
+    return SEMCONV_PROVIDERS.get(name, name)
 
 
 # gen_ai.request.* attributes and the call parameters they come from, in order of preference.

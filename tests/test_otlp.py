@@ -494,3 +494,21 @@ def test_shutdown_does_not_wait_on_a_stalled_collector(
     assert (state["alive"], state["queued"], state["spans_dropped"]) == (False, 0, 3)
     assert state["spans_exported"] == 0 and collector.held >= 1
     assert not [t for t in threading.enumerate() if t.name == "llmkit-otlp-export"]
+
+
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        ("openai/gpt-4o", "openai"),
+        ("anthropic/claude-3-5-haiku-latest", "anthropic"),
+        ("gemini/gemini-1.5-pro", "gcp.gemini"),
+        ("bedrock/anthropic.claude-v2", "aws.bedrock"),
+        ("azure/my-deployment", "azure.ai.openai"),
+        ("mistral/mistral-large", "mistral_ai"),
+        ("echo", "echo"),
+    ],
+)
+def test_the_provider_is_named_as_the_genai_conventions_name_it(model: str, provider: str) -> None:
+    row = {"trace_id": "a" * 32, "created_at": "2026-01-02T03:04:05.678Z", "model": model}
+    a = attrs(span_of(row))
+    assert a["gen_ai.provider.name"] == a["gen_ai.system"] == provider
