@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from llmkit.otlp import (
@@ -25,7 +26,7 @@ from tests.api_fixtures import running_api
 from tests.eval_fixtures import EvalRepo, eval_api
 from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi, build_exec_repo
 from tests.fake_upstream import FakeUpstream
-from tests.helpers import poll
+from tests.helpers import clean_env, poll, serving
 from tests.otlp_fixtures import Collector, MakeTracedApi, OtelEnv, decode_export_request
 
 ECHO_BODY = {
@@ -512,3 +513,27 @@ def test_the_provider_is_named_as_the_genai_conventions_name_it(model: str, prov
     row = {"trace_id": "a" * 32, "created_at": "2026-01-02T03:04:05.678Z", "model": model}
     a = attrs(span_of(row))
     assert a["gen_ai.provider.name"] == a["gen_ai.system"] == provider
+
+
+def test_a_real_server_sends_its_spans_when_stopped(
+    tmp_path: Path, fake: FakeUpstream, collector: Collector
+) -> None:
+    build_exec_repo(tmp_path / "repo", fake.url)
+    env = {k: v for k, v in clean_env().items() if not k.startswith("OTEL_")}
+    env |= {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",  # only the shutdown sends
+    }
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with serving(tmp_path / "repo", tmp_path, env) as server:
+        headers = {**server.headers(), "traceparent": f"00-{caller_trace}-{caller_span}-01"}
+        url = f"{server.v1}/chat/completions"
+        response = httpx.post(url, json=ECHO_BODY, headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        assert httpx.get(f"{server.url}/healthz", timeout=30).json()["otlp"]["enabled"] is True
+        assert collector.requests == []
+        assert server.terminate() == 0
+    [span] = collector.spans
+    assert (span["traceId"], span["parentSpanId"]) == (caller_trace, caller_span)
+    assert attrs(span)["llmkit.trace_id"] == response.headers["x-llmkit-trace-id"]
