@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,6 +23,8 @@ from llmkit.otlp import (
     span_of,
 )
 from llmkit.otlp_export import exporter_from_env
+from llmkit.runlog import COLUMNS, RunLog, RunRecord
+from llmkit.workspace import Workspace
 from tests.api_fixtures import running_api
 from tests.eval_fixtures import EvalRepo, eval_api
 from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi, build_exec_repo
@@ -537,3 +540,48 @@ def test_a_real_server_sends_its_spans_when_stopped(
     [span] = collector.spans
     assert (span["traceId"], span["parentSpanId"]) == (caller_trace, caller_span)
     assert attrs(span)["llmkit.trace_id"] == response.headers["x-llmkit-trace-id"]
+
+
+class Recorder:
+    """A row sink that keeps what it is told, and checks the rows are readable by then."""
+
+    def __init__(self, runlog: RunLog, fail: bool = False) -> None:
+        self.runlog = runlog
+        self.fail = fail
+        self.queued: list[str] = []
+        self.committed: list[str] = []
+        self.unreadable: list[str] = []
+
+    def queued_row(self, values: tuple[Any, ...]) -> None:
+        self.queued.append(values[COLUMNS.index("trace_id")])
+        if self.fail:
+            raise RuntimeError("a broken sink")
+
+    def committed_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        for values in rows:
+            trace = values[COLUMNS.index("trace_id")]
+            self.committed.append(trace)
+            if self.runlog.get(trace) is None:
+                self.unreadable.append(trace)
+        if self.fail:
+            raise RuntimeError("a broken sink")
+
+
+def test_row_sinks_see_rows_after_they_commit_and_cannot_cost_one(workspace: Workspace) -> None:
+    runlog = workspace.runlog
+    sinks = [Recorder(runlog, fail=True), Recorder(runlog)]
+    for sink in sinks:
+        runlog.add_sink(
+            SimpleNamespace(queued=sink.queued_row, committed=sink.committed_rows)  # type: ignore[arg-type]
+        )
+    runlog.start()
+    traces = []
+    for i in range(20):
+        rec = RunRecord(prompt_key="hello", model="echo", request={"i": i})
+        runlog.log(rec)
+        traces.append(rec.trace_id)
+    assert runlog.flush(10)
+    assert sorted(row["trace_id"] for row in runlog.list(page_size=50)) == sorted(traces)
+    for sink in sinks:  # the broken one did not keep the other from being told
+        assert sink.queued == traces and sorted(sink.committed) == sorted(traces)
+        assert sink.unreadable == []
