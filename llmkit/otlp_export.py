@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -79,7 +79,7 @@ class SpanExporter:
         self._lock = threading.Lock()
         self._pending: deque[tuple[_Pending, int]] = deque()
         self._pending_bytes = 0
-        self._parents: dict[str, Caller] = {}
+        self._parents: OrderedDict[str, Caller] = OrderedDict()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._deadline: float | None = None
@@ -104,7 +104,7 @@ class SpanExporter:
             return
         with self._lock:
             if len(self._parents) >= MAX_PENDING_PARENTS:
-                self._parents.pop(next(iter(self._parents)))
+                self._parents.popitem(last=False)
             self._parents[values[self._trace_index]] = caller
 
     def committed(self, rows: list[tuple[Any, ...]]) -> None:
