@@ -19,6 +19,7 @@ from llmkit.otlp import (
     config_from_env,
     encoded_request,
     parse_traceparent,
+    rejected_spans,
     span_ids,
     span_of,
 )
@@ -585,3 +586,12 @@ def test_row_sinks_see_rows_after_they_commit_and_cannot_cost_one(workspace: Wor
     for sink in sinks:  # the broken one did not keep the other from being told
         assert sink.queued == traces and sorted(sink.committed) == sorted(traces)
         assert sink.unreadable == []
+
+
+def test_a_partial_success_is_read_and_a_garbled_answer_is_not_fatal() -> None:
+    assert rejected_spans("http/json", b'{"partialSuccess": {"rejectedSpans": "3"}}') == 3
+    # ExportTraceServiceResponse{partial_success{rejected_spans: 3}}
+    assert rejected_spans("http/protobuf", bytes([0x0A, 0x02, 0x08, 0x03])) == 3
+    for protocol in CONTENT_TYPES:
+        for garbled in (b"", b"{}", b"<html>", b"\xff\xff\xff", b'{"partialSuccess": 7}'):
+            assert rejected_spans(protocol, garbled) == 0
