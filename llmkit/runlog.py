@@ -42,7 +42,7 @@ from llmkit.runlog_rows import (
     format_time,
     utc_now,  # the stored time shape, used beside rows
 )
-from llmkit.runlog_writer import LogWriter
+from llmkit.runlog_writer import LogWriter, RowSink
 
 STATUSES = ("ok", "error", "cancelled")
 # Where a call came from; "judge" is an eval's judge grading an answer of the prompt it is
@@ -502,6 +502,10 @@ class RunLog:
             await committed
         finally:
             expiry.cancel()
+
+    def add_sink(self, sink: RowSink) -> None:
+        """Hand `sink` each row too, in COLUMNS order: as it is queued and once committed."""
+        self._writer.add_sink(sink)
 
     def flush(self, timeout: float = 5) -> bool:
         """Wait until every record logged before this call is written. False on timeout."""

@@ -32,7 +32,7 @@ AUTHOR_EMAIL = "author@example.com"
 
 # Settings of the developer's shell that would change what llmkit does under test.
 LEAKY_ENV = ("GITHUB_STEP_SUMMARY",)
-LEAKY_PREFIX = "LLMKIT_"
+LEAKY_PREFIX = ("LLMKIT_", "OTEL_")
 
 T = TypeVar("T")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,8 @@ from llmkit.errors import (
     Unprocessable,
 )
 from llmkit.execute import Executor
+from llmkit.otlp import TraceparentMiddleware
+from llmkit.otlp_export import exporter_from_env
 from llmkit.providers import pricing
 from llmkit.sessions import LoginLimiter, SessionStore
 from llmkit.workspace import Workspace
@@ -75,6 +78,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     ws = workspace
     settings = ws.settings
     executor = Executor(ws, ws.models, ws.runlog)
+    # Spans of logged calls, when the OTEL_* variables name a collector (llmkit.otlp_export).
+    spans, spans_off = exporter_from_env(os.environ)
+    if spans is not None:
+        ws.runlog.add_sink(spans)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,6 +97,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         providers.configure_pool(
             providers.PoolLimits(settings.upstream_pool_size, settings.upstream_acquire_timeout_s)
         )
+        if spans is not None:
+            spans.start()
         ws.runlog.start()
         # Prices are read once, off the loop: the first call's cost needs them, nothing waits.
         asyncio.get_running_loop().run_in_executor(None, pricing.preload)
@@ -101,6 +110,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
             if watcher is not None:
                 watcher.stop()
             ws.close()
+            if spans is not None:
+                spans.close()  # after the run log, whose last rows it sends
 
     app = FastAPI(
         title="llmkit",
@@ -119,7 +130,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         ws.db, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
     )
     app.state.login_limiter = LoginLimiter(settings.login_attempts, settings.login_window_s)
+    app.state.otlp_health = spans.health if spans is not None else lambda: spans_off
     install_error_handlers(app)
+    if spans is not None:
+        app.add_middleware(TraceparentMiddleware)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
