@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from llmkit import __version__
@@ -21,11 +21,12 @@ def version() -> dict[str, str]:
 
 
 @router.get("/healthz", response_model=None)
-def healthz(ws: Ws, strict: bool = False) -> dict[str, Any] | JSONResponse:
+def healthz(request: Request, ws: Ws, strict: bool = False) -> dict[str, Any] | JSONResponse:
     """Liveness, what the index serves, and the run-log writer's health. `status` is
-    "degraded" while the writer is down or failing to write; the answer is 200 all the same
-    (the server still answers calls, and a restart would drop the rows it holds), or 503 with
-    `?strict=true`, for monitors that read only the status code."""
+    "degraded" while the writer is down or failing to write, or (serving --ref) while REF is
+    gone or cannot be fetched or loaded; the answer is 200 all the same (the server still
+    answers calls, and a restart would drop the rows it holds), or 503 with `?strict=true`, for
+    monitors that read only the status code."""
     runlog = ws.runlog.health()
     body = {
         "status": runlog["status"],
@@ -33,7 +34,12 @@ def healthz(ws: Ws, strict: bool = False) -> dict[str, Any] | JSONResponse:
         "prompts": len(ws.index.list_prompts()),
         "runlog": runlog,
     }
-    if strict and runlog["status"] != "ok":
+    follower = request.app.state.follower
+    if follower is not None:
+        body["ref"] = follower.status()
+        if not follower.healthy():
+            body["status"] = "degraded"
+    if strict and body["status"] != "ok":
         return JSONResponse(body, status_code=503)
     return body
 
