@@ -35,7 +35,7 @@ from llmkit.config import PROMPTS_DIR
 from llmkit.errors import ConfigError, Conflict, IndexUnavailable, InvalidKey, LlmkitError, NotFound
 from llmkit.index import MAX_SQLITE_INT, Index, SyncReport
 from llmkit.promptfile import PROMPT_SUFFIX, key_from_path
-from llmkit.store import GitError, GitStore
+from llmkit.store import GitError, GitStore, write_atomic
 from llmkit.versions import Prompt, Version
 
 log = logging.getLogger("llmkit.refserve")
@@ -52,6 +52,7 @@ FETCH_MIN_GAP_S = 1.0
 # watcher can miss events, e.g. on a network file system).
 POLL_REF_S = 5.0
 REF_HEADER = "x-llmkit-ref-sha"
+CONFIG_NAME = "llmkit.yaml"
 
 
 class ReadOnlyRef(Conflict):
@@ -204,12 +205,17 @@ def read_only(target: RefTarget) -> ReadOnlyRef:
 
 
 class RefIndex(Index):
-    """The index of REF's history, serving one `Snapshot` at a time."""
+    """The index of REF's history, serving one `Snapshot` at a time. `config_file`, when given,
+    receives REF's `llmkit.yaml` before each sync (the model registry reads it from there), so
+    aliases and limits come from REF too, never from the working tree."""
 
     store: RefStore
 
-    def __init__(self, store: RefStore, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, store: RefStore, *args: Any, config_file: Path | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(store, *args, **kwargs)
+        self.config_file = config_file
         self.snapshot: Snapshot | None = None
         self.missing = False  # REF no longer exists; the last snapshot is still served
         self.last_error: str | None = None
@@ -234,6 +240,7 @@ class RefIndex(Index):
                 return SyncReport()
             self.store.pinned = sha
             try:
+                self._copy_config(sha)
                 report = super().sync()
                 self.snapshot = self._build_snapshot()  # the swap: one assignment
             except LlmkitError as exc:
@@ -256,6 +263,22 @@ class RefIndex(Index):
     @property
     def ref(self) -> str:
         return self.store.local_ref
+
+    def _copy_config(self, sha: str) -> None:
+        """REF's llmkit.yaml where the model registry reads it (none at REF: none there)."""
+        if self.config_file is None:
+            return
+        data = self.store.file_at(sha, CONFIG_NAME)
+        try:
+            current: bytes | None = self.config_file.read_bytes()
+        except FileNotFoundError:
+            current = None
+        if data == current:
+            return
+        if data is None:
+            self.config_file.unlink(missing_ok=True)
+        else:
+            write_atomic(self.config_file, data)
 
     def _scan_working_tree(self, conn: Any) -> set[str]:
         """Which prompts REF's tree holds: from git, never from the files on disk."""
@@ -478,9 +501,10 @@ class Follower:
             self._thread.join(timeout=5)
 
 
-def index_db_path(data_dir: Path, local_ref: str) -> Path:
-    """The index of one served ref: beside the durable database, one file per ref, so that a
-    development server or `llmkit index` on the same clone never fights over it."""
+def ref_data_path(data_dir: Path, local_ref: str, kind: str, suffix: str) -> Path:
+    """A file of one served ref in the data folder (its index database, its copy of
+    llmkit.yaml): one per ref, so that a development server or `llmkit index` on the same clone
+    never fights over it."""
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in local_ref.removeprefix("refs/"))
     digest = hashlib.sha1(local_ref.encode()).hexdigest()[:8]  # a/b and a_b stay apart
-    return data_dir / f"index-{name}-{digest}.db"
+    return data_dir / f"{kind}-{name}-{digest}{suffix}"

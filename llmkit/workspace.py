@@ -33,6 +33,7 @@ class Workspace:
         self.ref = ref
         self.db = Database(settings.db_path)
         self._index_db: Database | None = None
+        self.config_file = settings.config_file
         limit = lambda: self.models.limits().prompt_file_bytes
         if ref is None:
             self.store = GitStore(
@@ -40,14 +41,19 @@ class Workspace:
             )
             self.index = Index(self.store, self.db, prompt_file_bytes=limit)
         else:
-            from llmkit.refserve import RefIndex, RefStore, index_db_path
+            from llmkit.refserve import RefIndex, RefStore, ref_data_path
 
             store = RefStore(
                 settings.repo, ref, settings.lock_path, lock_timeout_s=settings.git_lock_timeout_s
             )
-            self._index_db = Database(index_db_path(settings.data_dir, store.local_ref))
+            data_dir, name = settings.data_dir, store.local_ref
+            self._index_db = Database(ref_data_path(data_dir, name, "index", ".db"))
+            # llmkit.yaml as committed at REF, copied there at each sync.
+            self.config_file = ref_data_path(data_dir, name, "llmkit", ".yaml")
             self.store = store
-            self.index = RefIndex(store, self._index_db, prompt_file_bytes=limit)
+            self.index = RefIndex(
+                store, self._index_db, prompt_file_bytes=limit, config_file=self.config_file
+            )
 
     @classmethod
     def open(
@@ -65,7 +71,7 @@ class Workspace:
     def models(self) -> ModelRegistry:
         from llmkit.models import ModelRegistry
 
-        return ModelRegistry(self.settings.config_file)
+        return ModelRegistry(self.config_file)
 
     @cached_property
     def runlog(self) -> RunLog:

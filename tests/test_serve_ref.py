@@ -266,6 +266,15 @@ def test_a_push_to_the_remote_is_served_within_the_fetch_interval(tmp_path: Path
         assert server_clone.git("rev-parse", "refs/remotes/origin/main") == pushed
         assert server_clone.head() != pushed and "Gen 1." in server_clone.read("prompts/a.md")
 
+        # Force-pushed backwards: the older commit is served again.
+        first = author.git("rev-parse", "HEAD~1")
+        author.git("push", "-q", "--force", "origin", f"{first}:refs/heads/main")
+        poll(
+            lambda: call(server.url, server.admin_key, "a").headers[REF_HEADER] == first,
+            "the force-pushed commit to be served",
+        )
+        assert answer(call(server.url, server.admin_key, "a")) == "system: Gen 1."
+
 
 def test_a_signed_push_webhook_fetches_at_once_and_bad_ones_are_refused(tmp_path: Path) -> None:
     _, author, server_clone = remote_and_clones(tmp_path)
@@ -407,3 +416,20 @@ def test_a_tag_or_a_branch_is_served(tmp_path: Path, ref: str) -> None:
     with ref_api(repo.root, ref) as api:
         assert api.get("/healthz").json()["head"] == repo.head()
         assert answer(api.post("/v1/chat/completions", json={"model": "a"})) == "system: Tagged."
+
+
+def test_llmkit_yaml_comes_from_the_ref_too(tmp_path: Path) -> None:
+    committed = "models:\n  fast:\n    model: echo\n"
+    repo = init_repo(tmp_path / "repo", {"prompts/a.md": prompt("A."), "llmkit.yaml": committed})
+    repo.write("llmkit.yaml", committed + "  drafted:\n    model: echo\n")  # never committed
+
+    def aliases(api: ApiEnv) -> set[str]:
+        data = api.get("/v1/ui/models").json()["data"]
+        return {row["name"] for row in data}
+
+    with ref_api(repo.root) as api:
+        assert "fast" in aliases(api) and "drafted" not in aliases(api)
+        repo.write("llmkit.yaml", committed + "  shipped:\n    model: echo\n")
+        repo.commit("ship an alias", "llmkit.yaml")
+        api.ws.index.sync()
+        assert {"fast", "shipped"} <= aliases(api) and "drafted" not in aliases(api)
