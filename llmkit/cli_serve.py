@@ -80,6 +80,11 @@ def serve(
 
         target = RefTarget(ref, remote, fetch_interval or FETCH_INTERVAL_DEFAULT_S)
     ws = open_workspace(repo, ref=target, host=host, port=port, watch=False if no_watch else None)
+    if target is not None:
+        from llmkit.refserve import RefStore
+
+        assert isinstance(ws.store, RefStore)
+        ws.store.require()  # a ref that is not there is a one-line error, before serving starts
     settings = ws.settings
     admin = ws.keys.ensure_admin_key(settings.admin_key_path)
     if admin:

@@ -143,6 +143,21 @@ class RefStore(GitStore):
         """The commit REF holds now; None when it does not exist (deleted)."""
         return self._commit_of(self.local_ref)
 
+    def require(self) -> str:
+        """REF's commit, fetched first when the clone has none yet; a ConfigError naming what
+        is missing (and why the fetch failed) otherwise. Run before serving starts."""
+        sha = self.ref_commit()
+        failure = ""
+        if sha is None and self.target.remote is not None:
+            try:
+                self.fetch()
+            except GitError as exc:
+                failure = f"; fetching it failed: {exc.message}"
+            sha = self.ref_commit()
+        if sha is None:
+            raise ConfigError(f"--ref {self.target.ref}: {self.local_ref} does not exist{failure}")
+        return sha
+
     def head(self) -> str | None:
         return self.pinned
 
@@ -403,7 +418,14 @@ class Follower:
         fatal while REF exists locally: it is served, and `/healthz` says the fetch failed."""
         if self.target.remote is not None:
             self.fetch_now(sync=False)
-        self.index.sync()
+        try:
+            self.index.sync()
+        except ConfigError as exc:
+            if self.last_fetch_error is None:
+                raise
+            raise ConfigError(
+                f"{exc.message}; fetching it failed: {self.last_fetch_error}"
+            ) from exc
         if self.watch:
             from llmkit.watch import Watcher
 

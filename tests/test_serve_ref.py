@@ -391,6 +391,12 @@ def test_serve_refuses_bad_ref_options(tmp_path: Path) -> None:
         result = invoke("serve", "--repo", repo.root, *flags)
         assert result.exit_code == 2, (flags, result.output)
         assert message in result.stderr, (flags, result.stderr)
+    # With a remote, a ref the clone lacks is fetched first; one the remote lacks is named.
+    _, _, server_clone = remote_and_clones(tmp_path)
+    result = invoke("serve", "--repo", server_clone.root, "--ref", "nope", "--remote", "origin")
+    assert result.exit_code == 2, result.output
+    assert "refs/remotes/origin/nope does not exist; fetching it failed" in result.stderr
+    assert "couldn't find remote ref refs/heads/nope" in result.stderr
 
 
 def test_the_fetch_interval_bounds_agree() -> None:
