@@ -455,3 +455,29 @@ def test_llmkit_yaml_comes_from_the_ref_too(tmp_path: Path) -> None:
         repo.commit("ship an alias", "llmkit.yaml")
         api.ws.index.sync()
         assert {"fast", "shipped"} <= aliases(api) and "drafted" not in aliases(api)
+
+
+def test_fetches_racing_a_users_git_fetch_end_served(tmp_path: Path) -> None:
+    """Someone runs `git fetch` in the server's clone while the server fetches: either may find
+    the ref locked and fail, the server keeps serving, and what lands is served."""
+    _, author, server_clone = remote_and_clones(tmp_path)
+    with ref_api(server_clone.root, remote="origin") as api:
+        follower = api.app.state.follower
+        pushed = ""
+        for n in range(2, 6):
+            author.write("prompts/a.md", prompt(f"Gen {n}."))
+            pushed = author.commit(f"gen {n}")
+            author.git("push", "-q", "origin", "main")
+            user = threading.Thread(
+                target=lambda: server_clone.git("fetch", "-q", "origin", check=False)
+            )
+            user.start()
+            follower.fetch_now()
+            user.join(60)
+            assert answer(api.post("/v1/chat/completions", json={"model": "a"})).startswith(
+                "system: Gen "
+            )
+        assert follower.fetch_now() is True
+        health = api.get("/healthz").json()
+        assert health["head"] == pushed and health["status"] == "ok"
+        assert answer(api.post("/v1/chat/completions", json={"model": "a"})) == "system: Gen 5."
