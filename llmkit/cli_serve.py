@@ -12,7 +12,7 @@ import click
 from llmkit.cli_options import handle_errors, open_workspace, repo_option
 
 # Bounds of --fetch-interval, here rather than imported from llmkit.refserve: `llmkit --help`
-# imports no git code (test_refserve checks they agree).
+# imports no git code (tests/test_serve_ref.py checks they agree).
 FETCH_INTERVAL_DEFAULT_S = 30.0
 FETCH_INTERVAL_MIN_S = 1.0
 FETCH_INTERVAL_MAX_S = 3600.0
