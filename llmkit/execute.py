@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from functools import partial
 from queue import SimpleQueue
@@ -485,7 +486,8 @@ class Workers:
     call_soon_threadsafe out. About half the CPU per call of run_in_executor on a
     ThreadPoolExecutor, which wraps a concurrent future in an asyncio one (measured: this is
     paid on every request). A thread starts when a call finds none waiting, so a busy render
-    never holds up the next call, and calls made one at a time use one thread."""
+    never holds up the next call, and calls made one at a time use one thread. A call runs in
+    its caller's context (what the request pinned: the snapshot of a served ref)."""
 
     def __init__(self, size: int, name: str) -> None:
         self._size = size
@@ -499,7 +501,7 @@ class Workers:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
-            self._queue.put((loop, future, call))
+            self._queue.put((loop, future, partial(copy_context().run, call)))
             if self._queue.qsize() > self._waiting and self._started < self._size:
                 self._started += 1
                 name = f"{self._name}-{self._started}"

@@ -382,6 +382,10 @@ def test_bearer_keys_need_no_csrf_token_and_win_over_a_cookie(api: ApiEnv) -> No
 # -- every /v1/ui route ------------------------------------------------------------------------
 
 
+# Routes a signature over the body authenticates instead of a key (tests/test_serve_ref.py).
+SIGNED_ROUTES = {"/v1/ui/hooks/git"}
+
+
 def ui_route_calls(api: ApiEnv) -> list[tuple[str, str]]:
     """(method, url) of every /v1/ui route the app has, read from the app itself, with path
     parameters filled in: a route added anywhere is walked here without a word."""
@@ -390,7 +394,7 @@ def ui_route_calls(api: ApiEnv) -> list[tuple[str, str]]:
     calls = []
     for route in app_routes(api):
         path, methods = getattr(route, "path", ""), getattr(route, "methods", None)
-        if not methods or not path.startswith("/v1/ui"):
+        if not methods or not path.startswith("/v1/ui") or path in SIGNED_ROUTES:
             continue
         url = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values.get(m.group(1), "1"), path)
         calls.extend((method, url) for method in sorted(methods))
@@ -401,6 +405,11 @@ def test_every_ui_route_refuses_anonymous_and_run_callers_and_guards_cookie_writ
     api: ApiEnv,
 ) -> None:
     calls = ui_route_calls(api)
+    for path in SIGNED_ROUTES:
+        # Neither a key nor a session opens a signed route: unsigned, it is refused.
+        for headers in ({}, api.admin):
+            unsigned = api.client.post(path, headers=headers, json={})
+            assert unsigned.status_code in (401, 404), (path, unsigned.text)
     assert ("GET", ME) in calls and ("POST", "/v1/ui/prompts") in calls and len(calls) >= 30
     problems = []
     for method, url in calls:

@@ -10,15 +10,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmkit import __version__, providers
+from llmkit.api import refmode
 from llmkit.api.docs import install_docs
 from llmkit.api.limits import BodySizeLimit
-from llmkit.api.routes import auth, completions, evals, keys, logs, meta, prompts
+from llmkit.api.routes import auth, completions, evals, hooks, keys, logs, meta, prompts
 from llmkit.config import Settings
 from llmkit.errors import (
     BadRequest,
@@ -35,6 +36,7 @@ from llmkit.execute import Executor
 from llmkit.otlp import TraceparentMiddleware
 from llmkit.otlp_export import exporter_from_env
 from llmkit.providers import pricing
+from llmkit.refserve import Follower, RefIndex
 from llmkit.sessions import LoginLimiter, SessionStore
 from llmkit.workspace import Workspace
 
@@ -86,13 +88,21 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ws.recover_writes()  # before the first sync, so a half-done write is never served
-        ws.index.sync()
-        watcher = None
-        if settings.watch:
-            from llmkit.watch import Watcher
-
-            watcher = Watcher(ws.index, settings.repo, debounce_s=settings.debounce_ms / 1000)
+        watcher: Any = None
+        if isinstance(ws.index, RefIndex):
+            # Fetch (with a remote), load REF, then follow it: git refs only, never the files.
+            watcher = Follower(
+                ws.index, watch=settings.watch, debounce_s=settings.debounce_ms / 1000
+            )
             watcher.start()
+            app.state.follower = watcher
+        else:
+            ws.index.sync()
+            if settings.watch:
+                from llmkit.watch import Watcher
+
+                watcher = Watcher(ws.index, settings.repo, debounce_s=settings.debounce_ms / 1000)
+                watcher.start()
         app.state.watcher = watcher
         providers.configure_pool(
             providers.PoolLimits(settings.upstream_pool_size, settings.upstream_acquire_timeout_s)
@@ -122,8 +132,11 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(refmode.refuse_git_writes)] if ws.ref else None,
     )
     app.state.ws = ws
+    app.state.follower = None
+    app.state.webhook_secret = hooks.webhook_secret()
     app.state.settings = settings
     app.state.executor = executor
     app.state.sessions = SessionStore(
@@ -140,6 +153,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         timeout_s=settings.request_read_timeout_s,
         max_depth=settings.max_body_depth,
     )
+    if isinstance(ws.index, RefIndex):
+        app.add_middleware(refmode.PinSnapshot, index=ws.index)
     install_docs(app)
     app.include_router(meta.router)
     app.include_router(meta.run_router)
@@ -152,6 +167,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.include_router(prompts.router)
     app.include_router(keys.router)
     app.include_router(auth.router)
+    app.include_router(hooks.router)
     return app
 
 

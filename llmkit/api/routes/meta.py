@@ -21,12 +21,13 @@ def version() -> dict[str, str]:
 
 
 @router.get("/healthz", response_model=None)
-def healthz(ws: Ws, request: Request, strict: bool = False) -> dict[str, Any] | JSONResponse:
+def healthz(request: Request, ws: Ws, strict: bool = False) -> dict[str, Any] | JSONResponse:
     """Liveness, what the index serves, and the run-log writer's health. `status` is
-    "degraded" while the writer is down or failing to write; the answer is 200 all the same
-    (the server still answers calls, and a restart would drop the rows it holds), or 503 with
-    `?strict=true`, for monitors that read only the status code. `otlp` is the span export's
-    health, which never makes the server degraded: spans are optional."""
+    "degraded" while the writer is down or failing to write, or (serving --ref) while REF is
+    gone or cannot be fetched or loaded; the answer is 200 all the same (the server still
+    answers calls, and a restart would drop the rows it holds), or 503 with `?strict=true`, for
+    monitors that read only the status code. `otlp` is the span export's health, which never
+    makes the server degraded: spans are optional."""
     runlog = ws.runlog.health()
     body = {
         "status": runlog["status"],
@@ -35,7 +36,12 @@ def healthz(ws: Ws, request: Request, strict: bool = False) -> dict[str, Any] | 
         "runlog": runlog,
         "otlp": request.app.state.otlp_health(),
     }
-    if strict and runlog["status"] != "ok":
+    follower = request.app.state.follower
+    if follower is not None:
+        body["ref"] = follower.status()
+        if not follower.healthy():
+            body["status"] = "degraded"
+    if strict and body["status"] != "ok":
         return JSONResponse(body, status_code=503)
     return body
 
