@@ -26,7 +26,7 @@ def prompt_fields(prompt: Prompt, previous: Version | None = None) -> dict[str, 
 
 def version_fields(version: Version, previous: Version | None = None) -> dict[str, object]:
     fields: dict[str, object] = {
-        "version_id": version.sha,
+        "version_id": version.id,
         "version_number": version.number,
         "sha": version.sha,
         "draft": version.draft,

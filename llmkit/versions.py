@@ -24,6 +24,9 @@ class Version:
     error: str | None = None
     commit: Commit | None = None
     draft: bool = False
+    # LLMKit's integer `version_id`: a global ordinal of committed versions in commit order,
+    # identical after a rebuild. None for a draft, which is not a version until committed.
+    id: int | None = None
 
     @property
     def path(self) -> str:

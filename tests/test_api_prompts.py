@@ -69,7 +69,9 @@ def test_list_uses_llmkit_field_names_and_git_versions(api: ApiEnv) -> None:
         assert LLMKIT_FIELDS - {"system_version_diff", "user_version_diff"} <= set(prompt)
         assert isinstance(prompt["id"], int)
         assert prompt["path"] == f"prompts/{key}.md"
-        assert prompt["sha"] == prompt["version_id"] == seed
+        assert prompt["sha"] == seed
+        assert prompt["version_id"] == api.ws.index.version(key).id
+        assert isinstance(prompt["version_id"], int)
         assert prompt["version_number"] == 1
         assert prompt["draft"] is False
         parsed = parse(text)
