@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from llmkit.errors import PromptFormatError
+from llmkit.errors import LlmkitError, PromptFormatError
 from llmkit.versions import Prompt, Version, unified_diff
 
 
@@ -66,3 +66,16 @@ def version_fields(version: Version, previous: Version | None = None) -> dict[st
 
 def iso_time(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def models_in_use(prompts: list[Prompt]) -> dict[str, list[str]]:
+    """The model each served prompt names (an alias or a model string), with its prompts."""
+    used: dict[str, list[str]] = {}
+    for prompt in prompts:
+        if prompt.version is None:
+            continue
+        try:
+            used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
+        except LlmkitError:  # a prompt that does not parse names no model
+            continue
+    return used

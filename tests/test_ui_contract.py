@@ -35,8 +35,6 @@ FILES = {
 
 # What llmkit answers today where the UI expects something else, one entry per call.
 GAPS: dict[str, str] = {
-    "list models": "answers an OpenAI-style {object, data} of aliases, not an array of Model"
-    " (id, provider_id, name, provider_name, provider_base_url, supports_json, supports_tools)",
     "list prompts": "prompts lack model_id and provider; version_id is a commit sha, not an"
     " integer; max_tokens/temperature are null when the file leaves them to the model;"
     " system_version_diff/user_version_diff are absent from the list",
