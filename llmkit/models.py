@@ -256,12 +256,12 @@ def effective_settings(registry: ModelRegistry, name: str) -> tuple[float, int]:
     return float(temperature), max_tokens
 
 
-def provider_name_of(registry: ModelRegistry, name: str) -> str:
-    """The provider that serves model `name` (an alias or a model string)."""
+def provider_name_of(registry: ModelRegistry | None, name: str) -> str:
+    """The provider that serves model `name` (an alias, without `registry` a model string)."""
     from llmkit.providers import provider_of
 
     try:
-        return provider_of(registry.resolve(name).model)
+        return provider_of(registry.resolve(name).model if registry else name)
     except ConfigError:
         return provider_of(name)
 

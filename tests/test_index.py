@@ -463,6 +463,15 @@ def test_diff_between_versions(workspace: Workspace, history: list[str]) -> None
     assert unified_diff("a\n", "b\n") == "--- a\n+++ b\n@@ -1 +1 @@\n-a\n+b\n"
 
 
+def test_a_diff_of_texts_without_a_final_newline_keeps_their_last_lines_apart() -> None:
+    marker = "\\ No newline at end of file\n"
+    assert unified_diff("x\nold", "x\nnew") == (
+        f"--- a\n+++ b\n@@ -1,2 +1,2 @@\n x\n-old\n{marker}+new\n{marker}"
+    )
+    assert unified_diff("same\n", "same") == f"--- a\n+++ b\n@@ -1 +1 @@\n-same\n+same\n{marker}"
+    assert unified_diff("a", "a") == ""
+
+
 def test_version_fields_use_llmkit_names(workspace: Workspace, history: list[str]) -> None:
     index = workspace.index
     fields = version_fields(index.version("hello", 4), previous=index.version("hello", 3))
