@@ -588,7 +588,7 @@ def test_ui_execute_aliases_behave_the_same(exec_api: ExecApi) -> None:
     )
     assert streamed_text(events) == expected
     pinned = exec_api.complete({}, key=admin, path="/v1/ui/prompts/execute/pinned@1")
-    assert content_of(pinned) == "system: Version 1 speaking."
+    assert pinned.json()["content"] == "system: Version 1 speaking."
     chat = exec_api.complete(
         {"model": "echo", **body}, key=admin, path="/v1/ui/prompts/execute/chat"
     )
@@ -597,6 +597,38 @@ def test_ui_execute_aliases_behave_the_same(exec_api: ExecApi) -> None:
         {"model": "echo", "stream": True, **body}, key=admin, path="/v1/ui/prompts/execute/chat"
     )
     assert streamed_text(events) == expected
+
+
+def test_execute_by_id_takes_llmkits_body_the_variables_and_answers_content_and_log(
+    exec_api: ExecApi,
+) -> None:
+    admin = exec_api.env.admin_key
+    prompt_id = exec_api.env.get("/v1/ui/prompts/echo").json()["id"]
+    path = f"/v1/ui/prompts/execute/{prompt_id}"
+    response = exec_api.complete({"language": "German"}, key=admin, path=path)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["content"] == "system: Translate into German."
+    trace = response.headers["x-llmkit-trace-id"]
+    assert answer["log"] == exec_api.log_row(trace)
+    assert answer["log"]["source"] == "ui"
+    # a body holding a field of chat completions is one: the other names are refused by name
+    both = exec_api.complete(
+        {"language": "Welsh", "temperature": 0.5}, key=admin, path="/v1/ui/prompts/execute/echo"
+    )
+    assert both.status_code == 400 and both.json()["error"]["param"] == "language"
+    # streaming takes the same body and answers server-sent events
+    response, events = exec_api.stream_events(
+        {"language": "Dutch"}, key=admin, path=f"{path}/stream"
+    )
+    assert streamed_text(events) == "system: Translate into Dutch." and events[-1] == "[DONE]"
+    for body, message in ((b"[1]", "JSON object"), (b"{", "not valid JSON")):
+        refused = exec_api.env.client.post(
+            path, content=body, headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert refused.status_code == 400 and message in refused.json()["error"]["message"]
+    missing = exec_api.complete({"tongue": "German"}, key=admin, path=path)
+    assert missing.status_code == 400 and "language" in missing.json()["error"]["message"]
 
 
 def test_ui_execute_aliases_need_an_admin_key(exec_api: ExecApi) -> None:

@@ -41,9 +41,9 @@ GAPS: dict[str, str] = {
     " the integer id of a log entry the UI can open",
     "execute chat": "the completion id is 'chatcmpl-echo-<hex>': its second '-' part is not"
     " the integer id of a log entry the UI can open",
-    "execute by id": "the template variables as the body are refused (400 unknown fields),"
-    " and the answer is a chat completion, not {content, log}",
-    "execute by id stream": "the template variables as the body are refused (400 unknown fields)",
+    "execute by id": "the answer's log is a run-log row as llmkit keeps it: trace_id,"
+    " prompt_key, model, request/response objects, http_status; no integer id, model_id,"
+    " model_name, status_code, nor request_body/response_data as JSON strings",
     "list logs": "log items have trace_id, prompt_key, model, request/response objects and"
     " http_status: no integer id, prompt_id, model_id, model_name, status_code, nor"
     " request_body/response_data as JSON strings",
