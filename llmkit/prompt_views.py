@@ -4,6 +4,7 @@ path and draft."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from llmkit.errors import LlmkitError, PromptFormatError
 from llmkit.models import ModelRegistry, effective_settings, model_id, provider_name_of
@@ -96,3 +97,44 @@ def models_in_use(prompts: list[Prompt]) -> dict[str, list[str]]:
         except LlmkitError:  # a prompt that does not parse names no model
             continue
     return used
+
+
+def version_performance(
+    versions: list[Version], figures: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """LLMKit's performance array: one item per committed version, oldest first, with the eval
+    figures recorded for it (`run_count` 0 and `avg_score` null when none were), then drafts
+    and versions no longer in history that have figures. `version_date` is the commit's date
+    (for the others, their last run's)."""
+    by_sha = {f["version_id"]: f for f in figures if not f.get("draft") and f.get("version_id")}
+    empty = {"run_count": 0, "result_count": 0, "pass_rate": None, "avg_score": None}
+    rows: list[dict[str, Any]] = []
+    for version in versions:
+        if version.draft or version.sha is None:
+            continue
+        found = by_sha.pop(version.sha, None)
+        rows.append(
+            {
+                **empty,
+                "scored_count": 0,
+                "last_run_at": None,
+                **(found or {}),
+                "version_id": version.id,
+                "version_number": version.number,
+                "version_date": iso_time(version.commit.committed_at) if version.commit else None,
+                "sha": version.sha,
+                "draft": False,
+                "draft_blob": None,
+            }
+        )
+    others = [f for f in figures if f.get("draft") or f.get("version_id") in by_sha]
+    for found in others:
+        rows.append(
+            {
+                **found,
+                "version_id": None,
+                "version_date": found.get("last_run_at"),
+                "sha": None if found.get("draft") else found.get("version_id"),
+            }
+        )
+    return rows

@@ -388,7 +388,13 @@ def test_huge_prompt_ids_and_version_numbers_are_unknown(
 def test_performance_per_version(api: EvalApi) -> None:
     create(api, HELLO_CASE)
     create(api, GOODBYE_CASE)
-    assert ok(api.request("GET", "/v1/ui/prompts/greet/performance"))["versions"] == []
+    before = ok(api.request("GET", "/v1/ui/prompts/greet/performance"))
+    greet_versions = api.app.state.ws.index.versions("greet")
+    assert [(v["version_number"], v["version_id"], v["run_count"]) for v in before] == [
+        (1, greet_versions[0].id, 0),
+        (2, greet_versions[1].id, 0),
+    ]
+    assert all(v["avg_score"] is None and v["version_date"].endswith("Z") for v in before)
     v1 = ok(api.request("POST", run_url("greet", 1) + "?rounds=2"))
     ok(api.request("POST", run_url("greet", 1)))
     ok(api.request("POST", run_url("greet", 2)))
@@ -397,19 +403,20 @@ def test_performance_per_version(api: EvalApi) -> None:
         ok(api.request("PUT", f"/v1/ui/prompt-eval-runs/{result['id']}", json={"score": score}))
 
     performance = ok(api.request("GET", "/v1/ui/prompts/greet/performance"))
-    assert performance["key"] == "greet"
-    assert performance["id"] == ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
-    versions = {v["version_number"]: v for v in performance["versions"]}
-    assert set(versions) == {1, 2}
+    assert [v["version_number"] for v in performance] == [1, 2]  # LLMKit's array, oldest first
+    versions = {v["version_number"]: v for v in performance}
+    assert versions[2]["version_id"] == greet_versions[1].id
+    assert versions[2]["sha"] == greet_versions[1].sha
     assert versions[1]["run_count"] == 2 and versions[1]["result_count"] == 6
     assert versions[1]["pass_rate"] == pytest.approx(0.5)
     assert versions[1]["avg_score"] == pytest.approx(3.5) and versions[1]["scored_count"] == 2
     assert versions[2]["run_count"] == 1 and versions[2]["pass_rate"] == pytest.approx(0.5)
     assert versions[2]["avg_score"] is None and versions[2]["scored_count"] == 0
-    prompt_id = performance["id"]
+    prompt_id = ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
     assert ok(api.request("GET", f"/v1/ui/prompts/{prompt_id}/performance")) == performance
 
-    assert ok(api.request("GET", "/v1/ui/prompts/chat/performance"))["versions"] == []
+    chat = ok(api.request("GET", "/v1/ui/prompts/chat/performance"))
+    assert [v["run_count"] for v in chat] == [0] * len(chat) and chat
     refused(api.request("GET", "/v1/ui/prompts/nope/performance"), 404)
 
 

@@ -12,7 +12,7 @@ import pytest
 from llmkit.db import Database
 from llmkit.errors import InvalidKey, NotFound, PromptFormatError
 from llmkit.index import INDEX_TABLES, Index
-from llmkit.prompt_views import prompt_fields, version_fields
+from llmkit.prompt_views import iso_time, prompt_fields, version_fields, version_performance
 from llmkit.store import GitStore
 from llmkit.versions import unified_diff
 from llmkit.workspace import Workspace
@@ -690,3 +690,35 @@ def test_a_draft_blob_dropped_while_a_commit_is_read_is_read_again(
     version = workspace.index.version("hello")
     assert not version.draft and version.sha == after
     assert version.content == draft and version.error is None
+
+
+def test_performance_lists_every_version_then_drafts_and_rewritten_history_with_figures(
+    workspace: Workspace, history: list[str], repo: Repo
+) -> None:
+    repo.write("prompts/hello.md", HELLO_PROMPT + "\ndraft\n")
+    workspace.index.sync()
+    versions = workspace.index.versions("hello")
+    figures = [
+        {"version_id": history[1], "version_number": 2, "draft": False, "run_count": 3},
+        {"version_id": None, "version_number": None, "draft": True, "run_count": 1},
+        {
+            "version_id": "f" * 40,
+            "version_number": 9,
+            "draft": False,
+            "run_count": 2,
+            "last_run_at": "2026-01-02T03:04:05Z",
+        },
+    ]
+    rows = version_performance(versions, figures)
+    assert [(r["version_number"], r["version_id"], r["run_count"]) for r in rows] == [
+        (1, 1, 0),
+        (2, 3, 3),
+        (3, 5, 0),
+        (4, 7, 0),
+        (None, None, 1),  # the draft: no id until it is committed
+        (9, None, 2),  # a version a force-push took out of history keeps its figures
+    ]
+    commit = versions[1].commit
+    assert commit is not None and rows[1]["version_date"] == iso_time(commit.committed_at)
+    assert rows[-1]["version_date"] == "2026-01-02T03:04:05Z" and rows[-1]["sha"] == "f" * 40
+    assert rows[0]["avg_score"] is None and rows[0]["sha"] == history[0]

@@ -62,8 +62,6 @@ GAPS: dict[str, str] = {
     " prompt_eval_name and updated_at absent",
     "score eval run": "prompt_version_id is a commit sha, not an integer; prompt_eval_id,"
     " prompt_eval_name and updated_at absent",
-    "prompt performance": "answers {id, key, versions: [...]}, not an array of versions;"
-    " version_id is a commit sha and version_date is absent",
 }
 
 Context = dict[str, Any]

@@ -29,6 +29,7 @@ from llmkit.evals.session import (
 )
 from llmkit.evals.spec import load_evals
 from llmkit.execute import Executor
+from llmkit.prompt_views import version_performance
 from llmkit.versions import Prompt, Version
 from llmkit.workspace import Workspace
 
@@ -165,11 +166,12 @@ def list_prompt_evals(prompt_id: str, ws: Ws) -> list[dict[str, Any]]:
 
 
 @router.get("/prompts/{prompt_id:path}/performance")
-def performance(prompt_id: str, request: Request, ws: Ws) -> dict[str, Any]:
-    """Per version: mean human score, pass rate and run count."""
+def performance(prompt_id: str, request: Request, ws: Ws) -> list[dict[str, Any]]:
+    """Per version, as LLMKit's chart reads it: version id, number and date, mean human score,
+    run count, and llmkit's pass rate and counts."""
     prompt = ws.index.get_prompt(prompt_id)
     records: EvalRecords = request.app.state.eval_records
-    return {"id": prompt.id, "key": prompt.key, "versions": records.performance(prompt.key)}
+    return version_performance(ws.index.versions(prompt.key), records.performance(prompt.key))
 
 
 @router.post("/prompt-eval-runs/{prompt_id:path}/version/{version}")
