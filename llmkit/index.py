@@ -776,6 +776,21 @@ class Index:
         info = self.store.commit_info(last)
         return Version(key, number, last, blob_id(data), content, error, info, id=vid)
 
+    def version_for_id_segment(self, ident: str | int, text: str) -> Version:
+        """A version named where LLMKit takes a `version_id`: digits are always the integer
+        id (of this prompt's versions, never a version number), anything else a sha prefix,
+        branch or tag."""
+        prompt = self.get_prompt(ident)
+        text = text.strip()
+        if text.isdigit():
+            if len(text) > len(str(MAX_SQLITE_INT)):
+                raise NotFound(
+                    f"No version of prompt {prompt.key!r} found with version_id {text[:40]}",
+                    param="version_id",
+                )
+            return self.version_by_id(int(text), key=prompt.key)
+        return self.version(prompt.key, text)
+
     def version_by_id(self, vid: int, key: str | None = None) -> Version:
         """A committed version by its integer id (LLMKit's `version_id`). With `key`, an id
         that belongs to another prompt is not found, so a URL naming one prompt can never
