@@ -59,6 +59,9 @@ SYNC_BACKOFF_S = 0.05  # doubled after each failed attempt
 # everything it writes is read from git before it begins).
 SYNC_BUSY_TIMEOUT_S = 5.0
 
+# What a `version_id` path segment may say for a draft, which has no id.
+DRAFT_IDS = ("draft", "null")
+
 MIGRATIONS = Migrations("index")
 migration = MIGRATIONS.register
 
@@ -778,10 +781,20 @@ class Index:
 
     def version_for_id_segment(self, ident: str | int, text: str) -> Version:
         """A version named where LLMKit takes a `version_id`: digits are always the integer
-        id (of this prompt's versions, never a version number), anything else a sha prefix,
-        branch or tag."""
+        id (of this prompt's versions, never a version number); `draft`, or `null` (what the UI
+        puts in a URL for a draft's null version_id), the served draft; anything else a sha
+        prefix, branch or tag."""
         prompt = self.get_prompt(ident)
         text = text.strip()
+        if text in DRAFT_IDS:
+            served = self.version(prompt.key)
+            if not served.draft:
+                raise NotFound(
+                    f"Prompt {prompt.key!r} has no draft: its served version has version_id"
+                    f" {served.id}",
+                    param="version_id",
+                )
+            return served
         if text.isdigit():
             if len(text) > len(str(MAX_SQLITE_INT)):
                 raise NotFound(
