@@ -40,17 +40,26 @@ def keys_create(repo: Path | None, name: str, admin: bool) -> None:
 @keys.command("list")
 @repo_option
 @json_option
+@click.option(
+    "--include-revoked", is_flag=True, help="Also the revoked keys (the web UI's deleted keys)."
+)
 @handle_errors
-def keys_list(repo: Path | None, as_json: bool) -> None:
-    """Every key (never the key itself)."""
+def keys_list(repo: Path | None, as_json: bool, include_revoked: bool) -> None:
+    """The keys that work (never the key itself), as the web UI lists them."""
     ws = open_workspace(repo)
-    records = ws.keys.list()
+    records = ws.keys.list(include_revoked=include_revoked)
+    revoked = 0 if include_revoked else ws.keys.count() - len(records)
     ws.close()
     if as_json:
         print_json([asdict(r) for r in records])
         return
+    if revoked:
+        click.echo(f"{revoked} revoked key(s) not shown: --include-revoked shows them.", err=True)
     if not records:
-        click.echo("No API keys yet: `llmkit keys create NAME`, or start `llmkit serve`.", err=True)
+        if not revoked:
+            click.echo(
+                "No API keys yet: `llmkit keys create NAME`, or start `llmkit serve`.", err=True
+            )
         return
     rows = [
         (

@@ -270,8 +270,16 @@ class KeyStore:
         )
         return key, clear
 
-    def list(self) -> ApiKeys:
-        rows = self._db.reader().execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY id").fetchall()
+    def list(self, include_revoked: bool = True) -> ApiKeys:
+        """Every key by id; without `include_revoked`, only those that still work (what LLMKit's
+        UI and `llmkit keys list` show: a revoked key is deleted as far as they are concerned,
+        its row kept so the run log's api_key_id still names it)."""
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        rows = (
+            self._db.reader()
+            .execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY id")
+            .fetchall()
+        )
         return [self._with_pending_use(_row_to_key(row)) for row in rows]
 
     def get(self, key_id: int) -> ApiKey:

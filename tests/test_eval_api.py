@@ -274,12 +274,19 @@ def run_url(key: str, version: int | str) -> str:
     return f"/v1/ui/prompt-eval-runs/{key}/version/{version}"
 
 
+def vid(api: EvalApi, key: str, number: int) -> int:
+    """The integer id of version `number` of `key`, which the run routes take."""
+    version_id = api.app.state.ws.index.version(key, number).id
+    assert isinstance(version_id, int)
+    return version_id
+
+
 def test_run_every_case_against_that_version(api: EvalApi, repo: EvalRepo) -> None:
     create(api, HELLO_CASE)
     create(api, GOODBYE_CASE)
     v1_sha = repo.git("log", "--format=%H", "--", "prompts/greet.md").splitlines()[-1]
 
-    first = ok(api.request("POST", run_url("greet", 1) + "?rounds=2"))
+    first = ok(api.request("POST", run_url("greet", vid(api, "greet", 1)) + "?rounds=2"))
     assert (first["version_number"], first["version_id"]) == (1, v1_sha)
     assert (first["total"], first["passed"]) == (4, 2)
     runs = first["runs"]
@@ -295,37 +302,45 @@ def test_run_every_case_against_that_version(api: EvalApi, repo: EvalRepo) -> No
     assert all(r["passed"] == (r["case_name"] == "Says Hello!") for r in runs)
     assert all(isinstance(r["id"], int) and r["score"] is None for r in runs)
 
-    second = ok(api.request("POST", run_url("greet", 2)))
+    second = ok(api.request("POST", run_url("greet", vid(api, "greet", 2))))
     assert second["run_id"] != first["run_id"] and second["version_number"] == 2
     assert second["total"] == 2 and second["passed"] == 1
     assert all(V2_TEXT in r["output"] and V1_TEXT not in r["output"] for r in second["runs"])
     by_sha = ok(api.request("POST", run_url("greet", v1_sha[:10])))
     assert by_sha["version_number"] == 1
 
-    listed = ok(api.request("GET", run_url("greet", 1)))
+    listed = ok(api.request("GET", run_url("greet", vid(api, "greet", 1))))
     assert {r["id"] for r in listed} >= {r["id"] for r in runs}
     assert all(r["version_number"] == 1 for r in listed) and len(listed) == 6
-    assert {r["id"] for r in ok(api.request("GET", run_url("greet", 2)))} == {
+    assert {r["id"] for r in ok(api.request("GET", run_url("greet", vid(api, "greet", 2))))} == {
         r["id"] for r in second["runs"]
     }
 
 
 def test_run_refusals_and_empty_sets(api: EvalApi) -> None:
     create(api, HELLO_CASE)
-    refused(api.request("POST", run_url("greet", 9)), 404)
+    refused(api.request("POST", run_url("greet", 10**6)), 404)
+    # a version id is never read as a number, and another prompt's id is not this one's
+    other = refused(api.request("POST", run_url("greet", vid(api, "chat", 1))), 404)
+    assert "of prompt 'greet'" in other["message"] and other["param"] == "version_id"
+    refused(api.request("POST", run_url("greet", "9" * 40)), 404)
     refused(api.request("POST", run_url("nope", 1)), 404)
-    refused(api.request("POST", run_url("chat", 1)), 404)  # a prompt without cases
+    refused(
+        api.request("POST", run_url("chat", vid(api, "chat", 1))), 404
+    )  # a prompt without cases
     for rounds in ("0", "21", "x", "1.5"):
-        refused(api.request("POST", run_url("greet", 1) + f"?rounds={rounds}"), 400)
-    assert ok(api.request("GET", run_url("greet", 1))) == []
-    assert ok(api.request("GET", run_url("chat", 1))) == []
-    refused(api.request("GET", run_url("greet", 9)), 404)
+        refused(
+            api.request("POST", run_url("greet", vid(api, "greet", 1)) + f"?rounds={rounds}"), 400
+        )
+    assert ok(api.request("GET", run_url("greet", vid(api, "greet", 1)))) == []
+    assert ok(api.request("GET", run_url("chat", vid(api, "chat", 1)))) == []
+    refused(api.request("GET", run_url("greet", 10**6)), 404)
     refused(api.request("GET", run_url("nope", 1)), 404)
 
 
 def test_scores(api: EvalApi) -> None:
     create(api, HELLO_CASE)
-    [result] = ok(api.request("POST", run_url("greet", 1)))["runs"]
+    [result] = ok(api.request("POST", run_url("greet", vid(api, "greet", 1))))["runs"]
     url = f"/v1/ui/prompt-eval-runs/{result['id']}"
     assert ok(api.request("GET", url))["score"] is None
     scored = ok(api.request("PUT", url, json={"score": 4}))
@@ -388,28 +403,35 @@ def test_huge_prompt_ids_and_version_numbers_are_unknown(
 def test_performance_per_version(api: EvalApi) -> None:
     create(api, HELLO_CASE)
     create(api, GOODBYE_CASE)
-    assert ok(api.request("GET", "/v1/ui/prompts/greet/performance"))["versions"] == []
-    v1 = ok(api.request("POST", run_url("greet", 1) + "?rounds=2"))
-    ok(api.request("POST", run_url("greet", 1)))
-    ok(api.request("POST", run_url("greet", 2)))
+    before = ok(api.request("GET", "/v1/ui/prompts/greet/performance"))
+    greet_versions = api.app.state.ws.index.versions("greet")
+    assert [(v["version_number"], v["version_id"], v["run_count"]) for v in before] == [
+        (1, greet_versions[0].id, 0),
+        (2, greet_versions[1].id, 0),
+    ]
+    assert all(v["avg_score"] is None and v["version_date"].endswith("Z") for v in before)
+    v1 = ok(api.request("POST", run_url("greet", vid(api, "greet", 1)) + "?rounds=2"))
+    ok(api.request("POST", run_url("greet", vid(api, "greet", 1))))
+    ok(api.request("POST", run_url("greet", vid(api, "greet", 2))))
     scores = [5, 2]
     for result, score in zip(v1["runs"], scores):
         ok(api.request("PUT", f"/v1/ui/prompt-eval-runs/{result['id']}", json={"score": score}))
 
     performance = ok(api.request("GET", "/v1/ui/prompts/greet/performance"))
-    assert performance["key"] == "greet"
-    assert performance["id"] == ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
-    versions = {v["version_number"]: v for v in performance["versions"]}
-    assert set(versions) == {1, 2}
+    assert [v["version_number"] for v in performance] == [1, 2]  # LLMKit's array, oldest first
+    versions = {v["version_number"]: v for v in performance}
+    assert versions[2]["version_id"] == greet_versions[1].id
+    assert versions[2]["sha"] == greet_versions[1].sha
     assert versions[1]["run_count"] == 2 and versions[1]["result_count"] == 6
     assert versions[1]["pass_rate"] == pytest.approx(0.5)
     assert versions[1]["avg_score"] == pytest.approx(3.5) and versions[1]["scored_count"] == 2
     assert versions[2]["run_count"] == 1 and versions[2]["pass_rate"] == pytest.approx(0.5)
     assert versions[2]["avg_score"] is None and versions[2]["scored_count"] == 0
-    prompt_id = performance["id"]
+    prompt_id = ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
     assert ok(api.request("GET", f"/v1/ui/prompts/{prompt_id}/performance")) == performance
 
-    assert ok(api.request("GET", "/v1/ui/prompts/chat/performance"))["versions"] == []
+    chat = ok(api.request("GET", "/v1/ui/prompts/chat/performance"))
+    assert [v["run_count"] for v in chat] == [0] * len(chat) and chat
     refused(api.request("GET", "/v1/ui/prompts/nope/performance"), 404)
 
 
@@ -418,7 +440,7 @@ def test_eval_routes_need_an_admin_key(api: EvalApi) -> None:
     for method, url in (
         ("GET", "/v1/ui/prompts/greet/prompt-evals"),
         ("POST", "/v1/ui/prompt-evals"),
-        ("POST", run_url("greet", 1)),
+        ("POST", run_url("greet", vid(api, "greet", 1))),
         ("GET", "/v1/ui/prompts/greet/performance"),
     ):
         refused(api.request(method, url, headers={}), 401)
@@ -427,7 +449,7 @@ def test_eval_routes_need_an_admin_key(api: EvalApi) -> None:
 
 def test_records_survive_an_index_rebuild(api: EvalApi) -> None:
     create(api, HELLO_CASE)
-    [result] = ok(api.request("POST", run_url("greet", 1)))["runs"]
+    [result] = ok(api.request("POST", run_url("greet", vid(api, "greet", 1))))["runs"]
     ok(api.request("PUT", f"/v1/ui/prompt-eval-runs/{result['id']}", json={"score": 5}))
     before = ok(api.request("GET", "/v1/ui/prompts/greet/performance"))
     api.app.state.ws.index.rebuild()
@@ -442,7 +464,8 @@ def test_against_a_real_server(repo: EvalRepo, tmp_path: Path) -> None:
             created = client.post("/v1/ui/prompt-evals", json=HELLO_CASE)
             assert created.status_code == 201, created.text
             assert repo.git("log", "-1", "--format=%s") == "Add eval case 'Says Hello!' for greet"
-            run = client.post(run_url("greet", 1) + "?rounds=2")
+            v1_id = client.get("/v1/ui/prompts/greet/versions").json()[0]["version_id"]
+            run = client.post(run_url("greet", v1_id) + "?rounds=2")
             assert run.status_code == 200, run.text
             body = run.json()
             assert body["total"] == 2 and body["passed"] == 2
@@ -452,7 +475,8 @@ def test_against_a_real_server(repo: EvalRepo, tmp_path: Path) -> None:
             assert scored.status_code == 200 and scored.json()["score"] == 3
             bad = client.put(f"/v1/ui/prompt-eval-runs/{result_id}", json={"score": 6})
             assert bad.status_code == 400 and error_shape(bad.json())
-            [version] = client.get("/v1/ui/prompts/greet/performance").json()["versions"]
+            performance = client.get("/v1/ui/prompts/greet/performance").json()
+            [version] = [v for v in performance if v["version_number"] == 1]
             figures = (version["version_number"], version["avg_score"], version["run_count"])
             assert figures == (1, 3, 1)
     rows = repo.query("SELECT case_name, human_score FROM eval_results")

@@ -114,6 +114,7 @@ def test_revoke_takes_effect_at_once_and_twice_is_harmless(store: KeyStore) -> N
     again = store.revoke(key.id)
     assert again.revoked_at == revoked.revoked_at
     assert [k.revoked_at for k in store.list()] == [revoked.revoked_at]
+    assert store.list(include_revoked=False) == []
     with pytest.raises(NotFound, match="9999"):
         store.revoke(9999)
 

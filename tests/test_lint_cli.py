@@ -169,6 +169,16 @@ def test_lint_names_a_bad_file_name_and_still_checks_its_content() -> None:
     ]
 
 
+@pytest.mark.parametrize("key", ["stream", "chat", "chat/stream"])
+def test_lint_warns_that_the_execution_routes_words_are_reserved_keys(key: str) -> None:
+    [problem] = lint_prompt_text(f"prompts/{key}.md", b"Hi.\n")
+    assert (problem.severity, problem.line) == ("warning", 1)
+    assert problem.message.startswith(f"Prompt key {key!r} is reserved:")
+    assert f"/v1/ui/prompts/execute/{key}" in problem.message
+    assert lint_prompt_text("prompts/streams.md", b"Hi.\n") == []
+    assert lint_prompt_text("prompts/team/chat.md", b"Hi.\n") == []
+
+
 def test_github_annotations_escape_what_would_break_them() -> None:
     problem = Problem("prompts/a,b:c.md", 2, "50% done\nnext line")
     assert problem.github() == "::error file=prompts/a%2Cb%3Ac.md,line=2::50%25 done%0Anext line"

@@ -446,7 +446,7 @@ def test_llmkit_yaml_comes_from_the_ref_too(tmp_path: Path) -> None:
     repo.write("llmkit.yaml", committed + "  drafted:\n    model: echo\n")  # never committed
 
     def aliases(api: ApiEnv) -> set[str]:
-        data = api.get("/v1/ui/models").json()["data"]
+        data = api.get("/v1/ui/models").json()
         return {row["name"] for row in data}
 
     with ref_api(repo.root) as api:

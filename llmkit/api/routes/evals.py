@@ -29,6 +29,7 @@ from llmkit.evals.session import (
 )
 from llmkit.evals.spec import load_evals
 from llmkit.execute import Executor
+from llmkit.prompt_views import version_performance
 from llmkit.versions import Prompt, Version
 from llmkit.workspace import Workspace
 
@@ -165,21 +166,27 @@ def list_prompt_evals(prompt_id: str, ws: Ws) -> list[dict[str, Any]]:
 
 
 @router.get("/prompts/{prompt_id:path}/performance")
-def performance(prompt_id: str, request: Request, ws: Ws) -> dict[str, Any]:
-    """Per version: mean human score, pass rate and run count."""
+def performance(prompt_id: str, request: Request, ws: Ws) -> list[dict[str, Any]]:
+    """Per version, as LLMKit's chart reads it: version id, number and date, mean human score,
+    run count, and llmkit's pass rate and counts."""
     prompt = ws.index.get_prompt(prompt_id)
     records: EvalRecords = request.app.state.eval_records
-    return {"id": prompt.id, "key": prompt.key, "versions": records.performance(prompt.key)}
+    return version_performance(ws.index.versions(prompt.key), records.performance(prompt.key))
 
 
-@router.post("/prompt-eval-runs/{prompt_id:path}/version/{version}")
+@router.post("/prompt-eval-runs/{prompt_id:path}/version/{version_id}")
 async def run_evals(
-    prompt_id: str, version: str, request: Request, ws: Ws, rounds: int = Query(1, ge=1, le=20)
+    prompt_id: str,
+    version_id: str,
+    request: Request,
+    ws: Ws,
+    rounds: int = Query(1, ge=1, le=20),
 ) -> dict[str, Any]:
-    """Run every case of the prompt against that version; one run_id for the whole run."""
+    """Run every case of the prompt against that version (its integer id, or a sha, branch or
+    tag); one run_id for the whole run."""
     records: EvalRecords = request.app.state.eval_records
     prompt, pinned, wanted, cases, runner = await run_in_threadpool(
-        _run_plan, ws, request.app.state.executor, records, prompt_id, version, rounds
+        _run_plan, ws, request.app.state.executor, records, prompt_id, version_id, rounds
     )
     session = await run_session(runner, records, cases, wanted)
     rows = await run_in_threadpool(records.results, run_id=session.run_id)
@@ -207,7 +214,7 @@ def _run_plan(
     """The prompt, the version a run pins (a branch or tag is resolved with git), and the run
     of its cases as `llmkit eval --prompt KEY --ref COMMIT --repeat ROUNDS` would make it."""
     prompt = ws.index.get_prompt(prompt_id)
-    pinned = ws.index.version(prompt.key, version)
+    pinned = ws.index.version_for_id_segment(prompt.key, version)
     wanted = EvalRequest(
         prompt_keys=(prompt.key,),
         # The commit that made the version; a draft is only ever what is served.
@@ -222,11 +229,12 @@ def _run_plan(
     return prompt, pinned, wanted, cases, runner
 
 
-@router.get("/prompt-eval-runs/{prompt_id:path}/version/{version}")
-def list_runs(prompt_id: str, version: str, request: Request, ws: Ws) -> list[dict[str, Any]]:
-    """Every eval result recorded for that version of the prompt."""
+@router.get("/prompt-eval-runs/{prompt_id:path}/version/{version_id}")
+def list_runs(prompt_id: str, version_id: str, request: Request, ws: Ws) -> list[dict[str, Any]]:
+    """Every eval result recorded for that version of the prompt (its integer id, or a sha,
+    branch or tag)."""
     prompt = ws.index.get_prompt(prompt_id)
-    pinned = ws.index.version(prompt.key, version)
+    pinned = ws.index.version_for_id_segment(prompt.key, version_id)
     records: EvalRecords = request.app.state.eval_records
     if pinned.draft:
         return records.results(prompt_key=prompt.key, draft_blob=pinned.blob)

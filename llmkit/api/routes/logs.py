@@ -1,4 +1,4 @@
-"""The run log over HTTP, per-version figures, and the models in use."""
+"""The run log over HTTP and per-version figures."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from llmkit.api.deps import Ws, admin_key
-from llmkit.errors import LlmkitError
-from llmkit.models import describe_models
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
 
@@ -79,17 +77,3 @@ def prompt_stats(prompt_id: str, ws: Ws) -> dict[str, Any]:
     prompt = ws.index.get_prompt(prompt_id)
     ws.runlog.flush()
     return {"id": prompt.id, "key": prompt.key, "versions": ws.runlog.stats(prompt.key)}
-
-
-@router.get("/models")
-def models(ws: Ws) -> dict[str, Any]:
-    """Model aliases from llmkit.yaml and the models prompts use, with provider and key status."""
-    used: dict[str, list[str]] = {}
-    for prompt in ws.index.list_prompts():
-        if prompt.version is None:
-            continue
-        try:
-            used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
-        except LlmkitError:  # a prompt that does not parse names no model
-            continue
-    return {"object": "list", "data": describe_models(ws.models, used)}
