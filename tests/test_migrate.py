@@ -185,6 +185,13 @@ EXPECTED: dict[str, Table] = {
         ],
         "indexes": {},
     },
+    "run_log_ids": {
+        "columns": [
+            ("one", "INTEGER", False, None, 1),
+            ("next_id", "INTEGER", True, None, 0),
+        ],
+        "indexes": {},
+    },
     # -- keys ---------------------------------------------------------------------------
     "api_keys": {
         "columns": [
@@ -244,6 +251,7 @@ EXPECTED: dict[str, Table] = {
             ("created_at", "TEXT", True, None, 0),
             ("draft", "INTEGER", True, "0", 0),
             ("draft_blob", "TEXT", False, None, 0),
+            ("updated_at", "TEXT", False, None, 0),
         ],
         "indexes": {
             "eval_results_version": ("CREATE INDEX", ["prompt_key", "version_sha"]),

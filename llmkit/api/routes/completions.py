@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter
 
-from llmkit.api.deps import admin_key, parse_body, run_key
+from llmkit.api.deps import admin_key, documented_body, parse_body, run_key
 from llmkit.api.schemas import ChatCompletionRequest, PromptExecuteRequest
 from llmkit.api.streaming import ClientWatch, EventStream, JsonAnswer
 from llmkit.errors import LlmkitError
@@ -84,15 +84,8 @@ CHAT_BODY = TypeAdapter(ChatCompletionRequest)
 PROMPT_BODY = TypeAdapter(PromptExecuteRequest)
 
 
-def _documented(name: str) -> dict[str, Any]:
-    """The OpenAPI requestBody of a route that reads its body itself (see `parse_body`): the
-    schema is one of the app's components (`create_app` adds them)."""
-    schema = {"$ref": f"#/components/schemas/{name}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-CHAT_DOC = _documented("ChatCompletionRequest")
-PROMPT_DOC = _documented("PromptExecuteRequest")
+CHAT_DOC = documented_body("ChatCompletionRequest")
+PROMPT_DOC = documented_body("PromptExecuteRequest")
 
 
 async def _chat_body(request: Request) -> dict[str, Any]:

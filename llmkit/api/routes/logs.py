@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
@@ -22,6 +23,28 @@ PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE_ASKED, description="rows 
 
 def install(app: FastAPI) -> None:
     app.include_router(router)
+
+
+def model_id(model: str) -> int:
+    """The integer id of a model, as LLMKit's log entries and model list name it: from its
+    name alone, so the same in every process and after any rebuild."""
+    return int(hashlib.sha256(f"model\0{model}".encode()).hexdigest()[:12], 16)
+
+
+def _for_ui(ws: Ws, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Log rows with LLMKit's `prompt_id` (the prompt's index id, null for a prompt that is
+    gone) and `model_id` beside the rest of what the run log gives."""
+    prompt_ids: dict[str, int | None] = {}
+    for row in rows:
+        key = row["prompt_key"]
+        if key not in prompt_ids:
+            try:
+                prompt_ids[key] = ws.index.get_prompt(key).id
+            except LlmkitError:
+                prompt_ids[key] = None
+        row["prompt_id"] = prompt_ids[key]
+        row["model_id"] = model_id(row["model"])
+    return rows
 
 
 def _filters(
@@ -47,9 +70,10 @@ def list_logs(
 ) -> list[dict[str, Any]]:
     """Provider calls, newest first, filtered by prompt, version, status and time."""
     ws.runlog.flush()
-    return ws.runlog.list(
+    rows = ws.runlog.list(
         page=page, page_size=page_size, **_filters(prompt, version, status, since, until)
     )
+    return _for_ui(ws, rows)
 
 
 @router.get("/logs/count")
@@ -66,11 +90,13 @@ def count_logs(
     return {"count": ws.runlog.count(**_filters(prompt, version, status, since, until))}
 
 
-@router.get("/logs/{trace_id}")
-def get_log(trace_id: str, ws: Ws) -> dict[str, Any]:
-    """One provider call by trace id, or by a unique prefix of it (6 characters or more)."""
+@router.get("/logs/{log_id}")
+def get_log(log_id: str, ws: Ws) -> dict[str, Any]:
+    """One provider call by integer id (as in a completion's id, `chatcmpl-<id>`), by trace id,
+    or by a unique prefix of its trace id (6 characters or more). Digits alone are an id first,
+    and a trace id prefix only when no call has that id."""
     ws.runlog.flush()
-    return ws.runlog.find(trace_id)
+    return _for_ui(ws, [ws.runlog.find(log_id)])[0]
 
 
 @router.get("/prompts/{prompt_id:path}/stats")
