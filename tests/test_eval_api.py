@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +269,71 @@ def test_list_cases_of_a_prompt(api: EvalApi) -> None:
     assert ok(api.request("GET", "/v1/ui/prompts/chat/prompt-evals")) == []
     refused(api.request("GET", "/v1/ui/prompts/nope/prompt-evals"), 404)
     refused(api.request("GET", "/v1/ui/prompts/99999/prompt-evals"), 404)
+
+
+def test_llmkits_ui_writes_a_case_as_input_data_and_reads_it_back(api: EvalApi) -> None:
+    prompt_id = ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
+    # As LLMKit's UI sends it: the prompt's id, the template variables as an object.
+    body = {"prompt_id": prompt_id, "name": "grumpy", "input_data": {"personality": "grumpy"}}
+    case = create(api, body)
+    assert case["vars"] == {"personality": "grumpy"}
+    assert json.loads(case["input_data"]) == {"personality": "grumpy"}
+    assert case["prompt_id"] == prompt_id
+    assert case["created_at"] == case["updated_at"]
+    assert datetime.fromisoformat(case["created_at"])
+    url = f"/v1/ui/prompt-evals/{case['id']}"
+    # A string holding the object (as LLMKit stores it) does as well; it replaces the variables.
+    changed = ok(api.request("PUT", url, json={**body, "input_data": '{"personality": "sunny"}'}))
+    assert changed["id"] == case["id"]
+    assert changed["vars"] == {"personality": "sunny"} and changed["user_vars"] == {}
+    assert changed["updated_at"] >= case["created_at"] == changed["created_at"]
+    listed = ok(api.request("GET", f"/v1/ui/prompts/{prompt_id}/prompt-evals"))
+    assert listed == [changed]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"name": "x", "input_data": [1, 2]}, "input_data", "input_data"),
+        ({"name": "x", "input_data": "[1, 2]"}, None, "'input_data' must be a JSON object"),
+        ({"name": "x", "input_data": "not json"}, None, "'input_data' must be a JSON object"),
+        ({"name": "x", "repeat": "3"}, "repeat", "repeat"),
+        ({"name": "x", "vars": ["a"]}, "vars", "vars"),
+        ({"name": "x", "inputs": {}}, "inputs", "Unknown request field(s): inputs"),
+        ({"name": 7}, "name", "name"),
+    ],
+)
+def test_a_bad_case_body_is_a_400_naming_the_field(
+    api: EvalApi, body: dict[str, Any], param: str | None, words: str
+) -> None:
+    error = refused(
+        api.request("POST", "/v1/ui/prompt-evals", json={"prompt_key": "greet", **body}), 400
+    )
+    assert words in error["message"]
+    if param is not None:
+        assert error["param"] == param
+    assert ok(api.request("GET", "/v1/ui/prompts/greet/prompt-evals")) == []
+
+
+def test_results_name_their_case_as_llmkit_does(api: EvalApi) -> None:
+    hello = create(api, HELLO_CASE)
+    goodbye = create(api, GOODBYE_CASE)
+    runs = ok(api.request("POST", run_url("greet", 1)))["runs"]
+    ids = {r["prompt_eval_name"]: r["prompt_eval_id"] for r in runs}
+    assert ids == {hello["name"]: hello["id"], goodbye["name"]: goodbye["id"]}
+    assert all(r["updated_at"] == r["created_at"] for r in runs)
+    # A renamed case keeps its id, and so do the results recorded before the rename.
+    ok(api.request("PUT", f"/v1/ui/prompt-evals/{hello['id']}", json={"name": "Hi"}))
+    listed = ok(api.request("GET", run_url("greet", 1)))
+    assert {r["prompt_eval_id"] for r in listed} == {hello["id"], goodbye["id"]}
+    result = listed[0]
+    scored = ok(
+        api.request(
+            "PUT", f"/v1/ui/prompt-eval-runs/{result['id']}", json={"id": result["id"], "score": 5}
+        )
+    )
+    assert scored["score"] == 5 and scored["updated_at"] >= scored["created_at"]
+    assert scored["prompt_eval_id"] == result["prompt_eval_id"]
 
 
 # -- runs, scores, performance --------------------------------------------------------------
