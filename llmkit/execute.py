@@ -97,6 +97,8 @@ class Execution:
     # The id of the run-log row this call will be written as (RunLog.new_id), handed out now
     # so that the answer can name the row: it is the completion's id, `chatcmpl-<log_id>`.
     log_id: int | None = None
+    # The model as the prompt (or the eval case, or the judge) names it, before resolving.
+    model_name: str | None = None
     # Said to the caller in `x-llmkit-warning`: what of its request was not sent as given.
     warnings: list[str] = field(default_factory=list)
 
@@ -279,6 +281,7 @@ class Executor:
             source=source,
             api_key_id=api_key_id,
             log_id=self._log_id(),
+            model_name=model_override or prompt.model,
             warnings=warnings,
         )
 
@@ -341,6 +344,7 @@ class Executor:
             schema=None,
             source=source,
             log_id=self._log_id(),
+            model_name=model,
         )
 
     # -- running -------------------------------------------------------------------------
@@ -494,6 +498,7 @@ class Executor:
             prompt_key=ex.key,
             **version_columns(ex.version),
             model=ex.call.model,
+            model_name=ex.model_name,
             request={"messages": ex.call.messages, "params": ex.call.params},
             response=logged_response,
             status=status or ("error" if error else "ok"),

@@ -6,7 +6,9 @@
   version (number = last + 1, no sha).
 - Integer ids are assigned deterministically: prompts that have history by their first commit,
   then by key; prompts that exist only in the working tree after them, by key. So an incremental
-  sync and a full rebuild of the same repository state give identical rows.
+  sync and a full rebuild of the same repository state give identical rows. Committed versions
+  get integer ids (LLMKit's `version_id`) the same way: a global ordinal in commit order, then
+  key; drafts have none.
 - Only index tables live in the `index` migration list; durable tables (keys, run log, evals)
   have lists of their own and are never touched here.
 
@@ -116,6 +118,27 @@ def m002_generation(conn: sqlite3.Connection) -> None:
         );
         INSERT INTO ix_generation (id, generation) VALUES (1, 0);
         """,
+    )
+
+
+@migration
+def m003_version_ids(conn: sqlite3.Connection) -> None:
+    # Every committed version gets a global integer id (LLMKit's `version_id`), an ordinal in
+    # commit order (seq, then key); drafts have none. Rows indexed before this migration are
+    # numbered here exactly as a rebuild would number them.
+    run_script(
+        conn,
+        """
+        ALTER TABLE ix_versions ADD COLUMN id INTEGER;
+        CREATE UNIQUE INDEX ix_versions_id ON ix_versions (id);
+        """,
+    )
+    rows = conn.execute(
+        "SELECT key, number FROM ix_versions WHERE seq IS NOT NULL ORDER BY seq, key, number"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE ix_versions SET id = ? WHERE key = ? AND number = ?",
+        [(i, key, number) for i, (key, number) in enumerate(rows, start=1)],
     )
 
 
@@ -380,8 +403,13 @@ class Index:
             "INSERT OR IGNORE INTO ix_blobs (id, content, error) VALUES (?, ?, ?)",
             [(blob, text, err) for blob, (text, err) in contents.items()],
         )
+        # Version ids continue from the last one, in commit order then key: history only ever
+        # grows between a rebuild and a sync, so both number every version alike.
+        next_vid = (conn.execute("SELECT MAX(id) FROM ix_versions").fetchone()[0] or 0) + 1
+        ordered_versions = sorted(versions, key=lambda v: (v[2], v[0], v[1]))
         conn.executemany(
-            "INSERT INTO ix_versions (key, number, seq, blob) VALUES (?, ?, ?, ?)", versions
+            "INSERT INTO ix_versions (key, number, seq, blob, id) VALUES (?, ?, ?, ?, ?)",
+            [(*v, next_vid + i) for i, v in enumerate(ordered_versions)],
         )
         existing = {
             r[0] for r in conn.execute("SELECT key FROM ix_prompts WHERE first_seq IS NOT NULL")
@@ -585,7 +613,7 @@ class Index:
     ) -> dict[str, tuple]:
         where, args = ("WHERE v.key = ?", (key,)) if key else ("", ())
         rows = conn.execute(
-            "SELECT v.key, v.number, v.seq, v.blob, c.sha, m.committed FROM ix_versions v"
+            "SELECT v.key, v.number, v.seq, v.blob, c.sha, m.committed, v.id FROM ix_versions v"
             " JOIN (SELECT key, MAX(number) AS n, MAX(CASE WHEN seq IS NOT NULL THEN number END) "
             "AS committed,"
             " COUNT(*) AS c FROM ix_versions GROUP BY key) m ON v.key = m.key AND v.number = m.n"
@@ -599,21 +627,27 @@ class Index:
         version = None
         latest_committed = 0
         if served is not None:
-            _, number, seq, blob, sha, committed = served
+            _, number, seq, blob, sha, committed, vid = served
             latest_committed = committed or 0
             if present:
-                version = self._version(key, number, seq, blob, sha)
+                version = self._version(key, number, seq, blob, sha, vid)
         return Prompt(pid, key, path, present, version, latest_committed)
 
     def _version(
-        self, key: str, number: int | None, seq: int | None, blob: str, sha: str | None
+        self,
+        key: str,
+        number: int | None,
+        seq: int | None,
+        blob: str,
+        sha: str | None,
+        vid: int | None,
     ) -> Version:
         conn = self.db.reader()
         content, error = conn.execute(
             "SELECT content, error FROM ix_blobs WHERE id = ?", (blob,)
         ).fetchone() or (None, "missing")
         commit = self._commit(seq) if seq is not None else None
-        return Version(key, number, sha, blob, content, error, commit, draft=seq is None)
+        return Version(key, number, sha, blob, content, error, commit, seq is None, vid)
 
     def _commit(self, seq: int) -> Commit | None:
         row = (
@@ -633,14 +667,14 @@ class Index:
         rows = (
             self.db.reader()
             .execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c "
-                "ON c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha, v.id FROM ix_versions v"
+                " LEFT JOIN ix_commits c ON c.seq = v.seq"
                 " WHERE v.key = ? ORDER BY v.number",
                 (prompt.key,),
             )
             .fetchall()
         )
-        return [self._version(prompt.key, r[0], r[1], r[2], r[3]) for r in rows]
+        return [self._version(prompt.key, *r) for r in rows]
 
     def version(self, ident: str | int, spec: str | int | None = None) -> Version:
         """Resolve a version of a prompt: None (served), a number, a sha prefix, or a git ref."""
@@ -679,8 +713,8 @@ class Index:
         conn = self.db.reader()
         if text.isdigit() and int(text) <= MAX_SQLITE_INT:
             row = conn.execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c "
-                "ON c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha, v.id FROM ix_versions v"
+                " LEFT JOIN ix_commits c ON c.seq = v.seq"
                 " WHERE v.key = ? AND v.number = ?",
                 (prompt.key, int(text)),
             ).fetchone()
@@ -691,8 +725,8 @@ class Index:
                 raise NotFound(f"Prompt {prompt.key!r} has no version {text}", param="model")
         if 4 <= len(text) <= 40 and all(c in "0123456789abcdef" for c in text.lower()):
             rows = conn.execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v JOIN ix_commits c ON "
-                "c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha, v.id FROM ix_versions v"
+                " JOIN ix_commits c ON c.seq = v.seq"
                 " WHERE v.key = ? AND c.sha LIKE ?",
                 (prompt.key, text.lower() + "%"),
             ).fetchall()
@@ -731,15 +765,36 @@ class Index:
         row = (
             self.db.reader()
             .execute(
-                "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key "
-                "= ? AND c.sha = ?",
+                "SELECT v.number, v.id FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq"
+                " WHERE v.key = ? AND c.sha = ?",
                 (key, last),
             )
             .fetchone()
         )
+        number, vid = row if row else (None, None)
         content, error = _decode(data, self._max_bytes)
         info = self.store.commit_info(last)
-        return Version(key, row[0] if row else None, last, blob_id(data), content, error, info)
+        return Version(key, number, last, blob_id(data), content, error, info, id=vid)
+
+    def version_by_id(self, vid: int, key: str | None = None) -> Version:
+        """A committed version by its integer id (LLMKit's `version_id`). With `key`, an id
+        that belongs to another prompt is not found, so a URL naming one prompt can never
+        reach another's version."""
+        row = None
+        if 0 < vid <= MAX_SQLITE_INT:
+            row = (
+                self.db.reader()
+                .execute(
+                    "SELECT v.key, v.number, v.seq, v.blob, c.sha, v.id FROM ix_versions v"
+                    " JOIN ix_commits c ON c.seq = v.seq WHERE v.id = ?",
+                    (vid,),
+                )
+                .fetchone()
+            )
+        if row is None or (key is not None and row[0] != key):
+            owner = f" of prompt {key!r}" if key is not None else ""
+            raise NotFound(f"No version{owner} found with version_id {vid}", param="version_id")
+        return self._version(*row)
 
     def history(self, ident: str | int) -> list[tuple[Version, str]]:
         """Every version, oldest first, with the unified diff from the version before it."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from llmkit.errors import PromptFormatError
+from llmkit.errors import LlmkitError, PromptFormatError
+from llmkit.models import ModelRegistry, effective_settings, model_id, provider_name_of
 from llmkit.versions import Prompt, Version, unified_diff
 
 
-def prompt_fields(prompt: Prompt, previous: Version | None = None) -> dict[str, object]:
+def prompt_fields(
+    prompt: Prompt, previous: Version | None = None, models: ModelRegistry | None = None
+) -> dict[str, object]:
     """A prompt's served version under LLMKit's field names, plus sha, path and draft."""
     version = prompt.version
     fields: dict[str, object] = {
@@ -20,13 +23,19 @@ def prompt_fields(prompt: Prompt, previous: Version | None = None) -> dict[str, 
     }
     if version is None:
         return fields
-    fields.update(version_fields(version, previous))
+    fields.update(version_fields(version, previous, models))
     return fields
 
 
-def version_fields(version: Version, previous: Version | None = None) -> dict[str, object]:
+def version_fields(
+    version: Version, previous: Version | None = None, models: ModelRegistry | None = None
+) -> dict[str, object]:
+    """A version under LLMKit's names. With `models` (llmkit.yaml's aliases), a max_tokens or
+    temperature the file leaves to the model is the number the call runs with (the alias's,
+    else the documented defaults), as LLMKit's UI needs numbers; `frontmatter` still says what
+    the file sets. The diffs against `previous` are null for a first version."""
     fields: dict[str, object] = {
-        "version_id": version.sha,
+        "version_id": version.id,
         "version_number": version.number,
         "sha": version.sha,
         "draft": version.draft,
@@ -39,12 +48,19 @@ def version_fields(version: Version, previous: Version | None = None) -> dict[st
         fields["error"] = exc.message
         return fields
     meta = prompt.meta
+    max_tokens, temperature = meta.get("max_tokens"), meta.get("temperature")
+    if models is not None and (max_tokens is None or temperature is None):
+        default_temperature, default_max_tokens = effective_settings(models, prompt.model)
+        max_tokens = default_max_tokens if max_tokens is None else max_tokens
+        temperature = default_temperature if temperature is None else temperature
     fields.update(
         system=prompt.system,
         user=prompt.user,
         model=prompt.model,
-        max_tokens=meta.get("max_tokens"),
-        temperature=meta.get("temperature"),
+        model_id=model_id(prompt.model),
+        provider=provider_name_of(models, prompt.model),
+        max_tokens=max_tokens,
+        temperature=temperature,
         json_mode=prompt.json_mode,
         prompt_type=prompt.prompt_type,
         is_chat=prompt.is_chat,
@@ -52,6 +68,7 @@ def version_fields(version: Version, previous: Version | None = None) -> dict[st
         messages=[{"role": m.role, "content": m.content} for m in prompt.messages],
         frontmatter=dict(meta),
     )
+    fields["system_version_diff"] = fields["user_version_diff"] = None
     if previous is not None:
         try:
             before = previous.prompt()
@@ -66,3 +83,16 @@ def version_fields(version: Version, previous: Version | None = None) -> dict[st
 
 def iso_time(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def models_in_use(prompts: list[Prompt]) -> dict[str, list[str]]:
+    """The model each served prompt names (an alias or a model string), with its prompts."""
+    used: dict[str, list[str]] = {}
+    for prompt in prompts:
+        if prompt.version is None:
+            continue
+        try:
+            used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
+        except LlmkitError:  # a prompt that does not parse names no model
+            continue
+    return used

@@ -96,6 +96,9 @@ class RunRecord:
     draft: bool = False
     draft_blob: str | None = None
     model: str
+    # The model as the prompt, eval case or judge names it (an alias of llmkit.yaml or a model
+    # string), where `model` is what it resolved to: LLMKit's `model_name`.
+    model_name: str | None = None
     request: Any
     response: Any = None
     status: str = "ok"
@@ -129,7 +132,15 @@ _INT_FIELDS = (
     "api_key_id",
 )
 _NUMBER_FIELDS = ("cost", "latency_ms", "ttft_ms")
-_TEXT_FIELDS = ("trace_id", "prompt_key", "version_sha", "draft_blob", "model", "error")
+_TEXT_FIELDS = (
+    "trace_id",
+    "prompt_key",
+    "version_sha",
+    "draft_blob",
+    "model",
+    "model_name",
+    "error",
+)
 
 MIGRATIONS = Migrations("runlog")
 migration = MIGRATIONS.register
@@ -274,8 +285,10 @@ def m004_judge_source(conn: sqlite3.Connection) -> None:
 
 
 @migration
-def m005_ids_handed_out_in_blocks(conn: sqlite3.Connection) -> None:
-    """The counter ids are reserved from (see IdBlocks): one row, above every id so far."""
+def m005_ids_in_blocks_and_model_names(conn: sqlite3.Connection) -> None:
+    """The counter ids are reserved from (see IdBlocks): one row, above every id so far. And
+    the model as the call named it, beside what it resolved to."""
+    conn.execute("ALTER TABLE run_log ADD COLUMN model_name TEXT")
     conn.execute(
         "CREATE TABLE run_log_ids (one INTEGER PRIMARY KEY CHECK (one = 1),"
         " next_id INTEGER NOT NULL)"
@@ -396,7 +409,7 @@ def _check_record(record: RunRecord) -> None:
         value = getattr(record, name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
             raise BadRequest(f"Run record {name} must be a number or None: {_shown(value)}")
-    for name in ("version_sha", "draft_blob", "error"):
+    for name in ("version_sha", "draft_blob", "model_name", "error"):
         value = getattr(record, name)
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"Run record {name} must be a string or None: {_shown(value)}")
@@ -438,8 +451,9 @@ def _to_row(record: RunRecord, field_max_bytes: int) -> tuple[Any, ...]:
 
 def _row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     """A row as the API and the CLI show it: ours, and beside them LLMKit's names for what it
-    has too (`model_name`, `status_code`, and the request and response as JSON text in
-    `request_body` and `response_data`, which LLMKit's UI hands to JSON.parse)."""
+    has too (`status_code`, the request and response as JSON text in `request_body` and
+    `response_data`, which LLMKit's UI hands to JSON.parse); `model_name` of a row logged
+    without one is the model it ran."""
     result = {name: row[name] for name in COLUMNS}
     truncated = _json_list(result["truncated"])
     result["request"], request_text = _json_field(result["request"], "request" in truncated)
@@ -448,7 +462,7 @@ def _row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     result["draft"] = bool(result["draft"])
     result["truncated"] = truncated
     result["log_notes"] = _json_list(result["log_notes"])
-    result["model_name"] = result["model"]
+    result["model_name"] = result["model_name"] or result["model"]
     result["status_code"] = result["http_status"]
     result["request_body"] = request_text
     result["response_data"] = response_text

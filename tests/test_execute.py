@@ -16,6 +16,7 @@ import pytest
 
 from llmkit import providers
 from llmkit.execute import Executor
+from llmkit.models import model_id
 from tests.api_fixtures import running_api
 from tests.exec_fixtures import FAKE_KEY_ENV, MISSING_KEY_ENV, ExecApi
 from tests.helpers import init_repo
@@ -887,7 +888,7 @@ def test_invalid_alias_settings_are_a_config_error_naming_them(tmp_path: Path) -
 def test_ui_models_lists_aliases_and_models_in_use(exec_api: ExecApi) -> None:
     response = exec_api.env.get("/v1/ui/models")
     assert response.status_code == 200
-    rows = {r["name"]: r for r in response.json()["data"]}
+    rows = {r["name"]: r for r in response.json()}
     assert rows["default"]["model"] == "echo" and rows["default"]["key_set"] is True
     assert rows["fake"]["provider"] == "openai" and rows["fake"]["key_env"] == FAKE_KEY_ENV
     assert rows["fake"]["key_set"] is True
@@ -899,3 +900,13 @@ def test_ui_models_lists_aliases_and_models_in_use(exec_api: ExecApi) -> None:
     assert bare["alias"] is False and bare["provider"] == "anthropic"
     assert bare["key_env"] == "ANTHROPIC_API_KEY" and bare["prompts"] == ["bare"]
     assert exec_api.env.get("/v1/ui/models", headers=exec_api.env.run).status_code == 403
+    # LLMKit's Model beside: ids from the name alone, so the same after a restart
+    assert rows["default"]["id"] == model_id("default") != rows["fake"]["id"]
+    assert all(0 < r["id"] < 2**53 and 0 < r["provider_id"] < 2**53 for r in rows.values())
+    assert rows["default"]["provider_name"] == "echo"
+    assert rows["default"]["supports_json"] is rows["default"]["supports_tools"] is True
+    assert bare["provider_name"] == "anthropic"
+    assert bare["provider_base_url"] == ""  # litellm picks it
+    # one provider at one base URL is one provider id; another base URL is another
+    assert rows["fake"]["provider_id"] == rows["fake_nokey"]["provider_id"]
+    assert rows["fake"]["provider_id"] != bare["provider_id"]

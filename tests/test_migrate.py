@@ -96,10 +96,12 @@ EXPECTED: dict[str, Table] = {
             ("number", "INTEGER", True, None, 2),
             ("seq", "INTEGER", False, None, 0),
             ("blob", "TEXT", True, None, 0),
+            ("id", "INTEGER", False, None, 0),
         ],
         "indexes": {
             "sqlite_autoindex_ix_versions_1": ("PRIMARY KEY", ["key", "number"]),
             "ix_versions_seq": ("CREATE INDEX", ["seq"]),
+            "ix_versions_id": ("CREATE UNIQUE INDEX", ["id"]),
         },
     },
     "ix_state": {
@@ -144,6 +146,7 @@ EXPECTED: dict[str, Table] = {
             ("log_notes", "TEXT", False, None, 0),
             ("draft", "INTEGER", True, "0", 0),
             ("draft_blob", "TEXT", False, None, 0),
+            ("model_name", "TEXT", False, None, 0),
         ],
         "indexes": {
             "sqlite_autoindex_run_log_1": ("UNIQUE", ["trace_id"]),

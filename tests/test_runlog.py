@@ -87,7 +87,7 @@ def test_a_logged_record_reads_back_as_it_was(runlog: RunLog) -> None:
         "truncated": [],
         "log_notes": [],
         # LLMKit's names, beside ours; its UI hands the JSON texts to JSON.parse.
-        "model_name": full.model,
+        "model_name": full.model,  # logged without one: the model it ran
         "status_code": 502,
         "request_body": json.dumps(full.request, ensure_ascii=False),
         "response_data": '"streamed text, assembled"',

@@ -35,27 +35,11 @@ FILES = {
 
 # What llmkit answers today where the UI expects something else, one entry per call.
 GAPS: dict[str, str] = {
-    "list models": "answers an OpenAI-style {object, data} of aliases, not an array of Model"
-    " (id, provider_id, name, provider_name, provider_base_url, supports_json, supports_tools)",
-    "list prompts": "prompts lack model_id and provider; version_id is a commit sha, not an"
-    " integer; max_tokens/temperature are null when the file leaves them to the model;"
-    " system_version_diff/user_version_diff are absent from the list",
-    "create prompt": "the body's model_id (always sent, null when no model was picked) is"
-    " refused: 422 'model_id: Extra inputs are not permitted'",
-    "update prompt": "the body's model_id is refused: 422 'model_id: Extra inputs are not"
-    " permitted'",
-    "get prompt": "model_id and provider absent; version_id is a commit sha, not an integer;"
-    " max_tokens null when the file leaves it to the model",
     "execute by id": "the template variables as the body are refused (400 unknown fields),"
     " and the answer is a chat completion, not {content, log}",
     "execute by id stream": "the template variables as the body are refused (400 unknown fields)",
-    "run prompt evals": "runs[]: prompt_version_id is a commit sha, not an integer",
-    "list eval runs": "prompt_version_id is a commit sha, not an integer",
-    "get eval run": "prompt_version_id is a commit sha, not an integer",
-    "score eval run": "prompt_version_id is a commit sha, not an integer",
     "prompt performance": "answers {id, key, versions: [...]}, not an array of versions;"
     " version_id is a commit sha and version_date is absent",
-    "delete prompt": "no prompt to delete: create prompt refuses the UI's body",
 }
 
 Context = dict[str, Any]

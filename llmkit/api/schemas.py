@@ -40,6 +40,11 @@ class PromptWrite(CommitInfo):
         None, description="All sections in order (few-shot turns); replaces system/user"
     )
     model: str | None = None
+    model_id: int | None = Field(
+        None,
+        description="LLMKit's model id (GET /v1/ui/models): writes that model's name as `model`;"
+        " null picks none",
+    )
     max_tokens: int | None = None
     temperature: float | None = None
     json_mode: bool | None = None

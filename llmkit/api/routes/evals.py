@@ -87,9 +87,45 @@ def _listed(ws: Workspace, found: list[tuple[int, EvalCase]]) -> list[dict[str, 
     return shown
 
 
+# The version a run's path names when it is the one served now, a draft included: a draft has
+# no integer id yet, and LLMKit's UI puts a prompt's null version_id in the path as `null`.
+SERVED_VERSION = ("served", "null")
+
+
+def _pinned(ws: Workspace, key: str, version: str) -> Version:
+    """The version a run's path names: digits are LLMKit's integer version id (404 when it is
+    another prompt's), as its UI sends them; `served` (or `null`) the version served now; else a
+    sha prefix, branch or tag. Never a version number, which digits would be taken for."""
+    if version.isascii() and version.isdigit():
+        return ws.index.version_by_id(int(version), key=key)
+    if version in SERVED_VERSION:
+        return ws.index.version(key)
+    return ws.index.version(key, version)
+
+
+def _version_ids(ws: Workspace, rows: list[dict[str, Any]]) -> None:
+    """Each result's `prompt_version_id` as LLMKit's integer version id: the recorded sha's
+    version in the index; null for a draft's, or a commit no longer in the served history."""
+    ids: dict[tuple[str, str], int | None] = {}
+    for row in rows:
+        sha = row["version_sha"]
+        if sha is None:
+            row["prompt_version_id"] = None
+            continue
+        found = (row["prompt_key"], sha)
+        if found not in ids:
+            try:
+                ids[found] = ws.index.version(*found).id
+            except LlmkitError:
+                ids[found] = None
+        row["prompt_version_id"] = ids[found]
+
+
 def _results(ws: Workspace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Eval results with LLMKit's `prompt_eval_id`: the id of the case each ran, read from the
-    cases as they are now (a case alone in its file is that file's, even renamed since)."""
+    """Eval results with LLMKit's `prompt_eval_id`, the id of the case each ran, read from the
+    cases as they are now (a case alone in its file is that file's, even renamed since), and
+    its integer `prompt_version_id`."""
+    _version_ids(ws, rows)
     by_file: dict[str, list[tuple[int, EvalCase]]] = {}
     for ident, case in identified(_cases(ws)):
         by_file.setdefault(case.file, []).append((ident, case))
@@ -217,14 +253,19 @@ def performance(prompt_id: str, request: Request, ws: Ws) -> dict[str, Any]:
     return {"id": prompt.id, "key": prompt.key, "versions": records.performance(prompt.key)}
 
 
-@router.post("/prompt-eval-runs/{prompt_id:path}/version/{version}")
+@router.post("/prompt-eval-runs/{prompt_id:path}/version/{version_id}")
 async def run_evals(
-    prompt_id: str, version: str, request: Request, ws: Ws, rounds: int = Query(1, ge=1, le=20)
+    prompt_id: str,
+    version_id: str,
+    request: Request,
+    ws: Ws,
+    rounds: int = Query(1, ge=1, le=20),
 ) -> dict[str, Any]:
-    """Run every case of the prompt against that version; one run_id for the whole run."""
+    """Run every case of the prompt against that version (its integer id, or a sha prefix,
+    branch or tag); one run_id for the whole run."""
     records: EvalRecords = request.app.state.eval_records
     prompt, pinned, wanted, cases, runner = await run_in_threadpool(
-        _run_plan, ws, request.app.state.executor, records, prompt_id, version, rounds
+        _run_plan, ws, request.app.state.executor, records, prompt_id, version_id, rounds
     )
     session = await run_session(runner, records, cases, wanted)
     rows = await run_in_threadpool(lambda: _results(ws, records.results(run_id=session.run_id)))
@@ -233,7 +274,8 @@ async def run_evals(
         "prompt_id": prompt.id,
         "key": prompt.key,
         "version_number": pinned.number,
-        "version_id": pinned.sha,
+        "version_id": pinned.id,
+        "sha": pinned.sha,
         "draft": pinned.draft,
         "passed": sum(r["passed"] for r in rows),
         "total": len(rows),
@@ -252,7 +294,7 @@ def _run_plan(
     """The prompt, the version a run pins (a branch or tag is resolved with git), and the run
     of its cases as `llmkit eval --prompt KEY --ref COMMIT --repeat ROUNDS` would make it."""
     prompt = ws.index.get_prompt(prompt_id)
-    pinned = ws.index.version(prompt.key, version)
+    pinned = _pinned(ws, prompt.key, version)
     wanted = EvalRequest(
         prompt_keys=(prompt.key,),
         # The commit that made the version; a draft is only ever what is served.
@@ -267,11 +309,12 @@ def _run_plan(
     return prompt, pinned, wanted, cases, runner
 
 
-@router.get("/prompt-eval-runs/{prompt_id:path}/version/{version}")
-def list_runs(prompt_id: str, version: str, request: Request, ws: Ws) -> list[dict[str, Any]]:
-    """Every eval result recorded for that version of the prompt."""
+@router.get("/prompt-eval-runs/{prompt_id:path}/version/{version_id}")
+def list_runs(prompt_id: str, version_id: str, request: Request, ws: Ws) -> list[dict[str, Any]]:
+    """Every eval result recorded for that version of the prompt (its integer id, or a sha
+    prefix, branch or tag)."""
     prompt = ws.index.get_prompt(prompt_id)
-    pinned = ws.index.version(prompt.key, version)
+    pinned = _pinned(ws, prompt.key, version_id)
     records: EvalRecords = request.app.state.eval_records
     if pinned.draft:
         return _results(ws, records.results(prompt_key=prompt.key, draft_blob=pinned.blob))

@@ -1,15 +1,14 @@
-"""The run log over HTTP, per-version figures, and the models in use."""
+"""The run log over HTTP and per-version figures."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from llmkit.api.deps import Ws, admin_key
 from llmkit.errors import LlmkitError
-from llmkit.models import describe_models
+from llmkit.models import model_id
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
 
@@ -25,15 +24,10 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
 
 
-def model_id(model: str) -> int:
-    """The integer id of a model, as LLMKit's log entries and model list name it: from its
-    name alone, so the same in every process and after any rebuild."""
-    return int(hashlib.sha256(f"model\0{model}".encode()).hexdigest()[:12], 16)
-
-
 def _for_ui(ws: Ws, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Log rows with LLMKit's `prompt_id` (the prompt's index id, null for a prompt that is
-    gone) and `model_id` beside the rest of what the run log gives."""
+    gone) and `model_id` (the id GET /v1/ui/models gives the model as the prompt names it)
+    beside the rest of what the run log gives."""
     prompt_ids: dict[str, int | None] = {}
     for row in rows:
         key = row["prompt_key"]
@@ -43,7 +37,7 @@ def _for_ui(ws: Ws, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             except LlmkitError:
                 prompt_ids[key] = None
         row["prompt_id"] = prompt_ids[key]
-        row["model_id"] = model_id(row["model"])
+        row["model_id"] = model_id(row["model_name"])
     return rows
 
 
@@ -105,17 +99,3 @@ def prompt_stats(prompt_id: str, ws: Ws) -> dict[str, Any]:
     prompt = ws.index.get_prompt(prompt_id)
     ws.runlog.flush()
     return {"id": prompt.id, "key": prompt.key, "versions": ws.runlog.stats(prompt.key)}
-
-
-@router.get("/models")
-def models(ws: Ws) -> dict[str, Any]:
-    """Model aliases from llmkit.yaml and the models prompts use, with provider and key status."""
-    used: dict[str, list[str]] = {}
-    for prompt in ws.index.list_prompts():
-        if prompt.version is None:
-            continue
-        try:
-            used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
-        except LlmkitError:  # a prompt that does not parse names no model
-            continue
-    return {"object": "list", "data": describe_models(ws.models, used)}

@@ -1,4 +1,4 @@
-"""Version, health, and the OpenAI-style model list."""
+"""Version, health, the OpenAI-style model list, and the models LLMKit's UI picks from."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from llmkit import __version__
-from llmkit.api.deps import Ws, run_key
+from llmkit.api.deps import Ws, admin_key, run_key
+from llmkit.models import ui_models
+from llmkit.prompt_views import models_in_use
 
 router = APIRouter()
 run_router = APIRouter(dependencies=[Depends(run_key)])
@@ -53,3 +55,10 @@ def list_models(ws: Ws) -> dict[str, Any]:
             }
         )
     return {"object": "list", "data": data}
+
+
+@router.get("/v1/ui/models", dependencies=[Depends(admin_key)], tags=["models"])
+def list_ui_models(ws: Ws) -> list[dict[str, Any]]:
+    """LLMKit's models: every alias of llmkit.yaml and every other model prompts use, with
+    integer ids that depend on the name alone, provider, key status and the prompts using it."""
+    return ui_models(ws.models, models_in_use(ws.index.list_prompts()))
