@@ -53,10 +53,12 @@ LOST_IDS_SHOWN = 20
 CHECKPOINT_EVERY_S = 1.0
 # SQLite's own default, restored when the writer stops.
 AUTO_CHECKPOINT_PAGES = 1000
-# Id blocks double from the first to the largest: a short-lived process (one `llmkit run`)
-# skips few ids when it exits, a busy server reserves once per MAX_ID_BLOCK calls.
+# Id blocks double from the first to the largest, so a block is never larger than the ids the
+# process has used so far: a short-lived process (one `llmkit run`) skips few ids when it exits,
+# and a busy one reserves rarely (a reservation takes a millisecond or more; at the largest
+# block that keeps ahead of far more calls a second than a gateway serves).
 FIRST_ID_BLOCK = 1
-MAX_ID_BLOCK = 1024
+MAX_ID_BLOCK = 65536
 
 T = TypeVar("T")
 
@@ -622,8 +624,8 @@ class IdBlocks:
     handed out. A process reserves a block by moving the counter up by the block's size in one
     write transaction, and hands the block's ids out from memory; a refill thread reserves the
     next block while the current one is in use, so a call rarely waits for SQLite. (On
-    PostgreSQL the counter is a sequence whose increment is the block size: `nextval` reserves
-    a block without a transaction of its own.)
+    PostgreSQL the same one-row UPDATE ... RETURNING reserves a block under the row's lock; a
+    sequence whose increment is the largest block would do too, without the doubling.)
 
     An id is handed out only after its block's reservation has committed, and the counter only
     moves up, so an id is never handed out twice, even after a kill -9. What a killed process

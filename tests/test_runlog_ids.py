@@ -211,6 +211,11 @@ def test_completion_ids_name_the_log_entry_of_their_call(api: ApiEnv) -> None:
     assert entry.json()["trace_id"] == answered.headers["x-llmkit-trace-id"]
     # The row keeps the provider's own id for the answer.
     assert json.loads(entry.json()["response_data"])["id"] != completion_id
+    # The model as the prompt names it, with the id LLMKit's model list gives that name.
+    assert (entry.json()["model_name"], entry.json()["model"]) == ("default", "echo")
+    [default] = [m for m in api.get("/v1/ui/models").json() if m["name"] == "default"]
+    assert entry.json()["model_id"] == default["id"]
+    assert entry.json()["prompt_id"] == api.get("/v1/ui/prompts/hello").json()["id"]
 
     streamed = api.post("/v1/chat/completions", json={**body, "stream": True})
     chunks = [
