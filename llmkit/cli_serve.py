@@ -55,6 +55,9 @@ def serve(
         port=settings.port,
         log_level=log_level,
         access_log=False,
+        # uvicorn would believe X-Forwarded-Proto/-For from 127.0.0.1 (any local process);
+        # llmkit decides which proxies to believe itself (LLMKIT_TRUSTED_PROXIES, none by default).
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
         http=http_protocol(settings.stream_write_timeout_s, settings.request_read_timeout_s),
     )

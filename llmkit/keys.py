@@ -11,6 +11,9 @@ each call:
   about a second.
 - `last_used_at` is kept in memory and written at a key's first use, then at most once per
   `flush_interval_s` (30 s) per key, and on `flush()`. Listings show the in-memory value.
+
+The `sessions` table of browser sign-ins (`llmkit.sessions`) is in this migration list too: a
+session is a key's, and ends with it.
 """
 
 from __future__ import annotations
@@ -112,6 +115,29 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         END
         """
     )
+
+
+@migration
+def m002_sessions(conn: sqlite3.Connection) -> None:
+    # Browser sessions (llmkit.sessions), beside the keys they were signed in with: deleting a
+    # key deletes its sessions, and a revoked key's sessions stop at once (the lookup joins).
+    # Times are Unix seconds, compared as numbers by the idle and absolute expiry checks. Ids
+    # are never reused, so ending session 3 can never end a later sign-in.
+    conn.execute(
+        """
+        CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            digest TEXT NOT NULL,
+            key_id INTEGER NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
+            created_at REAL NOT NULL,
+            last_seen_at REAL NOT NULL,
+            client TEXT,
+            user_agent TEXT
+        )
+        """
+    )
+    conn.execute("CREATE UNIQUE INDEX sessions_digest ON sessions (digest)")
+    conn.execute("CREATE INDEX sessions_key_id ON sessions (key_id)")
 
 
 def new_clear_key() -> str:
@@ -262,8 +288,9 @@ class KeyStore:
         return int(self._db.reader().execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
 
     def revoke(self, key_id: int) -> ApiKey:
-        """Revoke a key; it stops verifying at once in this process. Revoking twice keeps the
-        first revocation time."""
+        """Revoke a key; it stops verifying at once in this process, and the browser sessions
+        signed in with it end (a session's lookup joins its key, so it says why). Revoking
+        twice keeps the first revocation time."""
         with self._db.write() as conn:
             row = conn.execute(
                 f"UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"

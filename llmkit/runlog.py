@@ -48,7 +48,7 @@ from llmkit.runlog_rows import (
     format_time,
     utc_now,  # the stored time shape, used beside rows
 )
-from llmkit.runlog_writer import IdBlocks, LogWriter
+from llmkit.runlog_writer import IdBlocks, LogWriter, RowSink
 
 logger = logging.getLogger("llmkit.runlog")
 
@@ -582,6 +582,10 @@ class RunLog:
             await committed
         finally:
             expiry.cancel()
+
+    def add_sink(self, sink: RowSink) -> None:
+        """Hand `sink` each row too, in COLUMNS order: as it is queued and once committed."""
+        self._writer.add_sink(sink)
 
     def flush(self, timeout: float = 5) -> bool:
         """Wait until every record logged before this call is written. False on timeout."""

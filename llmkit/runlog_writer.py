@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from llmkit.db import Database, connect
 from llmkit.errors import RunLogUnavailable
@@ -69,6 +69,17 @@ class QueuedRow:
 
     values: tuple[Any, ...]
     waiter: asyncio.Future[None] | None = None
+
+
+class RowSink(Protocol):
+    """Told of each row as it is queued (on the caller's thread, in its context) and of the rows
+    of each batch once stored (committed, or set aside as rejects; on the writer thread), in
+    column order. Both must return at once and are never waited on: what they do with the rows
+    (the OTLP span export) happens on a thread of their own."""
+
+    def queued(self, values: tuple[Any, ...]) -> None: ...
+
+    def committed(self, rows: list[tuple[Any, ...]]) -> None: ...
 
 
 class _Stop:
@@ -135,6 +146,7 @@ class LogWriter:
         self._checkpointer_stop = threading.Event()
         self._hand: _Hand | None = None
         self._deaths_in_a_row = 0
+        self._sinks: tuple[RowSink, ...] = ()
         # Health, read by anyone; only the writer (and the supervisor, for restarts) updates it.
         self.batches_written = 0
         self.rows_written = 0
@@ -188,7 +200,12 @@ class LogWriter:
     def started(self) -> bool:
         return self._supervisor is not None
 
+    def add_sink(self, sink: RowSink) -> None:
+        self._sinks = (*self._sinks, sink)
+
     def put(self, values: tuple[Any, ...], waiter: asyncio.Future[None] | None = None) -> None:
+        for sink in self._sinks:  # before the row can be committed and handed on
+            _told(sink.queued, values)
         with self._state_lock:
             # Under the lock so that nothing can be queued behind close()'s stop marker.
             if self._closed:
@@ -431,6 +448,8 @@ class LogWriter:
         self.batches_written += 1
         self._deaths_in_a_row = 0
         self._settle(rows, lost)
+        for sink in self._sinks:
+            _told(sink.committed, [row.values for row in rows if id(row) not in lost])
 
     def _retrying(self, count: int, write: Callable[[], T]) -> T:
         attempt = 0
@@ -594,6 +613,14 @@ class LogWriter:
     def _noted(self, exc: BaseException) -> None:
         self.last_error = type(exc).__name__
         self.last_error_at = utc_now()
+
+
+def _told(hook: Callable[[Any], None], arg: Any) -> None:
+    """A sink's failure is logged and goes no further: the rows are the run log's business."""
+    try:
+        hook(arg)
+    except Exception:
+        logger.exception("run log: a row sink failed")
 
 
 def _flat(rows: list[QueuedRow]) -> list[Any]:

@@ -13,21 +13,9 @@ import pytest
 from llmkit.db import Database
 from llmkit.errors import BadRequest, NotFound
 from llmkit.keys import DISPLAY_PREFIX_LENGTH, KeyStore
+from tests.helpers import FakeClock
 
 KEY_PATTERN = re.compile(r"^llmkit_[0-9A-Za-z]{32}$")
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -216,6 +216,21 @@ EXPECTED: dict[str, Table] = {
         ],
         "indexes": {},
     },
+    "sessions": {
+        "columns": [
+            ("id", "INTEGER", False, None, 1),
+            ("digest", "TEXT", True, None, 0),
+            ("key_id", "INTEGER", True, None, 0),
+            ("created_at", "REAL", True, None, 0),
+            ("last_seen_at", "REAL", True, None, 0),
+            ("client", "TEXT", False, None, 0),
+            ("user_agent", "TEXT", False, None, 0),
+        ],
+        "indexes": {
+            "sessions_digest": ("CREATE UNIQUE INDEX", ["digest"]),
+            "sessions_key_id": ("CREATE INDEX", ["key_id"]),
+        },
+    },
     # -- evals --------------------------------------------------------------------------
     "eval_runs": {
         "columns": [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmkit import __version__, providers
 from llmkit.api.docs import install_docs
 from llmkit.api.limits import BodySizeLimit
-from llmkit.api.routes import completions, evals, keys, logs, meta, prompts
+from llmkit.api.routes import auth, completions, evals, keys, logs, meta, prompts
 from llmkit.config import Settings
 from llmkit.errors import (
     BadRequest,
@@ -31,7 +32,10 @@ from llmkit.errors import (
     Unprocessable,
 )
 from llmkit.execute import Executor
+from llmkit.otlp import TraceparentMiddleware
+from llmkit.otlp_export import exporter_from_env
 from llmkit.providers import pricing
+from llmkit.sessions import LoginLimiter, SessionStore
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.api")
@@ -74,6 +78,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     ws = workspace
     settings = ws.settings
     executor = Executor(ws, ws.models, ws.runlog)
+    # Spans of logged calls, when the OTEL_* variables name a collector (llmkit.otlp_export).
+    spans, spans_off = exporter_from_env(os.environ)
+    if spans is not None:
+        ws.runlog.add_sink(spans)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +97,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         providers.configure_pool(
             providers.PoolLimits(settings.upstream_pool_size, settings.upstream_acquire_timeout_s)
         )
+        if spans is not None:
+            spans.start()
         ws.runlog.start()
         # Prices are read once, off the loop: the first call's cost needs them, nothing waits.
         asyncio.get_running_loop().run_in_executor(None, pricing.preload)
@@ -100,6 +110,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
             if watcher is not None:
                 watcher.stop()
             ws.close()
+            if spans is not None:
+                spans.close()  # after the run log, whose last rows it sends
 
     app = FastAPI(
         title="llmkit",
@@ -114,7 +126,14 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.ws = ws
     app.state.settings = settings
     app.state.executor = executor
+    app.state.sessions = SessionStore(
+        ws.db, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
+    )
+    app.state.login_limiter = LoginLimiter(settings.login_attempts, settings.login_window_s)
+    app.state.otlp_health = spans.health if spans is not None else lambda: spans_off
     install_error_handlers(app)
+    if spans is not None:
+        app.add_middleware(TraceparentMiddleware)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
@@ -132,6 +151,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     evals.install(app)
     app.include_router(prompts.router)
     app.include_router(keys.router)
+    app.include_router(auth.router)
     return app
 
 

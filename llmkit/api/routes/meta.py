@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from llmkit import __version__
@@ -23,17 +23,19 @@ def version() -> dict[str, str]:
 
 
 @router.get("/healthz", response_model=None)
-def healthz(ws: Ws, strict: bool = False) -> dict[str, Any] | JSONResponse:
+def healthz(ws: Ws, request: Request, strict: bool = False) -> dict[str, Any] | JSONResponse:
     """Liveness, what the index serves, and the run-log writer's health. `status` is
     "degraded" while the writer is down or failing to write; the answer is 200 all the same
     (the server still answers calls, and a restart would drop the rows it holds), or 503 with
-    `?strict=true`, for monitors that read only the status code."""
+    `?strict=true`, for monitors that read only the status code. `otlp` is the span export's
+    health, which never makes the server degraded: spans are optional."""
     runlog = ws.runlog.health()
     body = {
         "status": runlog["status"],
         "head": ws.index.head(),
         "prompts": len(ws.index.list_prompts()),
         "runlog": runlog,
+        "otlp": request.app.state.otlp_health(),
     }
     if strict and runlog["status"] != "ok":
         return JSONResponse(body, status_code=503)
