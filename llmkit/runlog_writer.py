@@ -737,6 +737,7 @@ class IdBlocks:
         return int(end) - size, int(end)
 
     def _refill(self) -> None:
+        failures = 0
         while True:
             self._wanted.wait()
             self._wanted.clear()
@@ -746,9 +747,13 @@ class IdBlocks:
                 size = self._grown()
             try:
                 block: tuple[int, int] | None = self._reserve(size)
-            except Exception as exc:  # the next call that runs out reserves for itself
-                logger.warning("run log: could not reserve ids ahead: %s", exc)
+                failures = 0
+            except Exception as exc:  # meanwhile calls log without ids; the writer gives them
+                failures += 1
+                logger.warning("run log: could not reserve ids ahead (%d): %s", failures, exc)
                 block = None
+                # Not asked again at once: a database that fails keeps failing for a while.
+                self._wanted.wait(min(MAX_RETRY_DELAY_S, 0.05 * 2 ** (failures - 1)))
             with self._lock:
                 if self._spare is None:
                     self._spare = block
