@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -237,3 +238,31 @@ def test_an_unknown_log_id_is_a_404_naming_it(api: ApiEnv) -> None:
     assert response.status_code == 404
     error = response.json()["error"]
     assert error["param"] == "id" and "987654321" in error["message"]
+
+
+def test_while_ids_cannot_be_reserved_calls_are_logged_and_given_ids_later(
+    db_path: Path,
+) -> None:
+    db = Database(db_path)
+    log = RunLog(db, batch_ms=5)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("ALTER TABLE run_log_ids RENAME TO run_log_ids_away")
+        log.start()
+        # No id at hand, none to be had: the call goes on without one (never an exception).
+        assert log.new_id(wait=False) is None
+        assert log.new_id() is None
+        waiting = record()
+        log.log(waiting)
+        assert not log.flush(timeout=0.5), "written without an id"
+        assert log.health()["last_error"] == "OperationalError"
+    finally:
+        other.execute("ALTER TABLE run_log_ids_away RENAME TO run_log_ids")
+        other.close()
+    try:
+        assert log.flush(timeout=WAIT_S)
+        stored = log.get(waiting.trace_id)
+        assert stored is not None and stored["id"] >= 1
+        assert log.new_id() != stored["id"]
+    finally:
+        log.close()
