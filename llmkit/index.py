@@ -781,11 +781,13 @@ class Index:
 
     def version_for_id_segment(self, ident: str | int, text: str) -> Version:
         """A version named where LLMKit takes a `version_id`: digits are always the integer
-        id (of this prompt's versions, never a version number); `draft`, or `null` (what the UI
-        puts in a URL for a draft's null version_id), the served draft; anything else a sha
-        prefix, branch or tag."""
+        id (of this prompt's versions, never a version number); `served` the version served now,
+        draft or not; `draft`, or `null` (what the UI puts in a URL for a draft's null
+        version_id), the served draft; anything else a sha prefix, branch or tag."""
         prompt = self.get_prompt(ident)
         text = text.strip()
+        if text == "served":
+            return self.version(prompt.key)
         if text in DRAFT_IDS:
             served = self.version(prompt.key)
             if not served.draft:

@@ -14,6 +14,11 @@ row (`truncated`, `log_notes`); a row the database still refuses is stored scrub
 in `run_log_rejects`, and a writer thread that dies is restarted by its supervisor. `health()`
 says how the writer is doing.
 
+Each row has an integer id, handed out when its call starts (`new_id`, from blocks reserved in
+the database by `runlog_writer.IdBlocks`), so that the answer can name the row before the writer
+has written it: a completion's id is `chatcmpl-<id>`. An id whose row was never written (a call
+still running, or a server killed first) names nothing, never another call.
+
 Rows refer to prompts by key + version sha, never by index ids, so an index rebuild leaves
 them alone. Other durable features (eval runs, human scores) own their own modules and
 migration kinds; they can join `stats()` by (prompt_key, version_sha) and rows by trace_id.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sqlite3
 import uuid
@@ -42,7 +48,9 @@ from llmkit.runlog_rows import (
     format_time,
     utc_now,  # the stored time shape, used beside rows
 )
-from llmkit.runlog_writer import LogWriter, RowSink
+from llmkit.runlog_writer import IdBlocks, LogWriter, RowSink
+
+logger = logging.getLogger("llmkit.runlog")
 
 STATUSES = ("ok", "error", "cancelled")
 # Where a call came from; "judge" is an eval's judge grading an answer of the prompt it is
@@ -59,6 +67,12 @@ Rows = list[dict[str, Any]]
 # millions of random ids, and a shorter one would rarely name a single call.
 MIN_TRACE_PREFIX = 6
 AMBIGUOUS_SHOWN = 5
+# A log entry is named by its integer id or by its trace id. Trace ids are hex (32 digits), so
+# only a value of digits alone can be either: up to this many digits it is read as an id first
+# (an id the UI took from a completion), and as a trace id prefix only when no row has that id.
+# Longer, it cannot be an id (ids fit in 64 bits), so a trace id prefix of digits alone that
+# happens to be an id too is told apart by giving more of it.
+MAX_ID_DIGITS = 18
 
 
 def new_trace_id() -> str:
@@ -71,6 +85,9 @@ class RunRecord:
     the assembled text, a str); they are stored as JSON text and read back as values."""
 
     trace_id: str = field(default_factory=new_trace_id)
+    # The row's integer id: handed out by RunLog.new_id() before the call is answered, or
+    # given by the writer if the caller had none.
+    id: int | None = None
     prompt_key: str
     version_number: int | None = None
     version_sha: str | None = None
@@ -79,6 +96,9 @@ class RunRecord:
     draft: bool = False
     draft_blob: str | None = None
     model: str
+    # The model as the prompt, eval case or judge names it (an alias of llmkit.yaml or a model
+    # string), where `model` is what it resolved to: LLMKit's `model_name`.
+    model_name: str | None = None
     request: Any
     response: Any = None
     status: str = "ok"
@@ -103,6 +123,7 @@ COLUMNS = (*FIELDS, "truncated", "log_notes")
 _CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM run_log"
 _INT_FIELDS = (
+    "id",
     "version_number",
     "http_status",
     "input_tokens",
@@ -111,7 +132,15 @@ _INT_FIELDS = (
     "api_key_id",
 )
 _NUMBER_FIELDS = ("cost", "latency_ms", "ttft_ms")
-_TEXT_FIELDS = ("trace_id", "prompt_key", "version_sha", "draft_blob", "model", "error")
+_TEXT_FIELDS = (
+    "trace_id",
+    "prompt_key",
+    "version_sha",
+    "draft_blob",
+    "model",
+    "model_name",
+    "error",
+)
 
 MIGRATIONS = Migrations("runlog")
 migration = MIGRATIONS.register
@@ -255,6 +284,18 @@ def m004_judge_source(conn: sqlite3.Connection) -> None:
         )
 
 
+@migration
+def m005_ids_in_blocks_and_model_names(conn: sqlite3.Connection) -> None:
+    """The counter ids are reserved from (see IdBlocks): one row, above every id so far. And
+    the model as the call named it, beside what it resolved to."""
+    conn.execute("ALTER TABLE run_log ADD COLUMN model_name TEXT")
+    conn.execute(
+        "CREATE TABLE run_log_ids (one INTEGER PRIMARY KEY CHECK (one = 1),"
+        " next_id INTEGER NOT NULL)"
+    )
+    conn.execute("INSERT INTO run_log_ids SELECT 1, COALESCE(MAX(id), 0) + 1 FROM run_log")
+
+
 _RUN_LOG_INDEXES = (
     "run_log_created_at",
     "run_log_prompt_created_at",
@@ -362,11 +403,13 @@ def _check_record(record: RunRecord) -> None:
         value = getattr(record, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise BadRequest(f"Run record {name} must be an integer or None: {_shown(value)}")
+    if record.id is not None and not 0 < record.id < 2**63:
+        raise BadRequest(f"Run record id must be a positive 64-bit integer: {_shown(record.id)}")
     for name in _NUMBER_FIELDS:
         value = getattr(record, name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
             raise BadRequest(f"Run record {name} must be a number or None: {_shown(value)}")
-    for name in ("version_sha", "draft_blob", "error"):
+    for name in ("version_sha", "draft_blob", "model_name", "error"):
         value = getattr(record, name)
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"Run record {name} must be a string or None: {_shown(value)}")
@@ -407,15 +450,35 @@ def _to_row(record: RunRecord, field_max_bytes: int) -> tuple[Any, ...]:
 
 
 def _row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
+    """A row as the API and the CLI show it: ours, and beside them LLMKit's names for what it
+    has too (`status_code`, the request and response as JSON text in `request_body` and
+    `response_data`, which LLMKit's UI hands to JSON.parse); `model_name` of a row logged
+    without one is the model it ran."""
     result = {name: row[name] for name in COLUMNS}
     truncated = _json_list(result["truncated"])
-    result["request"] = _json_value(result["request"], "request" in truncated)
-    result["response"] = _json_value(result["response"], "response" in truncated)
+    result["request"], request_text = _json_field(result["request"], "request" in truncated)
+    result["response"], response_text = _json_field(result["response"], "response" in truncated)
     result["stream"] = bool(result["stream"])
     result["draft"] = bool(result["draft"])
     result["truncated"] = truncated
     result["log_notes"] = _json_list(result["log_notes"])
+    result["model_name"] = result["model_name"] or result["model"]
+    result["status_code"] = result["http_status"]
+    result["request_body"] = request_text
+    result["response_data"] = response_text
     return result
+
+
+def _json_field(text: str | None, truncated: bool) -> tuple[Any, str | None]:
+    """A stored JSON field as its value and as JSON text: the stored text itself when it is
+    JSON, else (cut, or stored before it had to be JSON) the JSON of the text it reads as."""
+    value = _json_value(text, truncated)
+    if text is None:
+        return None, None
+    if value is not text:
+        return value, text
+    # _json_value hands back the very text it was given when that is not JSON (or is cut).
+    return value, json.dumps(text, ensure_ascii=False)
 
 
 def _expire(committed: asyncio.Future[None], trace_id: str, runlog: RunLog) -> None:
@@ -466,8 +529,10 @@ class RunLog:
         self.field_max_bytes = field_max_bytes
         self.durable_wait_s = durable_wait_s
         db.migrate(MIGRATIONS)
+        self._ids = IdBlocks(db, counter_table="run_log_ids", table="run_log")
         self._writer = LogWriter(
             db,
+            ids=self._ids,
             table="run_log",
             columns=COLUMNS,
             rejects_table="run_log_rejects",
@@ -480,6 +545,21 @@ class RunLog:
 
     def start(self) -> None:
         self._writer.start()
+        self._ids.start()
+
+    def new_id(self, *, wait: bool = True) -> int | None:
+        """The id of a row about to be logged, never handed out before by any process sharing
+        the log; see IdBlocks. Without `wait` (on the event loop), only an id at hand in
+        memory; with it, a block is reserved if need be. None when there is none at hand, or
+        the database cannot reserve one now: the record is then logged without an id, and the
+        writer gives it one."""
+        if not wait:
+            return self._ids.take()
+        try:
+            return self._ids.next_id()
+        except Exception as exc:
+            logger.warning("run log: no id reserved for a call (%s); the writer will give one", exc)
+            return None
 
     def log(self, record: RunRecord) -> None:
         """Queue a record for writing; returns at once. Records logged before start() wait.
@@ -513,6 +593,7 @@ class RunLog:
 
     def close(self, timeout: float = 30) -> None:
         """Write everything logged so far and stop the writer. Idempotent."""
+        self._ids.close()
         self._writer.close(timeout)
 
     def health(self) -> dict[str, Any]:
@@ -599,7 +680,31 @@ class RunLog:
         row = self._db.reader().execute(f"{_SELECT} WHERE trace_id = ?", (trace_id,)).fetchone()
         return None if row is None else _row_to_dict(row)
 
-    def find(self, trace: str) -> dict[str, Any]:
+    def get_by_id(self, log_id: int) -> dict[str, Any] | None:
+        if not 0 < log_id < 2**63:  # SQLite cannot even compare a larger integer
+            return None
+        row = self._db.reader().execute(f"{_SELECT} WHERE id = ?", (log_id,)).fetchone()
+        return None if row is None else _row_to_dict(row)
+
+    def find(self, ident: str) -> dict[str, Any]:
+        """The row named by `ident`: its integer id, its trace id, or a unique prefix of its
+        trace id. Digits alone (at most MAX_ID_DIGITS) are an id first, and a trace id prefix
+        only when no row has that id."""
+        if ident.isascii() and ident.isdigit() and len(ident) <= MAX_ID_DIGITS:
+            row = self.get_by_id(int(ident))
+            if row is not None:
+                return row
+            if len(ident) < MIN_TRACE_PREFIX:
+                raise NotFound(_no_id(ident), param="id")
+            try:
+                return self._find_trace(ident)
+            except NotFound:
+                raise NotFound(
+                    f"{_no_id(ident)}, nor one whose trace id starts {ident!r}", param="id"
+                ) from None
+        return self._find_trace(ident)
+
+    def _find_trace(self, trace: str) -> dict[str, Any]:
         """The row whose trace id is `trace`, or else the one it starts (as `llmkit logs` shows
         them, cut short). A prefix shorter than MIN_TRACE_PREFIX, or one that starts several
         trace ids, is a 400 naming them; none is a 404. Read through the trace id's index."""
@@ -689,6 +794,13 @@ class RunLog:
             )
         )
         return result
+
+
+def _no_id(ident: str) -> str:
+    return (
+        f"No log entry with id {int(ident)} (an id is given to a call when it starts: a call"
+        " still running, or one whose server stopped before writing it, has no entry)"
+    )
 
 
 _STATS_TOTALS = """

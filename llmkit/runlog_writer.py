@@ -53,6 +53,12 @@ LOST_IDS_SHOWN = 20
 CHECKPOINT_EVERY_S = 1.0
 # SQLite's own default, restored when the writer stops.
 AUTO_CHECKPOINT_PAGES = 1000
+# Id blocks double from the first to the largest, so a block is never larger than the ids the
+# process has used so far: a short-lived process (one `llmkit run`) skips few ids when it exits,
+# and a busy one reserves rarely (a reservation takes a millisecond or more; at the largest
+# block that keeps ahead of far more calls a second than a gateway serves).
+FIRST_ID_BLOCK = 1
+MAX_ID_BLOCK = 65536
 
 T = TypeVar("T")
 
@@ -112,10 +118,13 @@ class LogWriter:
         notes_column: str,
         batch_s: float,
         max_batch: int,
+        ids: IdBlocks,
     ) -> None:
         self._db = db
         self._table = table
         self._columns = columns
+        self._ids = ids
+        self._id_index = columns.index("id")
         self._trace_index = columns.index("trace_id")
         self._notes_index = columns.index(notes_column)
         self._reject_sql = (
@@ -417,6 +426,7 @@ class LogWriter:
     def _store(self, rows: list[QueuedRow]) -> None:
         """Write the rows, whatever they hold; never raises an Exception."""
         try:
+            self._retrying(len(rows), lambda: self._give_ids(rows))
             self._retrying(len(rows), lambda: self._insert_batch(rows))
             lost: dict[int, str] = {}
         except Exception as exc:
@@ -468,6 +478,13 @@ class LogWriter:
                 logger.warning("run log: writing again after %d failed attempt(s)", attempt)
                 self.failing_since = None
             return result
+
+    def _give_ids(self, rows: list[QueuedRow]) -> None:
+        """An id for each row queued without one (its caller had no id at hand)."""
+        at = self._id_index
+        for row in rows:
+            if row.values[at] is None:
+                row.values = (*row.values[:at], self._ids.next_id(), *row.values[at + 1 :])
 
     def _insert_batch(self, rows: list[QueuedRow]) -> None:
         step = self._rows_per_statement
@@ -625,3 +642,119 @@ def _resolve(outcomes: list[tuple[asyncio.Future[None], str | None]]) -> None:
             future.set_result(None)
         else:
             future.set_exception(RunLogUnavailable(f"The run log could not store the call: {lost}"))
+
+
+class IdBlocks:
+    """Integer ids for rows not yet written, unique across every process that shares the log.
+
+    The database holds one counter, `counter_table.next_id`: no id at or above it has been
+    handed out. A process reserves a block by moving the counter up by the block's size in one
+    write transaction, and hands the block's ids out from memory; a refill thread reserves the
+    next block while the current one is in use, so a call rarely waits for SQLite. (On
+    PostgreSQL the same one-row UPDATE ... RETURNING reserves a block under the row's lock; a
+    sequence whose increment is the largest block would do too, without the doubling.)
+
+    An id is handed out only after its block's reservation has committed, and the counter only
+    moves up, so an id is never handed out twice, even after a kill -9. What a killed process
+    had reserved and not used, and the ids of calls whose rows it had not written yet, are
+    gaps: such an id names no row (a 404), never another call's. The counter also moves past
+    the largest id in `table`, in case a row was written with an id from elsewhere.
+    """
+
+    def __init__(self, db: Database, *, counter_table: str, table: str) -> None:
+        self._db = db
+        self._move_sql = (
+            f"UPDATE {counter_table} SET next_id ="
+            f" MAX(next_id, (SELECT COALESCE(MAX(id), 0) + 1 FROM {table})) + ?"
+        )
+        self._read_sql = f"SELECT next_id FROM {counter_table}"
+        self._lock = threading.Lock()
+        self._next = 0
+        self._end = 0  # the current block is [_next, _end)
+        self._spare: tuple[int, int] | None = None
+        self._size = FIRST_ID_BLOCK
+        self._asked = False
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._refiller: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start reserving blocks ahead, on a thread of their own."""
+        with self._lock:
+            if self._refiller is not None or self._stopping:
+                return
+            self._refiller = threading.Thread(
+                target=self._refill, name="llmkit-runlog-ids", daemon=True
+            )
+            self._refiller.start()
+            self._asked = True
+        self._wanted.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            refiller = self._refiller
+        self._wanted.set()
+        if refiller is not None:
+            refiller.join(5)
+
+    def take(self) -> int | None:
+        """A new id if one is at hand in memory, else None: never waits for SQLite, so the
+        event loop may call it. Asks the refill thread for the next block when it is due."""
+        with self._lock:
+            return self._taken() if self._at_hand() else None
+
+    def next_id(self) -> int:
+        """A new id, reserving a block first when none is at hand: may wait for SQLite (and
+        raise what it raises), so never on the event loop."""
+        with self._lock:
+            if not self._at_hand():
+                self._next, self._end = self._reserve(self._grown())
+            return self._taken()
+
+    def _at_hand(self) -> bool:
+        if self._next >= self._end and self._spare is not None:
+            (self._next, self._end), self._spare = self._spare, None
+        return self._next < self._end
+
+    def _taken(self) -> int:
+        handed = self._next
+        self._next += 1
+        if self._spare is None and not self._asked and self._refiller is not None:
+            self._asked = True
+            self._wanted.set()
+        return handed
+
+    def _grown(self) -> int:
+        size = self._size
+        self._size = min(size * 2, MAX_ID_BLOCK)
+        return size
+
+    def _reserve(self, size: int) -> tuple[int, int]:
+        with self._db.write() as conn:
+            conn.execute(self._move_sql, (size,))
+            (end,) = conn.execute(self._read_sql).fetchone()
+        return int(end) - size, int(end)
+
+    def _refill(self) -> None:
+        failures = 0
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            with self._lock:
+                if self._stopping:
+                    return
+                size = self._grown()
+            try:
+                block: tuple[int, int] | None = self._reserve(size)
+                failures = 0
+            except Exception as exc:  # meanwhile calls log without ids; the writer gives them
+                failures += 1
+                logger.warning("run log: could not reserve ids ahead (%d): %s", failures, exc)
+                block = None
+                # Not asked again at once: a database that fails keeps failing for a while.
+                self._wanted.wait(min(MAX_RETRY_DELAY_S, 0.05 * 2 ** (failures - 1)))
+            with self._lock:
+                if self._spare is None:
+                    self._spare = block
+                self._asked = False

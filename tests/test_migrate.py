@@ -146,6 +146,7 @@ EXPECTED: dict[str, Table] = {
             ("log_notes", "TEXT", False, None, 0),
             ("draft", "INTEGER", True, "0", 0),
             ("draft_blob", "TEXT", False, None, 0),
+            ("model_name", "TEXT", False, None, 0),
         ],
         "indexes": {
             "sqlite_autoindex_run_log_1": ("UNIQUE", ["trace_id"]),
@@ -184,6 +185,13 @@ EXPECTED: dict[str, Table] = {
             ("error", "TEXT", True, None, 0),
             ("row", "TEXT", True, None, 0),
             ("rejected_at", "TEXT", True, None, 0),
+        ],
+        "indexes": {},
+    },
+    "run_log_ids": {
+        "columns": [
+            ("one", "INTEGER", False, None, 1),
+            ("next_id", "INTEGER", True, None, 0),
         ],
         "indexes": {},
     },
@@ -261,6 +269,7 @@ EXPECTED: dict[str, Table] = {
             ("created_at", "TEXT", True, None, 0),
             ("draft", "INTEGER", True, "0", 0),
             ("draft_blob", "TEXT", False, None, 0),
+            ("updated_at", "TEXT", False, None, 0),
         ],
         "indexes": {
             "eval_results_version": ("CREATE INDEX", ["prompt_key", "version_sha"]),

@@ -79,10 +79,18 @@ def test_a_logged_record_reads_back_as_it_was(runlog: RunLog) -> None:
     )
     runlog.log(full)
     assert runlog.flush()
-    assert runlog.get(full.trace_id) == {
+    stored = runlog.get(full.trace_id)
+    assert stored is not None and stored["id"] > 0, "the writer gives a row without an id one"
+    assert stored == {
         **dataclasses.asdict(full),
+        "id": stored["id"],
         "truncated": [],
         "log_notes": [],
+        # LLMKit's names, beside ours; its UI hands the JSON texts to JSON.parse.
+        "model_name": full.model,  # logged without one: the model it ran
+        "status_code": 502,
+        "request_body": json.dumps(full.request, ensure_ascii=False),
+        "response_data": '"streamed text, assembled"',
     }
     assert runlog.get("no-such-trace") is None
 

@@ -34,35 +34,7 @@ FILES = {
 }
 
 # What llmkit answers today where the UI expects something else, one entry per call.
-GAPS: dict[str, str] = {
-    "execute": "the completion id is 'chatcmpl-echo-<hex>': its second '-' part is not the"
-    " integer id of a log entry the UI can open",
-    "execute stream": "the chunk ids are 'chatcmpl-echo-<hex>': the second '-' part is not"
-    " the integer id of a log entry the UI can open",
-    "execute chat": "the completion id is 'chatcmpl-echo-<hex>': its second '-' part is not"
-    " the integer id of a log entry the UI can open",
-    "execute by id": "the answer's log is a run-log row as llmkit keeps it: trace_id,"
-    " prompt_key, model, request/response objects, http_status; no integer id, model_id,"
-    " model_name, status_code, nor request_body/response_data as JSON strings",
-    "list logs": "log items have trace_id, prompt_key, model, request/response objects and"
-    " http_status: no integer id, prompt_id, model_id, model_name, status_code, nor"
-    " request_body/response_data as JSON strings",
-    "get log": "no log id to open: completion ids do not carry an integer log id, and"
-    " /v1/ui/logs/{id} takes a trace id",
-    "list prompt evals": "eval cases lack prompt_id, input_data (a JSON string), created_at"
-    " and updated_at",
-    "create prompt eval": "input_data is refused: 400 unknown key 'input_data' in an eval case",
-    "get prompt eval": "prompt_id, input_data, created_at and updated_at absent",
-    "update prompt eval": "input_data is refused: 400 unknown key 'input_data' in an eval case",
-    "run prompt evals": "runs[]: prompt_version_id is a commit sha, not an integer;"
-    " prompt_eval_id, prompt_eval_name and updated_at absent",
-    "list eval runs": "prompt_version_id is a commit sha, not an integer; prompt_eval_id,"
-    " prompt_eval_name and updated_at absent",
-    "get eval run": "prompt_version_id is a commit sha, not an integer; prompt_eval_id,"
-    " prompt_eval_name and updated_at absent",
-    "score eval run": "prompt_version_id is a commit sha, not an integer; prompt_eval_id,"
-    " prompt_eval_name and updated_at absent",
-}
+GAPS: dict[str, str] = {}
 
 Context = dict[str, Any]
 

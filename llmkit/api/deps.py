@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -87,6 +87,23 @@ def parse_body(raw: bytes, adapter: TypeAdapter[T]) -> T:
         raise _bad_body(exc.errors(include_url=False)) from None
     except ValueError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+
+
+def body_reader(adapter: TypeAdapter[T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency that reads the body through `adapter` as `parse_body` does (a 400 naming a
+    bad field), on the event loop, so that a handler that blocks can be a plain function."""
+
+    async def read(request: Request) -> T:
+        return parse_body(await request.body(), adapter)
+
+    return read
+
+
+def documented_body(name: str) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that reads its body itself (see `parse_body`): the
+    schema is one of the app's components (`docs.SELF_READ_BODIES`)."""
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _lone_surrogate(errors: list[Any]) -> bool:

@@ -10,7 +10,8 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
-from llmkit.api.deps import admin_key, parse_body, run_key
+from llmkit.api.deps import admin_key, documented_body, parse_body, run_key
+from llmkit.api.routes.logs import ui_entries
 from llmkit.api.schemas import ChatCompletionRequest, PromptExecuteRequest
 from llmkit.api.streaming import ClientWatch, EventStream, JsonAnswer
 from llmkit.errors import LlmkitError
@@ -74,7 +75,8 @@ def _content_and_log(request: Request, trace_id: str, response: dict[str, Any]) 
     ws.runlog.flush()
     choices = response.get("choices") or [{}]
     content = (choices[0].get("message") or {}).get("content")
-    return {"content": content if isinstance(content, str) else "", "log": ws.runlog.find(trace_id)}
+    [log] = ui_entries(ws, [ws.runlog.find(trace_id)])
+    return {"content": content if isinstance(content, str) else "", "log": log}
 
 
 async def _stream(request: Request, executor: Executor, ex: Execution) -> Response:
@@ -103,15 +105,8 @@ CHAT_BODY = TypeAdapter(ChatCompletionRequest)
 PROMPT_BODY = TypeAdapter(PromptExecuteRequest)
 
 
-def _documented(name: str) -> dict[str, Any]:
-    """The OpenAPI requestBody of a route that reads its body itself (see `parse_body`): the
-    schema is one of the app's components (`create_app` adds them)."""
-    schema = {"$ref": f"#/components/schemas/{name}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-CHAT_DOC = _documented("ChatCompletionRequest")
-PROMPT_DOC = _documented("PromptExecuteRequest")
+CHAT_DOC = documented_body("ChatCompletionRequest")
+PROMPT_DOC = documented_body("PromptExecuteRequest")
 
 
 async def _chat_body(request: Request) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from llmkit.api.deps import Ws, admin_key
+from llmkit.errors import LlmkitError
+from llmkit.models import model_id
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
 
@@ -20,6 +22,23 @@ PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE_ASKED, description="rows 
 
 def install(app: FastAPI) -> None:
     app.include_router(router)
+
+
+def ui_entries(ws: Ws, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Log rows with LLMKit's `prompt_id` (the prompt's index id, null for a prompt that is
+    gone) and `model_id` (the id GET /v1/ui/models gives the model as the prompt names it)
+    beside the rest of what the run log gives."""
+    prompt_ids: dict[str, int | None] = {}
+    for row in rows:
+        key = row["prompt_key"]
+        if key not in prompt_ids:
+            try:
+                prompt_ids[key] = ws.index.get_prompt(key).id
+            except LlmkitError:
+                prompt_ids[key] = None
+        row["prompt_id"] = prompt_ids[key]
+        row["model_id"] = model_id(row["model_name"])
+    return rows
 
 
 def _filters(
@@ -45,9 +64,10 @@ def list_logs(
 ) -> list[dict[str, Any]]:
     """Provider calls, newest first, filtered by prompt, version, status and time."""
     ws.runlog.flush()
-    return ws.runlog.list(
+    rows = ws.runlog.list(
         page=page, page_size=page_size, **_filters(prompt, version, status, since, until)
     )
+    return ui_entries(ws, rows)
 
 
 @router.get("/logs/count")
@@ -64,11 +84,13 @@ def count_logs(
     return {"count": ws.runlog.count(**_filters(prompt, version, status, since, until))}
 
 
-@router.get("/logs/{trace_id}")
-def get_log(trace_id: str, ws: Ws) -> dict[str, Any]:
-    """One provider call by trace id, or by a unique prefix of it (6 characters or more)."""
+@router.get("/logs/{log_id}")
+def get_log(log_id: str, ws: Ws) -> dict[str, Any]:
+    """One provider call by integer id (as in a completion's id, `chatcmpl-<id>`), by trace id,
+    or by a unique prefix of its trace id (6 characters or more). Digits alone are an id first,
+    and a trace id prefix only when no call has that id."""
     ws.runlog.flush()
-    return ws.runlog.find(trace_id)
+    return ui_entries(ws, [ws.runlog.find(log_id)])[0]
 
 
 @router.get("/prompts/{prompt_id:path}/stats")
