@@ -33,6 +33,7 @@ from llmkit.errors import (
 from llmkit.execute import Executor
 from llmkit.providers import pricing
 from llmkit.sessions import LoginLimiter, SessionStore
+from llmkit.web import install as install_web
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.api")
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.include_router(prompts.router)
     app.include_router(keys.router)
     app.include_router(auth.router)
+    install_web(app)  # the pages at `/`, after every API route
     return app
 
 
