@@ -29,8 +29,17 @@ from tests.api_fixtures import (
 )
 from tests.helpers import git
 
-# Reachable without a key; everything else needs one.
-PUBLIC_PATHS = {"/v1/", "/healthz", "/docs", "/docs/assets", "/openapi.json"}
+# Reachable without a key; everything else needs one. The web UI's sign-in page and its
+# stylesheet and script are public: a browser needs them before it has signed in.
+PUBLIC_PATHS = {
+    "/v1/",
+    "/healthz",
+    "/docs",
+    "/docs/assets",
+    "/openapi.json",
+    "/sign-in",
+    "/static",
+}
 
 BASE62 = string.digits + string.ascii_letters
 
