@@ -33,7 +33,7 @@ from llmkit.errors import (
 from llmkit.execute import Executor
 from llmkit.providers import pricing
 from llmkit.sessions import LoginLimiter, SessionStore
-from llmkit.web import install as install_web
+from llmkit.web.routes import install as install_web
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.api")

@@ -8,7 +8,3 @@ token, checked by the API's own dependency. The pages work with JavaScript off; 
 script only improves sign-in errors and asks before a key is revoked. Nothing is fetched from
 another host: the stylesheet and script are served from this package under `/static/`.
 """
-
-from llmkit.web.routes import install
-
-__all__ = ["install"]
