@@ -98,17 +98,18 @@ OpenTab = Callable[..., Tab]
 
 @pytest.fixture
 def open_tab(browser: Browser, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OpenTab]:
-    """open_tab(base_url, context=None) -> a Tab in a new browser context (its own cookies),
-    or in the context of another tab (`context=tab.page.context`, the same signed-in
-    browser). Every request any of its pages makes is recorded in `tab.requests`."""
+    """open_tab(base_url, context=None, **options) -> a Tab in a new browser context (its own
+    cookies; `options` as Playwright's new_context takes them, e.g. java_script_enabled=False),
+    or in the context of another tab (`context=tab.page.context`, the same signed-in browser).
+    Every request any of its pages makes is recorded in `tab.requests`."""
     root = os.environ.get(SCREENSHOTS_ENV)
     shots = Path(root) / request.node.name if root else tmp_path / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     contexts: list[BrowserContext] = []
 
-    def open_(base_url: str, context: BrowserContext | None = None) -> Tab:
+    def open_(base_url: str, context: BrowserContext | None = None, **options: object) -> Tab:
         if context is None:
-            context = browser.new_context()
+            context = browser.new_context(**options)
             context.set_default_timeout(ACTION_TIMEOUT_MS)
             contexts.append(context)
         tab = Tab(context.new_page(), base_url, shots)

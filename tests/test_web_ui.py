@@ -91,6 +91,22 @@ def test_sign_in_refuses_a_run_key_and_admits_an_admin_key(open_tab: OpenTab, si
     assert tab.foreign_requests() == []
 
 
+def test_with_javascript_off_sign_in_and_the_pages_still_work(
+    open_tab: OpenTab, site: Site
+) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab(site.url, java_script_enabled=False)
+    sign_in(tab, site.server.admin_key, "/history/hello")
+    tab.page.wait_for_url(site.url + "/history/hello")
+    expect(tab.page.locator("table.history tbody tr")).to_have_count(2)
+    tab.page.get_by_role("button", name="Compare", exact=True).click()
+    tab.page.wait_for_url(site.url + "/diff/hello?from=1&to=2")
+    expect(tab.page.locator("table.diff tr.changed")).to_have_count(1)
+    tab.shot("diff-without-javascript")
+    assert tab.foreign_requests() == []
+
+
 def test_find_a_prompt_by_search_and_open_it(open_tab: OpenTab, site: Site) -> None:
     from playwright.sync_api import expect
 
@@ -105,8 +121,13 @@ def test_find_a_prompt_by_search_and_open_it(open_tab: OpenTab, site: Site) -> N
     expect(page.locator("details summary", has_text="support/")).to_be_visible()
     tab.shot("prompts")
 
-    page.get_by_label("Search keys and text").fill("sort the TICKET")
-    page.get_by_role("button", name="Search").click()
+    # From the keyboard: the skip link comes first, then the search box submits with Enter.
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    search = page.get_by_label("Search keys and text")
+    search.focus()
+    search.fill("sort the TICKET")
+    search.press("Enter")
     page.wait_for_url(re.compile(r".*/\?q=sort\+the\+TICKET$"))
     expect(page.get_by_role("status")).to_have_text("1 prompt matching “sort the TICKET”")
     assert page.locator("a.prompt-key").all_inner_texts() == ["triage"]
