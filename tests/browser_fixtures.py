@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page
+    from playwright.sync_api import Browser, BrowserContext, Page, Response
 
 CHROMIUM_ENV = "LLMKIT_TEST_CHROMIUM"
 SCREENSHOTS_ENV = "LLMKIT_TEST_SCREENSHOTS"
@@ -64,6 +64,8 @@ class Tab:
     base_url: str
     shots: Path
     requests: list[str] = field(default_factory=list)
+    # (status, url) of each stylesheet, script, image or font that failed to load.
+    broken: list[tuple[int, str]] = field(default_factory=list)
 
     def go(self, path: str) -> None:
         self.page.goto(self.base_url + path)
@@ -94,6 +96,12 @@ class Tab:
 
 
 OpenTab = Callable[..., Tab]
+ASSET_TYPES = ("stylesheet", "script", "image", "font")
+
+
+def _note_broken(tab: Tab, response: Response) -> None:
+    if response.status >= 400 and response.request.resource_type in ASSET_TYPES:
+        tab.broken.append((response.status, response.url))
 
 
 @pytest.fixture
@@ -114,6 +122,7 @@ def open_tab(browser: Browser, tmp_path: Path, request: pytest.FixtureRequest) -
             contexts.append(context)
         tab = Tab(context.new_page(), base_url, shots)
         tab.page.on("request", lambda sent: tab.requests.append(sent.url))
+        tab.page.on("response", lambda answer: _note_broken(tab, answer))
         return tab
 
     yield open_

@@ -145,6 +145,9 @@ def test_find_a_prompt_by_search_and_open_it(open_tab: OpenTab, site: Site) -> N
     expect(user).to_contain_text("Ticket: {{ ticket }}")
     tab.shot("prompt")
     assert tab.foreign_requests() == []
+    assert tab.broken == []
+    assert any(url.endswith("/static/llmkit.css") for url in tab.requests)
+    assert any(url.endswith("/static/llmkit.js") for url in tab.requests)
 
 
 def test_history_and_a_side_by_side_diff(open_tab: OpenTab, site: Site) -> None:
