@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.eval_fixtures",
     "tests.fake_github",
     "tests.otlp_fixtures",
+    "tests.browser_fixtures",
 ]
 
 DEFAULT_FILES: dict[str, str] = {

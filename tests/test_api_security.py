@@ -29,8 +29,17 @@ from tests.api_fixtures import (
 )
 from tests.helpers import git
 
-# Reachable without a key; everything else needs one.
-PUBLIC_PATHS = {"/v1/", "/healthz", "/docs", "/docs/assets", "/openapi.json"}
+# Reachable without a key; everything else needs one. The web UI's sign-in page and its
+# stylesheet and script are public: a browser needs them before it has signed in.
+PUBLIC_PATHS = {
+    "/v1/",
+    "/healthz",
+    "/docs",
+    "/docs/assets",
+    "/openapi.json",
+    "/sign-in",
+    "/static",
+}
 # Authenticated by a signature of the body instead of a key (a git host holds no llmkit key):
 # tests/test_serve_ref.py refuses it unsigned, badly signed and with no secret configured.
 SIGNED_PATHS = {"/v1/ui/hooks/git"}

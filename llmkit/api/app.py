@@ -38,6 +38,7 @@ from llmkit.otlp_export import exporter_from_env
 from llmkit.providers import pricing
 from llmkit.refserve import Follower, RefIndex
 from llmkit.sessions import LoginLimiter, SessionStore
+from llmkit.web.routes import install as install_web
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.api")
@@ -168,6 +169,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.include_router(keys.router)
     app.include_router(auth.router)
     app.include_router(hooks.router)
+    install_web(app)  # the pages at `/`, after every API route
     return app
 
 
