@@ -131,7 +131,8 @@ CREATE_TABLES = (
 def _later(column: str, keep: str) -> str:
     """The upsert's new value of a MIN (keep '<') or MAX (keep '>') column, portably."""
     ours = f"run_log_totals.{column}"
-    return f"{column} = CASE WHEN excluded.{column} {keep} {ours} THEN excluded.{column} ELSE {ours} END"
+    new = f"excluded.{column}"
+    return f"{column} = CASE WHEN {new} {keep} {ours} THEN {new} ELSE {ours} END"
 
 
 def _totals_sql(rows: str) -> str:
