@@ -75,8 +75,10 @@ def _link_next(request: Request, response: Response, cursor: str | None) -> None
     if cursor is None:
         return
     response.headers["x-next-cursor"] = cursor
-    query = [(k, v) for k, v in request.query_params.multi_items() if k not in ("page", "cursor")]
-    url = request.url.replace_query_params(**dict(query), cursor=cursor)
+    query = dict(request.query_params)
+    query["cursor"] = cursor
+    query.pop("page", None)
+    url = request.url.replace_query_params(**query)
     response.headers["link"] = f'<{url}>; rel="next"'
 
 

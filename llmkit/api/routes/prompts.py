@@ -233,8 +233,10 @@ def list_prompts(
     response.headers["x-total-count"] = str(ws.index.count_prompts(prefix))
     if len(prompts) > size:
         following = base64.urlsafe_b64encode(f"prompt:{shown[-1].id}".encode()).decode()
-        query = {k: v for k, v in request.query_params.items() if k not in ("page", "cursor")}
-        url = request.url.replace_query_params(**query, cursor=following, limit=size)
+        query = dict(request.query_params)
+        query.update(cursor=following, limit=str(size))
+        query.pop("page", None)
+        url = request.url.replace_query_params(**query)
         response.headers["x-next-cursor"] = following
         response.headers["link"] = f'<{url}>; rel="next"'
     return [prompt_fields(p) for p in shown]
