@@ -260,14 +260,17 @@ def m004_judge_source(conn: sqlite3.Connection) -> None:
 @migration
 def m005_rollups_and_filter_indexes(conn: sqlite3.Connection) -> None:
     """Per-version rollups, backfilled from every row already logged (see runlog_rollup), and
-    the indexes that the model, status and version filters of a page need to read it newest
-    first without scanning the log."""
+    the indexes that the model, status and version filters of a page (alone or with a prompt)
+    need to read it newest first without scanning the log."""
     runlog_rollup.create_and_backfill(conn)
     conn.execute("CREATE INDEX run_log_model_created_at ON run_log (model, created_at)")
     conn.execute("CREATE INDEX run_log_status_created_at ON run_log (status, created_at)")
     conn.execute(
         "CREATE INDEX run_log_version_created_at"
         " ON run_log (prompt_key, version_number, created_at)"
+    )
+    conn.execute(
+        "CREATE INDEX run_log_prompt_status_created_at ON run_log (prompt_key, status, created_at)"
     )
 
 
@@ -639,7 +642,8 @@ class RunLog:
         if cursor is not None:
             created_at, row_id = decode_cursor(cursor)
             where += " AND " if where else " WHERE "
-            where += "(created_at < ? OR (created_at = ? AND id < ?))"
+            # The first term is a range of every (..., created_at) index; the second the tie.
+            where += "created_at <= ? AND (created_at < ? OR id < ?)"
             params = [*params, created_at, created_at, row_id]
         rows = (
             self._db.reader()
@@ -666,7 +670,8 @@ class RunLog:
         where, params = _filters(prompt, version, status, since, until, model)
         reader = self._db.reader()
         if since is None and until is None:
-            return runlog_rollup.count(reader, where, params)
+            by_prompt = prompt is not None or version is not None
+            return runlog_rollup.count(reader, where, params, by_prompt=by_prompt)
         row = reader.execute(f"SELECT COUNT(*) FROM run_log{where}", params).fetchone()
         return int(row[0])
 
@@ -898,14 +903,18 @@ def _filters(
                 f"Unknown status {_shown(status)} (expected one of: {', '.join(STATUSES)})",
                 param="status",
             )
-        clauses.append("status = ?")
+        # Status has three values: with a model to narrow by, SQLite must walk that index,
+        # not this one (`|| ''` keeps a column's index out of a plan, portably); with a
+        # prompt, (prompt_key, status, created_at) serves both.
+        narrower = prompt is None and model is not None
+        clauses.append("status || '' = ?" if narrower else "status = ?")
         params.append(status)
     if model is not None:
         if not isinstance(model, str) or not model:
             raise BadRequest(
                 f"model must be a non-empty string, got {_shown(model)}", param="model"
             )
-        clauses.append("model = ?")
+        clauses.append("model || '' = ?" if prompt is not None else "model = ?")
         params.append(model)
     if since is not None:
         clauses.append("created_at >= ?")

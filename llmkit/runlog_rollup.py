@@ -1,15 +1,16 @@
 """Rollups of the run log: per-version figures kept up to date as rows are written, so that
 stats and counts never scan the log.
 
-Two tables, both keyed by (prompt key, version, ...) and both updated by the run-log writer
-in the transaction that inserts a batch (`roll_up`), from the very rows that transaction
-stored: a crash leaves rows and rollups both written or both not, and a rollup is always
-what a GROUP BY over the log would give.
+Three tables, all updated by the run-log writer in the transaction that inserts a batch
+(`roll_up`), from the very rows that transaction stored: a crash leaves rows and rollups both
+written or both not, and a rollup is always what a GROUP BY over the log would give.
 
 - `run_log_totals`, one row per (prompt, version, model, status, source): counts, tokens,
   cost, first and last time. Stats sum a prompt's rows; counts without a time range sum the
   rows their filters select. Its size grows with the number of versions and models, never
   with the number of calls.
+- `run_log_counts`, one row per (model, status): the count of the whole log, and by model
+  or status, from a handful of rows.
 - `run_log_latency`, one row per (prompt, version, metric, bucket): a fixed-bucket histogram
   of latency_ms and ttft_ms (judge rows left out, as stats leave them out). Percentiles of a
   version with more than EXACT_PERCENTILE_MAX values are read from it: buckets are one
@@ -116,6 +117,14 @@ CREATE_TABLES = (
     )
     """,
     """
+    CREATE TABLE run_log_counts (
+        model TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (model, status)
+    )
+    """,
+    """
     CREATE TABLE run_log_latency (
         prompt_key TEXT NOT NULL,
         version_key TEXT NOT NULL,
@@ -164,6 +173,14 @@ ON CONFLICT (prompt_key, version_key, model, status, source) DO UPDATE SET
 """
 
 
+def _counts_sql(rows: str) -> str:
+    return f"""
+INSERT INTO run_log_counts (model, status, n)
+SELECT model, status, COUNT(*) FROM run_log WHERE {rows} GROUP BY model, status
+ON CONFLICT (model, status) DO UPDATE SET n = run_log_counts.n + excluded.n
+"""
+
+
 def _latency_sql(rows: str, metric: str) -> str:
     assert metric in METRICS
     return f"""
@@ -177,7 +194,11 @@ ON CONFLICT (prompt_key, version_key, metric, bucket) DO UPDATE SET
 
 
 def _statements(rows: str) -> tuple[str, ...]:
-    return (_totals_sql(rows), *(_latency_sql(rows, metric) for metric in METRICS))
+    return (
+        _totals_sql(rows),
+        _counts_sql(rows),
+        *(_latency_sql(rows, metric) for metric in METRICS),
+    )
 
 
 _BACKFILL = _statements("1 = 1")
@@ -250,8 +271,10 @@ def histogram_percentile(
     return None
 
 
-def count(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> int:
-    """How many rows match filters on columns the totals rollup holds (prompt_key, version
-    columns, model, status, source): a sum over its rows."""
-    row = conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM run_log_totals{where}", params).fetchone()
+def count(conn: sqlite3.Connection, where: str, params: Sequence[Any], *, by_prompt: bool) -> int:
+    """How many rows match filters on columns the rollups hold: a sum over the few rows of
+    run_log_counts (filters on model and status only), else over the totals rows of the
+    filtered prompt (or of every prompt, when a version is asked for without one)."""
+    table = "run_log_totals" if by_prompt else "run_log_counts"
+    row = conn.execute(f"SELECT COALESCE(SUM(n), 0) FROM {table}{where}", params).fetchone()
     return int(row[0])

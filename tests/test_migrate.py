@@ -155,6 +155,10 @@ EXPECTED: dict[str, Table] = {
                 "CREATE INDEX",
                 ["prompt_key", "version_number", "created_at"],
             ),
+            "run_log_prompt_status_created_at": (
+                "CREATE INDEX",
+                ["prompt_key", "status", "created_at"],
+            ),
             "run_log_latency_ms": (
                 "CREATE INDEX WHERE",  # source != 'judge'
                 [
@@ -217,6 +221,16 @@ EXPECTED: dict[str, Table] = {
                 "PRIMARY KEY",
                 ["prompt_key", "version_key", "model", "status", "source"],
             ),
+        },
+    },
+    "run_log_counts": {
+        "columns": [
+            ("model", "TEXT", True, None, 1),
+            ("status", "TEXT", True, None, 2),
+            ("n", "INTEGER", True, None, 0),
+        ],
+        "indexes": {
+            "sqlite_autoindex_run_log_counts_1": ("PRIMARY KEY", ["model", "status"]),
         },
     },
     "run_log_latency": {

@@ -145,6 +145,16 @@ def assert_rollups_match(path: Path) -> int:
         expected_totals, expected_histogram = recount(conn)
         totals, histogram = rolled_up(conn)
         rows = conn.execute("SELECT COUNT(*) FROM run_log").fetchone()[0]
+        counts = {
+            (model, status): n
+            for model, status, n in conn.execute("SELECT model, status, n FROM run_log_counts")
+        }
+        expected_counts = {
+            (model, status): n
+            for model, status, n in conn.execute(
+                "SELECT model, status, COUNT(*) FROM run_log GROUP BY model, status"
+            )
+        }
     finally:
         conn.close()
     assert totals.keys() == expected_totals.keys()
@@ -156,6 +166,7 @@ def assert_rollups_match(path: Path) -> int:
         if cost is not None:
             assert math.isclose(cost, expected_cost, rel_tol=1e-9, abs_tol=1e-12), key
     assert histogram == expected_histogram
+    assert counts == expected_counts
     return int(rows)
 
 
