@@ -34,7 +34,7 @@ router = APIRouter(prefix="/v1/ui/prompts", dependencies=[Depends(admin_key)], t
 MAX_VERSION_SPEC = 256
 # The prompt list answers this many prompts when no page is asked for (LLMKit's UI asks for
 # none): the headers say how many there are and where the next page is.
-DEFAULT_LIST_LIMIT = 500
+DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 MAX_LIST_PAGE = 10**9
 MAX_PREFIX = 1024
