@@ -493,7 +493,7 @@ class RunLog:
             notes_column="log_notes",
             batch_s=max(batch_ms, 0) / 1000,
             max_batch=max_batch,
-            on_insert=runlog_rollup.roll_up,
+            on_insert=runlog_rollup.RollUp(COLUMNS),
         )
 
     # Writing

@@ -2,7 +2,7 @@
 stats and counts never scan the log.
 
 Three tables, all updated by the run-log writer in the transaction that inserts a batch
-(`roll_up`), from the very rows that transaction stored: a crash leaves rows and rollups both
+(`RollUp`), from the very rows that transaction stored: a crash leaves rows and rollups both
 written or both not, and a rollup is always what a GROUP BY over the log would give.
 
 - `run_log_totals`, one row per (prompt, version, model, status, source): counts, tokens,
@@ -28,6 +28,7 @@ transaction (SQLite's SUM raises one, and the writer would retry it forever).
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -144,20 +145,12 @@ def _later(column: str, keep: str) -> str:
     return f"{column} = CASE WHEN {new} {keep} {ours} THEN {new} ELSE {ours} END"
 
 
-def _totals_sql(rows: str) -> str:
-    return f"""
-INSERT INTO run_log_totals (prompt_key, version_key, model, status, source,
-    version_number, version_sha, draft, draft_blob, n, latency_n, ttft_n,
-    input_tokens, output_tokens, reasoning_tokens, cost, first_at, last_at)
-SELECT prompt_key, {VERSION_KEY}, model, status, source,
-    MIN(version_number), MIN(version_sha), MIN(draft), MIN(draft_blob),
-    COUNT(*), COUNT(latency_ms), COUNT(ttft_ms),
-    COALESCE(SUM(CAST(input_tokens AS REAL)), 0),
-    COALESCE(SUM(CAST(output_tokens AS REAL)), 0),
-    COALESCE(SUM(CAST(reasoning_tokens AS REAL)), 0),
-    SUM(cost), MIN(created_at), MAX(created_at)
-FROM run_log WHERE {rows}
-GROUP BY prompt_key, {VERSION_KEY}, model, status, source
+_TOTALS_COLUMNS = (
+    "prompt_key, version_key, model, status, source, version_number, version_sha, draft,"
+    " draft_blob, n, latency_n, ttft_n, input_tokens, output_tokens, reasoning_tokens, cost,"
+    " first_at, last_at"
+)
+_TOTALS_UPSERT = f"""
 ON CONFLICT (prompt_key, version_key, model, status, source) DO UPDATE SET
     n = run_log_totals.n + excluded.n,
     latency_n = run_log_totals.latency_n + excluded.latency_n,
@@ -171,14 +164,43 @@ ON CONFLICT (prompt_key, version_key, model, status, source) DO UPDATE SET
     {_later("first_at", "<")},
     {_later("last_at", ">")}
 """
+_COUNTS_UPSERT = "ON CONFLICT (model, status) DO UPDATE SET n = run_log_counts.n + excluded.n"
+_LATENCY_UPSERT = (
+    "ON CONFLICT (prompt_key, version_key, metric, bucket) DO UPDATE SET"
+    " n = run_log_latency.n + excluded.n"
+)
+# The same upserts with the figures computed by the writer (RollUp) instead of read back.
+TOTALS_VALUES = (
+    f"INSERT INTO run_log_totals ({_TOTALS_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+    f" {_TOTALS_UPSERT}"
+)
+COUNTS_VALUES = f"INSERT INTO run_log_counts (model, status, n) VALUES (?, ?, ?) {_COUNTS_UPSERT}"
+LATENCY_VALUES = (
+    "INSERT INTO run_log_latency (prompt_key, version_key, metric, bucket, n)"
+    f" VALUES (?, ?, ?, ?, ?) {_LATENCY_UPSERT}"
+)
+
+
+def _totals_sql(rows: str) -> str:
+    return f"""
+INSERT INTO run_log_totals ({_TOTALS_COLUMNS})
+SELECT prompt_key, {VERSION_KEY}, model, status, source,
+    MIN(version_number), MIN(version_sha), MIN(draft), MIN(draft_blob),
+    COUNT(*), COUNT(latency_ms), COUNT(ttft_ms),
+    COALESCE(SUM(CAST(input_tokens AS REAL)), 0),
+    COALESCE(SUM(CAST(output_tokens AS REAL)), 0),
+    COALESCE(SUM(CAST(reasoning_tokens AS REAL)), 0),
+    SUM(cost), MIN(created_at), MAX(created_at)
+FROM run_log WHERE {rows}
+GROUP BY prompt_key, {VERSION_KEY}, model, status, source
+{_TOTALS_UPSERT}"""
 
 
 def _counts_sql(rows: str) -> str:
     return f"""
 INSERT INTO run_log_counts (model, status, n)
 SELECT model, status, COUNT(*) FROM run_log WHERE {rows} GROUP BY model, status
-ON CONFLICT (model, status) DO UPDATE SET n = run_log_counts.n + excluded.n
-"""
+{_COUNTS_UPSERT}"""
 
 
 def _latency_sql(rows: str, metric: str) -> str:
@@ -188,9 +210,7 @@ INSERT INTO run_log_latency (prompt_key, version_key, metric, bucket, n)
 SELECT prompt_key, {VERSION_KEY}, '{metric}', {_bucket_sql(metric)}, COUNT(*)
 FROM run_log WHERE {rows} AND {metric} IS NOT NULL AND source != 'judge'
 GROUP BY 1, 2, 4
-ON CONFLICT (prompt_key, version_key, metric, bucket) DO UPDATE SET
-    n = run_log_latency.n + excluded.n
-"""
+{_LATENCY_UPSERT}"""
 
 
 def _statements(rows: str) -> tuple[str, ...]:
@@ -214,9 +234,9 @@ def create_and_backfill(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
-def roll_up(conn: sqlite3.Connection, trace_ids: Sequence[str]) -> None:
-    """Add the rows of `trace_ids`, just inserted in `conn`'s open transaction, to the rollups.
-    Called once per batch with exactly the rows that batch stored."""
+def roll_up_by_trace(conn: sqlite3.Connection, trace_ids: Sequence[str]) -> None:
+    """Add the rows of `trace_ids`, just inserted in `conn`'s open transaction, to the
+    rollups, reading them back: for rows whose values RollUp does not take as they are."""
     for start in range(0, len(trace_ids), IDS_PER_STATEMENT):
         chunk = trace_ids[start : start + IDS_PER_STATEMENT]
         statements = _BY_TRACE.get(len(chunk))
@@ -225,6 +245,109 @@ def roll_up(conn: sqlite3.Connection, trace_ids: Sequence[str]) -> None:
             statements = _BY_TRACE[len(chunk)] = _statements(f"trace_id IN ({marks})")
         for sql in statements:
             conn.execute(sql, tuple(chunk))
+
+
+_NEEDED = (
+    "trace_id",
+    "prompt_key",
+    "version_number",
+    "version_sha",
+    "draft",
+    "draft_blob",
+    "model",
+    "status",
+    "source",
+    "input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost",
+    "latency_ms",
+    "ttft_ms",
+    "created_at",
+)
+_NUMBER = (int, float)
+
+
+class RollUp:
+    """The run-log writer's hook: adds the rows a batch transaction stored to the rollups, in
+    that transaction. The figures are computed from the values in hand, as the SQL above
+    computes them from the table (SUM as REAL, COUNT of non-null, MIN/MAX of the times, the
+    same buckets), and upserted: no read of the rows back. A row with a value of a type the
+    shaping never produces (a scrubbed row) is read back by trace id instead."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self._at = tuple(columns.index(name) for name in _NEEDED)
+
+    def __call__(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        totals: dict[tuple[Any, ...], list[Any]] = {}
+        counts: dict[tuple[str, str], int] = {}
+        histogram: dict[tuple[str, str, str, int], int] = {}
+        odd: list[str] = []
+        for values in rows:
+            (
+                trace,
+                prompt,
+                number,
+                sha,
+                draft,
+                blob,
+                model,
+                status,
+                source,
+                input_tokens,
+                output_tokens,
+                reasoning_tokens,
+                cost,
+                latency,
+                ttft,
+                created_at,
+            ) = (values[i] for i in self._at)
+            if not _plain(values, self._at):
+                odd.append(trace)
+                continue
+            vkey = version_key(number, sha, bool(draft), blob)
+            key = (prompt, vkey, model, status, source)
+            entry = totals.get(key)
+            if entry is None:
+                entry = totals[key] = [number, sha, draft, blob, 0, 0, 0, 0.0, 0.0, 0.0]
+                entry += [None, created_at, created_at]
+            entry[4] += 1
+            entry[5] += latency is not None
+            entry[6] += ttft is not None
+            entry[7] += float(input_tokens or 0)
+            entry[8] += float(output_tokens or 0)
+            entry[9] += float(reasoning_tokens or 0)
+            if cost is not None:
+                entry[10] = (entry[10] or 0.0) + cost
+            entry[11] = min(entry[11], created_at)
+            entry[12] = max(entry[12], created_at)
+            counts[(model, status)] = counts.get((model, status), 0) + 1
+            if source != "judge":
+                for metric, value in (("latency_ms", latency), ("ttft_ms", ttft)):
+                    if value is not None:
+                        bucket = (prompt, vkey, metric, bucket_of(value))
+                        histogram[bucket] = histogram.get(bucket, 0) + 1
+        conn.executemany(TOTALS_VALUES, [(*key, *entry) for key, entry in totals.items()])
+        conn.executemany(COUNTS_VALUES, [(*key, n) for key, n in counts.items()])
+        conn.executemany(LATENCY_VALUES, [(*key, n) for key, n in histogram.items()])
+        if odd:
+            roll_up_by_trace(conn, odd)
+
+
+def _plain(values: tuple[Any, ...], at: tuple[int, ...]) -> bool:
+    """Whether the values are of the types shaping gives them (see runlog_rows)."""
+    trace, prompt, number, sha, draft, blob, model, status, source = (values[i] for i in at[:9])
+    tokens = [values[i] for i in at[9:12]]
+    numbers = [values[i] for i in at[12:15]]
+    return (
+        all(type(v) is str for v in (trace, prompt, model, status, source, values[at[15]]))
+        and (number is None or type(number) is int)
+        and (sha is None or type(sha) is str)
+        and (blob is None or type(blob) is str)
+        and draft in (0, 1)
+        and all(v is None or type(v) is int for v in tokens)
+        and all(v is None or (type(v) in _NUMBER and math.isfinite(v)) for v in numbers)
+    )
 
 
 # Reading

@@ -13,8 +13,8 @@ If the thread dies anyway (an exception that escapes every guard), the superviso
 with backoff and logs it. What the dead thread had taken from the queue is kept: the next
 writer writes it, or gives it up (logged by trace id) when it has already killed two writers.
 
-A batch is one INSERT with many rows in its VALUES list, and `on_insert` (the rollups) is told
-the trace ids the transaction stored before it commits, so that what is derived from the rows
+A batch is one INSERT with many rows in its VALUES list, and `on_insert` (the rollups) is given
+the rows the transaction stored, as stored, before it commits, so that what is derived from the rows
 is written with them or not at all.
 SQLite calls release the GIL and a busy event loop can make each take-back wait a switch
 interval (5 ms): one statement per batch takes it back about once, where a row-at-a-time
@@ -103,7 +103,7 @@ class LogWriter:
         notes_column: str,
         batch_s: float,
         max_batch: int,
-        on_insert: Callable[[sqlite3.Connection, list[str]], None] | None = None,
+        on_insert: Callable[[sqlite3.Connection, list[tuple[Any, ...]]], None] | None = None,
     ) -> None:
         self._db = db
         self._on_insert = on_insert
@@ -464,7 +464,7 @@ class LogWriter:
                 chunk = rows[start : start + step]
                 conn.execute(self._insert(len(chunk)), _flat(chunk))
             if self._on_insert is not None:
-                self._on_insert(conn, [row.values[self._trace_index] for row in rows])
+                self._on_insert(conn, [row.values for row in rows])
 
     def _insert_each(self, rows: list[QueuedRow]) -> dict[int, str]:
         """Each row as it is, else scrubbed, else set aside; in one transaction. Returns the
@@ -473,12 +473,12 @@ class LogWriter:
         scrubbed_rows: list[tuple[QueuedRow, str]] = []
         rejected: list[tuple[QueuedRow, str]] = []
         lost: dict[int, str] = {}
-        stored: list[str] = []
+        stored: list[tuple[Any, ...]] = []
         with self._db.write() as conn:
             for row in rows:
                 try:
                     conn.execute(one, row.values)
-                    stored.append(row.values[self._trace_index])
+                    stored.append(row.values)
                     continue
                 except Exception as exc:
                     if transient(exc):
@@ -487,7 +487,7 @@ class LogWriter:
                 try:
                     values = self._scrubbed(row.values, first)
                     conn.execute(one, values)
-                    stored.append(values[self._trace_index])
+                    stored.append(values)
                     scrubbed_rows.append((row, _described(first)))
                     continue
                 except Exception as exc:

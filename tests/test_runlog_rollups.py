@@ -445,3 +445,31 @@ def test_a_cursor_is_a_position_that_round_trips() -> None:
 
     cursor = encode_cursor("2024-05-01T10:00:00.000Z", 42)
     assert decode_cursor(cursor) == ("2024-05-01T10:00:00.000Z", 42)
+
+
+def test_a_row_of_unshaped_values_is_rolled_up_from_what_was_stored(
+    db: Database, db_path: Path
+) -> None:
+    """A row that reached the writer without shaping (text where numbers go): SQLite stores
+    the numbers its column affinity makes of them, and the rollups count what it stored."""
+    runlog = RunLog(db, batch_ms=1)
+    values = dict.fromkeys(COLUMNS)
+    values.update(
+        trace_id="unshaped",
+        prompt_key="p",
+        model="m",
+        request="{}",
+        status="ok",
+        stream=0,
+        draft=0,
+        source="api",
+        created_at="2024-05-01T10:00:00.000Z",
+        input_tokens="7",
+        latency_ms="15",
+    )
+    runlog._writer.put(tuple(values[name] for name in COLUMNS))
+    runlog.log(random_record(random.Random(2), prompt_key="p"))
+    runlog.close()
+    assert runlog.rows_written == 2 and runlog.health()["rows_lost"] == 0
+    assert assert_rollups_match(db_path) == 2
+    assert runlog.get("unshaped")["input_tokens"] == 7  # type: ignore[index]
