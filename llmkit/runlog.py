@@ -18,10 +18,13 @@ Rows refer to prompts by key + version sha, never by index ids, so an index rebu
 them alone. Other durable features (eval runs, human scores) own their own modules and
 migration kinds; they can join `stats()` by (prompt_key, version_sha) and rows by trace_id.
 
-Percentiles are nearest-rank: the p-th percentile of n sorted values is the value at 1-based
-rank ceil(p * n / 100), so latencies 1..100 give p50 = 50 and p95 = 95. Each is one
-`ORDER BY ... LIMIT 1 OFFSET rank - 1` walk of a covering index on (prompt_key, version,
-column), so stats over 100k rows neither sort nor move the rows into Python.
+Per-version figures and counts come from rollups that the writer keeps in each batch's
+transaction (`runlog_rollup`), so their cost does not grow with the log. Percentiles are
+nearest-rank: the p-th percentile of n sorted values is the value at 1-based rank
+ceil(p * n / 100), so latencies 1..100 give p50 = 50 and p95 = 95. For a version with up to
+EXACT_PERCENTILE_MAX values each is one `ORDER BY ... LIMIT 1 OFFSET rank - 1` walk of a
+covering index on (prompt_key, version, column); above that, the rollup's latency histogram
+gives it within 5%. Lists page by keyset (`page_after`, an opaque cursor) or by number.
 """
 
 from __future__ import annotations
