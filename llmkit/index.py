@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmkit.budgets import DEFAULT_LIMITS
 from llmkit.config import PROMPTS_DIR
@@ -589,6 +590,69 @@ class Index:
         served = self._served_versions(conn)
         return [self._prompt_from(row, served.get(row[1])) for row in rows]
 
+    def page_prompts(
+        self,
+        *,
+        prefix: str | None = None,
+        after: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[Prompt]:
+        """Served prompts by id: those whose key starts with `prefix`, after id `after` (a
+        keyset cursor) or from position `offset`, at most `limit`. Only the page's prompts
+        have their versions read, so a page costs the same in an index of any size."""
+        where, params = _prompt_filter(prefix)
+        if after is not None:
+            where += " AND id > ?"
+            params.append(after)
+        rows = (
+            self.db.reader()
+            .execute(
+                f"SELECT id, key, path, present FROM ix_prompts WHERE {where}"
+                " ORDER BY id LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            )
+            .fetchall()
+        )
+        served = self._served_versions_of(self.db.reader(), [row[1] for row in rows])
+        return [self._prompt_from(row, served.get(row[1])) for row in rows]
+
+    def count_prompts(self, prefix: str | None = None) -> int:
+        """How many served prompts `page_prompts` pages through."""
+        where, params = _prompt_filter(prefix)
+        row = self.db.reader().execute(f"SELECT COUNT(*) FROM ix_prompts WHERE {where}", params)
+        return int(row.fetchone()[0])
+
+    def counts(self) -> tuple[int, int, int]:
+        """(served prompts, versions, commits) in the index."""
+        row = (
+            self.db.reader()
+            .execute(
+                "SELECT (SELECT COUNT(*) FROM ix_prompts WHERE present = 1),"
+                " (SELECT COUNT(*) FROM ix_versions), (SELECT COUNT(*) FROM ix_commits)"
+            )
+            .fetchone()
+        )
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def _served_versions_of(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple]:
+        """As _served_versions, for these keys only: a seek of (key, number) per key."""
+        found: dict[str, tuple] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = conn.execute(
+                "SELECT v.key, v.number, v.seq, v.blob, c.sha,"
+                " (SELECT MAX(w.number) FROM ix_versions w"
+                "  WHERE w.key = v.key AND w.seq IS NOT NULL) AS committed, v.id"
+                " FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
+                f" WHERE v.key IN ({marks})"
+                " AND v.number = (SELECT MAX(u.number) FROM ix_versions u WHERE u.key = v.key)",
+                chunk,
+            ).fetchall()
+            found.update((r[0], tuple(r)) for r in rows)
+        return found
+
     def get_prompt(self, ident: str | int, include_deleted: bool = True) -> Prompt:
         """A prompt by integer id or key."""
         conn = self.db.reader()
@@ -848,6 +912,14 @@ class Index:
 
     def head(self) -> str | None:
         return self._state("head")
+
+
+def _prompt_filter(prefix: str | None) -> tuple[str, list[Any]]:
+    """Served prompts, with keys that start with `prefix`: a range of the key's index."""
+    if not prefix:
+        return "present = 1", []
+    # Every key that starts with the prefix sorts below the prefix and the last character.
+    return "present = 1 AND key >= ? AND key < ?", [prefix, prefix + "\U0010ffff"]
 
 
 def _generation(conn: sqlite3.Connection) -> int:

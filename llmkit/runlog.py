@@ -23,15 +23,19 @@ Rows refer to prompts by key + version sha, never by index ids, so an index rebu
 them alone. Other durable features (eval runs, human scores) own their own modules and
 migration kinds; they can join `stats()` by (prompt_key, version_sha) and rows by trace_id.
 
-Percentiles are nearest-rank: the p-th percentile of n sorted values is the value at 1-based
-rank ceil(p * n / 100), so latencies 1..100 give p50 = 50 and p95 = 95. Each is one
-`ORDER BY ... LIMIT 1 OFFSET rank - 1` walk of a covering index on (prompt_key, version,
-column), so stats over 100k rows neither sort nor move the rows into Python.
+Per-version figures and counts come from rollups that the writer keeps in each batch's
+transaction (`runlog_rollup`), so their cost does not grow with the log. Percentiles are
+nearest-rank: the p-th percentile of n sorted values is the value at 1-based rank
+ceil(p * n / 100), so latencies 1..100 give p50 = 50 and p95 = 95. For a version with up to
+EXACT_PERCENTILE_MAX values each is one `ORDER BY ... LIMIT 1 OFFSET rank - 1` walk of a
+covering index on (prompt_key, version, column); above that, the rollup's latency histogram
+gives it within 5%. Lists page by keyset (`page_after`, an opaque cursor) or by number.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from llmkit import runlog_rollup
 from llmkit.db import Database, Migrations
 from llmkit.errors import BadRequest, NotFound, RunLogUnavailable
 from llmkit.runlog_rows import (
@@ -121,7 +126,7 @@ FIELDS = tuple(RunRecord.__dataclass_fields__)
 # cap (a JSON list of names) and notes on every other change (a JSON list of sentences).
 COLUMNS = (*FIELDS, "truncated", "log_notes")
 _CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM run_log"
+_SELECT = f"SELECT id, {', '.join(COLUMNS)} FROM run_log"
 _INT_FIELDS = (
     "id",
     "version_number",
@@ -294,6 +299,23 @@ def m005_ids_in_blocks_and_model_names(conn: sqlite3.Connection) -> None:
         " next_id INTEGER NOT NULL)"
     )
     conn.execute("INSERT INTO run_log_ids SELECT 1, COALESCE(MAX(id), 0) + 1 FROM run_log")
+
+
+@migration
+def m006_rollups_and_filter_indexes(conn: sqlite3.Connection) -> None:
+    """Per-version rollups, backfilled from every row already logged (see runlog_rollup), and
+    the indexes that the model, status and version filters of a page (alone or with a prompt)
+    need to read it newest first without scanning the log."""
+    runlog_rollup.create_and_backfill(conn)
+    conn.execute("CREATE INDEX run_log_model_created_at ON run_log (model, created_at)")
+    conn.execute("CREATE INDEX run_log_status_created_at ON run_log (status, created_at)")
+    conn.execute(
+        "CREATE INDEX run_log_version_created_at"
+        " ON run_log (prompt_key, version_number, created_at)"
+    )
+    conn.execute(
+        "CREATE INDEX run_log_prompt_status_created_at ON run_log (prompt_key, status, created_at)"
+    )
 
 
 _RUN_LOG_INDEXES = (
@@ -539,6 +561,7 @@ class RunLog:
             notes_column="log_notes",
             batch_s=max(batch_ms, 0) / 1000,
             max_batch=max_batch,
+            on_insert=runlog_rollup.RollUp(COLUMNS),
         )
 
     # Writing
@@ -648,21 +671,77 @@ class RunLog:
         status: str | None = None,
         since: str | datetime | None = None,
         until: str | datetime | None = None,
+        model: str | None = None,
     ) -> Rows:
-        """Runs newest first. `since` is inclusive, `until` exclusive; `version` matches a
-        version number or a version sha prefix; page_size is capped at MAX_PAGE_SIZE."""
+        """Runs newest first, by page number. `since` is inclusive, `until` exclusive;
+        `version` matches a version number or a version sha prefix; page_size is capped at
+        MAX_PAGE_SIZE. A page costs a walk of the index over the rows before it (without
+        reading them): deep pages are for the UI's page numbers, `page_after` for programs."""
+        return self.numbered_page(
+            page, page_size, prompt, version, status, since, until, model
+        ).rows
+
+    def numbered_page(
+        self,
+        page: int = 1,
+        page_size: int = 50,
+        prompt: str | None = None,
+        version: str | int | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        model: str | None = None,
+    ) -> LogPage:
+        """Page `page` by number, with the cursor of the page that follows it."""
         page = _check_positive(page, "page")
         page_size = min(_check_positive(page_size, "page_size"), MAX_PAGE_SIZE)
-        where, params = _filters(prompt, version, status, since, until)
+        where, params = _filters(prompt, version, status, since, until, model)
+        # The offset walks the index alone (ids only); just the page's rows are read.
         rows = (
             self._db.reader()
             .execute(
-                f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-                (*params, page_size, (page - 1) * page_size),
+                f"{_SELECT} WHERE id IN (SELECT id FROM run_log{where}"
+                f" ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?)"
+                f" ORDER BY created_at DESC, id DESC",
+                (*params, page_size + 1, (page - 1) * page_size),
             )
             .fetchall()
         )
-        return [_row_to_dict(row) for row in rows]
+        return _page_of(rows, page_size)
+
+    def page_after(
+        self,
+        cursor: str | None = None,
+        limit: int = 50,
+        prompt: str | None = None,
+        version: str | int | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        model: str | None = None,
+    ) -> LogPage:
+        """The `limit` runs after `cursor` (from the start without one), newest first, and
+        the cursor of the next page (None after the last). A page is one range read of an
+        index, whatever its depth; rows logged while a client pages are never shown twice and
+        never make it skip a row, since a cursor is a position in (created_at, id) order. The
+        filters are not in the cursor: send the same ones with each page."""
+        limit = min(_check_positive(limit, "limit"), MAX_PAGE_SIZE)
+        where, params = _filters(prompt, version, status, since, until, model)
+        if cursor is not None:
+            created_at, row_id = decode_cursor(cursor)
+            where += " AND " if where else " WHERE "
+            # The first term is a range of every (..., created_at) index; the second the tie.
+            where += "created_at <= ? AND (created_at < ? OR id < ?)"
+            params = [*params, created_at, created_at, row_id]
+        rows = (
+            self._db.reader()
+            .execute(
+                f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*params, limit + 1),
+            )
+            .fetchall()
+        )
+        return _page_of(rows, limit)
 
     def count(
         self,
@@ -671,9 +750,17 @@ class RunLog:
         status: str | None = None,
         since: str | datetime | None = None,
         until: str | datetime | None = None,
+        model: str | None = None,
     ) -> int:
-        where, params = _filters(prompt, version, status, since, until)
-        row = self._db.reader().execute(f"SELECT COUNT(*) FROM run_log{where}", params).fetchone()
+        """How many runs match. Without a time range, a sum over the rollups (its cost grows
+        with the number of versions and models, not of runs); with one, a count of the index
+        over the rows in the range."""
+        where, params = _filters(prompt, version, status, since, until, model)
+        reader = self._db.reader()
+        if since is None and until is None:
+            by_prompt = prompt is not None or version is not None
+            return runlog_rollup.count(reader, where, params, by_prompt=by_prompt)
+        row = reader.execute(f"SELECT COUNT(*) FROM run_log{where}", params).fetchone()
         return int(row[0])
 
     def get(self, trace_id: str) -> dict[str, Any] | None:
@@ -751,11 +838,14 @@ class RunLog:
         return _row_to_dict(rows[0])
 
     def stats(self, prompt_key: str) -> Rows:
-        """Per-version figures for one prompt, ordered by version number (unnumbered last). The
-        eval judge's calls about a version (source "judge") are not calls of it: left out."""
+        """Per-version figures for one prompt, ordered by version number (unnumbered last),
+        read from the rollups (see runlog_rollup): exact counts, tokens and cost; exact
+        nearest-rank percentiles for a version with up to EXACT_PERCENTILE_MAX values, and
+        within 5% from its latency histogram above that. The eval judge's calls about a version
+        (source "judge") are not calls of it: left out."""
         reader = self._db.reader()
         result = []
-        for row in reader.execute(_STATS_TOTALS, (prompt_key,)).fetchall():
+        for row in runlog_rollup.version_totals(reader, prompt_key):
             version = (
                 prompt_key,
                 row["version_number"],
@@ -774,9 +864,15 @@ class RunLog:
                     "count": count,
                     "error_count": int(row["error_count"]),
                     "error_rate": row["error_count"] / count,
-                    "latency_p50_ms": _percentile(reader, "latency_ms", version, 50, latency_n),
-                    "latency_p95_ms": _percentile(reader, "latency_ms", version, 95, latency_n),
-                    "ttft_p50_ms": _percentile(reader, "ttft_ms", version, 50, ttft_n),
+                    "latency_p50_ms": _version_percentile(
+                        reader, row["version_key"], version, "latency_ms", 50, latency_n
+                    ),
+                    "latency_p95_ms": _version_percentile(
+                        reader, row["version_key"], version, "latency_ms", 95, latency_n
+                    ),
+                    "ttft_p50_ms": _version_percentile(
+                        reader, row["version_key"], version, "ttft_ms", 50, ttft_n
+                    ),
                     "input_tokens": int(row["input_tokens"]),
                     "output_tokens": int(row["output_tokens"]),
                     "reasoning_tokens": int(row["reasoning_tokens"]),
@@ -803,24 +899,21 @@ def _no_id(ident: str) -> str:
     )
 
 
-_STATS_TOTALS = """
-SELECT version_number, version_sha, draft, draft_blob,
-       COUNT(*) AS count,
-       SUM(status = 'error') AS error_count,
-       COUNT(latency_ms) AS latency_n,
-       COUNT(ttft_ms) AS ttft_n,
-       COALESCE(SUM(input_tokens), 0) AS input_tokens,
-       COALESCE(SUM(output_tokens), 0) AS output_tokens,
-       COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens,
-       SUM(cost) AS cost,
-       MIN(created_at) AS first_at,
-       MAX(created_at) AS last_at
-FROM run_log
-WHERE prompt_key = ? AND source != 'judge'
-GROUP BY version_number, version_sha, draft, draft_blob
-"""
-
 _PERCENTILE_COLUMNS = ("latency_ms", "ttft_ms")
+
+
+def _version_percentile(
+    reader: sqlite3.Connection,
+    version_key: str,
+    version: tuple[str, int | None, str | None, int, str | None],
+    column: str,
+    p: int,
+    n: int,
+) -> float | None:
+    """Exact from the index for up to EXACT_PERCENTILE_MAX values, else from the histogram."""
+    if n <= runlog_rollup.EXACT_PERCENTILE_MAX:
+        return _percentile(reader, column, version, p, n)
+    return runlog_rollup.histogram_percentile(reader, version[0], version_key, column, p, n)
 
 
 def _percentile(
@@ -846,6 +939,56 @@ def _percentile(
     return None if row is None else row[0]
 
 
+@dataclass
+class LogPage:
+    """A page of runs, newest first, and the cursor of the page after it (None: the last)."""
+
+    rows: Rows
+    next_cursor: str | None
+
+
+def _page_of(rows: list[sqlite3.Row], size: int) -> LogPage:
+    """`rows` were read with one more than `size`: whether there is a next page is whether
+    that extra row came."""
+    shown = rows[:size]
+    following = None
+    if len(rows) > size and shown:
+        last = shown[-1]
+        following = encode_cursor(last["created_at"], last["id"])
+    return LogPage([_row_to_dict(row) for row in shown], following)
+
+
+def encode_cursor(created_at: str, row_id: int) -> str:
+    """A position in the log's (created_at, id) order, opaque to clients."""
+    raw = json.dumps([created_at, row_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: object) -> tuple[str, int]:
+    """A cursor that encode_cursor made, or BadRequest naming `cursor`."""
+    bad = BadRequest(
+        f"cursor is not a cursor this server gave out: {_shown(cursor)}", param="cursor"
+    )
+    if not isinstance(cursor, str) or not cursor or len(cursor) > 200:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except ValueError:
+        raise bad from None
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and _CANONICAL_TIME.match(value[0])
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+        and 0 <= value[1] <= 2**63 - 1
+    ):
+        raise bad
+    return value[0], value[1]
+
+
 def _check_positive(value: object, param: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest(f"{param} must be a positive integer, got {_shown(value)}", param=param)
@@ -858,6 +1001,7 @@ def _filters(
     status: str | None,
     since: str | datetime | None,
     until: str | datetime | None,
+    model: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
@@ -878,8 +1022,19 @@ def _filters(
                 f"Unknown status {_shown(status)} (expected one of: {', '.join(STATUSES)})",
                 param="status",
             )
-        clauses.append("status = ?")
+        # Status has three values: with a model to narrow by, SQLite must walk that index,
+        # not this one (`|| ''` keeps a column's index out of a plan, portably); with a
+        # prompt, (prompt_key, status, created_at) serves both.
+        narrower = prompt is None and model is not None
+        clauses.append("status || '' = ?" if narrower else "status = ?")
         params.append(status)
+    if model is not None:
+        if not isinstance(model, str) or not model:
+            raise BadRequest(
+                f"model must be a non-empty string, got {_shown(model)}", param="model"
+            )
+        clauses.append("model || '' = ?" if prompt is not None else "model = ?")
+        params.append(model)
     if since is not None:
         clauses.append("created_at >= ?")
         params.append(canonical_time(since, "since"))

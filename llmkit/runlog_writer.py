@@ -13,7 +13,9 @@ If the thread dies anyway (an exception that escapes every guard), the superviso
 with backoff and logs it. What the dead thread had taken from the queue is kept: the next
 writer writes it, or gives it up (logged by trace id) when it has already killed two writers.
 
-A batch is one INSERT with many rows in its VALUES list, in SQLite's implicit transaction.
+A batch is one INSERT with many rows in its VALUES list, and `on_insert` (the rollups) is given
+the rows the transaction stored, as stored, before it commits, so that what is derived from the rows
+is written with them or not at all.
 SQLite calls release the GIL and a busy event loop can make each take-back wait a switch
 interval (5 ms): one statement per batch takes it back about once, where a row-at-a-time
 executemany took it back once per row and fell hundreds of milliseconds behind under load,
@@ -119,8 +121,10 @@ class LogWriter:
         batch_s: float,
         max_batch: int,
         ids: IdBlocks,
+        on_insert: Callable[[sqlite3.Connection, list[tuple[Any, ...]]], None] | None = None,
     ) -> None:
         self._db = db
+        self._on_insert = on_insert
         self._table = table
         self._columns = columns
         self._ids = ids
@@ -488,13 +492,15 @@ class LogWriter:
 
     def _insert_batch(self, rows: list[QueuedRow]) -> None:
         step = self._rows_per_statement
-        if len(rows) <= step:
+        if len(rows) <= step and self._on_insert is None:
             self._db.execute_write(self._insert(len(rows)), _flat(rows))
             return
         with self._db.write() as conn:
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
                 conn.execute(self._insert(len(chunk)), _flat(chunk))
+            if self._on_insert is not None:
+                self._on_insert(conn, [row.values for row in rows])
 
     def _insert_each(self, rows: list[QueuedRow]) -> dict[int, str]:
         """Each row as it is, else scrubbed, else set aside; in one transaction. Returns the
@@ -503,17 +509,21 @@ class LogWriter:
         scrubbed_rows: list[tuple[QueuedRow, str]] = []
         rejected: list[tuple[QueuedRow, str]] = []
         lost: dict[int, str] = {}
+        stored: list[tuple[Any, ...]] = []
         with self._db.write() as conn:
             for row in rows:
                 try:
                     conn.execute(one, row.values)
+                    stored.append(row.values)
                     continue
                 except Exception as exc:
                     if transient(exc):
                         raise
                     first = exc
                 try:
-                    conn.execute(one, self._scrubbed(row.values, first))
+                    values = self._scrubbed(row.values, first)
+                    conn.execute(one, values)
+                    stored.append(values)
                     scrubbed_rows.append((row, _described(first)))
                     continue
                 except Exception as exc:
@@ -527,6 +537,8 @@ class LogWriter:
                     if transient(exc):
                         raise
                     lost[id(row)] = _described(exc)
+            if self._on_insert is not None and stored:
+                self._on_insert(conn, stored)
         # Counted once committed: a transaction that is retried must not count twice.
         self.rows_written += len(rows) - len(rejected) - len(lost)
         self.rows_scrubbed += len(scrubbed_rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -613,3 +614,82 @@ def test_the_list_carries_version_diffs_and_a_first_version_has_none(api: ApiEnv
     assert (
         api.get("/v1/ui/prompts/hello").json()["user_version_diff"] == listed["user_version_diff"]
     )
+
+
+# -- listing: pages and prefixes -----------------------------------------------------------
+
+LISTED = ("a", "b/x", "b/y", "b/z", "bb", "c", "d/e/f")
+
+
+def listed_api(make_api: MakeApi) -> ApiEnv:
+    return make_api(files={f"prompts/{key}.md": HELLO_MD for key in LISTED})
+
+
+def keys(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [item["key"] for item in response.json()]
+
+
+def test_the_prompt_list_pages_by_number_and_cursor_and_filters_by_prefix(
+    make_api: MakeApi,
+) -> None:
+    api = listed_api(make_api)
+    everything = keys(api.get("/v1/ui/prompts"))
+    assert sorted(everything) == sorted(LISTED)
+    first = api.get("/v1/ui/prompts", params={"page": 1, "limit": 3})
+    assert keys(first) == everything[:3]
+    assert first.headers["x-total-count"] == "7"
+    assert keys(api.get("/v1/ui/prompts", params={"page": 3, "limit": 3})) == everything[6:]
+    walked: list[str] = []
+    response = first
+    for _ in range(10):
+        walked += keys(response)
+        if "x-next-cursor" not in response.headers:
+            break
+        link = response.headers["link"]
+        response = api.get(link[link.index("<") + 1 : link.index(">")])
+    assert walked == everything
+    by_prefix = api.get("/v1/ui/prompts", params={"prefix": "b/"})
+    assert sorted(keys(by_prefix)) == ["b/x", "b/y", "b/z"]
+    assert by_prefix.headers["x-total-count"] == "3"
+    assert keys(api.get("/v1/ui/prompts", params={"prefix": "b"})) == [
+        k for k in everything if k.startswith("b")
+    ]
+    assert keys(api.get("/v1/ui/prompts", params={"prefix": "nothing/"})) == []
+
+
+def test_the_unpaged_prompt_list_is_capped_and_says_there_is_more(
+    make_api: MakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmkit.api.routes import prompts as prompt_routes
+
+    api = listed_api(make_api)
+    everything = keys(api.get("/v1/ui/prompts", params={"limit": 100}))
+    monkeypatch.setattr(prompt_routes, "DEFAULT_LIST_LIMIT", 4)
+    capped = api.get("/v1/ui/prompts")
+    assert keys(capped) == everything[:4]
+    assert capped.headers["x-total-count"] == "7"
+    link = capped.headers["link"]
+    rest = api.get(link[link.index("<") + 1 : link.index(">")])
+    assert keys(rest) == everything[4:]
+    assert "link" not in rest.headers
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"cursor": "bm9wZQ"}, "cursor"),
+        ({"cursor": "%%%"}, "cursor"),
+        ({"page": 1, "cursor": "cHJvbXB0OjE"}, "cursor"),
+        ({"page": 0}, "page"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 10**6}, "limit"),
+        ({"prefix": "a\x01"}, "prefix"),
+    ],
+)
+def test_bad_prompt_list_parameters_are_400s_naming_them(
+    api: ApiEnv, params: dict[str, Any], param: str
+) -> None:
+    response = api.get("/v1/ui/prompts", params=params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param

@@ -152,6 +152,16 @@ EXPECTED: dict[str, Table] = {
             "sqlite_autoindex_run_log_1": ("UNIQUE", ["trace_id"]),
             "run_log_created_at": ("CREATE INDEX", ["created_at"]),
             "run_log_prompt_created_at": ("CREATE INDEX", ["prompt_key", "created_at"]),
+            "run_log_model_created_at": ("CREATE INDEX", ["model", "created_at"]),
+            "run_log_status_created_at": ("CREATE INDEX", ["status", "created_at"]),
+            "run_log_version_created_at": (
+                "CREATE INDEX",
+                ["prompt_key", "version_number", "created_at"],
+            ),
+            "run_log_prompt_status_created_at": (
+                "CREATE INDEX",
+                ["prompt_key", "status", "created_at"],
+            ),
             "run_log_latency_ms": (
                 "CREATE INDEX WHERE",  # source != 'judge'
                 [
@@ -194,6 +204,59 @@ EXPECTED: dict[str, Table] = {
             ("next_id", "INTEGER", True, None, 0),
         ],
         "indexes": {},
+    },
+    "run_log_totals": {
+        "columns": [
+            ("prompt_key", "TEXT", True, None, 1),
+            ("version_key", "TEXT", True, None, 2),
+            ("model", "TEXT", True, None, 3),
+            ("status", "TEXT", True, None, 4),
+            ("source", "TEXT", True, None, 5),
+            ("version_number", "INTEGER", False, None, 0),
+            ("version_sha", "TEXT", False, None, 0),
+            ("draft", "INTEGER", True, None, 0),
+            ("draft_blob", "TEXT", False, None, 0),
+            ("n", "INTEGER", True, None, 0),
+            ("latency_n", "INTEGER", True, None, 0),
+            ("ttft_n", "INTEGER", True, None, 0),
+            ("input_tokens", "INTEGER", True, None, 0),
+            ("output_tokens", "INTEGER", True, None, 0),
+            ("reasoning_tokens", "INTEGER", True, None, 0),
+            ("cost", "REAL", False, None, 0),
+            ("first_at", "TEXT", True, None, 0),
+            ("last_at", "TEXT", True, None, 0),
+        ],
+        "indexes": {
+            "sqlite_autoindex_run_log_totals_1": (
+                "PRIMARY KEY",
+                ["prompt_key", "version_key", "model", "status", "source"],
+            ),
+        },
+    },
+    "run_log_counts": {
+        "columns": [
+            ("model", "TEXT", True, None, 1),
+            ("status", "TEXT", True, None, 2),
+            ("n", "INTEGER", True, None, 0),
+        ],
+        "indexes": {
+            "sqlite_autoindex_run_log_counts_1": ("PRIMARY KEY", ["model", "status"]),
+        },
+    },
+    "run_log_latency": {
+        "columns": [
+            ("prompt_key", "TEXT", True, None, 1),
+            ("version_key", "TEXT", True, None, 2),
+            ("metric", "TEXT", True, None, 3),
+            ("bucket", "INTEGER", True, None, 4),
+            ("n", "INTEGER", True, None, 0),
+        ],
+        "indexes": {
+            "sqlite_autoindex_run_log_latency_1": (
+                "PRIMARY KEY",
+                ["prompt_key", "version_key", "metric", "bucket"],
+            ),
+        },
     },
     # -- keys ---------------------------------------------------------------------------
     "api_keys": {

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Annotated, Any, overload
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.applications import Starlette
 
 from llmkit import authoring
@@ -33,6 +34,12 @@ from llmkit.workspace import Workspace
 router = APIRouter(prefix="/v1/ui/prompts", dependencies=[Depends(admin_key)], tags=["prompts"])
 
 MAX_VERSION_SPEC = 256
+# The prompt list answers this many prompts when no page is asked for (LLMKit's UI asks for
+# none): the headers say how many there are and where the next page is.
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+MAX_LIST_PAGE = 10**9
+MAX_PREFIX = 1024
 
 STRUCTURED = (
     "system",
@@ -242,9 +249,56 @@ def _replace_sections(
 
 
 @router.get("")
-def list_prompts(ws: Ws) -> list[dict[str, Any]]:
-    """Every served prompt, with diffs of its system and user text against the version before."""
-    return [prompt_fields(p, _previous(ws, p), ws.models) for p in ws.index.list_prompts()]
+def list_prompts(
+    ws: Ws,
+    request: Request,
+    response: Response,
+    page: Annotated[int | None, Query(ge=1, le=MAX_LIST_PAGE, description="1-based page")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=MAX_LIST_LIMIT, description="prompts a page")
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="the x-next-cursor of the page before")
+    ] = None,
+    prefix: Annotated[
+        str | None, Query(max_length=MAX_PREFIX, description="only keys that start with this")
+    ] = None,
+) -> list[dict[str, Any]]:
+    """Served prompts by id, a page at a time (LLMKit's bare array; without `page`, `limit` or
+    `cursor`, the first DEFAULT_LIST_LIMIT), with diffs of its system and user text against the
+    version before. `x-total-count` says how many match, and `x-next-cursor` and a `Link`
+    header name the next page when there is one."""
+    if page is not None and cursor is not None:
+        raise BadRequest("Give page or cursor, not both", param="cursor")
+    if prefix is not None and any(c < " " or c == "\x7f" for c in prefix):
+        raise BadRequest(f"prefix holds a control character: {prefix!r}", param="prefix")
+    size = limit or DEFAULT_LIST_LIMIT
+    after = _prompt_cursor(cursor) if cursor is not None else None
+    offset = (page - 1) * size if page is not None else 0
+    prompts = ws.index.page_prompts(prefix=prefix, after=after, offset=offset, limit=size + 1)
+    shown = prompts[:size]
+    response.headers["x-total-count"] = str(ws.index.count_prompts(prefix))
+    if len(prompts) > size:
+        following = base64.urlsafe_b64encode(f"prompt:{shown[-1].id}".encode()).decode()
+        query = dict(request.query_params)
+        query.update(cursor=following, limit=str(size))
+        query.pop("page", None)
+        url = request.url.replace_query_params(**query)
+        response.headers["x-next-cursor"] = following
+        response.headers["link"] = f'<{url}>; rel="next"'
+    return [prompt_fields(p, _previous(ws, p), ws.models) for p in shown]
+
+
+def _prompt_cursor(cursor: str) -> int:
+    """The prompt id a cursor of list_prompts names, or a 400 naming `cursor`."""
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+    except (ValueError, UnicodeError):
+        text = ""
+    kind, _, number = text.partition(":")
+    if kind != "prompt" or not number.isdigit() or len(number) > 18:
+        raise BadRequest(f"cursor is not a cursor this server gave out: {cursor!r}", param="cursor")
+    return int(number)
 
 
 @router.post("", status_code=201)
