@@ -368,6 +368,26 @@ class RefIndex(Index):
             return super().list_prompts(include_deleted=True)
         return list(self.current().prompts)
 
+    def page_prompts(
+        self,
+        *,
+        prefix: str | None = None,
+        after: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[Prompt]:
+        """As Index.page_prompts, from the pinned snapshot: a page never mixes two commits."""
+        chosen = [
+            p
+            for p in self.current().prompts
+            if (prefix is None or p.key.startswith(prefix)) and (after is None or p.id > after)
+        ]
+        return chosen[offset : offset + limit]
+
+    def count_prompts(self, prefix: str | None = None) -> int:
+        prompts = self.current().prompts
+        return sum(1 for p in prompts if prefix is None or p.key.startswith(prefix))
+
     def get_prompt(self, ident: str | int, include_deleted: bool = True) -> Prompt:
         snapshot = self.current()
         text = str(ident)
