@@ -23,6 +23,13 @@ fsyncs it (tens to hundreds of milliseconds) while every later row waits. While 
 runs, auto-checkpoints are off on the database's writer connection and a checkpointer thread
 runs a PASSIVE checkpoint every CHECKPOINT_EVERY_S on a connection of its own, beside the
 commits rather than in their way.
+
+On PostgreSQL the same writer runs on the store's writer connection: a batch is the same one
+multi-row INSERT, one round trip, and a lost connection is transient like a locked SQLite file:
+the batch is kept and retried with backoff while the store reconnects. The queue is bounded
+(`max_queued`): during a long outage the rows past it are dropped rather than grow memory without
+end, counted (`rows_dropped` in /healthz) and logged; a caller waiting for its row's commit is
+told at once.
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-from llmkit.db import Database, connect
+from llmkit.db import DurableStore, connect
 from llmkit.errors import RunLogUnavailable
 from llmkit.runlog_rows import scrubbed, storable_text, utc_now
 
@@ -51,6 +59,10 @@ DEATHS_BEFORE_GIVING_UP = 2
 REJECT_FIELD_MAX = 64 * 1024
 LOST_IDS_SHOWN = 20
 CHECKPOINT_EVERY_S = 1.0
+# Rows queued at most; more are dropped (and counted) rather than held without end.
+DEFAULT_MAX_QUEUED = 100_000
+# A drop is logged at most this often (with the count since the last log).
+DROP_LOG_EVERY_S = 5.0
 # SQLite's own default, restored when the writer stops.
 AUTO_CHECKPOINT_PAGES = 1000
 
@@ -87,13 +99,17 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
+class QueueFull(RunLogUnavailable):
+    """The writer's queue holds `max_queued` rows (the store has been failing for a while)."""
+
+
 class LogWriter:
     """Rows queued by any thread, written by one writer thread. `table` takes `columns`;
     `rejects_table` takes (trace_id, error, row, rejected_at)."""
 
     def __init__(
         self,
-        db: Database,
+        db: DurableStore,
         *,
         table: str,
         columns: tuple[str, ...],
@@ -101,6 +117,7 @@ class LogWriter:
         notes_column: str,
         batch_s: float,
         max_batch: int,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self._db = db
         self._table = table
@@ -113,7 +130,9 @@ class LogWriter:
         self._insert_sql: dict[int, str] = {}
         self._batch_s = batch_s
         self._max_batch = max_batch
-        self._rows_per_statement = min(max_batch, self._variable_limit() // len(columns))
+        self._rows_per_statement = min(max_batch, db.max_params // len(columns))
+        self._max_queued = max_queued
+        self._transient = db.transient
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._state_lock = threading.Lock()
@@ -124,6 +143,7 @@ class LogWriter:
         self._supervisor: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_stop = threading.Event()
+        self._sqlite_path: str | Path = ":memory:"
         self._hand: _Hand | None = None
         self._deaths_in_a_row = 0
         # Health, read by anyone; only the writer (and the supervisor, for restarts) updates it.
@@ -132,20 +152,14 @@ class LogWriter:
         self.rows_scrubbed = 0
         self.rows_rejected = 0
         self.rows_lost = 0
+        self.rows_dropped = 0
+        self._dropped_logged = 0
+        self._dropped_logged_at = -DROP_LOG_EVERY_S
         self.write_failures = 0
         self.restarts = 0
         self.failing_since: float | None = None
         self.last_error: str | None = None
         self.last_error_at: str | None = None
-
-    @staticmethod
-    def _variable_limit() -> int:
-        """How many ? one statement may hold (999 before SQLite 3.32, 32766 after, or as built)."""
-        probe = sqlite3.connect(":memory:")
-        try:
-            return int(probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-        finally:
-            probe.close()
 
     # Queueing, flushing, closing
 
@@ -161,7 +175,9 @@ class LogWriter:
             )
             self._thread.start()
             self._supervisor.start()
-            if str(self._db.path) != ":memory:":
+            path = getattr(self._db, "path", ":memory:")
+            if self._db.dialect == "sqlite" and str(path) != ":memory:":
+                self._sqlite_path = path
                 self._start_checkpoints()
 
     def _start_checkpoints(self) -> None:
@@ -184,10 +200,35 @@ class LogWriter:
             # Under the lock so that nothing can be queued behind close()'s stop marker.
             if self._closed:
                 raise RuntimeError(f"RunLog is closed; run {values[self._trace_index]} not logged")
+            if self._queue.qsize() >= self._max_queued:
+                self._dropped(values, waiter)
+                return
             self._queue.put(QueuedRow(values, waiter))
             if waiter is not None:
                 # A caller waits for this row: cut the batch window short.
                 self._wake.set()
+
+    def _dropped(self, values: tuple[Any, ...], waiter: asyncio.Future[None] | None) -> None:
+        """A row that finds the queue full: counted, logged now and then, and a caller waiting
+        for it told at once (it is not written)."""
+        self.rows_dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= DROP_LOG_EVERY_S:
+            logger.error(
+                "run log: queue full (%d rows; the store is failing: %s); %d run(s) dropped"
+                " since the last report, %d in all, the latest %s",
+                self._max_queued,
+                self.last_error,
+                self.rows_dropped - self._dropped_logged,
+                self.rows_dropped,
+                values[self._trace_index],
+            )
+            self._dropped_logged, self._dropped_logged_at = self.rows_dropped, now
+        if waiter is not None:
+            raise QueueFull(
+                f"The run log's queue is full ({self._max_queued} rows waiting for the store);"
+                f" run {values[self._trace_index]} was not logged (see GET /healthz)"
+            )
 
     def flush(self, timeout: float) -> bool:
         done = threading.Event()
@@ -243,10 +284,13 @@ class LogWriter:
         retrying = failing_since is not None
         degraded = self.started and not self._stopped and (not alive or retrying)
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": "degraded" if degraded or self.rows_dropped else "ok",
+            "store": self._db.describe(),
             "started": self.started,
             "alive": alive,
             "queued": self._queue.qsize(),
+            "max_queued": self._max_queued,
+            "rows_dropped": self.rows_dropped,
             "rows_written": self.rows_written,
             "rows_scrubbed": self.rows_scrubbed,
             "rows_rejected": self.rows_rejected,
@@ -290,7 +334,7 @@ class LogWriter:
         conn: sqlite3.Connection | None = None
         while not self._checkpointer_stop.wait(CHECKPOINT_EVERY_S):
             try:
-                conn = conn or connect(self._db.path)
+                conn = conn or connect(self._sqlite_path)
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except Exception as exc:  # never let the WAL grow because of one failed attempt
                 logger.warning("run log: WAL checkpoint failed: %s", exc)
@@ -428,7 +472,7 @@ class LogWriter:
             try:
                 result = write()
             except Exception as exc:
-                if not transient(exc):
+                if not self._transient(exc):
                     raise
                 attempt += 1
                 self.write_failures += 1
@@ -470,25 +514,25 @@ class LogWriter:
         with self._db.write() as conn:
             for row in rows:
                 try:
-                    conn.execute(one, row.values)
+                    _attempt(conn, one, row.values)
                     continue
                 except Exception as exc:
-                    if transient(exc):
+                    if self._transient(exc):
                         raise
                     first = exc
                 try:
-                    conn.execute(one, self._scrubbed(row.values, first))
+                    _attempt(conn, one, self._scrubbed(row.values, first))
                     scrubbed_rows.append((row, _described(first)))
                     continue
                 except Exception as exc:
-                    if transient(exc):
+                    if self._transient(exc):
                         raise
                     second = exc
                 try:
-                    conn.execute(self._reject_sql, self._rejected(row.values, second))
+                    _attempt(conn, self._reject_sql, self._rejected(row.values, second))
                     rejected.append((row, _described(second)))
                 except Exception as exc:
-                    if transient(exc):
+                    if self._transient(exc):
                         raise
                     lost[id(row)] = _described(exc)
         # Counted once committed: a transaction that is retried must not count twice.
@@ -577,6 +621,20 @@ class LogWriter:
     def _noted(self, exc: BaseException) -> None:
         self.last_error = type(exc).__name__
         self.last_error_at = utc_now()
+
+
+def _attempt(conn: Any, sql: str, values: Sequence[Any]) -> None:
+    """One statement under a savepoint, so that its failure undoes only itself: PostgreSQL
+    refuses every later statement of a transaction after an error, unless it is rolled back to
+    a savepoint (SQLite takes the same SQL)."""
+    conn.execute("SAVEPOINT runlog_row")
+    try:
+        conn.execute(sql, values)
+    except BaseException:
+        conn.execute("ROLLBACK TO SAVEPOINT runlog_row")
+        conn.execute("RELEASE SAVEPOINT runlog_row")
+        raise
+    conn.execute("RELEASE SAVEPOINT runlog_row")
 
 
 def _flat(rows: list[QueuedRow]) -> list[Any]:

@@ -29,6 +29,7 @@ pytest_plugins = [
     "tests.exec_fixtures",
     "tests.eval_fixtures",
     "tests.fake_github",
+    "tests.pg",
 ]
 
 DEFAULT_FILES: dict[str, str] = {

@@ -36,7 +36,7 @@ router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["ev
 
 
 def install(app: FastAPI) -> None:
-    app.state.eval_records = EvalRecords(app.state.ws.db)
+    app.state.eval_records = EvalRecords(app.state.ws.durable)
     app.include_router(router)
 
 

@@ -1,0 +1,219 @@
+"""The durable store's backends for the tests: `durable_backend` is "sqlite" or "postgresql", so
+a test that takes `durable_url` or `durable_db` runs once on each. PostgreSQL is a real server:
+a throwaway cluster in a temp folder, started once per test session (per xdist worker) by
+`pg_server`, stopped at its end whatever happened, each test on a database of its own.
+
+The server's binaries are Debian's (`apt-get install postgresql`, which `.ci/run` does). Missing
+binaries fail the tests that need them, loudly: a skipped backend would pass for a tested one.
+postgres refuses to run as root, so as root the cluster runs as an unprivileged user
+(`postgres` when the package made it, else one created here) through runuser.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmkit.db import DurableStore, open_durable
+from tests.helpers import free_port
+
+BACKENDS = ("sqlite", "postgresql")
+SUPERUSER = "llmkit"
+UNPRIVILEGED_USER = "llmkit-pg"
+START_TIMEOUT_S = 60
+START_ATTEMPTS = 3
+Completed = subprocess.CompletedProcess[str]
+
+
+def pg_bin_dir() -> Path:
+    """The folder of the newest installed PostgreSQL's initdb and pg_ctl; fails the test
+    session (never skips) when there is none."""
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: (
+            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
+        ),
+    )
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).parent
+    pytest.fail(
+        "PostgreSQL's server binaries (initdb, pg_ctl) are not installed, and the durable-store"
+        " tests run on PostgreSQL too: apt-get install -y postgresql (.ci/run does)",
+        pytrace=False,
+    )
+
+
+def _server_user() -> str | None:
+    """Who runs the server: None for the current user, unless that is root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", UNPRIVILEGED_USER):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            UNPRIVILEGED_USER,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return UNPRIVILEGED_USER
+
+
+class PgServer:
+    """One throwaway cluster listening on 127.0.0.1:port (and a socket in its folder)."""
+
+    def __init__(self, bin_dir: Path, root: Path, user: str | None) -> None:
+        self.bin_dir = bin_dir
+        self.root = root
+        self.data = root / "data"
+        self.log = root / "server.log"
+        self.user = user
+        self.port = 0
+        self._names = itertools.count(1)
+
+    def _run(
+        self, *args: str, timeout: float = START_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin_dir / args[0]), *args[1:]]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+    def start(self) -> None:
+        if self.user is not None:
+            shutil.chown(self.root, self.user)
+        made = self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        if made.returncode != 0:
+            raise RuntimeError(f"initdb failed: {made.stderr or made.stdout}")
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port()
+            options = (
+                f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=400"
+                " -c full_page_writes=off -c synchronous_commit=off"
+            )
+            started = self._run(
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "-o",
+                options,
+                "start",
+            )
+            if started.returncode == 0:
+                return
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        raise RuntimeError(f"PostgreSQL did not start: {started.stderr}\n{log[-2000:]}")
+
+    def stop(self) -> None:
+        if self.data.exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def sql(self, statement: str, database: str = "postgres") -> list[tuple[object, ...]]:
+        """One statement as the superuser, in autocommit (CREATE DATABASE needs it)."""
+        import psycopg
+
+        with psycopg.connect(self.url(database), autocommit=True) as conn:
+            cursor = conn.execute(statement)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def new_database(self) -> str:
+        """The URL of a new, empty database."""
+        name = f"t{os.getpid()}_{next(self._names)}"
+        self.sql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def cut_off(self, url: str) -> None:
+        """An outage of one database: no new connection is allowed, and those open are ended."""
+        name = url.rsplit("/", 1)[1]
+        self.sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        self.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            f" WHERE datname = '{name}' AND pid != pg_backend_pid()"
+        )
+
+    def restore(self, url: str) -> None:
+        name = url.rsplit("/", 1)[1]
+        self.sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL cluster for this test session (started on first use, stopped at its end)."""
+    bin_dir = pg_bin_dir()
+    root = Path(tempfile.mkdtemp(prefix="llmkit-pg-"))
+    server = PgServer(bin_dir, root, _server_user())
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def durable_backend(request: pytest.FixtureRequest) -> str:
+    """Each backend of the durable store in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def durable_url(durable_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """Where this test's durable store is: a SQLite file path, or a new PostgreSQL database's
+    URL. Opening it again (`open_durable`) is what another process on the same store does."""
+    if durable_backend == "sqlite":
+        return str(tmp_path / "data" / "durable.db")
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.new_database()
+
+
+@pytest.fixture
+def durable_db(durable_url: str) -> Iterator[DurableStore]:
+    """The durable store at `durable_url`, closed afterwards."""
+    db = open_durable(durable_url)
+    try:
+        yield db
+    finally:
+        db.close()
