@@ -147,6 +147,29 @@ class PgConnection:
             self.raw.close()
 
 
+class ReaderConnection(PgConnection):
+    """A thread's reader (autocommit, no transaction of its own): a statement that finds the
+    connection lost (the server restarted, an idle connection cut) is sent once more on a new
+    one, since a read outside a transaction can be repeated."""
+
+    def __init__(self, raw: Any, reconnect: Any) -> None:
+        super().__init__(raw)
+        self._reconnect = reconnect
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
+        try:
+            return self.raw.execute(to_psycopg(sql), params)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if self.usable:
+                raise _unavailable(exc) from exc
+        self.close()
+        try:
+            self.raw = self._reconnect()
+            return self.raw.execute(to_psycopg(sql), params)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise _unavailable(exc) from exc
+
+
 class TransientDatabaseError(DatabaseUnavailable):
     """A statement PostgreSQL says may pass if tried again (a lost connection, a lock timeout,
     a serialization failure, a full disk), keeping psycopg's error as its cause."""
@@ -176,6 +199,9 @@ class PostgresDatabase:
             raise ConfigError(f"Cannot open the database {self.path}: {exc.message}") from None
 
     def _connect(self) -> PgConnection:
+        return PgConnection(self._connect_raw())
+
+    def _connect_raw(self) -> Any:
         try:
             raw = psycopg.connect(
                 self.url,
@@ -189,7 +215,7 @@ class PostgresDatabase:
         # AVG and SUM of integers are numeric: read them as floats, as SQLite answers them.
         raw.adapters.register_loader("numeric", FloatLoader)
         raw.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
-        return PgConnection(raw)
+        return raw
 
     def _writer_connection(self) -> PgConnection:
         if self._closed:
@@ -241,7 +267,7 @@ class PostgresDatabase:
                 raise DatabaseUnavailable(f"The database {self.path} is closed")
             if conn is not None:
                 conn.close()
-            conn = self._connect()
+            conn = ReaderConnection(self._connect_raw(), self._connect_raw)
             self._local.conn = conn
             with self._write_lock:
                 self._readers.append(conn)

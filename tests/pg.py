@@ -1,7 +1,9 @@
 """The durable store's backends for the tests: `durable_backend` is "sqlite" or "postgresql", so
 a test that takes `durable_url` or `durable_db` runs once on each. PostgreSQL is a real server:
 a throwaway cluster in a temp folder, started once per test session (per xdist worker) by
-`pg_server`, stopped at its end whatever happened, each test on a database of its own.
+`pg_server`, stopped at its end whatever happened. Each test has a store of its own: a login
+role and its schema (PostgreSQL's default search path, `"$user", public`, puts the role's tables
+there), which costs milliseconds where a database of its own costs a second.
 
 The server's binaries are Debian's (`apt-get install postgresql`, which `.ci/run` does). Missing
 binaries fail the tests that need them, loudly: a skipped backend would pass for a tested one.
@@ -16,6 +18,7 @@ import itertools
 import os
 import pwd
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -31,6 +34,8 @@ SUPERUSER = "llmkit"
 UNPRIVILEGED_USER = "llmkit-pg"
 START_TIMEOUT_S = 60
 START_ATTEMPTS = 3
+# The database of the tests' stores (one schema and role each).
+STORES_DATABASE = "stores"
 Completed = subprocess.CompletedProcess[str]
 
 
@@ -90,7 +95,7 @@ class PgServer:
         self.log = root / "server.log"
         self.user = user
         self.port = 0
-        self._names = itertools.count(1)
+        self._names: Iterator[int] | None = None
 
     def _run(
         self, *args: str, timeout: float = START_TIMEOUT_S
@@ -146,8 +151,8 @@ class PgServer:
         if self.data.exists():
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def sql(self, statement: str, database: str = "postgres") -> list[tuple[object, ...]]:
         """One statement as the superuser, in autocommit (CREATE DATABASE needs it)."""
@@ -157,24 +162,28 @@ class PgServer:
             cursor = conn.execute(statement)
             return list(cursor.fetchall()) if cursor.description else []
 
-    def new_database(self) -> str:
-        """The URL of a new, empty database."""
-        name = f"t{os.getpid()}_{next(self._names)}"
-        self.sql(f"CREATE DATABASE {name}")
-        return self.url(name)
+    def new_store(self) -> str:
+        """The URL of a new, empty store: a role of its own, whose schema holds its tables."""
+        if self._names is None:
+            self.sql(f"CREATE DATABASE {STORES_DATABASE}")
+            self._names = itertools.count(1)
+        role = f"t{os.getpid()}_{next(self._names)}"
+        self.sql(f"CREATE ROLE {role} LOGIN", STORES_DATABASE)
+        self.sql(f"CREATE SCHEMA AUTHORIZATION {role}", STORES_DATABASE)
+        return self.url(STORES_DATABASE, role)
 
     def cut_off(self, url: str) -> None:
-        """An outage of one database: no new connection is allowed, and those open are ended."""
-        name = url.rsplit("/", 1)[1]
-        self.sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-        self.sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            f" WHERE datname = '{name}' AND pid != pg_backend_pid()"
-        )
+        """An outage of one store: its role may no longer log in, and its sessions are ended."""
+        role = _role(url)
+        self.sql(f"ALTER ROLE {role} NOLOGIN")
+        self.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
 
     def restore(self, url: str) -> None:
-        name = url.rsplit("/", 1)[1]
-        self.sql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        self.sql(f"ALTER ROLE {_role(url)} LOGIN")
+
+
+def _role(url: str) -> str:
+    return url.split("://", 1)[1].split("@", 1)[0]
 
 
 @pytest.fixture(scope="session")
@@ -206,7 +215,54 @@ def durable_url(durable_backend: str, tmp_path: Path, request: pytest.FixtureReq
     if durable_backend == "sqlite":
         return str(tmp_path / "data" / "durable.db")
     server: PgServer = request.getfixturevalue("pg_server")
-    return server.new_database()
+    return server.new_store()
+
+
+class Outage:
+    """The durable store failing, on either backend, until `end()`: on PostgreSQL the database
+    refuses connections and those open are ended (a server gone); on SQLite, which has no
+    server to lose, `table` is renamed away, which SQLite also reports as an OperationalError."""
+
+    def __init__(self, backend: str, url: str, server: PgServer | None) -> None:
+        self.backend = backend
+        self.url = url
+        self.server = server
+        self._sqlite: sqlite3.Connection | None = None
+        self._table = ""
+        # What the writer's health names as its last error meanwhile.
+        self.error_name = "OperationalError" if backend == "sqlite" else "TransientDatabaseError"
+
+    def begin(self, table: str = "run_log") -> None:
+        if self.server is not None:
+            self.server.cut_off(self.url)
+            return
+        self._table = table
+        self._sqlite = sqlite3.connect(self.url, isolation_level=None)
+        self._sqlite.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+
+    def end(self) -> None:
+        if self.server is not None:
+            self.server.restore(self.url)
+            return
+        assert self._sqlite is not None
+        self._sqlite.execute(f"ALTER TABLE {self._table}_away RENAME TO {self._table}")
+        self._sqlite.close()
+        self._sqlite = None
+
+
+@pytest.fixture
+def store_outage(
+    durable_backend: str, durable_url: str, request: pytest.FixtureRequest
+) -> Iterator[Outage]:
+    """An outage of this test's durable store, begun and ended by the test (ended at its end
+    in any case)."""
+    server = request.getfixturevalue("pg_server") if durable_backend == "postgresql" else None
+    outage = Outage(durable_backend, durable_url, server)
+    yield outage
+    if server is not None:
+        server.restore(durable_url)
+    elif outage._sqlite is not None:
+        outage.end()
 
 
 @pytest.fixture
