@@ -145,9 +145,10 @@ class Migrations:
         """A decorator registering the PostgreSQL spelling of migration `name` (already in the
         list): PostgreSQL runs it in that place instead. Its own function name is free."""
 
+        if name not in self.names:
+            raise ValueError(f"No migration {name!r} in {self!r} to spell for PostgreSQL")
+
         def register(fn: Migration) -> Migration:
-            if name not in self.names:
-                raise ValueError(f"No migration {name!r} in {self!r} to spell for PostgreSQL")
             if name in self._postgresql:
                 raise ValueError(f"Migration {name!r} of {self.kind!r} has a PostgreSQL spelling")
             self._postgresql[name] = fn

@@ -285,7 +285,7 @@ class LogWriter:
         degraded = self.started and not self._stopped and (not alive or retrying)
         return {
             "status": "degraded" if degraded or self.rows_dropped else "ok",
-            "store": self._db.describe(),
+            "store": self._db.dialect,
             "started": self.started,
             "alive": alive,
             "queued": self._queue.qsize(),
