@@ -60,7 +60,7 @@ def pg_bin_dir() -> Path:
     )
 
 
-def _server_user() -> str | None:
+def server_user() -> str | None:
     """Who runs the server: None for the current user, unless that is root."""
     if os.geteuid() != 0:
         return None
@@ -191,7 +191,7 @@ def pg_server() -> Iterator[PgServer]:
     """A PostgreSQL cluster for this test session (started on first use, stopped at its end)."""
     bin_dir = pg_bin_dir()
     root = Path(tempfile.mkdtemp(prefix="llmkit-pg-"))
-    server = PgServer(bin_dir, root, _server_user())
+    server = PgServer(bin_dir, root, server_user())
     try:
         server.start()
         yield server
