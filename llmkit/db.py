@@ -82,6 +82,10 @@ class DurableStore(Protocol):
 
     def execute_write(self, sql: str, params: Sequence[Any] = ()) -> None: ...
 
+    def insert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None: ...
+
     def reader(self) -> Any: ...
 
     def migrate(self, migrations: Migrations, *, stop_before: str | None = None) -> list[str]: ...
@@ -263,6 +267,7 @@ class Database:
         self._write_lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[SqliteConnection] = []
+        self._inserts: dict[tuple[str, tuple[str, ...], int], str] = {}
 
     @contextmanager
     def write(self, busy_timeout_s: float | None = None) -> Iterator[SqliteConnection]:
@@ -285,6 +290,34 @@ class Database:
         like write(), in one step instead of three (BEGIN, the statement, COMMIT)."""
         with self._write_lock:
             self._writer.execute(sql, params)
+
+    def insert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Rows into `table`, atomically, in as few statements as SQLite's parameter limit
+        allows: one multi-row INSERT for a batch that fits, in SQLite's implicit transaction.
+        SQLite calls release the GIL, and a busy event loop can make each take-back wait a
+        switch interval (5 ms): one statement per batch takes it back about once."""
+        step = max(1, self.max_params // len(columns))
+        if len(rows) <= step:
+            self.execute_write(self._insert_sql(table, columns, len(rows)), _flat(rows))
+            return
+        with self.write() as conn:
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                conn.execute(self._insert_sql(table, columns, len(chunk)), _flat(chunk))
+
+    def _insert_sql(self, table: str, columns: Sequence[str], count: int) -> str:
+        key = (table, tuple(columns), count)
+        sql = self._inserts.get(key)
+        if sql is None:
+            one = "(" + ", ".join("?" for _ in columns) + ")"
+            sql = (
+                f"INSERT INTO {table} ({', '.join(columns)})"
+                f" VALUES {', '.join(one for _ in range(count))}"
+            )
+            self._inserts[key] = sql
+        return sql
 
     def reader(self) -> SqliteConnection:
         conn = getattr(self._local, "conn", None)
@@ -315,6 +348,10 @@ class Database:
                 conn.close()
             self._readers.clear()
             self._writer.close()
+
+
+def _flat(rows: Sequence[Sequence[Any]]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 def _variable_limit() -> int:

@@ -154,7 +154,9 @@ def test_two_processes_opening_one_store_at_once_migrate_it_once(durable_url: st
     for t in threads:
         t.join(timeout=60)
     try:
-        assert sorted(len(names) for names in ran) == [0, 0, 0, len(runlog.MIGRATIONS.names)]
+        # Each migration ran once, in whichever process got to it first.
+        assert len(ran) == len(stores)
+        assert sorted(name for names in ran for name in names) == runlog.MIGRATIONS.names
     finally:
         for db in stores:
             db.close()

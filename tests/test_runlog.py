@@ -624,7 +624,7 @@ def test_any_exception_from_a_batch_insert_falls_back_to_row_by_row(
     runlog = RunLog(db, batch_ms=60_000)
     failed: list[int] = []
 
-    def failing(sql: str, params: Any = ()) -> None:
+    def failing(*args: Any) -> None:
         failed.append(1)
         raise error
 
@@ -633,7 +633,7 @@ def test_any_exception_from_a_batch_insert_falls_back_to_row_by_row(
         runlog.log(r)
     runlog.start()
     # The window is a minute long: the batch is written at the flush, after the patch.
-    monkeypatch.setattr(db, "execute_write", failing)
+    monkeypatch.setattr(db, "insert_many", failing)
     assert runlog.flush()
     assert failed, "the batch path was not taken"
     assert {r.trace_id for r in rows} <= {row["trace_id"] for row in runlog.list()}
