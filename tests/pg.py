@@ -70,18 +70,17 @@ def server_user() -> str | None:
             return name
         except KeyError:
             continue
-    subprocess.run(
-        [
-            "useradd",
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            UNPRIVILEGED_USER,
-        ],
-        check=True,
+    # Another test worker may be creating it at the same moment: its existence is what counts.
+    made = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+        + [UNPRIVILEGED_USER],
         capture_output=True,
+        text=True,
     )
+    try:
+        pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        raise RuntimeError(f"useradd {UNPRIVILEGED_USER} failed: {made.stderr}") from None
     return UNPRIVILEGED_USER
 
 
