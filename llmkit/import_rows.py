@@ -93,7 +93,7 @@ def _record(conn: sqlite3.Connection, identity: str, rows: list[tuple[str, str, 
         "INSERT INTO import_llmkit (source, kind, llmkit_id, target, imported_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, kind, llmkit_id) DO UPDATE"
         " SET target = excluded.target, imported_at = excluded.imported_at"
-        " WHERE target != excluded.target",
+        " WHERE import_llmkit.target != excluded.target",
         [(identity, kind, llmkit_id, target, now) for kind, llmkit_id, target in rows],
     )
 
