@@ -47,6 +47,7 @@ COMMANDS: tuple[click.Command, ...] = (
     # the HTTP API and its keys
     cli_serve.serve,
     cli_keys.keys,
+    cli_keys.sessions,
     # bringing data from elsewhere
     cli_import.import_llmkit,
 )

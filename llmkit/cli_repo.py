@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,6 @@ from llmkit.cli_options import (
     print_json,
     repo_option,
 )
-from llmkit.errors import LlmkitError
 
 if TYPE_CHECKING:
     from llmkit.index import SyncReport
@@ -65,19 +65,24 @@ def init(directory: Path, llmkit_repo: str | None) -> None:
 @json_option
 @handle_errors
 def index(repo: Path | None, rebuild: bool, as_json: bool) -> None:
-    """Bring the index up to date with the repository (or rebuild it)."""
+    """Bring the index up to date with the repository (or rebuild it), and say in one line
+    what it holds (`llmkit list` shows the prompts)."""
+    started = time.monotonic()
     ws = open_workspace(repo)
     if rebuild:
         report = _rebuild_with_progress(ws, quiet=as_json)
     else:
         report = ws.index.sync()
-    prompts = ws.index.list_prompts()
+    seconds = time.monotonic() - started
+    prompts, versions, commits = ws.index.counts()
     if as_json:
         print_json(
             {
                 "rebuilt": report.rebuilt,
                 "commits": report.new_commits,
                 "changed": sorted(report.changed),
+                "counts": {"prompts": prompts, "versions": versions, "commits": commits},
+                "seconds": round(seconds, 3),
                 "prompts": [
                     {
                         "id": p.id,
@@ -85,26 +90,17 @@ def index(repo: Path | None, rebuild: bool, as_json: bool) -> None:
                         "version": p.version.number if p.version else None,
                         "draft": bool(p.version and p.version.draft),
                     }
-                    for p in prompts
+                    for p in ws.index.list_prompts()
                 ],
             }
         )
         return
-    from rich.table import Table
-
-    table = Table("id", "key", "version", "model", "type", title=f"{len(prompts)} prompts")
-    for p in prompts:
-        v = p.version
-        model = kind = ""
-        if v is not None:
-            try:
-                parsed = v.prompt()
-                model, kind = parsed.model, parsed.prompt_type
-            except LlmkitError as exc:
-                model, kind = "[red]error[/red]", exc.message[:60]
-        number = "" if v is None else (f"{v.number} (draft)" if v.draft else str(v.number))
-        table.add_row(str(p.id), p.key, number, model, kind)
-    console().print(table)
+    done = "Rebuilt the index" if report.rebuilt else "Index up to date"
+    new = f" ({report.new_commits:,} new)" if report.new_commits else ""
+    click.echo(
+        f"{done}: {prompts:,} prompts, {versions:,} versions, {commits:,} commits{new}"
+        f" in {seconds:.2f} s"
+    )
 
 
 def _rebuild_with_progress(ws: Workspace, quiet: bool) -> SyncReport:

@@ -3,12 +3,14 @@ defaults."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmkit.budgets import MAX_JSON_DEPTH
 from llmkit.errors import ConfigError
@@ -74,6 +76,45 @@ class Settings(BaseModel):
     upstream_acquire_timeout_s: float = Field(default=5.0, gt=0)
     # JSON mode holds a streamed answer whole to check it before sending; a larger one is a 502.
     json_buffer_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # Browser sessions (POST /v1/ui/auth/login): a session unused for session_idle_s ends, and
+    # every session ends session_absolute_s after sign-in, however busy.
+    session_idle_s: float = Field(default=3600.0, gt=0)
+    session_absolute_s: float = Field(default=43200.0, gt=0)
+    # Sign-in attempts with a key, per client address, within login_window_s; more is a 429.
+    login_attempts: int = Field(default=10, gt=0)
+    login_window_s: float = Field(default=300.0, gt=0)
+    # Comma-separated addresses or networks of reverse proxies whose X-Forwarded-Proto and
+    # X-Forwarded-For are believed; none by default, since anyone can send those headers.
+    trusted_proxies: str | None = None
+    # Comma-separated origins (scheme://host[:port]) besides the server's own that may send
+    # cookie-authenticated writes and sign in from a browser: a UI served from elsewhere.
+    trusted_origins: str | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str | None) -> str | None:
+        for item in _items(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _check_origins(cls, value: str | None) -> str | None:
+        for item in _items(value):
+            if origin_of(item) != item:
+                raise ValueError(f"{item!r} is not an origin like https://ui.example.com:3000")
+        return value
+
+    @property
+    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in _items(self.trusted_proxies)]
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(_items(self.trusted_origins))
 
     @property
     def db_path(self) -> Path:
@@ -128,6 +169,25 @@ class Settings(BaseModel):
                 for e in exc.errors()
             )
             raise ConfigError(f"Invalid settings: {problems}") from None
+
+
+def _items(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` of an http(s) URL, lower-cased as browsers send it in `Origin`,
+    or None when `url` is not one."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.username is not None or parts.password is not None:
+        return None
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
 def _coerce(name: str, raw: str, annotation: object) -> object:

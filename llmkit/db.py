@@ -70,6 +70,11 @@ class Connection(Protocol):
     def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any: ...
 
 
+# Called with the connection and the rows just inserted, inside the inserting transaction, so
+# that what it writes (the run log's rollups) commits with the rows or not at all.
+AfterInsert = Callable[[Any, list[tuple[Any, ...]]], None]
+
+
 class DurableStore(Protocol):
     """Where the durable tables live: SQLite (`Database`) or PostgreSQL (`PostgresDatabase`).
     One writer at a time per process (`write`, `execute_write`), a reader per thread."""
@@ -83,7 +88,11 @@ class DurableStore(Protocol):
     def execute_write(self, sql: str, params: Sequence[Any] = ()) -> None: ...
 
     def insert_many(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        then: AfterInsert | None = None,
     ) -> None: ...
 
     def reader(self) -> Any: ...
@@ -292,20 +301,27 @@ class Database:
             self._writer.execute(sql, params)
 
     def insert_many(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        then: AfterInsert | None = None,
     ) -> None:
         """Rows into `table`, atomically, in as few statements as SQLite's parameter limit
-        allows: one multi-row INSERT for a batch that fits, in SQLite's implicit transaction.
+        allows: one multi-row INSERT for a batch that fits, in SQLite's implicit transaction
+        (unless `then` is given: it runs after the INSERTs, in their transaction).
         SQLite calls release the GIL, and a busy event loop can make each take-back wait a
         switch interval (5 ms): one statement per batch takes it back about once."""
         step = max(1, self.max_params // len(columns))
-        if len(rows) <= step:
+        if len(rows) <= step and then is None:
             self.execute_write(self._insert_sql(table, columns, len(rows)), _flat(rows))
             return
         with self.write() as conn:
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
                 conn.execute(self._insert_sql(table, columns, len(chunk)), _flat(chunk))
+            if then is not None:
+                then(conn, [tuple(row) for row in rows])
 
     def _insert_sql(self, table: str, columns: Sequence[str], count: int) -> str:
         key = (table, tuple(columns), count)

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from functools import partial
 from queue import SimpleQueue
@@ -94,12 +95,27 @@ class Execution:
     source: str = "api"
     api_key_id: int | None = None
     trace_id: str = field(default_factory=new_trace_id)
+    # The id of the run-log row this call will be written as (RunLog.new_id), handed out now
+    # so that the answer can name the row: it is the completion's id, `chatcmpl-<log_id>`.
+    log_id: int | None = None
+    # The model as the prompt (or the eval case, or the judge) names it, before resolving.
+    model_name: str | None = None
     # Said to the caller in `x-llmkit-warning`: what of its request was not sent as given.
     warnings: list[str] = field(default_factory=list)
 
     @property
     def version_label(self) -> str:
         return label(self.version)
+
+    @property
+    def completion_id(self) -> str:
+        """The id of the answer and of every chunk, as LLMKit makes it: its UI opens the log
+        entry whose id is the second `-`-separated part. A call that got no id ahead (the run
+        log's database could not reserve one) is named by its trace id, in a form the UI
+        does not take for a log id."""
+        if self.log_id is None:
+            return f"chatcmpl-trace-{self.trace_id}"
+        return f"chatcmpl-{self.log_id}"
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -141,11 +157,25 @@ class Executor:
         prepared inline: it can cost no more than reading its request."""
         version = options.pop("version", None)
         quick = self._quick(body, version)
-        if quick is not None:
-            return self.prepare(body, version=quick, **options)
         if self._threads is None:
             self._threads = Workers(PREPARE_THREADS, "llmkit-prepare")
-        return await self._threads.run(partial(self.prepare, body, version=version, **options))
+        if quick is None:
+            return await self._threads.run(partial(self.prepare, body, version=version, **options))
+        ex = self.prepare(body, version=quick, **options)
+        if ex.log_id is None:
+            # No id at hand in memory (the first calls, or a burst faster than the run log
+            # reserves blocks ahead): reserving one waits for SQLite, so not on the loop.
+            ex.log_id = await self._threads.run(self.runlog.new_id)
+        return ex
+
+    def _log_id(self) -> int | None:
+        """The id of the call's run-log row: on the event loop only one at hand (aprepare
+        reserves one on a thread if need be), elsewhere one reserved if need be."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self.runlog.new_id()
+        return self.runlog.new_id(wait=False)
 
     def _quick(self, body: dict[str, Any], version: Version | None) -> Version | None:
         """The version to prepare inline, or None to prepare on a thread (which also raises
@@ -251,6 +281,8 @@ class Executor:
             ),
             source=source,
             api_key_id=api_key_id,
+            log_id=self._log_id(),
+            model_name=model_override or prompt.model,
             warnings=warnings,
         )
 
@@ -312,6 +344,8 @@ class Executor:
             json_mode=False,  # the judge's own reader says what is wrong with a bad answer
             schema=None,
             source=source,
+            log_id=self._log_id(),
+            model_name=model,
         )
 
     # -- running -------------------------------------------------------------------------
@@ -341,6 +375,8 @@ class Executor:
             raise
         response["model"] = ex.key
         await self._log_answered(ex, started, answers=answers)
+        # After logging: the row keeps the provider's own id for the answer.
+        response["id"] = ex.completion_id
         return response
 
     async def stream(self, ex: Execution) -> AsyncIterator[dict[str, Any]]:
@@ -356,6 +392,7 @@ class Executor:
                 chunks = await self._buffered_json(ex, state, started)
                 for chunk in chunks:
                     if _for_client(chunk, ex.include_usage):
+                        chunk["id"] = ex.completion_id
                         yield chunk
                     state.sent(chunk)
             else:
@@ -364,6 +401,7 @@ class Executor:
                     async for chunk in upstream:
                         state.received(chunk, ex.key, started)
                         if _for_client(chunk, ex.include_usage):
+                            chunk["id"] = ex.completion_id
                             yield chunk
                         state.sent(chunk)
                 finally:
@@ -457,9 +495,11 @@ class Executor:
         has_usage = bool(with_usage)
         return RunRecord(
             trace_id=ex.trace_id,
+            id=ex.log_id,
             prompt_key=ex.key,
             **version_columns(ex.version),
             model=ex.call.model,
+            model_name=ex.model_name,
             request={"messages": ex.call.messages, "params": ex.call.params},
             response=logged_response,
             status=status or ("error" if error else "ok"),
@@ -485,7 +525,8 @@ class Workers:
     call_soon_threadsafe out. About half the CPU per call of run_in_executor on a
     ThreadPoolExecutor, which wraps a concurrent future in an asyncio one (measured: this is
     paid on every request). A thread starts when a call finds none waiting, so a busy render
-    never holds up the next call, and calls made one at a time use one thread."""
+    never holds up the next call, and calls made one at a time use one thread. A call runs in
+    its caller's context (what the request pinned: the snapshot of a served ref)."""
 
     def __init__(self, size: int, name: str) -> None:
         self._size = size
@@ -499,7 +540,7 @@ class Workers:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
-            self._queue.put((loop, future, call))
+            self._queue.put((loop, future, partial(copy_context().run, call)))
             if self._queue.qsize() > self._waiting and self._started < self._size:
                 self._started += 1
                 name = f"{self._name}-{self._started}"

@@ -6,7 +6,9 @@
   version (number = last + 1, no sha).
 - Integer ids are assigned deterministically: prompts that have history by their first commit,
   then by key; prompts that exist only in the working tree after them, by key. So an incremental
-  sync and a full rebuild of the same repository state give identical rows.
+  sync and a full rebuild of the same repository state give identical rows. Committed versions
+  get integer ids (LLMKit's `version_id`) the same way: a global ordinal in commit order, then
+  key; drafts have none.
 - Only index tables live in the `index` migration list; durable tables (keys, run log, evals)
   have lists of their own and are never touched here.
 
@@ -31,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmkit.budgets import DEFAULT_LIMITS
 from llmkit.config import PROMPTS_DIR
@@ -56,6 +59,9 @@ SYNC_BACKOFF_S = 0.05  # doubled after each failed attempt
 # How long one attempt waits for another process's write transaction (a rebuild's is short:
 # everything it writes is read from git before it begins).
 SYNC_BUSY_TIMEOUT_S = 5.0
+
+# What a `version_id` path segment may say for a draft, which has no id.
+DRAFT_IDS = ("draft", "null")
 
 MIGRATIONS = Migrations("index")
 migration = MIGRATIONS.register
@@ -116,6 +122,27 @@ def m002_generation(conn: sqlite3.Connection) -> None:
         );
         INSERT INTO ix_generation (id, generation) VALUES (1, 0);
         """,
+    )
+
+
+@migration
+def m003_version_ids(conn: sqlite3.Connection) -> None:
+    # Every committed version gets a global integer id (LLMKit's `version_id`), an ordinal in
+    # commit order (seq, then key); drafts have none. Rows indexed before this migration are
+    # numbered here exactly as a rebuild would number them.
+    run_script(
+        conn,
+        """
+        ALTER TABLE ix_versions ADD COLUMN id INTEGER;
+        CREATE UNIQUE INDEX ix_versions_id ON ix_versions (id);
+        """,
+    )
+    rows = conn.execute(
+        "SELECT key, number FROM ix_versions WHERE seq IS NOT NULL ORDER BY seq, key, number"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE ix_versions SET id = ? WHERE key = ? AND number = ?",
+        [(i, key, number) for i, (key, number) in enumerate(rows, start=1)],
     )
 
 
@@ -380,8 +407,13 @@ class Index:
             "INSERT OR IGNORE INTO ix_blobs (id, content, error) VALUES (?, ?, ?)",
             [(blob, text, err) for blob, (text, err) in contents.items()],
         )
+        # Version ids continue from the last one, in commit order then key: history only ever
+        # grows between a rebuild and a sync, so both number every version alike.
+        next_vid = (conn.execute("SELECT MAX(id) FROM ix_versions").fetchone()[0] or 0) + 1
+        ordered_versions = sorted(versions, key=lambda v: (v[2], v[0], v[1]))
         conn.executemany(
-            "INSERT INTO ix_versions (key, number, seq, blob) VALUES (?, ?, ?, ?)", versions
+            "INSERT INTO ix_versions (key, number, seq, blob, id) VALUES (?, ?, ?, ?, ?)",
+            [(*v, next_vid + i) for i, v in enumerate(ordered_versions)],
         )
         existing = {
             r[0] for r in conn.execute("SELECT key FROM ix_prompts WHERE first_seq IS NOT NULL")
@@ -558,6 +590,69 @@ class Index:
         served = self._served_versions(conn)
         return [self._prompt_from(row, served.get(row[1])) for row in rows]
 
+    def page_prompts(
+        self,
+        *,
+        prefix: str | None = None,
+        after: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[Prompt]:
+        """Served prompts by id: those whose key starts with `prefix`, after id `after` (a
+        keyset cursor) or from position `offset`, at most `limit`. Only the page's prompts
+        have their versions read, so a page costs the same in an index of any size."""
+        where, params = _prompt_filter(prefix)
+        if after is not None:
+            where += " AND id > ?"
+            params.append(after)
+        rows = (
+            self.db.reader()
+            .execute(
+                f"SELECT id, key, path, present FROM ix_prompts WHERE {where}"
+                " ORDER BY id LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            )
+            .fetchall()
+        )
+        served = self._served_versions_of(self.db.reader(), [row[1] for row in rows])
+        return [self._prompt_from(row, served.get(row[1])) for row in rows]
+
+    def count_prompts(self, prefix: str | None = None) -> int:
+        """How many served prompts `page_prompts` pages through."""
+        where, params = _prompt_filter(prefix)
+        row = self.db.reader().execute(f"SELECT COUNT(*) FROM ix_prompts WHERE {where}", params)
+        return int(row.fetchone()[0])
+
+    def counts(self) -> tuple[int, int, int]:
+        """(served prompts, versions, commits) in the index."""
+        row = (
+            self.db.reader()
+            .execute(
+                "SELECT (SELECT COUNT(*) FROM ix_prompts WHERE present = 1),"
+                " (SELECT COUNT(*) FROM ix_versions), (SELECT COUNT(*) FROM ix_commits)"
+            )
+            .fetchone()
+        )
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def _served_versions_of(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple]:
+        """As _served_versions, for these keys only: a seek of (key, number) per key."""
+        found: dict[str, tuple] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = conn.execute(
+                "SELECT v.key, v.number, v.seq, v.blob, c.sha,"
+                " (SELECT MAX(w.number) FROM ix_versions w"
+                "  WHERE w.key = v.key AND w.seq IS NOT NULL) AS committed, v.id"
+                " FROM ix_versions v LEFT JOIN ix_commits c ON c.seq = v.seq"
+                f" WHERE v.key IN ({marks})"
+                " AND v.number = (SELECT MAX(u.number) FROM ix_versions u WHERE u.key = v.key)",
+                chunk,
+            ).fetchall()
+            found.update((r[0], tuple(r)) for r in rows)
+        return found
+
     def get_prompt(self, ident: str | int, include_deleted: bool = True) -> Prompt:
         """A prompt by integer id or key."""
         conn = self.db.reader()
@@ -585,7 +680,7 @@ class Index:
     ) -> dict[str, tuple]:
         where, args = ("WHERE v.key = ?", (key,)) if key else ("", ())
         rows = conn.execute(
-            "SELECT v.key, v.number, v.seq, v.blob, c.sha, m.committed FROM ix_versions v"
+            "SELECT v.key, v.number, v.seq, v.blob, c.sha, m.committed, v.id FROM ix_versions v"
             " JOIN (SELECT key, MAX(number) AS n, MAX(CASE WHEN seq IS NOT NULL THEN number END) "
             "AS committed,"
             " COUNT(*) AS c FROM ix_versions GROUP BY key) m ON v.key = m.key AND v.number = m.n"
@@ -599,21 +694,27 @@ class Index:
         version = None
         latest_committed = 0
         if served is not None:
-            _, number, seq, blob, sha, committed = served
+            _, number, seq, blob, sha, committed, vid = served
             latest_committed = committed or 0
             if present:
-                version = self._version(key, number, seq, blob, sha)
+                version = self._version(key, number, seq, blob, sha, vid)
         return Prompt(pid, key, path, present, version, latest_committed)
 
     def _version(
-        self, key: str, number: int | None, seq: int | None, blob: str, sha: str | None
+        self,
+        key: str,
+        number: int | None,
+        seq: int | None,
+        blob: str,
+        sha: str | None,
+        vid: int | None,
     ) -> Version:
         conn = self.db.reader()
         content, error = conn.execute(
             "SELECT content, error FROM ix_blobs WHERE id = ?", (blob,)
         ).fetchone() or (None, "missing")
         commit = self._commit(seq) if seq is not None else None
-        return Version(key, number, sha, blob, content, error, commit, draft=seq is None)
+        return Version(key, number, sha, blob, content, error, commit, seq is None, vid)
 
     def _commit(self, seq: int) -> Commit | None:
         row = (
@@ -633,14 +734,14 @@ class Index:
         rows = (
             self.db.reader()
             .execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c "
-                "ON c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha, v.id FROM ix_versions v"
+                " LEFT JOIN ix_commits c ON c.seq = v.seq"
                 " WHERE v.key = ? ORDER BY v.number",
                 (prompt.key,),
             )
             .fetchall()
         )
-        return [self._version(prompt.key, r[0], r[1], r[2], r[3]) for r in rows]
+        return [self._version(prompt.key, *r) for r in rows]
 
     def version(self, ident: str | int, spec: str | int | None = None) -> Version:
         """Resolve a version of a prompt: None (served), a number, a sha prefix, or a git ref."""
@@ -679,8 +780,8 @@ class Index:
         conn = self.db.reader()
         if text.isdigit() and int(text) <= MAX_SQLITE_INT:
             row = conn.execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v LEFT JOIN ix_commits c "
-                "ON c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha, v.id FROM ix_versions v"
+                " LEFT JOIN ix_commits c ON c.seq = v.seq"
                 " WHERE v.key = ? AND v.number = ?",
                 (prompt.key, int(text)),
             ).fetchone()
@@ -691,8 +792,8 @@ class Index:
                 raise NotFound(f"Prompt {prompt.key!r} has no version {text}", param="model")
         if 4 <= len(text) <= 40 and all(c in "0123456789abcdef" for c in text.lower()):
             rows = conn.execute(
-                "SELECT v.number, v.seq, v.blob, c.sha FROM ix_versions v JOIN ix_commits c ON "
-                "c.seq = v.seq"
+                "SELECT v.number, v.seq, v.blob, c.sha, v.id FROM ix_versions v"
+                " JOIN ix_commits c ON c.seq = v.seq"
                 " WHERE v.key = ? AND c.sha LIKE ?",
                 (prompt.key, text.lower() + "%"),
             ).fetchall()
@@ -731,15 +832,63 @@ class Index:
         row = (
             self.db.reader()
             .execute(
-                "SELECT v.number FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq WHERE v.key "
-                "= ? AND c.sha = ?",
+                "SELECT v.number, v.id FROM ix_versions v JOIN ix_commits c ON c.seq = v.seq"
+                " WHERE v.key = ? AND c.sha = ?",
                 (key, last),
             )
             .fetchone()
         )
+        number, vid = row if row else (None, None)
         content, error = _decode(data, self._max_bytes)
         info = self.store.commit_info(last)
-        return Version(key, row[0] if row else None, last, blob_id(data), content, error, info)
+        return Version(key, number, last, blob_id(data), content, error, info, id=vid)
+
+    def version_for_id_segment(self, ident: str | int, text: str) -> Version:
+        """A version named where LLMKit takes a `version_id`: digits are always the integer
+        id (of this prompt's versions, never a version number); `served` the version served now,
+        draft or not; `draft`, or `null` (what the UI puts in a URL for a draft's null
+        version_id), the served draft; anything else a sha prefix, branch or tag."""
+        prompt = self.get_prompt(ident)
+        text = text.strip()
+        if text == "served":
+            return self.version(prompt.key)
+        if text in DRAFT_IDS:
+            served = self.version(prompt.key)
+            if not served.draft:
+                raise NotFound(
+                    f"Prompt {prompt.key!r} has no draft: its served version has version_id"
+                    f" {served.id}",
+                    param="version_id",
+                )
+            return served
+        if text.isdigit():
+            if len(text) > len(str(MAX_SQLITE_INT)):
+                raise NotFound(
+                    f"No version of prompt {prompt.key!r} found with version_id {text[:40]}",
+                    param="version_id",
+                )
+            return self.version_by_id(int(text), key=prompt.key)
+        return self.version(prompt.key, text)
+
+    def version_by_id(self, vid: int, key: str | None = None) -> Version:
+        """A committed version by its integer id (LLMKit's `version_id`). With `key`, an id
+        that belongs to another prompt is not found, so a URL naming one prompt can never
+        reach another's version."""
+        row = None
+        if 0 < vid <= MAX_SQLITE_INT:
+            row = (
+                self.db.reader()
+                .execute(
+                    "SELECT v.key, v.number, v.seq, v.blob, c.sha, v.id FROM ix_versions v"
+                    " JOIN ix_commits c ON c.seq = v.seq WHERE v.id = ?",
+                    (vid,),
+                )
+                .fetchone()
+            )
+        if row is None or (key is not None and row[0] != key):
+            owner = f" of prompt {key!r}" if key is not None else ""
+            raise NotFound(f"No version{owner} found with version_id {vid}", param="version_id")
+        return self._version(*row)
 
     def history(self, ident: str | int) -> list[tuple[Version, str]]:
         """Every version, oldest first, with the unified diff from the version before it."""
@@ -763,6 +912,14 @@ class Index:
 
     def head(self) -> str | None:
         return self._state("head")
+
+
+def _prompt_filter(prefix: str | None) -> tuple[str, list[Any]]:
+    """Served prompts, with keys that start with `prefix`: a range of the key's index."""
+    if not prefix:
+        return "present = 1", []
+    # Every key that starts with the prefix sorts below the prefix and the last character.
+    return "present = 1 AND key >= ? AND key < ?", [prefix, prefix + "\U0010ffff"]
 
 
 def _generation(conn: sqlite3.Connection) -> int:

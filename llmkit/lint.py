@@ -39,6 +39,12 @@ class Problem:
         return f"::{self.severity} file={path},line={self.line}::{message}"
 
 
+# Keys that are words of the execution routes: POST /v1/ui/prompts/execute/stream (and /chat,
+# /chat/stream) execute the prompt named in the body, so a prompt with such a key is reached
+# there only by its integer id.
+RESERVED_KEYS = ("stream", "chat", "chat/stream")
+
+
 def lint_prompt_text(
     rel_path: str, data: bytes, max_bytes: int = DEFAULT_LIMITS.prompt_file_bytes
 ) -> list[Problem]:
@@ -46,9 +52,16 @@ def lint_prompt_text(
     frontmatter (each key), its role markers and the template of each section."""
     problems = []
     try:
-        key_from_path(rel_path)
+        key = key_from_path(rel_path)
     except InvalidKey as exc:
         problems.append(Problem(rel_path, 1, exc.message))
+    else:
+        if key in RESERVED_KEYS:
+            message = (
+                f"Prompt key {key!r} is reserved: POST /v1/ui/prompts/execute/{key} executes the"
+                " prompt named in the body, so this one runs there only by its id; rename it"
+            )
+            problems.append(Problem(rel_path, 1, message, "warning"))
     if len(data) > max_bytes:
         message = (
             f"File is {len(data):,} bytes, over the limit of {max_bytes:,} for a prompt file"

@@ -21,6 +21,7 @@ The file is re-read when it changes, so editing it needs no restart.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -213,3 +214,101 @@ def describe_models(
             }
         )
     return rows
+
+
+# What a prompt that leaves temperature or max_tokens to the model shows where LLMKit's UI needs
+# a number: the alias's own setting, else these (OpenAI's default temperature; for max_tokens
+# the model's own output limit from litellm's table, else this).
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_MAX_TOKENS = 4096
+ID_BITS = 48  # below JavaScript's 2**53, so the UI reads every id exactly
+
+
+def model_id(name: str) -> int:
+    """The integer id LLMKit's UI knows a model by: 48 bits of the SHA-256 of its name (an
+    alias of llmkit.yaml or a model string as prompts write it). It depends on the name alone,
+    so it survives restarts and never moves when another alias is added or removed."""
+    digest = hashlib.sha256(f"model\n{name}".encode()).digest()
+    return int.from_bytes(digest[: ID_BITS // 8], "big") or 1
+
+
+def provider_id(provider: str, base_url: str) -> int:
+    """LLMKit's provider is a name at a base URL; its id, like a model's, depends on those alone."""
+    digest = hashlib.sha256(f"provider\n{provider}\n{base_url}".encode()).digest()
+    return int.from_bytes(digest[: ID_BITS // 8], "big") or 1
+
+
+def effective_settings(registry: ModelRegistry, name: str) -> tuple[float, int]:
+    """(temperature, max_tokens) a call to model `name` runs with when the prompt leaves them
+    unset, as numbers for LLMKit's UI; see DEFAULT_TEMPERATURE."""
+    from llmkit.providers.pricing import features_of
+
+    try:
+        target = registry.resolve(name)
+    except ConfigError:
+        target = ModelTarget(name=name, model=name)
+    temperature = target.params.get("temperature")
+    max_tokens = target.params.get("max_tokens")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        temperature = DEFAULT_TEMPERATURE
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        max_tokens = features_of(target.model)[2] or DEFAULT_MAX_TOKENS
+    return float(temperature), max_tokens
+
+
+def provider_name_of(registry: ModelRegistry | None, name: str) -> str:
+    """The provider that serves model `name` (an alias, without `registry` a model string)."""
+    from llmkit.providers import provider_of
+
+    try:
+        return provider_of(registry.resolve(name).model if registry else name)
+    except ConfigError:
+        return provider_of(name)
+
+
+def ui_models(registry: ModelRegistry, prompt_models: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The models as LLMKit's UI lists them (its `Model`: integer id, provider id, name and
+    base URL, JSON and tool support), each with llmkit's own description beside: every alias
+    of llmkit.yaml, then every other model string prompts use."""
+    from llmkit.providers.pricing import features_of
+    from llmkit.providers.registry import TRANSPORTS
+
+    default_bases = {
+        p.name: p.base_url for t in TRANSPORTS for p in t.providers if p.base_url is not None
+    }
+    rows = []
+    owner: dict[int, str] = {}
+    for row in describe_models(registry, prompt_models):
+        name = row["name"]
+        vid = model_id(name)
+        if owner.setdefault(vid, name) != name:
+            raise ConfigError(
+                f"Models {owner[vid]!r} and {name!r} hash to one id; rename one alias"
+            )
+        base_url = row["api_base"] or default_bases.get(row["provider"]) or ""
+        supports_json, supports_tools, _ = features_of(row["model"])
+        rows.append(
+            {
+                "id": vid,
+                "provider_id": provider_id(row["provider"], base_url),
+                "name": name,
+                "provider_name": row["provider"],
+                "provider_base_url": base_url,
+                "supports_json": supports_json,
+                "supports_tools": supports_tools,
+                **row,
+            }
+        )
+    return rows
+
+
+def model_for_id(
+    registry: ModelRegistry, prompt_models: dict[str, list[str]], wanted: int
+) -> str | None:
+    """The model name (alias or model string) whose `model_id` is `wanted`, among those
+    `ui_models` lists; None when there is none."""
+    aliases = registry.aliases()
+    for name in [*aliases, *sorted(prompt_models)]:
+        if model_id(name) == wanted:
+            return name
+    return None

@@ -14,20 +14,30 @@ row (`truncated`, `log_notes`); a row the database still refuses is stored scrub
 in `run_log_rejects`, and a writer thread that dies is restarted by its supervisor. `health()`
 says how the writer is doing.
 
+Each row has an integer id, handed out when its call starts (`new_id`, from blocks reserved in
+the database by `runlog_writer.IdBlocks`), so that the answer can name the row before the writer
+has written it: a completion's id is `chatcmpl-<id>`. An id whose row was never written (a call
+still running, or a server killed first) names nothing, never another call.
+
 Rows refer to prompts by key + version sha, never by index ids, so an index rebuild leaves
 them alone. Other durable features (eval runs, human scores) own their own modules and
 migration kinds; they can join `stats()` by (prompt_key, version_sha) and rows by trace_id.
 
-Percentiles are nearest-rank: the p-th percentile of n sorted values is the value at 1-based
-rank ceil(p * n / 100), so latencies 1..100 give p50 = 50 and p95 = 95. Each is one
-`ORDER BY ... LIMIT 1 OFFSET rank - 1` walk of a covering index on (prompt_key, version,
-column), so stats over 100k rows neither sort nor move the rows into Python.
+Per-version figures and counts come from rollups that the writer keeps in each batch's
+transaction (`runlog_rollup`), so their cost does not grow with the log. Percentiles are
+nearest-rank: the p-th percentile of n sorted values is the value at 1-based rank
+ceil(p * n / 100), so latencies 1..100 give p50 = 50 and p95 = 95. For a version with up to
+EXACT_PERCENTILE_MAX values each is one `ORDER BY ... LIMIT 1 OFFSET rank - 1` walk of a
+covering index on (prompt_key, version, column); above that, the rollup's latency histogram
+gives it within 5%. Lists page by keyset (`page_after`, an opaque cursor) or by number.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import re
 import sqlite3
 import uuid
@@ -35,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from llmkit import runlog_rollup
 from llmkit.db import Connection, DurableStore, Migrations
 from llmkit.errors import BadRequest, NotFound, RunLogUnavailable
 from llmkit.runlog_rows import (
@@ -42,7 +53,9 @@ from llmkit.runlog_rows import (
     format_time,
     utc_now,  # the stored time shape, used beside rows
 )
-from llmkit.runlog_writer import DEFAULT_MAX_QUEUED, LogWriter
+from llmkit.runlog_writer import DEFAULT_MAX_QUEUED, IdBlocks, LogWriter, RowSink
+
+logger = logging.getLogger("llmkit.runlog")
 
 STATUSES = ("ok", "error", "cancelled")
 # Where a call came from; "judge" is an eval's judge grading an answer of the prompt it is
@@ -59,6 +72,12 @@ Rows = list[dict[str, Any]]
 # millions of random ids, and a shorter one would rarely name a single call.
 MIN_TRACE_PREFIX = 6
 AMBIGUOUS_SHOWN = 5
+# A log entry is named by its integer id or by its trace id. Trace ids are hex (32 digits), so
+# only a value of digits alone can be either: up to this many digits it is read as an id first
+# (an id the UI took from a completion), and as a trace id prefix only when no row has that id.
+# Longer, it cannot be an id (ids fit in 64 bits), so a trace id prefix of digits alone that
+# happens to be an id too is told apart by giving more of it.
+MAX_ID_DIGITS = 18
 
 
 def new_trace_id() -> str:
@@ -71,6 +90,9 @@ class RunRecord:
     the assembled text, a str); they are stored as JSON text and read back as values."""
 
     trace_id: str = field(default_factory=new_trace_id)
+    # The row's integer id: handed out by RunLog.new_id() before the call is answered, or
+    # given by the writer if the caller had none.
+    id: int | None = None
     prompt_key: str
     version_number: int | None = None
     version_sha: str | None = None
@@ -79,6 +101,9 @@ class RunRecord:
     draft: bool = False
     draft_blob: str | None = None
     model: str
+    # The model as the prompt, eval case or judge names it (an alias of llmkit.yaml or a model
+    # string), where `model` is what it resolved to: LLMKit's `model_name`.
+    model_name: str | None = None
     request: Any
     response: Any = None
     status: str = "ok"
@@ -101,8 +126,9 @@ FIELDS = tuple(RunRecord.__dataclass_fields__)
 # cap (a JSON list of names) and notes on every other change (a JSON list of sentences).
 COLUMNS = (*FIELDS, "truncated", "log_notes")
 _CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM run_log"
+_SELECT = f"SELECT id, {', '.join(COLUMNS)} FROM run_log"
 _INT_FIELDS = (
+    "id",
     "version_number",
     "http_status",
     "input_tokens",
@@ -111,7 +137,15 @@ _INT_FIELDS = (
     "api_key_id",
 )
 _NUMBER_FIELDS = ("cost", "latency_ms", "ttft_ms")
-_TEXT_FIELDS = ("trace_id", "prompt_key", "version_sha", "draft_blob", "model", "error")
+_TEXT_FIELDS = (
+    "trace_id",
+    "prompt_key",
+    "version_sha",
+    "draft_blob",
+    "model",
+    "model_name",
+    "error",
+)
 
 MIGRATIONS = Migrations("runlog")
 migration = MIGRATIONS.register
@@ -255,6 +289,39 @@ def m004_judge_source(conn: sqlite3.Connection) -> None:
         )
 
 
+@migration
+def m005_ids_in_blocks_and_model_names(conn: sqlite3.Connection) -> None:
+    """The counter ids are reserved from (see IdBlocks): one row, above every id so far. And
+    the model as the call named it, beside what it resolved to."""
+    conn.execute("ALTER TABLE run_log ADD COLUMN model_name TEXT")
+    conn.execute(
+        "CREATE TABLE run_log_ids (one INTEGER PRIMARY KEY CHECK (one = 1),"
+        " next_id INTEGER NOT NULL)"
+    )
+    conn.execute("INSERT INTO run_log_ids SELECT 1, COALESCE(MAX(id), 0) + 1 FROM run_log")
+
+
+@migration
+def m006_rollups_and_filter_indexes(conn: Connection) -> None:
+    """Per-version rollups, backfilled from every row already logged (see runlog_rollup), and
+    the indexes that the model, status and version filters of a page (alone or with a prompt)
+    need to read it newest first without scanning the log."""
+    runlog_rollup.create_and_backfill(conn, runlog_rollup.CREATE_TABLES)
+    _filter_indexes(conn)
+
+
+def _filter_indexes(conn: Connection) -> None:
+    conn.execute("CREATE INDEX run_log_model_created_at ON run_log (model, created_at)")
+    conn.execute("CREATE INDEX run_log_status_created_at ON run_log (status, created_at)")
+    conn.execute(
+        "CREATE INDEX run_log_version_created_at"
+        " ON run_log (prompt_key, version_number, created_at)"
+    )
+    conn.execute(
+        "CREATE INDEX run_log_prompt_status_created_at ON run_log (prompt_key, status, created_at)"
+    )
+
+
 @MIGRATIONS.on_postgresql("m001_initial")
 def m001_initial_postgresql(conn: Connection) -> None:
     # Text compared by range (trace id prefixes) or sorted (times) collates bytewise, as SQLite.
@@ -326,6 +393,31 @@ def m004_judge_source_postgresql(conn: Connection) -> None:
             f" (prompt_key, version_number, version_sha, draft, draft_blob, {column}, source)"
             f" WHERE {_NOT_JUDGE}"
         )
+
+
+@MIGRATIONS.on_postgresql("m005_ids_in_blocks_and_model_names")
+def m005_ids_in_blocks_and_model_names_postgresql(conn: Connection) -> None:
+    """As on SQLite, and one source of ids: a row inserted without one (by hand, an import)
+    takes it from the counter too, under the counter row's lock, instead of from the identity
+    sequence, which knows nothing of the blocks IdBlocks hands out."""
+    conn.execute("ALTER TABLE run_log ADD COLUMN model_name TEXT")
+    conn.execute(
+        "CREATE TABLE run_log_ids (one BIGINT PRIMARY KEY CHECK (one = 1), next_id BIGINT NOT NULL)"
+    )
+    conn.execute("INSERT INTO run_log_ids SELECT 1, COALESCE(MAX(id), 0) + 1 FROM run_log")
+    conn.execute(
+        "CREATE FUNCTION run_log_next_id() RETURNS BIGINT LANGUAGE sql VOLATILE AS"
+        " 'UPDATE run_log_ids SET next_id = next_id + 1 RETURNING next_id - 1'"
+    )
+    conn.execute("ALTER TABLE run_log ALTER COLUMN id DROP IDENTITY")
+    conn.execute("ALTER TABLE run_log ALTER COLUMN id SET DEFAULT run_log_next_id()")
+
+
+@MIGRATIONS.on_postgresql("m006_rollups_and_filter_indexes")
+def m006_rollups_and_filter_indexes_postgresql(conn: Connection) -> None:
+    """The rollup tables in PostgreSQL's types (times bytewise, as they are compared)."""
+    runlog_rollup.create_and_backfill(conn, runlog_rollup.CREATE_TABLES_POSTGRESQL)
+    _filter_indexes(conn)
 
 
 _RUN_LOG_INDEXES = (
@@ -435,11 +527,13 @@ def _check_record(record: RunRecord) -> None:
         value = getattr(record, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise BadRequest(f"Run record {name} must be an integer or None: {_shown(value)}")
+    if record.id is not None and not 0 < record.id < 2**63:
+        raise BadRequest(f"Run record id must be a positive 64-bit integer: {_shown(record.id)}")
     for name in _NUMBER_FIELDS:
         value = getattr(record, name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
             raise BadRequest(f"Run record {name} must be a number or None: {_shown(value)}")
-    for name in ("version_sha", "draft_blob", "error"):
+    for name in ("version_sha", "draft_blob", "model_name", "error"):
         value = getattr(record, name)
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"Run record {name} must be a string or None: {_shown(value)}")
@@ -480,15 +574,35 @@ def _to_row(record: RunRecord, field_max_bytes: int) -> tuple[Any, ...]:
 
 
 def _row_to_dict(row: Any) -> dict[str, Any]:
+    """A row as the API and the CLI show it: ours, and beside them LLMKit's names for what it
+    has too (`status_code`, the request and response as JSON text in `request_body` and
+    `response_data`, which LLMKit's UI hands to JSON.parse); `model_name` of a row logged
+    without one is the model it ran."""
     result = {name: row[name] for name in COLUMNS}
     truncated = _json_list(result["truncated"])
-    result["request"] = _json_value(result["request"], "request" in truncated)
-    result["response"] = _json_value(result["response"], "response" in truncated)
+    result["request"], request_text = _json_field(result["request"], "request" in truncated)
+    result["response"], response_text = _json_field(result["response"], "response" in truncated)
     result["stream"] = bool(result["stream"])
     result["draft"] = bool(result["draft"])
     result["truncated"] = truncated
     result["log_notes"] = _json_list(result["log_notes"])
+    result["model_name"] = result["model_name"] or result["model"]
+    result["status_code"] = result["http_status"]
+    result["request_body"] = request_text
+    result["response_data"] = response_text
     return result
+
+
+def _json_field(text: str | None, truncated: bool) -> tuple[Any, str | None]:
+    """A stored JSON field as its value and as JSON text: the stored text itself when it is
+    JSON, else (cut, or stored before it had to be JSON) the JSON of the text it reads as."""
+    value = _json_value(text, truncated)
+    if text is None:
+        return None, None
+    if value is not text:
+        return value, text
+    # _json_value hands back the very text it was given when that is not JSON (or is cut).
+    return value, json.dumps(text, ensure_ascii=False)
 
 
 def _expire(committed: asyncio.Future[None], trace_id: str, runlog: RunLog) -> None:
@@ -540,8 +654,10 @@ class RunLog:
         self.field_max_bytes = field_max_bytes
         self.durable_wait_s = durable_wait_s
         db.migrate(MIGRATIONS)
+        self._ids = IdBlocks(db, counter_table="run_log_ids", table="run_log")
         self._writer = LogWriter(
             db,
+            ids=self._ids,
             table="run_log",
             columns=COLUMNS,
             rejects_table="run_log_rejects",
@@ -549,12 +665,28 @@ class RunLog:
             batch_s=max(batch_ms, 0) / 1000,
             max_batch=max_batch,
             max_queued=max_queued,
+            on_insert=runlog_rollup.RollUp(COLUMNS),
         )
 
     # Writing
 
     def start(self) -> None:
         self._writer.start()
+        self._ids.start()
+
+    def new_id(self, *, wait: bool = True) -> int | None:
+        """The id of a row about to be logged, never handed out before by any process sharing
+        the log; see IdBlocks. Without `wait` (on the event loop), only an id at hand in
+        memory; with it, a block is reserved if need be. None when there is none at hand, or
+        the database cannot reserve one now: the record is then logged without an id, and the
+        writer gives it one."""
+        if not wait:
+            return self._ids.take()
+        try:
+            return self._ids.next_id()
+        except Exception as exc:
+            logger.warning("run log: no id reserved for a call (%s); the writer will give one", exc)
+            return None
 
     def log(self, record: RunRecord) -> None:
         """Queue a record for writing; returns at once. Records logged before start() wait.
@@ -579,12 +711,17 @@ class RunLog:
         finally:
             expiry.cancel()
 
+    def add_sink(self, sink: RowSink) -> None:
+        """Hand `sink` each row too, in COLUMNS order: as it is queued and once committed."""
+        self._writer.add_sink(sink)
+
     def flush(self, timeout: float = 5) -> bool:
         """Wait until every record logged before this call is written. False on timeout."""
         return self._writer.flush(timeout)
 
     def close(self, timeout: float = 30) -> None:
         """Write everything logged so far and stop the writer. Idempotent."""
+        self._ids.close()
         self._writer.close(timeout)
 
     def health(self) -> dict[str, Any]:
@@ -639,21 +776,77 @@ class RunLog:
         status: str | None = None,
         since: str | datetime | None = None,
         until: str | datetime | None = None,
+        model: str | None = None,
     ) -> Rows:
-        """Runs newest first. `since` is inclusive, `until` exclusive; `version` matches a
-        version number or a version sha prefix; page_size is capped at MAX_PAGE_SIZE."""
+        """Runs newest first, by page number. `since` is inclusive, `until` exclusive;
+        `version` matches a version number or a version sha prefix; page_size is capped at
+        MAX_PAGE_SIZE. A page costs a walk of the index over the rows before it (without
+        reading them): deep pages are for the UI's page numbers, `page_after` for programs."""
+        return self.numbered_page(
+            page, page_size, prompt, version, status, since, until, model
+        ).rows
+
+    def numbered_page(
+        self,
+        page: int = 1,
+        page_size: int = 50,
+        prompt: str | None = None,
+        version: str | int | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        model: str | None = None,
+    ) -> LogPage:
+        """Page `page` by number, with the cursor of the page that follows it."""
         page = _check_positive(page, "page")
         page_size = min(_check_positive(page_size, "page_size"), MAX_PAGE_SIZE)
-        where, params = _filters(prompt, version, status, since, until)
+        where, params = _filters(prompt, version, status, since, until, model)
+        # The offset walks the index alone (ids only); just the page's rows are read.
         rows = (
             self._db.reader()
             .execute(
-                f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-                (*params, page_size, (page - 1) * page_size),
+                f"{_SELECT} WHERE id IN (SELECT id FROM run_log{where}"
+                f" ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?)"
+                f" ORDER BY created_at DESC, id DESC",
+                (*params, page_size + 1, (page - 1) * page_size),
             )
             .fetchall()
         )
-        return [_row_to_dict(row) for row in rows]
+        return _page_of(rows, page_size)
+
+    def page_after(
+        self,
+        cursor: str | None = None,
+        limit: int = 50,
+        prompt: str | None = None,
+        version: str | int | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        model: str | None = None,
+    ) -> LogPage:
+        """The `limit` runs after `cursor` (from the start without one), newest first, and
+        the cursor of the next page (None after the last). A page is one range read of an
+        index, whatever its depth; rows logged while a client pages are never shown twice and
+        never make it skip a row, since a cursor is a position in (created_at, id) order. The
+        filters are not in the cursor: send the same ones with each page."""
+        limit = min(_check_positive(limit, "limit"), MAX_PAGE_SIZE)
+        where, params = _filters(prompt, version, status, since, until, model)
+        if cursor is not None:
+            created_at, row_id = decode_cursor(cursor)
+            where += " AND " if where else " WHERE "
+            # The first term is a range of every (..., created_at) index; the second the tie.
+            where += "created_at <= ? AND (created_at < ? OR id < ?)"
+            params = [*params, created_at, created_at, row_id]
+        rows = (
+            self._db.reader()
+            .execute(
+                f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*params, limit + 1),
+            )
+            .fetchall()
+        )
+        return _page_of(rows, limit)
 
     def count(
         self,
@@ -662,16 +855,48 @@ class RunLog:
         status: str | None = None,
         since: str | datetime | None = None,
         until: str | datetime | None = None,
+        model: str | None = None,
     ) -> int:
-        where, params = _filters(prompt, version, status, since, until)
-        row = self._db.reader().execute(f"SELECT COUNT(*) FROM run_log{where}", params).fetchone()
+        """How many runs match. Without a time range, a sum over the rollups (its cost grows
+        with the number of versions and models, not of runs); with one, a count of the index
+        over the rows in the range."""
+        where, params = _filters(prompt, version, status, since, until, model)
+        reader = self._db.reader()
+        if since is None and until is None:
+            by_prompt = prompt is not None or version is not None
+            return runlog_rollup.count(reader, where, params, by_prompt=by_prompt)
+        row = reader.execute(f"SELECT COUNT(*) FROM run_log{where}", params).fetchone()
         return int(row[0])
 
     def get(self, trace_id: str) -> dict[str, Any] | None:
         row = self._db.reader().execute(f"{_SELECT} WHERE trace_id = ?", (trace_id,)).fetchone()
         return None if row is None else _row_to_dict(row)
 
-    def find(self, trace: str) -> dict[str, Any]:
+    def get_by_id(self, log_id: int) -> dict[str, Any] | None:
+        if not 0 < log_id < 2**63:  # SQLite cannot even compare a larger integer
+            return None
+        row = self._db.reader().execute(f"{_SELECT} WHERE id = ?", (log_id,)).fetchone()
+        return None if row is None else _row_to_dict(row)
+
+    def find(self, ident: str) -> dict[str, Any]:
+        """The row named by `ident`: its integer id, its trace id, or a unique prefix of its
+        trace id. Digits alone (at most MAX_ID_DIGITS) are an id first, and a trace id prefix
+        only when no row has that id."""
+        if ident.isascii() and ident.isdigit() and len(ident) <= MAX_ID_DIGITS:
+            row = self.get_by_id(int(ident))
+            if row is not None:
+                return row
+            if len(ident) < MIN_TRACE_PREFIX:
+                raise NotFound(_no_id(ident), param="id")
+            try:
+                return self._find_trace(ident)
+            except NotFound:
+                raise NotFound(
+                    f"{_no_id(ident)}, nor one whose trace id starts {ident!r}", param="id"
+                ) from None
+        return self._find_trace(ident)
+
+    def _find_trace(self, trace: str) -> dict[str, Any]:
         """The row whose trace id is `trace`, or else the one it starts (as `llmkit logs` shows
         them, cut short). A prefix shorter than MIN_TRACE_PREFIX, or one that starts several
         trace ids, is a 400 naming them; none is a 404. Read through the trace id's index."""
@@ -718,11 +943,14 @@ class RunLog:
         return _row_to_dict(rows[0])
 
     def stats(self, prompt_key: str) -> Rows:
-        """Per-version figures for one prompt, ordered by version number (unnumbered last). The
-        eval judge's calls about a version (source "judge") are not calls of it: left out."""
+        """Per-version figures for one prompt, ordered by version number (unnumbered last),
+        read from the rollups (see runlog_rollup): exact counts, tokens and cost; exact
+        nearest-rank percentiles for a version with up to EXACT_PERCENTILE_MAX values, and
+        within 5% from its latency histogram above that. The eval judge's calls about a version
+        (source "judge") are not calls of it: left out."""
         reader = self._db.reader()
         result = []
-        for row in reader.execute(_STATS_TOTALS, (prompt_key,)).fetchall():
+        for row in runlog_rollup.version_totals(reader, prompt_key):
             version = (
                 prompt_key,
                 row["version_number"],
@@ -741,9 +969,15 @@ class RunLog:
                     "count": count,
                     "error_count": int(row["error_count"]),
                     "error_rate": row["error_count"] / count,
-                    "latency_p50_ms": _percentile(reader, "latency_ms", version, 50, latency_n),
-                    "latency_p95_ms": _percentile(reader, "latency_ms", version, 95, latency_n),
-                    "ttft_p50_ms": _percentile(reader, "ttft_ms", version, 50, ttft_n),
+                    "latency_p50_ms": _version_percentile(
+                        reader, row["version_key"], version, "latency_ms", 50, latency_n
+                    ),
+                    "latency_p95_ms": _version_percentile(
+                        reader, row["version_key"], version, "latency_ms", 95, latency_n
+                    ),
+                    "ttft_p50_ms": _version_percentile(
+                        reader, row["version_key"], version, "ttft_ms", 50, ttft_n
+                    ),
                     "input_tokens": int(row["input_tokens"]),
                     "output_tokens": int(row["output_tokens"]),
                     "reasoning_tokens": int(row["reasoning_tokens"]),
@@ -763,24 +997,28 @@ class RunLog:
         return result
 
 
-_STATS_TOTALS = """
-SELECT version_number, version_sha, draft, draft_blob,
-       COUNT(*) AS count,
-       SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS error_count,
-       COUNT(latency_ms) AS latency_n,
-       COUNT(ttft_ms) AS ttft_n,
-       COALESCE(SUM(input_tokens), 0) AS input_tokens,
-       COALESCE(SUM(output_tokens), 0) AS output_tokens,
-       COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens,
-       SUM(cost) AS cost,
-       MIN(created_at) AS first_at,
-       MAX(created_at) AS last_at
-FROM run_log
-WHERE prompt_key = ? AND source != 'judge'
-GROUP BY version_number, version_sha, draft, draft_blob
-"""
+def _no_id(ident: str) -> str:
+    return (
+        f"No log entry with id {int(ident)} (an id is given to a call when it starts: a call"
+        " still running, or one whose server stopped before writing it, has no entry)"
+    )
+
 
 _PERCENTILE_COLUMNS = ("latency_ms", "ttft_ms")
+
+
+def _version_percentile(
+    reader: Connection,
+    version_key: str,
+    version: tuple[str, int | None, str | None, int, str | None],
+    column: str,
+    p: int,
+    n: int,
+) -> float | None:
+    """Exact from the index for up to EXACT_PERCENTILE_MAX values, else from the histogram."""
+    if n <= runlog_rollup.EXACT_PERCENTILE_MAX:
+        return _percentile(reader, column, version, p, n)
+    return runlog_rollup.histogram_percentile(reader, version[0], version_key, column, p, n)
 
 
 def _percentile(
@@ -807,6 +1045,56 @@ def _percentile(
     return None if row is None else row[0]
 
 
+@dataclass
+class LogPage:
+    """A page of runs, newest first, and the cursor of the page after it (None: the last)."""
+
+    rows: Rows
+    next_cursor: str | None
+
+
+def _page_of(rows: list[Any], size: int) -> LogPage:
+    """`rows` were read with one more than `size`: whether there is a next page is whether
+    that extra row came."""
+    shown = rows[:size]
+    following = None
+    if len(rows) > size and shown:
+        last = shown[-1]
+        following = encode_cursor(last["created_at"], last["id"])
+    return LogPage([_row_to_dict(row) for row in shown], following)
+
+
+def encode_cursor(created_at: str, row_id: int) -> str:
+    """A position in the log's (created_at, id) order, opaque to clients."""
+    raw = json.dumps([created_at, row_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: object) -> tuple[str, int]:
+    """A cursor that encode_cursor made, or BadRequest naming `cursor`."""
+    bad = BadRequest(
+        f"cursor is not a cursor this server gave out: {_shown(cursor)}", param="cursor"
+    )
+    if not isinstance(cursor, str) or not cursor or len(cursor) > 200:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except ValueError:
+        raise bad from None
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and _CANONICAL_TIME.match(value[0])
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+        and 0 <= value[1] <= 2**63 - 1
+    ):
+        raise bad
+    return value[0], value[1]
+
+
 def _check_positive(value: object, param: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest(f"{param} must be a positive integer, got {_shown(value)}", param=param)
@@ -819,6 +1107,7 @@ def _filters(
     status: str | None,
     since: str | datetime | None,
     until: str | datetime | None,
+    model: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
@@ -839,8 +1128,19 @@ def _filters(
                 f"Unknown status {_shown(status)} (expected one of: {', '.join(STATUSES)})",
                 param="status",
             )
-        clauses.append("status = ?")
+        # Status has three values: with a model to narrow by, SQLite must walk that index,
+        # not this one (`|| ''` keeps a column's index out of a plan, portably); with a
+        # prompt, (prompt_key, status, created_at) serves both.
+        narrower = prompt is None and model is not None
+        clauses.append("status || '' = ?" if narrower else "status = ?")
         params.append(status)
+    if model is not None:
+        if not isinstance(model, str) or not model:
+            raise BadRequest(
+                f"model must be a non-empty string, got {_shown(model)}", param="model"
+            )
+        clauses.append("model || '' = ?" if prompt is not None else "model = ?")
+        params.append(model)
     if since is not None:
         clauses.append("created_at >= ?")
         params.append(canonical_time(since, "since"))

@@ -13,8 +13,10 @@ If the thread dies anyway (an exception that escapes every guard), the superviso
 with backoff and logs it. What the dead thread had taken from the queue is kept: the next
 writer writes it, or gives it up (logged by trace id) when it has already killed two writers.
 
-A batch is one `insert_many` of the store: on SQLite one INSERT with many rows in its VALUES
-list, in SQLite's implicit transaction.
+A batch is one `insert_many` of the store (on SQLite one INSERT with many rows in its VALUES
+list; on PostgreSQL one COPY), and `on_insert` (the rollups) is given the rows the
+transaction stored, as stored, before it commits, so that what is derived from the rows
+is written with them or not at all.
 SQLite calls release the GIL and a busy event loop can make each take-back wait a switch
 interval (5 ms): one statement per batch takes it back about once, where a row-at-a-time
 executemany took it back once per row and fell hundreds of milliseconds behind under load,
@@ -46,7 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from llmkit.db import DurableStore, connect
 from llmkit.errors import RunLogUnavailable
@@ -67,6 +69,12 @@ DEFAULT_MAX_QUEUED = 100_000
 DROP_LOG_EVERY_S = 5.0
 # SQLite's own default, restored when the writer stops.
 AUTO_CHECKPOINT_PAGES = 1000
+# Id blocks double from the first to the largest, so a block is never larger than the ids the
+# process has used so far: a short-lived process (one `llmkit run`) skips few ids when it exits,
+# and a busy one reserves rarely (a reservation takes a millisecond or more; at the largest
+# block that keeps ahead of far more calls a second than a gateway serves).
+FIRST_ID_BLOCK = 1
+MAX_ID_BLOCK = 65536
 
 T = TypeVar("T")
 
@@ -77,6 +85,17 @@ class QueuedRow:
 
     values: tuple[Any, ...]
     waiter: asyncio.Future[None] | None = None
+
+
+class RowSink(Protocol):
+    """Told of each row as it is queued (on the caller's thread, in its context) and of the rows
+    of each batch once stored (committed, or set aside as rejects; on the writer thread), in
+    column order. Both must return at once and are never waited on: what they do with the rows
+    (the OTLP span export) happens on a thread of their own."""
+
+    def queued(self, values: tuple[Any, ...]) -> None: ...
+
+    def committed(self, rows: list[tuple[Any, ...]]) -> None: ...
 
 
 class _Stop:
@@ -120,10 +139,15 @@ class LogWriter:
         batch_s: float,
         max_batch: int,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        ids: IdBlocks,
+        on_insert: Callable[[Any, list[tuple[Any, ...]]], None] | None = None,
     ) -> None:
         self._db = db
+        self._on_insert = on_insert
         self._table = table
         self._columns = columns
+        self._ids = ids
+        self._id_index = columns.index("id")
         self._trace_index = columns.index("trace_id")
         self._notes_index = columns.index(notes_column)
         self._reject_sql = (
@@ -147,6 +171,7 @@ class LogWriter:
         self._sqlite_path: str | Path = ":memory:"
         self._hand: _Hand | None = None
         self._deaths_in_a_row = 0
+        self._sinks: tuple[RowSink, ...] = ()
         # Health, read by anyone; only the writer (and the supervisor, for restarts) updates it.
         self.batches_written = 0
         self.rows_written = 0
@@ -196,7 +221,12 @@ class LogWriter:
     def started(self) -> bool:
         return self._supervisor is not None
 
+    def add_sink(self, sink: RowSink) -> None:
+        self._sinks = (*self._sinks, sink)
+
     def put(self, values: tuple[Any, ...], waiter: asyncio.Future[None] | None = None) -> None:
+        for sink in self._sinks:  # before the row can be committed and handed on
+            _told(sink.queued, values)
         with self._state_lock:
             # Under the lock so that nothing can be queued behind close()'s stop marker.
             if self._closed:
@@ -445,6 +475,7 @@ class LogWriter:
     def _store(self, rows: list[QueuedRow]) -> None:
         """Write the rows, whatever they hold; never raises an Exception."""
         try:
+            self._retrying(len(rows), lambda: self._give_ids(rows))
             self._retrying(len(rows), lambda: self._insert_batch(rows))
             lost: dict[int, str] = {}
         except Exception as exc:
@@ -466,6 +497,8 @@ class LogWriter:
         self.batches_written += 1
         self._deaths_in_a_row = 0
         self._settle(rows, lost)
+        for sink in self._sinks:
+            _told(sink.committed, [row.values for row in rows if id(row) not in lost])
 
     def _retrying(self, count: int, write: Callable[[], T]) -> T:
         attempt = 0
@@ -495,8 +528,20 @@ class LogWriter:
                 self.failing_since = None
             return result
 
+    def _give_ids(self, rows: list[QueuedRow]) -> None:
+        """An id for each row queued without one (its caller had no id at hand)."""
+        at = self._id_index
+        for row in rows:
+            if row.values[at] is None:
+                row.values = (*row.values[:at], self._ids.next_id(), *row.values[at + 1 :])
+
     def _insert_batch(self, rows: list[QueuedRow]) -> None:
-        self._db.insert_many(self._table, self._columns, [row.values for row in rows])
+        self._db.insert_many(
+            self._table,
+            self._columns,
+            [row.values for row in rows],
+            then=self._on_insert,
+        )
 
     def _insert_each(self, rows: list[QueuedRow]) -> dict[int, str]:
         """Each row as it is, else scrubbed, else set aside; in one transaction. Returns the
@@ -505,17 +550,21 @@ class LogWriter:
         scrubbed_rows: list[tuple[QueuedRow, str]] = []
         rejected: list[tuple[QueuedRow, str]] = []
         lost: dict[int, str] = {}
+        stored: list[tuple[Any, ...]] = []
         with self._db.write() as conn:
             for row in rows:
                 try:
                     _attempt(conn, one, row.values)
+                    stored.append(row.values)
                     continue
                 except Exception as exc:
                     if self._transient(exc):
                         raise
                     first = exc
                 try:
-                    _attempt(conn, one, self._scrubbed(row.values, first))
+                    values = self._scrubbed(row.values, first)
+                    _attempt(conn, one, values)
+                    stored.append(values)
                     scrubbed_rows.append((row, _described(first)))
                     continue
                 except Exception as exc:
@@ -529,6 +578,8 @@ class LogWriter:
                     if self._transient(exc):
                         raise
                     lost[id(row)] = _described(exc)
+            if self._on_insert is not None and stored:
+                self._on_insert(conn, stored)
         # Counted once committed: a transaction that is retried must not count twice.
         self.rows_written += len(rows) - len(rejected) - len(lost)
         self.rows_scrubbed += len(scrubbed_rows)
@@ -631,6 +682,14 @@ def _attempt(conn: Any, sql: str, values: Sequence[Any]) -> None:
     conn.execute("RELEASE SAVEPOINT runlog_row")
 
 
+def _told(hook: Callable[[Any], None], arg: Any) -> None:
+    """A sink's failure is logged and goes no further: the rows are the run log's business."""
+    try:
+        hook(arg)
+    except Exception:
+        logger.exception("run log: a row sink failed")
+
+
 def _described(exc: BaseException) -> str:
     try:
         return f"{type(exc).__name__}: {exc}"
@@ -646,3 +705,121 @@ def _resolve(outcomes: list[tuple[asyncio.Future[None], str | None]]) -> None:
             future.set_result(None)
         else:
             future.set_exception(RunLogUnavailable(f"The run log could not store the call: {lost}"))
+
+
+class IdBlocks:
+    """Integer ids for rows not yet written, unique across every process that shares the log.
+
+    The database holds one counter, `counter_table.next_id`: no id at or above it has been
+    handed out. A process reserves a block by moving the counter up by the block's size in one
+    write transaction, and hands the block's ids out from memory; a refill thread reserves the
+    next block while the current one is in use, so a call rarely waits for the database. On
+    PostgreSQL the same one-row UPDATE ... RETURNING reserves a block under the row's lock, and
+    a row inserted without an id takes one from the same counter (run_log's default, see
+    runlog m005), so the two never meet.
+
+    An id is handed out only after its block's reservation has committed, and the counter only
+    moves up, so an id is never handed out twice, even after a kill -9. What a killed process
+    had reserved and not used, and the ids of calls whose rows it had not written yet, are
+    gaps: such an id names no row (a 404), never another call's. The counter also moves past
+    the largest id in `table`, in case a row was written with an id from elsewhere.
+    """
+
+    def __init__(self, db: DurableStore, *, counter_table: str, table: str) -> None:
+        self._db = db
+        above = f"(SELECT COALESCE(MAX(id), 0) + 1 FROM {table})"
+        # CASE rather than SQLite's MAX(a, b) or PostgreSQL's GREATEST: one SQL for both.
+        self._move_sql = (
+            f"UPDATE {counter_table} SET next_id ="
+            f" CASE WHEN next_id > {above} THEN next_id ELSE {above} END + ?"
+            " RETURNING next_id"
+        )
+        self._lock = threading.Lock()
+        self._next = 0
+        self._end = 0  # the current block is [_next, _end)
+        self._spare: tuple[int, int] | None = None
+        self._size = FIRST_ID_BLOCK
+        self._asked = False
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._refiller: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start reserving blocks ahead, on a thread of their own."""
+        with self._lock:
+            if self._refiller is not None or self._stopping:
+                return
+            self._refiller = threading.Thread(
+                target=self._refill, name="llmkit-runlog-ids", daemon=True
+            )
+            self._refiller.start()
+            self._asked = True
+        self._wanted.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            refiller = self._refiller
+        self._wanted.set()
+        if refiller is not None:
+            refiller.join(5)
+
+    def take(self) -> int | None:
+        """A new id if one is at hand in memory, else None: never waits for SQLite, so the
+        event loop may call it. Asks the refill thread for the next block when it is due."""
+        with self._lock:
+            return self._taken() if self._at_hand() else None
+
+    def next_id(self) -> int:
+        """A new id, reserving a block first when none is at hand: may wait for SQLite (and
+        raise what it raises), so never on the event loop."""
+        with self._lock:
+            if not self._at_hand():
+                self._next, self._end = self._reserve(self._grown())
+            return self._taken()
+
+    def _at_hand(self) -> bool:
+        if self._next >= self._end and self._spare is not None:
+            (self._next, self._end), self._spare = self._spare, None
+        return self._next < self._end
+
+    def _taken(self) -> int:
+        handed = self._next
+        self._next += 1
+        if self._spare is None and not self._asked and self._refiller is not None:
+            self._asked = True
+            self._wanted.set()
+        return handed
+
+    def _grown(self) -> int:
+        size = self._size
+        self._size = min(size * 2, MAX_ID_BLOCK)
+        return size
+
+    def _reserve(self, size: int) -> tuple[int, int]:
+        with self._db.write() as conn:
+            (end,) = conn.execute(self._move_sql, (size,)).fetchone()
+        return int(end) - size, int(end)
+
+    def _refill(self) -> None:
+        failures = 0
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            with self._lock:
+                if self._stopping:
+                    return
+                size = self._grown()
+            try:
+                block: tuple[int, int] | None = self._reserve(size)
+                failures = 0
+            except Exception as exc:  # meanwhile calls log without ids; the writer gives them
+                failures += 1
+                logger.warning("run log: could not reserve ids ahead (%d): %s", failures, exc)
+                block = None
+                # Not asked again at once: a database that fails keeps failing for a while.
+                self._wanted.wait(min(MAX_RETRY_DELAY_S, 0.05 * 2 ** (failures - 1)))
+            with self._lock:
+                if self._spare is None:
+                    self._spare = block
+                self._asked = False

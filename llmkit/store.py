@@ -175,9 +175,11 @@ class GitStore:
         input: bytes | None = None,
         env: dict[str, str] | None = None,
         check: bool = True,
+        timeout_s: float | None = None,
     ) -> GitResult:
         """Run `git <args>` in the repository. With `check`, a failure raises GitError whose
-        message is git's stderr."""
+        message is git's stderr. With `timeout_s` (no input), git is killed after that long
+        (a fetch from a remote that stalls)."""
         from git.exc import GitCommandError
 
         cmd = self.repo.git
@@ -191,6 +193,7 @@ class GitStore:
                     stdout_as_string=False,
                     strip_newline_in_stdout=False,
                     env=env,
+                    kill_after_timeout=timeout_s,
                 )
             else:
                 # execute() takes stdin only as a file; a pipe fed by communicate() cannot

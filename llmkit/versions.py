@@ -24,6 +24,9 @@ class Version:
     error: str | None = None
     commit: Commit | None = None
     draft: bool = False
+    # LLMKit's integer `version_id`: a global ordinal of committed versions in commit order,
+    # identical after a rebuild. None for a draft, which is not a version until committed.
+    id: int | None = None
 
     @property
     def path(self) -> str:
@@ -57,7 +60,11 @@ def label(version: Version) -> str:
     return str(version.number) if version.number is not None else (version.sha or "")[:12]
 
 
+NO_FINAL_NEWLINE = "\\ No newline at end of file\n"
+
+
 def unified_diff(old: str, new: str, old_name: str = "a", new_name: str = "b") -> str:
-    return "".join(
-        difflib.unified_diff(old.splitlines(True), new.splitlines(True), old_name, new_name)
-    )
+    """A unified diff as git writes it: a last line without its newline is ended, and marked
+    with git's `\\ No newline at end of file`, rather than run into the line after it."""
+    lines = difflib.unified_diff(old.splitlines(True), new.splitlines(True), old_name, new_name)
+    return "".join(line if line.endswith("\n") else f"{line}\n{NO_FINAL_NEWLINE}" for line in lines)

@@ -5,6 +5,9 @@ recreate, swap files), and `git pull`/`checkout`/`rebase` touch many files and r
 events are not interpreted one by one: any relevant event marks the index stale, and once events
 have been quiet for the debounce interval (or at most `max_delay` after the first), one
 `Index.sync()` reads the actual state of the tree and the refs.
+
+Serving a ref (`llmkit serve --ref`), the watcher is made with `files=False`: it watches only
+the git refs, and never reads or watches a file of the working tree.
 """
 
 from __future__ import annotations
@@ -54,8 +57,10 @@ class Watcher:
         debounce_s: float = 0.03,
         max_delay_s: float = 0.2,
         on_sync: Callable[[SyncReport], None] | None = None,
+        files: bool = True,
     ) -> None:
         self.index = index
+        self.files = files
         self.root = Path(root).resolve()
         self.git_dir = self.root / ".git"
         self.debounce_s = debounce_s
@@ -87,6 +92,8 @@ class Watcher:
                 and (parts[1] in GIT_NAMES or parts[1] == "refs")
                 and not rel.name.endswith(".lock")
             )
+        if not self.files:
+            return False
         if len(parts) == 1:
             return parts[0] in ROOT_NAMES
         return parts[0] in WATCHED_DIRS
@@ -103,7 +110,8 @@ class Watcher:
     def start(self) -> None:
         observer = Observer()
         handler = _Handler(self)
-        observer.schedule(handler, str(self.root), recursive=False)
+        if self.files:
+            observer.schedule(handler, str(self.root), recursive=False)
         observer.schedule(handler, str(self.git_dir), recursive=False)
         if (self.git_dir / "refs").is_dir():
             observer.schedule(handler, str(self.git_dir / "refs"), recursive=True)
@@ -117,6 +125,8 @@ class Watcher:
     def _arm_dirs(self) -> None:
         """Watch prompts/ and evals/ recursively, including when they appear after start."""
         assert self._observer is not None
+        if not self.files:
+            return
         for name in WATCHED_DIRS:
             folder = self.root / name
             try:

@@ -17,30 +17,54 @@ from llmkit.store import GitStore
 if TYPE_CHECKING:
     from llmkit.keys import KeyStore
     from llmkit.models import ModelRegistry
+    from llmkit.refserve import RefTarget
     from llmkit.runlog import RunLog
 
 log = logging.getLogger("llmkit.workspace")
 
 
 class Workspace:
-    def __init__(self, settings: Settings) -> None:
+    """`ref`, when given, serves that branch or tag as committed (`llmkit serve --ref`): the
+    store and the index see REF instead of HEAD and the working tree, the index has a database
+    of its own beside the durable one, and git writes are refused."""
+
+    def __init__(self, settings: Settings, ref: RefTarget | None = None) -> None:
         self.settings = settings
-        self.store = GitStore(
-            settings.repo, settings.lock_path, lock_timeout_s=settings.git_lock_timeout_s
-        )
+        self.ref = ref
         # The index is a local SQLite cache per replica; the durable tables share its file,
         # unless LLMKIT_DATABASE_URL puts them in PostgreSQL.
         self.db = Database(settings.db_path)
         self.durable: DurableStore = (
             open_durable(settings.database_url) if settings.database_url else self.db
         )
-        self.index = Index(
-            self.store, self.db, prompt_file_bytes=lambda: self.models.limits().prompt_file_bytes
-        )
+        self._index_db: Database | None = None
+        self.config_file = settings.config_file
+        limit = lambda: self.models.limits().prompt_file_bytes
+        if ref is None:
+            self.store = GitStore(
+                settings.repo, settings.lock_path, lock_timeout_s=settings.git_lock_timeout_s
+            )
+            self.index = Index(self.store, self.db, prompt_file_bytes=limit)
+        else:
+            from llmkit.refserve import RefIndex, RefStore, ref_data_path
+
+            store = RefStore(
+                settings.repo, ref, settings.lock_path, lock_timeout_s=settings.git_lock_timeout_s
+            )
+            data_dir, name = settings.data_dir, store.local_ref
+            self._index_db = Database(ref_data_path(data_dir, name, "index", ".db"))
+            # llmkit.yaml as committed at REF, copied there at each sync.
+            self.config_file = ref_data_path(data_dir, name, "llmkit", ".yaml")
+            self.store = store
+            self.index = RefIndex(
+                store, self._index_db, prompt_file_bytes=limit, config_file=self.config_file
+            )
 
     @classmethod
-    def open(cls, repo: str | None = None, **overrides: object) -> Workspace:
-        return cls(Settings.resolve(repo, **overrides))
+    def open(
+        cls, repo: str | None = None, ref: RefTarget | None = None, **overrides: object
+    ) -> Workspace:
+        return cls(Settings.resolve(repo, **overrides), ref)
 
     @cached_property
     def keys(self) -> KeyStore:
@@ -52,7 +76,7 @@ class Workspace:
     def models(self) -> ModelRegistry:
         from llmkit.models import ModelRegistry
 
-        return ModelRegistry(self.settings.config_file)
+        return ModelRegistry(self.config_file)
 
     @cached_property
     def runlog(self) -> RunLog:
@@ -87,4 +111,6 @@ class Workspace:
         if self.durable is not self.db:
             self.durable.close()
         self.db.close()
+        if self._index_db is not None:
+            self._index_db.close()
         self.store.close()

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from llmkit.api.app import create_app
 from llmkit.config import Settings
+from llmkit.refserve import RefTarget
 from llmkit.workspace import Workspace
 from tests.helpers import Repo, git, init_repo, invoke
 
@@ -234,10 +235,11 @@ class ApiEnv:
 
 
 @contextmanager
-def running_api(repo: Path, **settings: Any) -> Iterator[ApiEnv]:
-    """The app over `repo` (no watcher unless asked), started and stopped with its lifespan."""
+def running_api(repo: Path, ref: RefTarget | None = None, **settings: Any) -> Iterator[ApiEnv]:
+    """The app over `repo` (no watcher unless asked), started and stopped with its lifespan;
+    with `ref`, serving that ref as `llmkit serve --ref` does."""
     settings.setdefault("watch", False)
-    app = create_app(Settings.resolve(repo, **settings))
+    app = create_app(workspace=Workspace(Settings.resolve(repo, **settings), ref))
     ws: Workspace = app.state.ws
     admin_record, admin_key = ws.keys.create("test admin", "admin")
     run_record, run_key = ws.keys.create("test run", "run")

@@ -29,6 +29,8 @@ pytest_plugins = [
     "tests.exec_fixtures",
     "tests.eval_fixtures",
     "tests.fake_github",
+    "tests.otlp_fixtures",
+    "tests.browser_fixtures",
     "tests.pg",
 ]
 

@@ -1,6 +1,7 @@
 """Plain functions the tests share: the environment for subprocesses, git, a repository made by
-hand, a free port, polling, the `llmkit` command in-process and as a real process, and a real
-`llmkit serve` on 127.0.0.1. Fixtures live in the modules `tests/conftest.py` registers.
+hand, a free port, a clock that tests move, polling, the `llmkit` command in-process and as a
+real process, and a real `llmkit serve` on 127.0.0.1. Fixtures live in the modules
+`tests/conftest.py` registers.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ AUTHOR_EMAIL = "author@example.com"
 
 # Settings of the developer's shell that would change what llmkit does under test.
 LEAKY_ENV = ("GITHUB_STEP_SUMMARY",)
-LEAKY_PREFIX = "LLMKIT_"
+LEAKY_PREFIX = ("LLMKIT_", "OTEL_")
 
 T = TypeVar("T")
 
@@ -175,6 +176,19 @@ def init_repo(
 
 
 # -- waiting ---------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when a test says so (for lifetimes and intervals: no sleeps)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def free_port() -> int:

@@ -166,7 +166,8 @@ def test_openapi_describes_the_request_bodies_and_bearer_auth(api: ApiEnv) -> No
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "llmkit_...",
-        "description": "An llmkit API key; /v1/ui/* routes need an admin-scoped one",
+        "description": "An llmkit API key; /v1/ui/* routes need an admin-scoped one (a browser"
+        " may instead sign in with POST /v1/ui/auth/login)",
     }
     for path in ("/v1/chat/completions", "/v1/chat/completions/stream"):
         assert _body_ref(document, path) == "#/components/schemas/ChatCompletionRequest"

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
 from llmkit.promptfile import parse, serialize
-from tests.api_fixtures import HELLO_MD, TRIAGE_MD, ApiEnv, MakeApi, app_routes, repo_state
+from tests.api_fixtures import (
+    HELLO_MD,
+    TRIAGE_MD,
+    ApiEnv,
+    MakeApi,
+    app_routes,
+    repo_state,
+    running_api,
+)
 from tests.helpers import git, git_bytes
 
 LLMKIT_FIELDS = {
@@ -69,7 +78,9 @@ def test_list_uses_llmkit_field_names_and_git_versions(api: ApiEnv) -> None:
         assert LLMKIT_FIELDS - {"system_version_diff", "user_version_diff"} <= set(prompt)
         assert isinstance(prompt["id"], int)
         assert prompt["path"] == f"prompts/{key}.md"
-        assert prompt["sha"] == prompt["version_id"] == seed
+        assert prompt["sha"] == seed
+        assert prompt["version_id"] == api.ws.index.version(key).id
+        assert isinstance(prompt["version_id"], int)
         assert prompt["version_number"] == 1
         assert prompt["draft"] is False
         parsed = parse(text)
@@ -164,7 +175,8 @@ def test_update_with_frontmatter_removes_a_field_and_rejects_a_rename(api: ApiEn
         "/v1/ui/prompts/hello", json={"frontmatter": {"temperature": None, "seed": 7}}
     )
     assert response.status_code == 200, response.text
-    assert response.json()["temperature"] is None
+    assert "temperature" not in response.json()["frontmatter"]
+    assert response.json()["temperature"] == 1.0  # what the call runs with: the default
     assert response.json()["frontmatter"]["seed"] == 7
     head = api.head()
     rename = api.put("/v1/ui/prompts/hello", json={"key": "other", "system": "x"})
@@ -498,3 +510,186 @@ def test_a_repository_without_commits_accepts_its_first_prompt(make_api: MakeApi
     assert env.commit_count() == 1
     assert git(env.repo, "show", "--name-only", "--format=", "HEAD") == "prompts/first.md"
     assert [p["key"] for p in env.get("/v1/ui/prompts").json()] == ["first"]
+
+
+# -- LLMKit's model ids, numbers where the UI needs them, version diffs ---------------------------
+
+MODELS_YAML = (
+    "models:\n  default:\n    model: echo\n"
+    "  fast:\n    model: openai/gpt-4o-mini\n    temperature: 0.2\n    max_tokens: 99\n"
+)
+
+
+def model_ids(api: ApiEnv) -> dict[str, int]:
+    response = api.get("/v1/ui/models")
+    assert response.status_code == 200, response.text
+    return {m["name"]: m["id"] for m in response.json()}
+
+
+def test_prompts_carry_the_model_id_and_provider_of_the_models_list(make_api: MakeApi) -> None:
+    api = make_api(
+        {
+            "llmkit.yaml": MODELS_YAML,
+            "prompts/hello.md": HELLO_MD,
+            "prompts/bare.md": "---\nmodel: anthropic/claude-3-5-haiku-latest\n---\nHi.\n",
+            "prompts/plain.md": "Hi.\n",
+        }
+    )
+    ids = model_ids(api)
+    assert set(ids) == {"default", "fast", "anthropic/claude-3-5-haiku-latest"}
+    by_key = {p["key"]: p for p in api.get("/v1/ui/prompts").json()}
+    assert (by_key["hello"]["model_id"], by_key["hello"]["provider"]) == (ids["default"], "echo")
+    bare = by_key["bare"]
+    assert (bare["model_id"], bare["provider"]) == (
+        ids["anthropic/claude-3-5-haiku-latest"],
+        "anthropic",
+    )
+    # a file without `model:` runs on `default`, and says so
+    assert by_key["plain"]["model"] == "default"
+    assert by_key["plain"]["model_id"] == ids["default"]
+    # numbers where the file leaves them to the model: the documented defaults
+    assert (by_key["plain"]["temperature"], by_key["plain"]["max_tokens"]) == (1.0, 4096)
+    assert by_key["plain"]["frontmatter"] == {}
+    assert (by_key["hello"]["temperature"], by_key["hello"]["max_tokens"]) == (0.7, 4096)
+    # ids depend on names alone: another app over the same repository gives the same ones
+    with running_api(api.repo) as again:
+        assert model_ids(again) == ids
+
+
+def test_a_write_by_model_id_writes_the_models_name_and_an_unknown_id_is_refused(
+    make_api: MakeApi,
+) -> None:
+    api = make_api({"llmkit.yaml": MODELS_YAML, "prompts/hello.md": HELLO_MD})
+    ids = model_ids(api)
+    body = {"key": "picked", "user": "Hi {{ name }}", "model_id": ids["fast"]}
+    created = api.post("/v1/ui/prompts", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["model"] == "fast" and created.json()["model_id"] == ids["fast"]
+    assert parse((api.repo / "prompts/picked.md").read_text()).meta["model"] == "fast"
+    # the alias's own settings are what a file that leaves them shows
+    assert (created.json()["temperature"], created.json()["max_tokens"]) == (0.2, 99)
+    # null: no model picked, none written
+    none = api.post("/v1/ui/prompts", json={"key": "unpicked", "user": "Hi", "model_id": None})
+    assert none.status_code == 201, none.text
+    assert "model" not in parse((api.repo / "prompts/unpicked.md").read_text()).meta
+    before = repo_state(api.repo)
+    unknown = api.put("/v1/ui/prompts/picked", json={"model_id": 12345})
+    assert unknown.status_code == 422, unknown.text
+    assert unknown.json()["error"]["param"] == "model_id"
+    assert "model_id 12345 names no model" in unknown.json()["error"]["message"]
+    both = api.put("/v1/ui/prompts/picked", json={"model_id": ids["fast"], "model": "default"})
+    assert both.status_code == 422 and "disagree" in both.json()["error"]["message"]
+    assert repo_state(api.repo) == before
+    moved = api.put("/v1/ui/prompts/picked", json={"model_id": ids["default"]})
+    assert moved.status_code == 200 and moved.json()["model"] == "default"
+
+
+def test_the_ui_sending_back_the_numbers_it_was_shown_leaves_the_file_alone(
+    make_api: MakeApi,
+) -> None:
+    api = make_api({"llmkit.yaml": MODELS_YAML, "prompts/plain.md": "Hi {{ name }}.\n"})
+    shown = api.get("/v1/ui/prompts/plain").json()
+    form = {k: shown[k] for k in ("model_id", "max_tokens", "temperature", "json_mode", "is_chat")}
+    updated = api.put("/v1/ui/prompts/plain", json={**form, "user": "Hello {{ name }}."})
+    assert updated.status_code == 200, updated.text
+    meta = parse((api.repo / "prompts/plain.md").read_text()).meta
+    assert not {"model", "max_tokens", "temperature"} & set(meta)
+    # a number the user changed is written
+    changed = api.put("/v1/ui/prompts/plain", json={**form, "temperature": 0.5})
+    assert changed.json()["temperature"] == 0.5
+    assert parse((api.repo / "prompts/plain.md").read_text()).meta["temperature"] == 0.5
+
+
+def test_the_list_carries_version_diffs_and_a_first_version_has_none(api: ApiEnv) -> None:
+    first = {p["key"]: p for p in api.get("/v1/ui/prompts").json()}["hello"]
+    assert (first["system_version_diff"], first["user_version_diff"]) == (None, None)
+    api.put("/v1/ui/prompts/hello", json={"user": "{{ question }} now"})
+    listed = {p["key"]: p for p in api.get("/v1/ui/prompts").json()}["hello"]
+    assert listed["system_version_diff"] == ""
+    # section texts end without a newline: the old and new lines stay apart
+    assert listed["user_version_diff"].endswith(
+        "-{{ question }}\n\\ No newline at end of file\n"
+        "+{{ question }} now\n\\ No newline at end of file\n"
+    )
+    assert (
+        api.get("/v1/ui/prompts/hello").json()["user_version_diff"] == listed["user_version_diff"]
+    )
+
+
+# -- listing: pages and prefixes -----------------------------------------------------------
+
+LISTED = ("a", "b/x", "b/y", "b/z", "bb", "c", "d/e/f")
+
+
+def listed_api(make_api: MakeApi) -> ApiEnv:
+    return make_api(files={f"prompts/{key}.md": HELLO_MD for key in LISTED})
+
+
+def keys(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [item["key"] for item in response.json()]
+
+
+def test_the_prompt_list_pages_by_number_and_cursor_and_filters_by_prefix(
+    make_api: MakeApi,
+) -> None:
+    api = listed_api(make_api)
+    everything = keys(api.get("/v1/ui/prompts"))
+    assert sorted(everything) == sorted(LISTED)
+    first = api.get("/v1/ui/prompts", params={"page": 1, "limit": 3})
+    assert keys(first) == everything[:3]
+    assert first.headers["x-total-count"] == "7"
+    assert keys(api.get("/v1/ui/prompts", params={"page": 3, "limit": 3})) == everything[6:]
+    walked: list[str] = []
+    response = first
+    for _ in range(10):
+        walked += keys(response)
+        if "x-next-cursor" not in response.headers:
+            break
+        link = response.headers["link"]
+        response = api.get(link[link.index("<") + 1 : link.index(">")])
+    assert walked == everything
+    by_prefix = api.get("/v1/ui/prompts", params={"prefix": "b/"})
+    assert sorted(keys(by_prefix)) == ["b/x", "b/y", "b/z"]
+    assert by_prefix.headers["x-total-count"] == "3"
+    assert keys(api.get("/v1/ui/prompts", params={"prefix": "b"})) == [
+        k for k in everything if k.startswith("b")
+    ]
+    assert keys(api.get("/v1/ui/prompts", params={"prefix": "nothing/"})) == []
+
+
+def test_the_unpaged_prompt_list_is_capped_and_says_there_is_more(
+    make_api: MakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmkit.api.routes import prompts as prompt_routes
+
+    api = listed_api(make_api)
+    everything = keys(api.get("/v1/ui/prompts", params={"limit": 100}))
+    monkeypatch.setattr(prompt_routes, "DEFAULT_LIST_LIMIT", 4)
+    capped = api.get("/v1/ui/prompts")
+    assert keys(capped) == everything[:4]
+    assert capped.headers["x-total-count"] == "7"
+    link = capped.headers["link"]
+    rest = api.get(link[link.index("<") + 1 : link.index(">")])
+    assert keys(rest) == everything[4:]
+    assert "link" not in rest.headers
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"cursor": "bm9wZQ"}, "cursor"),
+        ({"cursor": "%%%"}, "cursor"),
+        ({"page": 1, "cursor": "cHJvbXB0OjE"}, "cursor"),
+        ({"page": 0}, "page"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 10**6}, "limit"),
+        ({"prefix": "a\x01"}, "prefix"),
+    ],
+)
+def test_bad_prompt_list_parameters_are_400s_naming_them(
+    api: ApiEnv, params: dict[str, Any], param: str
+) -> None:
+    response = api.get("/v1/ui/prompts", params=params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param

@@ -200,7 +200,11 @@ def test_keys_list_has_a_header_row(repo: Repo) -> None:
     run("keys", "create", "app", "--repo", repo.root)
     run("keys", "create", "ops team", "--admin", "--repo", repo.root)
     run("keys", "revoke", "1", "--repo", repo.root)
-    lines = run("keys", "list", "--repo", repo.root).stdout.splitlines()
+    # a revoked key is gone from the list, as from the web UI's, and is counted aside
+    active = run("keys", "list", "--repo", repo.root)
+    assert [line.split()[:2] for line in active.stdout.splitlines()[1:]] == [["2", "admin"]]
+    assert "1 revoked key(s) not shown: --include-revoked shows them." in active.stderr
+    lines = run("keys", "list", "--include-revoked", "--repo", repo.root).stdout.splitlines()
     assert lines[0].split() == ["ID", "SCOPE", "PREFIX", "NAME", "STATE", "LAST", "USED"]
     assert len(lines) == 3
     # Every row's columns start where the header's do.

@@ -132,6 +132,9 @@ def test_every_durable_list_builds_the_same_tables_on_postgresql_as_on_sqlite(
             assert pg.migrate(migrations) == migrations.names
             assert pg.migrate(migrations) == [], "a migration ran twice"
         assert _tables(pg) == _tables(lite)
+        # Browser sessions, the id counter and the rollups are among them.
+        new = {"sessions", "run_log_ids", "run_log_totals", "run_log_counts", "run_log_latency"}
+        assert new <= set(_tables(pg))
         recorded = pg.reader().execute("SELECT kind, name FROM _migrations").fetchall()
         assert len(recorded) == sum(len(m.names) for m in DURABLE_LISTS)
     finally:

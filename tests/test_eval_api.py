@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +172,10 @@ def test_get_put_delete_are_commits(api: EvalApi) -> None:
 
     renamed = ok(api.request("PUT", url, json={"name": "Says hello politely"}))
     assert renamed["name"] == "Says hello politely" and renamed["file"] == case["file"]
-    refused(api.request("GET", url), 404)  # the id follows the name
-    url = f"/v1/ui/prompt-evals/{renamed['id']}"
+    # A case alone in its file keeps its id when renamed, as LLMKit's rows do: its UI renames
+    # a case and then deletes it by the id it had.
+    assert renamed["id"] == case["id"]
+    assert ok(api.request("GET", url))["name"] == "Says hello politely"
 
     deleted = ok(api.request("DELETE", url))
     assert deleted == {"id": renamed["id"], "deleted": True}
@@ -267,11 +271,82 @@ def test_list_cases_of_a_prompt(api: EvalApi) -> None:
     refused(api.request("GET", "/v1/ui/prompts/99999/prompt-evals"), 404)
 
 
+def test_llmkits_ui_writes_a_case_as_input_data_and_reads_it_back(api: EvalApi) -> None:
+    prompt_id = ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
+    # As LLMKit's UI sends it: the prompt's id, the template variables as an object.
+    body = {"prompt_id": prompt_id, "name": "grumpy", "input_data": {"personality": "grumpy"}}
+    case = create(api, body)
+    assert case["vars"] == {"personality": "grumpy"}
+    assert json.loads(case["input_data"]) == {"personality": "grumpy"}
+    assert case["prompt_id"] == prompt_id
+    assert case["created_at"] == case["updated_at"]
+    assert datetime.fromisoformat(case["created_at"])
+    url = f"/v1/ui/prompt-evals/{case['id']}"
+    # A string holding the object (as LLMKit stores it) does as well; it replaces the variables.
+    changed = ok(api.request("PUT", url, json={**body, "input_data": '{"personality": "sunny"}'}))
+    assert changed["id"] == case["id"]
+    assert changed["vars"] == {"personality": "sunny"} and changed["user_vars"] == {}
+    assert changed["updated_at"] >= case["created_at"] == changed["created_at"]
+    listed = ok(api.request("GET", f"/v1/ui/prompts/{prompt_id}/prompt-evals"))
+    assert listed == [changed]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"name": "x", "input_data": [1, 2]}, "input_data", "input_data"),
+        ({"name": "x", "input_data": "[1, 2]"}, None, "'input_data' must be a JSON object"),
+        ({"name": "x", "input_data": "not json"}, None, "'input_data' must be a JSON object"),
+        ({"name": "x", "repeat": "3"}, "repeat", "repeat"),
+        ({"name": "x", "vars": ["a"]}, "vars", "vars"),
+        ({"name": "x", "inputs": {}}, "inputs", "Unknown request field(s): inputs"),
+        ({"name": 7}, "name", "name"),
+    ],
+)
+def test_a_bad_case_body_is_a_400_naming_the_field(
+    api: EvalApi, body: dict[str, Any], param: str | None, words: str
+) -> None:
+    error = refused(
+        api.request("POST", "/v1/ui/prompt-evals", json={"prompt_key": "greet", **body}), 400
+    )
+    assert words in error["message"]
+    if param is not None:
+        assert error["param"] == param
+    assert ok(api.request("GET", "/v1/ui/prompts/greet/prompt-evals")) == []
+
+
+def test_results_name_their_case_as_llmkit_does(api: EvalApi) -> None:
+    hello = create(api, HELLO_CASE)
+    goodbye = create(api, GOODBYE_CASE)
+    runs = ok(api.request("POST", run_url(api, "greet", 1)))["runs"]
+    ids = {r["prompt_eval_name"]: r["prompt_eval_id"] for r in runs}
+    assert ids == {hello["name"]: hello["id"], goodbye["name"]: goodbye["id"]}
+    assert all(r["updated_at"] == r["created_at"] for r in runs)
+    # A renamed case keeps its id, and so do the results recorded before the rename.
+    ok(api.request("PUT", f"/v1/ui/prompt-evals/{hello['id']}", json={"name": "Hi"}))
+    listed = ok(api.request("GET", run_url(api, "greet", 1)))
+    assert {r["prompt_eval_id"] for r in listed} == {hello["id"], goodbye["id"]}
+    result = listed[0]
+    scored = ok(
+        api.request(
+            "PUT", f"/v1/ui/prompt-eval-runs/{result['id']}", json={"id": result["id"], "score": 5}
+        )
+    )
+    assert scored["score"] == 5 and scored["updated_at"] >= scored["created_at"]
+    assert scored["prompt_eval_id"] == result["prompt_eval_id"]
+
+
 # -- runs, scores, performance --------------------------------------------------------------
 
 
-def run_url(key: str, version: int | str) -> str:
+def run_path(key: str, version: int | str) -> str:
     return f"/v1/ui/prompt-eval-runs/{key}/version/{version}"
+
+
+def run_url(api: EvalApi, key: str, number: int) -> str:
+    """The runs of version `number` of `key`, named by its integer id as LLMKit's UI names it."""
+    found = ok(api.request("GET", f"/v1/ui/prompts/{key}/versions/{number}"))
+    return run_path(key, found["version_id"])
 
 
 def test_run_every_case_against_that_version(api: EvalApi, repo: EvalRepo) -> None:
@@ -279,8 +354,9 @@ def test_run_every_case_against_that_version(api: EvalApi, repo: EvalRepo) -> No
     create(api, GOODBYE_CASE)
     v1_sha = repo.git("log", "--format=%H", "--", "prompts/greet.md").splitlines()[-1]
 
-    first = ok(api.request("POST", run_url("greet", 1) + "?rounds=2"))
-    assert (first["version_number"], first["version_id"]) == (1, v1_sha)
+    first = ok(api.request("POST", run_url(api, "greet", 1) + "?rounds=2"))
+    assert (first["version_number"], first["sha"]) == (1, v1_sha)
+    assert all(r["prompt_version_id"] == first["version_id"] for r in first["runs"])
     assert (first["total"], first["passed"]) == (4, 2)
     runs = first["runs"]
     assert sorted((r["case_name"], r["repeat_index"]) for r in runs) == [
@@ -295,37 +371,59 @@ def test_run_every_case_against_that_version(api: EvalApi, repo: EvalRepo) -> No
     assert all(r["passed"] == (r["case_name"] == "Says Hello!") for r in runs)
     assert all(isinstance(r["id"], int) and r["score"] is None for r in runs)
 
-    second = ok(api.request("POST", run_url("greet", 2)))
+    second = ok(api.request("POST", run_url(api, "greet", 2)))
     assert second["run_id"] != first["run_id"] and second["version_number"] == 2
     assert second["total"] == 2 and second["passed"] == 1
     assert all(V2_TEXT in r["output"] and V1_TEXT not in r["output"] for r in second["runs"])
-    by_sha = ok(api.request("POST", run_url("greet", v1_sha[:10])))
+    by_sha = ok(api.request("POST", run_path("greet", v1_sha)))
     assert by_sha["version_number"] == 1
 
-    listed = ok(api.request("GET", run_url("greet", 1)))
+    listed = ok(api.request("GET", run_url(api, "greet", 1)))
     assert {r["id"] for r in listed} >= {r["id"] for r in runs}
     assert all(r["version_number"] == 1 for r in listed) and len(listed) == 6
-    assert {r["id"] for r in ok(api.request("GET", run_url("greet", 2)))} == {
+    assert {r["id"] for r in ok(api.request("GET", run_url(api, "greet", 2)))} == {
         r["id"] for r in second["runs"]
     }
 
 
 def test_run_refusals_and_empty_sets(api: EvalApi) -> None:
     create(api, HELLO_CASE)
-    refused(api.request("POST", run_url("greet", 9)), 404)
-    refused(api.request("POST", run_url("nope", 1)), 404)
-    refused(api.request("POST", run_url("chat", 1)), 404)  # a prompt without cases
+    refused(api.request("POST", run_path("greet", 999999)), 404)
+    refused(api.request("POST", run_path("nope", 1)), 404)
+    refused(api.request("POST", run_url(api, "chat", 1)), 404)  # a prompt without cases
     for rounds in ("0", "21", "x", "1.5"):
-        refused(api.request("POST", run_url("greet", 1) + f"?rounds={rounds}"), 400)
-    assert ok(api.request("GET", run_url("greet", 1))) == []
-    assert ok(api.request("GET", run_url("chat", 1))) == []
-    refused(api.request("GET", run_url("greet", 9)), 404)
-    refused(api.request("GET", run_url("nope", 1)), 404)
+        refused(api.request("POST", run_url(api, "greet", 1) + f"?rounds={rounds}"), 400)
+    assert ok(api.request("GET", run_url(api, "greet", 1))) == []
+    assert ok(api.request("GET", run_url(api, "chat", 1))) == []
+    refused(api.request("GET", run_path("greet", 999999)), 404)
+    refused(api.request("GET", run_path("nope", 1)), 404)
+
+
+def test_a_run_names_its_version_by_integer_id_as_llmkits_ui_does(
+    api: EvalApi, repo: EvalRepo
+) -> None:
+    create(api, HELLO_CASE)
+    v1 = ok(api.request("GET", "/v1/ui/prompts/greet/versions/1"))
+    chat_v1 = ok(api.request("GET", "/v1/ui/prompts/chat/versions/1"))
+    assert v1["version_id"] != 1 or chat_v1["version_id"] != 1
+    # Digits are an id, never a version number; another prompt's id is not found.
+    ran = ok(api.request("POST", run_path("greet", v1["version_id"])))
+    assert (ran["version_number"], ran["version_id"]) == (1, v1["version_id"])
+    error = refused(api.request("POST", run_path("greet", chat_v1["version_id"])), 404)
+    assert error["param"] == "version_id"
+    # The served version, a draft included (it has no id yet): `served`, or `null` as LLMKit's
+    # UI sends a draft's null version_id.
+    repo.write("prompts/greet.md", GREET_BOTH_MD + "\nA draft line.\n")
+    api.app.state.ws.index.sync()  # as the watcher would
+    for served in ("served", "null"):
+        draft = ok(api.request("POST", run_path("greet", served)))
+        assert draft["draft"] is True and draft["version_id"] is None
+        assert all(r["prompt_version_id"] is None for r in draft["runs"])
 
 
 def test_scores(api: EvalApi) -> None:
     create(api, HELLO_CASE)
-    [result] = ok(api.request("POST", run_url("greet", 1)))["runs"]
+    [result] = ok(api.request("POST", run_url(api, "greet", 1)))["runs"]
     url = f"/v1/ui/prompt-eval-runs/{result['id']}"
     assert ok(api.request("GET", url))["score"] is None
     scored = ok(api.request("PUT", url, json={"score": 4}))
@@ -353,7 +451,9 @@ def test_bad_result_and_case_ids(api: EvalApi) -> None:
         ("DELETE", f"/v1/ui/prompt-evals/{huge}"),
         ("GET", "/v1/ui/prompt-eval-runs/-1"),
     ):
-        response = api.request(method, url, json={"score": 3})
+        # A body each route takes: a bad one is refused (400) before the id is looked up.
+        body = {"score": 3} if "eval-runs" in url else {"name": "x"}
+        response = api.request(method, url, json=body)
         assert response.status_code == 404, (method, url, response.text)
         assert error_shape(response.json())
     for method, url in (
@@ -388,28 +488,35 @@ def test_huge_prompt_ids_and_version_numbers_are_unknown(
 def test_performance_per_version(api: EvalApi) -> None:
     create(api, HELLO_CASE)
     create(api, GOODBYE_CASE)
-    assert ok(api.request("GET", "/v1/ui/prompts/greet/performance"))["versions"] == []
-    v1 = ok(api.request("POST", run_url("greet", 1) + "?rounds=2"))
-    ok(api.request("POST", run_url("greet", 1)))
-    ok(api.request("POST", run_url("greet", 2)))
+    before = ok(api.request("GET", "/v1/ui/prompts/greet/performance"))
+    greet_versions = api.app.state.ws.index.versions("greet")
+    assert [(v["version_number"], v["version_id"], v["run_count"]) for v in before] == [
+        (1, greet_versions[0].id, 0),
+        (2, greet_versions[1].id, 0),
+    ]
+    assert all(v["avg_score"] is None and v["version_date"].endswith("Z") for v in before)
+    v1 = ok(api.request("POST", run_url(api, "greet", 1) + "?rounds=2"))
+    ok(api.request("POST", run_url(api, "greet", 1)))
+    ok(api.request("POST", run_url(api, "greet", 2)))
     scores = [5, 2]
     for result, score in zip(v1["runs"], scores):
         ok(api.request("PUT", f"/v1/ui/prompt-eval-runs/{result['id']}", json={"score": score}))
 
     performance = ok(api.request("GET", "/v1/ui/prompts/greet/performance"))
-    assert performance["key"] == "greet"
-    assert performance["id"] == ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
-    versions = {v["version_number"]: v for v in performance["versions"]}
-    assert set(versions) == {1, 2}
+    assert [v["version_number"] for v in performance] == [1, 2]  # LLMKit's array, oldest first
+    versions = {v["version_number"]: v for v in performance}
+    assert versions[2]["version_id"] == greet_versions[1].id
+    assert versions[2]["sha"] == greet_versions[1].sha
     assert versions[1]["run_count"] == 2 and versions[1]["result_count"] == 6
     assert versions[1]["pass_rate"] == pytest.approx(0.5)
     assert versions[1]["avg_score"] == pytest.approx(3.5) and versions[1]["scored_count"] == 2
     assert versions[2]["run_count"] == 1 and versions[2]["pass_rate"] == pytest.approx(0.5)
     assert versions[2]["avg_score"] is None and versions[2]["scored_count"] == 0
-    prompt_id = performance["id"]
+    prompt_id = ok(api.request("GET", "/v1/ui/prompts/greet"))["id"]
     assert ok(api.request("GET", f"/v1/ui/prompts/{prompt_id}/performance")) == performance
 
-    assert ok(api.request("GET", "/v1/ui/prompts/chat/performance"))["versions"] == []
+    chat = ok(api.request("GET", "/v1/ui/prompts/chat/performance"))
+    assert [v["run_count"] for v in chat] == [0] * len(chat) and chat
     refused(api.request("GET", "/v1/ui/prompts/nope/performance"), 404)
 
 
@@ -418,7 +525,7 @@ def test_eval_routes_need_an_admin_key(api: EvalApi) -> None:
     for method, url in (
         ("GET", "/v1/ui/prompts/greet/prompt-evals"),
         ("POST", "/v1/ui/prompt-evals"),
-        ("POST", run_url("greet", 1)),
+        ("POST", run_url(api, "greet", 1)),
         ("GET", "/v1/ui/prompts/greet/performance"),
     ):
         refused(api.request(method, url, headers={}), 401)
@@ -427,7 +534,7 @@ def test_eval_routes_need_an_admin_key(api: EvalApi) -> None:
 
 def test_records_survive_an_index_rebuild(api: EvalApi) -> None:
     create(api, HELLO_CASE)
-    [result] = ok(api.request("POST", run_url("greet", 1)))["runs"]
+    [result] = ok(api.request("POST", run_url(api, "greet", 1)))["runs"]
     ok(api.request("PUT", f"/v1/ui/prompt-eval-runs/{result['id']}", json={"score": 5}))
     before = ok(api.request("GET", "/v1/ui/prompts/greet/performance"))
     api.app.state.ws.index.rebuild()
@@ -442,7 +549,8 @@ def test_against_a_real_server(repo: EvalRepo, tmp_path: Path) -> None:
             created = client.post("/v1/ui/prompt-evals", json=HELLO_CASE)
             assert created.status_code == 201, created.text
             assert repo.git("log", "-1", "--format=%s") == "Add eval case 'Says Hello!' for greet"
-            run = client.post(run_url("greet", 1) + "?rounds=2")
+            v1 = client.get("/v1/ui/prompts/greet/versions/1").json()["version_id"]
+            run = client.post(run_path("greet", v1) + "?rounds=2")
             assert run.status_code == 200, run.text
             body = run.json()
             assert body["total"] == 2 and body["passed"] == 2
@@ -452,7 +560,8 @@ def test_against_a_real_server(repo: EvalRepo, tmp_path: Path) -> None:
             assert scored.status_code == 200 and scored.json()["score"] == 3
             bad = client.put(f"/v1/ui/prompt-eval-runs/{result_id}", json={"score": 6})
             assert bad.status_code == 400 and error_shape(bad.json())
-            [version] = client.get("/v1/ui/prompts/greet/performance").json()["versions"]
+            performance = client.get("/v1/ui/prompts/greet/performance").json()
+            [version] = [v for v in performance if v["version_number"] == 1]
             figures = (version["version_number"], version["avg_score"], version["run_count"])
             assert figures == (1, 3, 1)
     rows = repo.query("SELECT case_name, human_score FROM eval_results")

@@ -186,7 +186,7 @@ def test_eval_api_with_an_unset_model_key_answers_503(tmp_path: Path) -> None:
         },
     )
     with eval_api(repo.root) as api:
-        response = api.request("POST", "/v1/ui/prompt-eval-runs/remote/version/1")
+        response = api.request("POST", "/v1/ui/prompt-eval-runs/remote/version/served")
     assert response.status_code == 503, response.text
     error = response.json()["error"]
     assert error["code"] == "provider_not_configured" and "EVAL_UNSET_KEY" in error["message"]

@@ -16,6 +16,7 @@ import pytest
 
 from llmkit import providers
 from llmkit.execute import Executor
+from llmkit.models import model_id
 from tests.api_fixtures import running_api
 from tests.exec_fixtures import FAKE_KEY_ENV, MISSING_KEY_ENV, ExecApi
 from tests.helpers import init_repo
@@ -587,7 +588,7 @@ def test_ui_execute_aliases_behave_the_same(exec_api: ExecApi) -> None:
     )
     assert streamed_text(events) == expected
     pinned = exec_api.complete({}, key=admin, path="/v1/ui/prompts/execute/pinned@1")
-    assert content_of(pinned) == "system: Version 1 speaking."
+    assert pinned.json()["content"] == "system: Version 1 speaking."
     chat = exec_api.complete(
         {"model": "echo", **body}, key=admin, path="/v1/ui/prompts/execute/chat"
     )
@@ -596,6 +597,38 @@ def test_ui_execute_aliases_behave_the_same(exec_api: ExecApi) -> None:
         {"model": "echo", "stream": True, **body}, key=admin, path="/v1/ui/prompts/execute/chat"
     )
     assert streamed_text(events) == expected
+
+
+def test_execute_by_id_takes_llmkits_body_the_variables_and_answers_content_and_log(
+    exec_api: ExecApi,
+) -> None:
+    admin = exec_api.env.admin_key
+    prompt_id = exec_api.env.get("/v1/ui/prompts/echo").json()["id"]
+    path = f"/v1/ui/prompts/execute/{prompt_id}"
+    response = exec_api.complete({"language": "German"}, key=admin, path=path)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["content"] == "system: Translate into German."
+    trace = response.headers["x-llmkit-trace-id"]
+    assert answer["log"] == exec_api.log_row(trace)
+    assert answer["log"]["source"] == "ui"
+    # a body holding a field of chat completions is one: the other names are refused by name
+    both = exec_api.complete(
+        {"language": "Welsh", "temperature": 0.5}, key=admin, path="/v1/ui/prompts/execute/echo"
+    )
+    assert both.status_code == 400 and both.json()["error"]["param"] == "language"
+    # streaming takes the same body and answers server-sent events
+    response, events = exec_api.stream_events(
+        {"language": "Dutch"}, key=admin, path=f"{path}/stream"
+    )
+    assert streamed_text(events) == "system: Translate into Dutch." and events[-1] == "[DONE]"
+    for body, message in ((b"[1]", "JSON object"), (b"{", "not valid JSON")):
+        refused = exec_api.env.client.post(
+            path, content=body, headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert refused.status_code == 400 and message in refused.json()["error"]["message"]
+    missing = exec_api.complete({"tongue": "German"}, key=admin, path=path)
+    assert missing.status_code == 400 and "language" in missing.json()["error"]["message"]
 
 
 def test_ui_execute_aliases_need_an_admin_key(exec_api: ExecApi) -> None:
@@ -887,7 +920,7 @@ def test_invalid_alias_settings_are_a_config_error_naming_them(tmp_path: Path) -
 def test_ui_models_lists_aliases_and_models_in_use(exec_api: ExecApi) -> None:
     response = exec_api.env.get("/v1/ui/models")
     assert response.status_code == 200
-    rows = {r["name"]: r for r in response.json()["data"]}
+    rows = {r["name"]: r for r in response.json()}
     assert rows["default"]["model"] == "echo" and rows["default"]["key_set"] is True
     assert rows["fake"]["provider"] == "openai" and rows["fake"]["key_env"] == FAKE_KEY_ENV
     assert rows["fake"]["key_set"] is True
@@ -899,3 +932,13 @@ def test_ui_models_lists_aliases_and_models_in_use(exec_api: ExecApi) -> None:
     assert bare["alias"] is False and bare["provider"] == "anthropic"
     assert bare["key_env"] == "ANTHROPIC_API_KEY" and bare["prompts"] == ["bare"]
     assert exec_api.env.get("/v1/ui/models", headers=exec_api.env.run).status_code == 403
+    # LLMKit's Model beside: ids from the name alone, so the same after a restart
+    assert rows["default"]["id"] == model_id("default") != rows["fake"]["id"]
+    assert all(0 < r["id"] < 2**53 and 0 < r["provider_id"] < 2**53 for r in rows.values())
+    assert rows["default"]["provider_name"] == "echo"
+    assert rows["default"]["supports_json"] is rows["default"]["supports_tools"] is True
+    assert bare["provider_name"] == "anthropic"
+    assert bare["provider_base_url"] == ""  # litellm picks it
+    # one provider at one base URL is one provider id; another base URL is another
+    assert rows["fake"]["provider_id"] == rows["fake_nokey"]["provider_id"]
+    assert rows["fake"]["provider_id"] != bare["provider_id"]

@@ -12,7 +12,7 @@ import pytest
 from llmkit.db import Database
 from llmkit.errors import InvalidKey, NotFound, PromptFormatError
 from llmkit.index import INDEX_TABLES, Index
-from llmkit.prompt_views import prompt_fields, version_fields
+from llmkit.prompt_views import iso_time, prompt_fields, version_fields, version_performance
 from llmkit.store import GitStore
 from llmkit.versions import unified_diff
 from llmkit.workspace import Workspace
@@ -463,11 +463,21 @@ def test_diff_between_versions(workspace: Workspace, history: list[str]) -> None
     assert unified_diff("a\n", "b\n") == "--- a\n+++ b\n@@ -1 +1 @@\n-a\n+b\n"
 
 
+def test_a_diff_of_texts_without_a_final_newline_keeps_their_last_lines_apart() -> None:
+    marker = "\\ No newline at end of file\n"
+    assert unified_diff("x\nold", "x\nnew") == (
+        f"--- a\n+++ b\n@@ -1,2 +1,2 @@\n x\n-old\n{marker}+new\n{marker}"
+    )
+    assert unified_diff("same\n", "same") == f"--- a\n+++ b\n@@ -1 +1 @@\n-same\n+same\n{marker}"
+    assert unified_diff("a", "a") == ""
+
+
 def test_version_fields_use_llmkit_names(workspace: Workspace, history: list[str]) -> None:
     index = workspace.index
     fields = version_fields(index.version("hello", 4), previous=index.version("hello", 3))
     assert fields["version_number"] == 4
-    assert fields["version_id"] == fields["sha"] == history[3]
+    assert fields["sha"] == history[3]
+    assert fields["version_id"] == index.version("hello", 4).id == 7
     assert fields["prompt_type"] == "dynamic_both"
     assert fields["user"] == "{{ question }}\n\nversion 4"
     assert "+version 4" in str(fields["user_version_diff"])
@@ -476,6 +486,94 @@ def test_version_fields_use_llmkit_names(workspace: Workspace, history: list[str
 
 
 # -- ids, schema, bulk reads -----------------------------------------------------------------------
+
+
+def version_ids(ws: Workspace) -> dict[tuple[str, int | None], int | None]:
+    return {
+        (v.key, v.number): v.id
+        for p in ws.index.list_prompts(include_deleted=True)
+        for v in ws.index.versions(p.key)
+    }
+
+
+def test_version_ids_follow_commit_order_then_key_and_survive_sync_and_rebuild(
+    repo: Repo, workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = workspace
+    assert version_ids(ws) == {("hello", 1): 1, ("static", 1): 2}
+    # two prompts changed in one commit: numbered by key, whatever order git lists them in
+    repo.write("prompts/zz.md", text("z"))
+    repo.write("prompts/a-b.md", text("ab"))  # its path sorts before prompts/a.md, its key after
+    repo.write("prompts/a.md", text("a"))
+    repo.commit("three at once")
+    repo.write("prompts/hello.md", HELLO_PROMPT + "\nv2\n")
+    repo.commit("hello v2")
+    ws.index.sync()  # incremental
+    expected = {
+        ("hello", 1): 1,
+        ("static", 1): 2,
+        ("a", 1): 3,
+        ("a-b", 1): 4,
+        ("zz", 1): 5,
+        ("hello", 2): 6,
+    }
+    assert version_ids(ws) == expected
+    # a draft is not a version yet: no id, and committing it gives the next one
+    repo.write("prompts/static.md", "static draft\n")
+    ws.index.sync()
+    draft = ws.index.version("static")
+    assert (draft.draft, draft.id) == (True, None)
+    assert prompt_fields(ws.index.get_prompt("static"))["version_id"] is None
+    repo.commit("static v2", "prompts/static.md")
+    assert_sync_equals_rebuild(ws, tmp_path)  # incremental, fresh and in-place rebuild agree
+    assert version_ids(ws) == {**expected, ("static", 2): 7}
+    # a rebuild from scratch into a new database gives the same ids
+    assert [r[-1] for r in sorted(rebuilt(repo.root, tmp_path)["ix_versions"])] == [
+        r[-1] for r in sorted(dump(ws.db)["ix_versions"])
+    ]
+    # resolved by id, by number, by sha and by ref alike
+    by_id = ws.index.version_by_id(6)
+    assert (by_id.key, by_id.number, by_id.sha) == ("hello", 2, ws.index.version("hello").sha)
+    assert ws.index.version("hello", by_id.sha or "").id == 6
+    assert ws.index.version("hello", "HEAD").id == 6
+    assert ws.index.version_by_id(6, key="hello").number == 2
+
+
+def test_a_version_id_is_never_taken_for_another_prompts_or_a_number(
+    workspace: Workspace, history: list[str]
+) -> None:
+    index = workspace.index
+    # hello's versions are ids 1, 3, 5, 7; static's 2, 4, 6, 8
+    assert [v.id for v in index.versions("hello")] == [1, 3, 5, 7]
+    assert index.version("hello", 3).id == 5  # a spec number is a number, never an id
+    assert index.version_by_id(3).number == 2
+    for vid, key in ((2, "hello"), (0, None), (9, None), (-1, None), (2**70, None)):
+        with pytest.raises(NotFound, match=f"version_id {vid}"):
+            index.version_by_id(vid, key=key)
+
+
+def test_an_index_from_before_version_ids_numbers_them_as_a_rebuild_would(
+    workspace: Workspace, history: list[str], tmp_path: Path
+) -> None:
+    path = workspace.settings.repo / "old-index.db"
+    db = Database(path)
+    try:
+        Index(GitStore(workspace.settings.repo), db).rebuild()
+        numbered = dump(db)["ix_versions"]
+        # the database as the index kept it before version ids: no column, no m003 recorded
+        with db.write() as conn:
+            conn.execute("DROP INDEX ix_versions_id")
+            conn.execute("ALTER TABLE ix_versions DROP COLUMN id")
+            conn.execute("DELETE FROM _migrations WHERE name = 'm003_version_ids'")
+    finally:
+        db.close()
+    db = Database(path)
+    try:
+        Index(GitStore(workspace.settings.repo), db)  # opening it migrates, without a sync
+        assert dump(db)["ix_versions"] == numbered
+        assert sorted(r[-1] for r in numbered) == list(range(1, len(numbered) + 1))
+    finally:
+        db.close()
 
 
 def test_ids_follow_first_appearance_then_key(make_repo: MakeRepo, tmp_path: Path) -> None:
@@ -592,3 +690,35 @@ def test_a_draft_blob_dropped_while_a_commit_is_read_is_read_again(
     version = workspace.index.version("hello")
     assert not version.draft and version.sha == after
     assert version.content == draft and version.error is None
+
+
+def test_performance_lists_every_version_then_drafts_and_rewritten_history_with_figures(
+    workspace: Workspace, history: list[str], repo: Repo
+) -> None:
+    repo.write("prompts/hello.md", HELLO_PROMPT + "\ndraft\n")
+    workspace.index.sync()
+    versions = workspace.index.versions("hello")
+    figures = [
+        {"version_id": history[1], "version_number": 2, "draft": False, "run_count": 3},
+        {"version_id": None, "version_number": None, "draft": True, "run_count": 1},
+        {
+            "version_id": "f" * 40,
+            "version_number": 9,
+            "draft": False,
+            "run_count": 2,
+            "last_run_at": "2026-01-02T03:04:05Z",
+        },
+    ]
+    rows = version_performance(versions, figures)
+    assert [(r["version_number"], r["version_id"], r["run_count"]) for r in rows] == [
+        (1, 1, 0),
+        (2, 3, 3),
+        (3, 5, 0),
+        (4, 7, 0),
+        (None, None, 1),  # the draft: no id until it is committed
+        (9, None, 2),  # a version a force-push took out of history keeps its figures
+    ]
+    commit = versions[1].commit
+    assert commit is not None and rows[1]["version_date"] == iso_time(commit.committed_at)
+    assert rows[-1]["version_date"] == "2026-01-02T03:04:05Z" and rows[-1]["sha"] == "f" * 40
+    assert rows[0]["avg_score"] is None and rows[0]["sha"] == history[0]

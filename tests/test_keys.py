@@ -13,21 +13,9 @@ import pytest
 from llmkit.db import Database, DurableStore, open_durable
 from llmkit.errors import BadRequest, NotFound
 from llmkit.keys import DISPLAY_PREFIX_LENGTH, KeyStore
+from tests.helpers import FakeClock
 
 KEY_PATTERN = re.compile(r"^llmkit_[0-9A-Za-z]{32}$")
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -149,6 +137,7 @@ def test_revoke_takes_effect_at_once_and_twice_is_harmless(store: KeyStore) -> N
     again = store.revoke(key.id)
     assert again.revoked_at == revoked.revoked_at
     assert [k.revoked_at for k in store.list()] == [revoked.revoked_at]
+    assert store.list(include_revoked=False) == []
     with pytest.raises(NotFound, match="9999"):
         store.revoke(9999)
 

@@ -169,6 +169,16 @@ def test_lint_names_a_bad_file_name_and_still_checks_its_content() -> None:
     ]
 
 
+@pytest.mark.parametrize("key", ["stream", "chat", "chat/stream"])
+def test_lint_warns_that_the_execution_routes_words_are_reserved_keys(key: str) -> None:
+    [problem] = lint_prompt_text(f"prompts/{key}.md", b"Hi.\n")
+    assert (problem.severity, problem.line) == ("warning", 1)
+    assert problem.message.startswith(f"Prompt key {key!r} is reserved:")
+    assert f"/v1/ui/prompts/execute/{key}" in problem.message
+    assert lint_prompt_text("prompts/streams.md", b"Hi.\n") == []
+    assert lint_prompt_text("prompts/team/chat.md", b"Hi.\n") == []
+
+
 def test_github_annotations_escape_what_would_break_them() -> None:
     problem = Problem("prompts/a,b:c.md", 2, "50% done\nnext line")
     assert problem.github() == "::error file=prompts/a%2Cb%3Ac.md,line=2::50%25 done%0Anext line"
@@ -249,10 +259,16 @@ def test_index_and_rebuild(history_repo: Repo) -> None:
     rebuilt = json.loads(invoke("index", "--rebuild", "--repo", repo.root, "--json").stdout)
     assert rebuilt["rebuilt"] is True and rebuilt["commits"] == 2
     assert rebuilt["prompts"] == data["prompts"]
-    table = invoke("index", "--repo", repo.root)
-    assert table.exit_code == 0
-    for key in ("hello", "static", "draft", "dynamic_both", "1 (draft)"):
-        assert key in table.stdout
+    # Two commits of hello, one of static, and the draft's working-tree version.
+    assert rebuilt["counts"] == {"prompts": 3, "versions": 4, "commits": 2}
+    summary = invoke("index", "--repo", repo.root)
+    assert summary.exit_code == 0
+    lines = summary.stdout.splitlines()
+    assert len(lines) == 1, summary.stdout
+    assert lines[0].startswith("Index up to date: 3 prompts, 4 versions, 2 commits in ")
+    assert "hello" not in summary.stdout
+    rebuilt_line = invoke("index", "--rebuild", "--repo", repo.root).stdout.strip()
+    assert rebuilt_line.startswith("Rebuilt the index: 3 prompts, 4 versions, 2 commits (2 new)")
 
 
 def test_the_repository_defaults_to_the_current_directory(

@@ -96,10 +96,12 @@ EXPECTED: dict[str, Table] = {
             ("number", "INTEGER", True, None, 2),
             ("seq", "INTEGER", False, None, 0),
             ("blob", "TEXT", True, None, 0),
+            ("id", "INTEGER", False, None, 0),
         ],
         "indexes": {
             "sqlite_autoindex_ix_versions_1": ("PRIMARY KEY", ["key", "number"]),
             "ix_versions_seq": ("CREATE INDEX", ["seq"]),
+            "ix_versions_id": ("CREATE UNIQUE INDEX", ["id"]),
         },
     },
     "ix_state": {
@@ -144,11 +146,22 @@ EXPECTED: dict[str, Table] = {
             ("log_notes", "TEXT", False, None, 0),
             ("draft", "INTEGER", True, "0", 0),
             ("draft_blob", "TEXT", False, None, 0),
+            ("model_name", "TEXT", False, None, 0),
         ],
         "indexes": {
             "sqlite_autoindex_run_log_1": ("UNIQUE", ["trace_id"]),
             "run_log_created_at": ("CREATE INDEX", ["created_at"]),
             "run_log_prompt_created_at": ("CREATE INDEX", ["prompt_key", "created_at"]),
+            "run_log_model_created_at": ("CREATE INDEX", ["model", "created_at"]),
+            "run_log_status_created_at": ("CREATE INDEX", ["status", "created_at"]),
+            "run_log_version_created_at": (
+                "CREATE INDEX",
+                ["prompt_key", "version_number", "created_at"],
+            ),
+            "run_log_prompt_status_created_at": (
+                "CREATE INDEX",
+                ["prompt_key", "status", "created_at"],
+            ),
             "run_log_latency_ms": (
                 "CREATE INDEX WHERE",  # source != 'judge'
                 [
@@ -185,6 +198,66 @@ EXPECTED: dict[str, Table] = {
         ],
         "indexes": {},
     },
+    "run_log_ids": {
+        "columns": [
+            ("one", "INTEGER", False, None, 1),
+            ("next_id", "INTEGER", True, None, 0),
+        ],
+        "indexes": {},
+    },
+    "run_log_totals": {
+        "columns": [
+            ("prompt_key", "TEXT", True, None, 1),
+            ("version_key", "TEXT", True, None, 2),
+            ("model", "TEXT", True, None, 3),
+            ("status", "TEXT", True, None, 4),
+            ("source", "TEXT", True, None, 5),
+            ("version_number", "INTEGER", False, None, 0),
+            ("version_sha", "TEXT", False, None, 0),
+            ("draft", "INTEGER", True, None, 0),
+            ("draft_blob", "TEXT", False, None, 0),
+            ("n", "INTEGER", True, None, 0),
+            ("latency_n", "INTEGER", True, None, 0),
+            ("ttft_n", "INTEGER", True, None, 0),
+            ("input_tokens", "INTEGER", True, None, 0),
+            ("output_tokens", "INTEGER", True, None, 0),
+            ("reasoning_tokens", "INTEGER", True, None, 0),
+            ("cost", "REAL", False, None, 0),
+            ("first_at", "TEXT", True, None, 0),
+            ("last_at", "TEXT", True, None, 0),
+        ],
+        "indexes": {
+            "sqlite_autoindex_run_log_totals_1": (
+                "PRIMARY KEY",
+                ["prompt_key", "version_key", "model", "status", "source"],
+            ),
+        },
+    },
+    "run_log_counts": {
+        "columns": [
+            ("model", "TEXT", True, None, 1),
+            ("status", "TEXT", True, None, 2),
+            ("n", "INTEGER", True, None, 0),
+        ],
+        "indexes": {
+            "sqlite_autoindex_run_log_counts_1": ("PRIMARY KEY", ["model", "status"]),
+        },
+    },
+    "run_log_latency": {
+        "columns": [
+            ("prompt_key", "TEXT", True, None, 1),
+            ("version_key", "TEXT", True, None, 2),
+            ("metric", "TEXT", True, None, 3),
+            ("bucket", "INTEGER", True, None, 4),
+            ("n", "INTEGER", True, None, 0),
+        ],
+        "indexes": {
+            "sqlite_autoindex_run_log_latency_1": (
+                "PRIMARY KEY",
+                ["prompt_key", "version_key", "metric", "bucket"],
+            ),
+        },
+    },
     # -- keys ---------------------------------------------------------------------------
     "api_keys": {
         "columns": [
@@ -205,6 +278,21 @@ EXPECTED: dict[str, Table] = {
             ("generation", "INTEGER", True, None, 0),
         ],
         "indexes": {},
+    },
+    "sessions": {
+        "columns": [
+            ("id", "INTEGER", False, None, 1),
+            ("digest", "TEXT", True, None, 0),
+            ("key_id", "INTEGER", True, None, 0),
+            ("created_at", "REAL", True, None, 0),
+            ("last_seen_at", "REAL", True, None, 0),
+            ("client", "TEXT", False, None, 0),
+            ("user_agent", "TEXT", False, None, 0),
+        ],
+        "indexes": {
+            "sessions_digest": ("CREATE UNIQUE INDEX", ["digest"]),
+            "sessions_key_id": ("CREATE INDEX", ["key_id"]),
+        },
     },
     # -- evals --------------------------------------------------------------------------
     "eval_runs": {
@@ -244,6 +332,7 @@ EXPECTED: dict[str, Table] = {
             ("created_at", "TEXT", True, None, 0),
             ("draft", "INTEGER", True, "0", 0),
             ("draft_blob", "TEXT", False, None, 0),
+            ("updated_at", "TEXT", False, None, 0),
         ],
         "indexes": {
             "eval_results_version": ("CREATE INDEX", ["prompt_key", "version_sha"]),

@@ -1,4 +1,4 @@
-"""`llmkit eval` and `POST /v1/ui/prompt-eval-runs/{key}/version/{v}` run through one core
+"""`llmkit eval` and `POST /v1/ui/prompt-eval-runs/{key}/version/{version_id}` run through one core
 (llmkit/evals/session.py): the same eval, asked of either, selects the same cases, runs them
 the same way and records the same results, summary and run-log rows."""
 
@@ -16,8 +16,14 @@ from tests.eval_fixtures import GREET_BOTH_MD, EvalRepo, eval_api
 RUN_ONLY = ("id", "run_id", "created_at", "latency_ms")
 
 
-def api_run(repo: EvalRepo, version: str, rounds: int) -> dict[str, Any]:
+def api_run(repo: EvalRepo, number: int | None, rounds: int) -> dict[str, Any]:
+    """A run of greet's version `number` over HTTP, named by its integer id as LLMKit's UI
+    names it; None runs the version served (a draft has no id)."""
     with eval_api(repo.root) as api:
+        version = "served"
+        if number is not None:
+            found = api.request("GET", f"/v1/ui/prompts/greet/versions/{number}")
+            version = found.json()["version_id"]
         response = api.request(
             "POST", f"/v1/ui/prompt-eval-runs/greet/version/{version}?rounds={rounds}"
         )
@@ -62,7 +68,7 @@ def test_a_committed_version_gives_the_same_records_from_the_cli_and_the_api(
     sha = eval_repo.head()
     # The API runs first, on an empty cache; the CLI then skips the cache, so neither run
     # reads what the other stored and every column can be compared.
-    body = api_run(eval_repo, "1", rounds=2)
+    body = api_run(eval_repo, 1, rounds=2)
     after_api = eval_calls(eval_repo)
     cli_id = cli_run(eval_repo, "--prompt", "greet", "--ref", sha, "--repeat", "2", "--no-cache")
 
@@ -90,7 +96,7 @@ def test_a_draft_gives_the_same_draft_records_from_the_cli_and_the_api(
 ) -> None:
     eval_repo.write("prompts/greet.md", GREET_BOTH_MD)
     blob = eval_repo.git("hash-object", "prompts/greet.md")
-    body = api_run(eval_repo, "2", rounds=1)  # the draft is served as number 2
+    body = api_run(eval_repo, None, rounds=1)  # the draft is served, as number 2
     assert (body["version_number"], body["version_id"], body["draft"]) == (2, None, True)
     cli_id = cli_run(eval_repo, "--prompt", "greet", "--no-cache")
 
@@ -109,12 +115,15 @@ def test_a_draft_gives_the_same_draft_records_from_the_cli_and_the_api(
     eval_repo.write("prompts/greet.md", GREET_BOTH_MD + "\nOne more line.\n")
     eval_repo.commit("greet v2")
     with eval_api(eval_repo.root) as api:
-        listed = api.request("GET", "/v1/ui/prompt-eval-runs/greet/version/2")
+        v2 = api.request("GET", "/v1/ui/prompts/greet/versions/2").json()["version_id"]
+        listed = api.request("GET", f"/v1/ui/prompt-eval-runs/greet/version/{v2}")
         assert listed.status_code == 200 and listed.json() == []
-        performance = api.request("GET", "/v1/ui/prompts/greet/performance").json()["versions"]
+        no_draft = api.request("GET", "/v1/ui/prompt-eval-runs/greet/version/null")
+        assert no_draft.status_code == 404, no_draft.text
+        performance = api.request("GET", "/v1/ui/prompts/greet/performance").json()
     assert [
         (v["version_number"], v["draft"], v["draft_blob"], v["result_count"]) for v in performance
-    ] == [(None, True, blob, 4)]
+    ] == [(1, False, None, 0), (2, False, None, 0), (None, True, blob, 4)]
 
 
 @pytest.mark.parametrize("broken_in", ["evals/chat/bad.yaml", "evals/greet/bad.yaml"])
@@ -124,7 +133,7 @@ def test_a_broken_eval_file_stops_the_runs_that_read_it_alike(
     eval_repo.write(broken_in, "name: [unclosed\n")
     reads_it = broken_in.startswith("evals/greet/")
     with eval_api(eval_repo.root) as api:
-        response = api.request("POST", "/v1/ui/prompt-eval-runs/greet/version/1")
+        response = api.request("POST", "/v1/ui/prompt-eval-runs/greet/version/served")
     cli = CliRunner().invoke(main, ["eval", "--repo", str(eval_repo.root), "--prompt", "greet"])
     everything = CliRunner().invoke(main, ["eval", "--repo", str(eval_repo.root)])
     assert everything.exit_code == 2 and broken_in in everything.output
@@ -162,7 +171,7 @@ def test_a_prompt_selects_its_own_cases_not_those_of_prompts_below_it(
     eval_repo.write("prompts/greet/formal.md", FORMAL_MD)
     eval_repo.write("evals/greet/formal/basic.yaml", FORMAL_CASE)
     eval_repo.commit("greet/formal")
-    body = api_run(eval_repo, "1", rounds=1)
+    body = api_run(eval_repo, 1, rounds=1)
     cli_id = cli_run(eval_repo, "--prompt", "greet", "--no-cache")
     for run_id in (body["run_id"], cli_id):
         assert {r["prompt_key"] for r in results(eval_repo, run_id)} == {"greet"}
@@ -170,7 +179,7 @@ def test_a_prompt_selects_its_own_cases_not_those_of_prompts_below_it(
     assert {r["prompt_key"] for r in results(eval_repo, both)} == {"greet", "greet/formal"}
 
     eval_repo.write("evals/greet/formal/bad.yaml", "name: [unclosed\n")
-    assert api_run(eval_repo, "1", rounds=1)["total"] == 2
+    assert api_run(eval_repo, 1, rounds=1)["total"] == 2
     cli_run(eval_repo, "--prompt", "greet")
     refused = CliRunner().invoke(
         main, ["eval", "--repo", str(eval_repo.root), "--prompt", "greet/formal"]

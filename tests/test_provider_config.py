@@ -73,13 +73,14 @@ def test_an_alias_with_api_key_env_null_sends_no_key(
     config = f"models:\n  local: {{model: openai/llama, api_base: '{a.url}', api_key_env: null}}\n"
     with running_api(repo_with(tmp_path, config, "local")) as api:
         response = ask(api)
-        models = api.get("/v1/ui/models").json()["data"]
+        models = api.get("/v1/ui/models").json()
     assert response.status_code == 200, response.text
     [request] = a.chat_requests
     assert request.body["model"] == "llama"
     assert "authorization" not in request.headers
     [local] = [m for m in models if m["name"] == "local"]
     assert (local["key_env"], local["key_set"]) == (None, True)
+    assert (local["provider_name"], local["provider_base_url"]) == ("openai", a.url)
 
 
 def test_a_keyless_fallback_alias_sends_no_key_and_the_primary_keeps_its_own(

@@ -327,3 +327,107 @@ def test_a_durable_app_answers_503_when_its_row_cannot_be_committed(
     assert trace_id in error["message"]
     assert env.ws.runlog.flush(timeout=10)
     assert committed(env, trace_id), "the row stays queued and is written once the log can"
+
+
+# -- paging and filters over HTTP --------------------------------------------------------
+
+
+def logged_api(make_api: MakeApi, count: int) -> ApiEnv:
+    """An app whose run log holds `count` calls: prompts p0-p2, models m0/m1, one minute apart
+    from 2024-05-01T10:00Z, every fifth an error."""
+    from llmkit.runlog import RunRecord
+
+    env = make_api()
+    for i in range(count):
+        env.ws.runlog.log(
+            RunRecord(
+                prompt_key=f"p{i % 3}",
+                model=f"m{i % 2}",
+                request={"i": i},
+                status="error" if i % 5 == 0 else "ok",
+                created_at=f"2024-05-01T{10 + i // 60:02d}:{i % 60:02d}:00.000Z",
+            )
+        )
+    assert env.ws.runlog.flush()
+    return env
+
+
+def walk(env: ApiEnv, **params: Any) -> list[dict[str, Any]]:
+    """Every page of /v1/ui/logs by its x-next-cursor, checking the Link header on the way."""
+    rows: list[dict[str, Any]] = []
+    response = env.get("/v1/ui/logs", params=params)
+    for _ in range(100):
+        assert response.status_code == 200, response.text
+        rows.extend(response.json())
+        cursor = response.headers.get("x-next-cursor")
+        if cursor is None:
+            assert "link" not in response.headers
+            return rows
+        link = response.headers["link"]
+        assert link.endswith('>; rel="next"') and f"cursor={cursor}" in link
+        # The Link is the next page's whole URL, filters included.
+        response = env.get(link[link.index("<") + 1 : link.index(">")])
+    raise AssertionError("more than 100 pages")
+
+
+def test_logs_page_by_cursor_and_by_number_with_filters(make_api: MakeApi) -> None:
+    env = logged_api(make_api, 70)
+    everything = env.get("/v1/ui/logs", params={"page_size": 500}).json()
+    assert len(everything) == 70
+    assert walk(env, limit=8) == everything
+    # LLMKit's UI pages by number; the page after a numbered page is named too.
+    second = env.get("/v1/ui/logs", params={"page": 2, "page_size": 10})
+    assert second.json() == everything[10:20]
+    after = env.get("/v1/ui/logs", params={"cursor": second.headers["x-next-cursor"], "limit": 10})
+    assert after.json() == everything[20:30]
+    cases: list[tuple[dict[str, Any], Any]] = [
+        ({"prompt": "p1"}, lambda r: r["prompt_key"] == "p1"),
+        ({"model": "m0"}, lambda r: r["model"] == "m0"),
+        ({"status": "error"}, lambda r: r["status"] == "error"),
+        (
+            {"from": "2024-05-01T10:30:00Z", "to": "2024-05-01T11:05:00Z"},
+            lambda r: "2024-05-01T10:30" <= r["created_at"] < "2024-05-01T11:05",
+        ),
+        (
+            {"prompt": "p2", "model": "m1", "since": "2024-05-01T10:20:00Z"},
+            lambda r: (
+                r["prompt_key"] == "p2"
+                and r["model"] == "m1"
+                and r["created_at"] >= "2024-05-01T10:20"
+            ),
+        ),
+    ]
+    for params, keep in cases:
+        expected = [r for r in everything if keep(r)]
+        assert expected, params
+        assert walk(env, limit=4, **params) == expected, params
+        count = env.get("/v1/ui/logs/count", params=params).json()
+        assert count == {"count": len(expected)}, params
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("cursor=garbage", "cursor"),
+        ("cursor=" + "x" * 500, "cursor"),
+        ("page=2&cursor=WzEsMl0", "cursor"),
+        ("status=bogus", "status"),
+        ("model=", "model"),
+        ("from=yesterday", "from"),
+        ("to=2024-13-01", "to"),
+        ("since=2024-05-01&from=2024-05-02", "from"),
+        ("limit=0", "limit"),
+        ("page_size=10&limit=20", "limit"),
+        ("version=v1", "version"),
+    ],
+)
+def test_bad_log_filters_are_400s_naming_the_parameter(
+    make_api: MakeApi, query: str, param: str
+) -> None:
+    env = make_api()
+    for path in ("/v1/ui/logs", "/v1/ui/logs/count"):
+        if path.endswith("count") and ("cursor" in query or "limit" in query):
+            continue
+        response = env.get(f"{path}?{query}")
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["param"] == param, (path, response.json())

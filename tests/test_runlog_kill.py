@@ -111,11 +111,12 @@ def test_after_a_lone_surrogate_every_call_is_logged_and_sigterm_flushes_them(
     assert "surrogate" in first["log_notes"]
 
 
-def load_until_killed(server: ServerProcess, stream_every: int) -> list[str]:
+def load_until_killed(server: ServerProcess, stream_every: int) -> list[tuple[str, int]]:
     """Calls from WORKERS threads until ACKNOWLEDGED_BEFORE_KILL have been answered, then
-    SIGKILL; returns the trace ids of every call answered in full (some after the kill
-    signal was sent: their answers were written before it)."""
-    acknowledged: list[str] = []
+    SIGKILL; returns the trace id and the log id (from the completion's id) of every call
+    answered in full (some after the kill signal was sent: their answers were written before
+    it)."""
+    acknowledged: list[tuple[str, int]] = []
     lock = threading.Lock()
     client = httpx.Client(limits=httpx.Limits(max_connections=WORKERS))
     stopping = threading.Event()
@@ -143,8 +144,10 @@ def load_until_killed(server: ServerProcess, stream_every: int) -> list[str]:
                 return
             done = response.status_code == 200 and (not stream or text.rstrip().endswith("[DONE]"))
             if done:
+                answer = text.split("data: ", 2)[1].partition("\n")[0] if stream else text
+                log_id = int(json.loads(answer)["id"].split("-")[1])
                 with lock:
-                    acknowledged.append(response.headers["x-llmkit-trace-id"])
+                    acknowledged.append((response.headers["x-llmkit-trace-id"], log_id))
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(WORKERS)]
     try:
@@ -175,8 +178,14 @@ def lost_after_kill(repo: Path, tmp_path: Path, durable: bool) -> tuple[int, int
     health = httpx.get(f"{server.url}/healthz", timeout=10).json()
     assert health["runlog"]["durable"] is durable
     acknowledged = load_until_killed(server, stream_every=3)
-    stored = {row["trace_id"] for row in read_run_log(server.db_path)}
-    return len(acknowledged), len([t for t in acknowledged if t not in stored])
+    rows = read_run_log(server.db_path)
+    stored = {row["trace_id"] for row in rows}
+    # The id a completion named is its own row's or, its row lost, nobody's: never another's,
+    # though this log holds the rows of the servers killed before this one.
+    trace_of_id = {row["id"]: row["trace_id"] for row in rows}
+    for trace, log_id in acknowledged:
+        assert trace_of_id.get(log_id, trace) == trace, f"log id {log_id} names another call"
+    return len(acknowledged), len([t for t, _ in acknowledged if t not in stored])
 
 
 def test_durable_mode_loses_no_acknowledged_row_to_sigkill(repo: Path, tmp_path: Path) -> None:

@@ -34,49 +34,7 @@ FILES = {
 }
 
 # What llmkit answers today where the UI expects something else, one entry per call.
-GAPS: dict[str, str] = {
-    "list models": "answers an OpenAI-style {object, data} of aliases, not an array of Model"
-    " (id, provider_id, name, provider_name, provider_base_url, supports_json, supports_tools)",
-    "list prompts": "prompts lack model_id and provider; version_id is a commit sha, not an"
-    " integer; max_tokens/temperature are null when the file leaves them to the model;"
-    " system_version_diff/user_version_diff are absent from the list",
-    "create prompt": "the body's model_id (always sent, null when no model was picked) is"
-    " refused: 422 'model_id: Extra inputs are not permitted'",
-    "update prompt": "the body's model_id is refused: 422 'model_id: Extra inputs are not"
-    " permitted'",
-    "get prompt": "model_id and provider absent; version_id is a commit sha, not an integer;"
-    " max_tokens null when the file leaves it to the model",
-    "execute": "the completion id is 'chatcmpl-echo-<hex>': its second '-' part is not the"
-    " integer id of a log entry the UI can open",
-    "execute stream": "the chunk ids are 'chatcmpl-echo-<hex>': the second '-' part is not"
-    " the integer id of a log entry the UI can open",
-    "execute chat": "the completion id is 'chatcmpl-echo-<hex>': its second '-' part is not"
-    " the integer id of a log entry the UI can open",
-    "execute by id": "the template variables as the body are refused (400 unknown fields),"
-    " and the answer is a chat completion, not {content, log}",
-    "execute by id stream": "the template variables as the body are refused (400 unknown fields)",
-    "list logs": "log items have trace_id, prompt_key, model, request/response objects and"
-    " http_status: no integer id, prompt_id, model_id, model_name, status_code, nor"
-    " request_body/response_data as JSON strings",
-    "get log": "no log id to open: completion ids do not carry an integer log id, and"
-    " /v1/ui/logs/{id} takes a trace id",
-    "list prompt evals": "eval cases lack prompt_id, input_data (a JSON string), created_at"
-    " and updated_at",
-    "create prompt eval": "input_data is refused: 400 unknown key 'input_data' in an eval case",
-    "get prompt eval": "prompt_id, input_data, created_at and updated_at absent",
-    "update prompt eval": "input_data is refused: 400 unknown key 'input_data' in an eval case",
-    "run prompt evals": "runs[]: prompt_version_id is a commit sha, not an integer;"
-    " prompt_eval_id, prompt_eval_name and updated_at absent",
-    "list eval runs": "prompt_version_id is a commit sha, not an integer; prompt_eval_id,"
-    " prompt_eval_name and updated_at absent",
-    "get eval run": "prompt_version_id is a commit sha, not an integer; prompt_eval_id,"
-    " prompt_eval_name and updated_at absent",
-    "score eval run": "prompt_version_id is a commit sha, not an integer; prompt_eval_id,"
-    " prompt_eval_name and updated_at absent",
-    "prompt performance": "answers {id, key, versions: [...]}, not an array of versions;"
-    " version_id is a commit sha and version_date is absent",
-    "delete prompt": "no prompt to delete: create prompt refuses the UI's body",
-}
+GAPS: dict[str, str] = {}
 
 Context = dict[str, Any]
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmkit import __version__, providers
+from llmkit.api import refmode
 from llmkit.api.docs import install_docs
 from llmkit.api.limits import BodySizeLimit
-from llmkit.api.routes import completions, evals, keys, logs, meta, prompts
+from llmkit.api.routes import auth, completions, evals, hooks, keys, logs, meta, prompts
 from llmkit.config import Settings
 from llmkit.errors import (
     BadRequest,
@@ -31,7 +33,12 @@ from llmkit.errors import (
     Unprocessable,
 )
 from llmkit.execute import Executor
+from llmkit.otlp import TraceparentMiddleware
+from llmkit.otlp_export import exporter_from_env
 from llmkit.providers import pricing
+from llmkit.refserve import Follower, RefIndex
+from llmkit.sessions import LoginLimiter, SessionStore
+from llmkit.web.routes import install as install_web
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.api")
@@ -74,21 +81,35 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     ws = workspace
     settings = ws.settings
     executor = Executor(ws, ws.models, ws.runlog)
+    # Spans of logged calls, when the OTEL_* variables name a collector (llmkit.otlp_export).
+    spans, spans_off = exporter_from_env(os.environ)
+    if spans is not None:
+        ws.runlog.add_sink(spans)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ws.recover_writes()  # before the first sync, so a half-done write is never served
-        ws.index.sync()
-        watcher = None
-        if settings.watch:
-            from llmkit.watch import Watcher
-
-            watcher = Watcher(ws.index, settings.repo, debounce_s=settings.debounce_ms / 1000)
+        watcher: Any = None
+        if isinstance(ws.index, RefIndex):
+            # Fetch (with a remote), load REF, then follow it: git refs only, never the files.
+            watcher = Follower(
+                ws.index, watch=settings.watch, debounce_s=settings.debounce_ms / 1000
+            )
             watcher.start()
+            app.state.follower = watcher
+        else:
+            ws.index.sync()
+            if settings.watch:
+                from llmkit.watch import Watcher
+
+                watcher = Watcher(ws.index, settings.repo, debounce_s=settings.debounce_ms / 1000)
+                watcher.start()
         app.state.watcher = watcher
         providers.configure_pool(
             providers.PoolLimits(settings.upstream_pool_size, settings.upstream_acquire_timeout_s)
         )
+        if spans is not None:
+            spans.start()
         ws.runlog.start()
         # Prices are read once, off the loop: the first call's cost needs them, nothing waits.
         asyncio.get_running_loop().run_in_executor(None, pricing.preload)
@@ -100,6 +121,8 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
             if watcher is not None:
                 watcher.stop()
             ws.close()
+            if spans is not None:
+                spans.close()  # after the run log, whose last rows it sends
 
     app = FastAPI(
         title="llmkit",
@@ -110,17 +133,29 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(refmode.refuse_git_writes)] if ws.ref else None,
     )
     app.state.ws = ws
+    app.state.follower = None
+    app.state.webhook_secret = hooks.webhook_secret()
     app.state.settings = settings
     app.state.executor = executor
+    app.state.sessions = SessionStore(
+        ws.durable, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
+    )
+    app.state.login_limiter = LoginLimiter(settings.login_attempts, settings.login_window_s)
+    app.state.otlp_health = spans.health if spans is not None else lambda: spans_off
     install_error_handlers(app)
+    if spans is not None:
+        app.add_middleware(TraceparentMiddleware)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.request_read_timeout_s,
         max_depth=settings.max_body_depth,
     )
+    if isinstance(ws.index, RefIndex):
+        app.add_middleware(refmode.PinSnapshot, index=ws.index)
     install_docs(app)
     app.include_router(meta.router)
     app.include_router(meta.run_router)
@@ -132,6 +167,9 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     evals.install(app)
     app.include_router(prompts.router)
     app.include_router(keys.router)
+    app.include_router(auth.router)
+    app.include_router(hooks.router)
+    install_web(app)  # the pages at `/`, after every API route
     return app
 
 

@@ -1,18 +1,39 @@
-"""Dependencies: the workspace, and API keys checked by scope."""
+"""Dependencies: the workspace, and the caller, by API key or browser session, checked by scope.
+
+A request is authenticated by its `Authorization: Bearer` key when it has that header, else by
+its session cookie (`llmkit.sessions`). A cookie is sent by the browser on its own, so a write
+authenticated by one (any method but GET, HEAD and OPTIONS) must also prove it comes from a
+page of ours: the session's CSRF token in `X-CSRF-Token` (or the `csrf_token` field of a form),
+and an `Origin` (else `Referer`) that is the server's own or one of `LLMKIT_TRUSTED_ORIGINS`.
+A bearer key is never sent by a browser on its own, so it needs neither.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from llmkit.config import Settings, origin_of
 from llmkit.errors import BadRequest, Forbidden, Unauthorized
 from llmkit.keys import ApiKey
+from llmkit.sessions import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    LoginLimiter,
+    SessionStore,
+    SignedIn,
+    csrf_matches,
+)
 from llmkit.workspace import Workspace
 
 T = TypeVar("T")
@@ -68,6 +89,23 @@ def parse_body(raw: bytes, adapter: TypeAdapter[T]) -> T:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
 
 
+def body_reader(adapter: TypeAdapter[T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency that reads the body through `adapter` as `parse_body` does (a 400 naming a
+    bad field), on the event loop, so that a handler that blocks can be a plain function."""
+
+    async def read(request: Request) -> T:
+        return parse_body(await request.body(), adapter)
+
+    return read
+
+
+def documented_body(name: str) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that reads its body itself (see `parse_body`): the
+    schema is one of the app's components (`docs.SELF_READ_BODIES`)."""
+    schema = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def _lone_surrogate(errors: list[Any]) -> bool:
     # How pydantic's parser names an escape of half a surrogate pair.
     reason = str((errors[0].get("ctx") or {}).get("error", "")) if errors else ""
@@ -97,16 +135,27 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _key_from(request: Request) -> ApiKey:
+def bearer_token(request: Request) -> str | None:
+    """The key of the request's `Authorization: Bearer` header; None without the header, and a
+    401 naming what is wrong with a malformed one."""
     header = request.headers.get("authorization")
     if not header:
-        raise Unauthorized(
-            "Missing API key: send it as 'Authorization: Bearer llmkit_...'", code="missing_api_key"
-        )
+        return None
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:
         raise Unauthorized("Malformed Authorization header: expected 'Bearer llmkit_...'")
+    return token
+
+
+def _key_from(request: Request) -> ApiKey:
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized(
+            "Missing API key: send it as 'Authorization: Bearer llmkit_...'"
+            " (a browser signs in with POST /v1/ui/auth/login)",
+            code="missing_api_key",
+        )
     key = workspace(request).keys.verify(token, write_later=_in_thread_pool)
     if key is None:
         raise Unauthorized("Invalid API key: unknown or revoked")
@@ -118,6 +167,149 @@ def _in_thread_pool(work: Callable[[], None]) -> None:
     asyncio.get_running_loop().run_in_executor(None, work)
 
 
+# -- browser sessions ------------------------------------------------------------------------
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 100
+
+
+def session_store(request: Request) -> SessionStore:
+    return request.app.state.sessions  # type: ignore[no-any-return]
+
+
+def login_limiter(request: Request) -> LoginLimiter:
+    return request.app.state.login_limiter  # type: ignore[no-any-return]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _trusted_proxy(request: Request, address: str | None) -> bool:
+    networks = _settings(request).proxy_networks
+    if not networks or not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def request_scheme(request: Request) -> str:
+    """`https` when the request reached llmkit over TLS, or reached a trusted proxy
+    (`LLMKIT_TRUSTED_PROXIES`) over it as that proxy's `X-Forwarded-Proto` says (its last
+    value: the one the proxy next to llmkit set); else `http`. Nobody else's
+    `X-Forwarded-Proto` is believed."""
+    if request.url.scheme == "https":
+        return "https"
+    if _trusted_proxy(request, _peer(request)):
+        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
+        if forwarded in ("http", "https"):
+            return forwarded
+    return "http"
+
+
+def client_address(request: Request) -> str:
+    """The address of the client: the peer, or behind trusted proxies the last address of
+    `X-Forwarded-For` that is not one of them (the earlier ones are whatever the client
+    wrote)."""
+    peer = _peer(request) or "unknown"
+    if not _trusted_proxy(request, peer):
+        return peer
+    hops = ",".join(request.headers.getlist("x-forwarded-for")).split(",")
+    for hop in reversed([h.strip() for h in hops if h.strip()]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a garbled header: count the proxy itself rather than trust a word
+        if not _trusted_proxy(request, hop):
+            return hop
+    return peer
+
+
+def own_origin(request: Request) -> str:
+    return f"{request_scheme(request)}://{request.headers.get('host', '').lower()}"
+
+
+def check_origin(request: Request, *, required: bool) -> None:
+    """A 403 unless the request's `Origin` (else its `Referer`'s origin) is the server's own or
+    a trusted one. Without either header: a 403 when `required`, else allowed (a program)."""
+    sent = request.headers.get("origin")
+    where = "Origin"
+    if sent is None and request.headers.get("referer") is not None:
+        sent = origin_of(request.headers["referer"]) or request.headers["referer"][:100]
+        where = "Referer"
+    if sent is None:
+        if required:
+            raise Forbidden(
+                "Cross-site request refused: a signed-in browser's write must carry an Origin"
+                " or Referer header",
+                code="csrf_origin_missing",
+            )
+        return
+    own = own_origin(request)
+    if sent.lower() != own and sent.lower() not in _settings(request).origins:
+        raise Forbidden(
+            f"Cross-site request refused: {where} {sent[:100]!r} is neither this server's"
+            f" ({own}) nor one of LLMKIT_TRUSTED_ORIGINS",
+            code="csrf_origin_mismatch",
+        )
+
+
+async def form_fields(request: Request) -> dict[str, str] | None:
+    """The fields of an HTML form body (`application/x-www-form-urlencoded`), or None when the
+    body is not one. The body is cached by the request, so the route reads it again."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
+        return None
+    raw = await request.body()
+    try:
+        pairs = parse_qsl(
+            raw.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"Form body cannot be read: {exc}") from None
+    return dict(pairs)
+
+
+async def check_csrf(request: Request, token: str) -> None:
+    """The double-submit check of a write authenticated by the session cookie `token`: the
+    session's CSRF token in the header or the form, then the origin."""
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None:
+        fields = await form_fields(request)
+        sent = None if fields is None else fields.get(CSRF_FIELD)
+    if not sent:
+        raise Forbidden(
+            f"Missing CSRF token: a signed-in browser's {request.method} must send the session's"
+            f" CSRF token in the {CSRF_HEADER} header (or the {CSRF_FIELD} form field); sign-in"
+            " and GET /v1/ui/auth/me answer it, and the llmkit_csrf cookie holds it",
+            code="csrf_token_missing",
+        )
+    if not csrf_matches(token, sent):
+        raise Forbidden(
+            f"Wrong CSRF token: the {CSRF_HEADER} header (or {CSRF_FIELD} field) does not"
+            " belong to this session; read it again from GET /v1/ui/auth/me",
+            code="csrf_token_invalid",
+        )
+    check_origin(request, required=True)
+
+
+async def _session_key(request: Request, token: str) -> ApiKey:
+    signed_in: SignedIn = await run_in_threadpool(session_store(request).verify, token)
+    if request.method not in SAFE_METHODS:
+        await check_csrf(request, token)
+    request.state.api_key = signed_in.key
+    request.state.session = signed_in.session
+    return signed_in.key
+
+
 class KeyCheck(HTTPBearer):
     """The API key check, as a dependency. Being an HTTPBearer, it declares the bearer scheme in
     the OpenAPI document (Swagger UI's Authorize) on every route that depends on it; the header
@@ -127,7 +319,10 @@ class KeyCheck(HTTPBearer):
         super().__init__(
             bearerFormat="llmkit_...",
             scheme_name="bearer",
-            description="An llmkit API key; /v1/ui/* routes need an admin-scoped one",
+            description=(
+                "An llmkit API key; /v1/ui/* routes need an admin-scoped one (a browser may"
+                " instead sign in with POST /v1/ui/auth/login)"
+            ),
             auto_error=False,
         )
         self.admin = admin
@@ -136,7 +331,11 @@ class KeyCheck(HTTPBearer):
     # through the thread pool cost more than the rest of the check. The occasional
     # `last_used_at` write goes to the thread pool, never waited for here.
     async def __call__(self, request: Request) -> ApiKey:  # type: ignore[override]
-        key = _key_from(request)
+        token = request.cookies.get(SESSION_COOKIE)
+        if token and not request.headers.get("authorization"):
+            key = await _session_key(request, token)
+        else:
+            key = _key_from(request)  # a bearer key wins over a cookie sent beside it
         if self.admin and key.scope != "admin":
             raise Forbidden(
                 f"This route needs an admin key; key {key.prefix}… has scope {key.scope!r}"
@@ -150,4 +349,6 @@ admin_key = KeyCheck(admin=True)
 
 
 Ws = Annotated[Workspace, Depends(workspace)]
+AdminKey = Annotated[ApiKey, Depends(admin_key)]
+SessionsDep = Annotated[SessionStore, Depends(session_store)]
 JsonBody = Annotated[dict[str, Any], Depends(json_object)]

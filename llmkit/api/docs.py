@@ -12,7 +12,12 @@ from fastapi.responses import HTMLResponse
 from pydantic import TypeAdapter
 from starlette.staticfiles import StaticFiles
 
-from llmkit.api.schemas import ChatCompletionRequest, PromptExecuteRequest
+from llmkit.api.schemas import (
+    ChatCompletionRequest,
+    EvalCaseWrite,
+    EvalScoreUpdate,
+    PromptExecuteRequest,
+)
 
 DOCS_URL = "/docs"
 ASSETS_URL = "/docs/assets"
@@ -25,6 +30,8 @@ SWAGGER_ICON = "favicon-32x32.png"
 SELF_READ_BODIES: dict[str, Any] = {
     "ChatCompletionRequest": ChatCompletionRequest,
     "PromptExecuteRequest": PromptExecuteRequest,
+    "EvalCaseWrite": EvalCaseWrite,
+    "EvalScoreUpdate": EvalScoreUpdate,
 }
 
 

@@ -40,6 +40,11 @@ class PromptWrite(CommitInfo):
         None, description="All sections in order (few-shot turns); replaces system/user"
     )
     model: str | None = None
+    model_id: int | None = Field(
+        None,
+        description="LLMKit's model id (GET /v1/ui/models): writes that model's name as `model`;"
+        " null picks none",
+    )
     max_tokens: int | None = None
     temperature: float | None = None
     json_mode: bool | None = None
@@ -155,3 +160,70 @@ class PromptExecuteRequest(CompletionParams, total=False):
     left out (it is ignored when given)."""
 
     model: Annotated[str | None, Field(description="Ignored: the path names the prompt")]
+
+
+# -- eval cases and scores: read like the execution bodies (deps.parse_body), so that a bad field
+# is a 400 naming it. The case's own checks (`evals.spec`) then say what is wrong inside a value.
+
+Variables = dict[str, Any]
+
+# A functional TypedDict: `assert` is a Python keyword.
+EvalCaseWrite = TypedDict(
+    "EvalCaseWrite",
+    {
+        "prompt_key": Annotated[str | None, Field(description="The prompt's key")],
+        "prompt_id": Annotated[
+            int | str | None, Field(description="The prompt's id or key (LLMKit's field)")
+        ],
+        "name": Annotated[str | None, Field(description="Unique among the prompt's cases")],
+        "description": str | None,
+        "vars": Annotated[Variables | None, Field(description="Template variables")],
+        "user_vars": Annotated[
+            Variables | None, Field(description="Variables of the user sections only")
+        ],
+        "messages": Annotated[list[Any] | None, Field(description="The conversation to send")],
+        "input": Annotated[str | None, Field(description="A single user message")],
+        "model": Annotated[str | None, Field(description="Run on this model or alias instead")],
+        "repeat": int | None,
+        "threshold": float | None,
+        "assert": Annotated[list[Any] | None, Field(description="The case's assertions")],
+        "input_data": Annotated[
+            Variables | str | None,
+            Field(
+                description="LLMKit's field: the template variables, as an object or a string"
+                " holding one (the case's `vars`)"
+            ),
+        ],
+        "system_prompt_input": Annotated[
+            str | None, Field(description="LLMKit's field: system variables as JSON text")
+        ],
+        "user_prompt_input": Annotated[
+            str | None,
+            Field(description="LLMKit's field: user variables as JSON text, or the user message"),
+        ],
+        # Read-only fields a client may send back as it got them: ignored.
+        "id": int | str | None,
+        "evaluation_type": str | None,
+        "file": str | None,
+        "line": int | None,
+        "created_at": str | None,
+        "updated_at": str | None,
+    },
+    total=False,
+)
+# Strict: a value of the wrong JSON type is refused, never converted ("3" is not a repeat count).
+EvalCaseWrite.__pydantic_config__ = ConfigDict(  # type: ignore[attr-defined]
+    extra="forbid", strict=True, title="EvalCaseWrite"
+)
+EvalCaseWrite.__doc__ = """Create or change an eval case (fields not given keep their values on a
+change). Ours and LLMKit's fields; a field outside these is refused by name (400)."""
+
+
+@with_config(ConfigDict(extra="forbid", title="EvalScoreUpdate"))
+class EvalScoreUpdate(TypedDict, total=False):
+    """A human score for one eval result."""
+
+    score: Required[
+        Annotated[int, Field(strict=True, ge=1, le=5, description="A whole number from 1 to 5")]
+    ]
+    id: Annotated[int | None, Field(description="The result's id (LLMKit's UI sends it)")]

@@ -33,8 +33,9 @@ _IGNORED_API_KEYS = (
 
 
 def case_to_dict(case: EvalCase, id: int | str | None = None) -> dict[str, Any]:
-    """LLMKit-style JSON for a case; `system_prompt_input`/`user_prompt_input` are LLMKit's
-    fields, kept so its clients keep working."""
+    """LLMKit-style JSON for a case; `input_data` (the variables as JSON text, which LLMKit's
+    UI hands to JSON.parse) and `system_prompt_input`/`user_prompt_input` are LLMKit's fields,
+    kept so its clients keep working."""
     data: dict[str, Any] = {} if id is None else {"id": id}
     user_text = case.user_text
     data.update(
@@ -51,6 +52,7 @@ def case_to_dict(case: EvalCase, id: int | str | None = None) -> dict[str, Any]:
             "repeat": case.repeat,
             "threshold": case.threshold,
             "assert": [assertion_to_dict(a) for a in case.assertions],
+            "input_data": json.dumps({**case.vars, **case.user_vars}, ensure_ascii=False),
             "system_prompt_input": json.dumps(case.vars) if case.vars else None,
             "user_prompt_input": json.dumps(case.user_vars)
             if case.user_vars
@@ -61,13 +63,24 @@ def case_to_dict(case: EvalCase, id: int | str | None = None) -> dict[str, Any]:
 
 
 def _from_llmkit_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """Our case fields from LLMKit's, where ours are absent: system_prompt_input is a JSON
-    object of system variables; user_prompt_input is a JSON object of user variables or the
-    user message itself."""
-    llmkit_keys = ("system_prompt_input", "user_prompt_input")
+    """Our case fields from LLMKit's, where ours are absent: input_data is the template
+    variables (an object, or a string holding one, as LLMKit stores it); system_prompt_input is
+    a JSON object of system variables; user_prompt_input is a JSON object of user variables or
+    the user message itself."""
+    llmkit_keys = ("input_data", "system_prompt_input", "user_prompt_input")
     fields = {k: v for k, v in data.items() if k not in llmkit_keys}
+    input_data = data.get("input_data")
+    if input_data is not None and "vars" not in data:
+        variables = _json_object_or_self(input_data)
+        if not isinstance(variables, dict):
+            message = (
+                "'input_data' must be a JSON object of template variables (or a string holding"
+                f" one), got {type_name(input_data)}"
+            )
+            raise EvalSpecError([Problem("", None, message)])
+        fields["vars"] = variables
     system_input = data.get("system_prompt_input")
-    if system_input not in (None, "") and "vars" not in data:
+    if system_input not in (None, "") and "vars" not in fields:
         fields["vars"] = _json_object_or_self(system_input)
     user_input = data.get("user_prompt_input")
     if user_input not in (None, "") and not {"user_vars", "messages", "input"} & data.keys():

@@ -6,7 +6,9 @@ the HTTP API's JSON in `case_json`.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -36,6 +38,23 @@ SINGLE_FILE_KEYS = ("prompt", *CASE_KEYS)
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
+def case_id(prompt_key: str, file: str, name: str | None) -> int:
+    """A case's integer id (LLMKit's `prompt_eval_id`), the same after any index rebuild. A
+    case alone in its file (every case the API makes) is named by its file, so it keeps its id
+    when renamed, as a row would; one of several in a file also by its name (`name`)."""
+    digest = hashlib.sha256(f"{prompt_key}\0{file}\0{name or ''}".encode()).hexdigest()
+    return int(digest[:12], 16)
+
+
+def identified(cases: list[EvalCase]) -> list[tuple[int, EvalCase]]:
+    """Each case with its id (see case_id)."""
+    per_file = Counter(case.file for case in cases)
+    return [
+        (case_id(case.prompt_key, case.file, None if per_file[case.file] == 1 else case.name), case)
+        for case in cases
+    ]
 
 
 @dataclass

@@ -84,6 +84,12 @@ def m002_drafts_marked(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_results_updated_at(conn: sqlite3.Connection) -> None:
+    """When a result last changed (a human score); null until then, read as its creation."""
+    conn.execute("ALTER TABLE eval_results ADD COLUMN updated_at TEXT")
+
+
 @MIGRATIONS.on_postgresql("m001_initial")
 def m001_initial_postgresql(conn: Connection) -> None:
     conn.execute(
@@ -268,7 +274,8 @@ class EvalRecords:
         _check_result_id(result_id)
         with self.db.write() as conn:
             changed = conn.execute(
-                "UPDATE eval_results SET human_score = ? WHERE id = ?", (score, result_id)
+                "UPDATE eval_results SET human_score = ?, updated_at = ? WHERE id = ?",
+                (score, utc_now(), result_id),
             ).rowcount
         if not changed:
             raise NotFound(f"No eval run result with id {result_id}", param="id")
@@ -406,6 +413,10 @@ def _row(run_id: str, role: str, r: CaseResult, now: str) -> tuple[Any, ...]:
 
 
 def _public(row: Any) -> dict[str, Any]:
+    """A result with, beside ours, LLMKit's names for a `prompt_eval_run`: its case's name as
+    `prompt_eval_name`, the human score as `score`, `updated_at`. `prompt_version_id` is the
+    version's sha here; the API, which reads the cases and the index, adds the case's id as
+    `prompt_eval_id` and makes `prompt_version_id` the version's integer id."""
     data = dict(row)
     data["assertions"] = json.loads(data["assertions"])
     data["passed"] = bool(data["passed"])
@@ -413,4 +424,6 @@ def _public(row: Any) -> dict[str, Any]:
     data["draft"] = bool(data["draft"])
     data["score"] = data["human_score"]
     data["prompt_version_id"] = data["version_sha"]
+    data["prompt_eval_name"] = data["case_name"]
+    data["updated_at"] = data["updated_at"] or data["created_at"]
     return data

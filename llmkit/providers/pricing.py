@@ -72,3 +72,18 @@ def cost_of(model: str, usage: Usage) -> float | None:
         return None
     # Reasoning tokens are already counted in output tokens, as OpenAI reports them.
     return usage.input_tokens * input_price + usage.output_tokens * output_price
+
+
+def features_of(model: str) -> tuple[bool, bool, int | None]:
+    """(JSON output, tool calls, most output tokens) as litellm's table lists the model; the
+    offline models do both, and a model the table does not list is said to do neither, since
+    nothing vouches for it."""
+    if model.split("/", 1)[0] in FREE_MODELS:
+        return True, True, None
+    entry = _entry(model) or {}
+    limit = entry.get("max_output_tokens") or entry.get("max_tokens")
+    return (
+        bool(entry.get("supports_response_schema")),
+        bool(entry.get("supports_function_calling")),
+        limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None,
+    )

@@ -8,8 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter
+from starlette.concurrency import run_in_threadpool
 
-from llmkit.api.deps import admin_key, parse_body, run_key
+from llmkit.api.deps import admin_key, documented_body, parse_body, run_key
+from llmkit.api.routes.logs import ui_entries
 from llmkit.api.schemas import ChatCompletionRequest, PromptExecuteRequest
 from llmkit.api.streaming import ClientWatch, EventStream, JsonAnswer
 from llmkit.errors import LlmkitError
@@ -21,7 +23,11 @@ ui_router = APIRouter(
 )
 
 
-async def execute(request: Request, body: dict[str, Any], stream: bool, source: str) -> Response:
+async def execute(
+    request: Request, body: dict[str, Any], stream: bool, source: str, with_log: bool = False
+) -> Response:
+    """Run one call. `with_log`: answer LLMKit's `{content, log}` (the answer's text and its
+    run-log entry) instead of a chat completion; a stream is a stream either way."""
     executor: Executor = request.app.state.executor
     key = getattr(request.state, "api_key", None)
     key_id = key.id if key else None
@@ -29,7 +35,7 @@ async def execute(request: Request, body: dict[str, Any], stream: bool, source: 
     ex = await executor.aprepare(body, source=source, api_key_id=key_id)
     try:
         if not stream:
-            return await _complete(request, executor, ex)
+            return await _complete(request, executor, ex, with_log)
         return await _stream(request, executor, ex)
     except LlmkitError as exc:
         # The call is in the run log: its trace id lets the caller find the row.
@@ -45,7 +51,9 @@ def _write_timeout(request: Request) -> float:
 CLIENT_GONE = 499
 
 
-async def _complete(request: Request, executor: Executor, ex: Execution) -> Response:
+async def _complete(
+    request: Request, executor: Executor, ex: Execution, with_log: bool = False
+) -> Response:
     watch = ClientWatch(request.scope, request.receive, _write_timeout(request))
     try:
         response = await executor.complete(ex)
@@ -55,7 +63,20 @@ async def _complete(request: Request, executor: Executor, ex: Execution) -> Resp
         return Response(status_code=CLIENT_GONE)
     finally:
         watch.close()
+    if with_log:
+        response = await run_in_threadpool(_content_and_log, request, ex.trace_id, response)
     return JsonAnswer(response, headers=ex.headers())
+
+
+def _content_and_log(request: Request, trace_id: str, response: dict[str, Any]) -> dict[str, Any]:
+    """LLMKit's answer to an execution by id: the text, and the run-log entry of the call (as
+    GET /v1/ui/logs/{id} shows it), written before it is read."""
+    ws = request.app.state.ws
+    ws.runlog.flush()
+    choices = response.get("choices") or [{}]
+    content = (choices[0].get("message") or {}).get("content")
+    [log] = ui_entries(ws, [ws.runlog.find(trace_id)])
+    return {"content": content if isinstance(content, str) else "", "log": log}
 
 
 async def _stream(request: Request, executor: Executor, ex: Execution) -> Response:
@@ -84,15 +105,8 @@ CHAT_BODY = TypeAdapter(ChatCompletionRequest)
 PROMPT_BODY = TypeAdapter(PromptExecuteRequest)
 
 
-def _documented(name: str) -> dict[str, Any]:
-    """The OpenAPI requestBody of a route that reads its body itself (see `parse_body`): the
-    schema is one of the app's components (`create_app` adds them)."""
-    schema = {"$ref": f"#/components/schemas/{name}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-CHAT_DOC = _documented("ChatCompletionRequest")
-PROMPT_DOC = _documented("PromptExecuteRequest")
+CHAT_DOC = documented_body("ChatCompletionRequest")
+PROMPT_DOC = documented_body("PromptExecuteRequest")
 
 
 async def _chat_body(request: Request) -> dict[str, Any]:
@@ -101,10 +115,25 @@ async def _chat_body(request: Request) -> dict[str, Any]:
     return parse_body(await request.body(), CHAT_BODY)  # type: ignore[arg-type]
 
 
-async def _prompt_body(request: Request, prompt_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = parse_body(await request.body(), PROMPT_BODY)  # type: ignore[arg-type]
+# A body holding any field of a chat completions body (model, messages, variables, stream,
+# temperature, ...) is one, as llmkit's callers send it; any other JSON object is what LLMKit's
+# UI sends: the template variables themselves.
+COMPLETION_FIELDS = PromptExecuteRequest.__required_keys__ | PromptExecuteRequest.__optional_keys__
+ANY_OBJECT = TypeAdapter(dict[str, Any])
+
+
+async def _prompt_body(request: Request, prompt_id: str) -> tuple[dict[str, Any], bool]:
+    """The execution body of `execute/{id}`, and whether it came as LLMKit's UI sends it (the
+    template variables as the whole body, answered `{content, log}`)."""
+    raw = await request.body()
+    given: dict[str, Any] = parse_body(raw, ANY_OBJECT)
+    llmkit_shape = COMPLETION_FIELDS.isdisjoint(given)
+    if llmkit_shape:
+        body: dict[str, Any] = {"variables": given}
+    else:
+        body = parse_body(raw, PROMPT_BODY)  # type: ignore[arg-type]
     body["model"] = _model_for(request, prompt_id)
-    return body
+    return body, llmkit_shape
 
 
 @router.post("/v1/chat/completions", openapi_extra=CHAT_DOC)
@@ -151,15 +180,21 @@ async def execute_chat_stream(request: Request) -> Response:
 
 @ui_router.post("/{prompt_id:path}/stream", openapi_extra=PROMPT_DOC)
 async def execute_prompt_stream(prompt_id: str, request: Request) -> Response:
-    """Execute prompt {id} (id or key, optionally @version), streaming."""
-    return await execute(request, await _prompt_body(request, prompt_id), True, "ui")
+    """Execute prompt {id} (id or key, optionally @version), streaming. The body is the
+    template variables (as LLMKit's UI sends them) or, holding any of its fields, a chat
+    completions body."""
+    body, _ = await _prompt_body(request, prompt_id)
+    return await execute(request, body, True, "ui")
 
 
 @ui_router.post("/{prompt_id:path}", openapi_extra=PROMPT_DOC)
 async def execute_prompt(prompt_id: str, request: Request) -> Response:
-    """Execute prompt {id} (id or key, optionally @version)."""
-    body = await _prompt_body(request, prompt_id)
-    return await execute(request, body, bool(body.get("stream")), "ui")
+    """Execute prompt {id} (id or key, optionally @version). The body is the template variables,
+    answered `{content, log}` as LLMKit's UI reads it; or, holding any field of a chat
+    completions body (`model`, `messages`, `variables`, ...), one, answered as a chat
+    completion."""
+    body, llmkit_shape = await _prompt_body(request, prompt_id)
+    return await execute(request, body, bool(body.get("stream")), "ui", with_log=llmkit_shape)
 
 
 def _model_for(request: Request, prompt_id: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 
 from llmkit.api.deps import Ws, admin_key
 from llmkit.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
@@ -19,9 +19,13 @@ router = APIRouter(
 
 
 @router.get("", response_model=list[ApiKeyPublic])
-def list_keys(ws: Ws) -> list[dict]:
-    """All keys, revoked ones included, without the keys themselves."""
-    return [asdict(key) for key in ws.keys.list()]
+def list_keys(
+    ws: Ws,
+    include_revoked: bool = Query(False, description="Also the revoked (deleted) keys"),
+) -> list[dict]:
+    """The keys that work, without the keys themselves; revoked ones too with
+    `?include_revoked=true`."""
+    return [asdict(key) for key in ws.keys.list(include_revoked=include_revoked)]
 
 
 @router.post("", response_model=ApiKeyCreated, status_code=201)
@@ -33,5 +37,6 @@ def create_key(body: ApiKeyCreate, ws: Ws) -> dict:
 
 @router.delete("/{key_id}", response_model=ApiKeyPublic)
 def revoke_key(key_id: KeyId, ws: Ws) -> dict:
-    """Revoke a key; it stops working at once."""
+    """Delete a key as LLMKit's UI does: it stops working at once and leaves the list; its row
+    is kept, revoked (`?include_revoked=true` shows it), so the run log still names it."""
     return asdict(ws.keys.revoke(key_id))

@@ -1,14 +1,15 @@
-"""The run log over HTTP, per-version figures, and the models in use."""
+"""The run log over HTTP and per-version figures."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 
 from llmkit.api.deps import Ws, admin_key
-from llmkit.errors import LlmkitError
-from llmkit.models import describe_models
+from llmkit.errors import BadRequest, LlmkitError
+from llmkit.models import model_id
+from llmkit.runlog import canonical_time
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
 
@@ -16,40 +17,120 @@ router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["lo
 # page_size is capped by the run log.
 MAX_PAGE = 10**9
 MAX_PAGE_SIZE_ASKED = 10**6
-Page = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
-PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE_ASKED, description="rows per page")]
+DEFAULT_PAGE_SIZE = 50
+PageSize = Annotated[int | None, Query(ge=1, le=MAX_PAGE_SIZE_ASKED, description="rows per page")]
 
 
 def install(app: FastAPI) -> None:
     app.include_router(router)
 
 
+def ui_entries(ws: Ws, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Log rows with LLMKit's `prompt_id` (the prompt's index id, null for a prompt that is
+    gone) and `model_id` (the id GET /v1/ui/models gives the model as the prompt names it)
+    beside the rest of what the run log gives."""
+    prompt_ids: dict[str, int | None] = {}
+    for row in rows:
+        key = row["prompt_key"]
+        if key not in prompt_ids:
+            try:
+                prompt_ids[key] = ws.index.get_prompt(key).id
+            except LlmkitError:
+                prompt_ids[key] = None
+        row["prompt_id"] = prompt_ids[key]
+        row["model_id"] = model_id(row["model_name"])
+    return rows
+
+
+Limit = Annotated[
+    int | None, Query(ge=1, le=MAX_PAGE_SIZE_ASKED, description="rows per page (as page_size)")
+]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=200, description="the x-next-cursor of the page before (keyset paging)"),
+]
+From = Annotated[str | None, Query(alias="from", description="ISO-8601 time, inclusive")]
+To = Annotated[str | None, Query(alias="to", description="ISO-8601 time, exclusive")]
+
+
+def _one_of(first: tuple[str, Any], second: tuple[str, Any]) -> Any:
+    """The value of whichever of two alias parameters was given; both is a 400."""
+    if first[1] is not None and second[1] is not None and first[1] != second[1]:
+        raise BadRequest(
+            f"Give {first[0]} or {second[0]}, not both (they are one parameter)", param=second[0]
+        )
+    return first[1] if first[1] is not None else second[1]
+
+
 def _filters(
     prompt: str | None,
     version: str | None,
     status: str | None,
+    model: str | None,
     since: str | None,
     until: str | None,
+    from_: str | None,
+    to: str | None,
 ) -> dict[str, Any]:
-    return {"prompt": prompt, "version": version, "status": status, "since": since, "until": until}
+    # `from`/`to` are checked under their own names, so that an error names what was sent.
+    if from_ is not None:
+        from_ = canonical_time(from_, "from")
+    if to is not None:
+        to = canonical_time(to, "to")
+    return {
+        "prompt": prompt,
+        "version": version,
+        "status": status,
+        "model": model,
+        "since": _one_of(("since", since), ("from", from_)),
+        "until": _one_of(("until", until), ("to", to)),
+    }
+
+
+def _link_next(request: Request, response: Response, cursor: str | None) -> None:
+    """The next page's cursor, in a header and as a `Link` to it, beside LLMKit's bare array."""
+    if cursor is None:
+        return
+    response.headers["x-next-cursor"] = cursor
+    query = dict(request.query_params)
+    query["cursor"] = cursor
+    query.pop("page", None)
+    url = request.url.replace_query_params(**query)
+    response.headers["link"] = f'<{url}>; rel="next"'
 
 
 @router.get("/logs")
 def list_logs(
     ws: Ws,
-    page: Page = 1,
-    page_size: PageSize = 50,
+    request: Request,
+    response: Response,
+    page: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="1-based page number")] = None,
+    page_size: PageSize = None,
+    limit: Limit = None,
+    cursor: Cursor = None,
     prompt: str | None = None,
     version: str | None = None,
     status: str | None = None,
+    model: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    from_: From = None,
+    to: To = None,
 ) -> list[dict[str, Any]]:
-    """Provider calls, newest first, filtered by prompt, version, status and time."""
+    """Provider calls, newest first, filtered by prompt, version, status, model and time.
+    Pages by `cursor` (the `x-next-cursor` header of the page before, also sent as a `Link`),
+    or by `page` number as LLMKit's UI does."""
+    if page is not None and cursor is not None:
+        raise BadRequest("Give page or cursor, not both", param="cursor")
+    size = _one_of(("page_size", page_size), ("limit", limit)) or DEFAULT_PAGE_SIZE
+    filters = _filters(prompt, version, status, model, since, until, from_, to)
     ws.runlog.flush()
-    return ws.runlog.list(
-        page=page, page_size=page_size, **_filters(prompt, version, status, since, until)
-    )
+    if page is not None:
+        found = ws.runlog.numbered_page(page=page, page_size=size, **filters)
+    else:
+        found = ws.runlog.page_after(cursor, limit=size, **filters)
+    _link_next(request, response, found.next_cursor)
+    return ui_entries(ws, found.rows)
 
 
 @router.get("/logs/count")
@@ -58,19 +139,28 @@ def count_logs(
     prompt: str | None = None,
     version: str | None = None,
     status: str | None = None,
+    model: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    from_: From = None,
+    to: To = None,
 ) -> dict[str, int]:
     """How many provider calls match the filters."""
     ws.runlog.flush()
-    return {"count": ws.runlog.count(**_filters(prompt, version, status, since, until))}
+    return {
+        "count": ws.runlog.count(
+            **_filters(prompt, version, status, model, since, until, from_, to)
+        )
+    }
 
 
-@router.get("/logs/{trace_id}")
-def get_log(trace_id: str, ws: Ws) -> dict[str, Any]:
-    """One provider call by trace id, or by a unique prefix of it (6 characters or more)."""
+@router.get("/logs/{log_id}")
+def get_log(log_id: str, ws: Ws) -> dict[str, Any]:
+    """One provider call by integer id (as in a completion's id, `chatcmpl-<id>`), by trace id,
+    or by a unique prefix of its trace id (6 characters or more). Digits alone are an id first,
+    and a trace id prefix only when no call has that id."""
     ws.runlog.flush()
-    return ws.runlog.find(trace_id)
+    return ui_entries(ws, [ws.runlog.find(log_id)])[0]
 
 
 @router.get("/prompts/{prompt_id:path}/stats")
@@ -79,17 +169,3 @@ def prompt_stats(prompt_id: str, ws: Ws) -> dict[str, Any]:
     prompt = ws.index.get_prompt(prompt_id)
     ws.runlog.flush()
     return {"id": prompt.id, "key": prompt.key, "versions": ws.runlog.stats(prompt.key)}
-
-
-@router.get("/models")
-def models(ws: Ws) -> dict[str, Any]:
-    """Model aliases from llmkit.yaml and the models prompts use, with provider and key status."""
-    used: dict[str, list[str]] = {}
-    for prompt in ws.index.list_prompts():
-        if prompt.version is None:
-            continue
-        try:
-            used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
-        except LlmkitError:  # a prompt that does not parse names no model
-            continue
-    return {"object": "list", "data": describe_models(ws.models, used)}

@@ -5,18 +5,20 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Annotated, Any, overload
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.applications import Starlette
 
 from llmkit import authoring
 from llmkit.api.deps import Ws, admin_key
 from llmkit.api.schemas import CommitInfo, PromptWrite
-from llmkit.errors import BadRequest, Conflict, NotFound, PromptFormatError
+from llmkit.errors import BadRequest, Conflict, NotFound, PromptFormatError, Unprocessable
 from llmkit.history import history_rows
-from llmkit.prompt_views import iso_time, prompt_fields, version_fields
+from llmkit.models import effective_settings, model_for_id
+from llmkit.prompt_views import iso_time, models_in_use, prompt_fields, version_fields
 from llmkit.promptfile import (
     Message,
     PromptFile,
@@ -26,11 +28,18 @@ from llmkit.promptfile import (
     validate_key,
     validate_meta,
 )
+from llmkit.versions import Prompt, Version
 from llmkit.workspace import Workspace
 
 router = APIRouter(prefix="/v1/ui/prompts", dependencies=[Depends(admin_key)], tags=["prompts"])
 
 MAX_VERSION_SPEC = 256
+# The prompt list answers this many prompts when no page is asked for (LLMKit's UI asks for
+# none): the headers say how many there are and where the next page is.
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+MAX_LIST_PAGE = 10**9
+MAX_PREFIX = 1024
 
 STRUCTURED = (
     "system",
@@ -105,6 +114,14 @@ def _endpoint_for(app: Starlette, method: str, path: str) -> Callable[..., Any] 
     return None
 
 
+def _previous(ws: Workspace, prompt: Prompt) -> Version | None:
+    """The version before the one served, which the `*_version_diff` fields compare with."""
+    version = prompt.version
+    if version is None or not version.number or version.number < 2:
+        return None
+    return ws.index.version(prompt.key, version.number - 1)
+
+
 def _detail(ws: Workspace, ident: str | int) -> dict[str, Any]:
     prompt = ws.index.get_prompt(ident)
     if prompt.version is None:
@@ -113,10 +130,46 @@ def _detail(ws: Workspace, ident: str | int) -> dict[str, Any]:
             f" /v1/ui/prompts/{prompt.id}/versions",
             param="prompt_id",
         )
-    previous = None
-    if prompt.version.number and prompt.version.number > 1:
-        previous = ws.index.version(prompt.key, prompt.version.number - 1)
-    return prompt_fields(prompt, previous)
+    return prompt_fields(prompt, _previous(ws, prompt), ws.models)
+
+
+def _pick_model(ws: Workspace, body: PromptWrite) -> None:
+    """Turn LLMKit's `model_id` into the model name written in the file (`model`); an id that
+    names no model, or that contradicts a `model` also given, is refused naming both."""
+    if body.model_id is None:
+        return
+    name = model_for_id(ws.models, models_in_use(ws.index.list_prompts()), body.model_id)
+    if name is None:
+        raise Unprocessable(
+            f"model_id {body.model_id} names no model: GET /v1/ui/models lists the ids of the"
+            " aliases of llmkit.yaml and of the models prompts use",
+            param="model_id",
+        )
+    if body.model is not None and body.model != name:
+        raise Unprocessable(
+            f"model {body.model!r} and model_id {body.model_id} (model {name!r}) disagree;"
+            " give one of them",
+            param="model_id",
+        )
+    body.model = name
+
+
+def _keep_model_defaults(ws: Workspace, body: PromptWrite, current: PromptFile | None) -> None:
+    """LLMKit's UI sends back every field it showed. A max_tokens or temperature the file leaves
+    to the model is shown as the number the call runs with; sent back unchanged (for the same
+    model), it stays unset rather than being written into the file."""
+    if current is None or body.content is not None:
+        return
+    model = body.model if body.model is not None else current.model
+    if model != current.model:
+        return
+    if "model" not in current.meta:
+        body.model = None  # the model the file leaves to `default` stays left to it
+    temperature, max_tokens = effective_settings(ws.models, model)
+    if "max_tokens" not in current.meta and body.max_tokens == max_tokens:
+        body.max_tokens = None
+    if "temperature" not in current.meta and body.temperature == temperature:
+        body.temperature = None
 
 
 def build_prompt(body: PromptWrite, key: str, current: PromptFile | None) -> PromptFile:
@@ -196,9 +249,56 @@ def _replace_sections(
 
 
 @router.get("")
-def list_prompts(ws: Ws) -> list[dict[str, Any]]:
-    """Every served prompt."""
-    return [prompt_fields(p) for p in ws.index.list_prompts()]
+def list_prompts(
+    ws: Ws,
+    request: Request,
+    response: Response,
+    page: Annotated[int | None, Query(ge=1, le=MAX_LIST_PAGE, description="1-based page")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=MAX_LIST_LIMIT, description="prompts a page")
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="the x-next-cursor of the page before")
+    ] = None,
+    prefix: Annotated[
+        str | None, Query(max_length=MAX_PREFIX, description="only keys that start with this")
+    ] = None,
+) -> list[dict[str, Any]]:
+    """Served prompts by id, a page at a time (LLMKit's bare array; without `page`, `limit` or
+    `cursor`, the first DEFAULT_LIST_LIMIT), with diffs of its system and user text against the
+    version before. `x-total-count` says how many match, and `x-next-cursor` and a `Link`
+    header name the next page when there is one."""
+    if page is not None and cursor is not None:
+        raise BadRequest("Give page or cursor, not both", param="cursor")
+    if prefix is not None and any(c < " " or c == "\x7f" for c in prefix):
+        raise BadRequest(f"prefix holds a control character: {prefix!r}", param="prefix")
+    size = limit or DEFAULT_LIST_LIMIT
+    after = _prompt_cursor(cursor) if cursor is not None else None
+    offset = (page - 1) * size if page is not None else 0
+    prompts = ws.index.page_prompts(prefix=prefix, after=after, offset=offset, limit=size + 1)
+    shown = prompts[:size]
+    response.headers["x-total-count"] = str(ws.index.count_prompts(prefix))
+    if len(prompts) > size:
+        following = base64.urlsafe_b64encode(f"prompt:{shown[-1].id}".encode()).decode()
+        query = dict(request.query_params)
+        query.update(cursor=following, limit=str(size))
+        query.pop("page", None)
+        url = request.url.replace_query_params(**query)
+        response.headers["x-next-cursor"] = following
+        response.headers["link"] = f'<{url}>; rel="next"'
+    return [prompt_fields(p, _previous(ws, p), ws.models) for p in shown]
+
+
+def _prompt_cursor(cursor: str) -> int:
+    """The prompt id a cursor of list_prompts names, or a 400 naming `cursor`."""
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+    except (ValueError, UnicodeError):
+        text = ""
+    kind, _, number = text.partition(":")
+    if kind != "prompt" or not number.isdigit() or len(number) > 18:
+        raise BadRequest(f"cursor is not a cursor this server gave out: {cursor!r}", param="cursor")
+    return int(number)
 
 
 @router.post("", status_code=201)
@@ -207,6 +307,7 @@ def create_prompt(body: PromptWrite, ws: Ws, request: Request) -> dict[str, Any]
     if not body.key:
         raise BadRequest("key is required", param="key")
     key = _routable_key(request.app, validate_key(body.key))
+    _pick_model(ws, body)
     prompt = build_prompt(body, key, None)
     authoring.save_prompt(
         ws,
@@ -304,6 +405,8 @@ def update_prompt(
     current = (
         prompt.version.prompt() if prompt.version is not None and body.content is None else None
     )
+    _pick_model(ws, body)
+    _keep_model_defaults(ws, body, current)
     new = build_prompt(body, prompt.key, current)
     authoring.save_prompt(
         ws,

@@ -1,0 +1,624 @@
+"""OpenTelemetry spans of logged calls: the OTEL_* variables read, the caller's W3C trace
+context kept, and one OTLP span built and encoded per run-log row (`otlp_export` sends them).
+
+Spans come from the run log, not from the call: the run-log writer hands each committed batch
+to the exporter (a `RowSink`), so every call the run log records (API and UI completions,
+prompt executions, eval cases and judge calls) is one span, and exporting costs a call nothing
+but a list append. A span says the call in the GenAI semantic conventions (`gen_ai.*`: the
+operation, provider, request and response model, tokens, temperature and max tokens, finish
+reasons) and in llmkit's own terms (`llmkit.prompt.key`, `.version`, `.sha`, `llmkit.source`,
+`llmkit.trace_id`, the HTTP status and error); its times are the row's (`created_at` is the
+end, `latency_ms` before it the start), its status ERROR when the call failed.
+
+Ids: a span's trace id is the llmkit trace id (both are 32 hex digits) and its span id the last
+16 hex digits of it, so a log row and a tracing UI find each other; an id that is not 32 hex
+digits (an imported run's) is hashed into one. A request that carries a W3C `traceparent`
+header makes the spans of the calls it causes children of the caller's span: they take the
+caller's trace id and parent span id (and its `tracestate`), keep their own span id, and carry
+their llmkit trace id in `llmkit.trace_id`. `TraceparentMiddleware` puts the header in a
+context variable, which the exporter reads as the row is queued, in the caller's context.
+
+Both OTLP/HTTP encodings are written here, JSON and protobuf (the few messages of a trace
+export request, by hand): the opentelemetry SDK would be a heavy dependency for one span per
+call. Nothing here imports litellm.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import hashlib
+import json
+import math
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llmkit import __version__
+
+# The OpenTelemetry defaults (OTLP exporter and batch span processor).
+DEFAULT_TIMEOUT_MS = 10_000
+DEFAULT_MAX_QUEUE = 2048
+DEFAULT_MAX_BATCH = 512
+DEFAULT_SCHEDULE_DELAY_MS = 5000
+DEFAULT_SERVICE_NAME = "llmkit"
+CONTENT_TYPES = {"http/json": "application/json", "http/protobuf": "application/x-protobuf"}
+# A request or response longer than this is not parsed for the span's parameters, finish
+# reasons and response model: the parse would hold the GIL the event loop needs.
+MAX_PARSED_CHARS = 256 * 1024
+MAX_ATTRIBUTE_CHARS = 4096
+
+SPAN_KIND_CLIENT = 3
+STATUS_CODE_ERROR = 2
+_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    """Where and how spans go, from the OTEL_* variables. `endpoint` is the full traces URL."""
+
+    endpoint: str
+    protocol: str = "http/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = DEFAULT_TIMEOUT_MS / 1000
+    resource: dict[str, str] = field(default_factory=dict)
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_batch: int = DEFAULT_MAX_BATCH
+    schedule_delay_s: float = DEFAULT_SCHEDULE_DELAY_MS / 1000
+    gzip: bool = False
+
+
+@dataclass
+class ConfigResult:
+    """The config (None: export is off), why it is off, and what in the variables was ignored."""
+
+    config: OtlpConfig | None
+    off_because: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def config_from_env(environ: Mapping[str, str]) -> ConfigResult:
+    """Read the standard variables as the OpenTelemetry specification says: a traces-specific
+    variable wins over the general one; a value that cannot be used is named in a warning and
+    ignored (its default is used), never fatal: telemetry must not stop the server."""
+    warnings: list[str] = []
+
+    def get(name: str) -> str | None:
+        value = environ.get(name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def pick(suffix: str) -> tuple[str, str] | None:
+        for name in (f"OTEL_EXPORTER_OTLP_TRACES_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}"):
+            value = get(name)
+            if value is not None:
+                return name, value
+        return None
+
+    if (get("OTEL_SDK_DISABLED") or "").lower() == "true":
+        return ConfigResult(None, "OTEL_SDK_DISABLED is true")
+    if (get("OTEL_TRACES_EXPORTER") or "otlp").lower() == "none":
+        return ConfigResult(None, "OTEL_TRACES_EXPORTER is none")
+    traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if traces_endpoint is not None:
+        endpoint_var, endpoint = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces_endpoint
+    elif base_endpoint is not None:
+        endpoint_var, endpoint = "OTEL_EXPORTER_OTLP_ENDPOINT", base_endpoint
+    else:
+        return ConfigResult(None, "no OTEL_EXPORTER_OTLP_ENDPOINT is set")
+    if not _is_http_url(endpoint):
+        reason = f"{endpoint_var} is not an http(s) URL with a host: {endpoint[:200]!r}"
+        return ConfigResult(None, reason, [f"export is off: {reason}"])
+    if traces_endpoint is None:
+        endpoint += "v1/traces" if endpoint.endswith("/") else "/v1/traces"
+
+    protocol = "http/json"
+    asked = pick("PROTOCOL")
+    if asked is not None:
+        name, protocol = asked[0], asked[1].lower()
+        if protocol not in CONTENT_TYPES:
+            reason = (
+                f"{name}={asked[1]}: llmkit exports spans over OTLP/HTTP only"
+                f" ({' or '.join(CONTENT_TYPES)})"
+            )
+            return ConfigResult(None, reason, [f"export is off: {reason}"])
+
+    headers: dict[str, str] = {}
+    header_text = pick("HEADERS")
+    if header_text is not None:
+        name, text = header_text
+        for key, value in _pairs(name, text, warnings).items():
+            if not _HEADER_NAME.match(key) or not _header_value(value):
+                warnings.append(f"{name}: header {key[:60]!r} is not a valid HTTP header; ignored")
+                continue
+            headers[key] = value
+
+    timeout_s = DEFAULT_TIMEOUT_MS / 1000
+    timeout = pick("TIMEOUT")
+    if timeout is not None:
+        ms = _positive_number(timeout, warnings, DEFAULT_TIMEOUT_MS)
+        timeout_s = ms / 1000
+
+    gzip = False
+    compression = pick("COMPRESSION")
+    if compression is not None:
+        name, value = compression
+        gzip = value.lower() == "gzip"
+        if value.lower() not in ("gzip", "none"):
+            warnings.append(f"{name}={value[:60]!r} is neither gzip nor none; sending uncompressed")
+
+    resource = {"service.name": DEFAULT_SERVICE_NAME, "service.version": __version__}
+    resource_text = get("OTEL_RESOURCE_ATTRIBUTES")
+    if resource_text is not None:
+        resource.update(_pairs("OTEL_RESOURCE_ATTRIBUTES", resource_text, warnings))
+    service = get("OTEL_SERVICE_NAME")
+    if service is not None:
+        resource["service.name"] = service
+
+    def bsp(name: str, default: int) -> int:
+        value = get(name)
+        if value is None:
+            return default
+        return max(1, int(_positive_number((name, value), warnings, default)))
+
+    max_queue = bsp("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE)
+    max_batch = min(bsp("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", DEFAULT_MAX_BATCH), max_queue)
+    delay_ms = bsp("OTEL_BSP_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS)
+    config = OtlpConfig(
+        endpoint=endpoint,
+        protocol=protocol,
+        headers=headers,
+        timeout_s=timeout_s,
+        resource=resource,
+        max_queue=max_queue,
+        max_batch=max_batch,
+        schedule_delay_s=delay_ms / 1000,
+        gzip=gzip,
+    )
+    return ConfigResult(config, warnings=warnings)
+
+
+def _header_value(value: str) -> bool:
+    """Whether HTTP/1.1 carries it as is: latin-1, no line breaks or NULs."""
+    return all(" " <= c <= "\xff" and c != "\x7f" or c == "\t" for c in value)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not one)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _pairs(name: str, text: str, warnings: list[str]) -> dict[str, str]:
+    """`k1=v1,k2=v2` with percent-encoded values (the OTEL list form); a bad entry is named."""
+    pairs: dict[str, str] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip():
+            warnings.append(f"{name}: {entry.strip()[:60]!r} is not key=value; ignored")
+            continue
+        pairs[unquote(key.strip())] = unquote(value.strip())
+    return pairs
+
+
+def _positive_number(pair: tuple[str, str], warnings: list[str], default: float) -> float:
+    name, value = pair
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        warnings.append(f"{name}={value[:60]!r} is not a positive number; using {default:g}")
+        return default
+    return number
+
+
+# -- the caller's trace ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The span a request came from, as its W3C `traceparent` (and `tracestate`) said."""
+
+    trace_id: str
+    span_id: str
+    trace_state: str = ""
+
+
+_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "llmkit_otlp_caller", default=None
+)
+
+
+def parse_traceparent(value: str, state: str = "") -> Caller | None:
+    """The caller of a `traceparent` header; None when it is not one W3C Trace Context
+    accepts (an unknown future version is read by its first four fields, as the spec says)."""
+    value = value.strip().lower()
+    match = _TRACEPARENT.match(value[:55])
+    if match is None or (len(value) > 55 and (match[1] == "00" or value[55] != "-")):
+        return None
+    version, trace_id, span_id, _flags = match.groups()
+    if version == "ff" or trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return Caller(trace_id, span_id, state.strip()[:512])
+
+
+def current_caller() -> Caller | None:
+    """The caller of the request being served in this context, if it said one."""
+    return _CALLER.get()
+
+
+@contextmanager
+def calling_from(caller: Caller | None) -> Iterator[None]:
+    """Calls logged inside this block are children of `caller`'s span."""
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+class TraceparentMiddleware:
+    """Pure ASGI: remembers a request's `traceparent` for the calls it makes (see above)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        parent = state = None
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                parent = value
+            elif name == b"tracestate":
+                state = value
+        if parent is None:
+            await self.app(scope, receive, send)
+            return
+        caller = parse_traceparent(
+            parent.decode("latin-1"), state.decode("latin-1") if state else ""
+        )
+        with calling_from(caller):
+            await self.app(scope, receive, send)
+
+
+# -- spans -----------------------------------------------------------------------------------
+
+
+def span_ids(trace_id: str) -> tuple[str, str]:
+    """(OTLP trace id, span id) of a logged call: its trace id and that id's last 16 digits,
+    or, for an id that is not 32 hex digits, those of its SHA-256."""
+    text = str(trace_id).lower()
+    if not _HEX32.match(text) or text[:16] == "0" * 16 or text[16:] == "0" * 16:
+        text = hashlib.sha256(str(trace_id).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return text, text[16:]
+
+
+def _unix_ns(created_at: str) -> int:
+    """Of the run log's canonical time (`2026-01-02T03:04:05.678Z`), exactly to the ms."""
+    moment = datetime.fromisoformat(created_at.removesuffix("Z")).replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000) * 1_000_000
+
+
+def _parsed(text: Any) -> Any:
+    if not isinstance(text, str) or len(text) > MAX_PARSED_CHARS or text[:1] != "{":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+# litellm's provider names that the GenAI conventions spell otherwise (gen_ai.provider.name's
+# well-known values); every other name is sent as litellm says it ("openai", "anthropic", ...).
+SEMCONV_PROVIDERS = {
+    "gemini": "gcp.gemini",
+    "vertex_ai": "gcp.vertex_ai",
+    "vertex_ai_beta": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
+    "azure": "azure.ai.openai",
+    "azure_ai": "azure.ai.inference",
+    "mistral": "mistral_ai",
+    "xai": "x_ai",
+    "watsonx": "ibm.watsonx.ai",
+    "cohere_chat": "cohere",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _provider(model: str) -> str:
+    from llmkit.providers.routing import provider_of
+
+    try:
+        name = provider_of(model)
+    except Exception:
+        name = model.split("/", 1)[0] if "/" in model else "unknown"
+    return SEMCONV_PROVIDERS.get(name, name)
+
+
+# gen_ai.request.* attributes and the call parameters they come from, in order of preference.
+REQUEST_ATTRIBUTES = {
+    "gen_ai.request.temperature": ("temperature",),
+    "gen_ai.request.max_tokens": ("max_tokens", "max_completion_tokens"),
+    "gen_ai.request.top_p": ("top_p",),
+    "gen_ai.request.seed": ("seed",),
+    "gen_ai.request.presence_penalty": ("presence_penalty",),
+    "gen_ai.request.frequency_penalty": ("frequency_penalty",),
+}
+
+
+def span_of(row: Mapping[str, Any], caller: Caller | None = None) -> dict[str, Any]:
+    """The OTLP/JSON span of one run-log row (a dict by column name)."""
+    llmkit_trace = row["trace_id"]
+    own_trace, span_id = span_ids(llmkit_trace)
+    end_ns = _unix_ns(row["created_at"])
+    latency = row.get("latency_ms")
+    start_ns = end_ns
+    if isinstance(latency, (int, float)) and math.isfinite(latency) and latency > 0:
+        start_ns = end_ns - int(latency * 1_000_000)
+    model = str(row["model"])
+    provider = _provider(model)
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": provider,
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": row.get("input_tokens"),
+        "gen_ai.usage.output_tokens": row.get("output_tokens"),
+        "llmkit.prompt.key": row.get("prompt_key"),
+        "llmkit.prompt.version": row.get("version_number"),
+        "llmkit.prompt.sha": row.get("version_sha"),
+        "llmkit.prompt.draft": True if row.get("draft") else None,
+        "llmkit.prompt.draft_blob": row.get("draft_blob"),
+        "llmkit.source": row.get("source"),
+        "llmkit.trace_id": llmkit_trace,
+        "llmkit.status": row.get("status"),
+        "llmkit.stream": bool(row.get("stream")),
+        "llmkit.usage.reasoning_tokens": row.get("reasoning_tokens"),
+        "llmkit.cost_usd": row.get("cost"),
+        "llmkit.ttft_ms": row.get("ttft_ms"),
+        "http.response.status_code": row.get("http_status"),
+    }
+    request = _parsed(row.get("request"))
+    params = request.get("params") if isinstance(request, dict) else None
+    if isinstance(params, dict):
+        for attribute, names in REQUEST_ATTRIBUTES.items():
+            attrs[attribute] = next((params[n] for n in names if params.get(n) is not None), None)
+        stop = params.get("stop")
+        attrs["gen_ai.request.stop_sequences"] = [stop] if isinstance(stop, str) else stop
+    response = _parsed(row.get("response"))
+    if isinstance(response, dict):
+        attrs["gen_ai.response.model"] = response.get("model")
+        attrs["gen_ai.response.id"] = response.get("id")
+        choices = response.get("choices")
+        if isinstance(choices, list):
+            reasons = [c.get("finish_reason") for c in choices if isinstance(c, dict)]
+            attrs["gen_ai.response.finish_reasons"] = [r for r in reasons if isinstance(r, str)]
+    span: dict[str, Any] = {
+        "traceId": caller.trace_id if caller else own_trace,
+        "spanId": span_id,
+        "name": f"chat {model}",
+        "kind": SPAN_KIND_CLIENT,
+        "startTimeUnixNano": str(start_ns),
+        "endTimeUnixNano": str(end_ns),
+    }
+    if caller is not None:
+        span["parentSpanId"] = caller.span_id
+        if caller.trace_state:
+            span["traceState"] = caller.trace_state
+    if row.get("status") == "error":
+        error = row.get("error")
+        status_code = row.get("http_status")
+        attrs["error.type"] = str(status_code) if status_code else "error"
+        attrs["llmkit.error"] = error
+        span["status"] = {"code": STATUS_CODE_ERROR, "message": _cut(str(error or "error"))}
+    span["attributes"] = attributes(attrs)
+    return span
+
+
+def attributes(values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """OTLP KeyValues; None values and empty lists are left out."""
+    result = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if type(value) is str:  # most of them: skip the type ladder
+            encoded: dict[str, Any] | None = {"stringValue": _cut(value)}
+        else:
+            encoded = _any_value(value)
+            if encoded is None:
+                continue
+        result.append({"key": key, "value": encoded})
+    return result
+
+
+def _any_value(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        # int64, which JSON carries as a string; a larger integer is sent as its text.
+        if -(2**63) <= value < 2**63:
+            return {"intValue": str(value)}
+        return {"stringValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value} if math.isfinite(value) else {"stringValue": str(value)}
+    if isinstance(value, (list, tuple)):
+        items = [v for v in (_any_value(item) for item in value) if v is not None]
+        return {"arrayValue": {"values": items}} if items else None
+    return {"stringValue": _cut(str(value))}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[: MAX_ATTRIBUTE_CHARS - 1] + "…"
+
+
+def export_request(resource: Mapping[str, str], spans: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ExportTraceServiceRequest in its OTLP/JSON form."""
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": attributes(resource)},
+                "scopeSpans": [
+                    {"scope": {"name": "llmkit", "version": __version__}, "spans": spans}
+                ],
+            }
+        ]
+    }
+
+
+def encoded_request(
+    protocol: str, resource: Mapping[str, str], spans: list[dict[str, Any]]
+) -> bytes:
+    """The body of an export request in `protocol`'s encoding."""
+    request = export_request(resource, spans)
+    if protocol == "http/protobuf":
+        return _pb_request(request)
+    return json.dumps(request, ensure_ascii=True, allow_nan=False).encode()
+
+
+def rejected_spans(protocol: str, answer: bytes) -> int:
+    """The collector's partialSuccess.rejectedSpans, 0 when it says none (or nothing)."""
+    try:
+        if protocol == "http/protobuf":
+            partial = _pb_fields(answer).get(1)
+            rejected = _pb_fields(partial).get(1, 0) if isinstance(partial, bytes) else 0
+        else:
+            data = json.loads(answer) if answer.strip() else {}
+            rejected = int((data.get("partialSuccess") or {}).get("rejectedSpans") or 0)
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return 0
+    return max(int(rejected), 0) if isinstance(rejected, int) else 0
+
+
+# -- the protobuf encoding -------------------------------------------------------------------
+# Written out for the few messages of an ExportTraceServiceRequest (field numbers from
+# opentelemetry/proto/{collector/trace,trace,common,resource}/v1), from their OTLP/JSON form.
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # a negative int64 is its two's complement
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _pb_bytes(number: int, payload: bytes) -> bytes:
+    return _tag(number, 2) + _varint(len(payload)) + payload
+
+
+def _pb_text(number: int, text: str) -> bytes:
+    # Protobuf strings are UTF-8: a lone surrogate becomes U+FFFD's stand-in "?".
+    return _pb_bytes(number, text.encode("utf-8", "replace"))
+
+
+def _pb_value(value: Mapping[str, Any]) -> bytes:
+    """An AnyValue: string 1, bool 2, int 3, double 4, array 5."""
+    [(kind, inner)] = value.items()
+    if kind == "stringValue":
+        return _pb_text(1, inner)
+    if kind == "boolValue":
+        return _tag(2, 0) + _varint(1 if inner else 0)
+    if kind == "intValue":
+        return _tag(3, 0) + _varint(int(inner))
+    if kind == "doubleValue":
+        return _tag(4, 1) + struct.pack("<d", inner)
+    items = b"".join(_pb_bytes(1, _pb_value(item)) for item in inner["values"])
+    return _pb_bytes(5, items)
+
+
+def _pb_attributes(number: int, values: list[dict[str, Any]]) -> bytes:
+    return b"".join(
+        _pb_bytes(number, _pb_text(1, kv["key"]) + _pb_bytes(2, _pb_value(kv["value"])))
+        for kv in values
+    )
+
+
+def _pb_span(span: Mapping[str, Any]) -> bytes:
+    out = _pb_bytes(1, bytes.fromhex(span["traceId"])) + _pb_bytes(2, bytes.fromhex(span["spanId"]))
+    if span.get("traceState"):
+        out += _pb_text(3, span["traceState"])
+    if span.get("parentSpanId"):
+        out += _pb_bytes(4, bytes.fromhex(span["parentSpanId"]))
+    out += _pb_text(5, span["name"]) + _tag(6, 0) + _varint(span["kind"])
+    out += _tag(7, 1) + struct.pack("<Q", int(span["startTimeUnixNano"]))
+    out += _tag(8, 1) + struct.pack("<Q", int(span["endTimeUnixNano"]))
+    out += _pb_attributes(9, span["attributes"])
+    status = span.get("status")
+    if status:
+        out += _pb_bytes(15, _pb_text(2, status["message"]) + _tag(3, 0) + _varint(status["code"]))
+    return out
+
+
+def _pb_request(request: Mapping[str, Any]) -> bytes:
+    out = b""
+    for resource_spans in request["resourceSpans"]:
+        body = _pb_bytes(1, _pb_attributes(1, resource_spans["resource"]["attributes"]))
+        for scope_spans in resource_spans["scopeSpans"]:
+            scope = scope_spans["scope"]
+            inner = _pb_bytes(1, _pb_text(1, scope["name"]) + _pb_text(2, scope["version"]))
+            inner += b"".join(_pb_bytes(2, _pb_span(span)) for span in scope_spans["spans"])
+            body += _pb_bytes(2, inner)
+        out += _pb_bytes(1, body)
+    return out
+
+
+def _pb_fields(data: bytes) -> dict[int, Any]:
+    """The last value of each field of a message: varints as ints, length-delimited as bytes;
+    enough to read a collector's ExportTraceServiceResponse."""
+    fields: dict[int, Any] = {}
+    i = 0
+    while i < len(data):
+        key, i = _read_varint(data, i)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            fields[number], i = _read_varint(data, i)
+        elif wire_type == 2:
+            size, i = _read_varint(data, i)
+            fields[number], i = data[i : i + size], i + size
+        elif wire_type in (1, 5):
+            i += 8 if wire_type == 1 else 4
+        else:
+            raise ValueError(f"protobuf wire type {wire_type} not expected here")
+    return fields
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
