@@ -108,7 +108,10 @@ class Row:
 
 def _rows(cursor: Any) -> Any:
     description = cursor.description or ()
-    index = {column.name: i for i, column in enumerate(description)}
+    # A name that two columns share reads the first, as in sqlite3.Row (a join's `id`).
+    index: dict[str, int] = {}
+    for i, column in enumerate(description):
+        index.setdefault(column.name, i)
 
     def make(values: Sequence[Any]) -> Row:
         return Row(values, index)
