@@ -820,6 +820,8 @@ class IdBlocks:
                 # Not asked again at once: a database that fails keeps failing for a while.
                 self._wanted.wait(min(MAX_RETRY_DELAY_S, 0.05 * 2 ** (failures - 1)))
             with self._lock:
-                if self._spare is None:
+                # A block reserved by a caller (next_id) while this one was being reserved lies
+                # above it: this one is left as a gap, so that ids are handed out in order.
+                if self._spare is None and (block is None or block[0] >= self._end):
                     self._spare = block
                 self._asked = False
