@@ -141,6 +141,8 @@ CREATE_TABLES = (
 )
 
 
+# Token sums are DOUBLE PRECISION: a BIGINT sum could overflow (as SQLite's INTEGER column
+# does not: it keeps a REAL that does not fit), and the writer would retry it forever.
 CREATE_TABLES_POSTGRESQL = (
     """
     CREATE TABLE run_log_totals (
@@ -156,9 +158,9 @@ CREATE_TABLES_POSTGRESQL = (
         n BIGINT NOT NULL,
         latency_n BIGINT NOT NULL,
         ttft_n BIGINT NOT NULL,
-        input_tokens BIGINT NOT NULL,
-        output_tokens BIGINT NOT NULL,
-        reasoning_tokens BIGINT NOT NULL,
+        input_tokens DOUBLE PRECISION NOT NULL,
+        output_tokens DOUBLE PRECISION NOT NULL,
+        reasoning_tokens DOUBLE PRECISION NOT NULL,
         cost DOUBLE PRECISION,
         first_at TEXT COLLATE "C" NOT NULL,
         last_at TEXT COLLATE "C" NOT NULL,
