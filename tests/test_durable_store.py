@@ -69,6 +69,10 @@ def test_eval_records_store_runs_scores_and_the_cache(durable_db: DurableStore) 
     assert stored[0]["latency_ms"] == 12.5 and stored[0]["input_tokens"] == 3
     scored = evals.set_score(stored[1]["id"], 4)
     assert (scored["score"], scored["human_score"]) == (4, 4)
+    # A result never changed reads its creation as its last change; a scored one, the score's.
+    assert stored[0]["updated_at"] == stored[0]["created_at"]
+    assert scored["updated_at"] >= scored["created_at"]
+    assert evals.results(run_id=run_id)[1]["updated_at"] == scored["updated_at"]
     performance = evals.performance("greet")
     # Committed versions first, then drafts: the same order on both backends.
     assert [(p["version_number"], p["draft"]) for p in performance] == [(1, False), (None, True)]
