@@ -146,6 +146,41 @@ def test_every_durable_list_builds_the_same_tables_on_postgresql_as_on_sqlite(
         pg.close()
 
 
+def test_a_batch_and_what_is_written_from_it_commit_together_or_not_at_all(
+    durable_db: DurableStore,
+) -> None:
+    """insert_many's `then` runs in the batch's transaction (the run log's rollups): when it
+    fails, the rows are not stored either, on either backend (a COPY on PostgreSQL)."""
+    durable_db.execute_write("CREATE TABLE batch_rows (id BIGINT PRIMARY KEY, name TEXT)")
+    durable_db.execute_write("CREATE TABLE batch_sums (one BIGINT PRIMARY KEY, n BIGINT)")
+
+    def count(conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        conn.execute(
+            "INSERT INTO batch_sums (one, n) VALUES (1, ?)"
+            " ON CONFLICT (one) DO UPDATE SET n = batch_sums.n + excluded.n",
+            (len(rows),),
+        )
+
+    def fail(conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        count(conn, rows)
+        raise RuntimeError("the hook failed")
+
+    def stored() -> tuple[int, Any]:
+        reader = durable_db.reader()
+        rows = reader.execute("SELECT COUNT(*) FROM batch_rows").fetchone()[0]
+        sums = reader.execute("SELECT n FROM batch_sums").fetchone()
+        return int(rows), None if sums is None else int(sums[0])
+
+    durable_db.insert_many("batch_rows", ("id", "name"), [(1, "a"), (2, "b")], then=count)
+    assert stored() == (2, 2)
+    with pytest.raises(RuntimeError, match="the hook failed"):
+        durable_db.insert_many("batch_rows", ("id", "name"), [(3, "c")], then=fail)
+    assert stored() == (2, 2)
+    durable_db.insert_many("batch_rows", ("id", "name"), [(3, "c")])  # without a hook
+    durable_db.insert_many("batch_rows", ("id", "name"), [(4, "d")], then=count)
+    assert stored() == (4, 3)
+
+
 def test_two_processes_opening_one_store_at_once_migrate_it_once(durable_url: str) -> None:
     stores = [open_durable(durable_url) for _ in range(4)]
     ran: list[list[str]] = []
