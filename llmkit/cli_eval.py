@@ -127,7 +127,7 @@ def _run(
     try:
         ws.index.sync()
         cases = select_cases(ws, request)
-        records = EvalRecords(ws.db)
+        records = EvalRecords(ws.durable)
         runner = eval_runner(ws, Executor(ws, ws.models, ws.runlog), records, request)
         total = planned_runs(runner, cases, request)
         ws.runlog.start()

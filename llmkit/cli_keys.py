@@ -102,7 +102,7 @@ def _session_store(ws: Workspace) -> SessionStore:
 
     settings = ws.settings
     return SessionStore(
-        ws.db, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
+        ws.durable, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
     )
 
 

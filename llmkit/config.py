@@ -55,6 +55,12 @@ class Settings(BaseModel):
     log_durable: bool = False
     log_durable_wait_s: float = 10.0
     log_field_max_bytes: int = 1024 * 1024
+    # Where the durable tables (keys, run log, evals) live: a PostgreSQL URL, shared by every
+    # replica, or None for the SQLite file beside the index (the embedded default).
+    database_url: str | None = None
+    # Run-log rows held in memory while the store cannot take them; past this they are dropped
+    # and counted (/healthz), so an outage costs bounded memory, never a blocked request.
+    log_max_queued: int = Field(default=100_000, gt=0)
     request_timeout_s: float = 600.0
     # How long a git write waits for another git process to release .git/index.lock (then 503).
     git_lock_timeout_s: float = 3.0
@@ -115,6 +121,11 @@ class Settings(BaseModel):
         return self.data_dir / "llmkit.db"
 
     @property
+    def durable_location(self) -> str | Path:
+        """The durable store: LLMKIT_DATABASE_URL, or the SQLite file beside the index."""
+        return self.database_url or self.db_path
+
+    @property
     def lock_path(self) -> Path:
         return self.data_dir / "write.lock"
 
@@ -144,6 +155,12 @@ class Settings(BaseModel):
         data_dir = env.get(ENV_PREFIX + "DATA_DIR")
         values["data_dir"] = Path(data_dir).resolve() if data_dir else root / ".llmkit"
         values.update({k: v for k, v in overrides.items() if v is not None})
+        url = values.get("database_url")
+        if url is not None and not str(url).startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                f"{ENV_PREFIX}DATABASE_URL must be a postgresql://user@host/database URL, got"
+                f" {str(url).split(':', 1)[0]!r}... (leave it unset for SQLite under .llmkit/)"
+            )
         try:
             return cls(repo=root, **values)
         except ValidationError as exc:

@@ -175,6 +175,15 @@ class RunLogUnavailable(LlmkitError):
     code = "run_log_unavailable"
 
 
+class DatabaseUnavailable(LlmkitError):
+    """The durable store (PostgreSQL) cannot be reached just now. Reads answer this; the run
+    log's writer keeps its rows queued and reconnects."""
+
+    status = 503
+    type = "server_error"
+    code = "database_unavailable"
+
+
 class UpstreamPoolFull(LlmkitError):
     """Every connection to an upstream is in use and none came free within the pool's acquire
     timeout. Answered at once rather than queued without end; clients may retry shortly."""

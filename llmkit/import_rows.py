@@ -93,7 +93,7 @@ def _record(conn: sqlite3.Connection, identity: str, rows: list[tuple[str, str, 
         "INSERT INTO import_llmkit (source, kind, llmkit_id, target, imported_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, kind, llmkit_id) DO UPDATE"
         " SET target = excluded.target, imported_at = excluded.imported_at"
-        " WHERE target != excluded.target",
+        " WHERE import_llmkit.target != excluded.target",
         [(identity, kind, llmkit_id, target, now) for kind, llmkit_id, target in rows],
     )
 
@@ -144,7 +144,7 @@ def record_commits(ws: Workspace, plan: Plan) -> None:
     rows += [("same_version", str(vid), sha) for vid, sha in plan.same_as.items() if sha]
     rows += [("eval", str(eid), path) for eid, (path, _) in plan.eval_files.items()]
     if rows:
-        with ws.db.write() as conn:
+        with ws.durable.write() as conn:
             _record(conn, plan.summary.identity, rows)
 
 
@@ -159,7 +159,7 @@ def write_eval_rows(
     """New eval results, grouped by LLMKit run, in one transaction with their records."""
     from llmkit.evals.records import EvalRecords, StoredResult, insert_results, insert_run
 
-    EvalRecords(ws.db)  # its tables
+    EvalRecords(ws.durable)  # its tables
     summary = plan.summary
     rounds: dict[tuple[str, int], int] = {}
     repeat: dict[int, int] = {}
@@ -174,7 +174,7 @@ def write_eval_rows(
     if not pending:
         return
     report("Eval results", 0, len(pending))
-    with ws.db.write() as conn:
+    with ws.durable.write() as conn:
         for done, (llmkit_run, rows) in enumerate(pending.items(), 1):
             results, imported = [], []
             for row in rows:
@@ -277,7 +277,7 @@ def write_logs(
                 " (logs already written are recognized)"
             )
         fault("logs-written")
-        with ws.db.write() as conn:
+        with ws.durable.write() as conn:
             _record(conn, summary.identity, [("log", str(i), t) for i, t in traces.items()])
         chunk.clear()
 
@@ -295,7 +295,7 @@ def write_logs(
 def _present_traces(ws: Workspace, traces: list[str]) -> set[str]:
     """Those of `traces` the run log holds (one query for a chunk)."""
     marks = ", ".join("?" for _ in traces)
-    rows = ws.db.reader().execute(
+    rows = ws.durable.reader().execute(
         f"SELECT trace_id FROM run_log WHERE trace_id IN ({marks})", traces
     )
     return {row[0] for row in rows}

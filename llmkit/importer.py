@@ -61,11 +61,11 @@ def import_llmkit(
             return plan.summary
         ws = Workspace(settings)
         try:
-            ws.db.migrate(MIGRATIONS)
+            ws.durable.migrate(MIGRATIONS)
             with ws.store.lock():
                 # Whatever a killed write or import left is finished or undone first.
                 recovered = [ws.store.writer.recover(), recover(ws.store)]
-                recorded = read_recorded(ws.db.reader(), source.identity)
+                recorded = read_recorded(ws.durable.reader(), source.identity)
                 plan = make_plan(ws.store, settings.repo, source, recorded.same_as)
                 plan.summary.dry_run = False
                 plan.summary.notes[:0] = [f"Recovery {done}" for done in recovered if done]

@@ -23,16 +23,19 @@ written or both not, and a rollup is always what a GROUP BY over the log would g
 The SQL is the portable subset (`INSERT ... SELECT ... ON CONFLICT ... DO UPDATE`, CASE
 instead of MIN/MAX of two values) that SQLite and PostgreSQL both run. Sums of tokens are
 taken as REAL so that no sum of 64-bit values can raise an integer overflow in the writer's
-transaction (SQLite's SUM raises one, and the writer would retry it forever).
+transaction (SQLite's SUM raises one, and the writer would retry it forever); DOUBLE PRECISION,
+which SQLite reads as REAL, since PostgreSQL's REAL is single precision. PostgreSQL answers
+a SUM of integers as a float here (see llmkit.db_postgres): readers take int() of counts.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
 from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
+
+from llmkit.db import Connection
 
 # Versions with at most this many values get exact nearest-rank percentiles from the index.
 EXACT_PERCENTILE_MAX = 1000
@@ -138,6 +141,53 @@ CREATE_TABLES = (
 )
 
 
+# Token sums are DOUBLE PRECISION: a BIGINT sum could overflow (as SQLite's INTEGER column
+# does not: it keeps a REAL that does not fit), and the writer would retry it forever.
+CREATE_TABLES_POSTGRESQL = (
+    """
+    CREATE TABLE run_log_totals (
+        prompt_key TEXT COLLATE "C" NOT NULL,
+        version_key TEXT COLLATE "C" NOT NULL,
+        model TEXT NOT NULL,
+        status TEXT NOT NULL,
+        source TEXT NOT NULL,
+        version_number BIGINT,
+        version_sha TEXT COLLATE "C",
+        draft BIGINT NOT NULL,
+        draft_blob TEXT COLLATE "C",
+        n BIGINT NOT NULL,
+        latency_n BIGINT NOT NULL,
+        ttft_n BIGINT NOT NULL,
+        input_tokens DOUBLE PRECISION NOT NULL,
+        output_tokens DOUBLE PRECISION NOT NULL,
+        reasoning_tokens DOUBLE PRECISION NOT NULL,
+        cost DOUBLE PRECISION,
+        first_at TEXT COLLATE "C" NOT NULL,
+        last_at TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (prompt_key, version_key, model, status, source)
+    )
+    """,
+    """
+    CREATE TABLE run_log_counts (
+        model TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (model, status)
+    )
+    """,
+    """
+    CREATE TABLE run_log_latency (
+        prompt_key TEXT COLLATE "C" NOT NULL,
+        version_key TEXT COLLATE "C" NOT NULL,
+        metric TEXT NOT NULL,
+        bucket BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (prompt_key, version_key, metric, bucket)
+    )
+    """,
+)
+
+
 def _later(column: str, keep: str) -> str:
     """The upsert's new value of a MIN (keep '<') or MAX (keep '>') column, portably."""
     ours = f"run_log_totals.{column}"
@@ -187,9 +237,9 @@ INSERT INTO run_log_totals ({_TOTALS_COLUMNS})
 SELECT prompt_key, {VERSION_KEY}, model, status, source,
     MIN(version_number), MIN(version_sha), MIN(draft), MIN(draft_blob),
     COUNT(*), COUNT(latency_ms), COUNT(ttft_ms),
-    COALESCE(SUM(CAST(input_tokens AS REAL)), 0),
-    COALESCE(SUM(CAST(output_tokens AS REAL)), 0),
-    COALESCE(SUM(CAST(reasoning_tokens AS REAL)), 0),
+    COALESCE(SUM(CAST(input_tokens AS DOUBLE PRECISION)), 0),
+    COALESCE(SUM(CAST(output_tokens AS DOUBLE PRECISION)), 0),
+    COALESCE(SUM(CAST(reasoning_tokens AS DOUBLE PRECISION)), 0),
     SUM(cost), MIN(created_at), MAX(created_at)
 FROM run_log WHERE {rows}
 GROUP BY prompt_key, {VERSION_KEY}, model, status, source
@@ -225,16 +275,16 @@ _BACKFILL = _statements("1 = 1")
 _BY_TRACE: dict[int, tuple[str, ...]] = {}
 
 
-def create_and_backfill(conn: sqlite3.Connection) -> None:
-    """Create the rollup tables and roll up every row already logged (in the caller's
-    transaction: a migration's)."""
-    for sql in CREATE_TABLES:
+def create_and_backfill(conn: Connection, tables: Sequence[str]) -> None:
+    """Create the rollup tables (`CREATE_TABLES`, or `CREATE_TABLES_POSTGRESQL`) and roll up
+    every row already logged (in the caller's transaction: a migration's)."""
+    for sql in tables:
         conn.execute(sql)
     for sql in _BACKFILL:
         conn.execute(sql)
 
 
-def roll_up_by_trace(conn: sqlite3.Connection, trace_ids: Sequence[str]) -> None:
+def roll_up_by_trace(conn: Connection, trace_ids: Sequence[str]) -> None:
     """Add the rows of `trace_ids`, just inserted in `conn`'s open transaction, to the
     rollups, reading them back: for rows whose values RollUp does not take as they are."""
     for start in range(0, len(trace_ids), IDS_PER_STATEMENT):
@@ -278,7 +328,7 @@ class RollUp:
     def __init__(self, columns: Sequence[str]) -> None:
         self._at = tuple(columns.index(name) for name in _NEEDED)
 
-    def __call__(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    def __call__(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         totals: dict[tuple[Any, ...], list[Any]] = {}
         counts: dict[tuple[str, str], int] = {}
         histogram: dict[tuple[str, str, str, int], int] = {}
@@ -367,13 +417,13 @@ GROUP BY version_key
 """
 
 
-def version_totals(conn: sqlite3.Connection, prompt_key: str) -> list[sqlite3.Row]:
+def version_totals(conn: Connection, prompt_key: str) -> list[Any]:
     """One row per version of the prompt (judge rows left out), from the totals rollup."""
     return conn.execute(_VERSION_TOTALS, (prompt_key,)).fetchall()
 
 
 def histogram_percentile(
-    conn: sqlite3.Connection, prompt_key: str, version: str, metric: str, p: int, n: int
+    conn: Connection, prompt_key: str, version: str, metric: str, p: int, n: int
 ) -> int | None:
     """The nearest-rank p-th percentile of one version's `metric` from its histogram: the
     bucket that holds rank ceil(p * n / 100), reported as bucket_value()."""
@@ -394,7 +444,7 @@ def histogram_percentile(
     return None
 
 
-def count(conn: sqlite3.Connection, where: str, params: Sequence[Any], *, by_prompt: bool) -> int:
+def count(conn: Connection, where: str, params: Sequence[Any], *, by_prompt: bool) -> int:
     """How many rows match filters on columns the rollups hold: a sum over the few rows of
     run_log_counts (filters on model and status only), else over the totals rows of the
     filtered prompt (or of every prompt, when a version is asked for without one)."""

@@ -13,8 +13,9 @@ If the thread dies anyway (an exception that escapes every guard), the superviso
 with backoff and logs it. What the dead thread had taken from the queue is kept: the next
 writer writes it, or gives it up (logged by trace id) when it has already killed two writers.
 
-A batch is one INSERT with many rows in its VALUES list, and `on_insert` (the rollups) is given
-the rows the transaction stored, as stored, before it commits, so that what is derived from the rows
+A batch is one `insert_many` of the store (on SQLite one INSERT with many rows in its VALUES
+list; on PostgreSQL one COPY), and `on_insert` (the rollups) is given the rows the
+transaction stored, as stored, before it commits, so that what is derived from the rows
 is written with them or not at all.
 SQLite calls release the GIL and a busy event loop can make each take-back wait a switch
 interval (5 ms): one statement per batch takes it back about once, where a row-at-a-time
@@ -25,6 +26,14 @@ fsyncs it (tens to hundreds of milliseconds) while every later row waits. While 
 runs, auto-checkpoints are off on the database's writer connection and a checkpointer thread
 runs a PASSIVE checkpoint every CHECKPOINT_EVERY_S on a connection of its own, beside the
 commits rather than in their way.
+
+On PostgreSQL the same writer runs on the store's writer connection: a batch is one COPY in a
+transaction, one round trip (a multi-row INSERT's parameters cost the process about 35 times the
+CPU), and a lost connection is transient like a locked SQLite file:
+the batch is kept and retried with backoff while the store reconnects. The queue is bounded
+(`max_queued`): during a long outage the rows past it are dropped rather than grow memory without
+end, counted (`rows_dropped` in /healthz) and logged; a caller waiting for its row's commit is
+told at once.
 """
 
 from __future__ import annotations
@@ -36,11 +45,12 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from llmkit.db import Database, connect
+from llmkit.db import DurableStore, connect
 from llmkit.errors import RunLogUnavailable
 from llmkit.runlog_rows import scrubbed, storable_text, utc_now
 
@@ -53,6 +63,10 @@ DEATHS_BEFORE_GIVING_UP = 2
 REJECT_FIELD_MAX = 64 * 1024
 LOST_IDS_SHOWN = 20
 CHECKPOINT_EVERY_S = 1.0
+# Rows queued at most; more are dropped (and counted) rather than held without end.
+DEFAULT_MAX_QUEUED = 100_000
+# A drop is logged at most this often (with the count since the last log).
+DROP_LOG_EVERY_S = 5.0
 # SQLite's own default, restored when the writer stops.
 AUTO_CHECKPOINT_PAGES = 1000
 # Id blocks double from the first to the largest, so a block is never larger than the ids the
@@ -106,13 +120,17 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
+class QueueFull(RunLogUnavailable):
+    """The writer's queue holds `max_queued` rows (the store has been failing for a while)."""
+
+
 class LogWriter:
     """Rows queued by any thread, written by one writer thread. `table` takes `columns`;
     `rejects_table` takes (trace_id, error, row, rejected_at)."""
 
     def __init__(
         self,
-        db: Database,
+        db: DurableStore,
         *,
         table: str,
         columns: tuple[str, ...],
@@ -120,8 +138,9 @@ class LogWriter:
         notes_column: str,
         batch_s: float,
         max_batch: int,
+        max_queued: int = DEFAULT_MAX_QUEUED,
         ids: IdBlocks,
-        on_insert: Callable[[sqlite3.Connection, list[tuple[Any, ...]]], None] | None = None,
+        on_insert: Callable[[Any, list[tuple[Any, ...]]], None] | None = None,
     ) -> None:
         self._db = db
         self._on_insert = on_insert
@@ -137,7 +156,8 @@ class LogWriter:
         self._insert_sql: dict[int, str] = {}
         self._batch_s = batch_s
         self._max_batch = max_batch
-        self._rows_per_statement = min(max_batch, self._variable_limit() // len(columns))
+        self._max_queued = max_queued
+        self._transient = db.transient
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._state_lock = threading.Lock()
@@ -148,6 +168,7 @@ class LogWriter:
         self._supervisor: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_stop = threading.Event()
+        self._sqlite_path: str | Path = ":memory:"
         self._hand: _Hand | None = None
         self._deaths_in_a_row = 0
         self._sinks: tuple[RowSink, ...] = ()
@@ -157,20 +178,14 @@ class LogWriter:
         self.rows_scrubbed = 0
         self.rows_rejected = 0
         self.rows_lost = 0
+        self.rows_dropped = 0
+        self._dropped_logged = 0
+        self._dropped_logged_at = -DROP_LOG_EVERY_S
         self.write_failures = 0
         self.restarts = 0
         self.failing_since: float | None = None
         self.last_error: str | None = None
         self.last_error_at: str | None = None
-
-    @staticmethod
-    def _variable_limit() -> int:
-        """How many ? one statement may hold (999 before SQLite 3.32, 32766 after, or as built)."""
-        probe = sqlite3.connect(":memory:")
-        try:
-            return int(probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-        finally:
-            probe.close()
 
     # Queueing, flushing, closing
 
@@ -186,7 +201,9 @@ class LogWriter:
             )
             self._thread.start()
             self._supervisor.start()
-            if str(self._db.path) != ":memory:":
+            path = getattr(self._db, "path", ":memory:")
+            if self._db.dialect == "sqlite" and str(path) != ":memory:":
+                self._sqlite_path = path
                 self._start_checkpoints()
 
     def _start_checkpoints(self) -> None:
@@ -214,10 +231,35 @@ class LogWriter:
             # Under the lock so that nothing can be queued behind close()'s stop marker.
             if self._closed:
                 raise RuntimeError(f"RunLog is closed; run {values[self._trace_index]} not logged")
+            if self._queue.qsize() >= self._max_queued:
+                self._dropped(values, waiter)
+                return
             self._queue.put(QueuedRow(values, waiter))
             if waiter is not None:
                 # A caller waits for this row: cut the batch window short.
                 self._wake.set()
+
+    def _dropped(self, values: tuple[Any, ...], waiter: asyncio.Future[None] | None) -> None:
+        """A row that finds the queue full: counted, logged now and then, and a caller waiting
+        for it told at once (it is not written)."""
+        self.rows_dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= DROP_LOG_EVERY_S:
+            logger.error(
+                "run log: queue full (%d rows; the store is failing: %s); %d run(s) dropped"
+                " since the last report, %d in all, the latest %s",
+                self._max_queued,
+                self.last_error,
+                self.rows_dropped - self._dropped_logged,
+                self.rows_dropped,
+                values[self._trace_index],
+            )
+            self._dropped_logged, self._dropped_logged_at = self.rows_dropped, now
+        if waiter is not None:
+            raise QueueFull(
+                f"The run log's queue is full ({self._max_queued} rows waiting for the store);"
+                f" run {values[self._trace_index]} was not logged (see GET /healthz)"
+            )
 
     def flush(self, timeout: float) -> bool:
         done = threading.Event()
@@ -273,10 +315,13 @@ class LogWriter:
         retrying = failing_since is not None
         degraded = self.started and not self._stopped and (not alive or retrying)
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": "degraded" if degraded or self.rows_dropped else "ok",
+            "store": self._db.dialect,
             "started": self.started,
             "alive": alive,
             "queued": self._queue.qsize(),
+            "max_queued": self._max_queued,
+            "rows_dropped": self.rows_dropped,
             "rows_written": self.rows_written,
             "rows_scrubbed": self.rows_scrubbed,
             "rows_rejected": self.rows_rejected,
@@ -320,7 +365,7 @@ class LogWriter:
         conn: sqlite3.Connection | None = None
         while not self._checkpointer_stop.wait(CHECKPOINT_EVERY_S):
             try:
-                conn = conn or connect(self._db.path)
+                conn = conn or connect(self._sqlite_path)
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except Exception as exc:  # never let the WAL grow because of one failed attempt
                 logger.warning("run log: WAL checkpoint failed: %s", exc)
@@ -461,7 +506,7 @@ class LogWriter:
             try:
                 result = write()
             except Exception as exc:
-                if not transient(exc):
+                if not self._transient(exc):
                     raise
                 attempt += 1
                 self.write_failures += 1
@@ -491,16 +536,12 @@ class LogWriter:
                 row.values = (*row.values[:at], self._ids.next_id(), *row.values[at + 1 :])
 
     def _insert_batch(self, rows: list[QueuedRow]) -> None:
-        step = self._rows_per_statement
-        if len(rows) <= step and self._on_insert is None:
-            self._db.execute_write(self._insert(len(rows)), _flat(rows))
-            return
-        with self._db.write() as conn:
-            for start in range(0, len(rows), step):
-                chunk = rows[start : start + step]
-                conn.execute(self._insert(len(chunk)), _flat(chunk))
-            if self._on_insert is not None:
-                self._on_insert(conn, [row.values for row in rows])
+        self._db.insert_many(
+            self._table,
+            self._columns,
+            [row.values for row in rows],
+            then=self._on_insert,
+        )
 
     def _insert_each(self, rows: list[QueuedRow]) -> dict[int, str]:
         """Each row as it is, else scrubbed, else set aside; in one transaction. Returns the
@@ -513,28 +554,28 @@ class LogWriter:
         with self._db.write() as conn:
             for row in rows:
                 try:
-                    conn.execute(one, row.values)
+                    _attempt(conn, one, row.values)
                     stored.append(row.values)
                     continue
                 except Exception as exc:
-                    if transient(exc):
+                    if self._transient(exc):
                         raise
                     first = exc
                 try:
                     values = self._scrubbed(row.values, first)
-                    conn.execute(one, values)
+                    _attempt(conn, one, values)
                     stored.append(values)
                     scrubbed_rows.append((row, _described(first)))
                     continue
                 except Exception as exc:
-                    if transient(exc):
+                    if self._transient(exc):
                         raise
                     second = exc
                 try:
-                    conn.execute(self._reject_sql, self._rejected(row.values, second))
+                    _attempt(conn, self._reject_sql, self._rejected(row.values, second))
                     rejected.append((row, _described(second)))
                 except Exception as exc:
-                    if transient(exc):
+                    if self._transient(exc):
                         raise
                     lost[id(row)] = _described(exc)
             if self._on_insert is not None and stored:
@@ -627,16 +668,26 @@ class LogWriter:
         self.last_error_at = utc_now()
 
 
+def _attempt(conn: Any, sql: str, values: Sequence[Any]) -> None:
+    """One statement under a savepoint, so that its failure undoes only itself: PostgreSQL
+    refuses every later statement of a transaction after an error, unless it is rolled back to
+    a savepoint (SQLite takes the same SQL)."""
+    conn.execute("SAVEPOINT runlog_row")
+    try:
+        conn.execute(sql, values)
+    except BaseException:
+        conn.execute("ROLLBACK TO SAVEPOINT runlog_row")
+        conn.execute("RELEASE SAVEPOINT runlog_row")
+        raise
+    conn.execute("RELEASE SAVEPOINT runlog_row")
+
+
 def _told(hook: Callable[[Any], None], arg: Any) -> None:
     """A sink's failure is logged and goes no further: the rows are the run log's business."""
     try:
         hook(arg)
     except Exception:
         logger.exception("run log: a row sink failed")
-
-
-def _flat(rows: list[QueuedRow]) -> list[Any]:
-    return [value for row in rows for value in row.values]
 
 
 def _described(exc: BaseException) -> str:
@@ -662,9 +713,10 @@ class IdBlocks:
     The database holds one counter, `counter_table.next_id`: no id at or above it has been
     handed out. A process reserves a block by moving the counter up by the block's size in one
     write transaction, and hands the block's ids out from memory; a refill thread reserves the
-    next block while the current one is in use, so a call rarely waits for SQLite. (On
-    PostgreSQL the same one-row UPDATE ... RETURNING reserves a block under the row's lock; a
-    sequence whose increment is the largest block would do too, without the doubling.)
+    next block while the current one is in use, so a call rarely waits for the database. On
+    PostgreSQL the same one-row UPDATE ... RETURNING reserves a block under the row's lock, and
+    a row inserted without an id takes one from the same counter (run_log's default, see
+    runlog m005), so the two never meet.
 
     An id is handed out only after its block's reservation has committed, and the counter only
     moves up, so an id is never handed out twice, even after a kill -9. What a killed process
@@ -673,13 +725,15 @@ class IdBlocks:
     the largest id in `table`, in case a row was written with an id from elsewhere.
     """
 
-    def __init__(self, db: Database, *, counter_table: str, table: str) -> None:
+    def __init__(self, db: DurableStore, *, counter_table: str, table: str) -> None:
         self._db = db
+        above = f"(SELECT COALESCE(MAX(id), 0) + 1 FROM {table})"
+        # CASE rather than SQLite's MAX(a, b) or PostgreSQL's GREATEST: one SQL for both.
         self._move_sql = (
             f"UPDATE {counter_table} SET next_id ="
-            f" MAX(next_id, (SELECT COALESCE(MAX(id), 0) + 1 FROM {table})) + ?"
+            f" CASE WHEN next_id > {above} THEN next_id ELSE {above} END + ?"
+            " RETURNING next_id"
         )
-        self._read_sql = f"SELECT next_id FROM {counter_table}"
         self._lock = threading.Lock()
         self._next = 0
         self._end = 0  # the current block is [_next, _end)
@@ -744,8 +798,7 @@ class IdBlocks:
 
     def _reserve(self, size: int) -> tuple[int, int]:
         with self._db.write() as conn:
-            conn.execute(self._move_sql, (size,))
-            (end,) = conn.execute(self._read_sql).fetchone()
+            (end,) = conn.execute(self._move_sql, (size,)).fetchone()
         return int(end) - size, int(end)
 
     def _refill(self) -> None:
@@ -767,6 +820,8 @@ class IdBlocks:
                 # Not asked again at once: a database that fails keeps failing for a while.
                 self._wanted.wait(min(MAX_RETRY_DELAY_S, 0.05 * 2 ** (failures - 1)))
             with self._lock:
-                if self._spare is None:
+                # A block reserved by a caller (next_id) while this one was being reserved lies
+                # above it: this one is left as a gap, so that ids are handed out in order.
+                if self._spare is None and (block is None or block[0] >= self._end):
                     self._spare = block
                 self._asked = False

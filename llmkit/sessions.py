@@ -2,7 +2,7 @@
 
 A session is a random token (256 bits) in an HttpOnly cookie; the database keeps only its
 SHA-256 digest, in the `sessions` table of the keys' migration list (`llmkit.keys`), beside
-the key it was signed in with. It ends when:
+the key it was signed in with, in the durable store (SQLite or PostgreSQL). It ends when:
 
 - it is unused for `idle_s` (its `last_seen_at` is written at most once per `touch_s`, so a
   busy session costs one write a minute, not one a request, and may end up to `touch_s` early),
@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import math
 import secrets
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from llmkit.db import Database
+from llmkit.db import Connection, DurableStore
 from llmkit.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from llmkit.keys import MIGRATIONS, ApiKey
 
@@ -118,7 +117,7 @@ def _duration(seconds: float) -> str:
 class SessionStore:
     def __init__(
         self,
-        db: Database,
+        db: DurableStore,
         *,
         idle_s: float,
         absolute_s: float,
@@ -149,11 +148,10 @@ class SessionStore:
             self._delete_ended(conn, now)
             cur = conn.execute(
                 "INSERT INTO sessions (digest, key_id, created_at, last_seen_at, client,"
-                " user_agent) VALUES (?, ?, ?, ?, ?, ?)",
+                " user_agent) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (digest_of(token), key.id, now, now, client, agent),
             )
-            session_id = cur.lastrowid
-            assert session_id is not None
+            session_id = int(cur.fetchone()[0])
         session = self._session(session_id, key, now, now, client, agent)
         return SignedIn(session, key), token
 
@@ -239,7 +237,7 @@ class SessionStore:
             and now - row["last_seen_at"] < self.idle_s
         ]
 
-    def _delete_ended(self, conn: sqlite3.Connection, now: float) -> None:
+    def _delete_ended(self, conn: Connection, now: float) -> None:
         conn.execute(
             "DELETE FROM sessions WHERE created_at <= ? OR last_seen_at <= ?"
             " OR key_id IN (SELECT id FROM api_keys WHERE revoked_at IS NOT NULL)",

@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from llmkit.config import Settings
-from llmkit.db import Database
+from llmkit.db import Database, DurableStore, open_durable
 from llmkit.errors import LlmkitError
 from llmkit.index import Index
 from llmkit.store import GitStore
@@ -31,7 +31,12 @@ class Workspace:
     def __init__(self, settings: Settings, ref: RefTarget | None = None) -> None:
         self.settings = settings
         self.ref = ref
+        # The index is a local SQLite cache per replica; the durable tables share its file,
+        # unless LLMKIT_DATABASE_URL puts them in PostgreSQL.
         self.db = Database(settings.db_path)
+        self.durable: DurableStore = (
+            open_durable(settings.database_url) if settings.database_url else self.db
+        )
         self._index_db: Database | None = None
         self.config_file = settings.config_file
         limit = lambda: self.models.limits().prompt_file_bytes
@@ -65,7 +70,7 @@ class Workspace:
     def keys(self) -> KeyStore:
         from llmkit.keys import KeyStore
 
-        return KeyStore(self.db)
+        return KeyStore(self.durable)
 
     @cached_property
     def models(self) -> ModelRegistry:
@@ -78,11 +83,12 @@ class Workspace:
         from llmkit.runlog import RunLog
 
         return RunLog(
-            self.db,
+            self.durable,
             batch_ms=self.settings.log_batch_ms,
             durable=self.settings.log_durable,
             durable_wait_s=self.settings.log_durable_wait_s,
             field_max_bytes=self.settings.log_field_max_bytes,
+            max_queued=self.settings.log_max_queued,
         )
 
     def recover_writes(self) -> None:
@@ -102,6 +108,8 @@ class Workspace:
             self.runlog.close()
         if "keys" in self.__dict__:
             self.keys.flush()
+        if self.durable is not self.db:
+            self.durable.close()
         self.db.close()
         if self._index_db is not None:
             self._index_db.close()

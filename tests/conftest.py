@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.fake_github",
     "tests.otlp_fixtures",
     "tests.browser_fixtures",
+    "tests.pg",
 ]
 
 DEFAULT_FILES: dict[str, str] = {

@@ -6,14 +6,13 @@ rows an older llmkit logged under the next number read back as drafts after the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from llmkit.cli import main
-from llmkit.db import Database
+from llmkit.db import open_durable
 from llmkit.errors import BadRequest
 from llmkit.evals import records
 from llmkit.evals.records import EvalRecords
@@ -93,8 +92,8 @@ def test_a_draft_call_is_logged_as_a_draft_and_never_as_the_version_it_becomes(
     assert f"draft {draft_blob[:7]}" in table.stdout
 
 
-def test_a_draft_record_cannot_carry_a_version_number_or_sha(tmp_path: Path) -> None:
-    db = Database(tmp_path / "llmkit.db")
+def test_a_draft_record_cannot_carry_a_version_number_or_sha(durable_url: str) -> None:
+    db = open_durable(durable_url)
     runlog = RunLog(db)
     try:
         base: dict[str, Any] = {"prompt_key": "p", "model": "echo", "request": {}}
@@ -111,11 +110,10 @@ def test_a_draft_record_cannot_carry_a_version_number_or_sha(tmp_path: Path) -> 
         db.close()
 
 
-def test_rows_logged_before_the_migration_read_back_as_drafts(tmp_path: Path) -> None:
+def test_rows_logged_before_the_migration_read_back_as_drafts(durable_url: str) -> None:
     """An older llmkit logged a draft under the next version number without a sha; the
-    migration marks such rows as drafts and leaves committed rows alone."""
-    path = tmp_path / "llmkit.db"
-    db = Database(path)
+    migration marks such rows as drafts and leaves committed rows alone (on either backend)."""
+    db = open_durable(durable_url)
     db.migrate(MIGRATIONS, stop_before="m003_drafts_marked")
     db.migrate(records.MIGRATIONS, stop_before="m002_drafts_marked")
     with db.write() as conn:
@@ -142,7 +140,7 @@ def test_rows_logged_before_the_migration_read_back_as_drafts(tmp_path: Path) ->
             )
     db.close()
 
-    db = Database(path)
+    db = open_durable(durable_url)
     runlog = RunLog(db)
     try:
         old = runlog.get("old-draft")

@@ -31,6 +31,7 @@ from llmkit.promptfile import parse
 from llmkit.workspace import Workspace
 from tests.api_fixtures import repo_state, running_api, scaffold_repo
 from tests.helpers import git, init_repo, run_llmkit
+from tests.pg import PgServer
 
 # LLMKit's migrations sit beside the checkout (`../shared/reference`), as the project's other
 # reference material does; LLMKIT_REFERENCE_DIR points elsewhere.
@@ -1162,3 +1163,22 @@ def test_a_kill_at_any_step_is_finished_or_undone_by_the_next_run(
     assert leftovers == [] and not (repo / ".git" / "index.lock").exists()
     assert not (repo / ".llmkit" / "import.journal").exists()
     assert do_import(repo, db)["commits"] == []
+
+
+def test_an_import_into_a_postgresql_store_is_recorded_there_and_a_rerun_adds_nothing(
+    scenario: Scenario, target: Path, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMKIT_DATABASE_URL", pg_server.new_store())
+    summary = do_import(target, scenario.db.path)
+    assert (summary["eval_results"], summary["logs"]) == (5, 3)
+    ws = Workspace(Settings.resolve(target))
+    try:
+        assert ws.durable.dialect == "postgresql"
+        assert len(ws.runlog.list(prompt="support-bot")) == 2
+        assert len(EvalRecords(ws.durable).results(prompt_key="support-bot")) == 4
+        local = ws.db.reader().execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        assert "run_log" not in {row[0] for row in local}, "the durable rows went to SQLite"
+    finally:
+        ws.close()
+    again = do_import(target, scenario.db.path)
+    assert (again["eval_results"], again["logs"], again["commits"]) == (0, 0, [])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.db import Database
+from llmkit.db import Database, DurableStore, open_durable
 from llmkit.errors import BadRequest, NotFound
 from llmkit.keys import DISPLAY_PREFIX_LENGTH, KeyStore
 from tests.helpers import FakeClock
@@ -24,7 +24,14 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
+def db(durable_db: DurableStore) -> DurableStore:
+    """The store, on each backend in turn."""
+    return durable_db
+
+
+@pytest.fixture
+def sqlite_db(db_path: Path) -> Iterator[Database]:
+    """For what only SQLite can show (its query plans, its file, its data_version)."""
     database = Database(db_path)
     yield database
     database.close()
@@ -36,7 +43,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(db: Database, clock: FakeClock) -> KeyStore:
+def store(db: DurableStore, clock: FakeClock) -> KeyStore:
     return KeyStore(db, clock=clock)
 
 
@@ -50,14 +57,23 @@ def stored_last_used(conn: sqlite3.Connection) -> str | None:
     return None if value is None else str(value)
 
 
-def test_a_key_is_looked_up_by_its_digest_index(store: KeyStore, db: Database) -> None:
-    query = "EXPLAIN QUERY PLAN SELECT id FROM api_keys WHERE digest = ?"
-    plan = " ".join(row[3] for row in db.reader().execute(query, ("x",)))
+def test_a_key_is_looked_up_by_its_digest_index(durable_db: DurableStore) -> None:
+    KeyStore(durable_db)
+    reader = durable_db.reader()
+    if durable_db.dialect == "sqlite":
+        query = "EXPLAIN QUERY PLAN SELECT id FROM api_keys WHERE digest = ?"
+        plan = " ".join(row[3] for row in reader.execute(query, ("x",)))
+    else:
+        # An empty table would be scanned whatever its indexes: ask for the index's plan.
+        reader.execute("SET enable_seqscan = off")
+        query = "EXPLAIN SELECT id FROM api_keys WHERE digest = ?"
+        plan = " ".join(row[0] for row in reader.execute(query, ("x",)))
+        reader.execute("RESET enable_seqscan")
     assert "api_keys_digest" in plan
 
 
 def test_create_returns_clear_key_once_and_stores_only_its_digest(
-    store: KeyStore, db: Database, db_path: Path
+    store: KeyStore, db: DurableStore
 ) -> None:
     key, clear = store.create("deploy bot")
     assert KEY_PATTERN.match(clear)
@@ -69,10 +85,17 @@ def test_create_returns_clear_key_once_and_stores_only_its_digest(
     row = db.reader().execute("SELECT * FROM api_keys WHERE id = ?", (key.id,)).fetchone()
     assert row["digest"] == hashlib.sha256(clear.encode()).hexdigest()
     assert clear not in repr(key)
-    body = clear[len("llmkit_") :].encode()
+    body = clear[len("llmkit_") :]
+    stored = db.reader().execute("SELECT * FROM api_keys").fetchall()
+    assert all(body not in str(value) for stored_row in stored for value in stored_row)
+
+
+def test_the_clear_key_is_nowhere_in_the_sqlite_files(sqlite_db: Database, db_path: Path) -> None:
+    _, clear = KeyStore(sqlite_db).create("deploy bot")
+    digest = sqlite_db.reader().execute("SELECT digest FROM api_keys").fetchone()[0]
     on_disk = b"".join(p.read_bytes() for p in db_path.parent.iterdir() if p.is_file())
-    assert body not in on_disk
-    assert row["digest"].encode() in on_disk
+    assert clear[len("llmkit_") :].encode() not in on_disk
+    assert digest.encode() in on_disk
 
 
 def test_created_keys_are_distinct(store: KeyStore) -> None:
@@ -120,11 +143,11 @@ def test_revoke_takes_effect_at_once_and_twice_is_harmless(store: KeyStore) -> N
 
 
 def test_revoke_by_another_process_is_seen_after_the_check_interval(
-    db_path: Path, store: KeyStore, clock: FakeClock
+    durable_url: str, store: KeyStore, clock: FakeClock
 ) -> None:
     key, clear = store.create("app")
     assert store.verify(clear) is not None
-    other_db = Database(db_path)
+    other_db = open_durable(durable_url)
     try:
         KeyStore(other_db).revoke(key.id)
     finally:
@@ -135,8 +158,8 @@ def test_revoke_by_another_process_is_seen_after_the_check_interval(
     assert store.verify(clear) is None
 
 
-def test_key_created_by_another_process_verifies_at_once(db_path: Path, store: KeyStore) -> None:
-    other_db = Database(db_path)
+def test_key_created_by_another_process_verifies_at_once(durable_url: str, store: KeyStore) -> None:
+    other_db = open_durable(durable_url)
     try:
         _, clear = KeyStore(other_db).create("from cli")
     finally:
@@ -145,8 +168,9 @@ def test_key_created_by_another_process_verifies_at_once(db_path: Path, store: K
 
 
 def test_verify_does_not_write_on_every_call(
-    db_path: Path, store: KeyStore, clock: FakeClock
+    db_path: Path, sqlite_db: Database, clock: FakeClock
 ) -> None:
+    store = KeyStore(sqlite_db, clock=clock)
     key, clear = store.create("app")
     watcher = sqlite3.connect(db_path)
     try:
@@ -258,8 +282,10 @@ def test_ensure_admin_key_does_nothing_when_an_admin_key_is_active(
     assert not path.exists()
 
 
-def test_ensure_admin_key_from_two_processes_creates_one_key(db_path: Path, tmp_path: Path) -> None:
-    databases = [Database(db_path) for _ in range(4)]
+def test_ensure_admin_key_from_two_processes_creates_one_key(
+    durable_url: str, tmp_path: Path
+) -> None:
+    databases = [open_durable(durable_url) for _ in range(4)]
     stores = [KeyStore(d) for d in databases]
     results: list[str | None] = []
     barrier = threading.Barrier(len(stores))

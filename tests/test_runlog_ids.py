@@ -1,26 +1,26 @@
 """Run-log ids: handed out when a call starts (a completion's id carries one), before the writer
 has written its row; unique across the processes that share the log; never handed out again,
 even by a process that starts after another was SIGKILLed; an id whose row was never written
-answers a 404 that says why, never another call."""
+answers a 404 that says why, never another call. The store's tests run on each durable backend
+(SQLite and PostgreSQL, see tests/pg.py)."""
 
 from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmkit.db import Database
+from llmkit.db import open_durable
 from llmkit.errors import BadRequest, NotFound
 from llmkit.runlog import RunLog, RunRecord
 from tests.api_fixtures import SEED_FILES, ApiEnv, MakeApi
 from tests.helpers import clean_env
+from tests.pg import Outage, PgServer
 
 PROCESSES = 3
 IDS_EACH = 400
@@ -30,9 +30,9 @@ WAIT_S = 60
 # blocks ahead on a thread), prints them as one JSON line, then waits to be killed.
 TAKE_IDS = """
 import json, sys, time
-from llmkit.db import Database
+from llmkit.db import open_durable
 from llmkit.runlog import RunLog
-log = RunLog(Database(sys.argv[1]))
+log = RunLog(open_durable(sys.argv[1]))
 log.start()
 ids = [log.new_id() for _ in range(int(sys.argv[2]))]
 print(json.dumps(ids), flush=True)
@@ -41,7 +41,7 @@ log.close()
 """
 
 
-def take_ids(db_path: Path, count: int, linger_s: float = 0) -> subprocess.Popen[str]:
+def take_ids(db_path: str, count: int, linger_s: float = 0) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", TAKE_IDS, str(db_path), str(count), str(linger_s)],
         stdout=subprocess.PIPE,
@@ -59,15 +59,16 @@ def ids_of(proc: subprocess.Popen[str]) -> list[int]:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    path = tmp_path / "llmkit.db"
-    RunLog(Database(path)).close()  # migrated once, so the processes race only for ids
-    return path
+def db_path(durable_url: str) -> str:
+    """This test's durable store (a SQLite path or a PostgreSQL URL), migrated once, so that
+    processes race only for ids."""
+    RunLog(open_durable(durable_url)).close()
+    return durable_url
 
 
 @pytest.fixture
-def runlog(db_path: Path) -> Iterator[RunLog]:
-    log = RunLog(Database(db_path), batch_ms=5)
+def runlog(db_path: str) -> Iterator[RunLog]:
+    log = RunLog(open_durable(db_path), batch_ms=5)
     log.start()
     yield log
     log.close()
@@ -77,7 +78,7 @@ def record(**fields: Any) -> RunRecord:
     return RunRecord(**{"prompt_key": "hello", "model": "echo", "request": {}, **fields})
 
 
-def test_processes_sharing_the_log_never_hand_out_the_same_id(db_path: Path) -> None:
+def test_processes_sharing_the_log_never_hand_out_the_same_id(db_path: str) -> None:
     procs = [take_ids(db_path, IDS_EACH) for _ in range(PROCESSES)]
     try:
         taken = [ids_of(proc) for proc in procs]
@@ -95,7 +96,7 @@ def test_processes_sharing_the_log_never_hand_out_the_same_id(db_path: Path) -> 
     assert all(ids == sorted(ids) for ids in taken)
 
 
-def test_ids_a_killed_process_handed_out_are_never_reused_and_answer_404(db_path: Path) -> None:
+def test_ids_a_killed_process_handed_out_are_never_reused_and_answer_404(db_path: str) -> None:
     proc = take_ids(db_path, 50, linger_s=WAIT_S)
     try:
         lost = ids_of(proc)
@@ -104,7 +105,7 @@ def test_ids_a_killed_process_handed_out_are_never_reused_and_answer_404(db_path
     finally:
         if proc.poll() is None:
             proc.kill()
-    log = RunLog(Database(db_path), batch_ms=5)
+    log = RunLog(open_durable(db_path), batch_ms=5)
     log.start()
     try:
         after = [log.new_id() for _ in range(50)]
@@ -123,8 +124,8 @@ def test_ids_a_killed_process_handed_out_are_never_reused_and_answer_404(db_path
         log.close()
 
 
-def test_the_counter_starts_above_the_rows_already_in_the_log(db_path: Path) -> None:
-    db = Database(db_path)
+def test_the_counter_starts_above_the_rows_already_in_the_log(db_path: str) -> None:
+    db = open_durable(db_path)
     log = RunLog(db, batch_ms=5)
     old = [record() for _ in range(5)]
     for r in old:
@@ -138,7 +139,7 @@ def test_the_counter_starts_above_the_rows_already_in_the_log(db_path: Path) -> 
         (highest + 1000, old[0].created_at),
     )
     log.close()
-    reopened = RunLog(Database(db_path))
+    reopened = RunLog(open_durable(db_path))
     try:
         assert reopened.new_id() == highest + 1001
     finally:
@@ -155,8 +156,8 @@ def test_a_record_logged_without_an_id_is_given_one_by_the_writer(runlog: RunLog
     assert stored is not None and stored["id"] > given
 
 
-def test_without_waiting_an_id_comes_only_from_memory(db_path: Path) -> None:
-    log = RunLog(Database(db_path))  # not started: nothing reserves ahead
+def test_without_waiting_an_id_comes_only_from_memory(db_path: str) -> None:
+    log = RunLog(open_durable(db_path))  # not started: nothing reserves ahead
     try:
         assert log.new_id(wait=False) is None
         first = log.new_id()
@@ -241,13 +242,12 @@ def test_an_unknown_log_id_is_a_404_naming_it(api: ApiEnv) -> None:
 
 
 def test_while_ids_cannot_be_reserved_calls_are_logged_and_given_ids_later(
-    db_path: Path,
+    db_path: str, store_outage: Outage
 ) -> None:
-    db = Database(db_path)
+    db = open_durable(db_path)
     log = RunLog(db, batch_ms=5)
-    other = sqlite3.connect(db_path, isolation_level=None)
     try:
-        other.execute("ALTER TABLE run_log_ids RENAME TO run_log_ids_away")
+        store_outage.begin("run_log_ids")
         log.start()
         # No id at hand, none to be had: the call goes on without one (never an exception).
         assert log.new_id(wait=False) is None
@@ -255,10 +255,9 @@ def test_while_ids_cannot_be_reserved_calls_are_logged_and_given_ids_later(
         waiting = record()
         log.log(waiting)
         assert not log.flush(timeout=0.5), "written without an id"
-        assert log.health()["last_error"] == "OperationalError"
+        assert log.health()["last_error"] == store_outage.error_name
     finally:
-        other.execute("ALTER TABLE run_log_ids_away RENAME TO run_log_ids")
-        other.close()
+        store_outage.end()
     try:
         assert log.flush(timeout=WAIT_S)
         stored = log.get(waiting.trace_id)
@@ -266,3 +265,35 @@ def test_while_ids_cannot_be_reserved_calls_are_logged_and_given_ids_later(
         assert log.new_id() != stored["id"]
     finally:
         log.close()
+
+
+def test_on_postgresql_a_row_inserted_without_an_id_never_takes_a_reserved_one(
+    pg_server: PgServer,
+) -> None:
+    """PostgreSQL's run_log takes the id of a row inserted without one from the counter the
+    blocks are reserved from, so such a row cannot take an id handed out but not yet written.
+    (SQLite gives such a row the largest id plus one, as before ids came in blocks.)"""
+    db = open_durable(pg_server.new_store())
+    log = RunLog(db, batch_ms=5)
+    try:
+        reserved = [log.new_id() for _ in range(8)]
+        assert None not in reserved
+        db.execute_write(
+            "INSERT INTO run_log (trace_id, prompt_key, model, request, status, source,"
+            " created_at) VALUES ('by-hand', 'hello', 'echo', '{}', 'ok', 'api',"
+            " '2030-01-01T00:00:00.000Z')"
+        )
+        by_hand = log.get("by-hand")
+        assert by_hand is not None and by_hand["id"] not in reserved
+        rows = []
+        for log_id in reserved:
+            rows.append(record(id=log_id))
+            log.log(rows[-1])
+        log.start()
+        assert log.flush()
+        assert [log.get(r.trace_id)["id"] for r in rows] == reserved  # type: ignore[index]
+        assert log.health()["rows_rejected"] == 0
+        assert log.new_id() not in {*reserved, by_hand["id"]}
+    finally:
+        log.close()
+        db.close()

@@ -3,7 +3,8 @@ a backfill of an old log, and kill -9 of the writer mid-batch), per-version stat
 them, keyset pages that cover every row exactly once while rows are written, and filters.
 
 The recount here is Python over the rows as stored, not the rollups' own SQL, so the two are
-independent ways to the same figures."""
+independent ways to the same figures. Every test of the store runs on each durable backend
+(SQLite and PostgreSQL, see tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,19 @@ import math
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmkit import runlog_rollup
-from llmkit.db import Database
+from llmkit.db import DurableStore, open_durable
 from llmkit.errors import BadRequest
 from llmkit.runlog import COLUMNS, MIGRATIONS, RunLog, RunRecord, _to_row, decode_cursor
 from llmkit.runlog_rollup import bucket_of, bucket_value, version_key
@@ -36,15 +35,14 @@ BLOB = "b10b" + "0" * 36
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "llmkit.db"
+def db_path(durable_url: str) -> str:
+    """This test's durable store: a SQLite path or a PostgreSQL URL."""
+    return durable_url
 
 
 @pytest.fixture
-def db(db_path: Path) -> Iterator[Database]:
-    database = Database(db_path)
-    yield database
-    database.close()
+def db(durable_db: DurableStore) -> DurableStore:
+    return durable_db
 
 
 def random_record(rng: random.Random, **fields: Any) -> RunRecord:
@@ -73,7 +71,7 @@ def random_record(rng: random.Random, **fields: Any) -> RunRecord:
     return RunRecord(**values)
 
 
-def recount(conn: sqlite3.Connection) -> tuple[dict[tuple, dict[str, Any]], Counter[tuple]]:
+def recount(conn: Any) -> tuple[dict[tuple, dict[str, Any]], Counter[tuple]]:
     """The rollups' figures, counted again in Python from every stored row."""
     totals: dict[tuple, dict[str, Any]] = {}
     histogram: Counter[tuple] = Counter()
@@ -111,7 +109,7 @@ def recount(conn: sqlite3.Connection) -> tuple[dict[tuple, dict[str, Any]], Coun
     return totals, histogram
 
 
-def rolled_up(conn: sqlite3.Connection) -> tuple[dict[tuple, dict[str, Any]], Counter[tuple]]:
+def rolled_up(conn: Any) -> tuple[dict[tuple, dict[str, Any]], Counter[tuple]]:
     totals = {}
     for row in conn.execute("SELECT * FROM run_log_totals"):
         key = (row["prompt_key"], row["version_key"], row["model"], row["status"], row["source"])
@@ -137,10 +135,10 @@ def rolled_up(conn: sqlite3.Connection) -> tuple[dict[tuple, dict[str, Any]], Co
     return totals, histogram
 
 
-def assert_rollups_match(path: Path) -> int:
+def assert_rollups_match(path: str) -> int:
     """Rollups equal the recount (costs to float rounding); returns the number of rows."""
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
+    store = open_durable(path)
+    conn = store.reader()
     try:
         expected_totals, expected_histogram = recount(conn)
         totals, histogram = rolled_up(conn)
@@ -156,7 +154,7 @@ def assert_rollups_match(path: Path) -> int:
             )
         }
     finally:
-        conn.close()
+        store.close()
     assert totals.keys() == expected_totals.keys()
     for key, expected in expected_totals.items():
         got = totals[key]
@@ -171,7 +169,7 @@ def assert_rollups_match(path: Path) -> int:
 
 
 def test_rollups_equal_a_recount_after_random_batches_with_rejected_rows(
-    db: Database, db_path: Path
+    db: DurableStore, db_path: str
 ) -> None:
     rng = random.Random(11)
     runlog = RunLog(db, batch_ms=1, max_batch=37)
@@ -191,16 +189,20 @@ def test_rollups_equal_a_recount_after_random_batches_with_rejected_rows(
     assert assert_rollups_match(db_path) == runlog.rows_written
 
 
-def test_the_migration_backfills_rollups_for_a_log_written_before_them(db_path: Path) -> None:
+def test_the_migration_backfills_rollups_for_a_log_written_before_them(db_path: str) -> None:
     rng = random.Random(5)
-    old = Database(db_path)
+    old = open_durable(db_path)
     old.migrate(MIGRATIONS, stop_before="m006_rollups_and_filter_indexes")
+    # Rows as an older writer stored them: without ids, which the table gives them.
+    columns = [name for name in COLUMNS if name != "id"]
+    at = COLUMNS.index("id")
     rows = [_to_row(random_record(rng), 1 << 20) for _ in range(800)]
-    marks = ", ".join("?" for _ in COLUMNS)
+    rows = [row[:at] + row[at + 1 :] for row in rows]
+    marks = ", ".join("?" for _ in columns)
     with old.write() as conn:
-        conn.executemany(f"INSERT INTO run_log ({', '.join(COLUMNS)}) VALUES ({marks})", rows)
+        conn.executemany(f"INSERT INTO run_log ({', '.join(columns)}) VALUES ({marks})", rows)
     old.close()
-    db = Database(db_path)
+    db = open_durable(db_path)
     runlog = RunLog(db)  # opening it migrates: the backfill
     try:
         assert assert_rollups_match(db_path) == 800
@@ -215,12 +217,12 @@ def test_the_migration_backfills_rollups_for_a_log_written_before_them(db_path: 
 WRITER = textwrap.dedent(
     """
     import random, sys
-    from llmkit.db import Database
+    from llmkit.db import open_durable
     from llmkit.runlog import RunLog
     from tests.test_runlog_rollups import random_record
 
     rng = random.Random(int(sys.argv[2]))
-    runlog = RunLog(Database(sys.argv[1]), batch_ms=2, max_batch=200)
+    runlog = RunLog(open_durable(sys.argv[1]), batch_ms=2, max_batch=200)
     runlog.start()
     for _ in range(200_000):
         for _ in range(50):
@@ -230,27 +232,23 @@ WRITER = textwrap.dedent(
 )
 
 
-def logged_rows(path: Path) -> int:
-    conn = sqlite3.connect(path, timeout=30)
-    try:
-        return int(conn.execute("SELECT COUNT(*) FROM run_log").fetchone()[0])
-    except sqlite3.OperationalError:  # not migrated yet
-        return 0
-    finally:
-        conn.close()
+def logged_rows(store: DurableStore) -> int:
+    return int(store.reader().execute("SELECT COUNT(*) FROM run_log").fetchone()[0])
 
 
-def kill_writer_mid_batch(path: Path, seed: int, rows_before: int) -> None:
+def kill_writer_mid_batch(path: str, seed: int, rows_before: int) -> None:
     """Start a process that logs batch after batch, and SIGKILL it once it has written
     2,000 more rows, at a random instant of its writing."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     process = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(seed)], env=env)
+    store = open_durable(path)
     try:
-        assert poll(lambda: logged_rows(path) > rows_before + 2000, timeout_s=60)
+        assert poll(lambda: logged_rows(store) > rows_before + 2000, timeout_s=60)
         time.sleep(random.Random(seed).random() * 0.05)
         process.send_signal(signal.SIGKILL)
         process.wait(10)
     finally:
+        store.close()
         if process.poll() is None:
             process.kill()
             process.wait(10)
@@ -258,9 +256,9 @@ def kill_writer_mid_batch(path: Path, seed: int, rows_before: int) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_rollups_equal_a_recount_after_a_kill_9_of_the_writer_mid_batch(
-    db_path: Path, seed: int
+    db_path: str, seed: int
 ) -> None:
-    Database(db_path).close()
+    RunLog(open_durable(db_path)).close()  # migrated, so rows can be counted from the start
     before = 0
     for round_ in range(2):  # the second kill is of a log that already has rollups
         kill_writer_mid_batch(db_path, seed * 10 + round_, before)
@@ -275,7 +273,7 @@ def exact_percentile(values: list[float], p: int) -> float:
 
 
 def test_stats_come_from_rollups_and_large_versions_use_the_histogram(
-    db: Database, monkeypatch: pytest.MonkeyPatch
+    db: DurableStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = random.Random(3)
     runlog = RunLog(db, batch_ms=1)
@@ -323,7 +321,7 @@ def test_a_bucket_is_reported_within_five_percent_of_any_value_in_it() -> None:
     assert bucket_value(bucket_of(10**9)) == runlog_rollup.BOUNDARIES[-1]
 
 
-def test_token_sums_past_64_bits_never_stop_the_writer(db: Database) -> None:
+def test_token_sums_past_64_bits_never_stop_the_writer(db: DurableStore) -> None:
     runlog = RunLog(db, batch_ms=1)
     for _ in range(3):
         runlog.log(random_record(random.Random(1), input_tokens=2**63 - 1, prompt_key="big"))
@@ -336,7 +334,7 @@ def test_token_sums_past_64_bits_never_stop_the_writer(db: Database) -> None:
 # -- keyset pages ------------------------------------------------------------------------
 
 
-def test_keyset_pages_cover_every_row_once_while_rows_are_written(db: Database) -> None:
+def test_keyset_pages_cover_every_row_once_while_rows_are_written(db: DurableStore) -> None:
     rng = random.Random(8)
     runlog = RunLog(db, batch_ms=1)
     runlog.start()
@@ -381,7 +379,7 @@ def test_keyset_pages_cover_every_row_once_while_rows_are_written(db: Database) 
     assert before <= set(seen), "a row was skipped"
 
 
-def test_numbered_pages_and_cursor_pages_agree_under_every_filter(db: Database) -> None:
+def test_numbered_pages_and_cursor_pages_agree_under_every_filter(db: DurableStore) -> None:
     rng = random.Random(4)
     runlog = RunLog(db, batch_ms=1)
     for _ in range(300):
@@ -432,7 +430,7 @@ def test_numbered_pages_and_cursor_pages_agree_under_every_filter(db: Database) 
     ],
 )
 def test_bad_paging_values_are_bad_requests_naming_the_parameter(
-    db: Database, call: Any, param: str
+    db: DurableStore, call: Any, param: str
 ) -> None:
     runlog = RunLog(db)
     with pytest.raises(BadRequest) as info:
@@ -448,10 +446,11 @@ def test_a_cursor_is_a_position_that_round_trips() -> None:
 
 
 def test_a_row_of_unshaped_values_is_rolled_up_from_what_was_stored(
-    db: Database, db_path: Path
+    db: DurableStore, db_path: str
 ) -> None:
     """A row that reached the writer without shaping (text where numbers go): SQLite stores
-    the numbers its column affinity makes of them, and the rollups count what it stored."""
+    the numbers its column affinity makes of them (PostgreSQL parses the text as its column's
+    type), and the rollups count what it stored."""
     runlog = RunLog(db, batch_ms=1)
     values = dict.fromkeys(COLUMNS)
     values.update(

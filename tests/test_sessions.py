@@ -1,19 +1,17 @@
 """Browser sessions as stored: digests only, idle and absolute expiry on a clock the tests move,
 ending with their key, the admin's list and revoke (API and CLI), and the bound on sign-in
-attempts per client address."""
+attempts per client address. The store's tests run on each durable backend (SQLite and
+PostgreSQL, see tests/pg.py)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from llmkit.db import Database
+from llmkit.db import DurableStore, open_durable
 from llmkit.errors import Forbidden, LlmkitError, NotFound, RateLimited, Unauthorized
 from llmkit.keys import ApiKey, KeyStore
 from llmkit.sessions import LoginLimiter, SessionStore, csrf_token_for, digest_of
@@ -24,10 +22,8 @@ ABSOLUTE_S = 1000.0
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "data" / "llmkit.db")
-    yield database
-    database.close()
+def db(durable_db: DurableStore) -> DurableStore:
+    return durable_db
 
 
 @pytest.fixture
@@ -36,12 +32,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def keys(db: Database) -> KeyStore:
+def keys(db: DurableStore) -> KeyStore:
     return KeyStore(db)
 
 
 @pytest.fixture
-def sessions(db: Database, clock: FakeClock) -> SessionStore:
+def sessions(db: DurableStore, clock: FakeClock) -> SessionStore:
     return SessionStore(db, idle_s=IDLE_S, absolute_s=ABSOLUTE_S, clock=clock)
 
 
@@ -58,7 +54,7 @@ def refusal(store: SessionStore, token: str) -> LlmkitError:
 
 
 def test_a_session_is_stored_only_as_its_digest(
-    sessions: SessionStore, admin: ApiKey, db: Database
+    sessions: SessionStore, admin: ApiKey, db: DurableStore
 ) -> None:
     signed_in, token = sessions.create(admin, client="10.0.0.7", user_agent="x" * 500)
     assert len(token) >= 43  # 32 random bytes, url-safe base64
@@ -108,7 +104,7 @@ def test_a_busy_session_still_ends_after_the_absolute_lifetime(
 
 
 def test_use_is_written_at_most_once_per_touch_interval(
-    sessions: SessionStore, admin: ApiKey, clock: FakeClock, db: Database
+    sessions: SessionStore, admin: ApiKey, clock: FakeClock, db: DurableStore
 ) -> None:
     _, token = sessions.create(admin)
 
@@ -126,7 +122,7 @@ def test_use_is_written_at_most_once_per_touch_interval(
 
 
 def test_revoking_or_deleting_the_key_ends_its_sessions(
-    sessions: SessionStore, keys: KeyStore, admin: ApiKey, db: Database, tmp_path: Path
+    sessions: SessionStore, keys: KeyStore, admin: ApiKey, durable_url: str
 ) -> None:
     _, token = sessions.create(admin)
     keys.revoke(admin.id)
@@ -138,16 +134,22 @@ def test_revoking_or_deleting_the_key_ends_its_sessions(
     # Revoked or deleted by another process, by hand: the lookup joins the key.
     second, _ = keys.create("second", "admin")
     _, token = sessions.create(second)
-    other = sqlite3.connect(tmp_path / "data" / "llmkit.db")
-    other.execute("UPDATE api_keys SET revoked_at = '2030-01-01' WHERE id = ?", (second.id,))
-    other.commit()
-    assert "was revoked" in refusal(sessions, token).message
-    third, _ = keys.create("third", "admin")
-    _, token = sessions.create(third)
-    other.execute("PRAGMA foreign_keys = ON")
-    other.execute("DELETE FROM api_keys WHERE id = ?", (third.id,))
-    other.commit()
-    other.close()
+    other = open_durable(durable_url)
+    try:
+        other.execute_write(
+            "UPDATE api_keys SET revoked_at = '2030-01-01' WHERE id = ?", (second.id,)
+        )
+        assert "was revoked" in refusal(sessions, token).message
+        third, _ = keys.create("third", "admin")
+        _, token = sessions.create(third)
+        other.execute_write("DELETE FROM api_keys WHERE id = ?", (third.id,))
+        # The key's sessions went with it (ON DELETE CASCADE), not merely out of the join.
+        count = other.reader().execute(
+            "SELECT COUNT(*) FROM sessions WHERE key_id = ?", (third.id,)
+        )
+        assert count.fetchone()[0] == 0
+    finally:
+        other.close()
     assert "unknown or was signed out" in refusal(sessions, token).message
 
 
@@ -166,7 +168,7 @@ def test_sign_out_list_and_revoke(sessions: SessionStore, admin: ApiKey) -> None
 
 
 def test_ended_sessions_are_deleted_at_the_next_sign_in(
-    sessions: SessionStore, admin: ApiKey, clock: FakeClock, db: Database
+    sessions: SessionStore, admin: ApiKey, clock: FakeClock, db: DurableStore
 ) -> None:
     for _ in range(3):
         sessions.create(admin)
@@ -242,7 +244,7 @@ def test_llmkit_sessions_list_and_revoke(repo: Repo) -> None:
     admin, _ = ws.keys.create("ops", "admin")
     settings = ws.settings
     store = SessionStore(
-        ws.db, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
+        ws.durable, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
     )
     signed_in, token = store.create(admin, client="10.0.0.9")
     ws.close()

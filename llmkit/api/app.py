@@ -141,7 +141,7 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
     app.state.settings = settings
     app.state.executor = executor
     app.state.sessions = SessionStore(
-        ws.db, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
+        ws.durable, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
     )
     app.state.login_limiter = LoginLimiter(settings.login_attempts, settings.login_window_s)
     app.state.otlp_health = spans.health if spans is not None else lambda: spans_off

@@ -41,7 +41,7 @@ ScoreBody = Annotated[dict[str, Any], Depends(body_reader(TypeAdapter(EvalScoreU
 
 
 def install(app: FastAPI) -> None:
-    app.state.eval_records = EvalRecords(app.state.ws.db)
+    app.state.eval_records = EvalRecords(app.state.ws.durable)
     app.include_router(router)
 
 
