@@ -42,9 +42,11 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """A headless chromium shared by every browser test of the session."""
+    """A headless chromium shared by the browser tests of one module. Not of the session:
+    while Playwright's sync API is open it keeps an event loop running in the main thread, and
+    every later test of the same worker that calls `asyncio.run` would fail."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
