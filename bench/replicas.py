@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -143,7 +144,7 @@ def measure(
         "failures": load.failures,
         "requests_per_s": round(len(latencies) / load.seconds, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
-        "p95_ms": round(latencies[int(len(latencies) * 0.95) - 1] * 1000, 1),
+        "p95_ms": round(latencies[math.ceil(len(latencies) * 0.95) - 1] * 1000, 1),
         "server_cpu_s": [round(a - b, 1) for a, b in zip(after[0], before[0], strict=True)],
         "load_generator_cpu_s": round(after[1] - before[1], 1),
         "postgresql_cpu_s": round(after[2] - before[2], 1),
