@@ -4,7 +4,7 @@ Every commit changes exactly one prompt file. The history is streamed into `git 
 20,000 commits take seconds. The output is deterministic: the same arguments give the same
 commit shas (fixed authors, dates and contents drawn from a seeded generator).
 
-    python bench/gen_repo.py DIR --prompts 1000 --versions 20 [--seed 7]
+    python bench/gen_repo.py DIR --prompts 1000 --versions 20 [--seed 7] [--model echo]
 """
 
 from __future__ import annotations
@@ -58,10 +58,12 @@ def prompt_key(index: int) -> str:
     return f"{folder}/{name}" if folder else name
 
 
-def prompt_text(key: str, version: int, seed: int = 7) -> str:
+def prompt_text(key: str, version: int, seed: int = 7, model: str | None = None) -> str:
     """The content of version `version` (1-based) of prompt `key`: frontmatter, a templated
-    system section and a user section. Different versions always differ."""
+    system section and a user section. Different versions always differ. `model`, when given,
+    is every prompt's model (`echo` runs offline); the rest is the same either way."""
     rng = random.Random(f"{seed}:{key}:{version}")
+    drawn = rng.choice(MODELS)
     variable = rng.choice(VARIABLES)
     tone = rng.choice(TONES)
     temperature = round(rng.uniform(0, 1.2), 1)
@@ -72,7 +74,7 @@ def prompt_text(key: str, version: int, seed: int = 7) -> str:
     )
     return (
         "---\n"
-        f"model: {rng.choice(MODELS)}\n"
+        f"model: {model or drawn}\n"
         f"description: Benchmark prompt {key}, revision {version}\n"
         f"temperature: {temperature}\n"
         f"max_tokens: {rng.choice((256, 512, 1024, 2048))}\n"
@@ -102,7 +104,9 @@ def _data(payload: bytes) -> bytes:
     return b"data %d\n%s\n" % (len(payload), payload)
 
 
-def fast_import_stream(prompts: int, versions: int, seed: int, branch: str) -> Iterator[bytes]:
+def fast_import_stream(
+    prompts: int, versions: int, seed: int, branch: str, model: str | None = None
+) -> Iterator[bytes]:
     for n, (index, version) in enumerate(commit_order(prompts, versions, seed)):
         key = prompt_key(index)
         name, email = AUTHORS[(index + version) % len(AUTHORS)]
@@ -118,7 +122,7 @@ def fast_import_stream(prompts: int, versions: int, seed: int, branch: str) -> I
         if n == 0:
             parts.append(b"M 100644 inline .gitignore\n" + _data(GITIGNORE))
         parts.append(f"M 100644 inline prompts/{key}.md\n".encode())
-        parts.append(_data(prompt_text(key, version, seed).encode()))
+        parts.append(_data(prompt_text(key, version, seed, model).encode()))
         yield b"".join(parts)
 
 
@@ -132,7 +136,12 @@ def _git(root: Path, *args: str, input: bytes | None = None) -> str:
 
 
 def generate(
-    root: Path, prompts: int = 1000, versions: int = 20, seed: int = 7, branch: str = "main"
+    root: Path,
+    prompts: int = 1000,
+    versions: int = 20,
+    seed: int = 7,
+    branch: str = "main",
+    model: str | None = None,
 ) -> Generated:
     """Create a git repository at `root` (absent or empty) holding prompts x versions commits."""
     if prompts < 1 or versions < 1:
@@ -149,7 +158,7 @@ def generate(
         stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stderr is not None
-    for chunk in fast_import_stream(prompts, versions, seed, branch):
+    for chunk in fast_import_stream(prompts, versions, seed, branch, model):
         proc.stdin.write(chunk)
     proc.stdin.write(b"done\n")
     proc.stdin.close()
@@ -175,10 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=7, help="seed for contents and commit order (default 7)"
     )
     parser.add_argument("--branch", default="main", help="branch name (default main)")
+    parser.add_argument("--model", default=None, help="every prompt's model (e.g. echo)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        result = generate(args.directory, args.prompts, args.versions, args.seed, args.branch)
+        result = generate(
+            args.directory, args.prompts, args.versions, args.seed, args.branch, args.model
+        )
     except (ValueError, FileExistsError, RuntimeError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

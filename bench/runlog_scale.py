@@ -7,7 +7,7 @@ Run by hand, never by the test suite:
     python bench/runlog_scale.py --rows 200000 --out /tmp/runlog_scale.json
 
 The log is generated straight into a database at the schema before the rollups (migrations
-up to m004): 200 prompts (the first takes a fifth of the calls, the worst case for its
+up to m005): 200 prompts (the first takes a fifth of the calls, the worst case for its
 stats), 1-5 versions each over 30 days, two models, 90% ok / 8% error / 2% cancelled,
 log-normal latencies. Opening it with RunLog then runs the rollup migration (its backfill is
 timed). Baselines are what the code did before the rollups: the GROUP BY over the prompt's
@@ -28,15 +28,16 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from llmkit.db import Database
+from llmkit.db import Database, DurableStore
 from llmkit.runlog import COLUMNS, MIGRATIONS, RunLog, RunRecord, _to_row
 
 PROMPTS = 200
@@ -47,6 +48,7 @@ FILTER_INDEXES = (
     "run_log_prompt_status_created_at",
 )
 HOT_SHARE = 0.2
+ROLLUP_MIGRATION = "m006_rollups_and_filter_indexes"
 DAYS = 30
 REQUEST = json.dumps({"messages": [{"role": "user", "content": "Where is my parcel?"}]})
 RESPONSE = json.dumps("It left the depot this morning.")
@@ -73,18 +75,61 @@ def sha(prompt: int, version: int) -> str:
     return f"{prompt:04d}{version:02d}" + "ab" * 17
 
 
-def generate(path: Path, rows: int, seed: int = 7) -> float:
-    """Write `rows` calls into a database at the pre-rollup schema; returns seconds."""
-    started = time.perf_counter()
-    db = Database(path)
-    db.migrate(MIGRATIONS, stop_before="m005_rollups_and_filter_indexes")
+def call_rows(rows: int, seed: int = 7) -> Iterator[tuple[Any, ...]]:
+    """`rows` calls in COLUMNS order, oldest first: the same rows for the same seed, whichever
+    store they go into."""
     rng = random.Random(seed)
     versions = [rng.randint(1, 5) for _ in range(PROMPTS)]
     span_ms = DAYS * 86_400_000
     start_ms = 1_714_521_600_000  # 2024-05-01
+    for i in range(rows):
+        prompt = 0 if rng.random() < HOT_SHARE else rng.randrange(PROMPTS)
+        at_ms = start_ms + span_ms * i // rows + rng.randrange(1000)
+        # Later calls run later versions.
+        version = 1 + versions[prompt] * i // rows
+        status = rng.choices(("ok", "error", "cancelled"), (90, 8, 2))[0]
+        latency = int(rng.lognormvariate(6.5, 0.8))
+        model = rng.choice(("openai/gpt-4o-mini", "anthropic/claude-3-5-haiku"))
+        values = {
+            "id": i + 1,
+            "trace_id": f"{i:032x}",
+            "prompt_key": f"prompt/{prompt:03d}",
+            "version_number": version,
+            "version_sha": sha(prompt, version),
+            "draft": 0,
+            "draft_blob": None,
+            "model": model,
+            "model_name": model.split("/", 1)[1],
+            "request": REQUEST,
+            "response": RESPONSE if status == "ok" else None,
+            "status": status,
+            "error": None if status == "ok" else "upstream said no",
+            "http_status": 200 if status == "ok" else 502,
+            "input_tokens": rng.randint(20, 2000),
+            "output_tokens": rng.randint(5, 800),
+            "reasoning_tokens": 0,
+            "cost": rng.random() / 1000,
+            "latency_ms": latency,
+            "ttft_ms": latency // 3,
+            "stream": 0,
+            "api_key_id": 1,
+            "source": rng.choices(("api", "ui", "eval", "judge"), (80, 10, 8, 2))[0],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_ms // 1000))
+            + f".{at_ms % 1000:03d}Z",
+            "truncated": None,
+            "log_notes": None,
+        }
+        yield tuple(values[name] for name in COLUMNS)
+
+
+def generate(path: Path, rows: int, seed: int = 7) -> float:
+    """Write `rows` calls into a database at the pre-rollup schema; returns seconds."""
+    started = time.perf_counter()
+    db = Database(path)
+    db.migrate(MIGRATIONS, stop_before=ROLLUP_MIGRATION)
     marks = ", ".join("?" for _ in COLUMNS)
     sql = f"INSERT INTO run_log ({', '.join(COLUMNS)}) VALUES ({marks})"
-    chunk: list[tuple] = []
+    chunk: list[tuple[Any, ...]] = []
     with db.write() as conn:
         # Indexes built after the rows, as one sort each, rather than row by row.
         indexes = conn.execute(
@@ -94,63 +139,35 @@ def generate(path: Path, rows: int, seed: int = 7) -> float:
         for name, _ in indexes:
             conn.execute(f"DROP INDEX {name}")
         conn.execute("PRAGMA cache_size = -262144")
-        for i in range(rows):
-            prompt = 0 if rng.random() < HOT_SHARE else rng.randrange(PROMPTS)
-            at_ms = start_ms + span_ms * i // rows + rng.randrange(1000)
-            # Later calls run later versions.
-            version = 1 + versions[prompt] * i // rows
-            status = rng.choices(("ok", "error", "cancelled"), (90, 8, 2))[0]
-            latency = int(rng.lognormvariate(6.5, 0.8))
-            values = {
-                "trace_id": f"{i:032x}",
-                "prompt_key": f"prompt/{prompt:03d}",
-                "version_number": version,
-                "version_sha": sha(prompt, version),
-                "draft": 0,
-                "draft_blob": None,
-                "model": rng.choice(("openai/gpt-4o-mini", "anthropic/claude-3-5-haiku")),
-                "request": REQUEST,
-                "response": RESPONSE if status == "ok" else None,
-                "status": status,
-                "error": None if status == "ok" else "upstream said no",
-                "http_status": 200 if status == "ok" else 502,
-                "input_tokens": rng.randint(20, 2000),
-                "output_tokens": rng.randint(5, 800),
-                "reasoning_tokens": 0,
-                "cost": rng.random() / 1000,
-                "latency_ms": latency,
-                "ttft_ms": latency // 3,
-                "stream": 0,
-                "api_key_id": 1,
-                "source": rng.choices(("api", "ui", "eval", "judge"), (80, 10, 8, 2))[0],
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at_ms // 1000))
-                + f".{at_ms % 1000:03d}Z",
-                "truncated": None,
-                "log_notes": None,
-            }
-            chunk.append(tuple(values[name] for name in COLUMNS))
+        for row in call_rows(rows, seed):
+            chunk.append(row)
             if len(chunk) == 10_000:
                 conn.executemany(sql, chunk)
                 chunk.clear()
         conn.executemany(sql, chunk)
         for _, create in indexes:
             conn.execute(create)
+        # The rows brought their ids: the counter moves past them, as an import would.
+        conn.execute("UPDATE run_log_ids SET next_id = (SELECT MAX(id) + 1 FROM run_log)")
     db.close()
     return time.perf_counter() - started
 
 
-def old_stats(db: Database, prompt: str) -> list[tuple]:
+def old_stats(
+    db: DurableStore, prompt: str, stats_sql: str = OLD_STATS, percentile_sql: str = OLD_PERCENTILE
+) -> list[tuple]:
+    """A prompt's stats as the code did before the rollups (the SQL is the backend's)."""
     reader = db.reader()
     result = []
-    for row in reader.execute(OLD_STATS, (prompt,)).fetchall():
+    for row in reader.execute(stats_sql, (prompt,)).fetchall():
         version = (prompt, row[0], row[1], row[2], row[3])
         figures = []
         for column, p, n in (("latency_ms", 50, row[6]), ("latency_ms", 95, row[6])):
             rank = -(-p * n // 100)
-            sql = OLD_PERCENTILE.format(column=column)
+            sql = percentile_sql.format(column=column)
             figures.append(reader.execute(sql, (*version, rank - 1)).fetchone()[0])
         rank = -(-50 * row[7] // 100)
-        sql = OLD_PERCENTILE.format(column="ttft_ms")
+        sql = percentile_sql.format(column="ttft_ms")
         figures.append(reader.execute(sql, (*version, rank - 1)).fetchone()[0])
         result.append((tuple(row), figures))
     return result
@@ -187,9 +204,8 @@ def pair(name: str, new: Callable[[], object], old: Callable[[], object], runs: 
     return row
 
 
-def rows_per_s(path: Path, count: int, rollups: bool) -> float:
+def rows_per_s(db: DurableStore, count: int, rollups: bool) -> float:
     """Rows/s through RunLog's writer (queued, then flush()), with or without the rollups."""
-    db = Database(path)
     runlog = RunLog(db, batch_ms=20, max_batch=500)
     if not rollups:
         runlog._writer._on_insert = None  # the writer as it was before the rollups
@@ -218,8 +234,15 @@ def rows_per_s(path: Path, count: int, rollups: bool) -> float:
     assert runlog.flush(timeout=600)
     elapsed = time.perf_counter() - started
     runlog.close()
-    db.close()
     return count / elapsed
+
+
+def sqlite_rows_per_s(path: Path, count: int, rollups: bool) -> float:
+    db = Database(path)
+    try:
+        return rows_per_s(db, count, rollups)
+    finally:
+        db.close()
 
 
 def main() -> None:
@@ -311,9 +334,9 @@ def main() -> None:
         # without the rollups.
         writes: dict[str, list[float]] = {"now": [], "before": [], "indexes only": []}
         for _ in range(3):
-            writes["now"].append(rows_per_s(path, args.write_rows, True))
-            writes["before"].append(rows_per_s(before, args.write_rows, False))
-            writes["indexes only"].append(rows_per_s(path, args.write_rows, False))
+            writes["now"].append(sqlite_rows_per_s(path, args.write_rows, True))
+            writes["before"].append(sqlite_rows_per_s(before, args.write_rows, False))
+            writes["indexes only"].append(sqlite_rows_per_s(path, args.write_rows, False))
         with_rollups = statistics.median(writes["now"])
         without = statistics.median(writes["before"])
         indexes_only = statistics.median(writes["indexes only"])
