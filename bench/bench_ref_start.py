@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,21 +31,18 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
+for path in (BENCH_DIR, PROJECT_ROOT):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 from gen_repo import generate, prompt_text
+
+from tests.helpers import free_port
 
 START_TIMEOUT_S = 300.0
 SERVED_TIMEOUT_S = 30.0
 MODES = {"working tree": (), "--ref main": ("--ref", "main")}
 GIT_IDENTITY = ("-c", "user.name=Bench", "-c", "user.email=bench@example.com")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def health(port: int) -> dict[str, object] | None:
