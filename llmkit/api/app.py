@@ -38,7 +38,7 @@ from llmkit.otlp_export import exporter_from_env
 from llmkit.providers import pricing
 from llmkit.refserve import Follower, RefIndex
 from llmkit.sessions import LoginLimiter, SessionStore
-from llmkit.web.routes import install as install_web
+from llmkit.web.site import install as install_web
 from llmkit.workspace import Workspace
 
 log = logging.getLogger("llmkit.api")

@@ -11,144 +11,34 @@ without a key gets the same 401 as anywhere else. A browser that is not signed i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.routing import APIRoute
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from fastapi import Path, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.staticfiles import StaticFiles
 
-from llmkit import __version__, authoring
-from llmkit.api.deps import SAFE_METHODS, AdminKey, Ws, form_fields, session_store
+from llmkit import authoring
+from llmkit.api.deps import AdminKey, Ws, form_fields, session_store
 from llmkit.api.routes.auth import _local_path
 from llmkit.errors import (
     BadRequest,
     Conflict,
     LlmkitError,
     PromptFormatError,
-    Unauthorized,
 )
-from llmkit.keys import ApiKey
-from llmkit.prompt_views import iso_time
 from llmkit.promptfile import parse, path_for_key
-from llmkit.sessions import SESSION_COOKIE, csrf_token_for
+from llmkit.sessions import SESSION_COOKIE
 from llmkit.versions import Version
 from llmkit.web import views
+from llmkit.web.pages import SIGN_IN_URL, page_router, pages, version_spec
 from llmkit.workspace import Workspace
 
-HERE = FilePath(__file__).parent
-STATIC_URL = "/static"
-SIGN_IN_URL = "/sign-in"
-MAX_VERSION_SPEC = 256
 MAX_MESSAGE = 2000
 SHA_RE = re.compile(r"[0-9a-f]{7,40}")
 KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The key's id")]
 
-# Every page: nothing from another host (the browser refuses it), no framing, and never
-# cached (a page holds the session's CSRF token, and a created key is shown once).
-PAGE_HEADERS = {
-    "content-security-policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
-        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
-    ),
-    "cache-control": "no-store",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "same-origin",
-    "x-frame-options": "DENY",
-}
-
-
-def wants_html(request: Request) -> bool:
-    """A browser's navigation or form asks for HTML; a program usually does not."""
-    return "text/html" in request.headers.get("accept", "")
-
-
-class Pages:
-    """The templates of one app, and how a page is answered."""
-
-    def __init__(self) -> None:
-        self.env = Environment(
-            loader=FileSystemLoader(HERE / "templates"),
-            autoescape=True,
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.globals.update(version=__version__, quote=quote, when=views.when, iso=iso_time)
-
-    def render(
-        self, request: Request, name: str, *, status: int = 200, **context: Any
-    ) -> HTMLResponse:
-        key: ApiKey | None = getattr(request.state, "api_key", None)
-        token = request.cookies.get(SESSION_COOKIE)
-        signed_in_by_cookie = getattr(request.state, "session", None) is not None
-        html = self.env.get_template(name).render(
-            request_path=request.url.path,
-            key=key,
-            csrf_token=csrf_token_for(token) if token and signed_in_by_cookie else "",
-            **context,
-        )
-        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
-
-
-def pages(request: Request) -> Pages:
-    return request.app.state.web_pages  # type: ignore[no-any-return]
-
-
-def _path_and_query(request: Request) -> str:
-    query = request.url.query
-    return request.url.path + (f"?{query}" if query else "")
-
-
-def error_page(request: Request, exc: LlmkitError) -> Response:
-    """An error on a page, answered to a browser: to sign-in when a GET lacks a session, else
-    a page that says what went wrong. A program gets the API's JSON error."""
-    if not wants_html(request):
-        raise exc
-    if isinstance(exc, Unauthorized) and request.method in SAFE_METHODS:
-        target = f"{SIGN_IN_URL}?{urlencode({'next': _path_and_query(request)})}"
-        return RedirectResponse(target, status_code=303, headers={"cache-control": "no-store"})
-    signed_out = isinstance(exc, Unauthorized)
-    return pages(request).render(
-        request, "error.html", status=exc.status, error=exc, signed_out=signed_out
-    )
-
-
-class PageRoute(APIRoute):
-    """A route whose LlmkitErrors, its dependencies' included, become pages for a browser."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def page_handler(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except LlmkitError as exc:
-                return error_page(request, exc)
-
-        return page_handler
-
-
-router = APIRouter(route_class=PageRoute, include_in_schema=False)
-
-
-def _version_spec(spec: str | None, param: str) -> str | None:
-    """A version as a person types it (number, sha prefix, branch or tag), or None when empty;
-    refuses what no git ref can hold before it reaches git."""
-    spec = (spec or "").strip()
-    if not spec:
-        return None
-    if len(spec) > MAX_VERSION_SPEC or any(c < " " or c == "\x7f" for c in spec):
-        raise BadRequest(
-            f"Invalid version {spec[:60]!r}: expected a version number, sha, branch or tag",
-            param=param,
-        )
-    return spec
+router = page_router()
 
 
 # -- signing in ------------------------------------------------------------------------------
@@ -210,7 +100,7 @@ def prompt_page(
 ) -> Response:
     """One prompt: its sections with template expressions marked, frontmatter and variables."""
     prompt = ws.index.get_prompt(key)
-    shown = ws.index.version(prompt.key, _version_spec(version, "version"))
+    shown = ws.index.version(prompt.key, version_spec(version, "version"))
     parsed = error = None
     variables: list[str] = []
     variable_error = None
@@ -264,7 +154,7 @@ def diff_page(
     version served."""
     prompt = ws.index.get_prompt(key)
     versions = list(reversed(ws.index.versions(prompt.key)))
-    old_spec, new_spec = _version_spec(from_, "from"), _version_spec(to, "to")
+    old_spec, new_spec = version_spec(from_, "from"), version_spec(to, "to")
     new = ws.index.version(prompt.key, new_spec)
     if old_spec is None and new.number is not None and new.number > 1:
         old_spec = str(new.number - 1)
@@ -442,10 +332,3 @@ def revoke_key(key_id: KeyId, ws: Ws, admin: AdminKey) -> Response:
     """Revoke a key; it stops working at once, with the browser sessions signed in with it."""
     ws.keys.revoke(key_id)
     return RedirectResponse(f"/keys?{urlencode({'revoked': key_id})}", status_code=303)
-
-
-def install(app: FastAPI) -> None:
-    """The pages at `/` and their stylesheet and script under `/static/`."""
-    app.state.web_pages = Pages()
-    app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="web-static")
-    app.include_router(router)
