@@ -15,11 +15,16 @@ from typing import Any
 
 from llmkit.db import Connection, DurableStore, Migrations, run_script
 from llmkit.errors import BadRequest, NotFound
+from llmkit.evals.asserts import AssertionResult, Outcome
+from llmkit.evals.cases import EvalCase
 from llmkit.evals.results import CaseResult
 from llmkit.runlog import utc_now
 
 MIGRATIONS = Migrations("evals")
 migration = MIGRATIONS.register
+
+# A result's side of its run: the versions it ran, or (`llmkit eval --base`) the base ref's.
+AFTER, BEFORE = "after", "before"
 
 
 @migration
@@ -201,8 +206,8 @@ class EvalRecords:
         """Store a whole run (and its base-ref results) in one transaction; returns run_id."""
         run_id = uuid.uuid4().hex
         now = utc_now()
-        rows = [_row(run_id, "after", r, now) for r in results]
-        rows += [_row(run_id, "before", r, now) for r in base_results or []]
+        rows = [_row(run_id, AFTER, r, now) for r in results]
+        rows += [_row(run_id, BEFORE, r, now) for r in base_results or []]
         with self.db.write() as conn:
             conn.execute(
                 "INSERT INTO eval_runs (run_id, started_at, finished_at, ref, base_ref, source, "
@@ -235,10 +240,14 @@ class EvalRecords:
         prompt_key: str | None = None,
         version_sha: str | None = None,
         draft_blob: str | None = None,
+        role: str | None = AFTER,
     ) -> list[dict[str, Any]]:
-        """The results of a run, a prompt, a commit or a draft's text (the "after" side)."""
-        where, args = ["role = 'after'"], []
+        """The results of a run, a prompt, a commit or a draft's text: the "after" side (the
+        versions run), the "before" side (a run's base ref), or both (`role=None`)."""
+        where: list[str] = []
+        args: list[Any] = []
         filters = (
+            ("role", role),
             ("run_id", run_id),
             ("prompt_key", prompt_key),
             ("version_sha", version_sha),
@@ -250,7 +259,10 @@ class EvalRecords:
                 args.append(value)
         rows = (
             self.db.reader()
-            .execute(f"SELECT * FROM eval_results WHERE {' AND '.join(where)} ORDER BY id", args)
+            .execute(
+                f"SELECT * FROM eval_results WHERE {' AND '.join(where) or 'TRUE'} ORDER BY id",
+                args,
+            )
             .fetchall()
         )
         return [_public(row) for row in rows]
@@ -313,6 +325,53 @@ class EvalRecords:
             }
             for r in rows
         ]
+
+    def run_summaries(self, prompt_key: str | None = None) -> list[dict[str, Any]]:
+        """Per prompt and run (of one prompt, or of all), newest first: the version run and,
+        for a run with a base ref, the base's; results, passed, the mean human score of the
+        outputs scored. Every figure is of the "after" side, as `performance` counts them."""
+        where, args = ("WHERE r.prompt_key = ?", (prompt_key,)) if prompt_key else ("", ())
+        rows = (
+            self.db.reader()
+            .execute(
+                "SELECT r.prompt_key, r.run_id, e.started_at, e.finished_at, e.source, e.ref,"
+                " e.base_ref,"
+                " MAX(CASE WHEN r.role = 'after' THEN r.version_number END) AS version_number,"
+                " MAX(CASE WHEN r.role = 'after' THEN r.version_sha END) AS version_sha,"
+                " MAX(CASE WHEN r.role = 'after' THEN r.draft END) AS draft,"
+                " MAX(CASE WHEN r.role = 'before' THEN r.version_number END) AS base_number,"
+                " MAX(CASE WHEN r.role = 'before' THEN r.version_sha END) AS base_sha,"
+                " SUM(CASE WHEN r.role = 'after' THEN 1 ELSE 0 END) AS results,"
+                " SUM(CASE WHEN r.role = 'after' THEN r.passed ELSE 0 END) AS passed,"
+                " SUM(CASE WHEN r.role = 'before' THEN 1 ELSE 0 END) AS base_results,"
+                " AVG(CASE WHEN r.role = 'after' THEN r.human_score END) AS mean_score,"
+                " COUNT(CASE WHEN r.role = 'after' THEN r.human_score END) AS scored"
+                f" FROM eval_results r JOIN eval_runs e ON e.run_id = r.run_id {where}"
+                " GROUP BY r.prompt_key, r.run_id, e.started_at, e.finished_at, e.source, e.ref,"
+                " e.base_ref"
+                " HAVING SUM(CASE WHEN r.role = 'after' THEN 1 ELSE 0 END) > 0"
+                " ORDER BY e.started_at DESC, MAX(r.id) DESC",
+                args,
+            )
+            .fetchall()
+        )
+        summaries = []
+        for r in rows:
+            data = dict(r)
+            results, passed = int(data["results"]), int(data["passed"])
+            mean = data["mean_score"]
+            data.update(
+                draft=bool(data["draft"]),
+                results=results,
+                passed=passed,
+                failed=results - passed,
+                pass_rate=passed / results,
+                base_results=int(data["base_results"]),
+                mean_score=None if mean is None else float(mean),
+                scored=int(data["scored"]),
+            )
+            summaries.append(data)
+        return summaries
 
 
 @dataclass(frozen=True)
@@ -427,3 +486,43 @@ def _public(row: Any) -> dict[str, Any]:
     data["prompt_eval_name"] = data["case_name"]
     data["updated_at"] = data["updated_at"] or data["created_at"]
     return data
+
+
+def stored_result(row: dict[str, Any], case: EvalCase | None = None) -> CaseResult:
+    """A stored result (a row as `results` returns it) as the runner made it, so stored runs
+    are compared by the same code as a fresh one (`build_report`). A case's threshold and line
+    are not stored: they are those of `case` (the case as it is now), else the defaults."""
+    outcome = Outcome(
+        text=row["output"] or "",
+        latency_ms=row["latency_ms"] or 0.0,
+        input_tokens=row["input_tokens"] or 0,
+        output_tokens=row["output_tokens"] or 0,
+        cost=row["cost"],
+        error=row["error"],
+    )
+    assertions = [
+        AssertionResult(
+            type=str(a.get("type", "")),
+            passed=bool(a.get("passed")),
+            score=float(a.get("score") or 0.0),
+            reason=str(a.get("reason") or ""),
+            weight=float(a.get("weight", 1.0)),
+        )
+        for a in row["assertions"]
+    ]
+    return CaseResult(
+        row["prompt_key"],
+        row["case_name"],
+        row["file"] or (case.file if case else ""),
+        case.line if case else None,
+        row["version_number"],
+        row["version_sha"],
+        row["model"],
+        row["repeat_index"],
+        outcome,
+        assertions,
+        row["passed"],
+        row["cached"],
+        case.threshold if case else 1.0,
+        row["draft_blob"],
+    )
