@@ -28,11 +28,12 @@ from llmkit.web import evals_views as views
 from llmkit.web.pages import page_router, pages
 from llmkit.workspace import Workspace
 
-MAX_RUN_ID = 200
+MAX_SHOWN_RUN_ID = 60
 MAX_ID_DIGITS = 18
-ResultId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The eval result's id")]
-RunId = Annotated[str, Path(min_length=1, max_length=MAX_RUN_ID)]
-RunChoice = Annotated[str | None, Query(max_length=MAX_RUN_ID)]
+# Any integer: one no row can have is not found, as the API's score route answers it.
+ResultId = Annotated[int, Path(description="The eval result's id")]
+RunId = Annotated[str, Path(min_length=1)]
+RunChoice = Annotated[str | None, Query()]
 
 router = page_router()
 
@@ -185,9 +186,10 @@ def _comparison(
     by_id = {run["run_id"]: run for run in runs}
     for name, chosen in (("before", before), ("after", after)):
         if chosen is not None and chosen not in by_id:
-            raise NotFound(f"No eval run {chosen!r} of prompt {key!r} to compare", param=name)
+            shown = chosen if len(chosen) <= MAX_SHOWN_RUN_ID else chosen[:MAX_SHOWN_RUN_ID] + "…"
+            raise NotFound(f"No eval run {shown!r} of prompt {key!r} to compare", param=name)
     if before is None and after is None:
-        linked = next((run for run in runs if run["base_results"]), None)
+        linked = next((run for run in runs if run["base_ref"]), None)
         if linked is not None:
             after = linked["run_id"]
         elif runs:
@@ -204,12 +206,14 @@ def _comparison(
     after_rows = records.results(run_id=after, prompt_key=key)
     after_label = f"{_run_version(after_run)} (run {after[:8]})"
     if before is None:
-        if not after_run["base_results"]:
+        if not after_run["base_ref"]:
             picked["unlinked"] = after_run
             return None, picked
         before_rows = records.results(run_id=after, prompt_key=key, role=BEFORE)
-        base = views.version_name(after_run["base_number"], after_run["base_sha"])
-        before_label = f"{base} on {after_run['base_ref']}" if after_run["base_ref"] else base
+        before_label = after_run["base_ref"]
+        if before_rows:  # else the prompt is new since the base ref
+            base = views.version_name(after_run["base_number"], after_run["base_sha"])
+            before_label = f"{base} on {before_label}"
     else:
         before_rows = records.results(run_id=before, prompt_key=key)
         before_label = f"{_run_version(by_id[before])} (run {before[:8]})"
