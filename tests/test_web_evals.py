@@ -106,7 +106,7 @@ def two_versions(eval_repo: EvalRepo) -> Iterator[Site]:
 def change_rows(page: str) -> dict[str, str]:
     """Case name -> status of each row of the before/after table."""
     table = page.split('<table class="before-after">', 1)[1].split("</table>", 1)[0]
-    rows = re.findall(r'<tr class="(\w+)">\s*<th scope="row">([^<]*)</th>', table)
+    rows = re.findall(r'<tr class="status-(\w+)">\s*<th scope="row">([^<]*)</th>', table)
     return {name: status for status, name in rows}
 
 
@@ -239,7 +239,7 @@ def test_the_base_run_is_shown_before_and_after_as_the_cli_reported_it(
     page = ok(site.get("/evals/greet"))
     assert "Before: v1 on main · After: v2 (run " in page
     assert "2/3 cases passed · 1 regression · 1 fixed" in page
-    hello = page.split('<tr class="regression">', 1)[1].split("</tr>", 1)[0]
+    hello = page.split('<tr class="status-regression">', 1)[1].split("</tr>", 1)[0]
     before, after, change = hello.split("<td")[1:4]
     assert "passed" in before and "v1 · 1/1 run passed" in before
     assert "failed" in after and "expected output to contain" in after

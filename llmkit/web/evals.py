@@ -120,6 +120,7 @@ def _run_page(
         problem=problem,
         problem_result=by_id.get(problem[0]) if problem else None,
         stamp=views.stamp,
+        money=views.money,
         version_name=views.version_name,
     )
 

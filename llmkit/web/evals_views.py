@@ -49,6 +49,11 @@ def stamp(text: str | None) -> str:
     return text.replace("T", " ").split(".")[0].removesuffix("Z") + " UTC"
 
 
+def money(cost: float) -> str:
+    """A cost in USD without trailing zeros: `$0.00042`, `$0`."""
+    return "$" + (f"{cost:.6f}".rstrip("0").rstrip(".") or "0")
+
+
 def version_name(number: int | None, sha: str | None, draft: bool = False) -> str:
     """`v3`, `draft`, or a commit's short sha when it has no number here."""
     if draft:
