@@ -222,6 +222,16 @@ def test_runs_per_version_newest_first_with_counts_and_mean_score(two_versions: 
     assert cells == [["1", "1", "2"], ["1", "1", "2"]]  # passed, failed, total
     assert '2.50 <span class="hint">(2 scored)</span>' in rows[0]
     assert "none yet" in rows[1]
+    # Uncommitted changes are served as a draft, and a run of them says so.
+    site.repo.write("prompts/greet.md", GREET_FEATURE_MD + "\nAlways say hello.\n")
+    site.api.ws.index.sync()  # as the watcher would
+    draft = api_run(site, "greet", "served")
+    page = ok(site.get("/evals/greet"))
+    table = page.split('<table class="eval-runs">', 1)[1].split("</table>", 1)[0]
+    assert run_links(table, "greet")[0] == draft["run_id"]
+    assert '<th scope="row"><span class="badge draft">draft</span></th>' in table
+    run_page = ok(site.get(f"/evals/greet/runs/{draft['run_id']}"))
+    assert "<h1>Run of greet at draft</h1>" in run_page and "2 of 2" in run_page
 
 
 # -- before and after -------------------------------------------------------------------------
@@ -293,6 +303,8 @@ def test_unknown_runs_and_odd_keys_are_pages_naming_them(site: Site) -> None:
     [run_id] = run_links(ok(site.get("/evals/greet")), "greet")[:1]
     assert site.get(f"/evals/chat/runs/{run_id}").status_code == 200  # one run, every prompt
     assert site.get(f"/evals/nope/runs/{run_id}").status_code == 404
+    odd_run = site.get("/evals/greet/runs/a%20b")
+    assert odd_run.status_code == 404 and "No eval run &#39;a b&#39;" in odd_run.text
     assert site.get("/evals/").headers["location"] == "/evals"
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.api.deps import AdminKey, Ws, form_fields
-from llmkit.errors import BadRequest, NotFound
+from llmkit.errors import BadRequest, LlmkitError, NotFound
 from llmkit.evals.cases import EvalCase, Problem
 from llmkit.evals.records import BEFORE, EvalRecords
 from llmkit.evals.spec import load_evals
@@ -83,9 +83,18 @@ def run_page(request: Request, key: str, run_id: RunId, ws: Ws, admin: AdminKey)
     except NotFound:
         # A prompt whose key ends in `runs/<name>` has its eval page at this very path.
         whole = f"{key}/runs/{run_id}"
-        if _prompt(ws, whole) is None and not any(c.prompt_key == whole for c in _evals(ws)[0]):
+        if not _has_eval_page(ws, whole):
             raise
     return _prompt_page(request, ws, whole, None, None)
+
+
+def _has_eval_page(ws: Workspace, key: str) -> bool:
+    try:
+        if _prompt(ws, key) is not None:
+            return True
+    except LlmkitError:  # not even a valid key
+        return False
+    return any(case.prompt_key == key for case in _evals(ws)[0])
 
 
 def _run_page(
