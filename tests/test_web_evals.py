@@ -296,6 +296,7 @@ def test_unknown_runs_and_odd_keys_are_pages_naming_them(site: Site) -> None:
         ("/evals/a%20b", 400, "Invalid prompt key"),
         ("/evals/" + "x" * 5000, 400, "characters long"),
         ("/evals/greet?after=" + "x" * 300, 404, "x" * 60 + "…"),
+        ("/evals/greet/runs/" + "y" * 300, 404, "&#39;" + "y" * 60 + "…&#39;"),
     ):
         page = site.get(url)
         assert page.status_code == status, (url, page.text[:500])

@@ -339,6 +339,7 @@ class EvalRecords:
                 " MAX(CASE WHEN r.role = 'after' THEN r.version_number END) AS version_number,"
                 " MAX(CASE WHEN r.role = 'after' THEN r.version_sha END) AS version_sha,"
                 " MAX(CASE WHEN r.role = 'after' THEN r.draft END) AS draft,"
+                " MAX(CASE WHEN r.role = 'after' THEN r.draft_blob END) AS draft_blob,"
                 " MAX(CASE WHEN r.role = 'before' THEN r.version_number END) AS base_number,"
                 " MAX(CASE WHEN r.role = 'before' THEN r.version_sha END) AS base_sha,"
                 " SUM(CASE WHEN r.role = 'after' THEN 1 ELSE 0 END) AS results,"

@@ -112,7 +112,7 @@ def _run_page(
     key = prompt.key if prompt else key
     run = next((r for r in records.run_summaries(key) if r["run_id"] == run_id), None)
     if run is None:
-        raise NotFound(f"No eval run {run_id!r} of prompt {key!r}", param="run_id")
+        raise NotFound(f"No eval run {_shown(run_id)!r} of prompt {key!r}", param="run_id")
     results = records.results(run_id=run_id, prompt_key=key)
     by_id = {r["id"]: r for r in results}
     repeats = max(r["repeat_index"] for r in results) + 1
@@ -196,8 +196,9 @@ def _comparison(
     by_id = {run["run_id"]: run for run in runs}
     for name, chosen in (("before", before), ("after", after)):
         if chosen is not None and chosen not in by_id:
-            shown = chosen if len(chosen) <= MAX_SHOWN_RUN_ID else chosen[:MAX_SHOWN_RUN_ID] + "…"
-            raise NotFound(f"No eval run {shown!r} of prompt {key!r} to compare", param=name)
+            raise NotFound(
+                f"No eval run {_shown(chosen)!r} of prompt {key!r} to compare", param=name
+            )
     if before is None and after is None:
         linked = next((run for run in runs if run["base_ref"]), None)
         if linked is not None:
@@ -234,7 +235,12 @@ def _comparison(
 
 
 def _version(run: dict[str, Any]) -> tuple[Any, ...]:
-    return run["version_sha"], run["draft"]
+    return run["version_sha"], run["draft_blob"]
+
+
+def _shown(run_id: str) -> str:
+    """A run id as an error names it: whole, unless it is too long to be one."""
+    return run_id if len(run_id) <= MAX_SHOWN_RUN_ID else run_id[:MAX_SHOWN_RUN_ID] + "…"
 
 
 def _run_version(run: dict[str, Any]) -> str:
