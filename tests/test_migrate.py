@@ -337,6 +337,20 @@ EXPECTED: dict[str, Table] = {
         "indexes": {
             "eval_results_version": ("CREATE INDEX", ["prompt_key", "version_sha"]),
             "eval_results_run": ("CREATE INDEX", ["run_id"]),
+            "eval_results_prompt_runs": (
+                "CREATE INDEX",
+                [
+                    "prompt_key",
+                    "run_id",
+                    "role",
+                    "passed",
+                    "human_score",
+                    "version_number",
+                    "version_sha",
+                    "draft",
+                    "draft_blob",
+                ],
+            ),
         },
     },
     "response_cache": {

@@ -22,6 +22,7 @@ from llmkit.db import DurableStore
 from llmkit.evals.asserts import AssertionResult, Outcome
 from llmkit.evals.records import AFTER, BEFORE, EvalRecords, stored_result
 from llmkit.evals.results import FIXED, NEW, PASS, REGRESSION, CaseResult
+from llmkit.web import evals as evals_web
 from llmkit.web import evals_views
 from tests.api_fixtures import ApiEnv, running_api
 from tests.eval_fixtures import GREET_FEATURE_MD, EvalRepo, feature_files
@@ -285,6 +286,24 @@ def test_two_runs_of_two_versions_are_compared_with_the_same_code(two_versions: 
         site.get("/evals/greet", params={"before": first["run_id"], "after": first["run_id"]})
     )
     assert set(change_rows(same).values()) == {PASS, "fail"}
+
+
+def test_a_long_history_lists_the_newest_runs_and_all_on_request(site: Site) -> None:
+    for _ in range(evals_web.RUNS_SHOWN):
+        site.records.save_run([_result("says hello", number=2, passed=True)], source="api")
+    total = evals_web.RUNS_SHOWN + 1
+    [oldest] = [r["run_id"] for r in site.records.run_summaries("greet")][-1:]
+    page = ok(site.get("/evals/greet"))
+    table = page.split('<table class="eval-runs">', 1)[1].split("</table>", 1)[0]
+    assert f"The newest {evals_web.RUNS_SHOWN} of {total} runs" in table
+    assert len(run_links(table, "greet")) == evals_web.RUNS_SHOWN and oldest not in table
+    every = ok(site.get("/evals/greet?runs=all"))
+    table = every.split('<table class="eval-runs">', 1)[1].split("</table>", 1)[0]
+    assert len(run_links(table, "greet")) == total and f"{total} runs, newest first" in table
+    # An older run picked stays picked in the form, and is compared.
+    picked = ok(site.get("/evals/greet", params={"after": oldest}))
+    assert f'<option value="{oldest}" selected>' in picked
+    assert change_rows(picked)["says hello"] == REGRESSION
 
 
 def test_unknown_runs_and_odd_keys_are_pages_naming_them(site: Site) -> None:

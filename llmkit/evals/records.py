@@ -95,6 +95,16 @@ def m003_results_updated_at(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE eval_results ADD COLUMN updated_at TEXT")
 
 
+@migration
+def m004_prompt_runs_index(conn: sqlite3.Connection) -> None:
+    """What a prompt's runs are summed from (`run_summaries`), so a prompt's eval page reads
+    this index alone rather than every result row with its output."""
+    conn.execute(
+        "CREATE INDEX eval_results_prompt_runs ON eval_results (prompt_key, run_id, role,"
+        " passed, human_score, version_number, version_sha, draft, draft_blob)"
+    )
+
+
 @MIGRATIONS.on_postgresql("m001_initial")
 def m001_initial_postgresql(conn: Connection) -> None:
     conn.execute(
@@ -326,32 +336,40 @@ class EvalRecords:
             for r in rows
         ]
 
-    def run_summaries(self, prompt_key: str | None = None) -> list[dict[str, Any]]:
-        """Per prompt and run (of one prompt, or of all), newest first: the version run and,
-        for a run with a base ref, the base's; results, passed, the mean human score of the
-        outputs scored. Every figure is of the "after" side, as `performance` counts them."""
-        where, args = ("WHERE r.prompt_key = ?", (prompt_key,)) if prompt_key else ("", ())
+    def run_summaries(
+        self, prompt_key: str | None = None, run_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per prompt and run (of one prompt, one run, or all), newest first: the version run
+        and, for a run with a base ref, the base's; results, passed, the mean human score of
+        the outputs scored. Every figure is of the "after" side, as `performance` counts them.
+        The results are summed alone, then joined to their runs: for one prompt that reads
+        only the covering index `eval_results_prompt_runs`."""
+        where, args = [], []
+        for column, value in (("prompt_key", prompt_key), ("run_id", run_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         rows = (
             self.db.reader()
             .execute(
-                "SELECT r.prompt_key, r.run_id, e.started_at, e.finished_at, e.source, e.ref,"
-                " e.base_ref,"
-                " MAX(CASE WHEN r.role = 'after' THEN r.version_number END) AS version_number,"
-                " MAX(CASE WHEN r.role = 'after' THEN r.version_sha END) AS version_sha,"
-                " MAX(CASE WHEN r.role = 'after' THEN r.draft END) AS draft,"
-                " MAX(CASE WHEN r.role = 'after' THEN r.draft_blob END) AS draft_blob,"
-                " MAX(CASE WHEN r.role = 'before' THEN r.version_number END) AS base_number,"
-                " MAX(CASE WHEN r.role = 'before' THEN r.version_sha END) AS base_sha,"
-                " SUM(CASE WHEN r.role = 'after' THEN 1 ELSE 0 END) AS results,"
-                " SUM(CASE WHEN r.role = 'after' THEN r.passed ELSE 0 END) AS passed,"
-                " SUM(CASE WHEN r.role = 'before' THEN 1 ELSE 0 END) AS base_results,"
-                " AVG(CASE WHEN r.role = 'after' THEN r.human_score END) AS mean_score,"
-                " COUNT(CASE WHEN r.role = 'after' THEN r.human_score END) AS scored"
-                f" FROM eval_results r JOIN eval_runs e ON e.run_id = r.run_id {where}"
-                " GROUP BY r.prompt_key, r.run_id, e.started_at, e.finished_at, e.source, e.ref,"
-                " e.base_ref"
-                " HAVING SUM(CASE WHEN r.role = 'after' THEN 1 ELSE 0 END) > 0"
-                " ORDER BY e.started_at DESC, MAX(r.id) DESC",
+                "SELECT s.*, e.started_at, e.finished_at, e.source, e.ref, e.base_ref FROM ("
+                "SELECT prompt_key, run_id, MAX(id) AS last_id,"
+                " MAX(CASE WHEN role = 'after' THEN version_number END) AS version_number,"
+                " MAX(CASE WHEN role = 'after' THEN version_sha END) AS version_sha,"
+                " MAX(CASE WHEN role = 'after' THEN draft END) AS draft,"
+                " MAX(CASE WHEN role = 'after' THEN draft_blob END) AS draft_blob,"
+                " MAX(CASE WHEN role = 'before' THEN version_number END) AS base_number,"
+                " MAX(CASE WHEN role = 'before' THEN version_sha END) AS base_sha,"
+                " SUM(CASE WHEN role = 'after' THEN 1 ELSE 0 END) AS results,"
+                " SUM(CASE WHEN role = 'after' THEN passed ELSE 0 END) AS passed,"
+                " SUM(CASE WHEN role = 'before' THEN 1 ELSE 0 END) AS base_results,"
+                " AVG(CASE WHEN role = 'after' THEN human_score END) AS mean_score,"
+                " COUNT(CASE WHEN role = 'after' THEN human_score END) AS scored"
+                f" FROM eval_results {'WHERE ' + ' AND '.join(where) if where else ''}"
+                " GROUP BY prompt_key, run_id"
+                ") s JOIN eval_runs e ON e.run_id = s.run_id"
+                " WHERE s.results > 0"
+                " ORDER BY e.started_at DESC, s.last_id DESC",
                 args,
             )
             .fetchall()
@@ -359,6 +377,7 @@ class EvalRecords:
         summaries = []
         for r in rows:
             data = dict(r)
+            del data["last_id"]
             results, passed = int(data["results"]), int(data["passed"])
             mean = data["mean_score"]
             data.update(

@@ -29,6 +29,8 @@ from llmkit.web.pages import page_router, pages
 from llmkit.workspace import Workspace
 
 MAX_SHOWN_RUN_ID = 60
+# The runs a prompt's page lists unless asked for all: a page of thousands helps nobody.
+RUNS_SHOWN = 100
 MAX_ID_DIGITS = 18
 # Any integer: one no row can have is not found, as the API's score route answers it.
 ResultId = Annotated[int, Path(description="The eval result's id")]
@@ -110,7 +112,7 @@ def _run_page(
     records = _records(request)
     prompt = _prompt(ws, key)
     key = prompt.key if prompt else key
-    run = next((r for r in records.run_summaries(key) if r["run_id"] == run_id), None)
+    run = next(iter(records.run_summaries(key, run_id)), None)
     if run is None:
         raise NotFound(f"No eval run {_shown(run_id)!r} of prompt {key!r}", param="run_id")
     results = records.results(run_id=run_id, prompt_key=key)
@@ -142,16 +144,24 @@ def prompt_evals_page(
     admin: AdminKey,
     before: RunChoice = None,
     after: RunChoice = None,
+    runs: str | None = Query(None),
 ) -> Response:
-    """A prompt's cases, its runs per version (newest first) and the before/after table: of
-    the latest `llmkit eval --base` run, or of the two runs picked."""
+    """A prompt's cases, its runs per version (newest first; the newest RUNS_SHOWN unless
+    `runs=all`) and the before/after table: of the latest `llmkit eval --base` run, or of the
+    two runs picked."""
     if not key.strip("/"):
         return RedirectResponse("/evals", status_code=307)
-    return _prompt_page(request, ws, key, before or None, after or None)
+    return _prompt_page(request, ws, key, before or None, after or None, every_run=runs == "all")
 
 
 def _prompt_page(
-    request: Request, ws: Workspace, key: str, before: str | None, after: str | None
+    request: Request,
+    ws: Workspace,
+    key: str,
+    before: str | None,
+    after: str | None,
+    *,
+    every_run: bool = False,
 ) -> Response:
     prompt = _prompt(ws, key)
     key = prompt.key if prompt else key
@@ -162,6 +172,9 @@ def _prompt_page(
     if prompt is None and not cases and not runs:
         raise NotFound(f"No prompt {key!r}, and no eval cases or runs of one", param="key")
     comparison, picked = _comparison(records, key, runs, cases, before, after)
+    shown = runs if every_run else runs[:RUNS_SHOWN]
+    # The runs picked stay in the pick form even when older than those listed.
+    choices = shown + [r for r in runs[len(shown) :] if r["run_id"] in picked.values()]
     return pages(request).render(
         request,
         "evals_prompt.html",
@@ -169,7 +182,9 @@ def _prompt_page(
         prompt=prompt,
         cases=[views.case_view(c) for c in cases],
         problems=views.problems_of(problems, key),
-        runs=runs,
+        runs=shown,
+        run_count=len(runs),
+        choices=choices,
         comparison=comparison,
         picked=picked,
         run_name=views.run_name,
