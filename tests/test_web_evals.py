@@ -483,6 +483,8 @@ def test_run_summaries_and_stored_results_on_both_backends(durable_db: DurableSt
     assert (summaries[1]["base_results"], summaries[1]["mean_score"]) == (0, None)
     assert records.run_summaries("other") == []
     assert [s["run_id"] for s in records.run_summaries()] == [linked, first]
+    assert records.latest_runs() == [newest]
+    assert records.run_summaries("greet", first) == [summaries[1]]
 
     sides = records.results(run_id=linked, role=None)
     assert sorted(r["role"] for r in sides) == [AFTER, AFTER, BEFORE]

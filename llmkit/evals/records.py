@@ -393,6 +393,25 @@ class EvalRecords:
             summaries.append(data)
         return summaries
 
+    def latest_runs(self) -> list[dict[str, Any]]:
+        """The latest run of each prompt, summed as `run_summaries` sums it, by prompt key.
+        Which run is latest is read from the covering index; only that run is summed."""
+        rows = (
+            self.db.reader()
+            .execute(
+                "SELECT s.prompt_key, s.run_id FROM ("
+                "SELECT prompt_key, run_id, MAX(id) AS last_id FROM eval_results"
+                " WHERE role = 'after' GROUP BY prompt_key, run_id"
+                ") s JOIN eval_runs e ON e.run_id = s.run_id"
+                " ORDER BY s.prompt_key, e.started_at DESC, s.last_id DESC"
+            )
+            .fetchall()
+        )
+        latest: dict[str, str] = {}
+        for prompt_key, run_id in rows:
+            latest.setdefault(prompt_key, run_id)
+        return [run for key, run_id in latest.items() for run in self.run_summaries(key, run_id)]
+
 
 @dataclass(frozen=True)
 class StoredResult:

@@ -63,7 +63,7 @@ def _prompt(ws: Workspace, key: str) -> Prompt | None:
 def evals_page(request: Request, ws: Ws, admin: AdminKey) -> Response:
     """Every prompt with eval cases (or recorded runs): its cases and its latest run."""
     cases, problems = _evals(ws)
-    runs = _records(request).run_summaries()
+    runs = _records(request).latest_runs()
     return pages(request).render(
         request,
         "evals.html",

@@ -153,7 +153,8 @@ class PromptEvals:
 def prompts_with_evals(
     cases: list[EvalCase], problems: list[Problem], runs: list[dict[str, Any]]
 ) -> list[PromptEvals]:
-    """Every prompt with eval cases or recorded runs, by key; `runs` newest first."""
+    """Every prompt with eval cases or recorded runs, by key, with its latest run (`runs`:
+    the latest of each prompt, or every run newest first)."""
     found: dict[str, PromptEvals] = {}
     for case in cases:
         found.setdefault(case.prompt_key, PromptEvals(case.prompt_key)).cases += 1
