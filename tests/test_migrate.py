@@ -349,6 +349,7 @@ EXPECTED: dict[str, Table] = {
                     "version_sha",
                     "draft",
                     "draft_blob",
+                    "created_at",
                 ],
             ),
         },

@@ -223,6 +223,9 @@ def test_runs_per_version_newest_first_with_counts_and_mean_score(two_versions: 
     assert cells == [["1", "1", "2"], ["1", "1", "2"]]  # passed, failed, total
     assert '2.50 <span class="hint">(2 scored)</span>' in rows[0]
     assert "none yet" in rows[1]
+    versions = page.split('<table class="eval-versions">', 1)[1].split("</table>", 1)[0]
+    shown = re.findall(r'<th scope="row">(v\d)</th>\s*<td>(\d) .*?</td>\s*<td>(\d+)%', versions)
+    assert shown == [("v2", "1", "50"), ("v1", "1", "50")]
     # Uncommitted changes are served as a draft, and a run of them says so.
     site.repo.write("prompts/greet.md", GREET_FEATURE_MD + "\nAlways say hello.\n")
     site.api.ws.index.sync()  # as the watcher would

@@ -97,11 +97,11 @@ def m003_results_updated_at(conn: sqlite3.Connection) -> None:
 
 @migration
 def m004_prompt_runs_index(conn: sqlite3.Connection) -> None:
-    """What a prompt's runs are summed from (`run_summaries`), so a prompt's eval page reads
-    this index alone rather than every result row with its output."""
+    """What a prompt's runs and versions are summed from (`run_summaries`, `performance`), so
+    a prompt's eval page reads this index alone rather than every result row with its output."""
     conn.execute(
         "CREATE INDEX eval_results_prompt_runs ON eval_results (prompt_key, run_id, role,"
-        " passed, human_score, version_number, version_sha, draft, draft_blob)"
+        " passed, human_score, version_number, version_sha, draft, draft_blob, created_at)"
     )
 
 

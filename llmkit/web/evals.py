@@ -182,6 +182,7 @@ def _prompt_page(
         prompt=prompt,
         cases=[views.case_view(c) for c in cases],
         problems=views.problems_of(problems, key),
+        versions=list(reversed(records.performance(key))),
         runs=shown,
         run_count=len(runs),
         choices=choices,
