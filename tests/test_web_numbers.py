@@ -117,6 +117,10 @@ def test_bars_stand_on_zero_with_heights_in_proportion_and_missing_values_skippe
     assert v3.y == pytest.approx(drawn.top) and v3.y + v3.height == pytest.approx(drawn.bottom)
     assert v1.height == pytest.approx(v3.height / 2)
     assert v4.height == 0 and v4.y == pytest.approx(drawn.bottom)
+    # A zero is drawn as a sliver on the axis, so it is told apart from no value at all.
+    assert v4.drawn(drawn.bottom) == (drawn.bottom - charts.MIN_BAR_PX, charts.MIN_BAR_PX)
+    assert v3.drawn(drawn.bottom) == (v3.y, v3.height)
+    assert (v1.label, v1.text) == ("50", "v1: 50") and drawn.values_shown
     # One band per version, in order: bar centres equally spaced, left to right.
     band = (drawn.right - drawn.left) / 4
     centres = [m.x + m.width / 2 for m in series.marks]
@@ -162,6 +166,8 @@ def test_a_fixed_top_and_many_versions() -> None:
     drawn = charts.chart("line", "t", many, [("s", list(range(100)))], y_label="y")
     assert len(drawn.series[0].marks) == 100
     assert len(drawn.x_ticks) <= charts.MAX_X_LABELS
+    crowded = charts.chart("bar", "t", many, [("s", list(range(100)))], y_label="y")
+    assert not crowded.values_shown
     assert drawn.x_ticks[0].text == "v1"
 
 

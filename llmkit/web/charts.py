@@ -20,6 +20,10 @@ TICK_COUNT = 5
 # At most this many x labels are written; with more versions every k-th one is.
 MAX_X_LABELS = 20
 MAX_BAR_WIDTH = 48
+# Bars carry their value as text above them when there are at most this many.
+MAX_VALUE_LABELS = 12
+# A bar of zero is drawn this tall, so that a zero is seen and told apart from no value.
+MIN_BAR_PX = 2.0
 SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 Formatter = Callable[[float], str]
@@ -107,7 +111,14 @@ class Mark:
     width: float
     height: float
     value: float
+    label: str  # the value as a reader reads it: `120 ms`
     text: str  # what a reader is told about it: `v3: 120 ms`
+
+    def drawn(self, baseline: float) -> tuple[float, float]:
+        """(y, height) of a bar as drawn: at least MIN_BAR_PX tall, standing on `baseline`."""
+        if self.height >= MIN_BAR_PX:
+            return self.y, self.height
+        return min(self.y, baseline - MIN_BAR_PX), MIN_BAR_PX
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,11 @@ class Chart:
     @property
     def empty(self) -> bool:
         return not any(s.marks for s in self.series)
+
+    @property
+    def values_shown(self) -> bool:
+        """Whether each bar has its value written above it (room for the text)."""
+        return self.kind == "bar" and len(self.rows) <= MAX_VALUE_LABELS
 
 
 def chart(
@@ -179,7 +195,8 @@ def chart(
         for i, (category, value) in enumerate(zip(categories, values, strict=False)):
             if value is None:
                 continue
-            text = f"{category}: {unit(value)}"
+            label = unit(value)
+            text = f"{category}: {label}"
             at = _clamp(y(value), top, bottom)
             if kind == "bar":
                 width = min(band * 0.6, MAX_BAR_WIDTH)
@@ -187,10 +204,12 @@ def chart(
                 corner = min(at, base)
                 height = abs(base - at)
                 marks.append(
-                    Mark(category, center(i) - width / 2, corner, width, height, value, text)
+                    Mark(
+                        category, center(i) - width / 2, corner, width, height, value, label, text
+                    )
                 )
             else:
-                marks.append(Mark(category, center(i), at, 0.0, 0.0, value, text))
+                marks.append(Mark(category, center(i), at, 0.0, 0.0, value, label, text))
         lines = _runs(categories, values, marks) if kind == "line" else []
         drawn.append(Series(name, index, marks, lines))
     rows = [
