@@ -37,6 +37,8 @@ class RefMark:
     kind: str  # branch or tag
     blob: str
     number: int | None
+    # How a person names the ref: `feature`, `v1.2 tag`.
+    title: str
 
 
 class RefVersions:
@@ -64,9 +66,11 @@ class RefVersions:
             result: dict[str, list[RefMark]] = {}
             for (name, _), tree in trees.items():
                 kind, short = _kind_and_name(name)
+                title = short if kind == "branch" else f"{short} {kind}"
                 for key, blob in tree.items():
                     number = numbers.get((key, blob))
-                    result.setdefault(key, []).append(RefMark(name, short, kind, blob, number))
+                    mark = RefMark(name, short, kind, blob, number, title)
+                    result.setdefault(key, []).append(mark)
             self._marks = ((refs, head), result)
             return result
 

@@ -204,9 +204,7 @@ def chart(
                 corner = min(at, base)
                 height = abs(base - at)
                 marks.append(
-                    Mark(
-                        category, center(i) - width / 2, corner, width, height, value, label, text
-                    )
+                    Mark(category, center(i) - width / 2, corner, width, height, value, label, text)
                 )
             else:
                 marks.append(Mark(category, center(i), at, 0.0, 0.0, value, label, text))
