@@ -237,6 +237,7 @@ def test_the_charts_read_the_run_log_and_eval_records_of_three_versions(
     assert page.status_code == 200, page.text
     assert page.text.count("<svg") == 5
     assert "style=" not in page.text and "<script>" not in page.text
+    assert "http://" not in page.text and "https://" not in page.text
     latency = section(page.text, "latency")
     assert titles(latency) == [
         "p50, v1: 100 ms",
@@ -464,3 +465,19 @@ def test_restore_needs_the_csrf_token_and_refuses_bad_input(signed_in: SignedIn)
     program = api.client.post("/restore/hello", data=fields)
     assert program.status_code == 401
     assert git(api.repo, "rev-parse", "HEAD") == head
+
+
+def test_a_draft_served_offers_no_restore_and_a_forced_one_is_refused(signed_in: SignedIn) -> None:
+    api = signed_in.api
+    three_versions(api)
+    fields = restore_form(signed_in.get("/history/hello").text, 1)
+    draft = HELLO[2] + "An uncommitted line.\n"
+    api.repo.joinpath("prompts/hello.md").write_text(draft, "utf-8")
+    api.ws.index.sync()
+    history = signed_in.get("/history/hello").text
+    assert 'action="/restore/hello"' not in history
+    head = git(api.repo, "rev-parse", "HEAD")
+    refused = signed_in.post("/restore/hello", {**fields, "csrf_token": signed_in.csrf})
+    assert refused.status_code == 409 and "uncommitted changes" in refused.text
+    assert git(api.repo, "rev-parse", "HEAD") == head
+    assert api.repo.joinpath("prompts/hello.md").read_text("utf-8") == draft
