@@ -913,6 +913,14 @@ class Index:
     def head(self) -> str | None:
         return self._state("head")
 
+    def committed_blobs(self) -> list[tuple[str, int, str]]:
+        """(key, number, blob) of every committed version: what names the version a file read
+        elsewhere in git (a branch, a tag) holds, by its blob id."""
+        rows = self.db.reader().execute(
+            "SELECT key, number, blob FROM ix_versions WHERE seq IS NOT NULL"
+        )
+        return [(r[0], r[1], r[2]) for r in rows.fetchall()]
+
 
 def _prompt_filter(prefix: str | None) -> tuple[str, list[Any]]:
     """Served prompts, with keys that start with `prefix`: a range of the key's index."""

@@ -32,6 +32,7 @@ from llmkit.sessions import SESSION_COOKIE
 from llmkit.versions import Version
 from llmkit.web import views
 from llmkit.web.pages import SIGN_IN_URL, page_router, pages, version_spec
+from llmkit.web.ref_badges import badges_html
 from llmkit.workspace import Workspace
 
 MAX_MESSAGE = 2000
@@ -84,8 +85,9 @@ def prompts_page(
     query = views.clean_query(q)
     found = [p for p in ws.index.list_prompts() if not query or views.matches(p, query)]
     rows = [views.prompt_row(p, _last_change(ws, p)) for p in found]
+    refs = badges_html(request, ws, {p.key: p.version for p in found}, moved_only=True)
     return pages(request).render(
-        request, "prompts.html", tree=views.tree_of(rows), query=query, count=len(rows)
+        request, "prompts.html", tree=views.tree_of(rows), query=query, count=len(rows), refs=refs
     )
 
 
@@ -97,6 +99,7 @@ def prompt_page(
     admin: AdminKey,
     version: str | None = Query(None),
     committed: str | None = Query(None),
+    restored: int | None = Query(None, ge=1, le=2**63 - 1),
 ) -> Response:
     """One prompt: its sections with template expressions marked, frontmatter and variables."""
     prompt = ws.index.get_prompt(key)
@@ -124,6 +127,10 @@ def prompt_page(
         variable_error=variable_error,
         committed=committed if committed and SHA_RE.fullmatch(committed) else None,
         unchanged=committed == "unchanged",
+        restored=restored,
+        refs=badges_html(request, ws, {prompt.key: prompt.version}, moved_only=False).get(
+            prompt.key, ""
+        ),
     )
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from starlette.staticfiles import StaticFiles
 
-from llmkit.web import evals, routes
+from llmkit.web import evals, numbers, restore, routes
 from llmkit.web.pages import HERE, STATIC_URL, Pages
 
 # One line per area of the UI.
 ROUTERS: list[APIRouter] = [
     routes.router,
     evals.router,
+    numbers.router,
+    restore.router,
 ]
 
 
