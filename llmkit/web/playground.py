@@ -158,7 +158,7 @@ async def run_in_playground(request: Request, key: str, ws: Ws, admin: AdminKey)
     form = _form_from(fields)
     adding = fields.get("action") == ADD_TURN
     if adding:
-        form.turns = [*form.turns, pv.Turn("user", "")][: pv.MAX_TURNS]
+        form.turns = [*form.turns, pv.next_turn(form.turns)][: pv.MAX_TURNS]
     context = await run_in_threadpool(_context, ws, key, spec, form)
     if adding:
         return pages(request).render(request, "playground.html", **context)

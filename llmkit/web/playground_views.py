@@ -19,8 +19,9 @@ from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
 from llmkit.errors import BadRequest
 from llmkit.promptfile import TEMPLATE_RE, PromptFile
 
-# How many turns of a conversation the form takes; the form parser takes 100 fields in all.
-MAX_TURNS = 40
+# How many turns of a conversation the form takes: two fields each, within the 100 fields a
+# form may have (`deps.MAX_FORM_FIELDS`), with room left for the variables.
+MAX_TURNS = 20
 TURN_ROLES = ("user", "assistant")
 # A value this long, or on several lines, is edited in a text area when the form comes back.
 LONG_VALUE = 80
@@ -53,6 +54,12 @@ class VariableField:
 class Turn:
     role: str
     content: str
+
+
+def next_turn(turns: list[Turn]) -> Turn:
+    """An empty turn that answers the last one: a conversation alternates."""
+    last = turns[-1].role if turns else "assistant"
+    return Turn("assistant" if last == "user" else "user", "")
 
 
 def _structured_names(source: str) -> set[str]:
