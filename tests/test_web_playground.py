@@ -123,6 +123,9 @@ def test_the_form_has_a_labelled_input_per_variable_json_ticked_where_text_would
 ) -> None:
     page = browser.get("/playground/shop/assist")
     assert page.status_code == 200, page.text
+    assert page.headers["cache-control"] == "no-store"  # it holds the session's CSRF token
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="/static/playground.js" defer></script>' in page.text
     controls = inputs(page.text)
     variables = sorted(n for n in controls if n.startswith("var:"))
     assert variables == ["var:customer", "var:items", "var:tone"]  # `item` is the loop's own
@@ -315,6 +318,20 @@ def test_hostile_text_is_escaped_everywhere(browser: Browser) -> None:
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page.text
     listing = browser.get(f"/playground/hello?version={hostile}")
     assert listing.status_code == 404 and "<script>alert" not in listing.text
+
+
+def test_a_version_that_cannot_be_read_says_so_and_does_not_run(browser: Browser) -> None:
+    api = browser.api
+    api.repo.joinpath("prompts/hello.md").write_text("---\nmodel: [unclosed\n---\nHi\n")
+    api.git("commit", "-qam", "Break hello")
+    api.ws.index.sync()
+    page = browser.get("/playground/hello")
+    assert page.status_code == 200
+    assert "This version cannot be run:" in page.text and 'id="playground"' not in page.text
+    assert 'id="playground"' in browser.get("/playground/hello?version=1").text
+    refused = browser.run("hello", {"var:personality": "calm", "var:question": "Hi"})
+    assert refused.status_code == 400 and "This version cannot be run" in refused.text
+    assert browser.rows() == []
 
 
 def test_a_form_without_the_csrf_token_or_from_elsewhere_is_refused(browser: Browser) -> None:

@@ -200,12 +200,16 @@ def test_errors_are_the_apis_own_words(open_tab: OpenTab, site: Site) -> None:
     expect(page.get_by_label("Turn 2", exact=True)).to_have_value("assistant")
     page.get_by_label("Turn 2 text").fill("Tea.")
     page.get_by_role("button", name="Add a turn").click()
-    page.get_by_label("Turn 3 text").fill("Why?")
+    page.get_by_label("Turn 3 text").fill("Why? <img src=/nothing.png> <script>alert(1)</script>")
     page.get_by_role("button", name="Run").click()
-    expect(page.locator("#pg-output")).to_contain_text("user: Why?")
+    expect(page.locator("#pg-output")).to_contain_text(
+        "user: Why? <img src=/nothing.png> <script>alert(1)</script>"
+    )
+    expect(page.locator("#pg-output img, #pg-output script")).to_have_count(0)  # text, not HTML
     expect(page.locator("#pg-output")).to_contain_text("assistant: Tea.")
     expect(page.locator("#pg-trace a")).to_have_attribute("href", re.compile(r"^/traces/\d+$"))
     expect(alert).to_be_hidden()
+    expect(page.get_by_role("status").filter(has_text="complete")).to_have_count(1)
     tab.shot("playground-chat")
     assert tab.foreign_requests() == []
 

@@ -13,7 +13,10 @@
   }
 
   function milliseconds(value) {
-    return typeof value === "number" ? Math.round(value).toLocaleString("en") + " ms" : "not measured";
+    if (typeof value !== "number") {
+      return "not measured";
+    }
+    return Math.round(value).toLocaleString("en") + " ms";
   }
 
   function dollars(value) {
@@ -162,6 +165,11 @@
       this.firstToken = null;
     }
 
+    // Said once at the start and once at the end, not per chunk, to a screen reader.
+    say(text) {
+      byId("pg-status").textContent = text;
+    }
+
     reset() {
       this.result.hidden = false;
       this.output.textContent = "";
@@ -197,6 +205,7 @@
       this.reset();
       this.runButton.disabled = true;
       this.stopButton.hidden = false;
+      this.say("Running: the answer appears below as it arrives.");
       this.started = performance.now();
       const headers = { "content-type": "application/json", accept: "text/event-stream" };
       headers[this.form.dataset.csrfHeader] = this.form.elements.namedItem("csrf_token").value;
@@ -289,12 +298,15 @@
     // The figures: first as the browser saw them, then the run log's own.
     async finish() {
       this.result.removeAttribute("aria-busy");
+      const ended = this.problem.hidden ? "" : ": " + this.problem.textContent;
+      this.say(ended ? "The run ended" + ended : "The answer is complete.");
       const elapsed = performance.now() - this.started;
       const usage = this.usage || {};
       byId("pg-tokens").textContent = tokens(usage.prompt_tokens, usage.completion_tokens);
       byId("pg-latency").textContent = milliseconds(elapsed) + " (in the browser)";
+      const first = this.firstToken;
       byId("pg-ttft").textContent =
-        this.firstToken === null ? "no text arrived" : milliseconds(this.firstToken) + " (in the browser)";
+        first === null ? "no text arrived" : milliseconds(first) + " (in the browser)";
       byId("pg-cost").textContent = "reading the run log…";
       const found = /^chatcmpl-(\d+)$/.exec(this.completionId || "");
       const trace = byId("pg-trace");
