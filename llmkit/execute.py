@@ -277,13 +277,16 @@ class Executor:
         if response_format and response_format.get("type") == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema", schema)
         stream_options = body.get("stream_options") or {}
+        # The prompt's api_base and fallbacks go with the model it names: another model
+        # runs with its alias's own.
+        own_model = model_override is None
         call = self.provider_call(
             target,
             rendered,
             params,
-            api_base=prompt.meta.get("api_base"),
+            api_base=prompt.meta.get("api_base") if own_model else None,
             timeout=prompt.meta.get("timeout"),
-            fallbacks=prompt.meta.get("fallbacks"),
+            fallbacks=prompt.meta.get("fallbacks") if own_model else None,
         )
         return Execution(
             key=key,

@@ -19,6 +19,7 @@ from llmkit.errors import BadRequest
 from llmkit.web import playground_views as pv
 from llmkit.web.playground import ADD_TURN
 from tests.api_fixtures import HELLO_MD, ApiEnv, MakeApi
+from tests.fake_upstream import FakeUpstream
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 ORIGIN = "http://testserver"
@@ -380,3 +381,28 @@ def test_figures_say_what_is_not_known() -> None:
         {"input_tokens": 3, "output_tokens": 5, "cost": 0.00012, "stream": True, "ttft_ms": 9}
     )
     assert (streamed.tokens, streamed.cost, streamed.ttft) == ("3 in / 5 out", "$0.00012", "9 ms")
+
+
+def test_another_model_runs_with_its_own_api_base_not_the_prompts(
+    make_api: MakeApi, fake_upstream: FakeUpstream
+) -> None:
+    dead = "http://127.0.0.1:9/v1"  # nothing listens there: a call sent to it fails
+    config = (
+        "models:\n"
+        f"  far: {{model: openai/far-model, api_base: '{dead}', api_key_env: null}}\n"
+        f"  near: {{model: openai/fake-model, api_base: '{fake_upstream.url}',"
+        " api_key_env: null}\n"
+    )
+    prompt = f"---\nmodel: far\napi_base: {dead}\nfallbacks: [far]\n---\nSay hi.\n"
+    api = make_api(files={"llmkit.yaml": config, "prompts/greet.md": prompt})
+    answered = api.post(
+        "/v1/chat/completions",
+        json={
+            "model": "greet",
+            "model_override": "near",
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    )
+    assert answered.status_code == 200, answered.text
+    [sent] = fake_upstream.chat_requests
+    assert sent.body["model"] == "fake-model"
