@@ -335,6 +335,14 @@ def test_a_version_that_cannot_be_read_says_so_and_does_not_run(browser: Browser
     assert browser.rows() == []
 
 
+def test_a_broken_llmkit_yaml_leaves_the_page_readable(browser: Browser) -> None:
+    browser.api.repo.joinpath("llmkit.yaml").write_text("models: [unclosed\n", "utf-8")
+    page = browser.get("/playground/hello")
+    assert page.status_code == 200, page.text
+    assert "Only the prompt's own model can be picked: llmkit.yaml:2: YAML syntax" in page.text
+    assert "var:question" in inputs(page.text)
+
+
 def test_a_form_without_the_csrf_token_or_from_elsewhere_is_refused(browser: Browser) -> None:
     fields = {"var:personality": "calm", "var:question": "Hi", "action": "run"}
     for headers, data, said in (

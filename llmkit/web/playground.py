@@ -58,6 +58,7 @@ class Form:
 
 
 def _choices(ws: Workspace, key: str) -> Choices:
+    """The versions, refs and models to offer: the models as `GET /v1/ui/models` lists them."""
     versions = list(reversed(ws.index.versions(key)))
     branches, tags = ws.store.branches_and_tags()
     try:
