@@ -179,6 +179,10 @@ def test_errors_are_the_apis_own_words(open_tab: OpenTab, site: Site) -> None:
 
     tab = playground(open_tab, site, "shop")
     page = tab.page
+    page.get_by_label("Version").select_option("main")
+    expect(page.locator("#pg-version-hint")).to_contain_text("load this one first")
+    page.get_by_label("Version").select_option("")
+    expect(page.locator("#pg-version-hint")).to_have_text("")
     items = page.get_by_label("items (a list or object)", exact=True)
     expect(page.get_by_label("JSON value for items")).to_be_checked()
     items.fill("[tea, cake")

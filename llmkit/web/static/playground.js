@@ -355,6 +355,14 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    // Each version has its own variables: the form below is the shown version's until the
+    // picked one is loaded.
+    const picker = byId("pg-version");
+    const shown = picker.value;
+    picker.addEventListener("change", () => {
+      byId("pg-version-hint").textContent =
+        picker.value === shown ? "" : "The form below runs the version shown: load this one first.";
+    });
     const form = byId("playground");
     if (!form) {
       return;
