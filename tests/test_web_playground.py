@@ -170,6 +170,27 @@ def test_a_chat_prompt_takes_turns_and_a_turn_is_added_without_javascript(
     assert browser.rows() == []  # adding a turn runs nothing
 
 
+def test_an_answer_continues_the_conversation_without_javascript(browser: Browser) -> None:
+    fields = {"var:items": '["tea"]', "json:items": "1", "var:customer": '{"name": "Al"}'}
+    fields |= {"json:customer": "1", "var:tone": "kind", "role:0": "user", "content:0": "Which?"}
+    ran = browser.run("shop/assist", fields)
+    assert ran.status_code == 200, ran.text
+    answer = re.search(r'name="answer" id="pg-answer" value="([^"]*)"', ran.text)
+    assert answer and "user: Which?" in answer.group(1)
+    assert '<p class="pg-continue">' in ran.text  # offered once there is an answer
+    went_on = browser.run(
+        "shop/assist",
+        {**fields, "role:1": "user", "content:1": "", "action": "continue", "answer": "Tea."},
+    )
+    assert went_on.status_code == 200, went_on.text
+    controls = inputs(went_on.text)
+    assert "role:3" not in controls  # the empty turn was dropped
+    assert re.search(r'<option value="assistant" selected>', went_on.text)
+    assert ">Tea.</textarea>" in went_on.text
+    assert 'id="content-2" name="content:2" rows="2"></textarea>' in went_on.text
+    assert len(browser.rows()) == 1  # continuing runs nothing
+
+
 def test_a_prompt_without_a_user_section_takes_one_message(browser: Browser) -> None:
     controls = inputs(browser.get("/playground/note").text)
     assert "message" in controls and "role:0" not in controls

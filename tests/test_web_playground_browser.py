@@ -215,6 +215,11 @@ def test_errors_are_the_apis_own_words(open_tab: OpenTab, site: Site) -> None:
     expect(alert).to_be_hidden()
     expect(page.get_by_role("status").filter(has_text="complete")).to_have_count(1)
     tab.shot("playground-chat")
+    page.get_by_role("button", name="Continue the conversation").click()
+    expect(page.get_by_label("Turn 4", exact=True)).to_have_value("assistant")
+    expect(page.get_by_label("Turn 4 text")).to_have_value(re.compile(r"^system: You recommend"))
+    expect(page.get_by_label("Turn 5 text")).to_be_focused()
+    expect(page.get_by_role("button", name="Continue the conversation")).to_be_hidden()
     assert tab.foreign_requests() == []
 
 
@@ -239,4 +244,8 @@ def test_without_javascript_the_form_runs_the_prompt(open_tab: OpenTab, site: Si
     tab.shot("playground-without-javascript")
     entry = site.log_entry((trace.get_attribute("href") or "").rsplit("/", 1)[-1])
     assert (entry["status"], entry["source"], entry["stream"]) == ("ok", "ui", False)
+    page.get_by_role("button", name="Continue the conversation").click()
+    expect(page.get_by_label("Turn 2", exact=True)).to_have_value("assistant")
+    expect(page.get_by_label("Turn 2 text")).to_have_value(re.compile(r"^system: You recommend"))
+    expect(page.get_by_label("Turn 3", exact=True)).to_have_value("user")
     assert tab.foreign_requests() == []

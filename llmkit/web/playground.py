@@ -32,6 +32,8 @@ from llmkit.workspace import Workspace
 router = page_router()
 
 ADD_TURN = "add-turn"
+# The answer of a chat prompt becomes the assistant's turn, and a user turn follows.
+CONTINUE = "continue"
 
 
 @dataclass
@@ -151,13 +153,18 @@ def _form_from(fields: dict[str, str]) -> Form:
 @router.post("/playground/{key:path}")
 async def run_in_playground(request: Request, key: str, ws: Ws, admin: AdminKey) -> Response:
     """Run the prompt as the form says, unstreamed (the page's script streams instead), and
-    show the answer with its run-log entry; or add a turn to the conversation."""
+    show the answer with its run-log entry; or add a turn to the conversation, or the answer
+    and a turn after it (to continue it)."""
     fields = await form_fields(request)
     if fields is None:
         raise BadRequest("The playground posts an HTML form (application/x-www-form-urlencoded)")
     spec = version_spec(fields.get("version"), "version")
     form = _form_from(fields)
-    adding = fields.get("action") == ADD_TURN
+    action = fields.get("action")
+    adding = action in (ADD_TURN, CONTINUE)
+    if action == CONTINUE:
+        answer = fields.get("answer", "").replace("\r\n", "\n")
+        form.turns = [t for t in form.turns if t.content] + [pv.Turn("assistant", answer)]
     if adding:
         form.turns = [*form.turns, pv.next_turn(form.turns)][: pv.MAX_TURNS]
     context = await run_in_threadpool(_context, ws, key, spec, form)

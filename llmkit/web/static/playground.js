@@ -118,11 +118,13 @@
     return "The server answered " + response.status + " " + response.statusText;
   }
 
-  function addTurn(fieldset, button) {
+  // A turn after the last: `role`, or the one that answers the last turn (a conversation
+  // alternates). Its text box, or null when the conversation is full.
+  function addTurn(fieldset, button, role, content) {
     const turns = fieldset.querySelectorAll(".pg-turn");
     const max = Number(fieldset.dataset.max);
     if (!turns.length || turns.length >= max) {
-      return;
+      return null;
     }
     const last = turns[turns.length - 1];
     const copy = last.cloneNode(true);
@@ -132,20 +134,39 @@
     const labels = copy.querySelectorAll("label");
     select.id = "role-" + index;
     select.name = "role:" + index;
-    // A conversation alternates: the new turn answers the last one.
-    select.value = last.querySelector("select").value === "user" ? "assistant" : "user";
+    select.value = role || (last.querySelector("select").value === "user" ? "assistant" : "user");
     text.id = "content-" + index;
     text.name = "content:" + index;
-    text.value = "";
+    text.value = content || "";
     labels[0].htmlFor = select.id;
     labels[0].textContent = "Turn " + (index + 1);
     labels[1].htmlFor = text.id;
     labels[1].textContent = "Turn " + (index + 1) + " text";
     last.after(copy);
-    if (index + 1 >= max) {
+    if (index + 1 >= max && button) {
       button.hidden = true;
     }
-    text.focus();
+    return text;
+  }
+
+  // The answer becomes the assistant's turn (in the last turn, if that was left empty), and
+  // an empty user turn follows it.
+  function continueConversation(fieldset, button) {
+    const answer = byId("pg-output").textContent;
+    const turns = fieldset.querySelectorAll(".pg-turn");
+    const last = turns[turns.length - 1];
+    const lastText = last.querySelector("textarea");
+    let reply;
+    if (!lastText.value) {
+      last.querySelector("select").value = "assistant";
+      lastText.value = answer;
+      reply = lastText;
+    } else {
+      reply = addTurn(fieldset, button, "assistant", answer);
+    }
+    const next = reply ? addTurn(fieldset, button, "user", "") : null;
+    (next || reply || lastText).focus();
+    byId("pg-continue").parentElement.hidden = true;
   }
 
   class Run {
@@ -177,6 +198,10 @@
       this.problem.textContent = "";
       this.warning.hidden = true;
       this.figures.hidden = true;
+      const more = byId("pg-continue");
+      if (more) {
+        more.parentElement.hidden = true;
+      }
       for (const id of ["pg-tokens", "pg-cost", "pg-latency", "pg-ttft", "pg-trace"]) {
         byId(id).textContent = "";
       }
@@ -321,6 +346,10 @@
         trace.textContent = "none: the call was not made";
       }
       this.figures.hidden = false;
+      const more = byId("pg-continue");
+      if (more && this.problem.hidden && this.output.textContent) {
+        more.parentElement.hidden = false;
+      }
       const entry = found ? await this.logEntry(found[1]) : null;
       if (!entry) {
         byId("pg-cost").textContent = found ? "not in the run log yet" : "none";
@@ -372,7 +401,17 @@
     if (fieldset && addButton) {
       addButton.addEventListener("click", (event) => {
         event.preventDefault();
-        addTurn(fieldset, addButton);
+        const added = addTurn(fieldset, addButton);
+        if (added) {
+          added.focus();
+        }
+      });
+    }
+    const more = byId("pg-continue");
+    if (fieldset && more) {
+      more.addEventListener("click", (event) => {
+        event.preventDefault();
+        continueConversation(fieldset, addButton);
       });
     }
     let running = null;
