@@ -23,6 +23,7 @@ from llmkit import providers
 from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
 from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable, UpstreamError
 from llmkit.models import ModelRegistry, ModelTarget
+from llmkit.prompt_views import models_in_use
 from llmkit.promptfile import PromptFile, path_for_key
 from llmkit.render import render_messages, renders_quickly
 from llmkit.runlog import RunLog, RunRecord, new_trace_id, version_columns
@@ -66,7 +67,17 @@ PROMPT_PARAMS = (
     "reasoning_effort",
 )
 # Everything else a client may send; anything outside these is refused by name.
-OTHER_FIELDS = {"model", "messages", "variables", "stream", "stream_options", "metadata", "store"}
+OTHER_FIELDS = {
+    "model",
+    "messages",
+    "variables",
+    "model_override",
+    "stream",
+    "stream_options",
+    "metadata",
+    "store",
+}
+MAX_MODEL_NAME = 300
 JSON_FORMATS = ("json_object", "json_schema")
 WARNING_HEADER = "x-llmkit-warning"
 # What a stream keeps of its answer for the run log when no cap is given (the rest is only
@@ -180,6 +191,8 @@ class Executor:
     def _quick(self, body: dict[str, Any], version: Version | None) -> Version | None:
         """The version to prepare inline, or None to prepare on a thread (which also raises
         whatever error the lookup has to say)."""
+        if isinstance(body, dict) and body.get("model_override") is not None:
+            return None  # checking it reads every served prompt's model
         if version is None:
             model = body.get("model") if isinstance(body, dict) else None
             try:
@@ -205,8 +218,9 @@ class Executor:
         version: Version | None = None,
     ) -> Execution:
         """Resolve, render and merge. `user_variables` (evals) render the user sections with
-        their own values; `model_override` runs the prompt on another model or alias; a
-        `version` already resolved (evals) is used as it is instead of `model`."""
+        their own values; `model_override` (an eval case's `model`) runs the prompt on another
+        model or alias, as the body's `model_override` does within what `allowed_override`
+        allows; a `version` already resolved (evals) is used as it is instead of `model`."""
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object")
         unknown = set(body) - OTHER_FIELDS - set(REQUEST_PARAMS)
@@ -233,6 +247,8 @@ class Executor:
             user_variables,
             limits=self.registry.limits(),
         )
+        if model_override is None and body.get("model_override") is not None:
+            model_override = self.allowed_override(body["model_override"])
         target = self.registry.resolve(model_override or prompt.model)
         params: dict[str, Any] = dict(target.params)
         for name in PROMPT_PARAMS:
@@ -261,13 +277,16 @@ class Executor:
         if response_format and response_format.get("type") == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema", schema)
         stream_options = body.get("stream_options") or {}
+        # The prompt's api_base and fallbacks go with the model it names: another model
+        # runs with its alias's own.
+        own_model = model_override is None
         call = self.provider_call(
             target,
             rendered,
             params,
-            api_base=prompt.meta.get("api_base"),
+            api_base=prompt.meta.get("api_base") if own_model else None,
             timeout=prompt.meta.get("timeout"),
-            fallbacks=prompt.meta.get("fallbacks"),
+            fallbacks=prompt.meta.get("fallbacks") if own_model else None,
         )
         return Execution(
             key=key,
@@ -284,6 +303,25 @@ class Executor:
             log_id=self._log_id(),
             model_name=model_override or prompt.model,
             warnings=warnings,
+        )
+
+    def allowed_override(self, name: object) -> str:
+        """A caller's `model_override`: an alias of llmkit.yaml or a model a served prompt
+        names, the models `GET /v1/ui/models` lists. Any other model string is refused, so
+        that a key can only spend on what the repository's owners configured or chose."""
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_MODEL_NAME:
+            raise BadRequest(
+                "model_override must be the name of an alias of llmkit.yaml or of a model a"
+                " prompt uses",
+                param="model_override",
+            )
+        name = name.strip()
+        if name in self.registry.aliases() or name in models_in_use(self.ws.index.list_prompts()):
+            return name
+        raise BadRequest(
+            f"model_override {name[:80]!r} is neither an alias of llmkit.yaml nor a model a"
+            " served prompt uses (GET /v1/ui/models lists those a call may run on)",
+            param="model_override",
         )
 
     def provider_call(

@@ -253,6 +253,21 @@ class GitStore:
     def ref_value(self, ref: str) -> str | None:
         return self._ref_target(ref)
 
+    def branches_and_tags(self, limit: int = 200) -> tuple[list[str], list[str]]:
+        """The short names of the local branches and of the tags, each sorted, at most `limit`
+        of each (a person picks from them; a repository with thousands is typed into)."""
+        listing = self.out(
+            "for-each-ref", "--format=%(refname)", "refs/heads", "refs/tags", check=False
+        )
+        branches: list[str] = []
+        tags: list[str] = []
+        for ref in listing.splitlines():
+            if ref.startswith("refs/heads/") and len(branches) < limit:
+                branches.append(ref.removeprefix("refs/heads/"))
+            elif ref.startswith("refs/tags/") and len(tags) < limit:
+                tags.append(ref.removeprefix("refs/tags/"))
+        return branches, tags
+
     def resolve_ref(self, ref: str) -> str | None:
         """A commit sha for a branch, tag, or sha prefix; None when there is no such ref. git
         resolves it (GitPython's rev_parse orders refs and sha prefixes differently)."""

@@ -117,6 +117,13 @@ class CompletionParams(TypedDict, total=False):
     variables: Annotated[
         dict[str, Any] | None, Field(description="Template variables (SDKs send it in extra_body)")
     ]
+    model_override: Annotated[
+        str | None,
+        Field(
+            description="Run the prompt on this model instead of its own: an alias of"
+            " llmkit.yaml or a model a served prompt uses (as GET /v1/ui/models lists them)"
+        ),
+    ]
     stream: Annotated[bool | None, Field(description="Answer as server-sent events")]
     stream_options: StreamOptions | None
     metadata: dict[str, Any] | None

@@ -16,6 +16,7 @@ from llmkit.api.schemas import ChatCompletionRequest, PromptExecuteRequest
 from llmkit.api.streaming import ClientWatch, EventStream, JsonAnswer
 from llmkit.errors import LlmkitError
 from llmkit.execute import Execution, Executor
+from llmkit.workspace import Workspace
 
 router = APIRouter(dependencies=[Depends(run_key)], tags=["completions"])
 ui_router = APIRouter(
@@ -64,14 +65,14 @@ async def _complete(
     finally:
         watch.close()
     if with_log:
-        response = await run_in_threadpool(_content_and_log, request, ex.trace_id, response)
+        ws = request.app.state.ws
+        response = await run_in_threadpool(content_and_log, ws, ex.trace_id, response)
     return JsonAnswer(response, headers=ex.headers())
 
 
-def _content_and_log(request: Request, trace_id: str, response: dict[str, Any]) -> dict[str, Any]:
-    """LLMKit's answer to an execution by id: the text, and the run-log entry of the call (as
-    GET /v1/ui/logs/{id} shows it), written before it is read."""
-    ws = request.app.state.ws
+def content_and_log(ws: Workspace, trace_id: str, response: dict[str, Any]) -> dict[str, Any]:
+    """LLMKit's answer to an execution by id (and the playground page's): the text, and the
+    run-log entry of the call (as GET /v1/ui/logs/{id} shows it), written before it is read."""
     ws.runlog.flush()
     choices = response.get("choices") or [{}]
     content = (choices[0].get("message") or {}).get("content")
