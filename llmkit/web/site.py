@@ -6,12 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from starlette.staticfiles import StaticFiles
 
-from llmkit.web import routes
+from llmkit.web import routes, traces
 from llmkit.web.pages import HERE, STATIC_URL, Pages
 
 # One line per area of the UI.
 ROUTERS: list[APIRouter] = [
     routes.router,
+    traces.router,
 ]
 
 
