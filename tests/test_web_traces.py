@@ -216,6 +216,7 @@ def test_the_empty_log_and_an_empty_filter_say_so(site: Pages) -> None:
         ("status=bogus", "Status: Unknown status &#39;bogus&#39;"),
         ("from=yesterday", "From: from is not an ISO-8601 time: &#39;yesterday&#39;"),
         ("to=2024-13-01T00:00", "To: to is not an ISO-8601 time"),
+        ("from=2024-05-02T00:00&to=2024-05-01T00:00", "To: To (2024-05-01T00:00:00.000Z) must"),
         ("version=v1", "Version: version must be a version number"),
         ("limit=0", "Rows per page: Rows per page must be from 1 to 500, got 0"),
         ("limit=lots", "Rows per page: Rows per page must be a whole number"),

@@ -114,14 +114,15 @@ def found_soon(runlog: RunLog, ident: str, wait_s: float = FOUND_WAIT_S) -> dict
     loop) for one whose call has its id but whose row is not written yet; NotFound after that.
     A trace id prefix names only rows already written: not waited for."""
     deadline = time.monotonic() + (wait_s if tv.may_be_written_soon(ident) else 0)
+    runlog.flush()  # what is queued already, as the API's GET /v1/ui/logs/{id} does
     while True:
-        runlog.flush(timeout=max(deadline - time.monotonic(), POLL_S))
         try:
             return runlog.find(ident)
         except NotFound:
             if time.monotonic() >= deadline:
                 raise
         time.sleep(POLL_S)
+        runlog.flush(timeout=max(deadline - time.monotonic(), POLL_S))
 
 
 @router.get("/traces/{ident}")

@@ -83,6 +83,11 @@ class Filters:
                 )
         since = canonical_time(self.get("from"), "from") if self.get("from") else None
         until = canonical_time(self.get("to"), "to") if self.get("to") else None
+        if since is not None and until is not None and until <= since:
+            raise BadRequest(
+                f"To ({until}) must be later than From ({since}): the range holds no time",
+                param="to",
+            )
         return {
             "prompt": self.get("prompt") or None,
             "version": self.get("version") or None,
