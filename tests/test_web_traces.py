@@ -178,6 +178,9 @@ def test_the_links_keep_the_filters_and_the_form_shows_them(site: Pages) -> None
     newer = link(second, "prev")
     assert newer is not None and newer.startswith("/traces?prompt=alpha&status=ok&limit=2&before=")
     assert 'href="/traces?prompt=alpha&amp;status=ok&amp;limit=2">Newest</a>' in second.text
+    top = site.get(newer)
+    assert ids_on(top) == ids_on(page) and link(top, "prev") is None
+    assert ">Newest</a>" not in top.text and ">Newest</a>" not in page.text
     # A shared link's time in the stored shape is shown as the datetime-local input holds it.
     shared = site.get("/traces?from=2024-05-01T10:30:00Z&to=2024-05-01T10:30:15.000Z")
     assert 'name="from" type="datetime-local" step="1" value="2024-05-01T10:30"' in shared.text
