@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -133,6 +134,9 @@ def main() -> None:
         within = all(r["p95_ms"] <= TARGET_MS for r in pages)
         print(f"\nratios (median): {ratios}")
         print(f"every page's p95 within {TARGET_MS:g} ms: {within}")
+        # Figures from a shared machine are only comparable with the load they were taken at.
+        load = [round(x, 2) for x in os.getloadavg()]
+        print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores")
         ws.close()
     report = {
         "rows": args.rows,
@@ -141,6 +145,8 @@ def main() -> None:
         "ratios": ratios,
         "target_ms": TARGET_MS,
         "within_target": within,
+        "load_average": load,
+        "cores": os.cpu_count(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -102,7 +102,7 @@ def traces_page(request: Request, ws: Ws, admin: AdminKey) -> Response:
         context["problem"] = tv.problem_text(exc)
         return pages(request).render(request, "traces.html", status=400, **context)
     context.update(
-        rows=found.rows,
+        rows=[tv.trace_row(row) for row in found.rows],
         paged=newer is not None,
         older=filters.query(cursor=found.next_cursor) if found.next_cursor else None,
         newer=filters.query(before=newer) if newer else None,
