@@ -82,7 +82,6 @@ def traces_page(request: Request, ws: Ws, admin: AdminKey) -> Response:
         "total": None,
         "problem": None,
         "time_value": tv.time_input_value,
-        "tv": tv,
     }
     try:
         if cursor is not None and before is not None:
