@@ -348,6 +348,9 @@ def test_a_call_that_is_not_in_the_log_is_a_404_page(site: Pages) -> None:
         assert program.status_code == 404 and program.json()["error"]["param"] in ("id", "trace_id")
     short = site.get("/traces/abc")
     assert short.status_code == 400 and "needs at least 6 characters" in short.text
+    hostile = site.get("/traces/%3Cscript%3Ealert(1)")
+    assert hostile.status_code == 404
+    assert "<script>alert" not in hostile.text and "&lt;script&gt;alert(1)" in hostile.text
 
 
 def test_the_pages_need_an_admin(site: Pages) -> None:
