@@ -848,6 +848,41 @@ class RunLog:
         )
         return _page_of(rows, limit)
 
+    def page_before(
+        self,
+        cursor: str,
+        limit: int = 50,
+        prompt: str | None = None,
+        version: str | int | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        model: str | None = None,
+    ) -> LogPage:
+        """The `limit` runs just newer than the position `cursor` names, newest first as
+        `page_after` gives them: a page back, for a reader paging by cursor (the UI's
+        "Newer"). Its `next_cursor` names its first row when still newer runs match, so that
+        the page before it is `page_before(next_cursor)`; None when it reaches the newest run.
+        The same range read as `page_after`, walking the index the other way."""
+        limit = min(_check_positive(limit, "limit"), MAX_PAGE_SIZE)
+        created_at, row_id = decode_cursor(cursor)
+        where, params = _filters(prompt, version, status, since, until, model)
+        where += " AND " if where else " WHERE "
+        where += "created_at >= ? AND (created_at > ? OR id > ?)"
+        rows = (
+            self._db.reader()
+            .execute(
+                f"{_SELECT}{where} ORDER BY created_at, id LIMIT ?",
+                (*params, created_at, created_at, row_id, limit + 1),
+            )
+            .fetchall()
+        )
+        shown = [_row_to_dict(row) for row in reversed(rows[:limit])]
+        following = None
+        if len(rows) > limit and shown:
+            following = encode_cursor(shown[0]["created_at"], shown[0]["id"])
+        return LogPage(shown, following)
+
     def count(
         self,
         prompt: str | None = None,

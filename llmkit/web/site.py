@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from starlette.staticfiles import StaticFiles
 
-from llmkit.web import evals, numbers, playground, restore, routes
+from llmkit.web import evals, numbers, playground, restore, routes, traces
 from llmkit.web.pages import HERE, STATIC_URL, Pages
 
 # One line per area of the UI.
@@ -16,6 +16,7 @@ ROUTERS: list[APIRouter] = [
     numbers.router,
     restore.router,
     playground.router,
+    traces.router,
 ]
 
 
