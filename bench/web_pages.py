@@ -182,37 +182,54 @@ def pages_to_time(
         ),
     ]
     if traces:
-        runlog = app.state.ws.runlog
-        total = runlog.count()
-        deep = total * 9 // 10
-        above = (
-            app.state.ws.db.reader()
-            .execute(
-                "SELECT created_at, id FROM run_log ORDER BY created_at DESC, id DESC"
-                " LIMIT 1 OFFSET ?",
-                (max(0, deep - 1),),
-            )
-            .fetchone()
+        pages += trace_pages(app, key)
+    return pages
+
+
+def trace_pages(app: FastAPI, key: str) -> list[Page]:
+    """The trace list (first page, a page 90% of the way down by the API's `cursor`, one
+    prompt's) and one trace. A list must link to the trace of its first row, so a page that
+    ignored the cursor, or an error page, is not timed as the page asked for."""
+    runlog = app.state.ws.runlog
+    deep = runlog.count() * 9 // 10
+    above = (
+        app.state.ws.db.reader()
+        .execute(
+            "SELECT created_at, id FROM run_log ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?",
+            (max(0, deep - 1),),
         )
-        cursor = encode_cursor(above[0], above[1]) if above else ""
-        newest = runlog.page_after(None, limit=1).rows
-        trace_id = newest[0]["id"] if newest else 1
-        pages += [
-            Page("traces, first page", "/traces", "/v1/ui/logs", "trace"),
-            Page(
-                f"traces, page at row {deep:,}",
-                f"/traces?{urlencode({'cursor': cursor})}",
-                f"/v1/ui/logs?{urlencode({'cursor': cursor})}",
-                "trace",
-            ),
+        .fetchone()
+    )
+    if above is None:
+        return []
+    cursor = encode_cursor(above[0], above[1])
+    first = runlog.page_after(None, limit=1).rows[0]
+    at_depth = runlog.page_after(cursor, limit=1).rows[0]
+    mine = runlog.page_after(None, limit=1, prompt=key).rows
+    pages = [
+        Page("traces, first page", "/traces", "/v1/ui/logs", f'/traces/{first["id"]}"'),
+        Page(
+            f"traces, page at row {deep:,}",
+            f"/traces?{urlencode({'cursor': cursor})}",
+            f"/v1/ui/logs?{urlencode({'cursor': cursor})}",
+            f'/traces/{at_depth["id"]}"',
+        ),
+        Page(
+            f"trace {first['id']}",
+            f"/traces/{first['id']}",
+            f"/v1/ui/logs/{first['id']}",
+            first["prompt_key"],
+        ),
+    ]
+    if mine:
+        pages.append(
             Page(
                 "traces of one prompt",
                 f"/traces?{urlencode({'prompt': key})}",
                 f"/v1/ui/logs?{urlencode({'prompt': key})}",
-                key,
-            ),
-            Page(f"trace {trace_id}", f"/traces/{trace_id}", f"/v1/ui/logs/{trace_id}", "trace"),
-        ]
+                f'/traces/{mine[0]["id"]}"',
+            )
+        )
     return pages
 
 
