@@ -19,11 +19,13 @@ and the response, without a socket. Each page gets `--warmup` requests first, th
 `--requests` requests, each followed by its baselines, so noise lands on both: GET /v1/
 (the app's floor: routing and a small JSON answer, no auth, no reads; /healthz is not one,
 as it lists every prompt) and, where the API has one, the API's JSON route for the same data
-(the prompt list's is a page of 1,000 prompts). Figures are the
-median and p95 (nearest rank) of the wall time, and the medians of the CPU time per request of
-the process (client and server) and of the endpoint function alone (in its worker thread): on
-a shared machine they say what the page costs when the wall time says how busy the machine
-was. Ratios are medians over medians.
+(the prompt list's is a page of 1,000 prompts). The trace pages are the list's first page, a
+page 90% of the way down by the API's `cursor`, one prompt's calls, and one trace; skipped,
+with a word, when the app has no /traces. Figures are the median and p95 (nearest rank) of
+the wall time, and the medians of the CPU time per request of the process (client and
+server) and of the endpoint function alone (in its worker thread): on a shared machine they
+say what the page costs when the wall time says how busy the machine was. Ratios are medians
+over medians. Exits 1 when a page misses the target.
 
 With `--profile PREFIX`, each page over its target is profiled with cProfile over
 `--requests` more requests (the endpoint runs in a worker thread, so the profiler is switched
