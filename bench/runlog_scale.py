@@ -75,9 +75,10 @@ def sha(prompt: int, version: int) -> str:
     return f"{prompt:04d}{version:02d}" + "ab" * 17
 
 
-def call_rows(rows: int, seed: int = 7) -> Iterator[tuple[Any, ...]]:
+def call_rows(rows: int, seed: int = 7, keys: list[str] | None = None) -> Iterator[tuple[Any, ...]]:
     """`rows` calls in COLUMNS order, oldest first: the same rows for the same seed, whichever
-    store they go into."""
+    store they go into. Prompt n is `prompt/n`, or `keys[n % len(keys)]` when `keys` are given
+    (a generated repository's, so that the calls belong to prompts that exist)."""
     rng = random.Random(seed)
     versions = [rng.randint(1, 5) for _ in range(PROMPTS)]
     span_ms = DAYS * 86_400_000
@@ -93,7 +94,7 @@ def call_rows(rows: int, seed: int = 7) -> Iterator[tuple[Any, ...]]:
         values = {
             "id": i + 1,
             "trace_id": f"{i:032x}",
-            "prompt_key": f"prompt/{prompt:03d}",
+            "prompt_key": keys[prompt % len(keys)] if keys else f"prompt/{prompt:03d}",
             "version_number": version,
             "version_sha": sha(prompt, version),
             "draft": 0,
@@ -122,7 +123,7 @@ def call_rows(rows: int, seed: int = 7) -> Iterator[tuple[Any, ...]]:
         yield tuple(values[name] for name in COLUMNS)
 
 
-def generate(path: Path, rows: int, seed: int = 7) -> float:
+def generate(path: Path, rows: int, seed: int = 7, keys: list[str] | None = None) -> float:
     """Write `rows` calls into a database at the pre-rollup schema; returns seconds."""
     started = time.perf_counter()
     db = Database(path)
@@ -139,7 +140,7 @@ def generate(path: Path, rows: int, seed: int = 7) -> float:
         for name, _ in indexes:
             conn.execute(f"DROP INDEX {name}")
         conn.execute("PRAGMA cache_size = -262144")
-        for row in call_rows(rows, seed):
+        for row in call_rows(rows, seed, keys):
             chunk.append(row)
             if len(chunk) == 10_000:
                 conn.executemany(sql, chunk)

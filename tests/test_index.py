@@ -273,6 +273,47 @@ def test_a_rewrite_within_one_timestamp_tick_is_still_seen(
     assert workspace.index.version("hello").content == path.read_text()
 
 
+def test_every_listing_serves_the_version_its_history_ends_with(
+    repo: Repo, workspace: Workspace
+) -> None:
+    """list_prompts, page_prompts and get_prompt read the served versions of many prompts in
+    one query; each must be the Version (content, error, commit, id, draft) that versions()
+    reads one at a time, and latest_committed its highest committed number."""
+    repo.write("prompts/a.md", text("a1"))
+    repo.write("prompts/gone.md", text("gone"))
+    repo.write("prompts/latin1.md", b"---\nmodel: m\n---\ncaf\xe9\n")
+    repo.commit("add a, gone and latin1")
+    repo.write("prompts/a.md", text("a2"))
+    repo.git("rm", "-q", "prompts/gone.md")
+    repo.commit("a2, delete gone")
+    repo.write("prompts/a.md", text("a3 draft"))  # a draft served over committed a2
+    repo.write("prompts/new.md", text("never committed"))
+    index = workspace.index
+    index.sync()
+
+    def expected(key: str) -> tuple[object, int]:
+        versions = index.versions(key)
+        committed = [v.number for v in versions if not v.draft and v.number is not None]
+        served = versions[-1] if index.get_prompt(key).present else None
+        return served, max(committed, default=0)
+
+    listed = index.list_prompts(include_deleted=True)
+    assert {p.key for p in listed} == {"hello", "static", "a", "gone", "latin1", "new"}
+    paged = {p.key: p for p in index.page_prompts(limit=100)}
+    assert set(paged) == {p.key for p in listed if p.present}
+    for prompt in listed:
+        served, committed = expected(prompt.key)
+        for seen in (prompt, index.get_prompt(prompt.key), paged.get(prompt.key, prompt)):
+            assert (seen.version, seen.latest_committed) == (served, committed), prompt.key
+    a = index.get_prompt("a")
+    assert a.version is not None and a.version.draft and a.latest_committed == 2
+    assert a.version.commit is None and a.version.content == text("a3 draft")
+    assert index.get_prompt("gone").version is None
+    latin1 = index.get_prompt("latin1").version
+    assert latin1 is not None and latin1.content is None and "UTF-8" in str(latin1.error)
+    assert latin1.commit is not None and latin1.commit.message == "add a, gone and latin1"
+
+
 def test_files_that_cannot_be_read_keep_the_rest_indexing(
     repo: Repo, workspace: Workspace, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from llmkit.prompt_views import iso_time
 from llmkit.sessions import SESSION_COOKIE
 from llmkit.web import views
 from tests.api_fixtures import ApiEnv
@@ -188,3 +189,18 @@ def test_the_session_cookie_is_never_on_a_page(api: ApiEnv, signed_in: SignedIn)
     token = signed_in.client.cookies[SESSION_COOKIE]
     for url in ("/", "/keys", "/prompts/hello"):
         assert token not in signed_in.get(url).text
+
+
+def test_the_list_shows_each_prompts_last_change_escaped(api: ApiEnv, signed_in: SignedIn) -> None:
+    (api.repo / "prompts/team").mkdir(exist_ok=True)
+    (api.repo / "prompts/team/a_b.md").write_text("---\nmodel: echo\n---\nHi\n", "utf-8")
+    git(api.repo, "add", "-A")
+    git(api.repo, "commit", "-q", "-m", "<b>Add</b> a&b\r\n\nwhy it was added")
+    api.ws.index.sync()
+    commit = api.ws.index.version("team/a_b").commit
+    assert commit is not None
+    listing = signed_in.get("/").text
+    assert 'href="/prompts/team/a_b"' in listing
+    assert f'<time datetime="{iso_time(commit.authored_at)}">{views.when(commit)}</time>' in listing
+    assert "&lt;b&gt;Add&lt;/b&gt; a&amp;b</p>" in listing
+    assert "<b>Add" not in listing and "why it was added" not in listing

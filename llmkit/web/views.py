@@ -8,6 +8,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from markupsafe import Markup, escape
@@ -35,6 +36,12 @@ class PromptRow:
     draft: bool
     error: str | None
     change: Commit | None
+    # Formatted here, once, rather than by calls from the template: the list shows every
+    # prompt, and a call per row from Jinja costs more than the rest of the row.
+    href: str = ""
+    changed_at: str = ""  # ISO 8601, for <time datetime>
+    changed_when: str = ""  # as `when` gives it
+    subject: str = ""  # the first line of the commit message
 
 
 @dataclass
@@ -66,6 +73,7 @@ def prompt_row(prompt: Prompt, last_commit: Commit | None) -> PromptRow:
             model = version.prompt().model
         except PromptFormatError as exc:
             error = exc.message
+    changed_at = iso_time(last_commit.authored_at) if last_commit is not None else ""
     return PromptRow(
         key=prompt.key,
         name=prompt.key.rsplit("/", 1)[-1],
@@ -74,6 +82,10 @@ def prompt_row(prompt: Prompt, last_commit: Commit | None) -> PromptRow:
         draft=bool(version and version.draft),
         error=error,
         change=last_commit,
+        href=f"/prompts/{quote(prompt.key)}",
+        changed_at=changed_at,
+        changed_when=_readable(changed_at) if changed_at else "",
+        subject=last_commit.message.splitlines()[0] if last_commit and last_commit.message else "",
     )
 
 
@@ -130,7 +142,11 @@ def when(commit: Commit | None) -> str | None:
     """When a commit was authored, as a person reads it: `2026-01-31 09:30:00 UTC`."""
     if commit is None:
         return None
-    return iso_time(commit.authored_at).replace("T", " ").removesuffix("Z") + " UTC"
+    return _readable(iso_time(commit.authored_at))
+
+
+def _readable(iso: str) -> str:
+    return iso.replace("T", " ").removesuffix("Z") + " UTC"
 
 
 @dataclass(frozen=True)
