@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from llmkit import __version__
 from llmkit.prompt_views import iso_time
 from llmkit.sessions import SESSION_COOKIE
 from llmkit.web import views
@@ -204,3 +205,11 @@ def test_the_list_shows_each_prompts_last_change_escaped(api: ApiEnv, signed_in:
     assert f'<time datetime="{iso_time(commit.authored_at)}">{views.when(commit)}</time>' in listing
     assert "&lt;b&gt;Add&lt;/b&gt; a&amp;b</p>" in listing
     assert "<b>Add" not in listing and "why it was added" not in listing
+
+
+def test_every_area_names_llmkits_version_in_its_footer(signed_in: SignedIn) -> None:
+    """A page's own `version` (the playground's chosen version, say) never hides llmkit's."""
+    for url in ("/", "/prompts/hello", "/playground/hello", "/traces", "/evals", "/keys"):
+        page = signed_in.get(url)
+        assert page.status_code == 200, (url, page.text[:300])
+        assert f"llmkit {__version__}</footer>" in page.text, url

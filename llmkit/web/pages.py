@@ -58,7 +58,11 @@ class Pages:
             lstrip_blocks=True,
         )
         self.env.globals.update(
-            version=__version__, quote=quote, urlencode=urlencode, when=views.when, iso=iso_time
+            llmkit_version=__version__,
+            quote=quote,
+            urlencode=urlencode,
+            when=views.when,
+            iso=iso_time,
         )
 
     def render(
