@@ -213,3 +213,18 @@ def test_every_area_names_llmkits_version_in_its_footer(signed_in: SignedIn) -> 
         page = signed_in.get(url)
         assert page.status_code == 200, (url, page.text[:300])
         assert f"llmkit {__version__}</footer>" in page.text, url
+
+
+def test_the_list_and_the_prompt_page_show_each_prompts_model_and_type(
+    api: ApiEnv, signed_in: SignedIn
+) -> None:
+    (api.repo / "prompts/static.md").write_text("---\nmodel: echo\nchat: true\n---\nHi\n", "utf-8")
+    git(api.repo, "add", "-A")
+    git(api.repo, "commit", "-q", "-m", "Add a static chat prompt")
+    api.ws.index.sync()
+    listing = signed_in.get("/").text
+    assert '<span class="kind">dynamic_both</span>' in listing  # hello reads a user variable
+    assert '<span class="kind">static · chat</span>' in listing
+    page = signed_in.get("/prompts/hello").text
+    assert "<dt>Model</dt><dd><code>default</code></dd>" in page
+    assert "<dt>Type</dt><dd>dynamic_both</dd>" in page

@@ -32,6 +32,7 @@ class PromptRow:
     key: str
     name: str  # the last segment of the key
     model: str | None
+    kind: str | None  # the prompt type (static, dynamic_system, dynamic_both), "chat" added
     number: int | None
     draft: bool
     error: str | None
@@ -64,13 +65,19 @@ def matches(prompt: Prompt, query: str) -> bool:
     return bool(content) and needle in (content or "").casefold()
 
 
+def prompt_kind(prompt: PromptFile) -> str:
+    """The prompt's type as LLMKit names it, with "chat" when it takes a conversation."""
+    return f"{prompt.prompt_type} · chat" if prompt.is_chat else prompt.prompt_type
+
+
 def prompt_row(prompt: Prompt, last_commit: Commit | None) -> PromptRow:
     version = prompt.version
-    model = None
+    model = kind = None
     error = version.error if version is not None else None
     if version is not None and version.content is not None:
         try:
-            model = version.prompt().model
+            parsed = version.prompt()
+            model, kind = parsed.model, prompt_kind(parsed)
         except PromptFormatError as exc:
             error = exc.message
     changed_at = iso_time(last_commit.authored_at) if last_commit is not None else ""
@@ -78,6 +85,7 @@ def prompt_row(prompt: Prompt, last_commit: Commit | None) -> PromptRow:
         key=prompt.key,
         name=prompt.key.rsplit("/", 1)[-1],
         model=model,
+        kind=kind,
         number=version.number if version else None,
         draft=bool(version and version.draft),
         error=error,
