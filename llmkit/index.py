@@ -579,6 +579,11 @@ class Index:
         if generation != self._seen_generation:
             self._invalidate(generation)
 
+    def generation(self) -> int:
+        """A number that moves whenever any row of the index changes, in any process (a sync,
+        a rebuild, a draft seen): what is computed from the rows may be kept until it moves."""
+        return _generation(self.db.reader())
+
     # -- reading -------------------------------------------------------------------------
 
     def list_prompts(self, include_deleted: bool = False) -> list[Prompt]:

@@ -17,7 +17,7 @@ from llmkit.prompt_views import iso_time
 from llmkit.sessions import SESSION_COOKIE
 from llmkit.web import views
 from tests.api_fixtures import ApiEnv
-from tests.helpers import git
+from tests.helpers import git, invoke
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 ORIGIN = "http://testserver"
@@ -228,3 +228,25 @@ def test_the_list_and_the_prompt_page_show_each_prompts_model_and_type(
     page = signed_in.get("/prompts/hello").text
     assert "<dt>Model</dt><dd><code>default</code></dd>" in page
     assert "<dt>Type</dt><dd>dynamic_both</dd>" in page
+
+
+def test_the_list_follows_every_change_of_the_index_even_one_made_by_another_process(
+    api: ApiEnv, signed_in: SignedIn
+) -> None:
+    """The list's rows are kept between requests; a commit, a draft and a sync by another
+    process (here `llmkit index` in the repository) must each show at the next request."""
+    assert "fresh" not in signed_in.get("/").text
+    (api.repo / "prompts/fresh.md").write_text("---\nmodel: echo\n---\nHi\n", "utf-8")
+    git(api.repo, "add", "-A")
+    git(api.repo, "commit", "-q", "-m", "Add fresh")
+    api.ws.index.sync()
+    listing = signed_in.get("/").text
+    assert 'href="/prompts/fresh"' in listing and "Add fresh" in listing
+    assert '<span class="badge draft">draft</span>' not in listing
+
+    (api.repo / "prompts/fresh.md").write_text("---\nmodel: echo\n---\nZebras\n", "utf-8")
+    synced = invoke("index", cwd=api.repo)  # another Index, as another process would sync
+    assert synced.exit_code == 0, synced.output
+    listing = signed_in.get("/").text
+    assert '<span class="badge draft">draft</span>' in listing
+    assert "1 prompt matching" in signed_in.get("/?q=zebra").text

@@ -29,7 +29,7 @@ from llmkit.errors import (
 )
 from llmkit.promptfile import parse, path_for_key
 from llmkit.sessions import SESSION_COOKIE
-from llmkit.versions import Version
+from llmkit.versions import Prompt, Version
 from llmkit.web import views
 from llmkit.web.pages import SIGN_IN_URL, page_router, pages, version_spec
 from llmkit.web.ref_badges import badges_html
@@ -77,17 +77,44 @@ def _last_change(ws: Workspace, prompt: Any) -> Any:
     return None
 
 
+class Listing:
+    """The prompt list's rows, built once per generation of the index. Every row is a function
+    of the index's rows (what is served, its last commit), and the generation moves whenever
+    one of those changes, in any process; so a list of 1,000 prompts is read and shaped once
+    per change, not once per request."""
+
+    def __init__(self) -> None:
+        self._built: tuple[int, list[tuple[Prompt, views.PromptRow]], views.Folder] | None = None
+
+    def rows(self, ws: Workspace) -> tuple[list[tuple[Prompt, views.PromptRow]], views.Folder]:
+        """(prompt, row) for every prompt, and the tree of them all."""
+        generation = ws.index.generation()  # read first: a change meanwhile rebuilds next time
+        built = self._built
+        if built is not None and built[0] == generation:
+            return built[1], built[2]
+        pairs = [(p, views.prompt_row(p, _last_change(ws, p))) for p in ws.index.list_prompts()]
+        tree = views.tree_of([row for _, row in pairs])
+        self._built = (generation, pairs, tree)  # one assignment: readers see old or new
+        return pairs, tree
+
+
+def listing(request: Request) -> Listing:
+    return request.app.state.web_listing  # type: ignore[no-any-return]
+
+
 @router.get("/")
 def prompts_page(
     request: Request, ws: Ws, key: AdminKey, q: str | None = Query(None, max_length=2000)
 ) -> Response:
     """Every prompt as a tree of folders; `q` keeps those whose key or text contains it."""
     query = views.clean_query(q)
-    found = [p for p in ws.index.list_prompts() if not query or views.matches(p, query)]
-    rows = [views.prompt_row(p, _last_change(ws, p)) for p in found]
-    refs = badges_html(request, ws, {p.key: p.version for p in found}, moved_only=True)
+    pairs, tree = listing(request).rows(ws)
+    if query:
+        pairs = [(p, row) for p, row in pairs if views.matches(p, query)]
+        tree = views.tree_of([row for _, row in pairs])
+    refs = badges_html(request, ws, {p.key: p.version for p, _ in pairs}, moved_only=True)
     return pages(request).render(
-        request, "prompts.html", tree=views.tree_of(rows), query=query, count=len(rows), refs=refs
+        request, "prompts.html", tree=tree, query=query, count=len(pairs), refs=refs
     )
 
 
