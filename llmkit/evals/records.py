@@ -16,7 +16,7 @@ from typing import Any
 from llmkit.db import Connection, DurableStore, Migrations, run_script
 from llmkit.errors import BadRequest, NotFound
 from llmkit.evals.results import CaseResult
-from llmkit.runlog import utc_now
+from llmkit.runlog_rows import utc_now
 
 MIGRATIONS = Migrations("evals")
 migration = MIGRATIONS.register
