@@ -115,11 +115,22 @@ class Repo:
     def git(self, *args: str, check: bool = True, input: str | None = None) -> str:
         return git(self.root, *args, check=check, input=input)
 
-    def identify(self) -> None:
-        """A local identity and no signing, whatever the developer's config says."""
-        self.git("config", "user.name", AUTHOR_NAME)
-        self.git("config", "user.email", AUTHOR_EMAIL)
-        self.git("config", "commit.gpgsign", "false")
+    def identify(self, **sections: Mapping[str, str]) -> None:
+        """A local identity and no signing, whatever the developer's config says, and any
+        further `sections` ({"core": {"hooksPath": ...}}). Appended to .git/config in one write,
+        as `git config` would set them (the last value of a key wins): a `git config` process
+        per key cost more than the rest of a small test's setup."""
+        wanted = {
+            "user": {"name": AUTHOR_NAME, "email": AUTHOR_EMAIL},
+            "commit": {"gpgsign": "false"},
+            **sections,
+        }
+        text = "".join(
+            f"[{section}]\n" + "".join(f"\t{key} = {value}\n" for key, value in keys.items())
+            for section, keys in wanted.items()
+        )
+        with (self.root / ".git" / "config").open("a", encoding="utf-8") as config:
+            config.write(text)
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -165,8 +176,7 @@ def init_repo(
     root.mkdir(parents=True, exist_ok=True)
     repo = Repo(root)
     repo.git("init", "-q", "-b", "main", "--template=")  # no sample hooks to copy: faster
-    repo.identify()
-    repo.git("config", "core.hooksPath", ".git/hooks")
+    repo.identify(core={"hooksPath": ".git/hooks"})
     repo.write(".gitignore", ".llmkit/\n")
     for rel, text in (files or {}).items():
         repo.write(rel, text)
@@ -315,6 +325,14 @@ class ServerProcess:
         return self.stdout() + self.stderr()
 
     def answers(self) -> bool:
+        """Whether /healthz answers 200. A port that takes no connection yet is told by a bare
+        connect first: start_server asks this every 20 ms while the server starts, and an
+        HTTP client's set-up (its TLS context) costs a thousand times more CPU than a connect,
+        enough to keep a core busy for the whole start."""
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
         try:
             return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
