@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import chdir, contextmanager, nullcontext
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from click.testing import CliRunner, Result
@@ -294,6 +294,7 @@ class ServerProcess:
         self.port = port
         self.proc = proc
         self.log = log
+        self._http: httpx.Client | None = None
 
     @property
     def url(self) -> str:
@@ -338,11 +339,19 @@ class ServerProcess:
         except httpx.TransportError:
             return False
 
+    def health(self) -> Any:
+        """GET /healthz as JSON, through one client kept for this server: polls ask it often,
+        and a new client per request builds a TLS context each time (tens of ms of CPU)."""
+        if self._http is None:
+            self._http = httpx.Client(timeout=30)
+        return self._http.get(f"{self.url}/healthz").json()
+
     def exited_or_answers(self) -> bool:
         return self.proc.poll() is not None or self.answers()
 
     def terminate(self, timeout: float = SERVER_STOP_TIMEOUT_S) -> int:
         """SIGTERM, then its exit code; a server that does not stop in time is killed and fails."""
+        self._close_http()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -354,7 +363,13 @@ class ServerProcess:
                 ) from None
         return int(self.proc.returncode)
 
+    def _close_http(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
     def kill(self) -> None:
+        self._close_http()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(SERVER_STOP_TIMEOUT_S)
