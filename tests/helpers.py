@@ -335,16 +335,20 @@ class ServerProcess:
         except OSError:
             return False
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            return self._client().get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
     def health(self) -> Any:
-        """GET /healthz as JSON, through one client kept for this server: polls ask it often,
-        and a new client per request builds a TLS context each time (tens of ms of CPU)."""
+        """GET /healthz as JSON (through the server's one client: polls ask it often)."""
+        return self._client().get(f"{self.url}/healthz").json()
+
+    def _client(self) -> httpx.Client:
+        """One HTTP client kept for this server: a new one per request builds a TLS context
+        each time, tens of milliseconds of CPU."""
         if self._http is None:
             self._http = httpx.Client(timeout=30)
-        return self._http.get(f"{self.url}/healthz").json()
+        return self._http
 
     def exited_or_answers(self) -> bool:
         return self.proc.poll() is not None or self.answers()
