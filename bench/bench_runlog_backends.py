@@ -36,7 +36,8 @@ sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
 import gateway
 
 from llmkit.db import DurableStore, open_durable
-from llmkit.runlog import RunLog, RunRecord
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import RunRecord
 from tests.pg import PgServer, pg_bin_dir, server_user
 
 TARGET_EXTRA_CPU_MS = 0.2

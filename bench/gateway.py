@@ -1133,7 +1133,7 @@ def step_timings(repo: Path, key: str, loops: int = 2000) -> dict[str, float]:
     from llmkit.execute import Executor
     from llmkit.providers import openai_wire
     from llmkit.providers.routing import resolve_target
-    from llmkit.runlog import RunRecord, _to_row, new_trace_id
+    from llmkit.runlog_record import RunRecord, new_trace_id, to_row
     from llmkit.workspace import Workspace
 
     timings: dict[str, float] = {}
@@ -1185,7 +1185,7 @@ def step_timings(repo: Path, key: str, loops: int = 2000) -> dict[str, float]:
         )
         timed("json.loads(upstream answer)", lambda: json.loads(completion_body()))
         timed("providers.cost_of", lambda: providers.cost_of(ex.call.model, usage))
-        timed("runlog._to_row", lambda: _to_row(record))
+        timed("runlog_record.to_row", lambda: to_row(record, ws.runlog.field_max_bytes))
         ws.runlog.start()
         timed(
             "RunLog.log, writer running",

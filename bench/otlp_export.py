@@ -35,7 +35,8 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from llmkit.db import Database
 from llmkit.otlp import OtlpConfig
 from llmkit.otlp_export import SpanExporter
-from llmkit.runlog import RunLog, RunRecord
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import RunRecord
 
 BURST = 50
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from llmkit.db import Database
-from llmkit.runlog import RunLog, new_trace_id
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import new_trace_id
 from llmkit.runlog_writer import MAX_ID_BLOCK
 
 

@@ -38,7 +38,9 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from llmkit.db import Database, DurableStore
-from llmkit.runlog import COLUMNS, MIGRATIONS, RunLog, RunRecord, _to_row
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import COLUMNS, RunRecord, to_row
+from llmkit.runlog_schema import MIGRATIONS
 
 PROMPTS = 200
 FILTER_INDEXES = (
@@ -228,7 +230,7 @@ def rows_per_s(db: DurableStore, count: int, rollups: bool) -> float:
         for _ in range(count)
     ]
     # Shaped beforehand: the figure is the writer's, not the callers' shaping.
-    rows = [_to_row(record, runlog.field_max_bytes) for record in records]
+    rows = [to_row(record, runlog.field_max_bytes) for record in records]
     started = time.perf_counter()
     for row in rows:
         runlog._writer.put(row)
@@ -275,7 +277,7 @@ def main() -> None:
             "SELECT created_at, id FROM run_log ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?",
             (deep - 1,),
         ).fetchone()
-        from llmkit.runlog import encode_cursor
+        from llmkit.runlog_query import encode_cursor
 
         cursor = encode_cursor(above[0], above[1])
         assert runlog.page_after(cursor, limit=50).rows == runlog.list(

@@ -46,7 +46,10 @@ from runlog_scale import (
 )
 
 from llmkit.db import Database, DurableStore, open_durable
-from llmkit.runlog import COLUMNS, MIGRATIONS, RunLog, encode_cursor
+from llmkit.runlog import RunLog
+from llmkit.runlog_query import encode_cursor
+from llmkit.runlog_record import COLUMNS
+from llmkit.runlog_schema import MIGRATIONS
 from tests.pg import PgServer, pg_bin_dir, server_user
 
 COPY_CHUNK = 20_000

@@ -67,7 +67,8 @@ from gen_repo import generate, prompt_key
 from llmkit.api.app import create_app
 from llmkit.config import Settings
 from llmkit.db import Database
-from llmkit.runlog import RunLog, encode_cursor
+from llmkit.runlog import RunLog
+from llmkit.runlog_query import encode_cursor
 
 TARGET_S = 0.100
 CACHE_ROOT = Path(tempfile.gettempdir()) / "llmkit-bench-web-pages"

@@ -38,7 +38,7 @@ from runlog_scale import generate
 
 from llmkit.api.app import create_app
 from llmkit.config import Settings
-from llmkit.runlog import encode_cursor
+from llmkit.runlog_query import encode_cursor
 from tests.helpers import HELLO_PROMPT, init_repo
 
 TARGET_MS = 100.0

@@ -33,7 +33,7 @@ def logs(
     """The newest provider calls from the run log; `logs show TRACE` prints one in full."""
     if ctx.invoked_subcommand is not None:
         return
-    from llmkit.runlog import version_label
+    from llmkit.runlog_entries import version_label
     from llmkit.workspace import Workspace
 
     ws = Workspace.open(str(repo) if repo else None)

@@ -19,7 +19,7 @@ from llmkit.cli_options import (
 )
 
 if TYPE_CHECKING:
-    from llmkit.index import SyncReport
+    from llmkit.index_sync import SyncReport
     from llmkit.workspace import Workspace
 
 

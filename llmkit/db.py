@@ -11,8 +11,8 @@ that owns the tables:
         conn.execute("CREATE TABLE run_log (...)")
 
 The lists share one database file and one `_migrations` table, which records (kind, name) for
-every migration that ran. The *index* list (`llmkit.index`) builds tables that can be dropped
-and rebuilt from git at any time; the *durable* lists (`runlog`, `keys`, `evals`,
+every migration that ran. The *index* list (`llmkit.index_schema`) builds tables that can be
+dropped and rebuilt from git at any time; the *durable* lists (`runlog`, `keys`, `evals`,
 `import_llmkit`) hold what exists nowhere else, only ever migrate forward, and are never
 touched by a rebuild.
 

@@ -26,7 +26,8 @@ from llmkit.models import ModelRegistry, ModelTarget
 from llmkit.prompt_views import models_in_use
 from llmkit.promptfile import PromptFile, path_for_key
 from llmkit.render import render_messages, renders_quickly
-from llmkit.runlog import RunLog, RunRecord, new_trace_id, version_columns
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import RunRecord, new_trace_id, version_columns
 from llmkit.versions import Version, label
 from llmkit.workspace import Workspace
 

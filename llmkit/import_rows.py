@@ -25,7 +25,7 @@ from llmkit.import_history import LATEST, Plan
 from llmkit.import_land import fault
 from llmkit.import_source import LLMKitSource, SourceLog, SourceVersion
 from llmkit.promptfile import section_text
-from llmkit.runlog import RunRecord, canonical_time
+from llmkit.runlog_record import RunRecord, canonical_time
 from llmkit.workspace import Workspace
 
 Progress = Callable[[str, int, int], None]

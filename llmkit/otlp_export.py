@@ -35,7 +35,7 @@ from llmkit.otlp import (
     rejected_spans,
     span_of,
 )
-from llmkit.runlog import COLUMNS
+from llmkit.runlog_record import COLUMNS
 from llmkit.runlog_rows import utc_now
 
 logger = logging.getLogger("llmkit.otlp")

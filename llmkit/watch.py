@@ -23,7 +23,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from llmkit.config import EVALS_DIR, PROMPTS_DIR
-from llmkit.index import Index, SyncReport
+from llmkit.index import Index
+from llmkit.index_sync import SyncReport
 
 log = logging.getLogger("llmkit.watch")
 

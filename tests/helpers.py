@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import chdir, contextmanager, nullcontext
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from click.testing import CliRunner, Result
@@ -115,11 +115,22 @@ class Repo:
     def git(self, *args: str, check: bool = True, input: str | None = None) -> str:
         return git(self.root, *args, check=check, input=input)
 
-    def identify(self) -> None:
-        """A local identity and no signing, whatever the developer's config says."""
-        self.git("config", "user.name", AUTHOR_NAME)
-        self.git("config", "user.email", AUTHOR_EMAIL)
-        self.git("config", "commit.gpgsign", "false")
+    def identify(self, **sections: Mapping[str, str]) -> None:
+        """A local identity and no signing, whatever the developer's config says, and any
+        further `sections` ({"core": {"hooksPath": ...}}). Appended to .git/config in one write,
+        as `git config` would set them (the last value of a key wins): a `git config` process
+        per key cost more than the rest of a small test's setup."""
+        wanted = {
+            "user": {"name": AUTHOR_NAME, "email": AUTHOR_EMAIL},
+            "commit": {"gpgsign": "false"},
+            **sections,
+        }
+        text = "".join(
+            f"[{section}]\n" + "".join(f"\t{key} = {value}\n" for key, value in keys.items())
+            for section, keys in wanted.items()
+        )
+        with (self.root / ".git" / "config").open("a", encoding="utf-8") as config:
+            config.write(text)
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -165,8 +176,7 @@ def init_repo(
     root.mkdir(parents=True, exist_ok=True)
     repo = Repo(root)
     repo.git("init", "-q", "-b", "main", "--template=")  # no sample hooks to copy: faster
-    repo.identify()
-    repo.git("config", "core.hooksPath", ".git/hooks")
+    repo.identify(core={"hooksPath": ".git/hooks"})
     repo.write(".gitignore", ".llmkit/\n")
     for rel, text in (files or {}).items():
         repo.write(rel, text)
@@ -284,6 +294,7 @@ class ServerProcess:
         self.port = port
         self.proc = proc
         self.log = log
+        self._http: httpx.Client | None = None
 
     @property
     def url(self) -> str:
@@ -315,16 +326,36 @@ class ServerProcess:
         return self.stdout() + self.stderr()
 
     def answers(self) -> bool:
+        """Whether /healthz answers 200. A port that takes no connection yet is told by a bare
+        connect first: start_server asks this every 20 ms while the server starts, and an
+        HTTP client's set-up (its TLS context) costs a thousand times more CPU than a connect,
+        enough to keep a core busy for the whole start."""
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        try:
+            return self._client().get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
+
+    def health(self) -> Any:
+        """GET /healthz as JSON (through the server's one client: polls ask it often)."""
+        return self._client().get(f"{self.url}/healthz").json()
+
+    def _client(self) -> httpx.Client:
+        """One HTTP client kept for this server: a new one per request builds a TLS context
+        each time, tens of milliseconds of CPU."""
+        if self._http is None:
+            self._http = httpx.Client(timeout=30)
+        return self._http
 
     def exited_or_answers(self) -> bool:
         return self.proc.poll() is not None or self.answers()
 
     def terminate(self, timeout: float = SERVER_STOP_TIMEOUT_S) -> int:
         """SIGTERM, then its exit code; a server that does not stop in time is killed and fails."""
+        self._close_http()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -336,7 +367,13 @@ class ServerProcess:
                 ) from None
         return int(self.proc.returncode)
 
+    def _close_http(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
     def kill(self) -> None:
+        self._close_http()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(SERVER_STOP_TIMEOUT_S)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.routing import Mount
 
-from llmkit.index import INDEX_TABLES
+from llmkit.index_schema import INDEX_TABLES
 from llmkit.workspace import Workspace
 from tests.api_fixtures import (
     SEEN_ERRORS,

@@ -310,7 +310,7 @@ TRACES = (
 
 def _log_rows(repo: Repo) -> None:
     from llmkit.config import Settings
-    from llmkit.runlog import RunRecord
+    from llmkit.runlog_record import RunRecord
     from llmkit.workspace import Workspace
 
     ws = Workspace(Settings.resolve(repo.root))

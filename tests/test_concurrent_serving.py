@@ -429,7 +429,7 @@ def test_syncs_from_two_processes_interleave_into_the_rows_of_a_rebuild(tmp_path
 
 
 def _index_rows(ws: Workspace) -> dict[str, list[tuple[object, ...]]]:
-    from llmkit.index import INDEX_TABLES
+    from llmkit.index_schema import INDEX_TABLES
 
     conn = ws.db.reader()
     return {

@@ -16,7 +16,9 @@ from llmkit.db import open_durable
 from llmkit.errors import BadRequest
 from llmkit.evals import records
 from llmkit.evals.records import EvalRecords
-from llmkit.runlog import MIGRATIONS, RunLog, RunRecord
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import RunRecord
+from llmkit.runlog_schema import MIGRATIONS
 from tests.api_fixtures import ApiEnv, running_api
 from tests.helpers import HELLO_PROMPT, Repo
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llmkit import import_rows, keys, runlog
+from llmkit import import_rows, keys, runlog_schema
 from llmkit.config import Settings
 from llmkit.db import Database, DurableStore, Migrations, open_durable
 from llmkit.errors import ConfigError, RunLogUnavailable
@@ -19,13 +19,19 @@ from llmkit.evals import records
 from llmkit.evals.asserts import AssertionResult, Outcome
 from llmkit.evals.records import EvalRecords, StoredResult, insert_results, insert_run
 from llmkit.evals.results import CaseResult
-from llmkit.runlog import RunLog, RunRecord
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import RunRecord
 from llmkit.runlog_writer import QueueFull
 from tests.api_fixtures import MakeApi
 from tests.helpers import Repo, poll
 from tests.pg import Outage, PgServer
 
-DURABLE_LISTS = [runlog.MIGRATIONS, keys.MIGRATIONS, records.MIGRATIONS, import_rows.MIGRATIONS]
+DURABLE_LISTS = [
+    runlog_schema.MIGRATIONS,
+    keys.MIGRATIONS,
+    records.MIGRATIONS,
+    import_rows.MIGRATIONS,
+]
 SHA = "a1b2c3d4" * 5
 ECHO_FILES = {"prompts/echoed.md": "---\nmodel: echo\n---\n<!-- role:system -->\nEchoed.\n"}
 
@@ -188,7 +194,7 @@ def test_two_processes_opening_one_store_at_once_migrate_it_once(durable_url: st
 
     def open_log(db: DurableStore) -> None:
         barrier.wait(timeout=10)
-        ran.append(db.migrate(runlog.MIGRATIONS))
+        ran.append(db.migrate(runlog_schema.MIGRATIONS))
 
     threads = [threading.Thread(target=open_log, args=(db,)) for db in stores]
     for t in threads:
@@ -198,7 +204,7 @@ def test_two_processes_opening_one_store_at_once_migrate_it_once(durable_url: st
     try:
         # Each migration ran once, in whichever process got to it first.
         assert len(ran) == len(stores)
-        assert sorted(name for names in ran for name in names) == runlog.MIGRATIONS.names
+        assert sorted(name for names in ran for name in names) == runlog_schema.MIGRATIONS.names
     finally:
         for db in stores:
             db.close()

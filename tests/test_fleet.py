@@ -26,8 +26,8 @@ def prompt(text: str) -> str:
     return f"---\nmodel: echo\n---\n<!-- role:system -->\n{text}\n"
 
 
-def call(url: str, key: str, model: str = "a") -> httpx.Response:
-    return httpx.post(
+def call(http: httpx.Client, url: str, key: str, model: str = "a") -> httpx.Response:
+    return http.post(
         f"{url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {key}"},
         json={"model": model},
@@ -47,6 +47,9 @@ def test_three_replicas_on_one_postgresql_serve_one_remote(
     flags = ("--log-level", "warning", "--ref", "main", "--remote", "origin")
     flags += ("--fetch-interval", str(FETCH_INTERVAL_S))
     servers = []
+    # One client for the test's own calls: each httpx.post() would build a TLS context, tens of
+    # milliseconds of CPU, and the polls below make hundreds of calls.
+    http = httpx.Client()
     try:
         for i in range(REPLICAS):
             clone = tmp_path / f"replica{i}"
@@ -57,7 +60,7 @@ def test_three_replicas_on_one_postgresql_serve_one_remote(
         admin = servers[0].admin_key
 
         # A key made on one replica works on all.
-        made = httpx.post(
+        made = http.post(
             f"{servers[1].v1}/ui/settings/api-keys",
             headers={"Authorization": f"Bearer {admin}"},
             json={"name": "app", "scope": "run"},
@@ -66,7 +69,7 @@ def test_three_replicas_on_one_postgresql_serve_one_remote(
         assert made.status_code == 201, made.text
         run_key = made.json()["key"]
         for server in servers:
-            assert call(server.url, run_key).json()["choices"][0]["message"]["content"] == (
+            assert call(http, server.url, run_key).json()["choices"][0]["message"]["content"] == (
                 "system: Gen 1."
             )
 
@@ -76,23 +79,23 @@ def test_three_replicas_on_one_postgresql_serve_one_remote(
         author.git("push", "-q", "origin", "main")
         for server in servers:
             poll(
-                lambda s=server: call(s.url, run_key).headers.get(REF_HEADER) == pushed,
+                lambda s=server: call(http, s.url, run_key).headers.get(REF_HEADER) == pushed,
                 f"replica on port {server.port} to serve the pushed commit",
                 timeout_s=30,
             )
-            health = httpx.get(f"{server.url}/healthz", timeout=30).json()
+            health = http.get(f"{server.url}/healthz", timeout=30).json()
             assert health["head"] == pushed and health["runlog"]["store"] == "postgresql"
 
         # Calls spread over the replicas are in the log of each of them.
         traces = []
         for i in range(3 * REPLICAS):
-            response = call(servers[i % REPLICAS].url, run_key)
+            response = call(http, servers[i % REPLICAS].url, run_key)
             assert response.status_code == 200, response.text
             traces.append(response.headers["x-llmkit-trace-id"])
 
         def logged_everywhere() -> bool:
             return all(
-                httpx.get(
+                http.get(
                     f"{server.v1}/ui/logs/{trace}",
                     headers={"Authorization": f"Bearer {admin}"},
                     timeout=30,
@@ -103,7 +106,7 @@ def test_three_replicas_on_one_postgresql_serve_one_remote(
             )
 
         poll(logged_everywhere, "every call in every replica's log", timeout_s=30)
-        listed = httpx.get(
+        listed = http.get(
             f"{servers[2].v1}/ui/logs",
             headers={"Authorization": f"Bearer {admin}"},
             params={"limit": 500},
@@ -118,13 +121,14 @@ def test_three_replicas_on_one_postgresql_serve_one_remote(
 
         def load() -> None:
             deadline = time.monotonic() + LOAD_MAX_S
-            for n in range(LOAD_MAX_CALLS):
-                if stop.is_set() or time.monotonic() > deadline:
-                    return
-                response = call(servers[1 + n % 2].url, run_key)
-                statuses.append(response.status_code)
-                if response.status_code == 200:
-                    load_traces.append(response.headers["x-llmkit-trace-id"])
+            with httpx.Client() as own:  # a client of the load thread's own
+                for n in range(LOAD_MAX_CALLS):
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return
+                    response = call(own, servers[1 + n % 2].url, run_key)
+                    statuses.append(response.status_code)
+                    if response.status_code == 200:
+                        load_traces.append(response.headers["x-llmkit-trace-id"])
 
         worker = threading.Thread(target=load)
         worker.start()
@@ -144,17 +148,18 @@ def test_three_replicas_on_one_postgresql_serve_one_remote(
         assert statuses and set(statuses) == {200}, sorted(set(statuses))
         assert len(statuses) > after_kill
         survivor = servers[2]
-        assert call(survivor.url, run_key).status_code == 200
+        assert call(http, survivor.url, run_key).status_code == 200
 
         def load_logged() -> bool:
             headers = {"Authorization": f"Bearer {admin}"}
             return all(
-                httpx.get(f"{survivor.v1}/ui/logs/{t}", headers=headers, timeout=30).status_code
+                http.get(f"{survivor.v1}/ui/logs/{t}", headers=headers, timeout=30).status_code
                 == 200
                 for t in load_traces
             )
 
         poll(load_logged, "the calls under load in the survivor's log", timeout_s=30)
     finally:
+        http.close()
         for server in servers:
             server.kill()

@@ -11,7 +11,8 @@ import pytest
 
 from llmkit.db import Database
 from llmkit.errors import InvalidKey, NotFound, PromptFormatError
-from llmkit.index import INDEX_TABLES, Index
+from llmkit.index import Index
+from llmkit.index_schema import INDEX_TABLES
 from llmkit.prompt_views import iso_time, prompt_fields, version_fields, version_performance
 from llmkit.store import GitStore
 from llmkit.versions import unified_diff

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit import import_rows, index, keys, runlog
+from llmkit import import_rows, index_schema, keys, runlog_schema
 from llmkit.config import Settings
 from llmkit.db import Database, Migrations, connect
 from llmkit.evals import records
@@ -31,8 +31,8 @@ from tests.helpers import Repo
 ROOT = Path(__file__).resolve().parent.parent
 OLD_DATABASE = ROOT / "tests" / "data" / "before_registry.sql"
 LISTS = [
-    index.MIGRATIONS,
-    runlog.MIGRATIONS,
+    index_schema.MIGRATIONS,
+    runlog_schema.MIGRATIONS,
     keys.MIGRATIONS,
     records.MIGRATIONS,
     import_rows.MIGRATIONS,
@@ -529,11 +529,11 @@ def test_a_database_from_before_the_registry_migrates_forward_without_rerunning(
 
 
 def test_an_older_list_migrates_forward_to_the_rest(db: Database) -> None:
-    last = runlog.MIGRATIONS.names[-1]
-    first = db.migrate(runlog.MIGRATIONS, stop_before=last)
-    assert first == runlog.MIGRATIONS.names[:-1]
-    assert db.migrate(runlog.MIGRATIONS) == [last]
-    assert db.migrate(runlog.MIGRATIONS) == []
+    last = runlog_schema.MIGRATIONS.names[-1]
+    first = db.migrate(runlog_schema.MIGRATIONS, stop_before=last)
+    assert first == runlog_schema.MIGRATIONS.names[:-1]
+    assert db.migrate(runlog_schema.MIGRATIONS) == [last]
+    assert db.migrate(runlog_schema.MIGRATIONS) == []
 
 
 def test_two_connections_migrating_at_once_run_each_migration_once(tmp_path: Path) -> None:
@@ -705,7 +705,7 @@ def test_a_migration_out_of_its_place_is_refused_when_declared() -> None:
 
 def test_stopping_before_an_unknown_migration_is_refused(db: Database) -> None:
     with pytest.raises(ValueError) as info:
-        db.migrate(runlog.MIGRATIONS, stop_before="m009_nothing")
+        db.migrate(runlog_schema.MIGRATIONS, stop_before="m009_nothing")
     assert "m009_nothing" in str(info.value) and "runlog" in str(info.value)
     conn = db.reader()
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'run_log'").fetchall() == []

@@ -24,7 +24,8 @@ from llmkit.otlp import (
     span_of,
 )
 from llmkit.otlp_export import exporter_from_env
-from llmkit.runlog import COLUMNS, RunLog, RunRecord
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import COLUMNS, RunRecord
 from llmkit.workspace import Workspace
 from tests.api_fixtures import running_api
 from tests.eval_fixtures import EvalRepo, eval_api

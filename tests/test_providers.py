@@ -690,17 +690,19 @@ def test_cost_of_known_and_unknown_models() -> None:
 # --- litellm stays out of the process ---------------------------------------------------
 
 
-def test_echo_and_wire_paths_never_import_litellm(
+def test_echo_and_wire_paths_never_import_litellm_and_aiohttp_waits_for_a_wire_call(
     fake_upstream: FakeUpstream,
 ) -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
+        import llmkit.api.app  # what `llmkit serve` imports before it serves
         from llmkit import providers
         from llmkit.providers import ProviderCall, complete, cost_of, stream, Usage
 
         async def main():
             messages = [{{"role": "user", "content": "hi"}}]
             echo = await complete(ProviderCall("echo", messages, {{}}))
+            aiohttp_before_wire = "aiohttp" in sys.modules
             wire_call = ProviderCall("openai/fake-model", messages, {{}},
                                      api_base={fake_upstream.url!r}, api_key="sk")
             wire = await complete(wire_call)
@@ -709,7 +711,7 @@ def test_echo_and_wire_paths_never_import_litellm(
             await providers.aclose()
             print(echo["choices"][0]["message"]["content"],
                   wire["choices"][0]["message"]["content"],
-                  len(chunks), "litellm" in sys.modules)
+                  len(chunks), "litellm" in sys.modules, aiohttp_before_wire)
 
         asyncio.run(main())
     """)
@@ -721,6 +723,7 @@ def test_echo_and_wire_paths_never_import_litellm(
     assert words[:4] == ["user:", "hi", "ok:", "hi"]
     assert int(words[4]) >= 3
     assert words[5] == "False", "litellm was imported"
+    assert words[6] == "False", "aiohttp was imported before a call took the wire path"
     assert len(fake_upstream.chat_requests) == 2
 
 

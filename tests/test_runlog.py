@@ -16,7 +16,9 @@ import pytest
 
 from llmkit.db import Database, DurableStore, open_durable
 from llmkit.errors import BadRequest
-from llmkit.runlog import MAX_PAGE_SIZE, RunLog, RunRecord
+from llmkit.runlog import RunLog
+from llmkit.runlog_query import MAX_PAGE_SIZE
+from llmkit.runlog_record import RunRecord
 from tests.helpers import poll
 from tests.pg import Outage
 
@@ -659,7 +661,7 @@ def test_any_exception_from_a_batch_insert_falls_back_to_row_by_row(
 def test_a_row_the_driver_refuses_is_stored_scrubbed(runlog: RunLog) -> None:
     """A row that reached the writer unshaped (a lone surrogate, an int over 64 bits): the writer
     scrubs it rather than die."""
-    from llmkit.runlog import COLUMNS
+    from llmkit.runlog_record import COLUMNS
 
     values = dict.fromkeys(COLUMNS)
     values.update(
@@ -858,10 +860,10 @@ def test_a_durable_wait_that_outlasts_the_writer_is_an_error_and_the_row_stays_q
 
 
 def test_a_database_from_before_the_notes_migration_keeps_its_rows(durable_url: str) -> None:
-    from llmkit import runlog as runlog_module
+    from llmkit.runlog_schema import MIGRATIONS
 
     old = open_durable(durable_url)
-    old.migrate(runlog_module.MIGRATIONS, stop_before="m002_truncated_notes_and_rejects")
+    old.migrate(MIGRATIONS, stop_before="m002_truncated_notes_and_rejects")
     with old.write() as conn:
         conn.execute(
             "INSERT INTO run_log (trace_id, prompt_key, model, request, status, source, created_at)"

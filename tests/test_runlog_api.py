@@ -335,7 +335,7 @@ def test_a_durable_app_answers_503_when_its_row_cannot_be_committed(
 def logged_api(make_api: MakeApi, count: int) -> ApiEnv:
     """An app whose run log holds `count` calls: prompts p0-p2, models m0/m1, one minute apart
     from 2024-05-01T10:00Z, every fifth an error."""
-    from llmkit.runlog import RunRecord
+    from llmkit.runlog_record import RunRecord
 
     env = make_api()
     for i in range(count):

@@ -17,7 +17,8 @@ import pytest
 
 from llmkit.db import open_durable
 from llmkit.errors import BadRequest, NotFound
-from llmkit.runlog import RunLog, RunRecord
+from llmkit.runlog import RunLog
+from llmkit.runlog_record import RunRecord
 from tests.api_fixtures import SEED_FILES, ApiEnv, MakeApi
 from tests.helpers import clean_env
 from tests.pg import Outage, PgServer

@@ -26,8 +26,11 @@ import pytest
 from llmkit import runlog_rollup
 from llmkit.db import DurableStore, open_durable
 from llmkit.errors import BadRequest
-from llmkit.runlog import COLUMNS, MIGRATIONS, RunLog, RunRecord, _to_row, decode_cursor
+from llmkit.runlog import RunLog
+from llmkit.runlog_query import decode_cursor
+from llmkit.runlog_record import COLUMNS, RunRecord, to_row
 from llmkit.runlog_rollup import bucket_of, bucket_value, version_key
+from llmkit.runlog_schema import MIGRATIONS
 from tests.helpers import poll
 
 SHAS = {n: f"{n}{n}{n}{n}abcd" + "0" * 32 for n in range(1, 4)}
@@ -196,7 +199,7 @@ def test_the_migration_backfills_rollups_for_a_log_written_before_them(db_path: 
     # Rows as an older writer stored them: without ids, which the table gives them.
     columns = [name for name in COLUMNS if name != "id"]
     at = COLUMNS.index("id")
-    rows = [_to_row(random_record(rng), 1 << 20) for _ in range(800)]
+    rows = [to_row(random_record(rng), 1 << 20) for _ in range(800)]
     rows = [row[:at] + row[at + 1 :] for row in rows]
     marks = ", ".join("?" for _ in columns)
     with old.write() as conn:
@@ -439,7 +442,7 @@ def test_bad_paging_values_are_bad_requests_naming_the_parameter(
 
 
 def test_a_cursor_is_a_position_that_round_trips() -> None:
-    from llmkit.runlog import encode_cursor
+    from llmkit.runlog_query import encode_cursor
 
     cursor = encode_cursor("2024-05-01T10:00:00.000Z", 42)
     assert decode_cursor(cursor) == ("2024-05-01T10:00:00.000Z", 42)

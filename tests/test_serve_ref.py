@@ -83,7 +83,7 @@ def test_a_working_tree_edit_is_not_served_and_a_commit_is(tmp_path: Path) -> No
         repo.write("prompts/b.md", prompt("Also committed."))
         second = repo.commit("add b", "prompts/b.md")
         poll(
-            lambda: httpx.get(f"{server.url}/healthz").json()["head"] == second,
+            lambda: server.health()["head"] == second,
             "the commit to be served",
         )
         served = call(server.url, server.admin_key, "a")
@@ -320,7 +320,7 @@ def test_a_signed_push_webhook_fetches_at_once_and_bad_ones_are_refused(tmp_path
         assert accepted.status_code == 202, accepted.text
         assert accepted.json() == {"fetch": "queued", "ref": "refs/heads/main"}
         poll(
-            lambda: httpx.get(f"{server.url}/healthz").json()["head"] == pushed,
+            lambda: server.health()["head"] == pushed,
             "the hook's fetch to be served",
         )
         assert answer(call(server.url, server.admin_key, "a")) == "system: Gen 2."

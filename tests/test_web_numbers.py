@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmkit.ref_versions import RefVersions
-from llmkit.runlog import RunRecord
+from llmkit.runlog_record import RunRecord
 from llmkit.web import charts
 from llmkit.web.numbers import number_charts
 from tests.api_fixtures import HELLO_MD, ApiEnv

@@ -19,7 +19,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from llmkit.runlog import RunLog, RunRecord, encode_cursor
+from llmkit.runlog import RunLog
+from llmkit.runlog_query import encode_cursor
+from llmkit.runlog_record import RunRecord
 from llmkit.web import traces_views as tv
 from tests.api_fixtures import SEED_FILES, ApiEnv, MakeApi
 

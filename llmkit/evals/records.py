@@ -18,7 +18,7 @@ from llmkit.errors import BadRequest, NotFound
 from llmkit.evals.asserts import AssertionResult, Outcome
 from llmkit.evals.cases import EvalCase
 from llmkit.evals.results import CaseResult
-from llmkit.runlog import utc_now
+from llmkit.runlog_rows import utc_now
 
 MIGRATIONS = Migrations("evals")
 migration = MIGRATIONS.register

@@ -21,7 +21,7 @@ from llmkit.evals.cases import EvalCase
 from llmkit.evals.records import EvalRecords, cache_key
 from llmkit.evals.results import CaseResult
 from llmkit.execute import Execution, Executor
-from llmkit.runlog import version_columns
+from llmkit.runlog_record import version_columns
 from llmkit.versions import Version
 
 JUDGE_SYSTEM = (

@@ -21,7 +21,7 @@ from llmkit.evals.results import CaseResult, EvalReport, build_report
 from llmkit.evals.runner import EvalRunner, Progress, RunOptions
 from llmkit.evals.spec import load_evals
 from llmkit.execute import Executor
-from llmkit.runlog import utc_now
+from llmkit.runlog_rows import utc_now
 from llmkit.workspace import Workspace
 
 # Run-log rows of eval calls say so, whichever front end started the run.

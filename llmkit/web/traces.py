@@ -14,7 +14,9 @@ from fastapi import Request, Response
 from llmkit.api.deps import AdminKey, Ws
 from llmkit.errors import BadRequest, NotFound
 from llmkit.providers.routing import provider_of
-from llmkit.runlog import STATUSES, LogPage, RunLog, decode_cursor, encode_cursor
+from llmkit.runlog import RunLog
+from llmkit.runlog_query import LogPage, decode_cursor, encode_cursor
+from llmkit.runlog_record import STATUSES
 from llmkit.web import traces_views as tv
 from llmkit.web.pages import page_router, pages, wants_html
 

@@ -11,7 +11,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from llmkit.errors import BadRequest
-from llmkit.runlog import MAX_PAGE_SIZE, canonical_time, version_label
+from llmkit.runlog_entries import version_label
+from llmkit.runlog_query import MAX_PAGE_SIZE
+from llmkit.runlog_record import canonical_time
 
 DEFAULT_LIMIT = 50
 # A filter as long as this is no prompt key, model or version anyone typed.

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from llmkit.api.deps import Ws, admin_key
 from llmkit.errors import BadRequest, LlmkitError
 from llmkit.models import model_id
-from llmkit.runlog import canonical_time
+from llmkit.runlog_record import canonical_time
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
 
