@@ -23,7 +23,6 @@ from llmkit import providers
 from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
 from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable, UpstreamError
 from llmkit.models import ModelRegistry, ModelTarget
-from llmkit.prompt_views import models_in_use
 from llmkit.promptfile import PromptFile, path_for_key
 from llmkit.render import render_messages, renders_quickly
 from llmkit.runlog import RunLog
@@ -317,7 +316,7 @@ class Executor:
                 param="model_override",
             )
         name = name.strip()
-        if name in self.registry.aliases() or name in models_in_use(self.ws.index.list_prompts()):
+        if name in self.registry.aliases() or name in self.ws.index.models_in_use():
             return name
         raise BadRequest(
             f"model_override {name[:80]!r} is neither an alias of llmkit.yaml nor a model a"

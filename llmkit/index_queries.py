@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from llmkit.errors import NotFound
+from llmkit.errors import LlmkitError, NotFound
 from llmkit.index_sync import IndexSync
 from llmkit.promptfile import validate_key
 from llmkit.store import Commit
@@ -27,6 +27,25 @@ class IndexQueries(IndexSync):
         ).fetchall()
         served = self._served_versions(conn)
         return [self._prompt_from(row, served.get(row[1])) for row in rows]
+
+    def models_in_use(self) -> dict[str, list[str]]:
+        """The model each served prompt names (an alias or a model string), with the keys of
+        its prompts; read once per generation of the index (every file is parsed for it), and
+        not to be changed by the caller."""
+        generation = self.generation()  # read first: a change meanwhile is seen next time
+        cached = self._models_in_use
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        used: dict[str, list[str]] = {}
+        for prompt in self.list_prompts():
+            if prompt.version is None:
+                continue
+            try:
+                used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
+            except LlmkitError:  # a prompt that does not parse names no model
+                continue
+        self._models_in_use = (generation, used)
+        return used
 
     def page_prompts(
         self,

@@ -78,6 +78,8 @@ class IndexSync:
         self._ref_cache: dict[tuple[str, str], Version | None] = {}
         # What each key serves, for the execution hot path; valid for one database generation.
         self._served_cache: dict[str, Version] = {}
+        # The models served prompts name, for the generation it was read at.
+        self._models_in_use: tuple[int, dict[str, list[str]]] | None = None
         self._cache_lock = threading.Lock()
         self._seen_generation: int | None = None
         # Bumped at every invalidation, so a read that raced one is not cached afterwards.

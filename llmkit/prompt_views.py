@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from llmkit.errors import LlmkitError, PromptFormatError
+from llmkit.errors import PromptFormatError
 from llmkit.models import ModelRegistry, effective_settings, model_id, provider_name_of
 from llmkit.versions import Prompt, Version, unified_diff
 
@@ -84,19 +84,6 @@ def version_fields(
 
 def iso_time(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
-
-
-def models_in_use(prompts: list[Prompt]) -> dict[str, list[str]]:
-    """The model each served prompt names (an alias or a model string), with its prompts."""
-    used: dict[str, list[str]] = {}
-    for prompt in prompts:
-        if prompt.version is None:
-            continue
-        try:
-            used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
-        except LlmkitError:  # a prompt that does not parse names no model
-            continue
-    return used
 
 
 def version_performance(

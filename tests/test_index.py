@@ -764,3 +764,24 @@ def test_performance_lists_every_version_then_drafts_and_rewritten_history_with_
     assert commit is not None and rows[1]["version_date"] == iso_time(commit.committed_at)
     assert rows[-1]["version_date"] == "2026-01-02T03:04:05Z" and rows[-1]["sha"] == "f" * 40
     assert rows[0]["avg_score"] is None and rows[0]["sha"] == history[0]
+
+
+def test_models_in_use_follow_every_change_even_another_processs(
+    repo: Repo, workspace: Workspace, tmp_path: Path
+) -> None:
+    """models_in_use is kept for one generation of the index: a commit, a draft and a sync by
+    another Index on the same database must each show at the next read."""
+    index = workspace.index
+    index.sync()
+    before = index.models_in_use()
+    assert "echo-two" not in before
+    repo.write("prompts/two.md", text("two", model="echo-two"))
+    repo.commit("add two")
+    index.sync()
+    assert index.models_in_use()["echo-two"] == ["two"]
+    repo.write("prompts/two.md", text("two", model="echo-three"))  # a draft
+    other = Index(GitStore(repo.root), workspace.db)  # another process's sync, in effect
+    other.sync()
+    used = index.models_in_use()
+    assert "echo-two" not in used and used["echo-three"] == ["two"]
+    assert used == other.models_in_use()

@@ -21,7 +21,6 @@ from llmkit.api.routes.completions import content_and_log
 from llmkit.errors import BadRequest, LlmkitError, PromptFormatError
 from llmkit.execute import Execution, Executor
 from llmkit.models import ui_models
-from llmkit.prompt_views import models_in_use
 from llmkit.sessions import CSRF_HEADER
 from llmkit.versions import Version
 from llmkit.web import playground_views as pv
@@ -64,7 +63,7 @@ def _choices(ws: Workspace, key: str) -> Choices:
     versions = list(reversed(ws.index.versions(key)))
     branches, tags = ws.store.branches_and_tags()
     try:
-        models = ui_models(ws.models, models_in_use(ws.index.list_prompts()))
+        models = ui_models(ws.models, ws.index.models_in_use())
         problem = None
     except LlmkitError as exc:  # a broken llmkit.yaml: the prompt's own model still runs
         models, problem = [], exc.message

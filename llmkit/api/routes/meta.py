@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from llmkit import __version__
 from llmkit.api.deps import Ws, admin_key, run_key
 from llmkit.models import ui_models
-from llmkit.prompt_views import models_in_use
 
 router = APIRouter()
 run_router = APIRouter(dependencies=[Depends(run_key)])
@@ -69,4 +68,4 @@ def list_models(ws: Ws) -> dict[str, Any]:
 def list_ui_models(ws: Ws) -> list[dict[str, Any]]:
     """LLMKit's models: every alias of llmkit.yaml and every other model prompts use, with
     integer ids that depend on the name alone, provider, key status and the prompts using it."""
-    return ui_models(ws.models, models_in_use(ws.index.list_prompts()))
+    return ui_models(ws.models, ws.index.models_in_use())

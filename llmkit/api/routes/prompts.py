@@ -18,7 +18,7 @@ from llmkit.api.schemas import CommitInfo, PromptWrite
 from llmkit.errors import BadRequest, Conflict, NotFound, PromptFormatError, Unprocessable
 from llmkit.history import history_rows
 from llmkit.models import effective_settings, model_for_id
-from llmkit.prompt_views import iso_time, models_in_use, prompt_fields, version_fields
+from llmkit.prompt_views import iso_time, prompt_fields, version_fields
 from llmkit.promptfile import (
     Message,
     PromptFile,
@@ -138,7 +138,7 @@ def _pick_model(ws: Workspace, body: PromptWrite) -> None:
     names no model, or that contradicts a `model` also given, is refused naming both."""
     if body.model_id is None:
         return
-    name = model_for_id(ws.models, models_in_use(ws.index.list_prompts()), body.model_id)
+    name = model_for_id(ws.models, ws.index.models_in_use(), body.model_id)
     if name is None:
         raise Unprocessable(
             f"model_id {body.model_id} names no model: GET /v1/ui/models lists the ids of the"
