@@ -21,6 +21,7 @@ for a fetch while one runs are coalesced into one more, and fetches start at mos
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -70,6 +71,9 @@ class RefTarget:
     fetch_interval_s: float = FETCH_INTERVAL_DEFAULT_S
 
 
+_SNAPSHOT_SERIALS = itertools.count(1)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything served at one commit of REF. Never changed once built: a new commit gets a
@@ -82,6 +86,8 @@ class Snapshot:
     # Prompt files at this commit that cannot be served, with why (the error a call would get).
     unservable: Mapping[str, str]
     loaded_at: float = field(default_factory=time.time)
+    # Unique to this snapshot in this process: what is computed from it may be kept by it.
+    serial: int = field(default_factory=lambda: next(_SNAPSHOT_SERIALS))
 
 
 _REQUEST_SNAPSHOT: ContextVar[tuple[RefIndex, Snapshot] | None] = ContextVar(
@@ -340,6 +346,12 @@ class RefIndex(Index):
         )
 
     # -- what a request sees ---------------------------------------------------------------
+
+    def generation(self) -> int:
+        """What a request is served here is its snapshot, not the database's rows (which move
+        before the snapshot is swapped): what is computed from the listing is kept by
+        snapshot."""
+        return self.current().serial
 
     def current(self) -> Snapshot:
         """The snapshot the running request pinned, else the newest."""

@@ -339,6 +339,16 @@ class ServerProcess:
         except httpx.TransportError:
             return False
 
+    def create_key(self, name: str, scope: str = "run") -> str:
+        """A new API key, created over HTTP with the admin key, as a person would."""
+        made = self._client().post(
+            f"{self.v1}/ui/settings/api-keys",
+            headers=self.headers(),
+            json={"name": name, "scope": scope},
+        )
+        assert made.status_code == 201, made.text
+        return str(made.json()["key"])
+
     def health(self) -> Any:
         """GET /healthz as JSON (through the server's one client: polls ask it often)."""
         return self._client().get(f"{self.url}/healthz").json()

@@ -52,14 +52,7 @@ def log_row(server: ExecServer, trace_id: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def run_key(module_exec_server: ExecServer) -> str:
     """A run-scoped key created over HTTP with the admin key printed at first start."""
-    response = httpx.post(
-        f"{module_exec_server.server.v1}/ui/settings/api-keys",
-        json={"name": "sdk tests", "scope": "run"},
-        headers=module_exec_server.server.headers(),
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["key"]  # type: ignore[no-any-return]
+    return module_exec_server.server.create_key("sdk tests")
 
 
 def test_first_start_prints_the_admin_key(exec_server: ExecServer) -> None:

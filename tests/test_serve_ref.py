@@ -481,3 +481,27 @@ def test_fetches_racing_a_users_git_fetch_end_served(tmp_path: Path) -> None:
         health = api.get("/healthz").json()
         assert health["head"] == pushed and health["status"] == "ok"
         assert answer(api.post("/v1/chat/completions", json={"model": "a"})) == "system: Gen 5."
+
+
+def test_the_prompt_list_and_the_models_follow_the_snapshot_not_the_rows(tmp_path: Path) -> None:
+    """What is computed from the listing (the web UI's prompt list, the models in use) is kept
+    by snapshot: the index's rows move before the snapshot is swapped, and a request between
+    the two must not keep the old listing under the new rows."""
+    repo = init_repo(tmp_path / "repo", {"prompts/a.md": prompt("A.")})
+    with ref_api(repo.root) as api:
+        index = api.ws.index
+        assert isinstance(index, refserve.RefIndex)
+        pages = {**api.admin, "Accept": "text/html"}
+        assert 'href="/prompts/b"' not in api.client.get("/", headers=pages).text
+        before = index.generation()
+        repo.write("prompts/b.md", prompt("B.").replace("model: echo", "model: echo-b"))
+        index.store.pinned = repo.commit("add b", "prompts/b.md")
+        refserve.Index.sync(index)  # the rows move, as RefIndex.sync does before its swap
+        assert index.counts()[0] == 2 and index.current().sha != index.store.pinned
+        assert index.generation() == before
+        assert 'href="/prompts/b"' not in api.client.get("/", headers=pages).text
+        assert "echo-b" not in index.models_in_use()
+        index.sync()  # the swap
+        assert index.generation() != before
+        assert 'href="/prompts/b"' in api.client.get("/", headers=pages).text
+        assert index.models_in_use()["echo-b"] == ["b"]

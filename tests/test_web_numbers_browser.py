@@ -80,13 +80,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     repo.commit("Shorter answers")
     repo.git("checkout", "-q", "-")
     with serving(repo.root, root) as server:
-        created = httpx.post(
-            f"{server.v1}/ui/settings/api-keys",
-            headers=server.headers(),
-            json={"name": "a program", "scope": "run"},
-        )
-        assert created.status_code == 201, created.text
-        run_key = created.json()["key"]
+        run_key = server.create_key("a program")
         for number in (1, 2, 3):
             for _ in range(number):
                 call(server, run_key, f"hello@{number}")

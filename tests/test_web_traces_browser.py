@@ -51,13 +51,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("traces")
     repo = init_repo(root / "repo", {**SEED_FILES, "llmkit.yaml": ECHO_YAML})
     with serving(repo.root, root) as server:
-        created = httpx.post(
-            f"{server.v1}/ui/settings/api-keys",
-            headers=server.headers(),
-            json={"name": "a program", "scope": "run"},
-        )
-        assert created.status_code == 201, created.text
-        yield Site(server, created.json()["key"])
+        run_key = server.create_key("a program")
+        yield Site(server, run_key)
 
 
 def signed_in(open_tab: OpenTab, site: Site, path: str) -> Tab:

@@ -39,13 +39,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     repo.write("prompts/hello.md", HELLO_V2)
     repo.commit("Make hello friendlier")
     with serving(repo.root, root) as server:
-        created = httpx.post(
-            f"{server.v1}/ui/settings/api-keys",
-            headers=server.headers(),
-            json={"name": "a program", "scope": "run"},
-        )
-        assert created.status_code == 201, created.text
-        yield Site(server, repo, created.json()["key"])
+        run_key = server.create_key("a program")
+        yield Site(server, repo, run_key)
 
 
 def sign_in(tab: Tab, key: str, path: str = "/") -> None:
