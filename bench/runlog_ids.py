@@ -18,8 +18,8 @@ from pathlib import Path
 
 from llmkit.db import Database
 from llmkit.runlog import RunLog
+from llmkit.runlog_ids import MAX_ID_BLOCK
 from llmkit.runlog_record import new_trace_id
-from llmkit.runlog_writer import MAX_ID_BLOCK
 
 
 def per_call_us(make: object, calls: int) -> float:

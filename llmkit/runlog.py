@@ -15,7 +15,7 @@ in `run_log_rejects`, and a writer thread that dies is restarted by its supervis
 says how the writer is doing.
 
 Each row has an integer id, handed out when its call starts (`new_id`, from blocks reserved in
-the database by `runlog_writer.IdBlocks`), so that the answer can name the row before the writer
+the database by `runlog_ids.IdBlocks`), so that the answer can name the row before the writer
 has written it: a completion's id is `chatcmpl-<id>`. An id whose row was never written (a call
 still running, or a server killed first) names nothing, never another call.
 
@@ -39,10 +39,11 @@ from typing import Any
 from llmkit import runlog_rollup
 from llmkit.db import DurableStore
 from llmkit.errors import BadRequest, RunLogUnavailable
+from llmkit.runlog_ids import IdBlocks
 from llmkit.runlog_query import RunLogQueries
 from llmkit.runlog_record import COLUMNS, DEFAULT_FIELD_MAX_BYTES, RunRecord, to_row
 from llmkit.runlog_schema import MIGRATIONS
-from llmkit.runlog_writer import DEFAULT_MAX_QUEUED, IdBlocks, LogWriter, RowSink
+from llmkit.runlog_writer import DEFAULT_MAX_QUEUED, LogWriter, RowSink
 
 logger = logging.getLogger("llmkit.runlog")
 
