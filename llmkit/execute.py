@@ -8,26 +8,31 @@ template: only the prompt's own sections are.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextvars import copy_context
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
-from queue import SimpleQueue
-from typing import Any, TypeVar
+from typing import Any
 
 from llmkit import providers
-from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
+from llmkit.answers import (
+    JsonBuffer,
+    StreamState,
+    for_client,
+    json_chunks_problem,
+    json_problem,
+    total_usage,
+)
 from llmkit.errors import BadRequest, ClientGone, LlmkitError, RunLogUnavailable, UpstreamError
+from llmkit.messages import build_messages
 from llmkit.models import ModelRegistry, ModelTarget
-from llmkit.promptfile import PromptFile, path_for_key
-from llmkit.render import render_messages, renders_quickly
+from llmkit.promptfile import PromptFile
+from llmkit.render import renders_quickly
 from llmkit.runlog import RunLog
 from llmkit.runlog_record import RunRecord, new_trace_id, version_columns
 from llmkit.versions import Version, label
+from llmkit.workers import Workers
 from llmkit.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -80,16 +85,9 @@ OTHER_FIELDS = {
 MAX_MODEL_NAME = 300
 JSON_FORMATS = ("json_object", "json_schema")
 WARNING_HEADER = "x-llmkit-warning"
-# What a stream keeps of its answer for the run log when no cap is given (the rest is only
-# counted): an answer held for a slow client must not cost memory in proportion to its length.
-# The executor passes the run log's own field cap, so a stream keeps what its row can hold.
-LOGGED_TEXT_MAX_CHARS = 1024 * 1024
-# What one buffered JSON-mode chunk costs beyond its text, in the buffer's byte budget.
-CHUNK_COST_BYTES = 512
 # Threads that prepare calls (render templates, resolve pinned refs) for the API. A render
 # that burns its whole CPU budget holds one of them; the event loop never waits on any.
 PREPARE_THREADS = 8
-T = TypeVar("T")
 
 
 @dataclass
@@ -424,12 +422,12 @@ class Executor:
         A chunk counts as sent once the consumer asks for the next one; a stream that ends early
         (ClientGone thrown in, cancelled, or closed) is logged `cancelled` with what was sent."""
         started = time.perf_counter()
-        state = _StreamState(self.ws.settings.log_field_max_bytes)
+        state = StreamState(self.ws.settings.log_field_max_bytes)
         try:
             if ex.json_mode:
                 chunks = await self._buffered_json(ex, state, started)
                 for chunk in chunks:
-                    if _for_client(chunk, ex.include_usage):
+                    if for_client(chunk, ex.include_usage):
                         chunk["id"] = ex.completion_id
                         yield chunk
                     state.sent(chunk)
@@ -438,7 +436,7 @@ class Executor:
                 try:
                     async for chunk in upstream:
                         state.received(chunk, ex.key, started)
-                        if _for_client(chunk, ex.include_usage):
+                        if for_client(chunk, ex.include_usage):
                             chunk["id"] = ex.completion_id
                             yield chunk
                         state.sent(chunk)
@@ -460,12 +458,12 @@ class Executor:
         await self._log_answered(ex, started, state=state)
 
     async def _buffered_json(
-        self, ex: Execution, state: _StreamState, started: float
+        self, ex: Execution, state: StreamState, started: float
     ) -> list[dict[str, Any]]:
         limit = self.ws.settings.json_buffer_max_bytes
         for attempt in (1, 2):
             state.reset()
-            buffer = _JsonBuffer(limit)
+            buffer = JsonBuffer(limit)
             upstream = providers.stream(ex.call)
             try:
                 async for chunk in upstream:
@@ -479,7 +477,7 @@ class Executor:
             finally:
                 await upstream.aclose()
             chunks = buffer.chunks()
-            problem = _json_chunks_problem(chunks, limit, ex.schema)
+            problem = json_chunks_problem(chunks, limit, ex.schema)
             if problem is None:
                 return chunks
         for chunk in chunks:  # the run log shows the answer that was refused
@@ -515,7 +513,7 @@ class Executor:
         *,
         answers: list[dict[str, Any]] | None = None,
         error: LlmkitError | None = None,
-        state: _StreamState | None = None,
+        state: StreamState | None = None,
         status: str | None = None,
     ) -> RunRecord:
         logged_response: Any = answers[-1] if answers else None
@@ -529,7 +527,7 @@ class Executor:
             )
             with_usage = state.usage_chunks()
             ttft = state.ttft_ms
-        usage = _total_usage(with_usage)
+        usage = total_usage(with_usage)
         has_usage = bool(with_usage)
         return RunRecord(
             trace_id=ex.trace_id,
@@ -555,282 +553,6 @@ class Executor:
         )
 
 
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
-
-
-class Workers:
-    """Up to `size` threads of their own running calls for the event loop: a SimpleQueue in, and
-    call_soon_threadsafe out. About half the CPU per call of run_in_executor on a
-    ThreadPoolExecutor, which wraps a concurrent future in an asyncio one (measured: this is
-    paid on every request). A thread starts when a call finds none waiting, so a busy render
-    never holds up the next call, and calls made one at a time use one thread. A call runs in
-    its caller's context (what the request pinned: the snapshot of a served ref)."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._size = size
-        self._name = name
-        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
-        self._lock = threading.Lock()
-        self._started = 0
-        self._waiting = 0  # threads blocked on the queue, ready for a call
-
-    async def run(self, call: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._lock:
-            self._queue.put((loop, future, partial(copy_context().run, call)))
-            if self._queue.qsize() > self._waiting and self._started < self._size:
-                self._started += 1
-                name = f"{self._name}-{self._started}"
-                threading.Thread(target=self._work, name=name, daemon=True).start()
-        return await future
-
-    def close(self) -> None:
-        """Threads end once the calls queued before this are done."""
-        with self._lock:
-            for _ in range(self._started):
-                self._queue.put(None)
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                self._waiting += 1
-            item = self._queue.get()
-            with self._lock:
-                self._waiting -= 1
-            if item is None:
-                return
-            loop, future, call = item
-            try:
-                outcome: tuple[Any, BaseException | None] = (call(), None)
-            except BaseException as exc:  # handed to the awaiting task, which raises it
-                outcome = (None, exc)
-            try:
-                loop.call_soon_threadsafe(_settle, future, *outcome)
-            except RuntimeError:  # the loop has closed: nobody is waiting any more
-                pass
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():  # the caller went away meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-class _Answer:
-    """The text and tool calls of a streamed answer, merged from its deltas. Keeps at most
-    `limit` characters (what comes after is only counted), so that memory is bounded."""
-
-    def __init__(self, limit: int = LOGGED_TEXT_MAX_CHARS) -> None:
-        self.limit = limit
-        self.size = 0
-        self.dropped = 0
-        self.parts: list[str] = []
-        self.tool_calls: list[dict[str, Any]] = []
-
-    def add(self, chunk: dict[str, Any]) -> None:
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            if content:
-                kept = self._kept(content)
-                if kept:
-                    self.parts.append(kept)
-                    if len(self.parts) > 512:
-                        self.parts = ["".join(self.parts)]
-            for call in delta.get("tool_calls") or ():
-                self._merge_tool_call(call)
-
-    def _kept(self, text: str) -> str:
-        room = self.limit - self.size
-        if len(text) > room:
-            self.dropped += len(text) - max(room, 0)
-            text = text[: max(room, 0)]
-        self.size += len(text)
-        return text
-
-    def _merge_tool_call(self, delta: dict[str, Any]) -> None:
-        index = delta.get("index", 0)
-        if not isinstance(index, int) or not 0 <= index < 128:
-            return
-        while len(self.tool_calls) <= index:
-            self.tool_calls.append(
-                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
-            )
-        call = self.tool_calls[index]
-        if delta.get("id"):
-            call["id"] = delta["id"]
-        function = delta.get("function") or {}
-        call["function"]["name"] += self._kept(function.get("name") or "")
-        call["function"]["arguments"] += self._kept(function.get("arguments") or "")
-
-    def text(self) -> str:
-        text = "".join(self.parts)
-        if self.dropped:
-            text += f"[... {self.dropped} more characters not kept]"
-        return text
-
-
-class _StreamState:
-    """What a stream has carried so far, for the run log: the answer as sent to the client
-    (or, for a refused JSON-mode answer, as received), usage and time to first token."""
-
-    def __init__(self, limit: int = LOGGED_TEXT_MAX_CHARS) -> None:
-        self.limit = limit
-        self.ttft_ms: float | None = None
-        # Usage chunks of attempts that were retried (JSON mode): their tokens were spent too.
-        self.spent: list[dict[str, Any]] = []
-        self.usage: dict[str, Any] | None = None
-        self.reset()
-
-    def reset(self) -> None:
-        if self.usage is not None:
-            self.spent.append(self.usage)
-        self.answer = _Answer(self.limit)
-        self.usage = None
-
-    @property
-    def tool_calls(self) -> list[dict[str, Any]]:
-        return self.answer.tool_calls
-
-    def text(self) -> str:
-        return self.answer.text()
-
-    def usage_chunks(self) -> list[dict[str, Any]]:
-        return [*self.spent, *([self.usage] if self.usage is not None else [])]
-
-    def received(self, chunk: dict[str, Any], key: str, started: float) -> None:
-        chunk["model"] = key
-        if chunk.get("usage"):
-            # A holder of its own: the chunk loses its usage when the client did not ask for it.
-            self.usage = {"usage": chunk["usage"]}
-        if self.ttft_ms is None:
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                if delta.get("content") or delta.get("tool_calls"):
-                    self.ttft_ms = (time.perf_counter() - started) * 1000
-                    break
-
-    def sent(self, chunk: dict[str, Any]) -> None:
-        self.answer.add(chunk)
-
-
-class _JsonBuffer:
-    """A JSON-mode answer held whole until it is checked. Consecutive chunks that carry only
-    text (content, or a tool call's arguments) are merged into the first of them, so that the
-    memory held follows the answer's length rather than its count of chunks; `add` says False
-    once the estimate passes `limit` bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self._chunks: list[dict[str, Any]] = []
-        # The text pieces of the last chunk, while it can take more, and where they belong.
-        self._pieces: list[str] = []
-        self._slot: tuple[Any, ...] | None = None
-
-    def add(self, chunk: dict[str, Any]) -> bool:
-        slot, text = _text_slot(chunk)
-        if slot is not None and slot == self._slot:
-            self._pieces.append(text)
-            self.size += len(text)
-        else:
-            self._seal()
-            self._chunks.append(chunk)
-            self.size += CHUNK_COST_BYTES + _text_size(chunk)
-            self._slot, self._pieces = slot, [text]
-        return self.size <= self.limit
-
-    def _seal(self) -> None:
-        if self._slot is not None and len(self._pieces) > 1:
-            _set_text(self._chunks[-1], "".join(self._pieces))
-        self._slot, self._pieces = None, []
-
-    def chunks(self) -> list[dict[str, Any]]:
-        self._seal()
-        return self._chunks
-
-
-def _text_slot(chunk: dict[str, Any]) -> tuple[tuple[Any, ...] | None, str]:
-    """(where, text) for a chunk that carries nothing but text: one choice whose delta is only
-    content (and the same role, which some servers repeat), or only one tool call's arguments;
-    (None, "") for any other chunk."""
-    choices = chunk.get("choices")
-    if chunk.get("usage") or not isinstance(choices, list) or len(choices) != 1:
-        return None, ""
-    choice = choices[0]
-    delta = choice.get("delta") if isinstance(choice, dict) else None
-    if not isinstance(delta, dict) or choice.get("finish_reason") or choice.get("logprobs"):
-        return None, ""
-    index = choice.get("index", 0)
-    fields = {k for k, v in delta.items() if v is not None}
-    content = delta.get("content")
-    if fields <= {"content", "role"} and isinstance(content, str):
-        return (index, "content", delta.get("role")), content
-    calls = delta.get("tool_calls")
-    if fields == {"tool_calls"} and isinstance(calls, list) and len(calls) == 1:
-        call = calls[0]
-        function = call.get("function") if isinstance(call, dict) else None
-        if (
-            isinstance(function, dict)
-            and set(call) == {"index", "function"}
-            and set(function) == {"arguments"}
-            and isinstance(function["arguments"], str)
-        ):
-            return (index, "tool", call["index"]), function["arguments"]
-    return None, ""
-
-
-def _text_size(chunk: dict[str, Any]) -> int:
-    size = 0
-    for choice in chunk.get("choices") or ():
-        delta = (choice.get("delta") if isinstance(choice, dict) else None) or {}
-        content = delta.get("content")
-        size += len(content) if isinstance(content, str) else 0
-        for call in delta.get("tool_calls") or ():
-            function = (call.get("function") if isinstance(call, dict) else None) or {}
-            size += sum(len(v) for v in function.values() if isinstance(v, str))
-    return size
-
-
-def _json_chunks_problem(
-    chunks: list[dict[str, Any]], limit: int, schema: dict[str, Any] | None
-) -> str | None:
-    answer = _Answer(limit)
-    for chunk in chunks:
-        answer.add(chunk)
-    return None if answer.tool_calls else json_text_problem(answer.text(), schema)
-
-
-def _set_text(chunk: dict[str, Any], text: str) -> None:
-    delta = chunk["choices"][0]["delta"]
-    if "content" in delta:
-        delta["content"] = text
-    else:
-        delta["tool_calls"][0]["function"]["arguments"] = text
-
-
-def _for_client(chunk: dict[str, Any], include_usage: bool) -> bool:
-    """Whether the client gets this chunk; as OpenAI does, usage only with include_usage (the
-    provider is always asked for it, for the run log)."""
-    if include_usage:
-        return True
-    chunk.pop("usage", None)
-    return bool(chunk.get("choices"))
-
-
-def _total_usage(holders: list[dict[str, Any]]) -> providers.Usage:
-    parts = [providers.usage_of(h) for h in holders]
-    return providers.Usage(
-        input_tokens=sum(p.input_tokens for p in parts),
-        output_tokens=sum(p.output_tokens for p in parts),
-        reasoning_tokens=sum(p.reasoning_tokens for p in parts),
-    )
-
-
 def _invalid_json(ex: Execution, problem: str) -> UpstreamError:
     return UpstreamError(
         f"Model {ex.call.model} did not return valid JSON for prompt {ex.key!r}"
@@ -853,119 +575,3 @@ def _unexpected(ex: Execution, exc: Exception) -> LlmkitError:
         f"Internal error calling {ex.call.model}: {type(exc).__name__}: {exc}",
         code="internal_error",
     )
-
-
-def build_messages(
-    key: str,
-    prompt: PromptFile,
-    messages: list[dict[str, Any]],
-    variables: Any,
-    user_variables: dict[str, Any] | None = None,
-    *,
-    limits: Limits | None = None,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The conversation sent upstream: the prompt's rendered sections (within `limits`), then
-    the caller's turns; and warnings for the caller about what was not sent as given."""
-    kind = prompt.prompt_type
-    rest = list(messages)
-    system_index = next((i for i, m in enumerate(rest) if m.get("role") == "system"), None)
-    caller_system = rest.pop(system_index) if system_index is not None else None
-    user_vars = user_variables
-    warnings: list[str] = []
-    if variables is not None:
-        if not isinstance(variables, dict):
-            raise BadRequest("variables must be a JSON object", param="variables")
-        system_vars = variables
-    else:
-        system_vars = {}
-        if kind in ("dynamic_system", "dynamic_both") and caller_system is not None:
-            system_vars = _json_object(caller_system.get("content"), key, kind, "system")
-            caller_system = None  # read as the template's variables
-        if kind == "dynamic_both":
-            user_index = next((i for i, m in enumerate(rest) if m.get("role") == "user"), None)
-            if user_index is not None:
-                user_vars = _json_object(rest.pop(user_index).get("content"), key, kind, "user")
-    if caller_system is not None:
-        warnings.append(_dropped_system_warning(key, prompt))
-    # The key was validated when it was looked up; errors name the file.
-    rendered: list[dict[str, Any]] = render_messages(
-        prompt, system_vars, user_vars, limits=limits, path=path_for_key(key)
-    )
-    if prompt.is_chat:
-        return rendered + rest, warnings
-    if kind == "dynamic_both" or (rendered and rendered[-1]["role"] == "user"):
-        return rendered, warnings
-    last_user = next((m for m in reversed(rest) if m.get("role") == "user"), None)
-    return rendered + ([last_user] if last_user is not None else []), warnings
-
-
-def _dropped_system_warning(key: str, prompt: PromptFile) -> str:
-    """What the caller is told when its system message is not sent: a prompt's system message
-    is the prompt's (its instructions are what is versioned and reviewed), so a caller's never
-    replaces it; answered, with this warning, rather than refused, as OpenAI clients send a
-    system message by habit."""
-    if any(m.role == "system" for m in prompt.messages):
-        return (
-            f"the caller's system message was not sent: prompt {key!r} sends its own"
-            " (to pass template variables in it instead, leave out 'variables')"
-        )
-    return f"the caller's system message was not sent: prompt {key!r} has no system message"
-
-
-def _json_object(content: Any, key: str, kind: str, role: str) -> dict[str, Any]:
-    if isinstance(content, dict):
-        return content
-    text = content if isinstance(content, str) else ""
-    if json_too_deep(text, MAX_JSON_DEPTH):
-        raise BadRequest(
-            f"The first {role} message of a call to {key!r} holds template variables nested"
-            f" more than {MAX_JSON_DEPTH} levels deep",
-            param="messages",
-        )
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        shown = text if len(text) <= 80 else text[:77] + "..."
-        raise BadRequest(
-            f"Prompt {key!r} is {kind}: the first {role} message must be a JSON object of template"
-            f" variables (or pass a top-level 'variables' object); got {shown!r}",
-            param="messages",
-        )
-    return value
-
-
-def json_problem(response: dict[str, Any], schema: dict[str, Any] | None) -> str | None:
-    for choice in response.get("choices") or ():
-        message = choice.get("message") or {}
-        if message.get("tool_calls"):
-            continue
-        problem = json_text_problem(message.get("content") or "", schema)
-        if problem:
-            return problem
-    return None
-
-
-def json_text_problem(text: str, schema: dict[str, Any] | None) -> str | None:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:  # also an integer past Python's digit limit
-        shown = text if len(text) <= 80 else text[:77] + "..."
-        why = f"{exc.msg} at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else exc
-        return f"output is not JSON ({why}): {shown!r}"
-    except RecursionError:
-        return "output is JSON nested too deeply to read"
-    if schema:
-        import jsonschema
-
-        try:
-            jsonschema.validate(value, schema)
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-            return f"output does not match json_schema at {where}: {exc.message}"
-        except jsonschema.SchemaError as exc:
-            return f"the prompt's json_schema is invalid: {exc.message}"
-        except RecursionError:
-            return "output is nested too deeply to check against json_schema"
-    return None
