@@ -30,12 +30,11 @@ class IndexQueries(IndexSync):
 
     def models_in_use(self) -> dict[str, list[str]]:
         """The model each served prompt names (an alias or a model string), with the keys of
-        its prompts; read once per generation of the index (every file is parsed for it), and
-        not to be changed by the caller."""
-        generation = self.generation()  # read first: a change meanwhile is seen next time
-        cached = self._models_in_use
-        if cached is not None and cached[0] == generation:
-            return cached[1]
+        its prompts; derived once per generation of the index (every file is parsed for it),
+        and not to be changed by the caller."""
+        return self.derived("models_in_use", self._models_named)
+
+    def _models_named(self) -> dict[str, list[str]]:
         used: dict[str, list[str]] = {}
         for prompt in self.list_prompts():
             if prompt.version is None:
@@ -44,7 +43,6 @@ class IndexQueries(IndexSync):
                 used.setdefault(prompt.version.prompt().model, []).append(prompt.key)
             except LlmkitError:  # a prompt that does not parse names no model
                 continue
-        self._models_in_use = (generation, used)
         return used
 
     def page_prompts(

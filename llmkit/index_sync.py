@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from llmkit.budgets import DEFAULT_LIMITS
 from llmkit.config import PROMPTS_DIR
@@ -31,6 +32,8 @@ from llmkit.index_schema import INDEX_TABLES, MIGRATIONS, read_generation
 from llmkit.promptfile import PROMPT_SUFFIX, is_prompt_path, key_from_path, path_for_key
 from llmkit.store import Commit, GitStore, blob_id
 from llmkit.versions import Version
+
+T = TypeVar("T")
 
 log = logging.getLogger("llmkit.index")
 
@@ -78,8 +81,8 @@ class IndexSync:
         self._ref_cache: dict[tuple[str, str], Version | None] = {}
         # What each key serves, for the execution hot path; valid for one database generation.
         self._served_cache: dict[str, Version] = {}
-        # The models served prompts name, for the generation it was read at.
-        self._models_in_use: tuple[int, dict[str, list[str]]] | None = None
+        # What callers derived from the rows (see derived()), by name, with its generation.
+        self._derived: dict[str, tuple[int, Any]] = {}
         self._cache_lock = threading.Lock()
         self._seen_generation: int | None = None
         # Bumped at every invalidation, so a read that raced one is not cached afterwards.
@@ -480,6 +483,18 @@ class IndexSync:
         """A number that moves whenever any row of the index changes, in any process (a sync,
         a rebuild, a draft seen): what is computed from the rows may be kept until it moves."""
         return read_generation(self.db.reader())
+
+    def derived(self, name: str, build: Callable[[], T]) -> T:
+        """What `build` computes from the index's rows, kept under `name` until the generation
+        moves, then built again: for what every request would otherwise recompute from the
+        whole index (a listing parsed, shaped or grouped). The caller must not change it."""
+        generation = self.generation()  # read first: a change meanwhile is seen next time
+        kept = self._derived.get(name)
+        if kept is not None and kept[0] == generation:
+            return cast(T, kept[1])
+        value = build()
+        self._derived[name] = (generation, value)  # one assignment: readers see old or new
+        return value
 
     def head(self) -> str | None:
         return self._state("head")

@@ -11,7 +11,7 @@ without a key gets the same 401 as anywhere else. A browser that is not signed i
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote, urlencode
 
 from fastapi import Path, Query, Request, Response
@@ -29,6 +29,7 @@ from llmkit.errors import (
 )
 from llmkit.promptfile import parse, path_for_key
 from llmkit.sessions import SESSION_COOKIE
+from llmkit.store import Commit
 from llmkit.versions import Prompt, Version
 from llmkit.web import views
 from llmkit.web.pages import SIGN_IN_URL, page_router, pages, version_spec
@@ -66,7 +67,7 @@ def sign_in(request: Request, next: str | None = Query(None, max_length=2000)) -
 # -- prompts ---------------------------------------------------------------------------------
 
 
-def _last_change(ws: Workspace, prompt: Any) -> Any:
+def _last_change(ws: Workspace, prompt: Prompt) -> Commit | None:
     version = prompt.version
     if version is None:
         return None
@@ -77,29 +78,12 @@ def _last_change(ws: Workspace, prompt: Any) -> Any:
     return None
 
 
-class Listing:
-    """The prompt list's rows, built once per generation of the index. Every row is a function
-    of the index's rows (what is served, its last commit), and the generation moves whenever
-    one of those changes, in any process; so a list of 1,000 prompts is read and shaped once
-    per change, not once per request."""
-
-    def __init__(self) -> None:
-        self._built: tuple[int, list[tuple[Prompt, views.PromptRow]], views.Folder] | None = None
-
-    def rows(self, ws: Workspace) -> tuple[list[tuple[Prompt, views.PromptRow]], views.Folder]:
-        """(prompt, row) for every prompt, and the tree of them all."""
-        generation = ws.index.generation()  # read first: a change meanwhile rebuilds next time
-        built = self._built
-        if built is not None and built[0] == generation:
-            return built[1], built[2]
-        pairs = [(p, views.prompt_row(p, _last_change(ws, p))) for p in ws.index.list_prompts()]
-        tree = views.tree_of([row for _, row in pairs])
-        self._built = (generation, pairs, tree)  # one assignment: readers see old or new
-        return pairs, tree
-
-
-def listing(request: Request) -> Listing:
-    return request.app.state.web_listing  # type: ignore[no-any-return]
+def _listing(ws: Workspace) -> tuple[list[tuple[Prompt, views.PromptRow]], views.Folder]:
+    """(prompt, row) for every prompt, and the tree of them all: a function of the index's rows
+    (what is served, its last commit), so it is derived once per change, from whichever process
+    made it, not read and shaped for 1,000 prompts on every request."""
+    pairs = [(p, views.prompt_row(p, _last_change(ws, p))) for p in ws.index.list_prompts()]
+    return pairs, views.tree_of([row for _, row in pairs])
 
 
 @router.get("/")
@@ -108,7 +92,7 @@ def prompts_page(
 ) -> Response:
     """Every prompt as a tree of folders; `q` keeps those whose key or text contains it."""
     query = views.clean_query(q)
-    pairs, tree = listing(request).rows(ws)
+    pairs, tree = ws.index.derived("web prompt list", lambda: _listing(ws))
     if query:
         pairs = [(p, row) for p, row in pairs if views.matches(p, query)]
         tree = views.tree_of([row for _, row in pairs])

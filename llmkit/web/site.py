@@ -23,7 +23,6 @@ ROUTERS: list[APIRouter] = [
 def install(app: FastAPI) -> None:
     """The pages at `/` and their stylesheet and scripts under `/static/`."""
     app.state.web_pages = Pages()
-    app.state.web_listing = routes.Listing()
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="web-static")
     for router in ROUTERS:
         app.include_router(router)
