@@ -190,7 +190,7 @@ class Executor:
         """The version to prepare inline, or None to prepare on a thread (which also raises
         whatever error the lookup has to say)."""
         if isinstance(body, dict) and body.get("model_override") is not None:
-            return None  # checking it reads every served prompt's model
+            return None  # checking it may parse every served prompt (once per index change)
         if version is None:
             model = body.get("model") if isinstance(body, dict) else None
             try:
