@@ -274,6 +274,9 @@ class Database:
         self.max_params = _variable_limit()
         self._writer = connect(path)
         self._write_lock = threading.RLock()
+        # The reader list has a lock of its own: a thread opening its first reader must not
+        # queue behind a write that waits (up to the busy timeout) for another process's lock.
+        self._readers_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[SqliteConnection] = []
         self._inserts: dict[tuple[str, tuple[str, ...], int], str] = {}
@@ -281,18 +284,27 @@ class Database:
     @contextmanager
     def write(self, busy_timeout_s: float | None = None) -> Iterator[SqliteConnection]:
         """A transaction on the writer connection; all writes go through here. `busy_timeout_s`
-        bounds how long it waits for another process's write transaction (default 30 s)."""
-        with self._write_lock:
-            if busy_timeout_s is None:
-                with transaction(self._writer) as conn:
-                    yield conn
-                return
+        bounds how long it waits for another process's write transaction (default 30 s), and
+        for this process's other writes too: a write that may only wait briefly must not queue
+        behind one that waits the full 30 s for a lock another process holds."""
+        if busy_timeout_s is None:
+            with self._write_lock, transaction(self._writer) as conn:
+                yield conn
+            return
+        if not self._write_lock.acquire(timeout=max(0.0, busy_timeout_s)):
+            raise sqlite3.OperationalError(
+                f"database is locked: another write in this process held {self.path}"
+                f" for more than {busy_timeout_s} s"
+            )
+        try:
             self._writer.execute(f"PRAGMA busy_timeout={max(0, int(busy_timeout_s * 1000))}")
             try:
                 with transaction(self._writer) as conn:
                     yield conn
             finally:
                 self._writer.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        finally:
+            self._write_lock.release()
 
     def execute_write(self, sql: str, params: Sequence[Any] = ()) -> None:
         """One statement in SQLite's own implicit transaction on the writer connection: atomic
@@ -342,7 +354,7 @@ class Database:
                 return self._writer
             conn = connect(self.path)
             self._local.conn = conn
-            with self._write_lock:
+            with self._readers_lock:
                 self._readers.append(conn)
         return conn
 
@@ -359,7 +371,7 @@ class Database:
         return f"sqlite:{self.path}"
 
     def close(self) -> None:
-        with self._write_lock:
+        with self._write_lock, self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()

@@ -483,3 +483,43 @@ def test_a_delete_answers_with_its_commit_even_when_the_index_lags(locked_out: A
     assert git(api.repo, "ls-files", "prompts/other.md") == ""
     api.ws.index.sync()
     assert api.get("/v1/ui/prompts/other").status_code == 404
+
+
+def test_a_brief_write_and_a_new_reader_do_not_queue_behind_a_write_waiting_on_another_process(
+    tmp_path: Path,
+) -> None:
+    """A write in this process waiting (up to 30 s) for another process's lock holds the
+    writer connection. A write allowed to wait only briefly (an index sync) fails as "locked"
+    instead of waiting behind it, and a thread's first read is not held up by it at all."""
+    from llmkit.db import Database
+
+    db = Database(tmp_path / "app.db")
+    with db.write() as conn:
+        conn.execute("CREATE TABLE t (n INTEGER)")
+    with database_write_locked(db.path):
+        waiting = threading.Thread(target=lambda: db.execute_write("INSERT INTO t VALUES (1)"))
+        waiting.start()
+
+        def held_in_this_process() -> bool:
+            try:
+                with db.write(busy_timeout_s=0):
+                    return False
+            except sqlite3.OperationalError as exc:
+                return "in this process" in str(exc)
+
+        poll(held_in_this_process, "the first write to hold the writer connection")
+        brief = db.write(busy_timeout_s=0.2)
+        with pytest.raises(sqlite3.OperationalError, match="another write in this process"):
+            brief.__enter__()
+        assert waiting.is_alive()
+        read: list[Any] = []
+        reader = threading.Thread(
+            target=lambda: read.append(db.reader().execute("SELECT count(*) FROM t").fetchone()[0])
+        )
+        reader.start()
+        reader.join(WAIT_S)
+        assert read == [0] and waiting.is_alive()
+    waiting.join(WAIT_S)
+    assert not waiting.is_alive()
+    assert [row[0] for row in db.reader().execute("SELECT n FROM t")] == [1]
+    db.close()
