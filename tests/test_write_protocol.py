@@ -48,15 +48,22 @@ def prompt_text(tag: str) -> str:
 
 def put(server: ServerProcess, tag: str, key: str = "hello") -> httpx.Response:
     body = {"content": prompt_text(tag), "message": f"api write {tag}"}
-    return httpx.put(
+    return server.http.put(
         f"{server.v1}/ui/prompts/{key}", json=body, headers=server.headers(), timeout=60
     )
 
 
 def served(server: ServerProcess, key: str = "hello") -> dict[str, object]:
-    response = httpx.get(f"{server.v1}/ui/prompts/{key}", headers=server.headers(), timeout=30)
+    response = server.http.get(f"{server.v1}/ui/prompts/{key}", headers=server.headers())
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
+
+
+def read(server: ServerProcess, path: str) -> Any:
+    """GET /v1`path` with the admin key, as JSON."""
+    response = server.http.get(server.v1 + path, headers=server.headers())
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def head_text(repo: Path, path: str = "prompts/hello.md", rev: str = "HEAD") -> str:
@@ -80,9 +87,7 @@ def servers() -> Iterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
     yield started
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(30)
+        server.kill()
 
 
 def kill_during_second_write(
@@ -590,11 +595,9 @@ def test_committed_symlinks_neither_stop_the_server_nor_are_followed(
     git(repo, "commit", "-q", "-m", "links")
     server = start(repo, tmp_path)
     servers.append(server)
-    keys = sorted(
-        p["key"] for p in httpx.get(f"{server.v1}/ui/prompts", headers=server.headers()).json()
-    )
+    keys = sorted(p["key"] for p in read(server, "/ui/prompts"))
     assert keys == ["hello", "support/triage"]
-    cases = httpx.get(f"{server.v1}/ui/prompts/hello/prompt-evals", headers=server.headers()).json()
+    cases = read(server, "/ui/prompts/hello/prompt-evals")
     assert [c["name"] for c in cases] == ["greets"]
     written = put(server, "L")
     assert written.status_code == 200, written.text
@@ -617,15 +620,13 @@ def test_links_made_while_serving_do_not_break_writes_or_the_index(
     written = put(server, "M")
     assert written.status_code == 200, written.text
     assert served(server)["system"] == "Version M."
-    keys = sorted(
-        p["key"] for p in httpx.get(f"{server.v1}/ui/prompts", headers=server.headers()).json()
-    )
+    keys = sorted(p["key"] for p in read(server, "/ui/prompts"))
     assert keys == ["hello", "support/triage"]
-    cases = httpx.get(f"{server.v1}/ui/prompts/hello/prompt-evals", headers=server.headers()).json()
+    cases = read(server, "/ui/prompts/hello/prompt-evals")
     assert [c["name"] for c in cases] == ["greets"]
     # Through a link the API refuses to write, even one that stays inside prompts/.
     body = {"key": "support/root/prompts/hello", "content": prompt_text("N")}
-    through = httpx.post(f"{server.v1}/ui/prompts", json=body, headers=server.headers(), timeout=30)
+    through = server.http.post(f"{server.v1}/ui/prompts", json=body, headers=server.headers())
     assert through.status_code == 400 and through.json()["error"]["code"] == "invalid_key"
     assert head_text(repo) == prompt_text("M")
     paths = {p.path for p in lint_repo(repo) if "Symbolic link" in p.message}
