@@ -77,10 +77,14 @@ META_VALUES: dict[str, st.SearchStrategy[Any]] = {
 assert set(META_VALUES) == set(FIELDS), "every known frontmatter key has a strategy"
 
 
+# Strategies are built once: one built inside a composite is built again, and its properties
+# worked out again, at every draw.
+meta_names = st.lists(st.sampled_from(sorted(FIELDS)), unique=True, max_size=len(FIELDS))
+
+
 @st.composite
 def metas(draw: st.DrawFn) -> dict[str, Any]:
-    names = draw(st.lists(st.sampled_from(sorted(FIELDS)), unique=True, max_size=len(FIELDS)))
-    return {name: draw(META_VALUES[name]) for name in names}
+    return {name: draw(META_VALUES[name]) for name in draw(meta_names)}
 
 
 # A line of message text: anything but a newline or NUL (refused: git would see a binary file),
@@ -94,10 +98,13 @@ marker_ish = st.sampled_from(
 )
 
 
+content_lines = st.lists(line_text | st.just(""), max_size=6)
+
+
 @st.composite
 def contents(draw: st.DrawFn) -> str:
     """Message text with no marker lines and no leading/trailing blank lines (may be empty)."""
-    lines = draw(st.lists(line_text | st.just(""), max_size=6))
+    lines = draw(content_lines)
     lines = [line for line in lines if not is_marker(line)]
     while lines and not lines[0].strip():
         lines.pop(0)
@@ -106,10 +113,13 @@ def contents(draw: st.DrawFn) -> str:
     return "\n".join(lines)
 
 
+message_lists = st.lists(st.builds(Message, st.sampled_from(ROLES), contents()), max_size=5)
+prompt_metas = metas()
+
+
 @st.composite
 def prompts(draw: st.DrawFn) -> PromptFile:
-    messages = draw(st.lists(st.builds(Message, st.sampled_from(ROLES), contents()), max_size=5))
-    return PromptFile(meta=draw(metas()), messages=messages)
+    return PromptFile(meta=draw(prompt_metas), messages=draw(message_lists))
 
 
 # -- round trips ----------------------------------------------------------------------------
