@@ -1,11 +1,13 @@
-"""Files that survive a kill -9: synced writes, and lock files that hold their content from
-their first instant. The git write protocol and the LLMKit import both stand on these."""
+"""Files that survive a kill -9: synced writes, files replaced whole, and lock files that hold
+their content from their first instant. The git write protocol, the LLMKit import and the served
+ref's settings stand on these."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +26,23 @@ def write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync, rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def fsync_dir(folder: Path) -> None:

@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config import PROMPTS_DIR
+from llmkit.durable import write_atomic
 from llmkit.errors import ConfigError, Conflict, IndexUnavailable, InvalidKey, LlmkitError, NotFound
 from llmkit.index import Index
 from llmkit.index_queries import MAX_SQLITE_INT
 from llmkit.index_sync import SyncReport
 from llmkit.promptfile import PROMPT_SUFFIX, key_from_path
-from llmkit.store import GitError, GitStore, write_atomic
+from llmkit.store import GitError, GitStore
 from llmkit.versions import Prompt, Version
 
 log = logging.getLogger("llmkit.refserve")

@@ -16,6 +16,7 @@ import pytest
 
 import llmkit.store as store_module
 from llmkit.authoring import delete_prompt, restore_version, save_prompt
+from llmkit.durable import write_atomic
 from llmkit.errors import BadRequest, ConfigError, Conflict, InvalidKey, NotFound, RepositoryBusy
 from llmkit.evals.spec import eval_file_paths
 from llmkit.gitwrite import WRITE_STEPS, _fault_plan
@@ -27,7 +28,6 @@ from llmkit.store import (
     blob_id,
     sanitize_identity,
     sanitize_message,
-    write_atomic,
 )
 from llmkit.workspace import Workspace
 from tests.helpers import HELLO_PROMPT, Repo
