@@ -43,22 +43,6 @@ def workspace(request: Request) -> Workspace:
     return request.app.state.ws
 
 
-async def json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 saying what is wrong with it. As the
-    dependency `JsonBody`, it lets a handler that blocks be a plain function (run in the thread
-    pool) while the body is still read on the event loop."""
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
-    except RecursionError:  # the middleware refuses deep bodies first; kept for other callers
-        raise BadRequest("Request body nests too deeply", code="too_deep") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object")
-    return body
-
-
 # What a field is, for the message of a body that gets it wrong.
 FIELD_HINTS = {
     "model": "model must be a prompt key, optionally pinned as key@version",
@@ -351,4 +335,3 @@ admin_key = KeyCheck(admin=True)
 Ws = Annotated[Workspace, Depends(workspace)]
 AdminKey = Annotated[ApiKey, Depends(admin_key)]
 SessionsDep = Annotated[SessionStore, Depends(session_store)]
-JsonBody = Annotated[dict[str, Any], Depends(json_object)]
