@@ -121,11 +121,6 @@ class Settings(BaseModel):
         return self.data_dir / "llmkit.db"
 
     @property
-    def durable_location(self) -> str | Path:
-        """The durable store: LLMKIT_DATABASE_URL, or the SQLite file beside the index."""
-        return self.database_url or self.db_path
-
-    @property
     def lock_path(self) -> Path:
         return self.data_dir / "write.lock"
 

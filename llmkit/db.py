@@ -101,8 +101,6 @@ class DurableStore(Protocol):
 
     def transient(self, exc: BaseException) -> bool: ...
 
-    def describe(self) -> str: ...
-
     def close(self) -> None: ...
 
 
@@ -366,9 +364,6 @@ class Database:
     def transient(self, exc: BaseException) -> bool:
         """Whether SQLite says trying again may work (locked, busy, disk full, table missing)."""
         return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
-
-    def describe(self) -> str:
-        return f"sqlite:{self.path}"
 
     def close(self) -> None:
         with self._write_lock, self._readers_lock:

@@ -351,9 +351,6 @@ class PostgresDatabase:
             exc, (TransientDatabaseError, psycopg.OperationalError, psycopg.InterfaceError)
         )
 
-    def describe(self) -> str:
-        return self.path
-
     def close(self) -> None:
         with self._write_lock:
             self._closed = True

@@ -73,10 +73,6 @@ class Usage:
     output_tokens: int = 0
     reasoning_tokens: int = 0
 
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
 
 # No call spends 2**53 tokens; a count past it (or below 0) is an upstream's garbage, and would
 # overflow the float arithmetic of costs.
