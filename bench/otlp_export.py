@@ -33,7 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from llmkit.db import Database
-from llmkit.otlp import OtlpConfig
+from llmkit.otlp_config import OtlpConfig
 from llmkit.otlp_export import SpanExporter
 from llmkit.runlog import RunLog
 from llmkit.runlog_record import RunRecord

@@ -25,16 +25,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmkit.otlp import (
-    CONTENT_TYPES,
-    Caller,
-    OtlpConfig,
-    config_from_env,
-    current_caller,
-    encoded_request,
-    rejected_spans,
-    span_of,
-)
+from llmkit.otlp import Caller, current_caller, encoded_request, rejected_spans, span_of
+from llmkit.otlp_config import CONTENT_TYPES, OtlpConfig, config_from_env
 from llmkit.runlog_record import COLUMNS
 from llmkit.runlog_rows import utc_now
 

@@ -15,14 +15,13 @@ import httpx
 import pytest
 
 from llmkit.otlp import (
-    CONTENT_TYPES,
-    config_from_env,
     encoded_request,
     parse_traceparent,
     rejected_spans,
     span_ids,
     span_of,
 )
+from llmkit.otlp_config import CONTENT_TYPES, config_from_env
 from llmkit.otlp_export import exporter_from_env
 from llmkit.runlog import RunLog
 from llmkit.runlog_record import COLUMNS, RunRecord
