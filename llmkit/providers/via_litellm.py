@@ -216,6 +216,22 @@ def _usage(raw: Any) -> dict[str, Any] | None:
     return usage
 
 
+def _envelope(raw: dict[str, Any], kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    """A completion or a chunk of one (`kind`, its `object`) around its plain `choices`: the
+    ids and usage as litellm gave them."""
+    out: dict[str, Any] = {
+        "id": raw.get("id"),
+        "object": kind,
+        "created": raw.get("created"),
+        "model": raw.get("model"),
+        "choices": choices,
+    }
+    usage = _usage(raw.get("usage"))
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
 def completion_dict(response: Any) -> dict[str, Any]:
     """A litellm ModelResponse as a plain `chat.completion` dict."""
     raw = response.model_dump()
@@ -233,17 +249,7 @@ def completion_dict(response: Any) -> dict[str, Any]:
                 "finish_reason": choice.get("finish_reason"),
             }
         )
-    out: dict[str, Any] = {
-        "id": raw.get("id"),
-        "object": "chat.completion",
-        "created": raw.get("created"),
-        "model": raw.get("model"),
-        "choices": choices,
-    }
-    usage = _usage(raw.get("usage"))
-    if usage is not None:
-        out["usage"] = usage
-    return out
+    return _envelope(raw, "chat.completion", choices)
 
 
 def chunk_dict(chunk: Any) -> dict[str, Any]:
@@ -260,17 +266,7 @@ def chunk_dict(chunk: Any) -> dict[str, Any]:
                 "finish_reason": choice.get("finish_reason"),
             }
         )
-    out: dict[str, Any] = {
-        "id": raw.get("id"),
-        "object": "chat.completion.chunk",
-        "created": raw.get("created"),
-        "model": raw.get("model"),
-        "choices": choices,
-    }
-    usage = _usage(raw.get("usage"))
-    if usage is not None:
-        out["usage"] = usage
-    return out
+    return _envelope(raw, "chat.completion.chunk", choices)
 
 
 def _upstream(target: Target) -> tuple[str, str]:
