@@ -55,18 +55,10 @@ class SignedOut(BaseModel):
     signed_out: bool
 
 
-class SessionPublic(BaseModel):
-    id: int
-    key_id: int
-    key_name: str
-    key_prefix: str
-    scope: str
-    created_at: str
-    last_seen_at: str
-    expires_at: str
-    absolute_expires_at: str
-    client: str | None
-    user_agent: str | None
+# A session as the API shows it: the fields of the stored record (never its token), under the
+# name of its role (no docstring: it would become the schema's description).
+class SessionPublic(Session):
+    pass
 
 
 LOGIN_BODY = {
