@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.config import Settings, origin_of
-from llmkit.errors import BadRequest, Forbidden, Unauthorized
+from llmkit.errors import BadRequest, Forbidden, Unauthorized, clipped
 from llmkit.keys import ApiKey
 from llmkit.sessions import (
     CSRF_FIELD,
@@ -125,14 +125,9 @@ def _bad_body(errors: list[Any]) -> BadRequest:
         return BadRequest("The request body must be a JSON object")
     field = str(loc[0])
     where = ".".join(str(part) for part in loc if isinstance(part, int) or part.isidentifier())
-    detail = f"{where}: {first['msg']} (got {_shown(first.get('input'))})"
+    detail = f"{where}: {first['msg']} (got {clipped(repr(first.get('input')), 60)})"
     hint = FIELD_HINTS.get(field)
     return BadRequest(f"{hint} ({detail})" if hint else f"Invalid {detail}", param=field)
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def bearer_token(request: Request) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import Environment, TemplateSyntaxError, nodes
 
 from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
-from llmkit.errors import BadRequest
+from llmkit.errors import BadRequest, clipped
 from llmkit.promptfile import TEMPLATE_RE, PromptFile
 
 # How many turns of a conversation the form takes: two fields each, within the 100 fields a
@@ -146,7 +146,7 @@ def json_value(name: str, text: str) -> Any:
             raise ValueError(f"it nests more than {MAX_JSON_DEPTH} levels")
         return json.loads(text)
     except ValueError as exc:
-        shown = text if len(text) <= 80 else text[:77] + "..."
+        shown = clipped(text, 80)
         raise BadRequest(
             f"Variable {name!r} is marked as JSON but is not a JSON value ({exc}): got"
             f" {shown!r}. Untick its JSON box to send the text itself",
