@@ -8,14 +8,13 @@ a word."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, TemplateSyntaxError, nodes
 
-from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
+from llmkit import budgets
 from llmkit.errors import BadRequest, clipped
 from llmkit.promptfile import TEMPLATE_RE, PromptFile
 
@@ -142,9 +141,7 @@ def read_variables(fields: dict[str, str], names: list[str]) -> dict[str, Any]:
 def json_value(name: str, text: str) -> Any:
     """`text` read as the JSON value of variable `name`, or a 400 saying why it is not one."""
     try:
-        if json_too_deep(text, MAX_JSON_DEPTH):
-            raise ValueError(f"it nests more than {MAX_JSON_DEPTH} levels")
-        return json.loads(text)
+        return budgets.json_value(text)
     except ValueError as exc:
         shown = clipped(text, 80)
         raise BadRequest(
