@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPBearer
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -347,3 +347,7 @@ Ws = Annotated[Workspace, Depends(workspace)]
 AdminKey = Annotated[ApiKey, Depends(admin_key)]
 SessionsDep = Annotated[SessionStore, Depends(session_store)]
 JsonBody = Annotated[dict[str, Any], Depends(json_object)]
+# Ids in a path. SQLite integers are 64-bit; a larger id would fail inside sqlite3 instead of
+# reading as unknown.
+KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The key's id")]
+SessionId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The session's id")]

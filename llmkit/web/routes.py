@@ -11,15 +11,14 @@ without a key gets the same 401 as anywhere else. A browser that is not signed i
 from __future__ import annotations
 
 import re
-from typing import Annotated
 from urllib.parse import quote, urlencode
 
-from fastapi import Path, Query, Request, Response
+from fastapi import Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from llmkit import authoring
-from llmkit.api.deps import AdminKey, Ws, form_fields, session_store
+from llmkit.api.deps import AdminKey, KeyId, Ws, form_fields, session_store
 from llmkit.api.routes.auth import _local_path
 from llmkit.errors import (
     BadRequest,
@@ -38,7 +37,6 @@ from llmkit.workspace import Workspace
 
 MAX_MESSAGE = 2000
 SHA_RE = re.compile(r"[0-9a-f]{7,40}")
-KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The key's id")]
 
 router = page_router()
 
