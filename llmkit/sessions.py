@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from llmkit.db import Connection, DurableStore
 from llmkit.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from llmkit.keys import MIGRATIONS, ApiKey
+from llmkit.runlog_rows import format_time
 
 SESSION_COOKIE = "llmkit_session"
 CSRF_COOKIE = "llmkit_csrf"
@@ -102,8 +103,7 @@ def csrf_matches(token: str, sent: str) -> bool:
 
 
 def _iso(seconds: float) -> str:
-    at = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-    return at.replace("+00:00", "Z")
+    return format_time(datetime.fromtimestamp(seconds, UTC))
 
 
 def _duration(seconds: float) -> str:
