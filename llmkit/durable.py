@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -56,6 +57,25 @@ def create_lock(lock: Path, staged: Path, content: bytes) -> bool:
     with os.fdopen(fd, "wb") as fh:
         fh.write(content)
     return True
+
+
+def take_lock(
+    lock: Path, staged: Path, content: bytes, timeout_s: float, busy: Callable[[], Exception]
+) -> None:
+    """Create `lock` holding `content` from its first instant (see create_lock; `staged` is
+    written, then removed), waiting up to `timeout_s` while someone else holds it, then raising
+    what `busy` makes: nobody else's lock is ever removed."""
+    write_synced(staged, content)
+    deadline = time.monotonic() + timeout_s
+    pause = 0.002
+    try:
+        while not create_lock(lock, staged, content):
+            if time.monotonic() >= deadline:
+                raise busy()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def outlives(lock: Path, seconds: float) -> bool:

@@ -27,17 +27,16 @@ import secrets
 import shutil
 import signal
 import stat
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from llmkit.durable import (
-    create_lock,
     fsync_dir,
     lock_state,
     outlives,
     read_or_none,
+    take_lock,
     write_synced,
 )
 from llmkit.errors import BadRequest, Conflict, InvalidKey, LlmkitError, NotFound, RepositoryBusy
@@ -286,18 +285,13 @@ class GitWriter:
         instant so that recovery can prove it is ours. Waits up to the store's lock timeout
         while someone else holds it, then refuses: nobody else's lock is ever removed."""
         lock = self.index_lock
-        staged = lock.with_name(f"llmkit-{journal.nonce}.lock")
-        write_synced(staged, journal.marker)
-        deadline = time.monotonic() + self.store.lock_timeout_s
-        pause = 0.002
-        try:
-            while not create_lock(lock, staged, journal.marker):
-                if time.monotonic() >= deadline:
-                    raise self._busy(lock, "using the repository's index")
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-        finally:
-            staged.unlink(missing_ok=True)
+        take_lock(
+            lock,
+            lock.with_name(f"llmkit-{journal.nonce}.lock"),
+            journal.marker,
+            self.store.lock_timeout_s,
+            lambda: self._busy(lock, "using the repository's index"),
+        )
 
     def _busy(self, lock: Path, doing: str) -> RepositoryBusy:
         where = os.path.relpath(lock, self.store.root)

@@ -32,17 +32,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmkit.durable import (
-    create_lock,
     fsync_dir,
     lock_state,
     outlives,
     read_or_none,
+    take_lock,
     write_synced,
 )
 from llmkit.errors import Conflict, InvalidKey, LlmkitError, RepositoryBusy
@@ -209,23 +208,22 @@ def _lock_index(store: GitStore, journal: Journal) -> None:
     instant (a hard link to a synced file that holds it); wait up to the store's lock timeout
     while someone else holds it."""
     lock = _index_lock(store)
-    staged = lock.with_name(f"llmkit-import-{journal.nonce}.lock")
-    write_synced(staged, journal.marker)
-    deadline = time.monotonic() + store.lock_timeout_s
-    pause = 0.002
-    try:
-        while not create_lock(lock, staged, journal.marker):
-            if time.monotonic() >= deadline:
-                where = os.path.relpath(lock, store.root)
-                raise RepositoryBusy(
-                    f"{where} exists: another git command is using the repository's index (or"
-                    f" one crashed and left the file behind). Nothing was imported; try again"
-                    f" shortly. If no git command is running, remove {where}."
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-    finally:
-        staged.unlink(missing_ok=True)
+
+    def busy() -> RepositoryBusy:
+        where = os.path.relpath(lock, store.root)
+        return RepositoryBusy(
+            f"{where} exists: another git command is using the repository's index (or one"
+            f" crashed and left the file behind). Nothing was imported; try again shortly. If"
+            f" no git command is running, remove {where}."
+        )
+
+    take_lock(
+        lock,
+        lock.with_name(f"llmkit-import-{journal.nonce}.lock"),
+        journal.marker,
+        store.lock_timeout_s,
+        busy,
+    )
 
 
 def _prepare_index(store: GitStore, journal: Journal) -> None:
