@@ -38,6 +38,21 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def replace_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically and durably: a synced temp file beside it
+    (`<name>.tmp`: what a kill may leave half written), renamed over it, the rename synced."""
+    temp = path.with_name(f"{path.name}.tmp")
+    write_synced(temp, data, mode)
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def remove_synced(path: Path) -> None:
+    """Remove `path` (if it is there), the removal synced."""
+    path.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
 def create_lock(lock: Path, staged: Path, content: bytes) -> bool:
     """Create `lock` exclusively, holding `content` from its first instant (a hard link to
     `staged`, a synced file with that content); False when it exists already. Where hard links

@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from llmkit.durable import (
-    fsync_dir,
     lock_state,
     outlives,
     read_or_none,
+    remove_synced,
+    replace_synced,
     take_lock,
     write_synced,
 )
@@ -534,10 +535,7 @@ class GitWriter:
     # -- the journal file ----------------------------------------------------------------
 
     def _write_journal(self, journal: Journal) -> None:
-        temp = self.journal_path.with_name(f"{JOURNAL_NAME}.tmp")
-        write_synced(temp, json.dumps(asdict(journal)).encode(), 0o600)
-        os.replace(temp, self.journal_path)
-        fsync_dir(self.journal_path.parent)
+        replace_synced(self.journal_path, json.dumps(asdict(journal)).encode(), 0o600)
 
     def _read_journal(self) -> Journal | None:
         raw = read_or_none(self.journal_path)
@@ -557,8 +555,7 @@ class GitWriter:
         return journal
 
     def _remove_journal(self) -> None:
-        self.journal_path.unlink(missing_ok=True)
-        fsync_dir(self.journal_path.parent)
+        remove_synced(self.journal_path)
 
 
 def read_regular(target: Path, rel_path: str) -> bytes | None:

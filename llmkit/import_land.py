@@ -37,10 +37,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmkit.durable import (
-    fsync_dir,
     lock_state,
     outlives,
     read_or_none,
+    remove_synced,
+    replace_synced,
     take_lock,
     write_synced,
 )
@@ -408,10 +409,7 @@ def _journal_path(store: GitStore) -> Path:
 def _write_journal(store: GitStore, journal: Journal) -> None:
     path = _journal_path(store)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{JOURNAL_NAME}.tmp")
-    write_synced(temp, json.dumps(asdict(journal)).encode("utf-8"), 0o600)
-    os.replace(temp, path)
-    fsync_dir(path.parent)
+    replace_synced(path, json.dumps(asdict(journal)).encode("utf-8"), 0o600)
 
 
 def _read_journal(store: GitStore) -> Journal | None:
@@ -435,9 +433,7 @@ def _read_journal(store: GitStore) -> Journal | None:
 
 
 def _remove_journal(store: GitStore) -> None:
-    path = _journal_path(store)
-    path.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    remove_synced(_journal_path(store))
 
 
 # --- writing the commits ----------------------------------------------------------------------
