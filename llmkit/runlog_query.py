@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
 from llmkit import runlog_rollup
-from llmkit.db import DurableStore
+from llmkit.db import MAX_SQLITE_INT, DurableStore
 from llmkit.errors import BadRequest, NotFound
 from llmkit.runlog_entries import entry_from_row, json_value
 from llmkit.runlog_record import CANONICAL_TIME, COLUMNS, STATUSES, canonical_time, shown
@@ -170,7 +170,7 @@ class RunLogQueries:
         return None if row is None else entry_from_row(row)
 
     def get_by_id(self, log_id: int) -> dict[str, Any] | None:
-        if not 0 < log_id < 2**63:  # SQLite cannot even compare a larger integer
+        if not 0 < log_id <= MAX_SQLITE_INT:  # SQLite cannot even compare a larger integer
             return None
         row = self._db.reader().execute(f"{_SELECT} WHERE id = ?", (log_id,)).fetchone()
         return None if row is None else entry_from_row(row)
@@ -316,7 +316,7 @@ def decode_cursor(cursor: object) -> tuple[str, int]:
         and CANONICAL_TIME.match(value[0])
         and isinstance(value[1], int)
         and not isinstance(value[1], bool)
-        and 0 <= value[1] <= 2**63 - 1
+        and 0 <= value[1] <= MAX_SQLITE_INT
     ):
         raise bad
     return value[0], value[1]

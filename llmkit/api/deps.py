@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.config import Settings, origin_of
+from llmkit.db import MAX_SQLITE_INT
 from llmkit.errors import BadRequest, Forbidden, Unauthorized, clipped
 from llmkit.keys import ApiKey
 from llmkit.sessions import (
@@ -349,5 +350,5 @@ SessionsDep = Annotated[SessionStore, Depends(session_store)]
 JsonBody = Annotated[dict[str, Any], Depends(json_object)]
 # Ids in a path. SQLite integers are 64-bit; a larger id would fail inside sqlite3 instead of
 # reading as unknown.
-KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The key's id")]
-SessionId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The session's id")]
+KeyId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="The key's id")]
+SessionId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="The session's id")]

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from llmkit import authoring
 from llmkit.api.deps import AdminKey, KeyId, Ws, form_fields, session_store
 from llmkit.api.routes.auth import _local_path
+from llmkit.db import MAX_SQLITE_INT
 from llmkit.errors import (
     BadRequest,
     Conflict,
@@ -108,7 +109,7 @@ def prompt_page(
     admin: AdminKey,
     version: str | None = Query(None),
     committed: str | None = Query(None),
-    restored: int | None = Query(None, ge=1, le=2**63 - 1),
+    restored: int | None = Query(None, ge=1, le=MAX_SQLITE_INT),
 ) -> Response:
     """One prompt: its sections with template expressions marked, frontmatter and variables."""
     prompt = ws.index.get_prompt(key)
