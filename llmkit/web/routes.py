@@ -27,6 +27,7 @@ from llmkit.errors import (
     LlmkitError,
     PromptFormatError,
 )
+from llmkit.keys import ApiKey
 from llmkit.promptfile import parse, path_for_key
 from llmkit.sessions import SESSION_COOKIE
 from llmkit.store import Commit
@@ -299,6 +300,30 @@ async def commit_edit(request: Request, key: str, ws: Ws, admin: AdminKey) -> Re
 # -- API keys --------------------------------------------------------------------------------
 
 
+def _keys_page(
+    request: Request,
+    listing: list[ApiKey],
+    *,
+    status: int = 200,
+    created: ApiKey | None = None,
+    clear: str | None = None,
+    problem: str | None = None,
+    revoked: ApiKey | None = None,
+) -> Response:
+    """The keys page: every key, and what was just done (a key created and shown this once,
+    one revoked) or refused."""
+    return pages(request).render(
+        request,
+        "keys.html",
+        status=status,
+        keys=listing,
+        created=created,
+        clear=clear,
+        problem=problem,
+        revoked=revoked,
+    )
+
+
 @router.get("/keys")
 def keys_page(
     request: Request, ws: Ws, admin: AdminKey, revoked: int | None = Query(None, ge=1)
@@ -306,9 +331,7 @@ def keys_page(
     """Every key, revoked ones too, and a form to create one."""
     listing = ws.keys.list()
     gone = next((k for k in listing if k.id == revoked), None)
-    return pages(request).render(
-        request, "keys.html", keys=listing, created=None, clear=None, problem=None, revoked=gone
-    )
+    return _keys_page(request, listing, revoked=gone)
 
 
 @router.post("/keys")
@@ -321,27 +344,9 @@ async def create_key(request: Request, ws: Ws, admin: AdminKey) -> Response:
         record, clear = await run_in_threadpool(ws.keys.create, name, scope)
     except BadRequest as exc:
         listing = await run_in_threadpool(ws.keys.list)
-        return pages(request).render(
-            request,
-            "keys.html",
-            status=400,
-            keys=listing,
-            created=None,
-            clear=None,
-            problem=exc.message,
-            revoked=None,
-        )
+        return _keys_page(request, listing, status=400, problem=exc.message)
     listing = await run_in_threadpool(ws.keys.list)
-    return pages(request).render(
-        request,
-        "keys.html",
-        status=201,
-        keys=listing,
-        created=record,
-        clear=clear,
-        problem=None,
-        revoked=None,
-    )
+    return _keys_page(request, listing, status=201, created=record, clear=clear)
 
 
 @router.post("/keys/{key_id}/revoke")
