@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from llmkit import providers
+from llmkit.errors import clipped
 
 # What a stream keeps of its answer for the run log when no cap is given (the rest is only
 # counted): an answer held for a slow client must not cost memory in proportion to its length.
@@ -245,7 +246,7 @@ def json_text_problem(text: str, schema: dict[str, Any] | None) -> str | None:
     try:
         value = json.loads(text)
     except ValueError as exc:  # also an integer past Python's digit limit
-        shown = text if len(text) <= 80 else text[:77] + "..."
+        shown = clipped(text, 80)
         why = f"{exc.msg} at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else exc
         return f"output is not JSON ({why}): {shown!r}"
     except RecursionError:

@@ -23,6 +23,7 @@ limits:
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, fields
 from itertools import accumulate
@@ -92,3 +93,11 @@ def json_too_deep(data: bytes | str, max_depth: int) -> bool:
         return False
     steps = _JSON_STRING_RE.sub(b"", raw).translate(_DEPTH_STEPS, _NOT_BRACKETS)
     return max(accumulate(memoryview(steps).cast("b")), default=0) > max_depth
+
+
+def json_value(text: str) -> Any:
+    """A variable's value given as JSON text, or ValueError saying why it is not one (one
+    nested more than MAX_JSON_DEPTH levels is refused before the parser recurses into it)."""
+    if json_too_deep(text, MAX_JSON_DEPTH):
+        raise ValueError(f"it nests more than {MAX_JSON_DEPTH} levels")
+    return json.loads(text)

@@ -112,12 +112,10 @@ def _load_vars_file(path: Path) -> dict[str, Any]:
 
 
 def _json_value(name: str, text: str) -> Any:
-    from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
+    from llmkit.budgets import json_value
 
     try:
-        if json_too_deep(text, MAX_JSON_DEPTH):
-            raise ValueError(f"it nests more than {MAX_JSON_DEPTH} levels")
-        return json.loads(text)
+        return json_value(text)
     except ValueError as exc:
         raise ConfigError(
             f"--var {name}:= takes a JSON value ({exc}); got {text[:80]!r}."

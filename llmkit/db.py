@@ -46,6 +46,8 @@ from typing import Any, Protocol, TypeVar
 # A migration takes the connection of the dialect it was registered for.
 Migration = Callable[[Any], None]
 BUSY_TIMEOUT_MS = 30_000  # as connect() sets it
+# SQLite's largest integer (PostgreSQL's BIGINT too): a larger one fails inside the driver.
+MAX_SQLITE_INT = 2**63 - 1
 _MIGRATION_NAME = re.compile(r"m(\d{3})_[a-z0-9_]+\Z")
 DIALECTS = ("sqlite", "postgresql")
 C = TypeVar("C", bound=sqlite3.Connection)

@@ -9,6 +9,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -56,6 +57,21 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def replace_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically and durably: a synced temp file beside it
+    (`<name>.tmp`: what a kill may leave half written), renamed over it, the rename synced."""
+    temp = path.with_name(f"{path.name}.tmp")
+    write_synced(temp, data, mode)
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def remove_synced(path: Path) -> None:
+    """Remove `path` (if it is there), the removal synced."""
+    path.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
 def create_lock(lock: Path, staged: Path, content: bytes) -> bool:
     """Create `lock` exclusively, holding `content` from its first instant (a hard link to
     `staged`, a synced file with that content); False when it exists already. Where hard links
@@ -75,6 +91,25 @@ def create_lock(lock: Path, staged: Path, content: bytes) -> bool:
     with os.fdopen(fd, "wb") as fh:
         fh.write(content)
     return True
+
+
+def take_lock(
+    lock: Path, staged: Path, content: bytes, timeout_s: float, busy: Callable[[], Exception]
+) -> None:
+    """Create `lock` holding `content` from its first instant (see create_lock; `staged` is
+    written, then removed), waiting up to `timeout_s` while someone else holds it, then raising
+    what `busy` makes: nobody else's lock is ever removed."""
+    write_synced(staged, content)
+    deadline = time.monotonic() + timeout_s
+    pause = 0.002
+    try:
+        while not create_lock(lock, staged, content):
+            if time.monotonic() >= deadline:
+                raise busy()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def outlives(lock: Path, seconds: float) -> bool:

@@ -233,3 +233,9 @@ class IndexUnavailable(LlmkitError):
     status = 503
     type = "server_error"
     code = "index_unavailable"
+
+
+def clipped(text: str, limit: int) -> str:
+    """`text` as an error message quotes it: whole, or cut to `limit` characters ending in
+    "...", so that a huge input cannot flood the message or a log."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

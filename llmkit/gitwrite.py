@@ -27,17 +27,17 @@ import secrets
 import shutil
 import signal
 import stat
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from llmkit.durable import (
-    create_lock,
-    fsync_dir,
     lock_state,
     outlives,
     read_or_none,
+    remove_synced,
+    replace_synced,
+    take_lock,
     write_synced,
 )
 from llmkit.errors import BadRequest, Conflict, InvalidKey, LlmkitError, NotFound, RepositoryBusy
@@ -286,18 +286,13 @@ class GitWriter:
         instant so that recovery can prove it is ours. Waits up to the store's lock timeout
         while someone else holds it, then refuses: nobody else's lock is ever removed."""
         lock = self.index_lock
-        staged = lock.with_name(f"llmkit-{journal.nonce}.lock")
-        write_synced(staged, journal.marker)
-        deadline = time.monotonic() + self.store.lock_timeout_s
-        pause = 0.002
-        try:
-            while not create_lock(lock, staged, journal.marker):
-                if time.monotonic() >= deadline:
-                    raise self._busy(lock, "using the repository's index")
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-        finally:
-            staged.unlink(missing_ok=True)
+        take_lock(
+            lock,
+            lock.with_name(f"llmkit-{journal.nonce}.lock"),
+            journal.marker,
+            self.store.lock_timeout_s,
+            lambda: self._busy(lock, "using the repository's index"),
+        )
 
     def _busy(self, lock: Path, doing: str) -> RepositoryBusy:
         where = os.path.relpath(lock, self.store.root)
@@ -342,23 +337,15 @@ class GitWriter:
         )
         if proc.returncode == 0:
             return
-        for held in self._ref_locks(journal.ref):
+        for held in ref_locks(self.store, journal.ref):
             if held.exists():
                 raise self._busy(held, "updating the branch")
         raise Conflict(f"The branch moved while writing {journal.path}; try again ({proc.stderr})")
 
-    def _ref_locks(self, ref: str) -> tuple[Path, ...]:
-        """The lock files `git update-ref <ref>` takes, in its order: the ref's own, then
-        HEAD's (git logs through HEAD when HEAD names the branch, and writes nothing into it)."""
-        own, common = self.store.git_dirs
-        if ref == "HEAD":
-            return (own / "HEAD.lock",)
-        return (common / f"{ref}.lock", own / "HEAD.lock")
-
     def _simulate_kill_in_update_ref(self, journal: Journal) -> None:
         """Test-only (LLMKIT_FAULT_AT): leave what a kill inside `git update-ref` leaves, die."""
         assert journal.ref and journal.new_commit
-        ref_lock, *head_lock = self._ref_locks(journal.ref)
+        ref_lock, *head_lock = ref_locks(self.store, journal.ref)
         if _fault_due("in-update-ref"):
             # git has written the new sha into the ref's lock and locked HEAD to log through it.
             ref_lock.parent.mkdir(parents=True, exist_ok=True)
@@ -499,23 +486,8 @@ class GitWriter:
             self.index_lock.unlink(missing_ok=True)
 
     def _remove_ref_locks(self, journal: Journal, ref_now: str | None) -> None:
-        """Remove the ref locks a kill inside `git update-ref` left, when they are provably ours:
-        one holding our new commit (nobody else knows it), or an empty HEAD.lock when our
-        transaction is known to have held it. git locks the ref first and HEAD second, and
-        nobody can create a lock while ours exists, so our sha in the ref's lock, or the ref at
-        our commit, proves it; even then the lock must outlive what a live git would hold it."""
         assert journal.ref and journal.new_commit
-        ours = f"{journal.new_commit}\n".encode()
-        ref_lock, *head_lock = self._ref_locks(journal.ref)
-        in_ref_lock = read_or_none(ref_lock)
-        transaction_was_ours = in_ref_lock == ours or ref_now == journal.new_commit
-        if in_ref_lock == ours:
-            ref_lock.unlink(missing_ok=True)
-        for lock in head_lock:
-            content = read_or_none(lock)
-            stale = content == b"" and outlives(lock, self.store.lock_timeout_s)
-            if content == ours or (transaction_was_ours and stale):
-                lock.unlink(missing_ok=True)
+        remove_ref_locks(self.store, journal.ref, journal.new_commit, ref_now)
 
     def _remove_temps(self, journal: Journal) -> None:
         git_dir = self.store.git_dirs[0]
@@ -540,10 +512,7 @@ class GitWriter:
     # -- the journal file ----------------------------------------------------------------
 
     def _write_journal(self, journal: Journal) -> None:
-        temp = self.journal_path.with_name(f"{JOURNAL_NAME}.tmp")
-        write_synced(temp, json.dumps(asdict(journal)).encode(), 0o600)
-        os.replace(temp, self.journal_path)
-        fsync_dir(self.journal_path.parent)
+        replace_synced(self.journal_path, json.dumps(asdict(journal)).encode(), 0o600)
 
     def _read_journal(self) -> Journal | None:
         raw = read_or_none(self.journal_path)
@@ -563,8 +532,36 @@ class GitWriter:
         return journal
 
     def _remove_journal(self) -> None:
-        self.journal_path.unlink(missing_ok=True)
-        fsync_dir(self.journal_path.parent)
+        remove_synced(self.journal_path)
+
+
+def ref_locks(store: GitStore, ref: str) -> tuple[Path, ...]:
+    """The lock files `git update-ref <ref>` takes, in its order: the ref's own, then HEAD's
+    (git logs through HEAD when HEAD names the branch, and writes nothing into it)."""
+    own, common = store.git_dirs
+    if ref == "HEAD":
+        return (own / "HEAD.lock",)
+    return (common / f"{ref}.lock", own / "HEAD.lock")
+
+
+def remove_ref_locks(store: GitStore, ref: str, new_commit: str, ref_now: str | None) -> None:
+    """Remove the ref locks a kill inside `git update-ref` (moving `ref` to `new_commit`) left,
+    when they are provably ours: one holding our new commit (nobody else knows it), or an empty
+    HEAD.lock when our transaction is known to have held it. git locks the ref first and HEAD
+    second, and nobody can create a lock while ours exists, so our sha in the ref's lock, or the
+    ref at our commit (`ref_now`), proves it; even then the lock must outlive what a live git
+    would hold it (DESIGN.md "Git write protocol")."""
+    ours = f"{new_commit}\n".encode()
+    ref_lock, *head_lock = ref_locks(store, ref)
+    in_ref_lock = read_or_none(ref_lock)
+    transaction_was_ours = in_ref_lock == ours or ref_now == new_commit
+    if in_ref_lock == ours:
+        ref_lock.unlink(missing_ok=True)
+    for lock in head_lock:
+        content = read_or_none(lock)
+        stale = content == b"" and outlives(lock, store.lock_timeout_s)
+        if content == ours or (transaction_was_ours and stale):
+            lock.unlink(missing_ok=True)
 
 
 def read_regular(target: Path, rel_path: str) -> bytes | None:

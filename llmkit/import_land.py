@@ -32,20 +32,19 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmkit.durable import (
-    create_lock,
-    fsync_dir,
     lock_state,
-    outlives,
-    read_or_none,
+    remove_synced,
+    replace_synced,
+    take_lock,
     write_synced,
 )
 from llmkit.errors import Conflict, InvalidKey, LlmkitError, RepositoryBusy
+from llmkit.gitwrite import ref_locks, remove_ref_locks
 from llmkit.import_history import CONFIG_PATH, Plan, PlannedCommit, head_tree
 from llmkit.import_source import ImportRefused
 from llmkit.store import ZERO_SHA, GitError, GitStore, blob_id, sanitize_identity
@@ -209,23 +208,22 @@ def _lock_index(store: GitStore, journal: Journal) -> None:
     instant (a hard link to a synced file that holds it); wait up to the store's lock timeout
     while someone else holds it."""
     lock = _index_lock(store)
-    staged = lock.with_name(f"llmkit-import-{journal.nonce}.lock")
-    write_synced(staged, journal.marker)
-    deadline = time.monotonic() + store.lock_timeout_s
-    pause = 0.002
-    try:
-        while not create_lock(lock, staged, journal.marker):
-            if time.monotonic() >= deadline:
-                where = os.path.relpath(lock, store.root)
-                raise RepositoryBusy(
-                    f"{where} exists: another git command is using the repository's index (or"
-                    f" one crashed and left the file behind). Nothing was imported; try again"
-                    f" shortly. If no git command is running, remove {where}."
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-    finally:
-        staged.unlink(missing_ok=True)
+
+    def busy() -> RepositoryBusy:
+        where = os.path.relpath(lock, store.root)
+        return RepositoryBusy(
+            f"{where} exists: another git command is using the repository's index (or one"
+            f" crashed and left the file behind). Nothing was imported; try again shortly. If"
+            f" no git command is running, remove {where}."
+        )
+
+    take_lock(
+        lock,
+        lock.with_name(f"llmkit-import-{journal.nonce}.lock"),
+        journal.marker,
+        store.lock_timeout_s,
+        busy,
+    )
 
 
 def _prepare_index(store: GitStore, journal: Journal) -> None:
@@ -251,11 +249,10 @@ def _prepare_index(store: GitStore, journal: Journal) -> None:
 def _move_ref(store: GitStore, journal: Journal) -> None:
     """The commit point: a compare-and-swap of the branch from the old head to the new tip."""
     if os.environ.get(FAULT_ENV) == "in-update-ref":
-        own, common = store.git_dirs
-        ref_lock = own / "HEAD.lock" if journal.ref == "HEAD" else common / f"{journal.ref}.lock"
-        ref_lock.parent.mkdir(parents=True, exist_ok=True)
-        ref_lock.write_text(journal.new_tip + "\n")
-        (own / "HEAD.lock").touch()
+        locks = ref_locks(store, journal.ref)  # the ref's, then HEAD's
+        locks[0].parent.mkdir(parents=True, exist_ok=True)
+        locks[0].write_text(journal.new_tip + "\n")
+        locks[-1].touch()
         fault("in-update-ref")
     no_deref = ["--no-deref"] if journal.ref == "HEAD" else []
     proc = store.git(
@@ -312,7 +309,7 @@ def recover(store: GitStore) -> str | None:
     lock = _index_lock(store)
     state = _lock_state(lock, journal)
     now = store.ref_value(journal.ref)
-    _remove_ref_locks(store, journal, now)
+    remove_ref_locks(store, journal.ref, journal.new_tip, now)
     if now == journal.new_tip and store.head_ref() == journal.ref:
         if state == "foreign":
             raise RepositoryBusy(
@@ -333,26 +330,6 @@ def recover(store: GitStore) -> str | None:
         outcome = "undid an import killed before it committed"
     _remove_temps(store, journal)
     return outcome
-
-
-def _remove_ref_locks(store: GitStore, journal: Journal, now: str | None) -> None:
-    """The ref locks a kill inside `git update-ref` left, when they are provably ours: the
-    branch's lock holding our new tip (nobody else knows it), and an empty HEAD.lock when our
-    transaction is known to have held it and it outlived what a live git would hold it for
-    (the rule of the store's recovery, DESIGN.md "Git write protocol")."""
-    own, common = store.git_dirs
-    ours = f"{journal.new_tip}\n".encode()
-    head_lock = own / "HEAD.lock"
-    ref_lock = head_lock if journal.ref == "HEAD" else common / f"{journal.ref}.lock"
-    in_ref_lock = read_or_none(ref_lock)
-    transaction_was_ours = in_ref_lock == ours or now == journal.new_tip
-    if in_ref_lock == ours:
-        ref_lock.unlink(missing_ok=True)
-    if journal.ref != "HEAD":
-        content = read_or_none(head_lock)
-        stale = content == b"" and outlives(head_lock, store.lock_timeout_s)
-        if content == ours or (transaction_was_ours and stale):
-            head_lock.unlink(missing_ok=True)
 
 
 def _bring_index_along(store: GitStore, journal: Journal) -> None:
@@ -410,10 +387,7 @@ def _journal_path(store: GitStore) -> Path:
 def _write_journal(store: GitStore, journal: Journal) -> None:
     path = _journal_path(store)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{JOURNAL_NAME}.tmp")
-    write_synced(temp, json.dumps(asdict(journal)).encode("utf-8"), 0o600)
-    os.replace(temp, path)
-    fsync_dir(path.parent)
+    replace_synced(path, json.dumps(asdict(journal)).encode("utf-8"), 0o600)
 
 
 def _read_journal(store: GitStore) -> Journal | None:
@@ -437,9 +411,7 @@ def _read_journal(store: GitStore) -> Journal | None:
 
 
 def _remove_journal(store: GitStore) -> None:
-    path = _journal_path(store)
-    path.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    remove_synced(_journal_path(store))
 
 
 # --- writing the commits ----------------------------------------------------------------------

@@ -18,8 +18,9 @@
 
 from __future__ import annotations
 
+from llmkit.db import MAX_SQLITE_INT
 from llmkit.errors import NotFound
-from llmkit.index_queries import MAX_SQLITE_INT, IndexQueries
+from llmkit.index_queries import IndexQueries
 from llmkit.index_sync import decode
 from llmkit.promptfile import path_for_key
 from llmkit.store import blob_id

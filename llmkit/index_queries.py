@@ -7,13 +7,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from llmkit.db import MAX_SQLITE_INT
 from llmkit.errors import LlmkitError, NotFound
 from llmkit.index_sync import IndexSync
 from llmkit.promptfile import validate_key
 from llmkit.store import Commit
 from llmkit.versions import Prompt, Version
-
-MAX_SQLITE_INT = 2**63 - 1
 
 
 class IndexQueries(IndexSync):

@@ -29,13 +29,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from llmkit.db import Connection, DurableStore, Migrations, lock_table
 from llmkit.errors import BadRequest, NotFound
+from llmkit.runlog_rows import utc_now
 
 log = logging.getLogger("llmkit.keys")
 
@@ -220,10 +220,6 @@ def looks_like_key(clear: object) -> TypeGuard[str]:
     )
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _shown(value: str) -> str:
     """A value for an error message, cut short so a huge input cannot flood a log."""
     return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
@@ -315,7 +311,7 @@ class KeyStore:
 
     def _insert(self, conn: Connection, name: str, scope: str) -> tuple[ApiKey, str]:
         clear = new_clear_key()
-        created_at = _utc_now()
+        created_at = utc_now()
         key_id = conn.execute(
             "INSERT INTO api_keys (name, scope, digest, prefix, created_at) VALUES (?, ?, ?, ?, ?)"
             " RETURNING id",
@@ -365,7 +361,7 @@ class KeyStore:
             row = conn.execute(
                 f"UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"
                 f" RETURNING {_COLUMNS}, digest",
-                (_utc_now(), key_id),
+                (utc_now(), key_id),
             ).fetchone()
             if row is None:
                 raise NotFound(f"No API key with id {key_id!r}", param="id")
@@ -442,7 +438,7 @@ class KeyStore:
                 self._epoch += 1
 
     def _record_use(self, key: ApiKey, write_later: WriteLater | None = None) -> ApiKey:
-        used_at = _utc_now()
+        used_at = utc_now()
         now = self._clock()
         with self._lock:
             self._pending_used[key.id] = used_at

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from llmkit.budgets import MAX_JSON_DEPTH, Limits, json_too_deep
-from llmkit.errors import BadRequest
+from llmkit.errors import BadRequest, clipped
 from llmkit.promptfile import PromptFile, path_for_key
 from llmkit.render import render_messages
 
@@ -86,7 +86,7 @@ def _json_object(content: Any, key: str, kind: str, role: str) -> dict[str, Any]
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        shown = text if len(text) <= 80 else text[:77] + "..."
+        shown = clipped(text, 80)
         raise BadRequest(
             f"Prompt {key!r} is {kind}: the first {role} message must be a JSON object of template"
             f" variables (or pass a top-level 'variables' object); got {shown!r}",

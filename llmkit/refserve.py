@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config import PROMPTS_DIR
+from llmkit.db import MAX_SQLITE_INT
 from llmkit.durable import write_atomic
 from llmkit.errors import ConfigError, Conflict, IndexUnavailable, InvalidKey, LlmkitError, NotFound
 from llmkit.index import Index
-from llmkit.index_queries import MAX_SQLITE_INT
 from llmkit.index_sync import SyncReport
 from llmkit.promptfile import PROMPT_SUFFIX, key_from_path
 from llmkit.store import GitError, GitStore

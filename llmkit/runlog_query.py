@@ -12,10 +12,10 @@ import base64
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from llmkit import runlog_rollup
-from llmkit.db import DurableStore
+from llmkit.db import MAX_SQLITE_INT, DurableStore
 from llmkit.errors import BadRequest, NotFound
 from llmkit.runlog_entries import entry_from_row, json_value
 from llmkit.runlog_record import CANONICAL_TIME, COLUMNS, STATUSES, canonical_time, shown
@@ -37,6 +37,19 @@ MAX_ID_DIGITS = 18
 _SELECT = f"SELECT id, {', '.join(COLUMNS)} FROM run_log"
 
 
+class LogFilters(TypedDict, total=False):
+    """What every read of a range of the log is narrowed by, by keyword, None (or left out)
+    for any: `since` is inclusive, `until` exclusive; `version` matches a version number, a
+    version sha prefix or `draft`."""
+
+    prompt: str | None
+    version: str | int | None
+    status: str | None
+    since: str | datetime | None
+    until: str | datetime | None
+    model: str | None
+
+
 class RunLogQueries:
     """The read side of a run log (RunLog adds the writer): every read is on `db`'s reader."""
 
@@ -47,36 +60,24 @@ class RunLogQueries:
         self,
         page: int = 1,
         page_size: int = 50,
-        prompt: str | None = None,
-        version: str | int | None = None,
-        status: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        model: str | None = None,
+        **filters: Unpack[LogFilters],
     ) -> Rows:
         """Runs newest first, by page number. `since` is inclusive, `until` exclusive;
         `version` matches a version number or a version sha prefix; page_size is capped at
         MAX_PAGE_SIZE. A page costs a walk of the index over the rows before it (without
         reading them): deep pages are for the UI's page numbers, `page_after` for programs."""
-        return self.numbered_page(
-            page, page_size, prompt, version, status, since, until, model
-        ).rows
+        return self.numbered_page(page, page_size, **filters).rows
 
     def numbered_page(
         self,
         page: int = 1,
         page_size: int = 50,
-        prompt: str | None = None,
-        version: str | int | None = None,
-        status: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        model: str | None = None,
+        **filters: Unpack[LogFilters],
     ) -> LogPage:
         """Page `page` by number, with the cursor of the page that follows it."""
         page = _check_positive(page, "page")
         page_size = min(_check_positive(page_size, "page_size"), MAX_PAGE_SIZE)
-        where, params = _filters(prompt, version, status, since, until, model)
+        where, params = _filters(**filters)
         # The offset walks the index alone (ids only); just the page's rows are read.
         rows = (
             self._db.reader()
@@ -94,12 +95,7 @@ class RunLogQueries:
         self,
         cursor: str | None = None,
         limit: int = 50,
-        prompt: str | None = None,
-        version: str | int | None = None,
-        status: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        model: str | None = None,
+        **filters: Unpack[LogFilters],
     ) -> LogPage:
         """The `limit` runs after `cursor` (from the start without one), newest first, and
         the cursor of the next page (None after the last). A page is one range read of an
@@ -107,7 +103,7 @@ class RunLogQueries:
         never make it skip a row, since a cursor is a position in (created_at, id) order. The
         filters are not in the cursor: send the same ones with each page."""
         limit = min(_check_positive(limit, "limit"), MAX_PAGE_SIZE)
-        where, params = _filters(prompt, version, status, since, until, model)
+        where, params = _filters(**filters)
         if cursor is not None:
             created_at, row_id = decode_cursor(cursor)
             where += " AND " if where else " WHERE "
@@ -128,12 +124,7 @@ class RunLogQueries:
         self,
         cursor: str,
         limit: int = 50,
-        prompt: str | None = None,
-        version: str | int | None = None,
-        status: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        model: str | None = None,
+        **filters: Unpack[LogFilters],
     ) -> LogPage:
         """The `limit` runs just newer than the position `cursor` names, newest first as
         `page_after` gives them: a page back, for a reader paging by cursor (the UI's
@@ -142,7 +133,7 @@ class RunLogQueries:
         The same range read as `page_after`, walking the index the other way."""
         limit = min(_check_positive(limit, "limit"), MAX_PAGE_SIZE)
         created_at, row_id = decode_cursor(cursor)
-        where, params = _filters(prompt, version, status, since, until, model)
+        where, params = _filters(**filters)
         where += " AND " if where else " WHERE "
         where += "created_at >= ? AND (created_at > ? OR id > ?)"
         rows = (
@@ -161,20 +152,15 @@ class RunLogQueries:
 
     def count(
         self,
-        prompt: str | None = None,
-        version: str | int | None = None,
-        status: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        model: str | None = None,
+        **filters: Unpack[LogFilters],
     ) -> int:
         """How many runs match. Without a time range, a sum over the rollups (its cost grows
         with the number of versions and models, not of runs); with one, a count of the index
         over the rows in the range."""
-        where, params = _filters(prompt, version, status, since, until, model)
+        where, params = _filters(**filters)
         reader = self._db.reader()
-        if since is None and until is None:
-            by_prompt = prompt is not None or version is not None
+        if filters.get("since") is None and filters.get("until") is None:
+            by_prompt = filters.get("prompt") is not None or filters.get("version") is not None
             return runlog_rollup.count(reader, where, params, by_prompt=by_prompt)
         row = reader.execute(f"SELECT COUNT(*) FROM run_log{where}", params).fetchone()
         return int(row[0])
@@ -184,7 +170,7 @@ class RunLogQueries:
         return None if row is None else entry_from_row(row)
 
     def get_by_id(self, log_id: int) -> dict[str, Any] | None:
-        if not 0 < log_id < 2**63:  # SQLite cannot even compare a larger integer
+        if not 0 < log_id <= MAX_SQLITE_INT:  # SQLite cannot even compare a larger integer
             return None
         row = self._db.reader().execute(f"{_SELECT} WHERE id = ?", (log_id,)).fetchone()
         return None if row is None else entry_from_row(row)
@@ -330,7 +316,7 @@ def decode_cursor(cursor: object) -> tuple[str, int]:
         and CANONICAL_TIME.match(value[0])
         and isinstance(value[1], int)
         and not isinstance(value[1], bool)
-        and 0 <= value[1] <= 2**63 - 1
+        and 0 <= value[1] <= MAX_SQLITE_INT
     ):
         raise bad
     return value[0], value[1]
@@ -343,11 +329,11 @@ def _check_positive(value: object, param: str) -> int:
 
 
 def _filters(
-    prompt: str | None,
-    version: str | int | None,
-    status: str | None,
-    since: str | datetime | None,
-    until: str | datetime | None,
+    prompt: str | None = None,
+    version: str | int | None = None,
+    status: str | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
     model: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from llmkit.db import MAX_SQLITE_INT
 from llmkit.errors import BadRequest
 from llmkit.runlog_rows import Shaper, format_time, utc_now
 
@@ -158,7 +159,7 @@ def _check_record(record: RunRecord) -> None:
         value = getattr(record, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise BadRequest(f"Run record {name} must be an integer or None: {shown(value)}")
-    if record.id is not None and not 0 < record.id < 2**63:
+    if record.id is not None and not 0 < record.id <= MAX_SQLITE_INT:
         raise BadRequest(f"Run record id must be a positive 64-bit integer: {shown(record.id)}")
     for name in _NUMBER_FIELDS:
         value = getattr(record, name)

@@ -38,6 +38,11 @@ def format_time(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def format_timestamp(seconds: float) -> str:
+    """A Unix time (seconds since the epoch) in format_time's shape."""
+    return format_time(datetime.fromtimestamp(seconds, UTC))
+
+
 def storable_text(text: str) -> tuple[str, int]:
     """`text` with every lone surrogate and NUL replaced by U+FFFD, and how many were."""
     if text.isascii():

@@ -56,6 +56,11 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         )
         """
     )
+    _m001_indexes(conn)
+
+
+def _m001_indexes(conn: Connection | sqlite3.Connection) -> None:
+    """The first indexes, the same in both dialects."""
     conn.execute("CREATE INDEX run_log_created_at ON run_log (created_at)")
     conn.execute("CREATE INDEX run_log_prompt_created_at ON run_log (prompt_key, created_at)")
     # Percentiles read the value at a rank straight from these, without touching the table.
@@ -155,9 +160,14 @@ def m004_judge_source(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE run_log_m003")
     conn.execute("CREATE INDEX run_log_created_at ON run_log (created_at)")
     conn.execute("CREATE INDEX run_log_prompt_created_at ON run_log (prompt_key, created_at)")
+    _judgeless_percentile_indexes(conn)
+
+
+def _judgeless_percentile_indexes(conn: Connection | sqlite3.Connection) -> None:
+    """m004's percentile indexes, the same in both dialects: partial, without the judge's rows.
+    `source` is in the index too: SQLite reads a column of a partial index's condition from the
+    table unless the index holds it."""
     for column in PERCENTILE_COLUMNS:
-        # `source` is in the index too: SQLite reads a column of a partial index's condition
-        # from the table unless the index holds it.
         conn.execute(
             f"CREATE INDEX run_log_{column} ON run_log"
             f" (prompt_key, version_number, version_sha, draft, draft_blob, {column}, source)"
@@ -229,13 +239,7 @@ def m001_initial_postgresql(conn: Connection) -> None:
         )
         """
     )
-    conn.execute("CREATE INDEX run_log_created_at ON run_log (created_at)")
-    conn.execute("CREATE INDEX run_log_prompt_created_at ON run_log (prompt_key, created_at)")
-    for column in ("latency_ms", "ttft_ms"):
-        conn.execute(
-            f"CREATE INDEX run_log_{column} ON run_log"
-            f" (prompt_key, version_number, version_sha, {column})"
-        )
+    _m001_indexes(conn)
 
 
 @MIGRATIONS.on_postgresql("m002_truncated_notes_and_rejects")
@@ -264,11 +268,7 @@ def m004_judge_source_postgresql(conn: Connection) -> None:
     )
     for column in PERCENTILE_COLUMNS:
         conn.execute(f"DROP INDEX run_log_{column}")
-        conn.execute(
-            f"CREATE INDEX run_log_{column} ON run_log"
-            f" (prompt_key, version_number, version_sha, draft, draft_blob, {column}, source)"
-            f" WHERE {NOT_JUDGE}"
-        )
+    _judgeless_percentile_indexes(conn)
 
 
 @MIGRATIONS.on_postgresql("m005_ids_in_blocks_and_model_names")

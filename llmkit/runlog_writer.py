@@ -109,6 +109,18 @@ class _Hand:
     stop: bool = False
     deaths: int = 0
 
+    def take(self, item: _Item) -> QueuedRow | None:
+        """`item` into the hand: a row is added and returned; a flush marker or the stop marker
+        is noted, and None says that it ends the batch."""
+        if isinstance(item, _Stop):
+            self.stop = True
+            return None
+        if isinstance(item, threading.Event):
+            self.flushes.append(item)
+            return None
+        self.rows.append(item)
+        return item
+
 
 def transient(exc: BaseException) -> bool:
     """Whether SQLite says trying again may work (locked, busy, disk full, table missing)."""
@@ -418,17 +430,13 @@ class LogWriter:
         deadline = time.monotonic() + self._batch_s if wait else -1.0
         slept = False
         while True:
-            if isinstance(item, _Stop):
-                hand.stop = True
+            row = hand.take(item)
+            if row is None:
                 return
-            if isinstance(item, threading.Event):
-                hand.flushes.append(item)
-                return
-            hand.rows.append(item)
-            if len(hand.rows) >= self._max_batch or item.waiter is not None:
+            if len(hand.rows) >= self._max_batch or row.waiter is not None:
                 # A waiting caller is answered only after the commit: write now, and let the
                 # rows that queue meanwhile make the next batch (group commit).
-                if item.waiter is not None:
+                if row.waiter is not None:
                     self._take_queued(hand)
                 return
             try:
@@ -457,13 +465,8 @@ class LogWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, _Stop):
-                hand.stop = True
+            if hand.take(item) is None:
                 return
-            if isinstance(item, threading.Event):
-                hand.flushes.append(item)
-                return
-            hand.rows.append(item)
 
     # Writing
 

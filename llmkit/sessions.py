@@ -30,11 +30,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from llmkit.db import Connection, DurableStore
 from llmkit.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from llmkit.keys import MIGRATIONS, ApiKey
+from llmkit.runlog_rows import format_timestamp
 
 SESSION_COOKIE = "llmkit_session"
 CSRF_COOKIE = "llmkit_csrf"
@@ -99,11 +99,6 @@ def csrf_token_for(token: str) -> str:
 
 def csrf_matches(token: str, sent: str) -> bool:
     return hmac.compare_digest(csrf_token_for(token).encode(), sent.encode("utf-8", "replace"))
-
-
-def _iso(seconds: float) -> str:
-    at = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-    return at.replace("+00:00", "Z")
 
 
 def _duration(seconds: float) -> str:
@@ -260,10 +255,10 @@ class SessionStore:
             key_name=key.name,
             key_prefix=key.prefix,
             scope=key.scope,
-            created_at=_iso(created_at),
-            last_seen_at=_iso(last_seen_at),
-            expires_at=_iso(min(last_seen_at + self.idle_s, absolute)),
-            absolute_expires_at=_iso(absolute),
+            created_at=format_timestamp(created_at),
+            last_seen_at=format_timestamp(last_seen_at),
+            expires_at=format_timestamp(min(last_seen_at + self.idle_s, absolute)),
+            absolute_expires_at=format_timestamp(absolute),
             client=client,
             user_agent=user_agent,
         )

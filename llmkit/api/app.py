@@ -31,6 +31,7 @@ from llmkit.errors import (
     RateLimited,
     Unauthorized,
     Unprocessable,
+    clipped,
 )
 from llmkit.execute import Executor
 from llmkit.otlp import TraceparentMiddleware
@@ -183,7 +184,7 @@ def _bad_parameters(errors: Any) -> JSONResponse:
     for err in errors[:5]:
         name = str(err.get("loc", ("", "?"))[-1])
         value = err.get("input")
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        shown = clipped(repr(value), 60)
         parts.append(f"{name}: {err.get('msg')} (got {shown})")
     param = str(errors[0].get("loc", ("", None))[-1])
     return error_response(400, "Invalid parameter " + "; ".join(parts), "invalid_parameter", param)

@@ -17,13 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPBearer
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.config import Settings, origin_of
-from llmkit.errors import BadRequest, Forbidden, Unauthorized
+from llmkit.db import MAX_SQLITE_INT
+from llmkit.errors import BadRequest, Forbidden, Unauthorized, clipped
 from llmkit.keys import ApiKey
 from llmkit.sessions import (
     CSRF_FIELD,
@@ -109,14 +110,9 @@ def _bad_body(errors: list[Any]) -> BadRequest:
         return BadRequest("The request body must be a JSON object")
     field = str(loc[0])
     where = ".".join(str(part) for part in loc if isinstance(part, int) or part.isidentifier())
-    detail = f"{where}: {first['msg']} (got {_shown(first.get('input'))})"
+    detail = f"{where}: {first['msg']} (got {clipped(repr(first.get('input')), 60)})"
     hint = FIELD_HINTS.get(field)
     return BadRequest(f"{hint} ({detail})" if hint else f"Invalid {detail}", param=field)
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def bearer_token(request: Request) -> str | None:
@@ -335,3 +331,7 @@ admin_key = KeyCheck(admin=True)
 Ws = Annotated[Workspace, Depends(workspace)]
 AdminKey = Annotated[ApiKey, Depends(admin_key)]
 SessionsDep = Annotated[SessionStore, Depends(session_store)]
+# Ids in a path. SQLite integers are 64-bit; a larger id would fail inside sqlite3 instead of
+# reading as unknown.
+KeyId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="The key's id")]
+SessionId = Annotated[int, Path(ge=1, le=MAX_SQLITE_INT, description="The session's id")]

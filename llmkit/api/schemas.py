@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired, Required
 
 from pydantic import BaseModel, ConfigDict, Field, with_config
 
 # pydantic reads TypedDicts from typing_extensions before Python 3.12
 from typing_extensions import TypedDict
+
+from llmkit.keys import ApiKey
 
 
 class CommitInfo(BaseModel):
@@ -60,18 +63,15 @@ class ApiKeyCreate(BaseModel):
     scope: Literal["admin", "run"] = "run"
 
 
-class ApiKeyPublic(BaseModel):
-    id: int
-    name: str
-    scope: str
-    prefix: str
-    created_at: str
-    last_used_at: str | None
-    revoked_at: str | None
+# A key as the API shows it: the fields of the stored record, under the name of its role (no
+# docstring: it would become the schema's description).
+class ApiKeyPublic(ApiKey):
+    pass
 
 
+@dataclass(frozen=True)
 class ApiKeyCreated(ApiKeyPublic):
-    key: str = Field(..., description="The key itself; shown only in this response")
+    key: Annotated[str, Field(description="The key itself; shown only in this response")]
 
 
 # -- executing a prompt: OpenAI's chat-completions body, with the prompt key as `model` ---------

@@ -7,10 +7,9 @@ time, so a committed file's is not used.)"""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from llmkit.errors import LlmkitError
-from llmkit.runlog_rows import format_time
+from llmkit.runlog_rows import format_timestamp
 from llmkit.store import GitStore
 
 Times = tuple[str, str]  # (created_at, updated_at)
@@ -37,7 +36,7 @@ def file_times(store: GitStore, files: Iterable[str]) -> dict[str, Times]:
         # Newest commit first: each later record is an earlier commit of the files it names.
         for record in raw.split("\0")[1:]:
             stamp, _, names = record.partition("\n")
-            moment = _time(int(stamp))
+            moment = format_timestamp(int(stamp))
             for name in names.split("\n"):
                 if name in wanted:
                     times[name] = (moment, times.get(name, (moment, moment))[1])
@@ -48,12 +47,8 @@ def file_times(store: GitStore, files: Iterable[str]) -> dict[str, Times]:
     return times
 
 
-def _time(seconds: float) -> str:
-    return format_time(datetime.fromtimestamp(seconds, UTC))
-
-
 def _modified(store: GitStore, name: str) -> str | None:
     try:
-        return _time(store.confine(name).stat().st_mtime)
+        return format_timestamp(store.confine(name).stat().st_mtime)
     except (OSError, LlmkitError):
         return None

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llmkit.db import Connection, DurableStore, Migrations, run_script
+from llmkit.db import Connection, DurableStore, Migrations
 from llmkit.errors import BadRequest, NotFound
 from llmkit.evals.asserts import AssertionResult, Outcome
 from llmkit.evals.cases import EvalCase
@@ -27,11 +27,7 @@ migration = MIGRATIONS.register
 AFTER, BEFORE = "after", "before"
 
 
-@migration
-def m001_initial(conn: sqlite3.Connection) -> None:
-    run_script(
-        conn,
-        """
+_EVAL_RUNS_TABLE = """
         CREATE TABLE eval_runs (
             run_id TEXT PRIMARY KEY,
             started_at TEXT NOT NULL,
@@ -40,7 +36,21 @@ def m001_initial(conn: sqlite3.Connection) -> None:
             base_ref TEXT,
             source TEXT NOT NULL,
             summary TEXT
-        );
+        )
+        """
+
+
+def _result_indexes(conn: Connection | sqlite3.Connection) -> None:
+    """m001's indexes of the results, the same in both dialects."""
+    conn.execute("CREATE INDEX eval_results_version ON eval_results (prompt_key, version_sha)")
+    conn.execute("CREATE INDEX eval_results_run ON eval_results (run_id)")
+
+
+@migration
+def m001_initial(conn: sqlite3.Connection) -> None:
+    conn.execute(_EVAL_RUNS_TABLE)
+    conn.execute(
+        """
         CREATE TABLE eval_results (
             id INTEGER PRIMARY KEY,
             run_id TEXT NOT NULL REFERENCES eval_runs (run_id),
@@ -63,17 +73,20 @@ def m001_initial(conn: sqlite3.Connection) -> None:
             cached INTEGER NOT NULL,
             human_score INTEGER,
             created_at TEXT NOT NULL
-        );
-        CREATE INDEX eval_results_version ON eval_results (prompt_key, version_sha);
-        CREATE INDEX eval_results_run ON eval_results (run_id);
+        )
+        """
+    )
+    _result_indexes(conn)
+    conn.execute(
+        """
         CREATE TABLE response_cache (
             key TEXT PRIMARY KEY,
             model TEXT NOT NULL,
             response TEXT NOT NULL,
             latency_ms REAL,
             created_at TEXT NOT NULL
-        );
-        """,
+        )
+        """
     )
 
 
@@ -107,19 +120,7 @@ def m004_prompt_runs_index(conn: sqlite3.Connection) -> None:
 
 @MIGRATIONS.on_postgresql("m001_initial")
 def m001_initial_postgresql(conn: Connection) -> None:
-    conn.execute(
-        """
-        CREATE TABLE eval_runs (
-            run_id TEXT PRIMARY KEY,
-            started_at TEXT NOT NULL,
-            finished_at TEXT,
-            ref TEXT,
-            base_ref TEXT,
-            source TEXT NOT NULL,
-            summary TEXT
-        )
-        """
-    )
+    conn.execute(_EVAL_RUNS_TABLE)
     conn.execute(
         """
         CREATE TABLE eval_results (
@@ -147,8 +148,7 @@ def m001_initial_postgresql(conn: Connection) -> None:
         )
         """
     )
-    conn.execute("CREATE INDEX eval_results_version ON eval_results (prompt_key, version_sha)")
-    conn.execute("CREATE INDEX eval_results_run ON eval_results (run_id)")
+    _result_indexes(conn)
     conn.execute(
         """
         CREATE TABLE response_cache (

@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import ModuleType
 from typing import Any
 
@@ -216,26 +216,25 @@ def _usage(raw: Any) -> dict[str, Any] | None:
     return usage
 
 
-def completion_dict(response: Any) -> dict[str, Any]:
-    """A litellm ModelResponse as a plain `chat.completion` dict."""
-    raw = response.model_dump()
-    choices = []
-    for choice in raw.get("choices") or []:
-        message = choice.get("message") or {}
-        clean = {"role": message.get("role") or "assistant", "content": message.get("content")}
-        for key in MESSAGE_KEYS[2:]:
-            if message.get(key):
-                clean[key] = _drop_none(message[key])
-        choices.append(
-            {
-                "index": choice.get("index", 0),
-                "message": clean,
-                "finish_reason": choice.get("finish_reason"),
-            }
-        )
+def _plain(
+    raw: dict[str, Any],
+    kind: str,
+    part: str,
+    clean: Callable[[dict[str, Any]], dict[str, Any]],
+) -> dict[str, Any]:
+    """A completion or a chunk of one (`kind`, its `object`) as plain dicts: each choice's
+    `part` (its message or delta) cleaned by `clean`, the ids and usage as litellm gave them."""
+    choices = [
+        {
+            "index": choice.get("index", 0),
+            part: clean(choice.get(part) or {}),
+            "finish_reason": choice.get("finish_reason"),
+        }
+        for choice in raw.get("choices") or []
+    ]
     out: dict[str, Any] = {
         "id": raw.get("id"),
-        "object": "chat.completion",
+        "object": kind,
         "created": raw.get("created"),
         "model": raw.get("model"),
         "choices": choices,
@@ -244,33 +243,28 @@ def completion_dict(response: Any) -> dict[str, Any]:
     if usage is not None:
         out["usage"] = usage
     return out
+
+
+def _clean_message(message: dict[str, Any]) -> dict[str, Any]:
+    clean = {"role": message.get("role") or "assistant", "content": message.get("content")}
+    for key in MESSAGE_KEYS[2:]:
+        if message.get(key):
+            clean[key] = _drop_none(message[key])
+    return clean
+
+
+def _clean_delta(delta: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_none(delta[k]) for k in MESSAGE_KEYS if delta.get(k) is not None}
+
+
+def completion_dict(response: Any) -> dict[str, Any]:
+    """A litellm ModelResponse as a plain `chat.completion` dict."""
+    return _plain(response.model_dump(), "chat.completion", "message", _clean_message)
 
 
 def chunk_dict(chunk: Any) -> dict[str, Any]:
     """A litellm stream chunk as a plain `chat.completion.chunk` dict."""
-    raw = chunk.model_dump()
-    choices = []
-    for choice in raw.get("choices") or []:
-        delta = choice.get("delta") or {}
-        clean = {k: _drop_none(delta[k]) for k in MESSAGE_KEYS if delta.get(k) is not None}
-        choices.append(
-            {
-                "index": choice.get("index", 0),
-                "delta": clean,
-                "finish_reason": choice.get("finish_reason"),
-            }
-        )
-    out: dict[str, Any] = {
-        "id": raw.get("id"),
-        "object": "chat.completion.chunk",
-        "created": raw.get("created"),
-        "model": raw.get("model"),
-        "choices": choices,
-    }
-    usage = _usage(raw.get("usage"))
-    if usage is not None:
-        out["usage"] = usage
-    return out
+    return _plain(chunk.model_dump(), "chat.completion.chunk", "delta", _clean_delta)
 
 
 def _upstream(target: Target) -> tuple[str, str]:

@@ -8,15 +8,14 @@ a word."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, TemplateSyntaxError, nodes
 
-from llmkit.budgets import MAX_JSON_DEPTH, json_too_deep
-from llmkit.errors import BadRequest
+from llmkit import budgets
+from llmkit.errors import BadRequest, clipped
 from llmkit.promptfile import TEMPLATE_RE, PromptFile
 
 # How many turns of a conversation the form takes: two fields each, within the 100 fields a
@@ -142,11 +141,9 @@ def read_variables(fields: dict[str, str], names: list[str]) -> dict[str, Any]:
 def json_value(name: str, text: str) -> Any:
     """`text` read as the JSON value of variable `name`, or a 400 saying why it is not one."""
     try:
-        if json_too_deep(text, MAX_JSON_DEPTH):
-            raise ValueError(f"it nests more than {MAX_JSON_DEPTH} levels")
-        return json.loads(text)
+        return budgets.json_value(text)
     except ValueError as exc:
-        shown = text if len(text) <= 80 else text[:77] + "..."
+        shown = clipped(text, 80)
         raise BadRequest(
             f"Variable {name!r} is marked as JSON but is not a JSON value ({exc}): got"
             f" {shown!r}. Untick its JSON box to send the text itself",

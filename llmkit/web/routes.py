@@ -11,22 +11,23 @@ without a key gets the same 401 as anywhere else. A browser that is not signed i
 from __future__ import annotations
 
 import re
-from typing import Annotated
 from urllib.parse import quote, urlencode
 
-from fastapi import Path, Query, Request, Response
+from fastapi import Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from llmkit import authoring
-from llmkit.api.deps import AdminKey, Ws, form_fields, session_store
+from llmkit.api.deps import AdminKey, KeyId, Ws, form_fields, session_store
 from llmkit.api.routes.auth import _local_path
+from llmkit.db import MAX_SQLITE_INT
 from llmkit.errors import (
     BadRequest,
     Conflict,
     LlmkitError,
     PromptFormatError,
 )
+from llmkit.keys import ApiKey
 from llmkit.promptfile import parse, path_for_key
 from llmkit.sessions import SESSION_COOKIE
 from llmkit.store import Commit
@@ -38,7 +39,6 @@ from llmkit.workspace import Workspace
 
 MAX_MESSAGE = 2000
 SHA_RE = re.compile(r"[0-9a-f]{7,40}")
-KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The key's id")]
 
 router = page_router()
 
@@ -110,7 +110,7 @@ def prompt_page(
     admin: AdminKey,
     version: str | None = Query(None),
     committed: str | None = Query(None),
-    restored: int | None = Query(None, ge=1, le=2**63 - 1),
+    restored: int | None = Query(None, ge=1, le=MAX_SQLITE_INT),
 ) -> Response:
     """One prompt: its sections with template expressions marked, frontmatter and variables."""
     prompt = ws.index.get_prompt(key)
@@ -300,6 +300,30 @@ async def commit_edit(request: Request, key: str, ws: Ws, admin: AdminKey) -> Re
 # -- API keys --------------------------------------------------------------------------------
 
 
+def _keys_page(
+    request: Request,
+    listing: list[ApiKey],
+    *,
+    status: int = 200,
+    created: ApiKey | None = None,
+    clear: str | None = None,
+    problem: str | None = None,
+    revoked: ApiKey | None = None,
+) -> Response:
+    """The keys page: every key, and what was just done (a key created and shown this once,
+    one revoked) or refused."""
+    return pages(request).render(
+        request,
+        "keys.html",
+        status=status,
+        keys=listing,
+        created=created,
+        clear=clear,
+        problem=problem,
+        revoked=revoked,
+    )
+
+
 @router.get("/keys")
 def keys_page(
     request: Request, ws: Ws, admin: AdminKey, revoked: int | None = Query(None, ge=1)
@@ -307,9 +331,7 @@ def keys_page(
     """Every key, revoked ones too, and a form to create one."""
     listing = ws.keys.list()
     gone = next((k for k in listing if k.id == revoked), None)
-    return pages(request).render(
-        request, "keys.html", keys=listing, created=None, clear=None, problem=None, revoked=gone
-    )
+    return _keys_page(request, listing, revoked=gone)
 
 
 @router.post("/keys")
@@ -322,27 +344,9 @@ async def create_key(request: Request, ws: Ws, admin: AdminKey) -> Response:
         record, clear = await run_in_threadpool(ws.keys.create, name, scope)
     except BadRequest as exc:
         listing = await run_in_threadpool(ws.keys.list)
-        return pages(request).render(
-            request,
-            "keys.html",
-            status=400,
-            keys=listing,
-            created=None,
-            clear=None,
-            problem=exc.message,
-            revoked=None,
-        )
+        return _keys_page(request, listing, status=400, problem=exc.message)
     listing = await run_in_threadpool(ws.keys.list)
-    return pages(request).render(
-        request,
-        "keys.html",
-        status=201,
-        keys=listing,
-        created=record,
-        clear=clear,
-        problem=None,
-        revoked=None,
-    )
+    return _keys_page(request, listing, status=201, created=record, clear=clear)
 
 
 @router.post("/keys/{key_id}/revoke")

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.api.deps import (
     AdminKey,
+    SessionId,
     SessionsDep,
     bearer_token,
     check_origin,
@@ -29,8 +30,6 @@ from llmkit.errors import BadRequest, Unauthorized
 from llmkit.keys import ApiKey
 from llmkit.sessions import CSRF_COOKIE, SESSION_COOKIE, Session, csrf_token_for
 
-# SQLite integers are 64-bit; a larger id would fail inside sqlite3 instead of reading as unknown.
-SessionId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The session's id")]
 LOGIN_FIELDS = ("key",)
 
 router = APIRouter(prefix="/v1/ui/auth", tags=["sign in"])
@@ -55,18 +54,10 @@ class SignedOut(BaseModel):
     signed_out: bool
 
 
-class SessionPublic(BaseModel):
-    id: int
-    key_id: int
-    key_name: str
-    key_prefix: str
-    scope: str
-    created_at: str
-    last_seen_at: str
-    expires_at: str
-    absolute_expires_at: str
-    client: str | None
-    user_agent: str | None
+# A session as the API shows it: the fields of the stored record (never its token), under the
+# name of its role (no docstring: it would become the schema's description).
+class SessionPublic(Session):
+    pass
 
 
 LOGIN_BODY = {

@@ -116,6 +116,13 @@ async def _chat_body(request: Request) -> dict[str, Any]:
     return parse_body(await request.body(), CHAT_BODY)  # type: ignore[arg-type]
 
 
+async def _execute_chat(request: Request, source: str, *, streaming: bool = False) -> Response:
+    """Run a chat completions body for `source`: streamed when the body asks (`stream`), and
+    always on the `/stream` routes."""
+    body = await _chat_body(request)
+    return await execute(request, body, streaming or bool(body.get("stream")), source)
+
+
 # A body holding any field of a chat completions body (model, messages, variables, stream,
 # temperature, ...) is one, as llmkit's callers send it; any other JSON object is what LLMKit's
 # UI sends: the template variables themselves.
@@ -140,14 +147,13 @@ async def _prompt_body(request: Request, prompt_id: str) -> tuple[dict[str, Any]
 @router.post("/v1/chat/completions", openapi_extra=CHAT_DOC)
 async def chat_completions(request: Request) -> Response:
     """Execute the prompt named by `model` (key, or key@version); SSE when `stream` is true."""
-    body = await _chat_body(request)
-    return await execute(request, body, bool(body.get("stream")), "api")
+    return await _execute_chat(request, "api")
 
 
 @router.post("/v1/chat/completions/stream", openapi_extra=CHAT_DOC)
 async def chat_completions_stream(request: Request) -> Response:
     """Execute the prompt named by `model`, always streaming."""
-    return await execute(request, await _chat_body(request), True, "api")
+    return await _execute_chat(request, "api", streaming=True)
 
 
 # The prompt-in-the-body routes go before execute/{id}: LLMKit's UI posts to execute/stream
@@ -156,27 +162,25 @@ async def chat_completions_stream(request: Request) -> Response:
 @ui_router.post("", openapi_extra=CHAT_DOC)
 async def execute_in_body(request: Request) -> Response:
     """Execute the prompt named by `model` from the UI (same body as chat completions)."""
-    body = await _chat_body(request)
-    return await execute(request, body, bool(body.get("stream")), "ui")
+    return await _execute_chat(request, "ui")
 
 
 @ui_router.post("/stream", openapi_extra=CHAT_DOC)
 async def execute_in_body_stream(request: Request) -> Response:
     """Execute the prompt named by `model` from the UI, always streaming."""
-    return await execute(request, await _chat_body(request), True, "ui")
+    return await _execute_chat(request, "ui", streaming=True)
 
 
 @ui_router.post("/chat", openapi_extra=CHAT_DOC)
 async def execute_chat(request: Request) -> Response:
     """Execute a prompt in chat mode from the UI (same body as chat completions)."""
-    body = await _chat_body(request)
-    return await execute(request, body, bool(body.get("stream")), "ui")
+    return await _execute_chat(request, "ui")
 
 
 @ui_router.post("/chat/stream", openapi_extra=CHAT_DOC)
 async def execute_chat_stream(request: Request) -> Response:
     """Execute a prompt in chat mode from the UI, always streaming."""
-    return await execute(request, await _chat_body(request), True, "ui")
+    return await _execute_chat(request, "ui", streaming=True)
 
 
 @ui_router.post("/{prompt_id:path}/stream", openapi_extra=PROMPT_DOC)

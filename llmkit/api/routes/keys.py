@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Query
 
-from llmkit.api.deps import Ws, admin_key
+from llmkit.api.deps import KeyId, Ws, admin_key
 from llmkit.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
-
-# SQLite integers are 64-bit; a larger id would fail inside sqlite3 instead of reading as unknown.
-KeyId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The key's id")]
 
 router = APIRouter(
     prefix="/v1/ui/settings/api-keys", dependencies=[Depends(admin_key)], tags=["api keys"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from llmkit.api.deps import Ws, admin_key
 from llmkit.errors import BadRequest, LlmkitError
 from llmkit.models import model_id
+from llmkit.runlog_query import LogFilters
 from llmkit.runlog_record import canonical_time
 
 router = APIRouter(prefix="/v1/ui", dependencies=[Depends(admin_key)], tags=["logs"])
@@ -62,29 +64,36 @@ def _one_of(first: tuple[str, Any], second: tuple[str, Any]) -> Any:
     return first[1] if first[1] is not None else second[1]
 
 
-def _filters(
-    prompt: str | None,
-    version: str | None,
-    status: str | None,
-    model: str | None,
-    since: str | None,
-    until: str | None,
-    from_: str | None,
-    to: str | None,
-) -> dict[str, Any]:
-    # `from`/`to` are checked under their own names, so that an error names what was sent.
-    if from_ is not None:
-        from_ = canonical_time(from_, "from")
-    if to is not None:
-        to = canonical_time(to, "to")
-    return {
-        "prompt": prompt,
-        "version": version,
-        "status": status,
-        "model": model,
-        "since": _one_of(("since", since), ("from", from_)),
-        "until": _one_of(("until", until), ("to", to)),
-    }
+def _filter_query(
+    prompt: str | None = None,
+    version: str | None = None,
+    status: str | None = None,
+    model: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    from_: From = None,
+    to: To = None,
+) -> Callable[[], LogFilters]:
+    """The filter parameters of every logs route, checked when the route asks: after its own
+    checks, so that a request wrong twice is told of what the route reads first."""
+
+    def checked() -> LogFilters:
+        # `from`/`to` are checked under their own names, so that an error names what was sent.
+        start = canonical_time(from_, "from") if from_ is not None else None
+        end = canonical_time(to, "to") if to is not None else None
+        return {
+            "prompt": prompt,
+            "version": version,
+            "status": status,
+            "model": model,
+            "since": _one_of(("since", since), ("from", start)),
+            "until": _one_of(("until", until), ("to", end)),
+        }
+
+    return checked
+
+
+FilterQuery = Annotated[Callable[[], LogFilters], Depends(_filter_query)]
 
 
 def _link_next(request: Request, response: Response, cursor: str | None) -> None:
@@ -104,18 +113,11 @@ def list_logs(
     ws: Ws,
     request: Request,
     response: Response,
+    filter_query: FilterQuery,
     page: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="1-based page number")] = None,
     page_size: PageSize = None,
     limit: Limit = None,
     cursor: Cursor = None,
-    prompt: str | None = None,
-    version: str | None = None,
-    status: str | None = None,
-    model: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    from_: From = None,
-    to: To = None,
 ) -> list[dict[str, Any]]:
     """Provider calls, newest first, filtered by prompt, version, status, model and time.
     Pages by `cursor` (the `x-next-cursor` header of the page before, also sent as a `Link`),
@@ -123,7 +125,7 @@ def list_logs(
     if page is not None and cursor is not None:
         raise BadRequest("Give page or cursor, not both", param="cursor")
     size = _one_of(("page_size", page_size), ("limit", limit)) or DEFAULT_PAGE_SIZE
-    filters = _filters(prompt, version, status, model, since, until, from_, to)
+    filters = filter_query()
     ws.runlog.flush()
     if page is not None:
         found = ws.runlog.numbered_page(page=page, page_size=size, **filters)
@@ -134,24 +136,10 @@ def list_logs(
 
 
 @router.get("/logs/count")
-def count_logs(
-    ws: Ws,
-    prompt: str | None = None,
-    version: str | None = None,
-    status: str | None = None,
-    model: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    from_: From = None,
-    to: To = None,
-) -> dict[str, int]:
+def count_logs(ws: Ws, filter_query: FilterQuery) -> dict[str, int]:
     """How many provider calls match the filters."""
     ws.runlog.flush()
-    return {
-        "count": ws.runlog.count(
-            **_filters(prompt, version, status, model, since, until, from_, to)
-        )
-    }
+    return {"count": ws.runlog.count(**filter_query())}
 
 
 @router.get("/logs/{log_id}")
