@@ -30,7 +30,10 @@ def write_synced(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, rename: readers never see half a file."""
+    """Write via a temp file in the same folder, fsync, rename: readers never see half a file.
+    The temp file's name is unique and it is removed on failure, so several processes may write
+    the same file at once (the last rename wins); a file only a lock holder writes, and whose
+    leftover temp file recovery must find, is replace_synced's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
