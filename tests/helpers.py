@@ -20,6 +20,9 @@ from typing import Any, TypeVar
 import httpx
 from click.testing import CliRunner, Result
 
+from llmkit.config import Settings
+from llmkit.workspace import Workspace
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 60.0
 SERVER_START_TIMEOUT_S = 90.0  # a bound for a loaded machine, not an expectation
@@ -183,6 +186,17 @@ def init_repo(
     if commit:
         repo.commit("Initial commit")
     return repo
+
+
+@contextmanager
+def opened_workspace(root: Path) -> Iterator[Workspace]:
+    """A Workspace on the repository at `root` for a `with` block, closed at its end (also when
+    a check inside fails), as a command run there would open it."""
+    ws = Workspace(Settings.resolve(root))
+    try:
+        yield ws
+    finally:
+        ws.close()
 
 
 # -- waiting ---------------------------------------------------------------------------------
