@@ -21,6 +21,7 @@ import httpx
 from click.testing import CliRunner, Result
 
 from llmkit.config import Settings
+from llmkit.runlog import RunLog
 from llmkit.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +198,18 @@ def opened_workspace(root: Path) -> Iterator[Workspace]:
         yield ws
     finally:
         ws.close()
+
+
+def put_unshaped_row(runlog: RunLog, **values: object) -> None:
+    """Hand the run log's writer a row as it stands, past the shaping `log` does (what a bug
+    before the writer would send): `values` over plain values for the NOT NULL columns, every
+    other column NULL."""
+    from llmkit.runlog_record import COLUMNS
+
+    row: dict[str, object] = dict.fromkeys(COLUMNS)
+    plain = dict(trace_id="unshaped", model="m", status="ok", stream=0, draft=0, source="api")
+    row.update({**plain, **values})
+    runlog._writer.put(tuple(row[name] for name in COLUMNS))
 
 
 # -- waiting ---------------------------------------------------------------------------------
