@@ -172,6 +172,21 @@ class Repo:
 MakeRepo = Callable[..., Repo]
 
 
+def colleague_clone(repo: Repo, tmp_path: Path) -> Repo:
+    """A bare `origin` cloned from `repo` (which then tracks origin/main) and a colleague's
+    clone of it, with an identity of their own ("Colleague"): what the colleague commits and
+    pushes, a `git pull` in `repo` brings in."""
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo.root), str(origin))
+    repo.git("remote", "add", "origin", str(origin))
+    repo.git("fetch", "-q", "origin")
+    repo.git("branch", "-q", "--set-upstream-to=origin/main")
+    colleague = Repo(tmp_path / "colleague")
+    git(tmp_path, "clone", "-q", str(origin), str(colleague.root))
+    colleague.identify(user={"name": "Colleague", "email": "colleague@example.com"})
+    return colleague
+
+
 def init_repo(
     root: Path, files: Mapping[str, str | bytes] | None = None, *, commit: bool = True
 ) -> Repo:

@@ -17,7 +17,7 @@ from llmkit.prompt_views import iso_time, prompt_fields, version_fields, version
 from llmkit.store import GitStore
 from llmkit.versions import unified_diff
 from llmkit.workspace import Workspace
-from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, git
+from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, colleague_clone
 
 _fresh = itertools.count()
 
@@ -212,17 +212,8 @@ def test_sync_equals_rebuild_across_pulls_from_a_second_clone(
     repo: Repo, workspace: Workspace, tmp_path: Path
 ) -> None:
     ws = workspace
-    origin = tmp_path / "origin.git"
-    git(tmp_path, "clone", "-q", "--bare", str(repo.root), str(origin))
-    repo.git("remote", "add", "origin", str(origin))
-    repo.git("fetch", "-q", "origin")
-    repo.git("branch", "-q", "--set-upstream-to=origin/main")
+    colleague = colleague_clone(repo, tmp_path)
     repo.git("config", "pull.rebase", "false")
-
-    colleague = Repo(tmp_path / "colleague")
-    git(tmp_path, "clone", "-q", str(origin), str(colleague.root))
-    colleague.git("config", "user.name", "Colleague")
-    colleague.git("config", "user.email", "colleague@example.com")
     colleague.write("prompts/hello.md", HELLO_PROMPT + "\nfrom the colleague\n")
     colleague.write("prompts/pulled.md", text("pulled"))
     colleague.commit("colleague's work")

@@ -15,7 +15,7 @@ import pytest
 from llmkit.errors import LlmkitError
 from llmkit.watch import Watcher
 from llmkit.workspace import Workspace
-from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, git, poll
+from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, colleague_clone, poll
 
 DEADLINE_S = 5.0
 
@@ -218,15 +218,7 @@ def test_git_rebase(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
 
 
 def test_git_pull(repo: Repo, workspace: Workspace, watcher: Watcher, tmp_path: Path) -> None:
-    origin = tmp_path / "origin.git"
-    git(tmp_path, "clone", "-q", "--bare", str(repo.root), str(origin))
-    repo.git("remote", "add", "origin", str(origin))
-    repo.git("fetch", "-q", "origin")
-    repo.git("branch", "-q", "--set-upstream-to=origin/main")
-    colleague = Repo(tmp_path / "colleague")
-    git(tmp_path, "clone", "-q", str(origin), str(colleague.root))
-    colleague.git("config", "user.name", "Colleague")
-    colleague.git("config", "user.email", "c@example.com")
+    colleague = colleague_clone(repo, tmp_path)
     colleague.write("prompts/hello.md", text("pulled"))
     colleague.write("prompts/new/from-colleague.md", text("new"))
     pushed = colleague.commit("colleague")
