@@ -10,25 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval_fixtures import EvalRepo, eval_api, runner_env
+from tests.eval_fixtures import JOKE_MD, JUDGED_CASE, EvalRepo, eval_api, runner_env
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import run_llmkit
-
-ECHO_MD = """\
----
-model: default
----
-<!-- role:system -->
-Tell a joke.
-"""
-
-JUDGED_EVALS = """\
-name: judged
-input: about cats
-assert:
-- type: judge
-  rubric: The answer is about cats.
-"""
 
 
 def judge_yaml(primary: FakeUpstream, backup: FakeUpstream) -> str:
@@ -56,8 +40,8 @@ def judged_repo(root: Path, config: str) -> EvalRepo:
         root,
         {
             "llmkit.yaml": config,
-            "prompts/joke.md": ECHO_MD,
-            "evals/joke/judged.yaml": JUDGED_EVALS,
+            "prompts/joke.md": JOKE_MD,
+            "evals/joke/judged.yaml": JUDGED_CASE,
         },
     )
 
@@ -123,7 +107,7 @@ def test_eval_with_an_unset_judge_key_exits_2_with_one_message(
 ) -> None:
     a, b = upstreams
     repo = judged_repo(tmp_path / "repo", judge_yaml(a, b))
-    repo.write("evals/joke/more.yaml", JUDGED_EVALS.replace("name: judged", "name: judged again"))
+    repo.write("evals/joke/more.yaml", JUDGED_CASE.replace("name: judged", "name: judged again"))
     repo.commit("A second judged case")
     proc = run_llmkit("eval", cwd=repo.root, env={"JUDGE_B_KEY": "secret-b"})
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -142,7 +126,7 @@ models:
     api_base: http://127.0.0.1:9/v1
     api_key_env: EVAL_UNSET_KEY
 """
-REMOTE_MD = ECHO_MD.replace("model: default", "model: remote")
+REMOTE_MD = JOKE_MD.replace("model: default", "model: remote")
 REMOTE_EVALS = """\
 cases:
 - name: first

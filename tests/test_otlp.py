@@ -28,7 +28,7 @@ from llmkit.runlog import RunLog
 from llmkit.runlog_record import COLUMNS, RunRecord
 from llmkit.workspace import Workspace
 from tests.api_fixtures import running_api
-from tests.eval_fixtures import EvalRepo, eval_api
+from tests.eval_fixtures import JOKE_MD, JUDGED_CASE, EvalRepo, eval_api
 from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi, build_exec_repo
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import clean_env, poll, serving
@@ -394,16 +394,6 @@ def test_span_ids_come_from_the_llmkit_trace_id() -> None:
     hashed, span = span_ids("imported-run-7")
     assert len(hashed) == 32 and span == hashed[16:] and hashed != "0" * 32
     assert span_ids("imported-run-7") == (hashed, span)
-
-
-JOKE_MD = "---\nmodel: default\n---\n<!-- role:system -->\nTell a joke.\n"
-JUDGED_CASE = """\
-name: judged
-input: about cats
-assert:
-- type: judge
-  rubric: The answer is about cats.
-"""
 
 
 def test_eval_and_judge_calls_are_spans_too(
