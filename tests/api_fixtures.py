@@ -56,7 +56,6 @@ SEED_FILES = {
     "prompts/support/triage.md": TRIAGE_MD,
     "evals/hello/basic.yaml": "name: greets\nvars:\n  personality: cheerful\n",
     "README.md": "A prompt repository.\n",
-    ".gitignore": ".llmkit/\n",
 }
 
 

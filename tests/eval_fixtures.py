@@ -172,7 +172,6 @@ assert:
 """
 
 MAIN_FILES: dict[str, str] = {
-    ".gitignore": ".llmkit/\n",
     "llmkit.yaml": LLMKIT_YAML,
     "prompts/greet.md": GREET_MD,
     "prompts/chat.md": CHAT_MD,

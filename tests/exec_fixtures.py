@@ -203,7 +203,6 @@ PROMPTS = {
     ),
     "prompts/team/greet.md": ECHO_MD,
     "prompts/pinned.md": pinned_md(1),
-    ".gitignore": ".llmkit/\n",
 }
 
 

@@ -53,7 +53,6 @@ FILES = {
     "prompts/other.md": live_md(1),
     "evals/live/basic.yaml": "name: basic\nassert:\n- type: contains\n  value: Version\n",
     "llmkit.yaml": LLMKIT_YAML,
-    ".gitignore": ".llmkit/\n",
 }
 
 

@@ -410,7 +410,7 @@ def test_eval_and_judge_calls_are_spans_too(
         f"    api_base: {fake.url}\n    api_key_env: {FAKE_KEY_ENV}\n    max_retries: 0\n"
     )
     files = {"llmkit.yaml": config, "prompts/joke.md": JOKE_MD, "evals/joke/c.yaml": JUDGED_CASE}
-    repo = EvalRepo.create(tmp_path / "repo", {".gitignore": ".llmkit/\n", **files})
+    repo = EvalRepo.create(tmp_path / "repo", files)
     fake.enqueue(content=json.dumps({"pass": True, "reason": "cats throughout"}))
     with eval_api(repo.root) as api:
         response = api.request("POST", "/v1/ui/prompt-eval-runs/joke/version/1")

@@ -49,7 +49,6 @@ FILES = {
     "prompts/hello.md": HELLO_MD,
     "prompts/shop/assist.md": SHOP_MD,
     "prompts/note.md": NOTE_MD,
-    ".gitignore": ".llmkit/\n",
 }
 
 
