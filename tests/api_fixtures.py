@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -56,7 +56,6 @@ SEED_FILES = {
     "prompts/support/triage.md": TRIAGE_MD,
     "evals/hello/basic.yaml": "name: greets\nvars:\n  personality: cheerful\n",
     "README.md": "A prompt repository.\n",
-    ".gitignore": ".llmkit/\n",
 }
 
 
@@ -232,6 +231,38 @@ class ApiEnv:
 
     def commit_count(self) -> int:
         return int(git(self.repo, "rev-list", "--count", "HEAD"))
+
+
+# What a browser sends: it asks for HTML, and its forms' Origin is the app's own (TestClient's).
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+ORIGIN = "http://testserver"
+
+
+@dataclass
+class Browser:
+    """A browser without JavaScript signed in to the app: a session cookie and its CSRF token.
+    Its client is its own, so that its HTML error pages stay out of the API client's one-shape
+    check of JSON errors."""
+
+    api: ApiEnv
+    client: TestClient
+    csrf: str
+
+    @classmethod
+    def sign_in(cls, api: ApiEnv, client: TestClient | None = None) -> Self:
+        """Sign in with the admin key, on `client` or a new client of the app."""
+        client = client or TestClient(api.app, raise_server_exceptions=False)
+        signed = client.post("/v1/ui/auth/login", json={"key": api.admin_key})
+        assert signed.status_code == 200, signed.text
+        return cls(api, client, signed.json()["csrf_token"])
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(url, headers=HTML, follow_redirects=False, **kwargs)
+
+    def post(self, url: str, data: dict[str, str], **headers: str) -> httpx.Response:
+        """A form as the browser posts it (the CSRF token is the caller's to put in `data`)."""
+        sent = {**HTML, "Origin": ORIGIN, **headers}
+        return self.client.post(url, data=data, headers=sent, follow_redirects=False)
 
 
 @contextmanager

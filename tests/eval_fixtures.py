@@ -154,8 +154,24 @@ assert:
     user: second question
 """
 
+# A prompt and one case that only a judge can grade (for the judge's own calls).
+JOKE_MD = """\
+---
+model: default
+---
+<!-- role:system -->
+Tell a joke.
+"""
+
+JUDGED_CASE = """\
+name: judged
+input: about cats
+assert:
+- type: judge
+  rubric: The answer is about cats.
+"""
+
 MAIN_FILES: dict[str, str] = {
-    ".gitignore": ".llmkit/\n",
     "llmkit.yaml": LLMKIT_YAML,
     "prompts/greet.md": GREET_MD,
     "prompts/chat.md": CHAT_MD,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,6 @@ PROMPTS = {
     ),
     "prompts/team/greet.md": ECHO_MD,
     "prompts/pinned.md": pinned_md(1),
-    ".gitignore": ".llmkit/\n",
 }
 
 
@@ -310,18 +310,25 @@ def sse_events(text: str) -> list[Any]:
     return events
 
 
+@contextmanager
+def exec_app(repo: Path, fake: FakeUpstream, **settings: Any) -> Iterator[ExecApi]:
+    """The app in-process over a new execution repository at `repo` on `fake`, with `settings`,
+    FAKE_KEY set and the missing key unset for as long as the block runs."""
+    shas = build_exec_repo(repo, fake.url)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(FAKE_KEY_ENV, FAKE_KEY_VALUE)
+        mp.delenv(MISSING_KEY_ENV, raising=False)
+        with running_api(repo, **settings) as env:
+            yield ExecApi(env, fake, shas)
+
+
 @pytest.fixture(scope="module")
 def module_exec_api(
     module_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ExecApi]:
     """The app over the execution repository, with FAKE_KEY set, for the whole module."""
-    repo = tmp_path_factory.mktemp("exec") / "repo"
-    shas = build_exec_repo(repo, module_fake.url)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(FAKE_KEY_ENV, FAKE_KEY_VALUE)
-        mp.delenv(MISSING_KEY_ENV, raising=False)
-        with running_api(repo) as env:
-            yield ExecApi(env, module_fake, shas)
+    with exec_app(tmp_path_factory.mktemp("exec") / "repo", module_fake) as api:
+        yield api
 
 
 @pytest.fixture

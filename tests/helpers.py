@@ -20,6 +20,10 @@ from typing import Any, TypeVar
 import httpx
 from click.testing import CliRunner, Result
 
+from llmkit.config import Settings
+from llmkit.runlog import RunLog
+from llmkit.workspace import Workspace
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 60.0
 SERVER_START_TIMEOUT_S = 90.0  # a bound for a loaded machine, not an expectation
@@ -168,6 +172,21 @@ class Repo:
 MakeRepo = Callable[..., Repo]
 
 
+def colleague_clone(repo: Repo, tmp_path: Path) -> Repo:
+    """A bare `origin` cloned from `repo` (which then tracks origin/main) and a colleague's
+    clone of it, with an identity of their own ("Colleague"): what the colleague commits and
+    pushes, a `git pull` in `repo` brings in."""
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo.root), str(origin))
+    repo.git("remote", "add", "origin", str(origin))
+    repo.git("fetch", "-q", "origin")
+    repo.git("branch", "-q", "--set-upstream-to=origin/main")
+    colleague = Repo(tmp_path / "colleague")
+    git(tmp_path, "clone", "-q", str(origin), str(colleague.root))
+    colleague.identify(user={"name": "Colleague", "email": "colleague@example.com"})
+    return colleague
+
+
 def init_repo(
     root: Path, files: Mapping[str, str | bytes] | None = None, *, commit: bool = True
 ) -> Repo:
@@ -183,6 +202,29 @@ def init_repo(
     if commit:
         repo.commit("Initial commit")
     return repo
+
+
+@contextmanager
+def opened_workspace(root: Path) -> Iterator[Workspace]:
+    """A Workspace on the repository at `root` for a `with` block, closed at its end (also when
+    a check inside fails), as a command run there would open it."""
+    ws = Workspace(Settings.resolve(root))
+    try:
+        yield ws
+    finally:
+        ws.close()
+
+
+def put_unshaped_row(runlog: RunLog, **values: object) -> None:
+    """Hand the run log's writer a row as it stands, past the shaping `log` does (what a bug
+    before the writer would send): `values` over plain values for the NOT NULL columns, every
+    other column NULL."""
+    from llmkit.runlog_record import COLUMNS
+
+    row: dict[str, object] = dict.fromkeys(COLUMNS)
+    plain = dict(trace_id="unshaped", model="m", status="ok", stream=0, draft=0, source="api")
+    row.update({**plain, **values})
+    runlog._writer.put(tuple(row[name] for name in COLUMNS))
 
 
 # -- waiting ---------------------------------------------------------------------------------

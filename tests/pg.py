@@ -1,5 +1,6 @@
 """The durable store's backends for the tests: `durable_backend` is "sqlite" or "postgresql", so
-a test that takes `durable_url` or `durable_db` runs once on each. PostgreSQL is a real server:
+a test that takes `durable_url` or `durable_db` runs once on each (`sqlite_db` is SQLite alone,
+for what only SQLite has). PostgreSQL is a real server:
 a throwaway cluster in a temp folder, started once per test session (per xdist worker) by
 `pg_server`, stopped at its end whatever happened. Each test has a store of its own: a login
 role and its schema (PostgreSQL's default search path, `"$user", public`, puts the role's tables
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.db import DurableStore, open_durable
+from llmkit.db import Database, DurableStore, open_durable
 from tests.helpers import free_port
 
 BACKENDS = ("sqlite", "postgresql")
@@ -262,6 +263,17 @@ def store_outage(
         server.restore(durable_url)
     elif outage._sqlite is not None:
         outage.end()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A SQLite store in a folder of its own (`sqlite_db.path`), closed afterwards: for what
+    only SQLite has (its files and WAL, its pragmas and query plans, its data_version)."""
+    database = Database(tmp_path / "sqlite" / "llmkit.db")
+    try:
+        yield database
+    finally:
+        database.close()
 
 
 @pytest.fixture

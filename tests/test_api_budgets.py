@@ -63,7 +63,6 @@ FILES = {
         "  c: [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
     ),
     "evals/greet/fine.yaml": "name: fine\nvars:\n  name: Ada\n",
-    ".gitignore": ".llmkit/\n",
 }
 
 
@@ -427,7 +426,6 @@ def test_health_and_other_completions_are_served_while_a_render_burns_its_budget
             "prompts/pairs.md": prompt(
                 "{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}"
             ),
-            ".gitignore": ".llmkit/\n",
         },
     )
     server = start_server(repo, tmp_path, server_env())

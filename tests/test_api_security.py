@@ -138,6 +138,18 @@ def test_the_route_walk_covers_the_known_routes(api: ApiEnv) -> None:
     assert documented <= walked, documented - walked
 
 
+def refusal_problem(
+    response: httpx.Response, method: str, status: int, error_type: str
+) -> str | None:
+    """What is wrong with `response` as a refusal, or None: another status, or (but for HEAD,
+    which has no body) an error of another type."""
+    if response.status_code != status:
+        return f"{response.status_code} {response.text[:200]}"
+    if method != "HEAD" and response.json()["error"]["type"] != error_type:
+        return response.text
+    return None
+
+
 def test_every_route_but_the_public_ones_refuses_bad_credentials_with_401(
     api: ApiEnv, revoked: dict[str, str]
 ) -> None:
@@ -146,10 +158,9 @@ def test_every_route_but_the_public_ones_refuses_bad_credentials_with_401(
     for method, url in route_calls(api):
         for label, headers in bad_credentials(api, revoked).items():
             response = send(api, method, url, headers)
-            if response.status_code != 401:
-                failures.append(f"{method} {url} with {label}: {response.status_code}")
-            elif method != "HEAD" and response.json()["error"]["type"] != "authentication_error":
-                failures.append(f"{method} {url} with {label}: {response.text}")
+            problem = refusal_problem(response, method, 401, "authentication_error")
+            if problem:
+                failures.append(f"{method} {url} with {label}: {problem}")
     assert failures == []
     assert repo_state(api.repo) == state
     assert (
@@ -163,11 +174,9 @@ def test_every_ui_route_refuses_a_run_key_with_403(api: ApiEnv) -> None:
     assert len(ui_calls) >= 10
     failures = []
     for method, url in ui_calls:
-        response = send(api, method, url, api.run)
-        if response.status_code != 403:
-            failures.append(f"{method} {url}: {response.status_code} {response.text[:200]}")
-        elif method != "HEAD" and response.json()["error"]["type"] != "permission_error":
-            failures.append(f"{method} {url}: {response.text}")
+        problem = refusal_problem(send(api, method, url, api.run), method, 403, "permission_error")
+        if problem:
+            failures.append(f"{method} {url}: {problem}")
     assert failures == []
     assert repo_state(api.repo) == state
     assert api.ws.keys.get(api.run_key_id).revoked_at is None

@@ -445,9 +445,7 @@ def test_every_ui_route_refuses_anonymous_and_run_callers_and_guards_cookie_writ
 def test_no_session_or_csrf_token_is_stored_or_logged_in_clear(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    repo = init_repo(
-        tmp_path / "repo", {"prompts/greet.md": ECHO_PROMPT, ".gitignore": ".llmkit/\n"}
-    ).root
+    repo = init_repo(tmp_path / "repo", {"prompts/greet.md": ECHO_PROMPT}).root
     caplog.set_level(logging.DEBUG)
     with running_api(repo) as api:
         browser = sign_in(api)

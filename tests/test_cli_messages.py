@@ -10,16 +10,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from llmkit.cli import main
 from llmkit.lint import lint_prompt_text
-from tests.helpers import MakeRepo, Repo, serving
-
-
-def run(*args: str | Path, input: str | None = None) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
-
+from tests.helpers import MakeRepo, Repo, invoke, opened_workspace, serving
 
 # -- lint: every problem of a file in one run ----------------------------------------------------
 
@@ -42,7 +37,7 @@ hi
 
 def test_lint_reports_every_problem_of_one_file_in_one_run(make_repo: MakeRepo) -> None:
     repo = make_repo("many", {"prompts/many.md": MANY_PROBLEMS})
-    result = run("lint", "--repo", repo.root)
+    result = invoke("lint", "--repo", repo.root)
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     expected = [
@@ -104,10 +99,10 @@ def test_a_template_error_has_one_location_in_render_lint_run_and_the_api(
 
     repo = make_repo("loc", {"prompts/undef.md": UNCLOSED_IF})
     where = "prompts/undef.md:7: Template syntax error: Unexpected end of template."
-    lint = run("lint", "--repo", repo.root)
+    lint = invoke("lint", "--repo", repo.root)
     assert lint.stdout.startswith(where)
     for command in ("render", "run"):
-        result = run(command, "undef", "--repo", repo.root)
+        result = invoke(command, "undef", "--repo", repo.root)
         assert result.exit_code == 1
         assert result.stderr.startswith("Error: " + where), (command, result.stderr)
     with running_api(repo.root) as api:
@@ -122,7 +117,7 @@ def test_a_missing_attribute_is_named_by_its_path_with_the_file_line(make_repo: 
     from tests.api_fixtures import running_api
 
     repo = make_repo("attr", {"prompts/attr.md": READS_ATTRIBUTES})
-    result = run(
+    result = invoke(
         "render",
         "attr",
         "--repo",
@@ -134,7 +129,7 @@ def test_a_missing_attribute_is_named_by_its_path_with_the_file_line(make_repo: 
     )
     assert result.exit_code == 1
     assert result.stderr == "Error: prompts/attr.md:6: Missing variables: user.profile.name\n"
-    result = run("render", "attr", "--repo", repo.root, "--var", 'user:={"a": 1}')
+    result = invoke("render", "attr", "--repo", repo.root, "--var", 'user:={"a": 1}')
     assert result.stderr == "Error: prompts/attr.md:6: Missing variables: formal, user.profile\n"
     with running_api(repo.root) as api:
         response = api.client.post(
@@ -168,11 +163,15 @@ def test_a_missing_item_in_a_loop_is_named_by_the_expression_that_read_it() -> N
 def test_var_takes_text_with_equals_and_json_with_colon_equals(make_repo: MakeRepo) -> None:
     repo = make_repo("vars", {"prompts/attr.md": READS_ATTRIBUTES})
     user = ["--var", 'user:={"profile": {"name": "Ada"}}']
-    as_json = run("render", "attr", "--repo", repo.root, *user, "--var", "formal:=false", "--json")
+    as_json = invoke(
+        "render", "attr", "--repo", repo.root, *user, "--var", "formal:=false", "--json"
+    )
     assert as_json.exit_code == 0, as_json.stderr
     content = json.loads(as_json.stdout)[0]["content"]
     assert content == "Hello.\nHi Ada, formal=false\n"
-    as_text = run("render", "attr", "--repo", repo.root, *user, "--var", "formal=false", "--json")
+    as_text = invoke(
+        "render", "attr", "--repo", repo.root, *user, "--var", "formal=false", "--json"
+    )
     assert json.loads(as_text.stdout)[0]["content"] == "Hello.\nHi Ada, formal=false\nFORMAL"
 
 
@@ -184,7 +183,7 @@ def test_var_with_bad_json_is_a_usage_error_naming_it(make_repo: MakeRepo) -> No
         ("formal:=" + "[" * 100, "nests more than 64 levels"),
         ("novalue", "--var takes NAME=VALUE or NAME:=JSON, got 'novalue'"),
     ):
-        result = run("render", "attr", "--repo", repo.root, "--var", bad)
+        result = invoke("render", "attr", "--repo", repo.root, "--var", bad)
         assert result.exit_code == 2, bad
         assert needle in result.stderr, (bad, result.stderr)
 
@@ -193,18 +192,18 @@ def test_var_with_bad_json_is_a_usage_error_naming_it(make_repo: MakeRepo) -> No
 
 
 def test_keys_list_has_a_header_row(repo: Repo) -> None:
-    empty = run("keys", "list", "--repo", repo.root)
+    empty = invoke("keys", "list", "--repo", repo.root)
     assert empty.exit_code == 0
     assert empty.stdout == ""
     assert "No API keys yet" in empty.stderr
-    run("keys", "create", "app", "--repo", repo.root)
-    run("keys", "create", "ops team", "--admin", "--repo", repo.root)
-    run("keys", "revoke", "1", "--repo", repo.root)
+    invoke("keys", "create", "app", "--repo", repo.root)
+    invoke("keys", "create", "ops team", "--admin", "--repo", repo.root)
+    invoke("keys", "revoke", "1", "--repo", repo.root)
     # a revoked key is gone from the list, as from the web UI's, and is counted aside
-    active = run("keys", "list", "--repo", repo.root)
+    active = invoke("keys", "list", "--repo", repo.root)
     assert [line.split()[:2] for line in active.stdout.splitlines()[1:]] == [["2", "admin"]]
     assert "1 revoked key(s) not shown: --include-revoked shows them." in active.stderr
-    lines = run("keys", "list", "--include-revoked", "--repo", repo.root).stdout.splitlines()
+    lines = invoke("keys", "list", "--include-revoked", "--repo", repo.root).stdout.splitlines()
     assert lines[0].split() == ["ID", "SCOPE", "PREFIX", "NAME", "STATE", "LAST", "USED"]
     assert len(lines) == 3
     # Every row's columns start where the header's do.
@@ -216,14 +215,14 @@ def test_keys_list_has_a_header_row(repo: Repo) -> None:
 
 
 def test_diff_without_changes_says_so(repo: Repo) -> None:
-    result = run("diff", "hello", "1", "1", "--repo", repo.root)
+    result = invoke("diff", "hello", "1", "1", "--repo", repo.root)
     assert result.exit_code == 0
     assert result.stdout == ""
     assert result.stderr == "No changes between hello@1 and hello@1\n"
-    served = run("diff", "hello", "1", "--repo", repo.root)
+    served = invoke("diff", "hello", "1", "--repo", repo.root)
     assert served.stderr == "No changes between hello@1 and what is served\n"
     repo.write("prompts/hello.md", repo.read("prompts/hello.md") + "More.\n")
-    changed = run("diff", "hello", "1", "--repo", repo.root)
+    changed = invoke("diff", "hello", "1", "--repo", repo.root)
     assert "+More." in changed.stdout and changed.stderr == ""
 
 
@@ -233,12 +232,8 @@ def test_diff_without_changes_says_so(repo: Repo) -> None:
 def test_serve_creates_the_admin_key_when_keys_were_made_before_it(repo: Repo) -> None:
     """`keys create` before the first `serve` (the README's order) still gets an admin key;
     a second start with an active admin key makes none."""
-    from llmkit.config import Settings
-    from llmkit.workspace import Workspace
-
-    run("keys", "create", "my-app", "--repo", repo.root)
-    ws = Workspace(Settings.resolve(repo.root))
-    try:
+    invoke("keys", "create", "my-app", "--repo", repo.root)
+    with opened_workspace(repo.root) as ws:
         first = ws.keys.ensure_admin_key(ws.settings.admin_key_path)
         assert first is not None
         assert ws.settings.admin_key_path.read_text() == first + "\n"
@@ -250,8 +245,6 @@ def test_serve_creates_the_admin_key_when_keys_were_made_before_it(repo: Repo) -
         again = ws.keys.ensure_admin_key(ws.settings.admin_key_path)
         assert again is not None and again != first
         assert ws.keys.verify(again) is not None
-    finally:
-        ws.close()
 
 
 # -- llmkit serve stops on SIGINT and SIGTERM, with exit code 0 and its run log written ---------
@@ -269,7 +262,7 @@ def test_serve_stops_with_code_0_and_keeps_the_row_logged_just_before(
     import httpx
 
     repo = make_repo("served", {"prompts/hello.md": ECHO_PROMPT})
-    assert run("keys", "create", "my-app", "--repo", repo.root).exit_code == 0
+    assert invoke("keys", "create", "my-app", "--repo", repo.root).exit_code == 0
     with serving(repo.root, tmp_path) as server:
         keys = [line for line in server.stdout().splitlines() if KEY_LINE.match(line)]
         assert len(keys) == 1, server.output()
@@ -286,14 +279,8 @@ def test_serve_stops_with_code_0_and_keeps_the_row_logged_just_before(
         output = server.output()
     assert code == 0, output
     assert "Traceback" not in output and "Aborted" not in output, output
-    from llmkit.config import Settings
-    from llmkit.workspace import Workspace
-
-    ws = Workspace(Settings.resolve(repo.root))
-    try:
+    with opened_workspace(repo.root) as ws:
         row = ws.runlog.get(trace)
-    finally:
-        ws.close()
     assert row is not None and row["prompt_key"] == "hello" and row["status"] == "ok"
 
 
@@ -309,12 +296,9 @@ TRACES = (
 
 
 def _log_rows(repo: Repo) -> None:
-    from llmkit.config import Settings
     from llmkit.runlog_record import RunRecord
-    from llmkit.workspace import Workspace
 
-    ws = Workspace(Settings.resolve(repo.root))
-    try:
+    with opened_workspace(repo.root) as ws:
         for n, trace in enumerate(TRACES):
             ws.runlog.log(
                 RunRecord(
@@ -327,36 +311,34 @@ def _log_rows(repo: Repo) -> None:
                 )
             )
         assert ws.runlog.flush()
-    finally:
-        ws.close()
 
 
 def test_logs_show_finds_a_call_by_unique_prefix_and_prints_it_in_full(repo: Repo) -> None:
     _log_rows(repo)
-    shown = run("logs", "show", "abcdef001", "--repo", repo.root)
+    shown = invoke("logs", "show", "abcdef001", "--repo", repo.root)
     assert shown.exit_code == 0, shown.stderr
     assert "trace_id:         abcdef0011111111111111111111aaaa" in shown.stdout
     assert '"content": "question 0"' in shown.stdout and "answer 0" in shown.stdout
-    as_json = json.loads(run("logs", "show", "abcdef002", "--json", "--repo", repo.root).stdout)
+    as_json = json.loads(invoke("logs", "show", "abcdef002", "--json", "--repo", repo.root).stdout)
     assert as_json["trace_id"] == TRACES[1] and as_json["response"] == "answer 1"
     # A whole trace id wins over the longer ids it starts.
-    exact = json.loads(run("logs", "show", "abcdef99", "--json", "--repo", repo.root).stdout)
+    exact = json.loads(invoke("logs", "show", "abcdef99", "--json", "--repo", repo.root).stdout)
     assert exact["trace_id"] == "abcdef99"
-    listing = run("logs", "--repo", repo.root, "-n", "2")
+    listing = invoke("logs", "--repo", repo.root, "-n", "2")
     assert listing.exit_code == 0 and "hello" in listing.stdout
 
 
 def test_logs_show_refuses_ambiguous_short_and_unknown_prefixes(repo: Repo) -> None:
     _log_rows(repo)
-    ambiguous = run("logs", "show", "abcdef0", "--repo", repo.root)
+    ambiguous = invoke("logs", "show", "abcdef0", "--repo", repo.root)
     assert ambiguous.exit_code == 1
     assert ambiguous.stderr == (
         "Error: Trace id prefix 'abcdef0' is ambiguous: it starts"
         f" {TRACES[0]}, {TRACES[1]}; give more characters\n"
     )
-    short = run("logs", "show", "abc", "--repo", repo.root)
+    short = invoke("logs", "show", "abc", "--repo", repo.root)
     assert short.exit_code == 1 and "at least 6 characters" in short.stderr
-    unknown = run("logs", "show", "ffffff", "--repo", repo.root)
+    unknown = invoke("logs", "show", "ffffff", "--repo", repo.root)
     assert unknown.stderr == "Error: No log entry with trace id 'ffffff'\n"
 
 

@@ -25,7 +25,15 @@ import pytest
 from llmkit.errors import IndexUnavailable
 from llmkit.workspace import Workspace
 from tests.api_fixtures import ApiEnv, running_api
-from tests.helpers import ServerProcess, git, init_repo, poll, run_llmkit, start_server
+from tests.helpers import (
+    ServerProcess,
+    git,
+    init_repo,
+    opened_workspace,
+    poll,
+    run_llmkit,
+    start_server,
+)
 
 REQUEST_TIMEOUT_S = 30.0  # a healthy server answers far sooner; a stalled loop never does
 WAIT_S = 15.0
@@ -45,7 +53,6 @@ FILES = {
     "prompts/other.md": live_md(1),
     "evals/live/basic.yaml": "name: basic\nassert:\n- type: contains\n  value: Version\n",
     "llmkit.yaml": LLMKIT_YAML,
-    ".gitignore": ".llmkit/\n",
 }
 
 
@@ -301,8 +308,7 @@ def index_log(handler: logging.Handler) -> Iterator[None]:
 
 def test_a_sync_that_fails_once_is_retried_and_serves_the_new_version(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo", FILES).root
-    ws = Workspace.open(str(repo))
-    try:
+    with opened_workspace(repo) as ws:
         ws.index.sync()
         assert ws.index.version("live").content == live_md(1)  # now cached for serving
         (repo / "prompts/live.md").write_text(live_md(2))
@@ -316,15 +322,12 @@ def test_a_sync_that_fails_once_is_retried_and_serves_the_new_version(tmp_path: 
         assert report.new_commits == 1
         served_now = ws.index.version("live")
         assert (served_now.number, served_now.content) == (2, live_md(2))
-    finally:
-        ws.close()
 
 
 def test_a_sync_that_keeps_failing_raises_and_leaves_no_stale_cache(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo", FILES).root
-    ws = Workspace.open(str(repo))
-    other = Workspace.open(str(repo))  # another server's view of the same database
-    try:
+    # `other` is another server's view of the same database.
+    with opened_workspace(repo) as ws, opened_workspace(repo) as other:
         ws.index.sync()
         assert ws.index.version("live").number == 1
         (repo / "prompts/live.md").write_text(live_md(2))
@@ -338,42 +341,37 @@ def test_a_sync_that_keeps_failing_raises_and_leaves_no_stale_cache(tmp_path: Pa
         other.index.sync()  # the other process catches up; this one never synced successfully
         served_now = ws.index.version("live")
         assert (served_now.number, served_now.content) == (2, live_md(2))
-    finally:
-        other.close()
-        ws.close()
 
 
 def test_a_watcher_whose_sync_failed_tries_again_without_another_change(tmp_path: Path) -> None:
     from llmkit.watch import Watcher
 
     repo = init_repo(tmp_path / "repo", FILES).root
-    ws = Workspace.open(str(repo))
-    ws.index.sync()
-    ws.index.busy_timeout_s = 0.01
-    ws.index.sync_attempts = 1
-    watcher = Watcher(ws.index, repo)
-    watcher.start()
-    try:
-        with database_write_locked(ws.settings.db_path) as blocker:
-            handler = _ReleaseOnRetry(blocker)  # released once the watcher's sync has failed
-            with index_log(handler):
-                (repo / "prompts/live.md").write_text(live_md(2))
-                # The only change: the sync it calls for fails, and nothing else happens.
-                assert poll(lambda: handler.failures, timeout_s=WAIT_S)
-                served_v2 = poll(
-                    lambda: ws.index.version("live").content == live_md(2), timeout_s=WAIT_S
-                )
-                assert served_v2
-        assert ws.index.version("live").draft
-    finally:
-        watcher.stop()
-        ws.close()
+    with opened_workspace(repo) as ws:
+        ws.index.sync()
+        ws.index.busy_timeout_s = 0.01
+        ws.index.sync_attempts = 1
+        watcher = Watcher(ws.index, repo)
+        watcher.start()
+        try:
+            with database_write_locked(ws.settings.db_path) as blocker:
+                handler = _ReleaseOnRetry(blocker)  # released once the watcher's sync has failed
+                with index_log(handler):
+                    (repo / "prompts/live.md").write_text(live_md(2))
+                    # The only change: the sync it calls for fails, and nothing else happens.
+                    assert poll(lambda: handler.failures, timeout_s=WAIT_S)
+                    served_v2 = poll(
+                        lambda: ws.index.version("live").content == live_md(2), timeout_s=WAIT_S
+                    )
+                    assert served_v2
+            assert ws.index.version("live").draft
+        finally:
+            watcher.stop()
 
 
 def test_a_rebuild_by_another_process_is_served_without_a_sync_here(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo", FILES).root
-    ws = Workspace.open(str(repo))
-    try:
+    with opened_workspace(repo) as ws:
         ws.index.sync()
         assert ws.index.version("live").number == 1
         assert ws.index.version("live", "main").number == 1  # a ref, cached too
@@ -383,8 +381,6 @@ def test_a_rebuild_by_another_process_is_served_without_a_sync_here(tmp_path: Pa
         assert proc.returncode == 0, proc.stderr
         assert ws.index.version("live").content == live_md(2)
         assert ws.index.version("live", "main").content == live_md(2)
-    finally:
-        ws.close()
 
 
 def test_syncs_from_two_processes_interleave_into_the_rows_of_a_rebuild(tmp_path: Path) -> None:

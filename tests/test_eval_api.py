@@ -51,7 +51,6 @@ def repo(tmp_path: Path) -> EvalRepo:
     repo = EvalRepo.create(
         tmp_path / "repo",
         {
-            ".gitignore": ".llmkit/\n",
             "llmkit.yaml": LLMKIT_YAML,
             "prompts/greet.md": GREET_MD,
             "prompts/chat.md": CHAT_MD,

@@ -10,25 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval_fixtures import EvalRepo, eval_api, runner_env
+from tests.eval_fixtures import JOKE_MD, JUDGED_CASE, EvalRepo, eval_api, runner_env
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import run_llmkit
-
-ECHO_MD = """\
----
-model: default
----
-<!-- role:system -->
-Tell a joke.
-"""
-
-JUDGED_EVALS = """\
-name: judged
-input: about cats
-assert:
-- type: judge
-  rubric: The answer is about cats.
-"""
 
 
 def judge_yaml(primary: FakeUpstream, backup: FakeUpstream) -> str:
@@ -55,26 +39,30 @@ def judged_repo(root: Path, config: str) -> EvalRepo:
     return EvalRepo.create(
         root,
         {
-            ".gitignore": ".llmkit/\n",
             "llmkit.yaml": config,
-            "prompts/joke.md": ECHO_MD,
-            "evals/joke/judged.yaml": JUDGED_EVALS,
+            "prompts/joke.md": JOKE_MD,
+            "evals/joke/judged.yaml": JUDGED_CASE,
         },
     )
 
 
-def test_judge_fallback_alias_calls_its_own_upstream_with_its_own_key(
-    tmp_path: Path,
-    upstreams: tuple[FakeUpstream, FakeUpstream],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    a, b = upstreams
+@pytest.fixture
+def judged(
+    tmp_path: Path, upstreams: tuple[FakeUpstream, FakeUpstream], monkeypatch: pytest.MonkeyPatch
+) -> EvalRepo:
+    """The judged repository, judging on `upstreams`, with both judges' keys set."""
     monkeypatch.setenv("JUDGE_A_KEY", "secret-a")
     monkeypatch.setenv("JUDGE_B_KEY", "secret-b")
-    repo = judged_repo(tmp_path / "repo", judge_yaml(a, b))
+    return judged_repo(tmp_path / "repo", judge_yaml(*upstreams))
+
+
+def test_judge_fallback_alias_calls_its_own_upstream_with_its_own_key(
+    judged: EvalRepo, upstreams: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    a, b = upstreams
     a.enqueue(status=500, error="judge a is down")
     b.enqueue(content=json.dumps({"pass": True, "reason": "cats throughout"}))
-    with runner_env(repo.root) as env:
+    with runner_env(judged.root) as env:
         [result] = env.run(env.cases(), use_cache=False)
         assert env.ws.runlog.flush()
         rows = env.ws.runlog.list(prompt="joke")
@@ -101,17 +89,12 @@ def test_judge_fallback_alias_calls_its_own_upstream_with_its_own_key(
 
 
 def test_a_failed_judge_call_is_logged_as_an_error(
-    tmp_path: Path,
-    upstreams: tuple[FakeUpstream, FakeUpstream],
-    monkeypatch: pytest.MonkeyPatch,
+    judged: EvalRepo, upstreams: tuple[FakeUpstream, FakeUpstream]
 ) -> None:
     a, b = upstreams
-    monkeypatch.setenv("JUDGE_A_KEY", "secret-a")
-    monkeypatch.setenv("JUDGE_B_KEY", "secret-b")
-    repo = judged_repo(tmp_path / "repo", judge_yaml(a, b))
     a.enqueue(status=500, error="judge a is down")
     b.enqueue(status=400, error="judge b refuses")
-    with runner_env(repo.root) as env:
+    with runner_env(judged.root) as env:
         [result] = env.run(env.cases(), use_cache=False)
         assert env.ws.runlog.flush()
         [judge_row] = [r for r in env.ws.runlog.list(prompt="joke") if r["source"] == "judge"]
@@ -124,7 +107,7 @@ def test_eval_with_an_unset_judge_key_exits_2_with_one_message(
 ) -> None:
     a, b = upstreams
     repo = judged_repo(tmp_path / "repo", judge_yaml(a, b))
-    repo.write("evals/joke/more.yaml", JUDGED_EVALS.replace("name: judged", "name: judged again"))
+    repo.write("evals/joke/more.yaml", JUDGED_CASE.replace("name: judged", "name: judged again"))
     repo.commit("A second judged case")
     proc = run_llmkit("eval", cwd=repo.root, env={"JUDGE_B_KEY": "secret-b"})
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -143,7 +126,7 @@ models:
     api_base: http://127.0.0.1:9/v1
     api_key_env: EVAL_UNSET_KEY
 """
-REMOTE_MD = ECHO_MD.replace("model: default", "model: remote")
+REMOTE_MD = JOKE_MD.replace("model: default", "model: remote")
 REMOTE_EVALS = """\
 cases:
 - name: first
@@ -155,16 +138,23 @@ cases:
 """
 
 
-def test_eval_with_an_unset_model_key_exits_2_with_one_message(tmp_path: Path) -> None:
-    repo = EvalRepo.create(
+@pytest.fixture
+def unset_key_repo(tmp_path: Path) -> EvalRepo:
+    """A prompt on a model whose key variable is not set, with two eval cases."""
+    return EvalRepo.create(
         tmp_path / "repo",
         {
-            ".gitignore": ".llmkit/\n",
             "llmkit.yaml": UNSET_KEY_YAML,
             "prompts/remote.md": REMOTE_MD,
             "evals/remote/cases.yaml": REMOTE_EVALS,
         },
     )
+
+
+def test_eval_with_an_unset_model_key_exits_2_with_one_message(
+    unset_key_repo: EvalRepo, tmp_path: Path
+) -> None:
+    repo = unset_key_repo
     proc = run_llmkit("eval", "--json", str(tmp_path / "out.json"), cwd=repo.root)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     [line] = [text for text in proc.stderr.splitlines() if "EVAL_UNSET_KEY" in text]
@@ -175,17 +165,8 @@ def test_eval_with_an_unset_model_key_exits_2_with_one_message(tmp_path: Path) -
     assert repo.query("SELECT COUNT(*) AS n FROM eval_runs") == [{"n": 0}]
 
 
-def test_eval_api_with_an_unset_model_key_answers_503(tmp_path: Path) -> None:
-    repo = EvalRepo.create(
-        tmp_path / "repo",
-        {
-            ".gitignore": ".llmkit/\n",
-            "llmkit.yaml": UNSET_KEY_YAML,
-            "prompts/remote.md": REMOTE_MD,
-            "evals/remote/cases.yaml": REMOTE_EVALS,
-        },
-    )
-    with eval_api(repo.root) as api:
+def test_eval_api_with_an_unset_model_key_answers_503(unset_key_repo: EvalRepo) -> None:
+    with eval_api(unset_key_repo.root) as api:
         response = api.request("POST", "/v1/ui/prompt-eval-runs/remote/version/served")
     assert response.status_code == 503, response.text
     error = response.json()["error"]

@@ -115,7 +115,6 @@ def env(
 ) -> Iterator[RunnerEnv]:
     monkeypatch.setenv(JUDGE_KEY_ENV, JUDGE_KEY_VALUE)
     files = {
-        ".gitignore": ".llmkit/\n",
         "llmkit.yaml": llmkit_yaml(fake_upstream.url),
         "prompts/greet.md": GREET_MD,
         "prompts/chat.md": CHAT_MD,

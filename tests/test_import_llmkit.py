@@ -11,26 +11,22 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
 
-from llmkit.cli import main
-from llmkit.config import Settings
 from llmkit.evals.records import EvalRecords
 from llmkit.evals.spec import load_evals
 from llmkit.import_convert import AliasFile, model_target
 from llmkit.import_land import FAULT_ENV, ROW_STEPS, STEPS
 from llmkit.import_source import SourceModel
 from llmkit.promptfile import parse
-from llmkit.workspace import Workspace
 from tests.api_fixtures import repo_state, running_api, scaffold_repo
-from tests.helpers import git, init_repo, run_llmkit
+from tests.helpers import git, init_repo, invoke, opened_workspace, run_llmkit
 from tests.pg import PgServer
 
 # LLMKit's migrations sit beside the checkout (`../shared/reference`), as the project's other
@@ -57,6 +53,10 @@ PROXY = "https://proxy.example.test/v1"
 AZURE = (
     "https://my-resource.openai.azure.com/openai/deployments/gpt-4o-mini/chat/completions"
     "?api-version=2024-06-01"
+)
+# What a version row holds unless a test says otherwise: a small static completion prompt.
+PLAIN_VERSION: dict[str, Any] = dict(
+    user="", max_tokens=10, temperature=0.1, json_mode=0, prompt_type="static", is_chat=0
 )
 
 
@@ -137,14 +137,14 @@ class LLMKitDb:
         return self.insert("prompt", key=key)
 
     def version(self, prompt_id: int, number: int, created_at: str, **fields: Any) -> int:
-        fields.setdefault("user", "")
+        """A prompt_version row: `fields` over PLAIN_VERSION's settings."""
         return self.insert(
             "prompt_version",
             prompt_id=prompt_id,
             version_number=number,
             created_at=created_at,
             updated_at=created_at,
-            **fields,
+            **{**PLAIN_VERSION, **fields},
         )
 
     def set_current(self, prompt_id: int, version_id: int) -> None:
@@ -220,17 +220,33 @@ class LLMKitDb:
         )
 
 
-@dataclass
-class Scenario:
-    db: LLMKitDb
-    ids: dict[str, int] = field(default_factory=dict)
-
-
 SUPPORT = [
     "You are a support bot.",
     "You are a friendly support bot for {{ company }}.",
     "You are a terse support bot for {{ company }}.",
 ]
+
+
+@dataclass
+class Scenario:
+    db: LLMKitDb
+    ids: dict[str, int] = field(default_factory=dict)
+
+    def support_version(
+        self, number: int, created_at: str, system: str, prompt_type: str = "dynamic_system"
+    ) -> int:
+        """A support-bot version with the settings all of its versions share."""
+        return self.db.version(
+            self.ids["support"],
+            number,
+            created_at,
+            system=system,
+            model_id=self.ids["gpt"],
+            max_tokens=512,
+            temperature=0.5,
+            prompt_type=prompt_type,
+            is_chat=1,
+        )
 
 
 def build_scenario(path: Path, schema: str) -> Scenario:
@@ -247,18 +263,7 @@ def build_scenario(path: Path, schema: str) -> Scenario:
     support = s.ids["support"] = db.prompt("support-bot")
     for n, (text, when) in enumerate(zip(SUPPORT, (day(1), day(3), day(5))), 1):
         kind = "static" if n == 1 else "dynamic_system"
-        s.ids[f"support_v{n}"] = db.version(
-            support,
-            n,
-            when,
-            system=text,
-            model_id=gpt,
-            max_tokens=512,
-            temperature=0.5,
-            json_mode=0,
-            prompt_type=kind,
-            is_chat=1,
-        )
+        s.ids[f"support_v{n}"] = s.support_version(n, when, text, kind)
     db.set_current(support, s.ids["support_v2"])
 
     invoice = s.ids["invoice"] = db.prompt("extract/invoice")
@@ -336,18 +341,16 @@ def build_scenario(path: Path, schema: str) -> Scenario:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def do_import(repo: Path, db: Path, *extra: str) -> dict[str, Any]:
-    result = run("import-llmkit", db, "--repo", repo, "--json", *extra)
+def do_import(
+    repo: Path, db: Path, *extra: str, env: Mapping[str, str | None] | None = None
+) -> dict[str, Any]:
+    result = invoke("import-llmkit", db, "--repo", repo, "--json", *extra, env=env)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 def history(repo: Path, key: str) -> list[dict[str, Any]]:
-    result = run("history", key, "--repo", repo, "--json")
+    result = invoke("history", key, "--repo", repo, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
@@ -367,10 +370,15 @@ def table_counts(repo: Path) -> dict[str, int]:
         conn.close()
 
 
-def assert_clean(repo: Path) -> None:
-    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+def assert_sound(repo: Path) -> None:
+    """git fsck finds nothing broken or missing."""
     fsck = git(repo, "fsck", "--no-progress")
     assert "error" not in fsck.lower() and "missing" not in fsck.lower(), fsck
+
+
+def assert_clean(repo: Path) -> None:
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    assert_sound(repo)
 
 
 @pytest.fixture(params=SCHEMAS)
@@ -518,8 +526,7 @@ def test_eval_runs_and_scores_are_durable_records(imported: Any) -> None:
     _scenario, repo, summary = imported
     assert (summary["eval_runs"], summary["eval_results"], summary["scores"]) == (3, 5, 4)
     shas = {r["number"]: r["sha"] for r in history(repo, "support-bot")}
-    ws = Workspace(Settings.resolve(repo))
-    try:
+    with opened_workspace(repo) as ws:
         rows = EvalRecords(ws.db).results(prompt_key="support-bot")
         got = [
             (
@@ -541,8 +548,6 @@ def test_eval_runs_and_scores_are_durable_records(imported: Any) -> None:
         assert rows[0]["file"] == "evals/support-bot/acme-greeting.yaml"
         assert rows[0]["created_at"] == "2025-01-02T11:00:00.000Z"
         assert rows[0]["run_id"] == "run-a"
-    finally:
-        ws.close()
     with running_api(repo) as api:
         v3 = api.get("/v1/ui/prompts/support-bot/versions/3").json()["version_id"]
         listed = api.get(f"/v1/ui/prompt-eval-runs/support-bot/version/{v3}").json()
@@ -556,8 +561,7 @@ def test_logs_go_into_the_run_log(imported: Any) -> None:
     _scenario, repo, summary = imported
     assert summary["logs"] == 3
     shas = {r["number"]: r["sha"] for r in history(repo, "support-bot")}
-    ws = Workspace(Settings.resolve(repo))
-    try:
+    with opened_workspace(repo) as ws:
         support = sorted(ws.runlog.list(prompt="support-bot"), key=lambda r: r["created_at"])
         assert [(r["created_at"], r["version_number"], r["version_sha"]) for r in support] == [
             ("2025-01-02T10:00:00.000Z", 1, shas[1]),
@@ -575,12 +579,10 @@ def test_logs_go_into_the_run_log(imported: Any) -> None:
         assert error["status"] == "error" and error["error"] == "upstream down"
         assert error["http_status"] == 500 and error["version_number"] == 1
         assert error["model"] == "azure/gpt-4o-mini"
-    finally:
-        ws.close()
 
 
 def test_summary_lists_keys_to_recreate(scenario: Scenario, target: Path) -> None:
-    result = run("import-llmkit", scenario.db.path, "--repo", target)
+    result = invoke("import-llmkit", scenario.db.path, "--repo", target)
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert "re-create these" in text
@@ -603,7 +605,7 @@ def test_a_second_import_adds_nothing(imported: Any) -> None:
     shutil.copy(scenario.db.path, copy)
     assert do_import(repo, copy)["commits"] == []
     assert git(repo, "rev-parse", "HEAD") == head and table_counts(repo) == counts
-    text = run("import-llmkit", scenario.db.path, "--repo", repo).stdout
+    text = invoke("import-llmkit", scenario.db.path, "--repo", repo).stdout
     assert "Nothing new to import" in text
     assert_clean(repo)
 
@@ -616,7 +618,7 @@ def test_dry_run_changes_nothing_and_reports_what_the_import_does(
     assert preview["dry_run"] is True and preview["commits"] == []
     assert repo_state(target) == before
     assert not (target / ".llmkit" / "llmkit.db").exists()
-    text = run("import-llmkit", scenario.db.path, "--repo", target, "--dry-run").stdout
+    text = invoke("import-llmkit", scenario.db.path, "--repo", target, "--dry-run").stdout
     assert text.startswith("Dry run: nothing was changed.")
     real = do_import(target, scenario.db.path)
     for field_name in (
@@ -640,18 +642,7 @@ def test_dry_run_changes_nothing_and_reports_what_the_import_does(
 def test_new_rows_in_llmkit_are_imported_by_a_rerun(imported: Any) -> None:
     scenario, repo, _ = imported
     db, ids = scenario.db, scenario.ids
-    v4 = db.version(
-        ids["support"],
-        4,
-        day(20),
-        system="You are a support bot for {{ company }}. Be brief.",
-        model_id=ids["gpt"],
-        max_tokens=512,
-        temperature=0.5,
-        json_mode=0,
-        prompt_type="dynamic_system",
-        is_chat=1,
-    )
+    v4 = scenario.support_version(4, day(20), "You are a support bot for {{ company }}. Be brief.")
     db.set_current(ids["support"], v4)
     db.eval_run("run-d", v4, ids["acme"], 5, "Hi!", day(20, 11))
     db.log(ids["support"], ids["gpt"], 200, {"messages": []}, {"choices": []}, day(21))
@@ -666,12 +657,9 @@ def test_new_rows_in_llmkit_are_imported_by_a_rerun(imported: Any) -> None:
     after = table_counts(repo)
     assert after["run_log"] == counts["run_log"] + 1
     assert after["eval_results"] == counts["eval_results"] + 1
-    ws = Workspace(Settings.resolve(repo))
-    try:
+    with opened_workspace(repo) as ws:
         [newest] = ws.runlog.list(prompt="support-bot", page_size=1)
         assert newest["version_number"] == 5 and newest["version_sha"] == rows[-1]["sha"]
-    finally:
-        ws.close()
     assert_clean(repo)
 
 
@@ -700,29 +688,18 @@ def test_edits_made_in_llmkit_after_the_import_are_not_overwritten_by_a_restore(
 
 def test_a_prompt_file_with_uncommitted_edits_stops_the_import(imported: Any) -> None:
     scenario, repo, _ = imported
-    db, ids = scenario.db, scenario.ids
-    db.version(
-        ids["support"],
-        4,
-        day(20),
-        system="Version four.",
-        model_id=ids["gpt"],
-        max_tokens=512,
-        temperature=0.5,
-        json_mode=0,
-        prompt_type="static",
-        is_chat=1,
-    )
+    db = scenario.db
+    scenario.support_version(4, day(20), "Version four.", prompt_type="static")
     (repo / "prompts/support-bot.md").write_text("my own edit\n", "utf-8")
     before, counts = repo_state(repo), table_counts(repo)
-    result = run("import-llmkit", db.path, "--repo", repo)
+    result = invoke("import-llmkit", db.path, "--repo", repo)
     assert result.exit_code == 2
     assert "prompts/support-bot.md has uncommitted changes" in result.stderr
     assert "nothing was imported" in result.stderr
     assert repo_state(repo) == before and table_counts(repo) == counts
     # Staged edits stop it too.
     git(repo, "add", "prompts/support-bot.md")
-    result = run("import-llmkit", db.path, "--repo", repo)
+    result = invoke("import-llmkit", db.path, "--repo", repo)
     assert result.exit_code == 2 and "prompts/support-bot.md" in result.stderr
 
 
@@ -733,14 +710,14 @@ def test_a_file_that_is_not_a_database_exits_2(tmp_path: Path, target: Path) -> 
     before = repo_state(target)
     text_file = tmp_path / "notes.db"
     text_file.write_text("these are not the rows you are looking for\n" * 50, "utf-8")
-    result = run("import-llmkit", text_file, "--repo", target)
+    result = invoke("import-llmkit", text_file, "--repo", target)
     assert result.exit_code == 2
     assert "is not a SQLite database" in result.stderr
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).execute("CREATE TABLE other (x)").connection.close()
-    result = run("import-llmkit", empty, "--repo", target)
+    result = invoke("import-llmkit", empty, "--repo", target)
     assert result.exit_code == 2 and "is not an LLMKit database" in result.stderr
-    result = run("import-llmkit", tmp_path / "missing.db", "--repo", target)
+    result = invoke("import-llmkit", tmp_path / "missing.db", "--repo", target)
     assert result.exit_code == 2 and "no such file" in result.stderr
     assert repo_state(target) == before
     assert not (target / ".llmkit" / "llmkit.db").exists()
@@ -755,7 +732,7 @@ def test_an_unknown_schema_exits_2(tmp_path: Path, target: Path) -> None:
         "CREATE TABLE prompt (id INTEGER PRIMARY KEY, key TEXT);"
     )
     conn.close()
-    result = run("import-llmkit", path, "--repo", target)
+    result = invoke("import-llmkit", path, "--repo", target)
     assert result.exit_code == 2
     assert "schema this import does not know" in result.stderr
     assert (
@@ -768,35 +745,11 @@ def test_a_key_llmkit_cannot_use_exits_2_naming_it(
     tmp_path: Path, target: Path, schema: str
 ) -> None:
     s = build_scenario(tmp_path / "llmkit.db", schema)
-    bad = s.db.prompt("../escape")
-    s.db.version(
-        bad,
-        1,
-        day(7),
-        system="x",
-        model_id=s.ids["gpt"],
-        max_tokens=10,
-        temperature=0.1,
-        json_mode=0,
-        prompt_type="static",
-        is_chat=0,
-    )
-    spaced = s.db.prompt("my prompt")
-    s.db.version(
-        spaced,
-        1,
-        day(7),
-        system="y",
-        model_id=s.ids["gpt"],
-        max_tokens=10,
-        temperature=0.1,
-        json_mode=0,
-        prompt_type="static",
-        is_chat=0,
-    )
+    s.db.version(s.db.prompt("../escape"), 1, day(7), system="x", model_id=s.ids["gpt"])
+    s.db.version(s.db.prompt("my prompt"), 1, day(7), system="y", model_id=s.ids["gpt"])
     s.db.conn.close()
     before = repo_state(target)
-    result = run("import-llmkit", s.db.path, "--repo", target)
+    result = invoke("import-llmkit", s.db.path, "--repo", target)
     assert result.exit_code == 2
     assert "'../escape'" in result.stderr and "'..' segment" in result.stderr
     assert "'my prompt'" in result.stderr
@@ -808,20 +761,10 @@ def test_a_key_llmkit_cannot_use_exits_2_naming_it(
 def test_a_version_whose_text_cannot_be_written_exits_2(scenario: Scenario, target: Path) -> None:
     db, ids = scenario.db, scenario.ids
     db.version(
-        ids["reviewer"],
-        2,
-        day(8),
-        system="Before\n<!-- role:user -->\nAfter",
-        user="",
-        model_id=ids["gpt"],
-        max_tokens=10,
-        temperature=0.1,
-        json_mode=0,
-        prompt_type="static",
-        is_chat=0,
+        ids["reviewer"], 2, day(8), system="Before\n<!-- role:user -->\nAfter", model_id=ids["gpt"]
     )
     before = repo_state(target)
-    result = run("import-llmkit", db.path, "--repo", target)
+    result = invoke("import-llmkit", db.path, "--repo", target)
     assert result.exit_code == 2
     assert "'reviewer' version 2" in result.stderr and "role marker" in result.stderr
     assert repo_state(target) == before
@@ -969,7 +912,7 @@ def test_a_branch_that_cannot_move_leaves_the_tree_and_index_as_they_were(
     git(target, "config", "core.hooksPath", str(hooks))
     before = repo_state(target)
     staged_before = git(target, "ls-files", "-s")
-    result = run("import-llmkit", scenario.db.path, "--repo", target)
+    result = invoke("import-llmkit", scenario.db.path, "--repo", target)
     assert result.exit_code == 1
     assert "could not move the branch" in result.stderr
     assert "nothing was imported" in result.stderr
@@ -986,17 +929,10 @@ def test_a_version_with_the_same_file_as_the_one_before_is_that_version(
 ) -> None:
     db, ids = scenario.db, scenario.ids
     twins = db.prompt("twins")
-    settings: dict[str, Any] = dict(
-        system="Same.",
-        model_id=ids["claude"],
-        max_tokens=10,
-        temperature=0.1,
-        json_mode=0,
-        prompt_type="static",
-        is_chat=0,
-    )
-    db.version(twins, 1, day(9), **settings)
-    second = db.version(twins, 2, day(10), **settings)  # LLMKit kept a version per save
+    db.version(twins, 1, day(9), system="Same.", model_id=ids["claude"])
+    second = db.version(
+        twins, 2, day(10), system="Same.", model_id=ids["claude"]
+    )  # LLMKit kept a version per save
     db.set_current(twins, second)
     case = db.eval_case(twins, "same", {})
     db.eval_run("run-t", second, case, 3, "ok", day(10, 11))
@@ -1005,36 +941,19 @@ def test_a_version_with_the_same_file_as_the_one_before_is_that_version(
     assert "'twins' version 2 is the same prompt file as the one before it" in " ".join(
         summary["notes"]
     )
-    ws = Workspace(Settings.resolve(target))
-    try:
+    with opened_workspace(target) as ws:
         [result] = EvalRecords(ws.db).results(prompt_key="twins")
         assert (result["version_number"], result["version_sha"]) == (1, only["sha"])
-    finally:
-        ws.close()
     # LLMKit saves support-bot again with the text it serves: llmkit serves that already.
     served = history(target, "support-bot")[-1]
-    fourth = db.version(
-        ids["support"],
-        4,
-        day(22),
-        system=SUPPORT[1],
-        model_id=ids["gpt"],
-        max_tokens=512,
-        temperature=0.5,
-        json_mode=0,
-        prompt_type="dynamic_system",
-        is_chat=1,
-    )
+    fourth = scenario.support_version(4, day(22), SUPPORT[1])
     db.set_current(ids["support"], fourth)
     db.log(ids["support"], ids["gpt"], 200, {"messages": []}, {"choices": []}, day(23))
     again = do_import(target, db.path)
     assert again["commits"] == [] and again["logs"] == 1
-    ws = Workspace(Settings.resolve(target))
-    try:
+    with opened_workspace(target) as ws:
         [newest] = ws.runlog.list(prompt="support-bot", page_size=1)
         assert (newest["version_number"], newest["version_sha"]) == (4, served["sha"])
-    finally:
-        ws.close()
     third = do_import(target, db.path)
     assert third["commits"] == [] and third["logs"] == 0
     assert not any("version 4" in note for note in third["notes"])
@@ -1056,16 +975,9 @@ def test_without_sqlx_records_the_source_is_named_by_its_seeded_rows(
     s = build_scenario(tmp_path / "handmade.db", "5f5efba")
     s.db.conn.execute("DROP TABLE _sqlx_migrations")
     odd = s.db.prompt("odd-dates")
-    settings: dict[str, Any] = dict(
-        model_id=s.ids["claude"],
-        max_tokens=10,
-        temperature=0.1,
-        json_mode=0,
-        prompt_type="static",
-        is_chat=0,
-    )
-    s.db.version(odd, 1, "the day before", system="One.", **settings)
-    s.db.version(odd, 2, "1900-01-01 00:00:00", system="Two.", **settings)
+    claude = s.ids["claude"]
+    s.db.version(odd, 1, "the day before", system="One.", model_id=claude)
+    s.db.version(odd, 2, "1900-01-01 00:00:00", system="Two.", model_id=claude)
     s.db.conn.close()
     first = do_import(target, s.db.path)
     notes = " ".join(first["notes"])
@@ -1108,11 +1020,7 @@ def test_a_template_llmkit_cannot_compile_is_imported_with_a_note(
         day(9),
         system="{% set_global seen = true %}Hello {{ name }}",
         model_id=ids["claude"],
-        max_tokens=10,
-        temperature=0.1,
-        json_mode=0,
         prompt_type="dynamic_system",
-        is_chat=0,
     )
     summary = do_import(target, db.path)
     [note] = [n for n in summary["notes"] if "'tera-only' version 1" in n]
@@ -1144,8 +1052,7 @@ def test_a_kill_at_any_step_is_finished_or_undone_by_the_next_run(
     head = git(repo, "rev-parse", "HEAD")
     killed = run_llmkit("import-llmkit", db, "--repo", repo, env={FAULT_ENV: step}, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    fsck = git(repo, "fsck", "--no-progress")
-    assert "error" not in fsck.lower() and "missing" not in fsck.lower(), fsck
+    assert_sound(repo)
     # Before the commit point nothing moved; after it, the branch is at the import's tip.
     moved = git(repo, "rev-parse", "HEAD") != head
     assert moved == (step not in STEPS[: STEPS.index("ref-moved")])
@@ -1170,17 +1077,15 @@ def test_a_kill_at_any_step_is_finished_or_undone_by_the_next_run(
 def test_an_import_into_a_postgresql_store_is_recorded_there_and_a_rerun_adds_nothing(
     scenario: Scenario, target: Path, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LLMKIT_DATABASE_URL", pg_server.new_store())
-    summary = do_import(target, scenario.db.path)
+    store = {"LLMKIT_DATABASE_URL": pg_server.new_store()}
+    monkeypatch.setenv("LLMKIT_DATABASE_URL", store["LLMKIT_DATABASE_URL"])
+    summary = do_import(target, scenario.db.path, env=store)
     assert (summary["eval_results"], summary["logs"]) == (5, 3)
-    ws = Workspace(Settings.resolve(target))
-    try:
+    with opened_workspace(target) as ws:
         assert ws.durable.dialect == "postgresql"
         assert len(ws.runlog.list(prompt="support-bot")) == 2
         assert len(EvalRecords(ws.durable).results(prompt_key="support-bot")) == 4
         local = ws.db.reader().execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         assert "run_log" not in {row[0] for row in local}, "the durable rows went to SQLite"
-    finally:
-        ws.close()
-    again = do_import(target, scenario.db.path)
+    again = do_import(target, scenario.db.path, env=store)
     assert (again["eval_results"], again["logs"], again["commits"]) == (0, 0, [])

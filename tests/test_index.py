@@ -17,7 +17,7 @@ from llmkit.prompt_views import iso_time, prompt_fields, version_fields, version
 from llmkit.store import GitStore
 from llmkit.versions import unified_diff
 from llmkit.workspace import Workspace
-from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, git
+from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, colleague_clone, opened_workspace
 
 _fresh = itertools.count()
 
@@ -212,17 +212,8 @@ def test_sync_equals_rebuild_across_pulls_from_a_second_clone(
     repo: Repo, workspace: Workspace, tmp_path: Path
 ) -> None:
     ws = workspace
-    origin = tmp_path / "origin.git"
-    git(tmp_path, "clone", "-q", "--bare", str(repo.root), str(origin))
-    repo.git("remote", "add", "origin", str(origin))
-    repo.git("fetch", "-q", "origin")
-    repo.git("branch", "-q", "--set-upstream-to=origin/main")
+    colleague = colleague_clone(repo, tmp_path)
     repo.git("config", "pull.rebase", "false")
-
-    colleague = Repo(tmp_path / "colleague")
-    git(tmp_path, "clone", "-q", str(origin), str(colleague.root))
-    colleague.git("config", "user.name", "Colleague")
-    colleague.git("config", "user.email", "colleague@example.com")
     colleague.write("prompts/hello.md", HELLO_PROMPT + "\nfrom the colleague\n")
     colleague.write("prompts/pulled.md", text("pulled"))
     colleague.commit("colleague's work")
@@ -626,8 +617,7 @@ def test_ids_follow_first_appearance_then_key(make_repo: MakeRepo, tmp_path: Pat
     repo.write("prompts/c.md", text("c2"))  # a later change does not move c
     repo.commit("third")
     repo.write("prompts/b.md", text("b"))  # working tree only
-    ws = Workspace.open(str(repo.root))
-    try:
+    with opened_workspace(repo.root) as ws:
         ws.index.rebuild()
         assert [(p.id, p.key) for p in ws.index.list_prompts()] == [
             (1, "c"),
@@ -637,8 +627,6 @@ def test_ids_follow_first_appearance_then_key(make_repo: MakeRepo, tmp_path: Pat
             (5, "b"),
         ]
         assert ws.index.get_prompt(3).key == "a"
-    finally:
-        ws.close()
     assert rebuilt(repo.root, tmp_path) == rebuilt(repo.root, tmp_path)
 
 
@@ -665,15 +653,12 @@ def test_a_rebuild_reads_history_with_a_few_git_processes(
 
 def test_an_empty_repository_indexes_to_nothing(make_repo: MakeRepo) -> None:
     repo = make_repo("empty", commit=False)
-    ws = Workspace.open(str(repo.root))
-    try:
+    with opened_workspace(repo.root) as ws:
         assert ws.index.rebuild().new_commits == 0
         assert ws.index.list_prompts() == []
         repo.write("prompts/first.md", text("first"))
         ws.index.sync()
         assert listing(ws) == [(1, "first", 1, True)]
-    finally:
-        ws.close()
 
 
 def test_a_reader_never_sees_a_new_commit_without_its_files(

@@ -5,7 +5,6 @@ import re
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,22 +18,9 @@ KEY_PATTERN = re.compile(r"^llmkit_[0-9A-Za-z]{32}$")
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "llmkit.db"
-
-
-@pytest.fixture
 def db(durable_db: DurableStore) -> DurableStore:
     """The store, on each backend in turn."""
     return durable_db
-
-
-@pytest.fixture
-def sqlite_db(db_path: Path) -> Iterator[Database]:
-    """For what only SQLite can show (its query plans, its file, its data_version)."""
-    database = Database(db_path)
-    yield database
-    database.close()
 
 
 @pytest.fixture
@@ -90,7 +76,8 @@ def test_create_returns_clear_key_once_and_stores_only_its_digest(
     assert all(body not in str(value) for stored_row in stored for value in stored_row)
 
 
-def test_the_clear_key_is_nowhere_in_the_sqlite_files(sqlite_db: Database, db_path: Path) -> None:
+def test_the_clear_key_is_nowhere_in_the_sqlite_files(sqlite_db: Database) -> None:
+    db_path = Path(sqlite_db.path)
     _, clear = KeyStore(sqlite_db).create("deploy bot")
     digest = sqlite_db.reader().execute("SELECT digest FROM api_keys").fetchone()[0]
     on_disk = b"".join(p.read_bytes() for p in db_path.parent.iterdir() if p.is_file())
@@ -167,12 +154,10 @@ def test_key_created_by_another_process_verifies_at_once(durable_url: str, store
     assert store.verify(clear) is not None
 
 
-def test_verify_does_not_write_on_every_call(
-    db_path: Path, sqlite_db: Database, clock: FakeClock
-) -> None:
+def test_verify_does_not_write_on_every_call(sqlite_db: Database, clock: FakeClock) -> None:
     store = KeyStore(sqlite_db, clock=clock)
     key, clear = store.create("app")
-    watcher = sqlite3.connect(db_path)
+    watcher = sqlite3.connect(sqlite_db.path)
     try:
         before_first_use = data_version(watcher)
         first = store.verify(clear)

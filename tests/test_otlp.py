@@ -27,7 +27,7 @@ from llmkit.runlog import RunLog
 from llmkit.runlog_record import COLUMNS, RunRecord
 from llmkit.workspace import Workspace
 from tests.api_fixtures import running_api
-from tests.eval_fixtures import EvalRepo, eval_api
+from tests.eval_fixtures import JOKE_MD, JUDGED_CASE, EvalRepo, eval_api
 from tests.exec_fixtures import FAKE_KEY_ENV, FAKE_KEY_VALUE, ExecApi, build_exec_repo
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import clean_env, poll, serving
@@ -395,16 +395,6 @@ def test_span_ids_come_from_the_llmkit_trace_id() -> None:
     assert span_ids("imported-run-7") == (hashed, span)
 
 
-JOKE_MD = "---\nmodel: default\n---\n<!-- role:system -->\nTell a joke.\n"
-JUDGED_CASE = """\
-name: judged
-input: about cats
-assert:
-- type: judge
-  rubric: The answer is about cats.
-"""
-
-
 def test_eval_and_judge_calls_are_spans_too(
     tmp_path: Path,
     fake: FakeUpstream,
@@ -419,7 +409,7 @@ def test_eval_and_judge_calls_are_spans_too(
         f"    api_base: {fake.url}\n    api_key_env: {FAKE_KEY_ENV}\n    max_retries: 0\n"
     )
     files = {"llmkit.yaml": config, "prompts/joke.md": JOKE_MD, "evals/joke/c.yaml": JUDGED_CASE}
-    repo = EvalRepo.create(tmp_path / "repo", {".gitignore": ".llmkit/\n", **files})
+    repo = EvalRepo.create(tmp_path / "repo", files)
     fake.enqueue(content=json.dumps({"pass": True, "reason": "cats throughout"}))
     with eval_api(repo.root) as api:
         response = api.request("POST", "/v1/ui/prompt-eval-runs/joke/version/1")

@@ -490,10 +490,19 @@ async def test_hang_before_first_chunk_times_out(upstream: ModelPath) -> None:
 
 
 @pytest.mark.asyncio
-async def test_malformed_json_is_502_and_not_retried(upstream: ModelPath) -> None:
-    upstream.fake.enqueue(fault="malformed")
+@pytest.mark.parametrize(
+    ("fault", "max_retries"),
+    [
+        pytest.param("malformed", 2, id="malformed-json-is-not-retried"),
+        pytest.param("drop", 0, id="dropped-connection-without-retries"),
+    ],
+)
+async def test_an_upstream_fault_that_is_not_retried_is_502(
+    upstream: ModelPath, fault: str, max_retries: int
+) -> None:
+    upstream.fake.enqueue(fault=fault)
     with pytest.raises(UpstreamError) as raised:
-        await complete(upstream.call(user("hi"), max_retries=2))
+        await complete(upstream.call(user("hi"), max_retries=max_retries))
     assert raised.value.status == 502
     assert len(upstream.fake.chat_requests) == 1
 
@@ -511,14 +520,6 @@ async def test_dropped_connection_is_retried(upstream: ModelPath) -> None:
     response = await complete(upstream.call(user("hi")))
     assert response["choices"][0]["message"]["content"] == "ok: hi"
     assert [await settled(r) for r in upstream.fake.chat_requests] == ["dropped", "answered"]
-
-
-@pytest.mark.asyncio
-async def test_dropped_connection_without_retries_is_502(upstream: ModelPath) -> None:
-    upstream.fake.enqueue(fault="drop")
-    with pytest.raises(UpstreamError) as raised:
-        await complete(upstream.call(user("hi"), max_retries=0))
-    assert raised.value.status == 502
 
 
 @pytest.mark.asyncio

@@ -19,7 +19,7 @@ from llmkit.errors import BadRequest
 from llmkit.runlog import RunLog
 from llmkit.runlog_query import MAX_PAGE_SIZE
 from llmkit.runlog_record import RunRecord
-from tests.helpers import poll
+from tests.helpers import poll, put_unshaped_row
 from tests.pg import Outage
 
 SHA_1 = "1111aaaa" + "0" * 32
@@ -29,22 +29,9 @@ DRAFT_BLOB = "3333cccc" + "0" * 32
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "llmkit.db"
-
-
-@pytest.fixture
 def db(durable_db: DurableStore) -> DurableStore:
     """The store, on each backend in turn."""
     return durable_db
-
-
-@pytest.fixture
-def sqlite_db(db_path: Path) -> Iterator[Database]:
-    """For what only SQLite has (its WAL file, its pragmas)."""
-    database = Database(db_path)
-    yield database
-    database.close()
 
 
 @pytest.fixture
@@ -661,22 +648,9 @@ def test_any_exception_from_a_batch_insert_falls_back_to_row_by_row(
 def test_a_row_the_driver_refuses_is_stored_scrubbed(runlog: RunLog) -> None:
     """A row that reached the writer unshaped (a lone surrogate, an int over 64 bits): the writer
     scrubs it rather than die."""
-    from llmkit.runlog_record import COLUMNS
-
-    values = dict.fromkeys(COLUMNS)
-    values.update(
-        trace_id="unshaped",
-        prompt_key="p\ud800",
-        model="m",
-        request='"x\udc00"',
-        status="ok",
-        stream=0,
-        draft=0,
-        source="api",
-        created_at=at(1),
-        input_tokens=2**70,
+    put_unshaped_row(
+        runlog, prompt_key="p\ud800", request='"x\udc00"', created_at=at(1), input_tokens=2**70
     )
-    runlog._writer.put(tuple(values[name] for name in COLUMNS))
     after = record()
     runlog.log(after)
     assert runlog.flush()
@@ -883,9 +857,9 @@ def test_a_database_from_before_the_notes_migration_keeps_its_rows(durable_url: 
 
 
 def test_wal_checkpoints_run_beside_the_writer_not_in_its_commits(
-    sqlite_db: Database, db_path: Path
+    sqlite_db: Database,
 ) -> None:
-    db = sqlite_db
+    db, db_path = sqlite_db, Path(sqlite_db.path)
 
     def auto_checkpoint_pages() -> int:
         with db.write() as conn:

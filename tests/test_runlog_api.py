@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api_fixtures import ApiEnv, MakeApi, running_api
-from tests.exec_fixtures import ExecApi, build_exec_repo
+from tests.api_fixtures import ApiEnv, MakeApi
+from tests.exec_fixtures import ExecApi, exec_app
 from tests.fake_upstream import FakeUpstream
 
 LATER_CALLS = 5
@@ -137,15 +137,10 @@ def test_a_nan_parameter_is_logged_as_json(exec_api: ExecApi) -> None:
 
 
 @pytest.fixture
-def capped(
-    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ExecApi]:
+def capped(fake: FakeUpstream, tmp_path: Path) -> Iterator[ExecApi]:
     """The app over the execution repository with run-log fields capped at 4 KiB."""
-    repo = tmp_path / "repo"
-    shas = build_exec_repo(repo, fake.url)
-    monkeypatch.setenv("FAKE_KEY", "sk-fake-upstream-key")
-    with running_api(repo, log_field_max_bytes=4096) as env:
-        yield ExecApi(env, fake, shas)
+    with exec_app(tmp_path / "repo", fake, log_field_max_bytes=4096) as api:
+        yield api
 
 
 def test_a_giant_field_is_cut_to_the_cap_and_readers_are_told(capped: ExecApi) -> None:
@@ -263,16 +258,11 @@ def test_the_writer_survives_a_non_sqlite_error_from_every_insert(
 
 
 @pytest.fixture
-def durable(
-    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ExecApi]:
+def durable(fake: FakeUpstream, tmp_path: Path) -> Iterator[ExecApi]:
     """The app over the execution repository with durable run logging."""
-    repo = tmp_path / "repo"
-    shas = build_exec_repo(repo, fake.url)
-    monkeypatch.setenv("FAKE_KEY", "sk-fake-upstream-key")
     # A minute-long window: only a durable caller can make a row be written before it ends.
-    with running_api(repo, log_durable=True, log_batch_ms=60_000) as env:
-        yield ExecApi(env, fake, shas)
+    with exec_app(tmp_path / "repo", fake, log_durable=True, log_batch_ms=60_000) as api:
+        yield api
 
 
 def committed(env: ApiEnv, trace_id: str) -> bool:

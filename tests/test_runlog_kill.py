@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -38,7 +37,13 @@ def repo(fake: FakeUpstream, tmp_path: Path) -> Path:
     return root
 
 
-def call(client: httpx.Client, server: ServerProcess, body: dict[str, Any]) -> httpx.Response:
+def call(
+    client: httpx.Client, server: ServerProcess, question: str, persona: str = "a sailor"
+) -> httpx.Response:
+    """A call of the `both` prompt, its body written by json.dumps (a lone surrogate becomes an
+    escape that the server must cope with)."""
+    variables = {"persona": persona, "question": question}
+    body = {"model": "both", "messages": [], "variables": variables}
     return client.post(
         f"{server.v1}/chat/completions",
         content=json.dumps(body),
@@ -53,27 +58,11 @@ def test_after_a_lone_surrogate_every_call_is_logged_and_sigterm_flushes_them(
     server = start_server(repo, tmp_path, server_env())
     try:
         with httpx.Client() as client:
-            bad = call(
-                client,
-                server,
-                {
-                    "model": "both",
-                    "messages": [],
-                    "variables": {"persona": "x\ud800", "question": "first"},
-                },
-            )
+            bad = call(client, server, "first", persona="x\ud800")
             assert bad.status_code == 200, bad.text
             later = []
             for i in range(20):
-                response = call(
-                    client,
-                    server,
-                    {
-                        "model": "both",
-                        "messages": [],
-                        "variables": {"persona": "a sailor", "question": f"later {i}"},
-                    },
-                )
+                response = call(client, server, f"later {i}")
                 assert response.status_code == 200, response.text
                 later.append(response.headers["x-llmkit-trace-id"])
             # The writer is alive: the list (which flushes first) already holds every call.
@@ -90,15 +79,7 @@ def test_after_a_lone_surrogate_every_call_is_logged_and_sigterm_flushes_them(
             # More calls, then SIGTERM at once: the graceful stop writes them.
             last = []
             for i in range(20):
-                response = call(
-                    client,
-                    server,
-                    {
-                        "model": "both",
-                        "messages": [],
-                        "variables": {"persona": "a sailor", "question": f"last {i}"},
-                    },
-                )
+                response = call(client, server, f"last {i}")
                 last.append(response.headers["x-llmkit-trace-id"])
         assert server.terminate() == 0, server.stderr()
     finally:

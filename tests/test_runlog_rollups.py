@@ -31,7 +31,7 @@ from llmkit.runlog_query import decode_cursor
 from llmkit.runlog_record import COLUMNS, RunRecord, to_row
 from llmkit.runlog_rollup import bucket_of, bucket_value, version_key
 from llmkit.runlog_schema import MIGRATIONS
-from tests.helpers import poll
+from tests.helpers import poll, put_unshaped_row
 
 SHAS = {n: f"{n}{n}{n}{n}abcd" + "0" * 32 for n in range(1, 4)}
 BLOB = "b10b" + "0" * 36
@@ -455,21 +455,14 @@ def test_a_row_of_unshaped_values_is_rolled_up_from_what_was_stored(
     the numbers its column affinity makes of them (PostgreSQL parses the text as its column's
     type), and the rollups count what it stored."""
     runlog = RunLog(db, batch_ms=1)
-    values = dict.fromkeys(COLUMNS)
-    values.update(
-        trace_id="unshaped",
+    put_unshaped_row(
+        runlog,
         prompt_key="p",
-        model="m",
         request="{}",
-        status="ok",
-        stream=0,
-        draft=0,
-        source="api",
         created_at="2024-05-01T10:00:00.000Z",
         input_tokens="7",
         latency_ms="15",
     )
-    runlog._writer.put(tuple(values[name] for name in COLUMNS))
     runlog.log(random_record(random.Random(2), prompt_key="p"))
     runlog.close()
     assert runlog.rows_written == 2 and runlog.health()["rows_lost"] == 0

@@ -15,7 +15,7 @@ from llmkit.db import DurableStore, open_durable
 from llmkit.errors import Forbidden, LlmkitError, NotFound, RateLimited, Unauthorized
 from llmkit.keys import ApiKey, KeyStore
 from llmkit.sessions import LoginLimiter, SessionStore, csrf_token_for, digest_of
-from tests.helpers import FakeClock, Repo, invoke
+from tests.helpers import FakeClock, Repo, invoke, opened_workspace
 
 IDLE_S = 100.0
 ABSOLUTE_S = 1000.0
@@ -238,16 +238,13 @@ def test_a_successful_sign_in_forgets_the_address_and_memory_is_bounded() -> Non
 
 
 def test_llmkit_sessions_list_and_revoke(repo: Repo) -> None:
-    from llmkit.workspace import Workspace
-
-    ws = Workspace.open(str(repo.root))
-    admin, _ = ws.keys.create("ops", "admin")
-    settings = ws.settings
-    store = SessionStore(
-        ws.durable, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
-    )
-    signed_in, token = store.create(admin, client="10.0.0.9")
-    ws.close()
+    with opened_workspace(repo.root) as ws:
+        admin, _ = ws.keys.create("ops", "admin")
+        settings = ws.settings
+        store = SessionStore(
+            ws.durable, idle_s=settings.session_idle_s, absolute_s=settings.session_absolute_s
+        )
+        signed_in, token = store.create(admin, client="10.0.0.9")
 
     listed = invoke("sessions", "list", "--repo", repo.root, "--json")
     assert listed.exit_code == 0, listed.stderr

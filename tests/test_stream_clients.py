@@ -204,35 +204,18 @@ class Gateway:
         return 200, text
 
 
-@pytest.fixture(scope="module")
-def shared_upstream() -> Iterator[FakeUpstream]:
-    """One fake upstream for the module (its servers point at it)."""
-    fake = FakeUpstream().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
 @pytest.fixture
-def upstream(shared_upstream: FakeUpstream) -> FakeUpstream:
-    """The module's fake upstream with an empty queue and history."""
-    shared_upstream.reset()
-    return shared_upstream
-
-
-@pytest.fixture
-def gateway_with(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+def gateway_with(fake: FakeUpstream, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     """`gateway_with(LLMKIT_SETTING="value", ...)`: `llmkit serve` on a repository whose
     prompts reach the fake upstream, with those settings."""
     started: list[ServerProcess] = []
 
     def start(**settings: str) -> Gateway:
         repo = tmp_path / f"repo{len(started)}"
-        build_exec_repo(repo, upstream.url)
+        build_exec_repo(repo, fake.url)
         server = start_server(repo, tmp_path, server_env(**settings))
         started.append(server)
-        return Gateway(server, upstream)
+        return Gateway(server, fake)
 
     yield start
     for server in started:
@@ -245,12 +228,12 @@ WRITE_TIMEOUT_S = 3
 
 @pytest.fixture(scope="module")
 def module_gateway(
-    shared_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+    module_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     """One `llmkit serve` for the smaller tests: a small pool, short write and read timeouts.
     Each test asks with texts of its own, and finds its run log rows by them."""
     base = tmp_path_factory.mktemp("gateway")
-    build_exec_repo(base / "repo", shared_upstream.url)
+    build_exec_repo(base / "repo", module_fake.url)
     server = start_server(
         base / "repo",
         base,
@@ -262,13 +245,13 @@ def module_gateway(
         ),
     )
     try:
-        yield Gateway(server, shared_upstream)
+        yield Gateway(server, module_fake)
     finally:
         server.terminate()
 
 
 @pytest.fixture
-def gateway(module_gateway: Gateway, upstream: FakeUpstream) -> Gateway:
+def gateway(module_gateway: Gateway, fake: FakeUpstream) -> Gateway:
     """The module's gateway, with a fresh fake upstream."""
     return module_gateway
 
@@ -528,17 +511,17 @@ def test_limits_that_make_no_sense_are_refused_by_name(
 
 
 def test_json_mode_buffer_is_capped_and_merges_chunks(
-    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = tmp_path / "repo"
-    build_exec_repo(repo, upstream.url)
+    build_exec_repo(repo, fake.url)
     monkeypatch.setenv(FAKE_KEY_ENV, FAKE_KEY_VALUE)
     with running_api(repo, json_buffer_max_bytes=64 * 1024) as env:
         headers = {"Authorization": f"Bearer {env.run_key}"}
         body = stream_body(model="json", text="?")
         # An answer within the cap, in many small chunks, arrives whole in a few.
         answer = json.dumps({"answer": "word " * 4000})
-        upstream.enqueue(answer, chunk_chars=7)
+        fake.enqueue(answer, chunk_chars=7)
         with env.client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
             r.read()
         assert r.status_code == 200
@@ -549,12 +532,12 @@ def test_json_mode_buffer_is_capped_and_merges_chunks(
         assert text == answer
         assert len(events) < 10 < len(answer) // 7
         # One over the cap is a 502 before the stream starts, and is not retried.
-        upstream.enqueue(json.dumps({"answer": "word " * 20000}), chunk_chars=7)
+        fake.enqueue(json.dumps({"answer": "word " * 20000}), chunk_chars=7)
         refused = env.client.post("/v1/chat/completions", json=body, headers=headers)
         assert refused.status_code == 502
         assert refused.json()["error"]["code"] == "json_output_too_large"
         assert "65536 bytes" in refused.json()["error"]["message"]
-        assert len(upstream.chat_requests) == 2
+        assert len(fake.chat_requests) == 2
         row = env.get(f"/v1/ui/logs/{refused.headers['x-llmkit-trace-id']}").json()
         assert row["status"] == "error"
 
@@ -589,34 +572,34 @@ def call_to(fake: FakeUpstream, via: str, **options: Any) -> ProviderCall:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("via", ["wire", "litellm"])
 async def test_pool_full_is_its_own_503_and_not_retried(
-    upstream: FakeUpstream, small_pool: Any, via: str
+    fake: FakeUpstream, small_pool: Any, via: str
 ) -> None:
-    upstream.enqueue("a b c d e f", fault="slow", delay=0.5)
-    holder = providers.stream(call_to(upstream, via))
+    fake.enqueue("a b c d e f", fault="slow", delay=0.5)
+    holder = providers.stream(call_to(fake, via))
     await anext(holder)
     with pytest.raises(UpstreamPoolFull) as refused:
-        await providers.complete(call_to(upstream, via, max_retries=3))
+        await providers.complete(call_to(fake, via, max_retries=3))
     assert refused.value.status == 503 and refused.value.code == "upstream_pool_full"
     assert refused.value.headers == {"retry-after": "1"}
     with pytest.raises(UpstreamPoolFull):
-        await anext(providers.stream(call_to(upstream, via, max_retries=3)))
+        await anext(providers.stream(call_to(fake, via, max_retries=3)))
     # A fallback model may sit on another upstream: it is tried.
-    answered = await providers.complete(call_to(upstream, via, fallbacks=["echo"]))
+    answered = await providers.complete(call_to(fake, via, fallbacks=["echo"]))
     assert answered["model"] == "echo"
-    assert len(upstream.chat_requests) == 1
+    assert len(fake.chat_requests) == 1
     await holder.aclose()
-    answer = await providers.complete(call_to(upstream, via))
+    answer = await providers.complete(call_to(fake, via))
     assert answer["choices"][0]["message"]["content"] == "ok: hi"
 
 
 @pytest.mark.asyncio
 async def test_oversized_stream_event_is_an_error_not_a_growing_buffer(
-    upstream: FakeUpstream, pools: Any
+    fake: FakeUpstream, pools: Any
 ) -> None:
-    upstream.enqueue("x" * (1024 * 1024 + 1), chunk_chars=2 * 1024 * 1024)
+    fake.enqueue("x" * (1024 * 1024 + 1), chunk_chars=2 * 1024 * 1024)
     received = []
     with pytest.raises(UpstreamError) as failed:
-        async for chunk in providers.stream(call_to(upstream, "wire", max_retries=0)):
+        async for chunk in providers.stream(call_to(fake, "wire", max_retries=0)):
             received.append(chunk)
     assert "a stream event larger than 1048576 bytes" in failed.value.message
     assert len(received) == 1  # the role chunk; nothing after it

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,24 +75,19 @@ def log_id_of(ref: str) -> int | None:
     return js_parse_int(parts[1]) if len(parts) > 1 else None
 
 
-def _is_timestamp(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
+def _text_that(parse: Callable[[str], object]) -> Callable[[Any], bool]:
+    """A check that a value is a string `parse` reads without a ValueError."""
 
+    def check(value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        try:
+            parse(value)
+        except ValueError:
+            return False
+        return True
 
-def _is_json_text(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        json.loads(value)
-    except ValueError:
-        return False
-    return True
+    return check
 
 
 TYPE_CHECKS = {
@@ -100,8 +95,8 @@ TYPE_CHECKS = {
     "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
-    "timestamp": _is_timestamp,
-    "json-str": _is_json_text,
+    "timestamp": _text_that(datetime.fromisoformat),
+    "json-str": _text_that(json.loads),
     "log-ref": lambda v: isinstance(v, str) and (log_id_of(v) or 0) > 0,
     "array": lambda v: isinstance(v, list),
     "object": lambda v: isinstance(v, dict),

@@ -15,7 +15,7 @@ import pytest
 from llmkit.errors import LlmkitError
 from llmkit.watch import Watcher
 from llmkit.workspace import Workspace
-from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, git, poll
+from tests.helpers import HELLO_PROMPT, MakeRepo, Repo, colleague_clone, opened_workspace, poll
 
 DEADLINE_S = 5.0
 
@@ -218,15 +218,7 @@ def test_git_rebase(repo: Repo, workspace: Workspace, watcher: Watcher) -> None:
 
 
 def test_git_pull(repo: Repo, workspace: Workspace, watcher: Watcher, tmp_path: Path) -> None:
-    origin = tmp_path / "origin.git"
-    git(tmp_path, "clone", "-q", "--bare", str(repo.root), str(origin))
-    repo.git("remote", "add", "origin", str(origin))
-    repo.git("fetch", "-q", "origin")
-    repo.git("branch", "-q", "--set-upstream-to=origin/main")
-    colleague = Repo(tmp_path / "colleague")
-    git(tmp_path, "clone", "-q", str(origin), str(colleague.root))
-    colleague.git("config", "user.name", "Colleague")
-    colleague.git("config", "user.email", "c@example.com")
+    colleague = colleague_clone(repo, tmp_path)
     colleague.write("prompts/hello.md", text("pulled"))
     colleague.write("prompts/new/from-colleague.md", text("new"))
     pushed = colleague.commit("colleague")
@@ -243,19 +235,18 @@ def test_git_pull(repo: Repo, workspace: Workspace, watcher: Watcher, tmp_path: 
 
 def test_prompts_folder_created_after_start(make_repo: MakeRepo) -> None:
     repo = make_repo("bare-start", {"README.md": "no prompts yet\n"})
-    ws = Workspace.open(str(repo.root))
-    watcher = start_watcher(ws)
-    try:
-        repo.write("prompts/first.md", text("first"))
-        eventually(lambda: keys(ws) == ["first"], "a prompts/ folder created after start")
-        repo.write("prompts/first.md", text("first, edited"))
-        eventually(
-            lambda: served(ws, "first") == text("first, edited"),
-            "an edit in the new prompts/ folder",
-        )
-    finally:
-        watcher.stop()
-        ws.close()
+    with opened_workspace(repo.root) as ws:
+        watcher = start_watcher(ws)
+        try:
+            repo.write("prompts/first.md", text("first"))
+            eventually(lambda: keys(ws) == ["first"], "a prompts/ folder created after start")
+            repo.write("prompts/first.md", text("first, edited"))
+            eventually(
+                lambda: served(ws, "first") == text("first, edited"),
+                "an edit in the new prompts/ folder",
+            )
+        finally:
+            watcher.stop()
 
 
 def test_prompts_folder_removed_and_recreated(

@@ -10,7 +10,6 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,10 @@ from llmkit.evals.records import AFTER, BEFORE, EvalRecords, stored_result
 from llmkit.evals.results import FIXED, NEW, PASS, REGRESSION, CaseResult
 from llmkit.web import evals as evals_web
 from llmkit.web import evals_views
-from tests.api_fixtures import ApiEnv, running_api
+from tests.api_fixtures import HTML, ORIGIN, Browser, running_api
 from tests.eval_fixtures import GREET_FEATURE_MD, EvalRepo, feature_files
 from tests.helpers import invoke
 
-HTML = {"Accept": "text/html,application/xhtml+xml"}
-ORIGIN = "http://testserver"
 # What `llmkit eval --base main` finds on the feature branch, case by case (see eval_fixtures).
 FEATURE_CHANGES = {
     ("greet", "says hello"): REGRESSION,
@@ -40,21 +37,12 @@ FEATURE_CHANGES = {
 }
 
 
-@dataclass
-class Site:
-    """The app over an eval repository, and a browser-like client signed in to it."""
+class Site(Browser):
+    """The app over an eval repository, and a browser signed in to it."""
 
-    api: ApiEnv
-    repo: EvalRepo
-    client: TestClient
-    csrf: str
-
-    def get(self, url: str, **kwargs: Any) -> httpx.Response:
-        return self.client.get(url, headers=HTML, follow_redirects=False, **kwargs)
-
-    def post(self, url: str, data: dict[str, str], **headers: str) -> httpx.Response:
-        sent = {**HTML, "Origin": ORIGIN, **headers}
-        return self.client.post(url, data=data, headers=sent, follow_redirects=False)
+    @property
+    def repo(self) -> EvalRepo:
+        return EvalRepo(self.api.repo)
 
     def score(self, result_id: int, score: str) -> httpx.Response:
         return self.post(
@@ -69,10 +57,7 @@ class Site:
 @contextmanager
 def open_site(repo: EvalRepo) -> Iterator[Site]:
     with running_api(repo.root) as api:
-        client = TestClient(api.app, raise_server_exceptions=False)
-        signed = client.post("/v1/ui/auth/login", json={"key": api.admin_key})
-        assert signed.status_code == 200, signed.text
-        yield Site(api, repo, client, signed.json()["csrf_token"])
+        yield Site.sign_in(api)
 
 
 @pytest.fixture

@@ -8,50 +8,24 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from html import unescape
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from llmkit.ref_versions import RefVersions
 from llmkit.runlog_record import RunRecord
 from llmkit.web import charts
 from llmkit.web.numbers import number_charts
-from tests.api_fixtures import HELLO_MD, ApiEnv
+from tests.api_fixtures import HELLO_MD, ApiEnv, Browser
 from tests.helpers import git
 
-HTML = {"Accept": "text/html,application/xhtml+xml"}
-ORIGIN = {"Origin": "http://testserver"}
 HELLO = [HELLO_MD.replace("helpful", word) for word in ("helpful", "patient", "cheerful")]
 
 
-@dataclass
-class SignedIn:
-    api: ApiEnv
-    client: TestClient
-    csrf: str
-
-    def get(self, url: str) -> httpx.Response:
-        return self.client.get(url, headers=HTML, follow_redirects=False)
-
-    def post(self, url: str, data: dict[str, str], **headers: str) -> httpx.Response:
-        return self.client.post(
-            url, data=data, headers={**HTML, **ORIGIN, **headers}, follow_redirects=False
-        )
-
-
 @pytest.fixture
-def signed_in(api: ApiEnv) -> Iterator[SignedIn]:
-    """A browser's session on the app; its own client, so its HTML error pages stay out of the
-    API's one-shape check of JSON errors."""
-    client = TestClient(api.app, raise_server_exceptions=False)
-    signed = client.post("/v1/ui/auth/login", json={"key": api.admin_key})
-    assert signed.status_code == 200, signed.text
-    yield SignedIn(api, client, signed.json()["csrf_token"])
+def signed_in(api: ApiEnv) -> Browser:
+    return Browser.sign_in(api)
 
 
 def three_versions(api: ApiEnv) -> list[str]:
@@ -225,7 +199,7 @@ def titles(svg: str) -> list[str]:
 
 
 def test_the_charts_read_the_run_log_and_eval_records_of_three_versions(
-    signed_in: SignedIn,
+    signed_in: Browser,
 ) -> None:
     api = signed_in.api
     shas = three_versions(api)
@@ -275,7 +249,7 @@ def test_the_charts_read_the_run_log_and_eval_records_of_three_versions(
 
 
 def test_a_prompt_with_no_numbers_says_so_and_an_unknown_one_is_a_404(
-    signed_in: SignedIn,
+    signed_in: Browser,
 ) -> None:
     page = signed_in.get("/numbers/support/triage")
     assert page.status_code == 200
@@ -287,7 +261,7 @@ def test_a_prompt_with_no_numbers_says_so_and_an_unknown_one_is_a_404(
     assert signed_in.api.client.get("/numbers/hello").status_code == 401
 
 
-def test_draft_calls_are_counted_but_not_charted(signed_in: SignedIn) -> None:
+def test_draft_calls_are_counted_but_not_charted(signed_in: Browser) -> None:
     api = signed_in.api
     [sha] = [v.sha for v in api.ws.index.versions("hello")]
     for draft in (False, True):
@@ -315,7 +289,7 @@ def test_draft_calls_are_counted_but_not_charted(signed_in: SignedIn) -> None:
 
 
 def test_badges_name_the_version_a_branch_or_tag_holds_and_link_to_the_diff(
-    signed_in: SignedIn,
+    signed_in: Browser,
 ) -> None:
     api = signed_in.api
     repo = api.repo
@@ -351,7 +325,7 @@ def test_badges_name_the_version_a_branch_or_tag_holds_and_link_to_the_diff(
     assert triage and "badge ref" not in triage.group(0)
 
 
-def test_hostile_ref_names_are_escaped(signed_in: SignedIn) -> None:
+def test_hostile_ref_names_are_escaped(signed_in: Browser) -> None:
     api = signed_in.api
     three_versions(api)
     hostile = '"><svg/onload=alert(1)>&'
@@ -403,7 +377,7 @@ def restore_form(page: str, number: int) -> dict[str, str]:
     return {"version": str(number), "base": found.group(1)}
 
 
-def test_restore_commits_the_old_text_as_a_new_version(signed_in: SignedIn) -> None:
+def test_restore_commits_the_old_text_as_a_new_version(signed_in: Browser) -> None:
     api = signed_in.api
     three_versions(api)
     history = signed_in.get("/history/hello").text
@@ -423,7 +397,7 @@ def test_restore_commits_the_old_text_as_a_new_version(signed_in: SignedIn) -> N
     assert [v.number for v in api.ws.index.versions("hello")] == [1, 2, 3, 4]
 
 
-def test_a_stale_base_is_a_conflict_and_nothing_is_overwritten(signed_in: SignedIn) -> None:
+def test_a_stale_base_is_a_conflict_and_nothing_is_overwritten(signed_in: Browser) -> None:
     api = signed_in.api
     three_versions(api)
     fields = restore_form(signed_in.get("/history/hello").text, 1)
@@ -441,7 +415,7 @@ def test_a_stale_base_is_a_conflict_and_nothing_is_overwritten(signed_in: Signed
     assert api.repo.joinpath("prompts/hello.md").read_text("utf-8") == HELLO[2] + "Theirs.\n"
 
 
-def test_restore_needs_the_csrf_token_and_refuses_bad_input(signed_in: SignedIn) -> None:
+def test_restore_needs_the_csrf_token_and_refuses_bad_input(signed_in: Browser) -> None:
     api = signed_in.api
     three_versions(api)
     fields = restore_form(signed_in.get("/history/hello").text, 2)
@@ -467,7 +441,7 @@ def test_restore_needs_the_csrf_token_and_refuses_bad_input(signed_in: SignedIn)
     assert git(api.repo, "rev-parse", "HEAD") == head
 
 
-def test_a_draft_served_offers_no_restore_and_a_forced_one_is_refused(signed_in: SignedIn) -> None:
+def test_a_draft_served_offers_no_restore_and_a_forced_one_is_refused(signed_in: Browser) -> None:
     api = signed_in.api
     three_versions(api)
     fields = restore_form(signed_in.get("/history/hello").text, 1)

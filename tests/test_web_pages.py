@@ -6,9 +6,7 @@ own, so their HTML error pages stay out of the API's one-shape check of JSON err
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,20 +14,8 @@ from llmkit import __version__
 from llmkit.prompt_views import iso_time
 from llmkit.sessions import SESSION_COOKIE
 from llmkit.web import views
-from tests.api_fixtures import ApiEnv
+from tests.api_fixtures import HTML, ORIGIN, ApiEnv, Browser
 from tests.helpers import git, invoke
-
-HTML = {"Accept": "text/html,application/xhtml+xml"}
-ORIGIN = "http://testserver"
-
-
-@dataclass
-class SignedIn:
-    client: TestClient
-    csrf: str
-
-    def get(self, url: str) -> httpx.Response:
-        return self.client.get(url, headers=HTML, follow_redirects=False)
 
 
 @pytest.fixture
@@ -39,10 +25,8 @@ def pages(api: ApiEnv) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def signed_in(api: ApiEnv, pages: TestClient) -> SignedIn:
-    signed = pages.post("/v1/ui/auth/login", json={"key": api.admin_key})
-    assert signed.status_code == 200, signed.text
-    return SignedIn(pages, signed.json()["csrf_token"])
+def signed_in(api: ApiEnv, pages: TestClient) -> Browser:
+    return Browser.sign_in(api, pages)
 
 
 def test_a_browser_is_sent_to_sign_in_and_a_program_gets_the_api_401(
@@ -71,7 +55,7 @@ def test_a_run_key_sees_no_page(api: ApiEnv, pages: TestClient) -> None:
     assert api.run_key not in page.text
 
 
-def test_an_ended_session_is_told_why_on_the_sign_in_page(api: ApiEnv, signed_in: SignedIn) -> None:
+def test_an_ended_session_is_told_why_on_the_sign_in_page(api: ApiEnv, signed_in: Browser) -> None:
     api.ws.keys.revoke(api.admin_key_id)
     sent = signed_in.get("/keys")
     assert sent.status_code == 303 and sent.headers["location"] == "/sign-in?next=%2Fkeys"
@@ -79,7 +63,7 @@ def test_an_ended_session_is_told_why_on_the_sign_in_page(api: ApiEnv, signed_in
     assert "Session ended: the key it was signed in with" in page.text
 
 
-def test_every_page_forbids_other_hosts_and_caching(api: ApiEnv, signed_in: SignedIn) -> None:
+def test_every_page_forbids_other_hosts_and_caching(api: ApiEnv, signed_in: Browser) -> None:
     for url in ("/", "/prompts/hello", "/history/hello", "/diff/hello", "/edit/hello", "/keys"):
         page = signed_in.get(url)
         assert page.status_code == 200, (url, page.text)
@@ -91,7 +75,7 @@ def test_every_page_forbids_other_hosts_and_caching(api: ApiEnv, signed_in: Sign
         assert signed_in.client.get(asset, headers={"Cookie": ""}).status_code == 200
 
 
-def test_forms_need_the_csrf_token_and_our_origin(api: ApiEnv, signed_in: SignedIn) -> None:
+def test_forms_need_the_csrf_token_and_our_origin(api: ApiEnv, signed_in: Browser) -> None:
     head = api.head()
     content = api.repo.joinpath("prompts/hello.md").read_text("utf-8") + "\nMore.\n"
     fields = {"content": content, "base": head, "message": "from a form"}
@@ -123,7 +107,7 @@ def test_forms_need_the_csrf_token_and_our_origin(api: ApiEnv, signed_in: Signed
     assert git(api.repo, "log", "-1", "--format=%s") == "from a form"
 
 
-def test_a_broken_file_is_refused_with_the_text_kept(api: ApiEnv, signed_in: SignedIn) -> None:
+def test_a_broken_file_is_refused_with_the_text_kept(api: ApiEnv, signed_in: Browser) -> None:
     head = api.head()
     broken = "---\nmodel: [unclosed\n---\n<!-- role:user -->\nHi <b>there</b>\n"
     page = signed_in.client.post(
@@ -137,7 +121,7 @@ def test_a_broken_file_is_refused_with_the_text_kept(api: ApiEnv, signed_in: Sig
     assert api.head() == head
 
 
-def test_a_draft_cannot_be_edited_and_is_shown_as_a_draft(api: ApiEnv, signed_in: SignedIn) -> None:
+def test_a_draft_cannot_be_edited_and_is_shown_as_a_draft(api: ApiEnv, signed_in: Browser) -> None:
     path = api.repo / "prompts/hello.md"
     path.write_text(path.read_text("utf-8") + "\n<script>alert(1)</script> {{ extra }}\n")
     api.ws.index.sync()
@@ -152,7 +136,7 @@ def test_a_draft_cannot_be_edited_and_is_shown_as_a_draft(api: ApiEnv, signed_in
 
 
 def test_unknown_prompts_and_versions_are_pages_that_say_so(
-    api: ApiEnv, signed_in: SignedIn
+    api: ApiEnv, signed_in: Browser
 ) -> None:
     missing = signed_in.get("/prompts/no/such")
     assert missing.status_code == 404 and "No prompt found with key &#39;no/such&#39;" in (
@@ -186,13 +170,13 @@ def test_marked_escapes_text_and_marks_each_expression() -> None:
     )
 
 
-def test_the_session_cookie_is_never_on_a_page(api: ApiEnv, signed_in: SignedIn) -> None:
+def test_the_session_cookie_is_never_on_a_page(api: ApiEnv, signed_in: Browser) -> None:
     token = signed_in.client.cookies[SESSION_COOKIE]
     for url in ("/", "/keys", "/prompts/hello"):
         assert token not in signed_in.get(url).text
 
 
-def test_the_list_shows_each_prompts_last_change_escaped(api: ApiEnv, signed_in: SignedIn) -> None:
+def test_the_list_shows_each_prompts_last_change_escaped(api: ApiEnv, signed_in: Browser) -> None:
     (api.repo / "prompts/team").mkdir(exist_ok=True)
     (api.repo / "prompts/team/a_b.md").write_text("---\nmodel: echo\n---\nHi\n", "utf-8")
     git(api.repo, "add", "-A")
@@ -207,7 +191,7 @@ def test_the_list_shows_each_prompts_last_change_escaped(api: ApiEnv, signed_in:
     assert "<b>Add" not in listing and "why it was added" not in listing
 
 
-def test_every_area_names_llmkits_version_in_its_footer(signed_in: SignedIn) -> None:
+def test_every_area_names_llmkits_version_in_its_footer(signed_in: Browser) -> None:
     """A page's own `version` (the playground's chosen version, say) never hides llmkit's."""
     for url in ("/", "/prompts/hello", "/playground/hello", "/traces", "/evals", "/keys"):
         page = signed_in.get(url)
@@ -216,7 +200,7 @@ def test_every_area_names_llmkits_version_in_its_footer(signed_in: SignedIn) -> 
 
 
 def test_the_list_and_the_prompt_page_show_each_prompts_model_and_type(
-    api: ApiEnv, signed_in: SignedIn
+    api: ApiEnv, signed_in: Browser
 ) -> None:
     (api.repo / "prompts/static.md").write_text("---\nmodel: echo\nchat: true\n---\nHi\n", "utf-8")
     git(api.repo, "add", "-A")
@@ -231,7 +215,7 @@ def test_the_list_and_the_prompt_page_show_each_prompts_model_and_type(
 
 
 def test_the_list_follows_every_change_of_the_index_even_one_made_by_another_process(
-    api: ApiEnv, signed_in: SignedIn
+    api: ApiEnv, signed_in: Browser
 ) -> None:
     """The list's rows are kept between requests; a commit, a draft and a sync by another
     process (here `llmkit index` in the repository) must each show at the next request."""

@@ -7,22 +7,17 @@ which the page's script sends."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from llmkit.errors import BadRequest
 from llmkit.web import playground_views as pv
 from llmkit.web.playground import ADD_TURN
-from tests.api_fixtures import HELLO_MD, ApiEnv, MakeApi
+from tests.api_fixtures import HELLO_MD, HTML, ORIGIN, ApiEnv, Browser, MakeApi
 from tests.fake_upstream import FakeUpstream
 
-HTML = {"Accept": "text/html,application/xhtml+xml"}
-ORIGIN = "http://testserver"
 UNSET_KEY = "LLMKIT_TEST_PLAYGROUND_UNSET_KEY"
 
 CONFIG = f"""\
@@ -54,20 +49,11 @@ FILES = {
     "prompts/hello.md": HELLO_MD,
     "prompts/shop/assist.md": SHOP_MD,
     "prompts/note.md": NOTE_MD,
-    ".gitignore": ".llmkit/\n",
 }
 
 
-@dataclass
-class Browser:
-    """A signed-in browser without JavaScript: it reads pages and posts forms."""
-
-    api: ApiEnv
-    client: TestClient
-    csrf: str
-
-    def get(self, url: str) -> httpx.Response:
-        return self.client.get(url, headers=HTML, follow_redirects=False)
+class Playground(Browser):
+    """A signed-in browser on the playground: it reads pages and runs prompts by its form."""
 
     def run(self, key: str, fields: dict[str, str], **headers: str) -> httpx.Response:
         """Post the playground's form as a browser does, CSRF token and origin included."""
@@ -88,11 +74,8 @@ def shop(make_api: MakeApi) -> ApiEnv:
 
 
 @pytest.fixture
-def browser(shop: ApiEnv) -> Iterator[Browser]:
-    client = TestClient(shop.app, raise_server_exceptions=False)
-    signed = client.post("/v1/ui/auth/login", json={"key": shop.admin_key})
-    assert signed.status_code == 200, signed.text
-    yield Browser(shop, client, signed.json()["csrf_token"])
+def browser(shop: ApiEnv) -> Playground:
+    return Playground.sign_in(shop)
 
 
 def inputs(html: str) -> dict[str, str]:
@@ -120,7 +103,7 @@ def label_for(html: str, tag: str) -> str:
 
 
 def test_the_form_has_a_labelled_input_per_variable_json_ticked_where_text_would_fail(
-    browser: Browser,
+    browser: Playground,
 ) -> None:
     page = browser.get("/playground/shop/assist")
     assert page.status_code == 200, page.text
@@ -145,7 +128,7 @@ def test_the_form_has_a_labelled_input_per_variable_json_ticked_where_text_would
 
 
 def test_a_chat_prompt_takes_turns_and_a_turn_is_added_without_javascript(
-    browser: Browser,
+    browser: Playground,
 ) -> None:
     page = browser.get("/playground/shop/assist")
     controls = inputs(page.text)
@@ -170,7 +153,7 @@ def test_a_chat_prompt_takes_turns_and_a_turn_is_added_without_javascript(
     assert browser.rows() == []  # adding a turn runs nothing
 
 
-def test_an_answer_continues_the_conversation_without_javascript(browser: Browser) -> None:
+def test_an_answer_continues_the_conversation_without_javascript(browser: Playground) -> None:
     fields = {"var:items": '["tea"]', "json:items": "1", "var:customer": '{"name": "Al"}'}
     fields |= {"json:customer": "1", "var:tone": "kind", "role:0": "user", "content:0": "Which?"}
     ran = browser.run("shop/assist", fields)
@@ -191,7 +174,7 @@ def test_an_answer_continues_the_conversation_without_javascript(browser: Browse
     assert len(browser.rows()) == 1  # continuing runs nothing
 
 
-def test_a_prompt_without_a_user_section_takes_one_message(browser: Browser) -> None:
+def test_a_prompt_without_a_user_section_takes_one_message(browser: Playground) -> None:
     controls = inputs(browser.get("/playground/note").text)
     assert "message" in controls and "role:0" not in controls
     page = browser.run("note", {"var:language": "French", "message": "It rained all day."})
@@ -201,7 +184,7 @@ def test_a_prompt_without_a_user_section_takes_one_message(browser: Browser) -> 
 
 
 def test_versions_branches_and_tags_are_offered_and_the_chosen_one_runs(
-    browser: Browser,
+    browser: Playground,
 ) -> None:
     api = browser.api
     api.git("tag", "v1-released")
@@ -237,7 +220,7 @@ def test_versions_branches_and_tags_are_offered_and_the_chosen_one_runs(
 
 
 def test_a_run_without_javascript_is_logged_and_shows_the_answer_and_its_figures(
-    browser: Browser,
+    browser: Playground,
 ) -> None:
     page = browser.run("hello", {"var:personality": "cheerful", "var:question": "Hello?"})
     assert page.status_code == 200, page.text
@@ -252,7 +235,7 @@ def test_a_run_without_javascript_is_logged_and_shows_the_answer_and_its_figures
     assert f'<a href="/traces/{row["id"]}">trace {row["id"]}</a> (ok)' in page.text
 
 
-def test_json_values_are_sent_as_json_and_bad_json_is_named(browser: Browser) -> None:
+def test_json_values_are_sent_as_json_and_bad_json_is_named(browser: Playground) -> None:
     fields = {
         "var:customer": '{"name": "Ada"}',
         "json:customer": "1",
@@ -279,7 +262,7 @@ def test_json_values_are_sent_as_json_and_bad_json_is_named(browser: Browser) ->
     assert len(browser.rows()) == 1  # nothing was called
 
 
-def test_an_error_of_the_call_is_the_apis_message(browser: Browser) -> None:
+def test_an_error_of_the_call_is_the_apis_message(browser: Playground) -> None:
     missing = browser.run("hello", {"var:personality": "calm"})
     assert missing.status_code == 400
     assert "Missing variables" in missing.text and "question" in missing.text
@@ -293,7 +276,7 @@ def test_an_error_of_the_call_is_the_apis_message(browser: Browser) -> None:
     assert f'<a href="/traces/{row["id"]}">trace {row["id"]}</a> (error)' in unset.text
 
 
-def test_the_model_can_be_overridden_by_a_configured_one_only(browser: Browser) -> None:
+def test_the_model_can_be_overridden_by_a_configured_one_only(browser: Playground) -> None:
     page = browser.get("/playground/hello")
     for name in ("default", "other", "keyless"):
         assert f'<option value="{name}"' in page.text, name
@@ -327,7 +310,7 @@ def test_the_api_takes_model_override_for_any_key(shop: ApiEnv) -> None:
     assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
 
 
-def test_hostile_text_is_escaped_everywhere(browser: Browser) -> None:
+def test_hostile_text_is_escaped_everywhere(browser: Playground) -> None:
     api = browser.api
     hostile = '<script>alert("x")</script>'
     api.git("commit", "-q", "--allow-empty", "-m", "unrelated")
@@ -342,7 +325,7 @@ def test_hostile_text_is_escaped_everywhere(browser: Browser) -> None:
     assert listing.status_code == 404 and "<script>alert" not in listing.text
 
 
-def test_a_version_that_cannot_be_read_says_so_and_does_not_run(browser: Browser) -> None:
+def test_a_version_that_cannot_be_read_says_so_and_does_not_run(browser: Playground) -> None:
     api = browser.api
     api.repo.joinpath("prompts/hello.md").write_text("---\nmodel: [unclosed\n---\nHi\n")
     api.git("commit", "-qam", "Break hello")
@@ -356,7 +339,7 @@ def test_a_version_that_cannot_be_read_says_so_and_does_not_run(browser: Browser
     assert browser.rows() == []
 
 
-def test_a_broken_llmkit_yaml_leaves_the_page_readable(browser: Browser) -> None:
+def test_a_broken_llmkit_yaml_leaves_the_page_readable(browser: Playground) -> None:
     browser.api.repo.joinpath("llmkit.yaml").write_text("models: [unclosed\n", "utf-8")
     page = browser.get("/playground/hello")
     assert page.status_code == 200, page.text
@@ -364,7 +347,7 @@ def test_a_broken_llmkit_yaml_leaves_the_page_readable(browser: Browser) -> None
     assert "var:question" in inputs(page.text)
 
 
-def test_a_form_without_the_csrf_token_or_from_elsewhere_is_refused(browser: Browser) -> None:
+def test_a_form_without_the_csrf_token_or_from_elsewhere_is_refused(browser: Playground) -> None:
     fields = {"var:personality": "calm", "var:question": "Hi", "action": "run"}
     for headers, data, said in (
         ({"Origin": ORIGIN}, fields, "Missing CSRF token"),

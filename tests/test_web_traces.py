@@ -23,9 +23,8 @@ from llmkit.runlog import RunLog
 from llmkit.runlog_query import encode_cursor
 from llmkit.runlog_record import RunRecord
 from llmkit.web import traces_views as tv
-from tests.api_fixtures import SEED_FILES, ApiEnv, MakeApi
+from tests.api_fixtures import HTML, SEED_FILES, ApiEnv, MakeApi
 
-HTML = {"Accept": "text/html,application/xhtml+xml"}
 ECHO_YAML = "models:\n  default:\n    model: echo\n"
 PROMPTS = ("alpha", "beta", "support/gamma")
 MODELS = ("echo", "openai/gpt-4o-mini")

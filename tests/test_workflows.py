@@ -250,6 +250,8 @@ def test_action_steps_pass_on_a_clean_pull_request(
     markdown = (reports / "eval-summary.md").read_text("utf-8")
     assert "Before: prompt versions on origin/main" in markdown
     assert clone.git("status", "--porcelain") == ""  # reports stay out of the checkout
+    # The job summary holds the eval summary once.
+    assert summary.read_text("utf-8").count(markdown) == 1
 
 
 def test_action_fails_on_a_regression_after_writing_its_reports(
@@ -321,15 +323,3 @@ def test_lint_step_fails_on_a_broken_llmkit_yaml(
     proc = run_step({"run": hook["entry"]}, eval_repo.root, workflow_env(tmp_path, summary))
     assert proc.returncode == 1
     assert "llmkit.yaml" in proc.stdout
-
-
-def test_job_summary_holds_the_eval_summary_once(
-    eval_repo: EvalRepo, tmp_path: Path, summary: Path
-) -> None:
-    eval_repo.branch("fix", {"prompts/greet.md": GREET_BOTH_MD}, "Hello and goodbye")
-    clone = pull_request_clone(tmp_path, eval_repo, "fix")
-    run = action_run(tmp_path, clone, summary)
-    assert run.run() == 0, run.log()
-    reports = Path(run.outputs["eval"]["report-dir"])
-    markdown = (reports / "eval-summary.md").read_text("utf-8")
-    assert summary.read_text("utf-8").count(markdown) == 1
