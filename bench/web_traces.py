@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ for folder in (PROJECT_ROOT, BENCH_DIR):
 
 from fastapi.testclient import TestClient
 from runlog_scale import generate
+from web_pages import nearest_rank
 
 from llmkit.api.app import create_app
 from llmkit.config import Settings
@@ -43,11 +43,6 @@ from tests.helpers import HELLO_PROMPT, init_repo
 
 TARGET_MS = 100.0
 HTML = {"Accept": "text/html"}
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[math.ceil(0.95 * len(ordered)) - 1]
 
 
 def main() -> None:
@@ -115,7 +110,11 @@ def main() -> None:
         print(f"\n{'page':<52} {'median':>9} {'p95':>9}")
         for name, values in times.items():
             median = statistics.median(values)
-            row = {"page": name, "median_ms": round(median, 2), "p95_ms": round(p95(values), 2)}
+            row = {
+                "page": name,
+                "median_ms": round(median, 2),
+                "p95_ms": round(nearest_rank(values, 95), 2),
+            }
             results.append(row)
             print(f"{name:<52} {median:>7.2f} ms {row['p95_ms']:>6.2f} ms")
         by_name = {r["page"]: r for r in results}
