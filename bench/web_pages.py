@@ -20,8 +20,9 @@ and the response, without a socket. Each page gets `--warmup` requests first, th
 (the app's floor: routing and a small JSON answer, no auth, no reads; /healthz is not one,
 as it lists every prompt) and, where the API has one, the API's JSON route for the same data
 (the prompt list's is a page of 1,000 prompts). The trace pages are the list's first page, a
-page 90% of the way down by the API's `cursor`, one prompt's calls, and one trace; skipped,
-with a word, when the app has no /traces. Figures are the median and p95 (nearest rank) of
+page 90% of the way down by the API's `cursor`, the page back from there (Newer: the API has
+no `before`, so it stands beside the floor alone), one prompt's calls, that prompt's errors,
+and one trace. Figures are the median and p95 (nearest rank) of
 the wall time, and the medians of the CPU time per request of the process (client and
 server) and of the endpoint function alone (in its worker thread): on a shared machine they
 say what the page costs when the wall time says how busy the machine was. Ratios are medians
@@ -193,25 +194,28 @@ def pages_to_time(
 
 
 def trace_pages(app: FastAPI, key: str) -> list[Page]:
-    """The trace list (first page, a page 90% of the way down by the API's `cursor`, one
-    prompt's) and one trace. A list must link to the trace of its first row, so a page that
-    ignored the cursor, or an error page, is not timed as the page asked for."""
+    """The trace list (first page, a page 90% of the way down by the API's `cursor`, the page
+    back from there by its Newer link's `before`, one prompt's, one prompt's errors) and one
+    trace. A list must link to the trace of its first row, so a page that ignored the cursor,
+    or an error page, is not timed as the page asked for."""
     runlog = app.state.ws.runlog
     deep = runlog.count() * 9 // 10
     above = (
         app.state.ws.db.reader()
         .execute(
-            "SELECT created_at, id FROM run_log ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?",
+            "SELECT created_at, id FROM run_log ORDER BY created_at DESC, id DESC LIMIT 2 OFFSET ?",
             (max(0, deep - 1),),
         )
-        .fetchone()
+        .fetchall()
     )
-    if above is None:
+    if len(above) < 2:
         return []
-    cursor = encode_cursor(above[0], above[1])
+    cursor = encode_cursor(above[0][0], above[0][1])  # what the Older link of the page above holds
+    back = encode_cursor(above[1][0], above[1][1])  # what the deep page's Newer link holds
     first = runlog.page_after(None, limit=1).rows[0]
     at_depth = runlog.page_after(cursor, limit=1).rows[0]
     mine = runlog.page_after(None, limit=1, prompt=key).rows
+    failed = runlog.page_after(None, limit=1, prompt=key, status="error").rows
     pages = [
         Page("traces, first page", "/traces", "/v1/ui/logs", f'/traces/{first["id"]}"'),
         Page(
@@ -219,6 +223,13 @@ def trace_pages(app: FastAPI, key: str) -> list[Page]:
             f"/traces?{urlencode({'cursor': cursor})}",
             f"/v1/ui/logs?{urlencode({'cursor': cursor})}",
             f'/traces/{at_depth["id"]}"',
+        ),
+        # The API has no `before`: the Newer page has no JSON twin to stand beside.
+        Page(
+            f"traces, back from row {deep:,}",
+            f"/traces?{urlencode({'before': back})}",
+            None,
+            f'/traces/{above[0][1]}"',  # its last row is the one just above the deep page
         ),
         Page(
             f"trace {first['id']}",
@@ -234,6 +245,16 @@ def trace_pages(app: FastAPI, key: str) -> list[Page]:
                 f"/traces?{urlencode({'prompt': key})}",
                 f"/v1/ui/logs?{urlencode({'prompt': key})}",
                 f'/traces/{mine[0]["id"]}"',
+            )
+        )
+    if failed:
+        errors = {"prompt": key, "status": "error"}
+        pages.append(
+            Page(
+                "traces of one prompt, errors",
+                f"/traces?{urlencode(errors)}",
+                f"/v1/ui/logs?{urlencode(errors)}",
+                f'/traces/{failed[0]["id"]}"',
             )
         )
     return pages
@@ -307,10 +328,6 @@ def measure(
             api_times.append(timed_get(client, page.api))
         floor_times.append(timed_get(client, FLOOR))
     return Figure(page, times, cpu_times, handler_times, api_times, floor_times, first)
-
-
-def has_traces(client: TestClient) -> bool:
-    return client.get("/traces").status_code != 404
 
 
 def profile_page(client: TestClient, page: Page, requests: int, out: Path) -> str:
@@ -391,10 +408,7 @@ def main() -> int:
         TestClient(app, headers={"Authorization": f"Bearer {admin}"}) as client,
         EndpointClock() as clock,
     ):
-        traces = args.traces and has_traces(client)
-        if args.traces and not traces:
-            print("no /traces on this app: the trace pages are skipped")
-        for page in pages_to_time(app, key, args.query, tuple(args.diff), traces):
+        for page in pages_to_time(app, key, args.query, tuple(args.diff), args.traces):
             print(f"{page.name} ...", flush=True)
             figure = measure(client, clock, page, args.warmup, args.requests)
             figures.append(figure)
